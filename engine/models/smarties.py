@@ -1,0 +1,347 @@
+"""SMARTIES spectrum-aware ViT encoder in plain PyTorch (spec smarties.md §1).
+
+Sumbul et al., "SMARTIES: Spectrum-Aware Multi-Sensor Auto-Encoder for Remote Sensing Images", ICCV 2025
+(arXiv 2506.19585). Written from the spec, not from the reference code.
+
+Data flow (spec §1.1): every band of a p×p patch is embedded by the projection of its spectral range
+(:mod:`engine.spectrum`), the per-band embeddings are fused as ``12 · mean``, a CLS token is prepended, the fixed
+2-D sin-cos position table stored in the checkpoint is added, then pre-norm transformer blocks run
+(LayerNorm eps 1e-6, fused qkv, exact GELU MLP). Module attribute names are the checkpoint contract (spec §1.6).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spectrum import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, Averaging, Projection, projection_for
+
+__all__ = ("BandSpec", "SmartiesEncoder", "init_from_scratch", "sincos_pos_embed")
+
+#: What ``encode`` accepts for one band: a range key, a projection index 0..18, or a :class:`Projection`.
+BandSpec = Union[str, int, Projection]
+
+_LN_EPS = 1e-6
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv Linear (timm layout ``qkv``/``proj``)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: [B, N, D] → [B, N, D]."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """``fc1`` → exact (erf) GELU → ``fc2``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x += attn(norm1(x)); x += mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.mlp = Mlp(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _RangeProjection(nn.Module):
+    """Holds one base projection so the key reads ``spectrum_embeds.{r}.proj.weight`` (spec §1.6)."""
+
+    def __init__(self, patch_area: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(patch_area, dim, bias=True)
+
+
+class SpectrumProjection(nn.Module):
+    """The 17 base projections ``Linear(p², D)``; averaged/interpolated bands combine them (no extra keys)."""
+
+    def __init__(self, patch_area: int, dim: int) -> None:
+        super().__init__()
+        self.spectrum_embeds = nn.ModuleList(_RangeProjection(patch_area, dim) for _ in range(NUM_BASE_PROJECTIONS))
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return all base weights ``[17, D, p²]`` and biases ``[17, D]``."""
+        weight = torch.stack([m.proj.weight for m in self.spectrum_embeds])
+        bias = torch.stack([m.proj.bias for m in self.spectrum_embeds])
+        return weight, bias
+
+    def band_weights(self, projections: Sequence[Projection]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Effective per-band weights ``[C, D, p²]`` and biases ``[C, D]``: ``Σ_k w_k W_k``, ``Σ_k w_k b_k``."""
+        weight, bias = self.stacked()
+        mix = weight.new_zeros(len(projections), NUM_BASE_PROJECTIONS)
+        for c, projection in enumerate(projections):
+            for index, w in projection.terms:
+                mix[c, index] += w
+        return torch.einsum("ck,kdp->cdp", mix, weight), mix @ bias
+
+
+def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table of MAE/SMARTIES (spec smarties.md §1.3).
+
+    The first half of each vector encodes the column, the second half the row; ``ω_k = 10000^(−k/(d/2))``; CLS row is
+    zeros. Computed in float64, returned float32.
+
+    Args:
+        dim: Embedding dimension D (divisible by 4).
+        grid_size: Tokens per side G.
+        cls_token: Prepend a zero row for the CLS token.
+
+    Returns:
+        ``[1, G² (+1), D]`` float32.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
+    half = dim // 2
+    omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) / (half / 2.0))
+    pos = torch.arange(grid_size, dtype=torch.float64)
+
+    def emb_1d(p: torch.Tensor) -> torch.Tensor:
+        out = p[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")
+    table = torch.cat([emb_1d(cols.reshape(-1)), emb_1d(rows.reshape(-1))], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, dim, dtype=torch.float64), table], dim=0)
+    return table[None].float()
+
+
+class SmartiesEncoder(nn.Module):
+    """Spectrum-aware ViT encoder with the exact SMARTIES state-dict layout.
+
+    Args:
+        embed_dim: Token dimension D (768 ViT-B, 1024 ViT-L).
+        depth: Number of transformer blocks.
+        num_heads: Attention heads (D must be divisible by it).
+        patch_size: Patch side p in pixels (16 for the published models).
+        grid_size: Tokens per side of the position table G (14 for 224-px inputs).
+        mlp_ratio: MLP hidden size as a multiple of D.
+        averaging: Weights of the averaged ranges 17/18, see :mod:`engine.spectrum` (``"reference"`` = compat).
+
+    Attributes:
+        cls_token: ``[1, 1, D]``.
+        pos_embed: ``[1, 1 + G², D]`` (read from the checkpoint; fixed sin-cos at init).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int = 16,
+        grid_size: int = 14,
+        mlp_ratio: float = 4.0,
+        averaging: Averaging = "linear",
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.patch_size = patch_size
+        self.grid_size = grid_size
+        self.mlp_hidden = int(embed_dim * mlp_ratio)
+        self.averaging: Averaging = averaging
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, grid_size), requires_grad=False)
+        self.spectrum_projection = SpectrumProjection(patch_size * patch_size, embed_dim)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, self.mlp_hidden) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=_LN_EPS)
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ token embedding
+    def projections(self, bands: Sequence[BandSpec]) -> list[Projection]:
+        """Resolve a band list (keys, indices 0..18 or Projections) with this encoder's averaging mode."""
+        return [projection_for(b, self.averaging) for b in bands]
+
+    def embed_bands(self, x: torch.Tensor, bands: Sequence[BandSpec]) -> torch.Tensor:
+        """Spectral projection + band fusion for one band list shared by all tokens.
+
+        Equivalent to applying, per band, ``W_r · vec(patch) + b_r`` then ``12 · mean`` over bands; computed as one
+        strided convolution with the per-band weights stacked as input channels.
+
+        Args:
+            x: ``[B, C, H, W]`` float, normalised; H and W multiples of the patch size.
+            bands: C band specs in channel order.
+
+        Returns:
+            Patch tokens ``[B, h·w, D]`` in row-major order (h = H/p, w = W/p).
+        """
+        b, c, height, width = x.shape
+        p = self.patch_size
+        if len(bands) != c:
+            raise ValueError(f"got {c} image channels but {len(bands)} band specs; give one spec per channel")
+        if height % p or width % p:
+            raise ValueError(f"image size {height}×{width} px is not a multiple of the patch size {p}")
+        weight, bias = self.spectrum_projection.band_weights(self.projections(bands))
+        scale = PROJECTION_SCALER / c
+        kernel = (weight * scale).permute(1, 0, 2).reshape(self.embed_dim, c, p, p)
+        tokens = F.conv2d(x.to(kernel.dtype), kernel, bias.sum(0) * scale, stride=p)
+        return tokens.flatten(2).transpose(1, 2)
+
+    def embed_patches(self, patches: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Spectral projection + fusion with per-token projection indices (mixup / heterogeneous inputs).
+
+        Args:
+            patches: ``[B, h, w, C, p, p]`` float, normalised.
+            indices: ``[B, h, w, C]`` integer projection indices 0..18 (−1 is rejected).
+
+        Returns:
+            Patch tokens ``[B, h·w, D]``.
+        """
+        b, h, w, c, p, _ = patches.shape
+        flat = patches.reshape(-1, p * p)
+        idx = indices.reshape(-1).long()
+        weight, bias = self.spectrum_projection.stacked()
+        out = flat.new_zeros(flat.shape[0], self.embed_dim, dtype=weight.dtype)
+        for r in torch.unique(idx).tolist():
+            projection = projection_for(int(r), self.averaging)
+            sel = idx == r
+            w_r = sum(weight[k] * wk for k, wk in projection.terms)
+            b_r = sum(bias[k] * wk for k, wk in projection.terms)
+            out[sel] = F.linear(flat[sel].to(weight.dtype), w_r, b_r)
+        return out.reshape(b, h * w, c, self.embed_dim).mean(2) * PROJECTION_SCALER
+
+    # ------------------------------------------------------------------ transformer
+    def pos_embed_for(self, h: int, w: int) -> torch.Tensor:
+        """Position table ``[1, 1 + h·w, D]`` for an h×w token grid (bicubic resize of the stored grid if needed)."""
+        g = self.grid_size
+        if (h, w) == (g, g):
+            return self.pos_embed
+        key = (h, w)
+        cached = self._pos_cache.get(key)
+        if cached is None or cached.device != self.pos_embed.device or self.training:
+            grid = self.pos_embed[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False)
+            cached = torch.cat([self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+            if not self.training:
+                self._pos_cache[key] = cached.detach()
+        return cached
+
+    def forward_tokens(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Add CLS + positions and run all blocks.
+
+        Args:
+            tokens: Patch tokens ``[B, h·w, D]``.
+            h: Token rows.
+            w: Token columns.
+
+        Returns:
+            ``[B, 1 + h·w, D]`` output of the last block, *before* the final norm.
+        """
+        pos = self.pos_embed_for(h, w)
+        x = tokens + pos[:, 1:]
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        bands: Union[Sequence[BandSpec], torch.Tensor],
+        output: Literal["cls", "grid"] = "cls",
+    ) -> torch.Tensor:
+        """Encode normalised images.
+
+        Args:
+            x: ``[B, C, H, W]`` float32 images already normalised (spec §4), H and W multiples of the patch size
+                (224 = the stored 14×14 position grid; other sizes use a bicubically resized grid).
+            bands: C band specs in channel order — range keys (``"red_2"``), projection indices (0..18) or
+                :class:`~engine.spectrum.Projection` objects — or an integer tensor ``[B, h, w, C]`` of per-token
+                projection indices.
+            output: ``"cls"`` → ``[B, D]`` CLS token after the final LayerNorm; ``"grid"`` → ``[B, D, H/p, W/p]``
+                patch tokens of the last block *before* the final norm (the reference's ``all_tokens``).
+
+        Returns:
+            The requested tensor (float32).
+
+        Raises:
+            ValueError: Shape mismatch between ``x`` and ``bands``, or a size not divisible by the patch size.
+            engine.errors.BandResolutionError: Unknown band key/index, or the disabled index −1.
+        """
+        if x.ndim != 4:
+            raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
+        p = self.patch_size
+        h, w = x.shape[2] // p, x.shape[3] // p
+        if isinstance(bands, torch.Tensor):
+            b, c = x.shape[:2]
+            if x.shape[2] % p or x.shape[3] % p:
+                raise ValueError(f"image size {x.shape[2]}×{x.shape[3]} px is not a multiple of the patch size {p}")
+            if tuple(bands.shape) != (b, h, w, c):
+                raise ValueError(f"per-token band indices must be [B, h, w, C] = {(b, h, w, c)}, got {tuple(bands.shape)}")
+            patches = x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5)
+            tokens = self.embed_patches(patches, bands)
+        else:
+            tokens = self.embed_bands(x, list(bands))
+        out = self.forward_tokens(tokens, h, w)
+        if output == "cls":
+            return self.norm(out[:, 0])
+        if output == "grid":
+            return out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w)
+        raise ValueError(f"output must be 'cls' or 'grid', got {output!r}")
+
+    def forward(self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor]) -> torch.Tensor:
+        """Alias of ``encode(x, bands, output="cls")``."""
+        return self.encode(x, bands, "cls")
+
+    def num_parameters(self) -> int:
+        """Number of parameters including the position table (spec §1.4 counts it)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, depth={self.depth}, num_heads={self.num_heads}, "
+            f"patch_size={self.patch_size}, grid_size={self.grid_size}, averaging={self.averaging!r}"
+        )
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_from_scratch(model: SmartiesEncoder, seed: Optional[int] = None) -> SmartiesEncoder:
+    """MAE-style initialisation (spec §1.5): xavier-uniform Linears, zero biases, LN 1/0, CLS ~ N(0, 0.02)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.apply(_init_weights)
+    nn.init.normal_(model.cls_token, std=0.02)
+    with torch.no_grad():
+        model.pos_embed.copy_(sincos_pos_embed(model.embed_dim, model.grid_size))
+    return model
+

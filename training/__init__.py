@@ -1,0 +1,1 @@
+"""msfm training: reproduces SMARTIES masked-autoencoder pretraining (and, later, X-STARS) on top of ``engine``."""
