@@ -1,0 +1,17 @@
+"""QGIS entry point of the msfm plugin.
+
+QGIS imports this package and calls ``classFactory(iface)``; ``iface`` is the ``QgisInterface`` of the desktop
+application, or ``None`` under ``qgis_process``. Imports are relative so the package also works when deployed as
+the plugin folder ``msfm/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def classFactory(iface: Any):  # noqa: N802 - name required by QGIS
+    """Return the plugin object QGIS manages (``initGui()`` on load, ``unload()`` on unload)."""
+    from .plugin import MsfmPlugin
+
+    return MsfmPlugin(iface)
