@@ -1,0 +1,309 @@
+"""The ``msfm`` command line: band mapping, models, embeddings, clustering and the offline demo.
+
+Examples::
+
+    msfm bands scene.tif                       # how each band maps onto SMARTIES' spectral ranges
+    msfm models list
+    msfm embed scene.tif emb.tif --model smarties-vit-b --device cuda
+    msfm cluster scene.tif classes.tif --k 8 --resolution pixel --quicklook classes.png
+    msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import __version__
+from .errors import EngineError
+
+__all__ = ("main",)
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_RASTER = REPO / "demo" / "s2_l1c_virginia_13band_10m.tif"
+DEMO_MODEL = "smarties-demo-tiny"
+
+
+def _parse_band_overrides(items: Optional[Sequence[str]]) -> Optional[dict[Any, Any]]:
+    """``["3=red_2", "B8=near_infrared_1", "5=842.5"]`` → ``{3: "red_2", "B8": "near_infrared_1", 5: 842.5}``."""
+    if not items:
+        return None
+    out: dict[Any, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise EngineError(f"--band expects BAND=KEY (e.g. 3=red_2 or B8=near_infrared_1 or 5=842.5), got {item!r}")
+        band, value = (s.strip() for s in item.split("=", 1))
+        key: Any = int(band) if band.isdigit() else band
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _add_band_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sensor", help="sensor preset id (see `msfm sensors`); guessed from band metadata when omitted")
+    p.add_argument(
+        "--band", action="append", metavar="BAND=KEY",
+        help="override one band's mapping: 1-based index or description = range key or central wavelength in nm "
+        "(repeatable), e.g. --band 4=red_2 --band 5=842.5",
+    )
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    _add_band_options(p)
+    p.add_argument("--model", default=DEMO_MODEL, help=f"model name (`msfm models list`) or .safetensors path (default {DEMO_MODEL})")
+    p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
+    p.add_argument("--tile-size-px", type=int, default=224, help="tile side in model-input pixels, multiple of 16 (default 224)")
+    p.add_argument("--overlap-px", type=int, default=32, help="overlap of neighbouring tiles in model-input pixels, multiple of 16 (default 32)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument(
+        "--scale", type=float,
+        help="model-input pixels per native pixel (2 = upsample 2×); default from the sensor preset "
+        "(2 for Sentinel-1/2 and Landsat, as SMARTIES was pretrained on upsampled 10 m imagery; 1 otherwise)",
+    )
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding raster data type")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .inference import InferenceSettings
+
+    return InferenceSettings(
+        tile_size_px=args.tile_size_px, overlap_px=args.overlap_px, batch_size=args.batch_size,
+        device=args.device, threads=args.threads, scale=args.scale, output_dtype=args.dtype,
+    )
+
+
+class _Progress:
+    """tqdm bar fed with completed fractions."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+
+    def __call__(self, fraction: float) -> None:
+        self.bar.update(round(fraction * 100) - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .models import load_model
+
+    return load_model(args.model, num_heads=args.num_heads, device="cpu")
+
+
+def cmd_bands(args: argparse.Namespace) -> int:
+    from .bands import describe_mapping, resolve_bands
+
+    print(describe_mapping(resolve_bands(args.input, sensor=args.sensor, overrides=_parse_band_overrides(args.band))))
+    return 0
+
+
+def cmd_sensors(args: argparse.Namespace) -> int:
+    from .sensors import list_sensors
+
+    for s in list_sensors():
+        bands = ", ".join(b.name for b in s.bands)
+        print(f"{s.id:<20} {s.name} — scale {s.default_scale:g} — bands: {bands}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import download_model, list_models, model_info
+
+    if args.action == "list":
+        for spec in list_models():
+            info = model_info(spec.name)
+            state = "bundled" if info.get("bundled") else ("cached" if info.get("cached") else "not downloaded")
+            print(f"{spec.name:<28} {state:<15} {spec.description}")
+    elif args.action == "info":
+        print(json.dumps(model_info(args.name), indent=2, default=str))
+    else:
+        print(download_model(args.name))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .inference import embed_raster
+
+    model = _load(args)
+    bar = _Progress("embed")
+    try:
+        res = embed_raster(
+            args.input, args.output, model, settings=_settings(args), sensor=args.sensor,
+            overrides=_parse_band_overrides(args.band), progress=bar,
+        )
+    finally:
+        bar.close()
+    print(f"{res.path}: {res.width}×{res.height} cells × {res.embed_dim} bands, {res.cell_size_px:g} native px per "
+          f"cell, {res.tiles} tiles in {res.seconds:.1f} s")
+    if args.pixel_output:
+        from .upsample import write_pixel_embeddings
+
+        print(write_pixel_embeddings(args.input, res.path, args.pixel_output, output_dtype=args.dtype))
+    if args.quicklook:
+        from .quicklook import embedding_quicklook
+
+        print(embedding_quicklook(res.path, args.quicklook))
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .cluster import cluster_raster
+
+    model = None if args.embeddings else _load(args)
+    bar = _Progress("cluster")
+    try:
+        res = cluster_raster(
+            args.input, args.output, model, k=args.k, resolution=args.resolution, embeddings=args.embeddings,
+            embeddings_output=args.embeddings_output, settings=None if args.embeddings else _settings(args),
+            sensor=args.sensor, overrides=_parse_band_overrides(args.band), seed=args.seed, progress=bar,
+        )
+    finally:
+        bar.close()
+    shares = ", ".join(f"{i}:{f:.0%}" for i, f in enumerate(res.class_fractions))
+    print(f"{res.path} ({res.resolution} resolution, k={res.k}; classes {shares}) + style {res.style}; {res.seconds:.1f} s")
+    if args.quicklook:
+        from .quicklook import class_quicklook
+
+        print(class_quicklook(res.path, args.quicklook))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .bands import describe_mapping, resolve_bands
+    from .cluster import cluster_raster
+    from .inference import InferenceSettings
+    from .models import load_model
+    from .quicklook import class_quicklook, embedding_quicklook, rgb_quicklook
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not DEMO_RASTER.exists():
+        raise EngineError(f"demo raster {DEMO_RASTER} is missing; run from a full clone of the repository")
+    print(f"input: {DEMO_RASTER.name} (Sentinel-2 L1C, 13 bands, 10 m, Eastern Shore of Virginia)")
+    mapping = resolve_bands(DEMO_RASTER)
+    print(describe_mapping(mapping))
+    model = load_model(DEMO_MODEL)
+    bar = _Progress("demo")
+    try:
+        res = cluster_raster(
+            DEMO_RASTER, out / "classes.tif", model, k=args.k, resolution="pixel",
+            embeddings_output=out / "embeddings.tif", settings=InferenceSettings(threads=args.threads), progress=bar,
+        )
+    finally:
+        bar.close()
+    emb = res.embeddings
+    assert emb is not None
+    red, green, blue = (mapping.indexes[mapping.keys.index(k)] for k in ("red_2", "green_2", "blue_1"))
+    looks = [
+        rgb_quicklook(DEMO_RASTER, out / "input_truecolor.png", (red, green, blue)),
+        embedding_quicklook(emb.path, out / "embeddings_pca.png"),
+        class_quicklook(res.path, out / "classes.png"),
+    ]
+    print(f"embeddings: {emb.path} ({emb.width}×{emb.height} cells × {emb.embed_dim}, {emb.tiles} tiles, {emb.seconds:.1f} s)")
+    print(f"classes:    {res.path} (k={res.k}, pixel resolution) + {res.style}")
+    print("quicklooks: " + ", ".join(str(p) for p in looks))
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    import platform
+
+    import numpy
+    import rasterio
+
+    lines = {"msfm": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+             "rasterio": rasterio.__version__, "GDAL (rasterio)": rasterio.__gdal_version__}
+    try:
+        import torch
+
+        lines["torch"] = torch.__version__
+        lines["CUDA"] = f"{torch.version.cuda} (available: {torch.cuda.is_available()})"
+    except ImportError:
+        lines["torch"] = "not installed"
+    for name in ("onnxruntime", "huggingface_hub", "safetensors", "sklearn"):
+        try:
+            lines[name] = __import__(name).__version__
+        except ImportError:
+            lines[name] = "not installed"
+    for k, v in lines.items():
+        print(f"{k:<16} {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msfm", description="Multi-sensor foundation models for GIS rasters.")
+    parser.add_argument("--version", action="version", version=f"msfm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bands", help="show how a raster's bands map onto SMARTIES spectral ranges")
+    p.add_argument("input", help="input raster")
+    _add_band_options(p)
+    p.set_defaults(func=cmd_bands)
+
+    p = sub.add_parser("sensors", help="list the sensor presets")
+    p.set_defaults(func=cmd_sensors)
+
+    p = sub.add_parser("models", help="list, describe or download models")
+    msub = p.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="named models and whether they are available offline")
+    for action in ("info", "download"):
+        q = msub.add_parser(action, help=f"{action} a named model")
+        q.add_argument("name")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("embed", help="write a patch-grid embedding raster (one pixel per 16×16 model patch)")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="output GeoTIFF (D float bands, NaN = nodata)")
+    _add_inference_options(p)
+    p.add_argument("--pixel-output", help="also write embeddings interpolated to the input's pixel grid (large!)")
+    p.add_argument("--quicklook", help="PNG of the first three principal components")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("cluster", help="k-means class map of a raster's embeddings")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="output class GeoTIFF (uint8, nodata 255) + .qml style beside it")
+    p.add_argument("--k", type=int, default=8, help="number of classes, 2..254 (default 8)")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: one class per input pixel (embeddings interpolated); patch: one per model patch")
+    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
+    p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
+    p.add_argument("--seed", type=int, default=0, help="random seed of sampling and k-means")
+    p.add_argument("--quicklook", help="PNG of the class map")
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("demo", help="cluster the bundled Sentinel-2 scene with the bundled model (offline)")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--k", type=int, default=8, help="number of classes (default 8)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("versions", help="versions of msfm and its dependencies (for bug reports)")
+    p.set_defaults(func=cmd_versions)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``msfm`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (EngineError, FileNotFoundError) as exc:
+        print(f"msfm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("msfm: interrupted; partial outputs were removed", file=sys.stderr)
+        return 130

@@ -1,0 +1,309 @@
+"""Unsupervised class maps: k-means on embeddings, fitted on a spatially spread sample, applied in streaming.
+
+Embeddings are L2-normalised before k-means (cosine geometry, as used by SMARTIES' kNN protocol, spec §6). The fit
+uses scikit-learn's ``KMeans`` (``MiniBatchKMeans`` above ``minibatch_above`` samples) on a regular grid of cells with
+a random offset, so every part of the raster is represented. Clusters are renumbered by decreasing size (class 0 is
+the most common) so colours are stable. Prediction streams over windows:
+
+- ``resolution="patch"``: one class per cell of the patch-grid embedding raster;
+- ``resolution="pixel"``: one class per input pixel, from embeddings interpolated bilinearly at pixel centres
+  (:mod:`engine.upsample`), with the input's own nodata carried over.
+
+Outputs: a uint8 GeoTIFF (nodata 255, colour table, class names as category names) and a QGIS ``.qml`` style beside it.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from .errors import InferenceCancelled, InputRasterError
+from .inference import CancelFn, EmbeddingResult, InferenceSettings, ProgressFn, embed_raster
+from .upsample import GridInterpolator, iter_windows
+from .writers import GeoTiffWriter, gtiff_profile
+
+__all__ = ("ClusterResult", "class_colors", "cluster_raster", "fit_kmeans", "write_qml")
+
+log = logging.getLogger(__name__)
+
+NODATA_CLASS = 255
+Resolution = Literal["patch", "pixel"]
+
+# Colour-blind-friendly qualitative palette (Okabe–Ito + Tableau-like), extended by HSV steps beyond 16 classes.
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+]
+
+
+def class_colors(k: int) -> list[tuple[int, int, int, int]]:
+    """``k`` distinct RGBA colours (the palette first, then evenly spaced hues)."""
+    colors = []
+    for i in range(k):
+        if i < len(_PALETTE):
+            h = _PALETTE[i].lstrip("#")
+            colors.append((int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 255))
+        else:
+            r, g, b = colorsys.hsv_to_rgb(((i - len(_PALETTE)) * 0.618034) % 1.0, 0.65, 0.9)
+            colors.append((int(r * 255), int(g * 255), int(b * 255), 255))
+    return colors
+
+
+def write_qml(path: Path, labels: list[str], colors: list[tuple[int, int, int, int]]) -> Path:
+    """Write a QGIS paletted-renderer style (``.qml``) for a class raster (values 0..k−1, band 1)."""
+    entries = "\n".join(
+        f'        <paletteEntry value="{i}" color="#{r:02x}{g:02x}{b:02x}" alpha="{a}" label="{escape(label)}"/>'
+        for i, (label, (r, g, b, a)) in enumerate(zip(labels, colors))
+    )
+    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22.16" styleCategories="AllStyleCategories">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>
+    <rasterresampler maxOversampling="2"/>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """What :func:`cluster_raster` wrote.
+
+    Attributes:
+        path: Class GeoTIFF (uint8, 0..k−1, nodata 255).
+        style: The ``.qml`` style beside it.
+        k: Number of clusters.
+        resolution: ``"patch"`` or ``"pixel"``.
+        class_fractions: Share of valid output pixels per class.
+        samples: Number of embeddings the k-means was fitted on.
+        embeddings: The embedding run (None when existing embeddings were given).
+        seconds: Wall time.
+    """
+
+    path: Path
+    style: Path
+    k: int
+    resolution: str
+    class_fractions: tuple[float, ...]
+    samples: int
+    embeddings: Optional[EmbeddingResult]
+    seconds: float
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def sample_embeddings(grid: Any, max_samples: int, seed: int) -> np.ndarray:
+    """Spatially spread sample of valid embeddings ``[N, D]`` (every s-th cell in both axes, random offset)."""
+    step = max(1, math.ceil(math.sqrt(grid.width * grid.height / max_samples)))
+    rng = np.random.default_rng(seed)
+    r_off, c_off = (int(v) for v in rng.integers(0, step, size=2))
+    out = []
+    for window in iter_windows(grid.height, grid.width, 256, grid.width):
+        block = grid.read(window=window)
+        rows = np.arange(window.row_off, window.row_off + window.height)
+        sel = block[:, (rows - r_off) % step == 0][:, :, c_off::step]
+        vec = sel.reshape(sel.shape[0], -1).T
+        out.append(vec[np.isfinite(vec).all(axis=1)])
+    return np.concatenate(out) if out else np.zeros((0, grid.count), np.float32)
+
+
+def fit_kmeans(samples: np.ndarray, k: int, seed: int = 0, minibatch_above: int = 20000) -> Any:
+    """Fit k-means on L2-normalised ``[N, D]`` samples; centroids renumbered by decreasing cluster size.
+
+    Raises:
+        InputRasterError: Fewer valid samples than clusters.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if len(samples) < k:
+        raise InputRasterError(f"only {len(samples)} valid embeddings for k={k} clusters; lower k or use a larger area")
+    x = _l2(samples.astype(np.float32))
+    if len(x) > minibatch_above:
+        km = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3).fit(x)
+    else:
+        km = KMeans(n_clusters=k, random_state=seed, n_init=4).fit(x)
+    counts = np.bincount(km.labels_, minlength=k)
+    order = np.argsort(-counts, kind="stable")
+    km.cluster_centers_ = km.cluster_centers_[order]
+    return km
+
+
+def _predict(km: Any, vectors: np.ndarray) -> np.ndarray:
+    """Class per row of ``[N, D]`` (NaN rows → 255)."""
+    labels = np.full(len(vectors), NODATA_CLASS, np.uint8)
+    ok = np.isfinite(vectors).all(axis=1)
+    if ok.any():
+        centers = km.cluster_centers_.astype(np.float32)
+        x = _l2(vectors[ok].astype(np.float32))
+        labels[ok] = np.argmax(x @ centers.T - 0.5 * (centers * centers).sum(1), axis=1).astype(np.uint8)
+    return labels
+
+
+def cluster_raster(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    model: Any = None,
+    *,
+    k: int = 8,
+    resolution: Resolution = "pixel",
+    embeddings: Optional[Union[str, Path]] = None,
+    embeddings_output: Optional[Union[str, Path]] = None,
+    settings: Optional[InferenceSettings] = None,
+    sensor: Optional[str] = None,
+    overrides: Any = None,
+    max_samples: int = 50000,
+    seed: int = 0,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> ClusterResult:
+    """Cluster a raster's embeddings into ``k`` classes and write a styled class GeoTIFF.
+
+    Args:
+        source: Input raster.
+        output: Class GeoTIFF to write (uint8, nodata 255); a ``.qml`` style is written beside it.
+        model: Loaded encoder; needed unless ``embeddings`` is given.
+        k: Number of clusters, 2..254.
+        resolution: ``"patch"`` (one class per cell) or ``"pixel"`` (one class per input pixel).
+        embeddings: Reuse an existing embedding raster of ``source`` instead of running the model.
+        embeddings_output: Keep the embeddings computed on the way at this path (else a temporary file).
+        settings: Inference settings (tiles, device, scale…).
+        sensor: Sensor preset id for band mapping; guessed when None.
+        overrides: Band overrides, see :func:`engine.bands.resolve_bands`.
+        max_samples: Embeddings used to fit k-means.
+        seed: Random seed of sampling and k-means.
+        progress: Called with the completed fraction 0..1.
+        is_canceled: Polled every batch/window; True stops with :class:`InferenceCancelled`, writing nothing.
+
+    Returns:
+        :class:`ClusterResult`.
+
+    Raises:
+        InputRasterError: Bad ``k``, no valid pixel, unreadable input.
+        InferenceCancelled: Cancelled by the caller.
+    """
+    if not 2 <= k <= 254:
+        raise InputRasterError(f"k must be between 2 and 254 (uint8 classes, 255 = nodata), got {k}")
+    if resolution not in ("patch", "pixel"):
+        raise InputRasterError(f"resolution must be 'patch' or 'pixel', got {resolution!r}")
+    started = time.perf_counter()
+    output = Path(output)
+    report = progress or (lambda f: None)
+    tmpdir = None
+    result = None
+    try:
+        if embeddings is None:
+            if model is None:
+                raise InputRasterError("give a model (or existing embeddings) to cluster")
+            if embeddings_output is None:
+                tmpdir = tempfile.TemporaryDirectory(prefix=".msfm-", dir=output.parent)
+                embeddings_output = Path(tmpdir.name) / "embeddings.tif"
+            result = embed_raster(
+                source, embeddings_output, model, settings=settings, sensor=sensor, overrides=overrides,
+                progress=lambda f: report(0.8 * f), is_canceled=is_canceled,
+            )
+            embeddings = result.path
+        with rasterio.open(embeddings) as grid:
+            samples = sample_embeddings(grid, max_samples, seed)
+            km = fit_kmeans(samples, k, seed)
+            if is_canceled is not None and is_canceled():
+                raise InferenceCancelled("cancelled after fitting k-means; no output written")
+            counts = _write_classes(grid, source, output, km, k, resolution, report, is_canceled)
+        labels = [f"class {i}" for i in range(k)]
+        style = write_qml(output.with_suffix(".qml"), labels, class_colors(k))
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    total = max(1, int(counts.sum()))
+    report(1.0)
+    return ClusterResult(
+        path=output,
+        style=style,
+        k=k,
+        resolution=resolution,
+        class_fractions=tuple(float(c) / total for c in counts),
+        samples=len(samples),
+        embeddings=result,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _write_classes(
+    grid: Any,
+    source: Union[str, Path],
+    output: Path,
+    km: Any,
+    k: int,
+    resolution: Resolution,
+    report: ProgressFn,
+    is_canceled: Optional[CancelFn],
+) -> np.ndarray:
+    colors = {i: c for i, c in enumerate(class_colors(k))}
+    counts = np.zeros(k, np.int64)
+    tags = {"MSFM_KIND": "classes", "MSFM_K": str(k), "MSFM_RESOLUTION": resolution, "MSFM_EMBEDDINGS": grid.name}
+    if resolution == "patch":
+        target, interp, src_mask = grid, None, None
+    else:
+        target = rasterio.open(source)
+        interp = GridInterpolator(grid, target.transform)
+        recorded = grid.tags().get("MSFM_BAND_INDEXES")
+        src_mask = json.loads(recorded) if recorded else list(range(1, target.count + 1))
+    try:
+        profile = gtiff_profile(
+            width=target.width, height=target.height, count=1, dtype="uint8",
+            crs=target.crs, transform=target.transform, nodata=NODATA_CLASS,
+        )
+        d = grid.count
+        cols = target.width if resolution == "patch" else max(256, (1 << 24) // (d * 16) // 256 * 256)
+        with GeoTiffWriter(output, profile, ["class"], tags, colors) as writer:
+            band_rows = 16
+            for row in range(0, target.height, band_rows):
+                if is_canceled is not None and is_canceled():
+                    raise InferenceCancelled("cancelled while writing classes; no output written")
+                h = min(band_rows, target.height - row)
+                out = np.empty((1, h, target.width), np.uint8)
+                for window in iter_windows(h, target.width, h, cols):
+                    win = Window(window.col_off, row, window.width, h)
+                    if interp is None:
+                        vec = grid.read(window=win)
+                    else:
+                        vec = interp.sample(win)
+                        valid = (target.read_masks(src_mask, window=win) > 0).all(axis=0)
+                        vec[:, ~valid] = np.nan
+                    labels = _predict(km, vec.reshape(d, -1).T).reshape(h, int(win.width))
+                    out[0, :, int(win.col_off) : int(win.col_off + win.width)] = labels
+                writer.write_rows(out)
+                counts += np.bincount(out[out != NODATA_CLASS].ravel(), minlength=k)[:k]
+                report(0.8 + 0.2 * (row + h) / target.height)
+            if counts.sum() == 0:
+                raise InputRasterError("no valid pixel to classify (all nodata)")
+    finally:
+        if target is not grid:
+            target.close()
+    return counts
+

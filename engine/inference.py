@@ -1,0 +1,411 @@
+"""Streaming tiled inference: a raster of any size → a georeferenced patch-grid embedding raster.
+
+Pipeline (one pass, constant memory in the raster height):
+
+1. Resolve the raster's bands to SMARTIES projections (:func:`engine.bands.resolve_bands`) and their
+   normalisation statistics (the sensor preset's, or estimated from a decimated read of the raster).
+2. Optionally view the raster through a resampling :class:`rasterio.vrt.WarpedVRT` scaled by ``scale`` (SMARTIES
+   saw 10 m imagery upsampled ~2×: BigEarthNet 120→224 px, EuroSAT 64→224 px; presets carry the default).
+3. Plan tiles of ``tile_size_px`` on the patch grid (:mod:`engine.tiling`), read them with rasterio windows in a
+   background thread (edge tiles padded by replication, nodata/NaN masked and set to the band mean), normalise
+   (spec §3–§4), encode in batches (``output="grid"``), blend overlaps with window weights (:mod:`engine.blending`).
+4. Write finished cell rows to a tiled, compressed GeoTIFF (one pixel per patch, D bands) through an atomic writer
+   (:mod:`engine.writers`): cancelling or failing leaves nothing behind.
+
+A cell is nodata (NaN) when less than ``min_valid_fraction`` of its pixels hold data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .bands import BandMapping, resolve_bands
+from .blending import BlendKind, RowBlender
+from .errors import InferenceCancelled, InputRasterError
+from .normalize import BandStats, estimate_stats, normalize
+from .tiling import TileGrid, tile_grid
+from .writers import GeoTiffWriter, gtiff_profile
+
+__all__ = ("EmbeddingResult", "InferenceSettings", "RasterReader", "embed_raster", "select_device")
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float], None]
+CancelFn = Callable[[], bool]
+
+#: Pixels read (at most) to estimate statistics of bands without preset statistics.
+_STATS_SAMPLE_PX = 1_000_000
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a raster is tiled and encoded.
+
+    Attributes:
+        tile_size_px: Tile side in model-input pixels (after scaling); multiple of the patch size. 224 matches the
+            checkpoints' 14×14 position grid; other sizes use a resized grid.
+        overlap_px: Overlap between neighbouring tiles in model-input pixels; multiple of the patch size. Overlaps
+            are blended, never cut. Cost grows as ``(tile / (tile − overlap))²`` (32 px → 1.36×).
+        batch_size: Tiles per forward pass. Memory ∝ ``batch_size · tile_size_px²``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
+        threads: CPU threads for torch (None keeps torch's default).
+        scale: Resampling factor from native to model-input pixels (2.0 = each native pixel becomes 2×2); None
+            uses the sensor preset's default (1.0 if no preset).
+        resampling: rasterio resampling used when ``scale != 1`` (``"bilinear"``, ``"cubic"``, ``"nearest"``…).
+        blend: Window of the overlap blending, ``"cosine"`` or ``"linear"``.
+        output_dtype: ``"float32"`` or ``"float16"`` (stored as 16-bit floats; half the disk).
+        min_valid_fraction: A cell with a smaller share of valid pixels is written as nodata.
+    """
+
+    tile_size_px: int = 224
+    overlap_px: int = 32
+    batch_size: int = 8
+    device: str = "auto"
+    threads: Optional[int] = None
+    scale: Optional[float] = None
+    resampling: str = "bilinear"
+    blend: BlendKind = "cosine"
+    output_dtype: str = "float32"
+    min_valid_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.scale is not None and not 0.05 <= self.scale <= 20:
+            raise ValueError(f"scale must be between 0.05 and 20 (model pixels per native pixel), got {self.scale}")
+        if self.output_dtype not in ("float32", "float16"):
+            raise ValueError(f"output_dtype must be 'float32' or 'float16', got {self.output_dtype!r}")
+        if self.resampling not in Resampling.__members__:
+            raise ValueError(f"unknown resampling {self.resampling!r}; use one of {', '.join(Resampling.__members__)}")
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """What :func:`embed_raster` wrote.
+
+    Attributes:
+        path: The embedding GeoTIFF (``embed_dim`` bands, one pixel per patch, NaN = nodata).
+        width: Columns (cells).
+        height: Rows (cells).
+        embed_dim: Number of bands D.
+        transform: Affine transform of the cell grid (same CRS as the input).
+        crs: CRS of the input, as WKT.
+        tiles: Number of tiles encoded.
+        seconds: Wall time.
+        scale: Resampling factor used.
+        cell_size_px: Native pixels per cell side (patch size / scale).
+        mapping: The band mapping used.
+    """
+
+    path: Path
+    width: int
+    height: int
+    embed_dim: int
+    transform: Affine
+    crs: Optional[str]
+    tiles: int
+    seconds: float
+    scale: float
+    cell_size_px: float
+    mapping: BandMapping = field(repr=False)
+
+
+def select_device(device: str) -> str:
+    """Resolve ``"auto"`` to ``"cuda"`` when torch sees a GPU, else ``"cpu"``; validate explicit CUDA requests."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputRasterError(
+            f"device {device!r} was requested but torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda}); use device='cpu' or install a CUDA build of torch"
+        )
+    return device
+
+
+def _open(source: Union[str, Path]) -> Any:
+    try:
+        return rasterio.open(source)
+    except RasterioIOError as exc:
+        raise InputRasterError(f"cannot read raster {source}: {exc}. Is it a valid GeoTIFF/GDAL raster?") from exc
+
+
+class RasterReader:
+    """Reads normalised tiles of the resolved bands, optionally through a scaled virtual raster.
+
+    Args:
+        dataset: An open rasterio dataset.
+        mapping: Band mapping from :func:`engine.bands.resolve_bands`.
+        stats: One :class:`BandStats` per mapped band.
+        scale: Model-input pixels per native pixel.
+        resampling: rasterio resampling name for ``scale != 1``.
+
+    Attributes:
+        height_px: Height of the (scaled) view in model-input pixels.
+        width_px: Width of the (scaled) view.
+        transform: Affine transform of the (scaled) view.
+    """
+
+    def __init__(
+        self, dataset: Any, mapping: BandMapping, stats: Sequence[BandStats], scale: float, resampling: str
+    ) -> None:
+        self.dataset = dataset
+        self.indexes = list(mapping.indexes)
+        self.stats = list(stats)
+        self.scale = scale
+        if scale == 1.0:
+            self.view = dataset
+        else:
+            width = max(1, round(dataset.width * scale))
+            height = max(1, round(dataset.height * scale))
+            transform = dataset.transform * Affine.scale(dataset.width / width, dataset.height / height)
+            self.view = WarpedVRT(
+                dataset,
+                crs=dataset.crs,
+                transform=transform,
+                width=width,
+                height=height,
+                resampling=Resampling[resampling],
+            )
+        self.height_px = self.view.height
+        self.width_px = self.view.width
+        self.transform = self.view.transform
+
+    def read(self, row_px: int, col_px: int, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read a ``size_px`` square starting at (row_px, col_px) of the view; the part outside is edge-padded.
+
+        Returns:
+            ``(x [C, size, size] float32 normalised, invalid pixels set to 0; valid [size, size] bool)``.
+        """
+        h = max(0, min(size_px, self.height_px - row_px))
+        w = max(0, min(size_px, self.width_px - col_px))
+        window = Window(col_px, row_px, w, h)
+        raw = self.view.read(self.indexes, window=window)
+        masks = self.view.read_masks(self.indexes, window=window)
+        valid = (masks > 0).all(axis=0)
+        if raw.dtype.kind == "f":
+            valid &= np.isfinite(raw).all(axis=0)
+        x = normalize(raw, self.stats)
+        x[:, ~valid] = 0.0
+        if h < size_px or w < size_px:
+            pad = ((0, 0), (0, size_px - h), (0, size_px - w))
+            x = np.pad(x, pad, mode="edge") if h and w else np.zeros((len(self.indexes), size_px, size_px), np.float32)
+            valid = np.pad(valid, pad[1:], mode="constant", constant_values=False)
+        return x, valid
+
+    def close(self) -> None:
+        if self.view is not self.dataset:
+            self.view.close()
+
+
+def band_statistics(dataset: Any, mapping: BandMapping) -> list[BandStats]:
+    """Statistics for every mapped band: the preset's where known, else estimated from a decimated read.
+
+    Raises:
+        InputRasterError: The raster holds no valid pixel.
+    """
+    factor = max(1.0, math.sqrt(dataset.width * dataset.height / _STATS_SAMPLE_PX))
+    shape = (max(1, int(dataset.height / factor)), max(1, int(dataset.width / factor)))
+    indexes = list(mapping.indexes)
+    masks = dataset.read_masks(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
+    valid = (masks > 0).all(axis=0)
+    values = dataset.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
+    if values.dtype.kind == "f":
+        valid &= np.isfinite(values).all(axis=0)
+    if not valid.any():
+        raise InputRasterError(
+            f"{dataset.name}: every pixel is nodata (or NaN) in the selected bands; nothing to embed. "
+            "Check the nodata value (gdalinfo) or choose other bands."
+        )
+    missing = [i for i, b in enumerate(mapping.bands) if b.stats is None]
+    estimated = estimate_stats(values[missing], valid) if missing else []
+    stats: list[BandStats] = []
+    for i, band in enumerate(mapping.bands):
+        stats.append(band.stats if band.stats is not None else estimated[missing.index(i)])
+    return stats
+
+
+def default_scale(mapping: BandMapping) -> float:
+    """The sensor preset's resampling factor, or 1.0 when no preset is known."""
+    if mapping.sensor is None:
+        return 1.0
+    from .sensors import get_sensor
+
+    return float(get_sensor(mapping.sensor).default_scale)
+
+
+def _batches(items: Sequence[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def embed_raster(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    model: Any,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    sensor: Optional[str] = None,
+    overrides: Optional[Union[Mapping[Union[int, str], Union[str, float]], Sequence[str]]] = None,
+    mapping: Optional[BandMapping] = None,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> EmbeddingResult:
+    """Encode a raster tile by tile and write its patch-grid embeddings as a GeoTIFF.
+
+    Args:
+        source: Input raster path (any GDAL-readable raster with a CRS, e.g. GeoTIFF).
+        output: Destination GeoTIFF; written atomically (nothing is left on failure or cancel).
+        model: A loaded encoder (:func:`engine.load_model`), used with ``output="grid"``.
+        settings: Tiling/device options; defaults to :class:`InferenceSettings()`.
+        sensor: Sensor preset id (``"sentinel2_l1c"``…) for band mapping and statistics; guessed when None.
+        overrides: Band overrides, see :func:`engine.bands.resolve_bands`.
+        mapping: A precomputed band mapping (then ``sensor``/``overrides`` are ignored).
+        progress: Called with the completed fraction (0..1) after every batch.
+        is_canceled: Polled before every batch; returning True stops within one batch.
+
+    Returns:
+        :class:`EmbeddingResult`. The raster has D float bands named ``emb_000``…, one pixel per patch
+        (``patch_size / scale`` native pixels), the input's CRS, and NaN for nodata cells.
+
+    Raises:
+        InputRasterError: Unreadable raster, all-nodata raster, bad settings.
+        engine.errors.BandResolutionError: A band cannot be mapped (the message says which and how to fix it).
+        InferenceCancelled: ``is_canceled`` returned True.
+    """
+    import torch
+
+    settings = settings or InferenceSettings()
+    started = time.perf_counter()
+    output = Path(output)
+    dataset = _open(source)
+    try:
+        if dataset.crs is None:
+            log.warning("%s has no CRS: the output will not be georeferenced either", source)
+        mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
+        stats = band_statistics(dataset, mapping)
+        scale = settings.scale if settings.scale is not None else default_scale(mapping)
+        reader = RasterReader(dataset, mapping, stats, scale, settings.resampling)
+        try:
+            return _run(model, reader, mapping, settings, output, source, progress, is_canceled, started, torch)
+        finally:
+            reader.close()
+    finally:
+        dataset.close()
+
+
+def _run(
+    model: Any,
+    reader: RasterReader,
+    mapping: BandMapping,
+    settings: InferenceSettings,
+    output: Path,
+    source: Union[str, Path],
+    progress: Optional[ProgressFn],
+    is_canceled: Optional[CancelFn],
+    started: float,
+    torch: Any,
+) -> EmbeddingResult:
+    p = model.patch_size
+    grid: TileGrid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    device = select_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model = model.to(device).eval()
+    projections = list(mapping.projections)
+    n, size = grid.tile_cells, settings.tile_size_px
+    padded_width = max(grid.width_cells, n)
+    blender = RowBlender(model.embed_dim, n, padded_width, settings.blend)
+    transform = reader.transform * Affine.scale(p)
+    profile = gtiff_profile(
+        width=grid.width_cells,
+        height=grid.height_cells,
+        count=model.embed_dim,
+        dtype=settings.output_dtype,
+        crs=reader.dataset.crs,
+        transform=transform,
+        nodata=float("nan"),
+    )
+    tags = {
+        "MSFM_KIND": "embeddings",
+        "MSFM_MODEL": getattr(model, "name", "unknown"),
+        "MSFM_SOURCE": str(source),
+        "MSFM_OUTPUT": "grid: last-block patch tokens before the final norm",
+        "MSFM_BAND_INDEXES": json.dumps(list(mapping.indexes)),
+        "MSFM_BANDS": json.dumps([b.projection.label for b in mapping.bands]),
+        "MSFM_SENSOR": str(mapping.sensor),
+        "MSFM_SCALE": repr(reader.scale),
+        "MSFM_PATCH_SIZE_PX": str(p),
+        "MSFM_SETTINGS": json.dumps(asdict(settings)),
+    }
+    descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)]
+    tiles = list(grid)
+    batches = list(_batches(tiles, settings.batch_size))
+
+    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        reads = [reader.read(r * p, c * p, size) for r, c in batch]
+        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
+
+    def finish_rows(writer: GeoTiffWriter, until_row: int) -> None:
+        values, valid = blender.release(until_row)
+        first = until_row - values.shape[1]
+        keep = max(0, min(until_row, grid.height_cells) - first)
+        values, valid = values[:, :keep, : grid.width_cells], valid[:keep, : grid.width_cells]
+        values[:, valid < settings.min_valid_fraction] = np.nan
+        writer.write_rows(values)
+
+    log.info(
+        "embedding %s: %d×%d px at scale %g → %d×%d cells, %d tiles of %d px on %s",
+        source, reader.width_px, reader.height_px, reader.scale, grid.width_cells, grid.height_cells,
+        len(tiles), size, device,
+    )
+    with GeoTiffWriter(output, profile, descriptions, tags) as writer, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, batches[0])
+        for b, batch in enumerate(batches):
+            if is_canceled is not None and is_canceled():
+                pending.cancel()
+                raise InferenceCancelled(f"cancelled after {b} of {len(batches)} batches; no output written")
+            x, valid = pending.result()
+            if b + 1 < len(batches):
+                pending = pool.submit(load, batches[b + 1])
+            with torch.inference_mode():
+                emb = model.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
+            cell_valid = valid.reshape(len(batch), n, p, n, p).mean(axis=(2, 4))
+            for (r, c), e, v in zip(batch, emb, cell_valid):
+                if r > blender.top:
+                    finish_rows(writer, r)
+                blender.add(e, v, r, c)
+            if progress is not None:
+                progress((b + 1) / len(batches))
+        finish_rows(writer, blender.top + n)
+    seconds = time.perf_counter() - started
+    log.info("wrote %s in %.1f s", output, seconds)
+    return EmbeddingResult(
+        path=output,
+        width=grid.width_cells,
+        height=grid.height_cells,
+        embed_dim=model.embed_dim,
+        transform=transform,
+        crs=reader.dataset.crs.to_wkt() if reader.dataset.crs else None,
+        tiles=len(tiles),
+        seconds=seconds,
+        scale=reader.scale,
+        cell_size_px=p / reader.scale,
+        mapping=mapping,
+    )

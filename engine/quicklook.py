@@ -1,0 +1,87 @@
+"""PNG quicklooks of inputs and outputs (decimated to at most ``max_size_px`` on the long side).
+
+- :func:`class_quicklook`: a class raster coloured with its colour table;
+- :func:`rgb_quicklook`: three bands of an input raster with a 2–98 % percentile stretch;
+- :func:`embedding_quicklook`: the first three principal components of an embedding raster as RGB.
+
+PNG files are written through rasterio's PNG driver, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+__all__ = ("class_quicklook", "embedding_quicklook", "rgb_quicklook")
+
+PathLike = Union[str, Path]
+
+
+def _shape(ds: rasterio.io.DatasetReader, max_size_px: int) -> tuple[int, int]:
+    f = max(1.0, max(ds.width, ds.height) / max_size_px)
+    return max(1, round(ds.height / f)), max(1, round(ds.width / f))
+
+
+def _write_png(path: PathLike, rgb: np.ndarray) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}.png")
+    with rasterio.open(tmp, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8") as dst:
+        dst.write(rgb)
+    os.replace(tmp, path)
+    aux = tmp.with_name(tmp.name + ".aux.xml")
+    if aux.exists():
+        aux.unlink()
+    return path
+
+
+def _stretch(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    out = np.zeros(a.shape, np.uint8)
+    for i in range(a.shape[0]):
+        v = a[i][valid]
+        if v.size == 0:
+            continue
+        lo, hi = np.percentile(v, [2, 98])
+        out[i] = np.clip((a[i] - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
+    out[:, ~valid] = 0
+    return out
+
+
+def class_quicklook(classes: PathLike, png: PathLike, max_size_px: int = 1024) -> Path:
+    """Colour a class GeoTIFF with its colour table (nodata black) and save it as PNG."""
+    with rasterio.open(classes) as ds:
+        labels = ds.read(1, out_shape=_shape(ds, max_size_px), resampling=Resampling.nearest)
+        cmap = ds.colormap(1)
+    lut = np.zeros((256, 3), np.uint8)
+    for value, color in cmap.items():
+        lut[value] = color[:3]
+    lut[255] = 0
+    return _write_png(png, lut[labels].transpose(2, 0, 1))
+
+
+def rgb_quicklook(source: PathLike, png: PathLike, bands: Sequence[int], max_size_px: int = 1024) -> Path:
+    """Stretch three bands (1-based indexes, red/green/blue order) of a raster and save them as PNG."""
+    with rasterio.open(source) as ds:
+        shape = _shape(ds, max_size_px)
+        data = ds.read(list(bands), out_shape=(3, *shape), resampling=Resampling.average).astype(np.float32)
+        valid = (ds.read_masks(list(bands), out_shape=(3, *shape), resampling=Resampling.nearest) > 0).all(axis=0)
+    return _write_png(png, _stretch(data, valid & np.isfinite(data).all(axis=0)))
+
+
+def embedding_quicklook(embeddings: PathLike, png: PathLike, max_size_px: int = 1024) -> Path:
+    """Project an embedding raster on its first three principal components and save them as an RGB PNG."""
+    with rasterio.open(embeddings) as ds:
+        data = ds.read(out_shape=(ds.count, *_shape(ds, max_size_px)), resampling=Resampling.nearest)
+    d, h, w = data.shape
+    x = data.reshape(d, -1).T
+    valid = np.isfinite(x).all(axis=1)
+    rgb = np.zeros((3, h * w), np.float32)
+    if valid.sum() >= 3:
+        xv = x[valid] - x[valid].mean(axis=0)
+        _, _, vt = np.linalg.svd(xv[:: max(1, len(xv) // 20000)], full_matrices=False)
+        rgb[:, valid] = (xv @ vt[:3].T).T
+    return _write_png(png, _stretch(rgb.reshape(3, h, w), valid.reshape(h, w)))
