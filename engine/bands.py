@@ -1,0 +1,778 @@
+"""Band resolver: which SMARTIES projection embeds each band of a raster, and with which statistics.
+
+:func:`resolve_bands` maps every band of a raster to a :class:`engine.spectrum.Projection` with four rules, in this
+order of trust (a band takes the first rule that resolves it):
+
+1. ``override`` — the caller's explicit mapping (``--band 3=red_2`` on the CLI, ``overrides={3: "red_2"}`` in
+   Python): a range key, a central wavelength in nm, or ``"drop"``.
+2. ``description`` — the band description (``B04``, ``B8A``, ``VV``, ``Red``, ``NIR1``, ``SR_B4``… in any usual
+   spelling; for bands without one, a red/green/blue colour interpretation), read in the context of the sensor: ``B5``
+   is red edge on Sentinel-2 and NIR on Landsat 8. Without a sensor only context-free names resolve (colour words,
+   ``NIR``, ``SWIR1``, ``VV``/``VH``, ``Pan``, range keys).
+3. ``wavelength`` — per-band wavelength metadata: the tags ``central_wavelength_nm`` (+ ``bandwidth_nm`` or
+   ``fwhm_nm``), GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``/``FWHM_UM``, or ENVI's ``wavelength`` +
+   ``wavelength_units``; matched with :func:`engine.spectrum.match_wavelength`, interpolated when in no range.
+4. ``preset`` — the band order of the sensor preset, when the raster has exactly as many (non-alpha) bands.
+
+The sensor is the caller's, or guessed from the band descriptions (``B8A`` → Sentinel-2, ``VV``/``VH`` →
+Sentinel-1, unpadded ``B1``…``B11`` → Landsat 8), the dataset's ``sensor``/``level``/``platform`` tags, or 8-bit
+red/green/blue bands (→ ``rgb``); :attr:`BandMapping.sensor_reason` says which. Alpha bands and bands of the disabled
+range (Sentinel-2 B10 and Landsat B9 cirrus) are dropped with a notice. Statistics are the sensor preset's for the
+matched preset band; ``None`` tells the caller to estimate them from the raster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from os import PathLike
+from typing import Any, Iterator, Mapping, Sequence, Union
+
+from .errors import BandResolutionError, InputRasterError
+from .normalize import BandStats
+from .sensors import Sensor, SensorBand, get_sensor, list_sensors, normalize_band_name
+from .spectrum import (
+    Averaging,
+    Projection,
+    get_range,
+    interpolated_projection,
+    match_wavelength,
+    projection_for,
+    spectral_ranges,
+)
+
+__all__ = ("BandMapping", "DroppedBand", "ResolvedBand", "describe_mapping", "resolve_bands")
+
+logger = logging.getLogger(__name__)
+
+Overrides = Union[Mapping[Union[int, str], Union[str, float]], Sequence[str]]
+
+#: Central wavelength used for a panchromatic band named only "pan" (450–800 nm VNIR pan).
+_PAN_NM = 625.0
+#: Wavelengths above this are microwave: VV and VH share one, so a wavelength cannot pick the polarisation.
+_MICROWAVE_NM = 1.0e6
+#: A band at least this much wider than the matched range (fraction of the band inside it below this) is interpolated.
+_MIN_OVERLAP = 0.5
+#: Values that drop a band in an override.
+_DROP = frozenset({"drop", "skip", "none", "ignore", "-"})
+#: Context-free band names (canonical spelling) → (range key or None for interpolation, wavelength nm).
+_GENERIC_NAMES: dict[str, tuple[str | None, float | None]] = {
+    "red": ("red_1", None),
+    "green": ("green_1", None),
+    "blue": ("blue_3", None),
+    "nir": ("near_infrared_1", None),
+    "nearinfrared": ("near_infrared_1", None),
+    "coastal": ("aerosol", None),
+    "coastalaerosol": ("aerosol", None),
+    "swir1": ("short_wave_infrared_3", None),
+    "swir2": ("short_wave_infrared_4", None),
+    "cirrus": ("short_wave_infrared_2", None),
+    "vv": ("microwave_1", None),
+    "vh": ("microwave_2", None),
+    "pan": (None, _PAN_NM),
+    "panchromatic": (None, _PAN_NM),
+}
+#: Dataset tags that may name the sensor or the processing level.
+_SENSOR_TAGS = frozenset(
+    {"sensor", "platform", "satellite", "spacecraft", "spacecraft_id", "mission", "instrument", "level",
+     "processing_level", "product_type", "product", "sensor_name", "constellation"}
+)
+#: Substrings of the (canonical) sensor tags → preset family.
+_FAMILY_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("sentinel2", "msil1c", "msil2a"), "sentinel2"),
+    (("sentinel1", "csar"), "sentinel1"),
+    (("landsat8", "landsat9", "olitirs"), "landsat8"),
+    (("worldview2", "wv02"), "worldview2"),
+    (("worldview3", "wv03"), "worldview3"),
+    (("planetscope", "superdove"), "planetscope"),
+    (("naip",), "naip"),
+)
+_NUMBERED = re.compile(r"^b\d+a?$")
+_PADDED = re.compile(r"(?i)^\s*(?:[a-z]{2,4}_)?b(?:and)?[\s_-]*0\d")
+
+
+@dataclass(frozen=True)
+class ResolvedBand:
+    """One raster band that will be embedded.
+
+    Attributes:
+        index: 1-based raster band index.
+        description: Raster band description (``""`` if none).
+        wavelength_nm: Central wavelength, nm: the band's wavelength metadata, else the preset's; ``None`` if unknown.
+        key: SMARTIES range key, or ``None`` when the projection is interpolated by wavelength.
+        projection: How the band is embedded (base projection indices and weights).
+        rule: ``"override"``, ``"description"``, ``"wavelength"`` or ``"preset"``.
+        reason: Which rule matched and why, in one sentence.
+        stats: Normalisation statistics from the sensor preset, or ``None`` (the caller estimates them).
+    """
+
+    index: int
+    description: str
+    wavelength_nm: float | None
+    key: str | None
+    projection: Projection
+    rule: str
+    reason: str
+    stats: BandStats | None
+
+
+@dataclass(frozen=True)
+class DroppedBand:
+    """A raster band that is not embedded (alpha, disabled range, or dropped by an override).
+
+    Attributes:
+        index: 1-based raster band index.
+        description: Raster band description (``""`` if none).
+        reason: Why it is dropped.
+    """
+
+    index: int
+    description: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BandMapping:
+    """The result of :func:`resolve_bands`.
+
+    Attributes:
+        bands: The bands to embed, in raster order.
+        dropped: The bands left out, with reasons.
+        sensor: Sensor preset id used for context and statistics, or ``None``.
+        sensor_reason: Why this sensor (given by the caller, guessed from what) or why none.
+    """
+
+    bands: tuple[ResolvedBand, ...]
+    dropped: tuple[DroppedBand, ...]
+    sensor: str | None
+    sensor_reason: str
+
+    @property
+    def indexes(self) -> list[int]:
+        """1-based raster indexes of the embedded bands, in order (for ``dataset.read(indexes)``)."""
+        return [b.index for b in self.bands]
+
+    @property
+    def projections(self) -> list[Projection]:
+        """The projection of each embedded band, aligned with :attr:`indexes`."""
+        return [b.projection for b in self.bands]
+
+    @property
+    def keys(self) -> list[str | None]:
+        """The range key of each embedded band (``None`` for interpolated ones), aligned with :attr:`indexes`."""
+        return [b.key for b in self.bands]
+
+
+@dataclass(frozen=True)
+class _Band:
+    """What the raster says about one band."""
+
+    index: int
+    description: str
+    name: str  # the description, or the colour interpretation when there is none
+    name_source: str  # "description" or "colour interpretation"
+    dtype: str
+    wavelength_nm: float | None
+    bandwidth_nm: float | None
+    wavelength_source: str
+    alpha_reason: str
+
+    @property
+    def label(self) -> str:
+        what = repr(self.description) if self.description else "no description"
+        return f"band {self.index} ({what})"
+
+
+def resolve_bands(
+    source: Any,
+    sensor: str | None = None,
+    overrides: Overrides | None = None,
+    averaging: Averaging = "linear",
+) -> BandMapping:
+    """Map every band of a raster to a SMARTIES projection (see the module docstring for the rules).
+
+    Args:
+        source: A raster path (``str``/``Path``) or an open rasterio dataset (left open).
+        sensor: Sensor preset id (``"sentinel2_l2a"``, ``"naip_rgbn"``…, see :func:`engine.sensors.list_sensors`);
+            guessed from descriptions and metadata when ``None``.
+        overrides: Explicit mappings that win over every other rule. Either a sequence with one entry per raster
+            band (or per non-alpha band), or a mapping ``{1-based index or band description: value}``. A value is a
+            range key (``"red_2"``), a central wavelength in nm (``665.0``, ``"665"``, ``"665nm"``), or ``"drop"``.
+        averaging: Weights of the averaged ranges (``"linear"`` or ``"reference"``, see :mod:`engine.spectrum`).
+
+    Returns:
+        The :class:`BandMapping`: embedded bands in raster order, dropped bands, sensor and why.
+
+    Raises:
+        InputRasterError: The path cannot be opened as a raster.
+        BandResolutionError: Unknown sensor id or override key, an override that names no band, a wavelength tag in
+            µm, a band no rule resolves (the message names the band and the override that fixes it), or no band
+            left to embed.
+    """
+    if averaging not in ("linear", "reference"):
+        raise BandResolutionError(f"averaging must be 'linear' or 'reference', got {averaging!r}")
+    with _open(source) as ds:
+        infos = _read_bands(ds)
+        chosen, sensor_reason = _choose_sensor(ds, infos, sensor)
+        where = str(getattr(ds, "name", source))
+    override_map = _parse_overrides(overrides, infos)
+
+    candidates = [b for b in infos if not b.alpha_reason or b.index in override_map]
+    positional = chosen is not None and len(candidates) == len(chosen.bands)
+    resolved: list[ResolvedBand] = []
+    dropped: list[DroppedBand] = []
+    unresolved: list[_Band] = []
+    for info in infos:
+        if info.alpha_reason and info.index not in override_map:
+            dropped.append(DroppedBand(info.index, info.description, info.alpha_reason))
+            logger.info("%s dropped: %s", info.label, info.alpha_reason)
+            continue
+        position = candidates.index(info)
+        if info.index in override_map:
+            outcome = _from_override(info, override_map[info.index], chosen, averaging)
+        else:
+            outcome = _from_description(info, chosen, averaging)
+            preset_band = chosen.bands[position] if positional and chosen is not None else None
+            if outcome is None and info.wavelength_nm is not None:
+                outcome = _from_wavelength(info, chosen, preset_band, averaging)
+            if outcome is None and preset_band is not None and chosen is not None:
+                reason = (
+                    f"position {position + 1} of {len(candidates)} in the {chosen.id} band order "
+                    f"({', '.join(b.name for b in chosen.bands)}) is {preset_band.name}"
+                )
+                outcome = _outcome(info, preset_band.key, _wavelength(info, preset_band), "preset", reason,
+                                   preset_band, chosen, averaging)
+        if outcome is None:
+            unresolved.append(info)
+        elif isinstance(outcome, DroppedBand):
+            dropped.append(outcome)
+        else:
+            resolved.append(outcome)
+            logger.debug("%s → %s (%s: %s)", info.label, outcome.projection.label, outcome.rule, outcome.reason)
+
+    if unresolved:
+        raise BandResolutionError(_unresolved_message(where, unresolved, candidates, chosen))
+    if not resolved:
+        reasons = "; ".join(f"band {d.index}: {d.reason}" for d in dropped)
+        raise BandResolutionError(
+            f"{where}: no band left to embed ({reasons}). Keep a band by mapping it explicitly, e.g. "
+            f"--band 1=red_1 on the command line or overrides={{1: 'red_1'}} in Python."
+        )
+    return BandMapping(tuple(resolved), tuple(dropped), chosen.id if chosen else None, sensor_reason)
+
+
+def describe_mapping(mapping: BandMapping) -> str:
+    """Render a :class:`BandMapping` as the text table printed by ``msfm bands INPUT``.
+
+    A sensor line (which preset and why) and a count line, then one row per embedded band (index, description,
+    wavelength, range key or interpolation label, projection terms ``w·P<base index>``, rule, statistics
+    ``p1 / p99 / mean / std`` or ``from raster``) each followed by an indented ``why:`` line, then the dropped bands
+    with their reasons.
+
+    Args:
+        mapping: The mapping to describe.
+
+    Returns:
+        Multi-line text without a trailing newline.
+    """
+    header = ("band", "description", "wavelength", "range", "projection", "rule", "stats p1 / p99 / mean / std")
+    rows = []
+    for band in mapping.bands:
+        stats = band.stats
+        stats_text = (
+            "from raster" if stats is None
+            else f"{stats.p1:.4g} / {stats.p99:.4g} / {stats.mean:.3f} / {stats.std:.3f} ({stats.source})"
+        )
+        rows.append((
+            str(band.index),
+            band.description or "-",
+            "-" if band.wavelength_nm is None else f"{band.wavelength_nm:g} nm",
+            band.key if band.key is not None else band.projection.label,
+            " + ".join(f"P{i}" if w == 1.0 else f"{w:.4g}·P{i}" for i, w in band.projection.terms),
+            band.rule,
+            stats_text,
+        ))
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    sensor = mapping.sensor or "none"
+    out = [f"sensor: {sensor} ({mapping.sensor_reason})",
+           f"{len(mapping.bands)} band(s) embedded, {len(mapping.dropped)} dropped", "", line(header)]
+    for band, row in zip(mapping.bands, rows):
+        out.append(line(row))
+        out.append(f"{'':{widths[0]}}  why: {band.reason}")
+    if mapping.dropped:
+        out += ["", "dropped:"]
+        out += [f"  band {d.index} ({d.description or 'no description'}): {d.reason}" for d in mapping.dropped]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading the raster
+
+
+@contextlib.contextmanager
+def _open(source: Any) -> Iterator[Any]:
+    if isinstance(source, (str, PathLike)):
+        import rasterio
+
+        try:
+            ds = rasterio.open(source)
+        except Exception as err:  # rasterio raises RasterioIOError, a subclass of OSError, plus a few others
+            raise InputRasterError(
+                f"cannot open {str(source)!r} as a raster ({err}); check the path and that GDAL can read the format"
+            ) from err
+        with ds:
+            yield ds
+    elif hasattr(source, "descriptions") and hasattr(source, "count"):
+        yield source
+    else:
+        raise InputRasterError(f"source must be a raster path or an open rasterio dataset, got {type(source).__name__}")
+
+
+def _read_bands(ds: Any) -> list[_Band]:
+    from rasterio.enums import ColorInterp
+
+    colour_names = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+    descriptions = list(ds.descriptions or ())
+    colorinterp = list(ds.colorinterp or ())
+    out = []
+    for index in range(1, ds.count + 1):
+        description = (descriptions[index - 1] if index <= len(descriptions) else None) or ""
+        description = description.strip()
+        interp = colorinterp[index - 1] if index <= len(colorinterp) else None
+        name, name_source = description, "description"
+        if not description and interp in colour_names:
+            name, name_source = colour_names[interp], "colour interpretation"
+        alpha_reason = ""
+        if interp == ColorInterp.alpha:
+            alpha_reason = "alpha band (colour interpretation 'alpha'): transparency, not a spectral band"
+        elif normalize_band_name(description) == "alpha":
+            alpha_reason = "alpha band (description 'alpha'): transparency, not a spectral band"
+        wavelength_nm, bandwidth_nm, wavelength_source = _read_wavelength(ds, index)
+        out.append(_Band(index, description, name, name_source, ds.dtypes[index - 1], wavelength_nm, bandwidth_nm,
+                         wavelength_source, alpha_reason))
+    return out
+
+
+def _number(text: Any) -> float | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*(nm)?\s*", str(text))
+    return float(match.group(1)) if match else None
+
+
+def _read_wavelength(ds: Any, index: int) -> tuple[float | None, float | None, str]:
+    """Central wavelength and bandwidth in nm from the band's metadata, and which item they came from."""
+    tags = {k.lower(): v for k, v in ds.tags(index).items()}
+    for item in ("central_wavelength_nm", "center_wavelength_nm", "centre_wavelength_nm", "wavelength_nm"):
+        value = _number(tags.get(item))
+        if value is not None:
+            bandwidth = _number(tags.get("bandwidth_nm", tags.get("fwhm_nm")))
+            return value, bandwidth, f"tag {item}"
+    try:
+        imagery = {k.upper(): v for k, v in ds.tags(index, ns="IMAGERY").items()}
+    except Exception:  # a driver without the domain
+        imagery = {}
+    value = _number(imagery.get("CENTRAL_WAVELENGTH_UM"))
+    if value is not None:
+        fwhm = _number(imagery.get("FWHM_UM"))
+        return value * 1000.0, None if fwhm is None else fwhm * 1000.0, "IMAGERY CENTRAL_WAVELENGTH_UM"
+    value = _number(tags.get("wavelength"))
+    if value is not None:
+        units = (tags.get("wavelength_units") or ds.tags().get("wavelength_units") or "").strip().lower()
+        if units.startswith(("micro", "um", "µm", "μm")) or (not units.startswith("nano") and units != "nm"
+                                                              and value < 100):
+            return value * 1000.0, None, f"ENVI wavelength {value:g} {units or '(no units, read as µm)'}"
+        return value, None, "ENVI wavelength"
+    return None, None, ""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Choosing the sensor
+
+
+def _choose_sensor(ds: Any, infos: list[_Band], sensor: str | None) -> tuple[Sensor | None, str]:
+    guessed, why = _guess_sensor(ds, infos)
+    if sensor is not None:
+        chosen = get_sensor(sensor)
+        reason = "given by the caller"
+        if guessed is not None and guessed != chosen.id:
+            reason += f"; note: the raster looks like {guessed} ({why})"
+            logger.warning("sensor %s was given but the raster looks like %s (%s)", chosen.id, guessed, why)
+        return chosen, reason
+    if guessed is None:
+        return None, f"{why}; statistics are estimated from the raster (set a sensor preset to use its statistics)"
+    logger.info("sensor guessed: %s (%s)", guessed, why)
+    return get_sensor(guessed), f"guessed: {why}"
+
+
+def _metadata_text(ds: Any) -> str:
+    values = [str(v) for k, v in ds.tags().items() if k.lower() in _SENSOR_TAGS]
+    return re.sub(r"[^0-9a-z]", "", " ".join(values).lower())
+
+
+def _sentinel2_level(meta: str, names: list[str]) -> tuple[str, str]:
+    if "l2a" in meta:
+        return "sentinel2_l2a", "the level/product tag says L2A"
+    if "l1c" in meta:
+        return "sentinel2_l1c", "the level/product tag says L1C"
+    if "b10" in names:
+        return "sentinel2_l1c", "B10 (cirrus) is present, as in 13-band L1C products"
+    return "sentinel2_l2a", "no B10 (cirrus), as in 12-band L2A products"
+
+
+def _guess_sensor(ds: Any, infos: list[_Band]) -> tuple[str | None, str]:
+    """Guess a preset id from descriptions, metadata and dtype; returns ``(id or None, reason)``."""
+    bands = [b for b in infos if not b.alpha_reason]
+    names = [normalize_band_name(b.name) for b in bands]
+    meta = _metadata_text(ds)
+    count = len(bands)
+    # 1. Unambiguous descriptions.
+    if "b8a" in names:
+        sensor_id, level = _sentinel2_level(meta, names)
+        return sensor_id, f"the band descriptions contain B8A (Sentinel-2); {level}"
+    s1 = get_sensor("sentinel1_grd_db")
+    if names and all(s1.find_band(b.name) for b in bands):
+        return s1.id, "every band description is a Sentinel-1 polarisation (VV/VH); values must be in dB"
+    # 2. Dataset metadata.
+    for patterns, family in _FAMILY_PATTERNS:
+        if any(p in meta for p in patterns):
+            sensor_id = _family_preset(family, meta, names, count)
+            if sensor_id is not None:
+                return sensor_id, f"the dataset's sensor/level tags name {family} ({sensor_id})"
+    # 3. Band numbers: Sentinel-2 zero-pads them (B02) and has B12; Landsat 8 has B1..B11 unpadded.
+    numbered = {n for n in names if _NUMBERED.match(n)}
+    if len(numbered) >= 2:
+        by_wavelength = _family_from_wavelengths(bands)
+        if by_wavelength is not None:
+            sensor_id, why = by_wavelength
+            return sensor_id, why
+        padded = any(_PADDED.match(b.description) for b in bands)
+        if padded or "b12" in numbered:
+            sensor_id, level = _sentinel2_level(meta, names)
+            clue = "are zero-padded (B02)" if padded else "include B12"
+            return sensor_id, f"the band numbers {clue}, as Sentinel-2 names them; {level}"
+        landsat = {f"b{i}" for i in range(1, 12)}
+        if numbered <= landsat and not numbered <= {"b2", "b3", "b4", "b8"}:
+            return "landsat8_oli_tirs", "the band numbers are unpadded B1..B11 without B8A/B12, as Landsat 8 names them"
+    # 4. 8-bit colour bands.
+    if bands and all(b.dtype == "uint8" for b in bands):
+        if count == 3 and set(names) == {"red", "green", "blue"}:
+            return "rgb", f"three 8-bit bands named red, green, blue (by {bands[0].name_source})"
+        if count == 4 and set(names) == {"red", "green", "blue", "nir"}:
+            return "naip_rgbn", "four 8-bit bands named red, green, blue, NIR"
+    if count == 1 and names[0] in ("pan", "panchromatic"):
+        return "panchromatic", f"a single band described {bands[0].name!r}"
+    return None, "no sensor given and none recognised from the band descriptions or the dataset tags"
+
+
+def _family_preset(family: str, meta: str, names: list[str], count: int) -> str | None:
+    if family == "sentinel2":
+        return _sentinel2_level(meta, names)[0]
+    if family in ("worldview2", "worldview3"):
+        if count == 1 or "panchromatic" in meta:
+            return "panchromatic"
+        if family == "worldview2" and count == 4:
+            return "worldview2_bgrn"
+        return f"{family}_ms"
+    if family == "planetscope":
+        return "planetscope_8b" if count == 8 else "planetscope_4b"
+    return {"sentinel1": "sentinel1_grd_db", "landsat8": "landsat8_oli_tirs", "naip": "naip_rgbn"}.get(family)
+
+
+def _family_from_wavelengths(bands: list[_Band]) -> tuple[str, str] | None:
+    """Pick Sentinel-2 or Landsat 8 when numbered descriptions carry wavelength tags that agree with only one."""
+    tagged = [b for b in bands if b.wavelength_nm is not None and _NUMBERED.match(normalize_band_name(b.name))]
+    if not tagged:
+        return None
+    agreeing = []
+    for sensor_id in ("sentinel2_l1c", "landsat8_oli_tirs"):
+        preset = get_sensor(sensor_id)
+        if all(_agrees(b, preset.find_band(b.name)) for b in tagged):
+            agreeing.append(sensor_id)
+    if len(agreeing) != 1:
+        return None
+    if agreeing[0] == "landsat8_oli_tirs":
+        return agreeing[0], "the band numbers and wavelength tags agree with Landsat 8 (not Sentinel-2)"
+    names = [normalize_band_name(b.name) for b in bands]
+    sensor_id, level = _sentinel2_level("", names)
+    return sensor_id, f"the band numbers and wavelength tags agree with Sentinel-2 (not Landsat 8); {level}"
+
+
+def _agrees(info: _Band, preset_band: SensorBand | None) -> bool:
+    if preset_band is None or preset_band.wavelength_nm is None or info.wavelength_nm is None:
+        return False
+    tolerance = max((preset_band.bandwidth_nm or 0.0) / 2.0, 25.0)
+    return abs(info.wavelength_nm - preset_band.wavelength_nm) <= tolerance
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The rules
+
+
+def _parse_overrides(overrides: Overrides | None, infos: list[_Band]) -> dict[int, str | float]:
+    """Normalise overrides to ``{1-based index: key, wavelength (float) or 'drop'}``."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, (str, bytes)):
+        raise BandResolutionError(
+            f"overrides must be a list with one range key per band or a mapping {{band: key}}, got the string "
+            f"{overrides!r}; e.g. overrides=['red_1', 'green_1', 'blue_3'] or overrides={{3: 'red_2'}}"
+        )
+    out: dict[int, str | float] = {}
+    if isinstance(overrides, Mapping):
+        for band, value in overrides.items():
+            for index in _override_indexes(band, infos):
+                out[index] = _override_value(band, value)
+        return out
+    values = list(overrides)
+    usable = [b for b in infos if not b.alpha_reason]
+    if len(values) == len(infos):
+        targets = infos
+    elif len(values) == len(usable):
+        targets = usable
+    else:
+        raise BandResolutionError(
+            f"overrides lists {len(values)} value(s) but the raster has {len(infos)} band(s) "
+            f"({len(usable)} without alpha); give one range key (or wavelength, or 'drop') per band, or a mapping "
+            "{band index: key} for only some bands"
+        )
+    for info, value in zip(targets, values):
+        out[info.index] = _override_value(info.index, value)
+    return out
+
+
+def _override_indexes(band: int | str, infos: list[_Band]) -> list[int]:
+    if isinstance(band, bool):
+        raise BandResolutionError(f"override band {band!r} is neither a 1-based band index nor a band description")
+    if isinstance(band, int) or (isinstance(band, str) and band.strip().isdigit()):
+        index = int(band)
+        if not 1 <= index <= len(infos):
+            raise BandResolutionError(
+                f"override for band {index}: the raster has bands 1..{len(infos)}; use a 1-based band index"
+            )
+        return [index]
+    wanted = normalize_band_name(str(band))
+    matches = [b.index for b in infos if wanted and normalize_band_name(b.description) == wanted]
+    if not matches:
+        names = ", ".join(f"{b.index}={b.description!r}" for b in infos if b.description) or "none"
+        raise BandResolutionError(
+            f"override names band {band!r} but no band has that description (descriptions: {names}); "
+            "use the 1-based band index instead, e.g. --band 3=red_2 / overrides={3: 'red_2'}"
+        )
+    if len(matches) > 1:
+        raise BandResolutionError(
+            f"override names band {band!r} but bands {matches} share that description; use the 1-based band index"
+        )
+    return matches
+
+
+def _override_value(band: int | str, value: Any) -> str | float:
+    if isinstance(value, bool) or value is None:
+        raise BandResolutionError(f"override for band {band!r}: expected a range key, a wavelength in nm or 'drop', "
+                                  f"got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    if text.lower() in _DROP:
+        return "drop"
+    number = _number(text)
+    if number is not None:
+        return number
+    get_range(text)  # raises with close matches and the list of keys
+    return text
+
+
+def _wavelength(info: _Band, preset_band: SensorBand | None) -> float | None:
+    if info.wavelength_nm is not None:
+        return info.wavelength_nm
+    return None if preset_band is None else preset_band.wavelength_nm
+
+
+def _preset_band_for_key(sensor: Sensor | None, key: str | None) -> SensorBand | None:
+    if sensor is None or key is None:
+        return None
+    found = [b for b in sensor.bands if b.key == key]
+    return found[0] if len(found) == 1 else None
+
+
+def _outcome(
+    info: _Band,
+    key: str | None,
+    wavelength_nm: float | None,
+    rule: str,
+    reason: str,
+    preset_band: SensorBand | None,
+    sensor: Sensor | None,
+    averaging: Averaging,
+) -> ResolvedBand | DroppedBand:
+    """Build the resolved (or dropped) band for a decision ``key`` (``None`` = interpolate at ``wavelength_nm``)."""
+    if key is not None:
+        rng = get_range(key)
+        if rng.is_disabled:
+            why = (f"{reason}; range {rng.key} ({rng.name}) has no SMARTIES projection (index -1), so the band is "
+                   "dropped")
+            logger.info("%s dropped: %s", info.label, why)
+            return DroppedBand(info.index, info.description, why)
+        projection = projection_for(key, averaging)
+    else:
+        if wavelength_nm is None:
+            raise BandResolutionError(
+                f"{info.label}: {reason}, but it lies in no SMARTIES range and has no wavelength to interpolate at; "
+                f"map it explicitly, e.g. --band {info.index}=red_1 / overrides={{{info.index}: 'red_1'}}"
+            )
+        try:
+            projection = interpolated_projection(wavelength_nm)
+        except BandResolutionError as err:
+            raise BandResolutionError(f"{info.label}: {err}") from None
+        reason = f"{reason}; in no SMARTIES range, so interpolated ({projection.label})"
+    if preset_band is None:
+        preset_band = _preset_band_for_key(sensor, key)
+    stats = None if preset_band is None else preset_band.stats
+    return ResolvedBand(info.index, info.description, wavelength_nm, key, projection, rule, reason, stats)
+
+
+def _from_override(
+    info: _Band, value: str | float, sensor: Sensor | None, averaging: Averaging
+) -> ResolvedBand | DroppedBand:
+    if value == "drop":
+        logger.info("%s dropped by override", info.label)
+        return DroppedBand(info.index, info.description, "dropped by override")
+    if isinstance(value, float):
+        outcome = _match(info, value, None, "override", f"override: central wavelength {value:g} nm", sensor,
+                         averaging)
+        if outcome is None:
+            raise BandResolutionError(
+                f"override for {info.label}: {value:g} nm is a microwave wavelength, which cannot tell VV from VH; "
+                f"use --band {info.index}=microwave_1 (VV) or microwave_2 (VH)"
+            )
+        return outcome
+    return _outcome(info, value, info.wavelength_nm, "override", f"override: range {value}", None, sensor, averaging)
+
+
+def _from_description(info: _Band, sensor: Sensor | None, averaging: Averaging) -> ResolvedBand | DroppedBand | None:
+    if not info.name:
+        return None
+    what = f"{info.name_source} {info.name!r}"
+    if sensor is not None:
+        preset_band = sensor.find_band(info.name)
+        if preset_band is not None:
+            reason = f"{what} is {sensor.id} band {preset_band.name}"
+            if not _agrees(info, preset_band) and info.wavelength_nm is not None and preset_band.wavelength_nm:
+                note = (f"its {info.wavelength_source} ({info.wavelength_nm:g} nm) disagrees with {preset_band.name} "
+                        f"({preset_band.wavelength_nm:g} nm): check the sensor, or override the band")
+                logger.warning("%s: %s", info.label, note)
+                reason = f"{reason} (warning: {note})"
+            key = preset_band.key
+            return _outcome(info, key, _wavelength(info, preset_band), "description", reason, preset_band, sensor,
+                            averaging)
+    canonical = normalize_band_name(info.name)
+    generic = _generic_names().get(canonical)
+    if generic is None:
+        return None
+    key, default_nm = generic
+    wavelength_nm = info.wavelength_nm if info.wavelength_nm is not None else default_nm
+    reason = f"{what} names range {key}" if key else f"{what} names a panchromatic band"
+    return _outcome(info, key, wavelength_nm, "description", reason, None, sensor, averaging)
+
+
+def _from_wavelength(
+    info: _Band, sensor: Sensor | None, preset_band: SensorBand | None, averaging: Averaging
+) -> ResolvedBand | DroppedBand | None:
+    """Resolve by the band's wavelength metadata.
+
+    ``preset_band`` is the sensor preset's band at this position (when the band counts match); when its wavelength
+    agrees with the metadata it supplies the bandwidth (if the metadata has none) and the statistics.
+    """
+    if info.wavelength_nm is None:
+        return None
+    hint = preset_band if _agrees(info, preset_band) else None
+    bandwidth_nm = info.bandwidth_nm
+    what = f"{info.wavelength_source} = {info.wavelength_nm:g} nm"
+    if bandwidth_nm is None and hint is not None and hint.bandwidth_nm is not None:
+        bandwidth_nm = hint.bandwidth_nm
+        what = f"{what} (bandwidth {bandwidth_nm:g} nm from {sensor.id if sensor else 'the preset'} {hint.name})"
+    return _match(info, info.wavelength_nm, bandwidth_nm, "wavelength", what, sensor, averaging, hint)
+
+
+def _match(
+    info: _Band,
+    wavelength_nm: float,
+    bandwidth_nm: float | None,
+    rule: str,
+    what: str,
+    sensor: Sensor | None,
+    averaging: Averaging,
+    preset_band: SensorBand | None = None,
+) -> ResolvedBand | DroppedBand | None:
+    """Resolve by wavelength; ``None`` for microwave wavelengths (the polarisation must be named)."""
+    if wavelength_nm >= _MICROWAVE_NM:
+        return None
+    try:
+        rng, why = match_wavelength(wavelength_nm)
+    except BandResolutionError as err:
+        raise BandResolutionError(
+            f"{info.label}: {what}: {err}. Fix the metadata, or override the band, e.g. "
+            f"--band {info.index}={wavelength_nm * 1000:g} / overrides={{{info.index}: {wavelength_nm * 1000:g}}}"
+        ) from None
+    if rng is not None and bandwidth_nm:
+        low, high = wavelength_nm - bandwidth_nm / 2.0, wavelength_nm + bandwidth_nm / 2.0
+        inside = max(0.0, min(high, rng.max_nm) - max(low, rng.min_nm)) / bandwidth_nm
+        if inside < _MIN_OVERLAP:
+            why = (f"{why}, but only {inside:.0%} of the {bandwidth_nm:g} nm wide band lies inside it, so the band "
+                   "is treated as outside every range")
+            rng = None
+    key = None if rng is None else rng.key
+    return _outcome(info, key, wavelength_nm, rule, f"{what}: {why}", preset_band, sensor, averaging)
+
+
+@lru_cache(maxsize=1)
+def _generic_names() -> dict[str, tuple[str | None, float | None]]:
+    names: dict[str, tuple[str | None, float | None]] = {
+        normalize_band_name(r.key): (r.key, None) for r in spectral_ranges()
+    }
+    names.update(_GENERIC_NAMES)
+    return names
+
+
+def _unresolved_message(where: str, unresolved: list[_Band], candidates: list[_Band], sensor: Sensor | None) -> str:
+    lines = [f"{where}: {len(unresolved)} band(s) could not be mapped to a SMARTIES spectral range:"]
+    for info in unresolved:
+        clues = []
+        if info.name:
+            context = f"not a band name of {sensor.id}" if sensor else "not a name known without a sensor"
+            clues.append(f"{info.name_source} {info.name!r} is {context}")
+        else:
+            clues.append("no description")
+        if info.wavelength_nm is None:
+            clues.append("no wavelength metadata")
+        else:
+            clues.append(f"its {info.wavelength_source} ({info.wavelength_nm:g} nm) is microwave: name VV or VH")
+        lines.append(f"  - {info.label}: " + ", ".join(clues))
+    first = unresolved[0].index
+    count = len(candidates)
+    fits = [s.id for s in list_sensors() if len(s.bands) == count]
+    if sensor is not None:
+        lines.append(
+            f"The sensor preset {sensor.id} has {len(sensor.bands)} bands "
+            f"({', '.join(b.name for b in sensor.bands)}) but the raster has {count} usable band(s), so the preset "
+            "order cannot be used."
+        )
+    fix_sensor = (
+        f" or name the sensor: --sensor {fits[0]} on the command line / sensor='{fits[0]}' in Python "
+        f"(presets with {count} band(s): {', '.join(fits)})"
+        if fits else ""
+    )
+    lines.append(
+        f"Fix: map each band explicitly, e.g. --band {first}=red_2 on the command line / "
+        f"overrides={{{first}: 'red_2'}} in Python (a range key, a central wavelength in nm such as "
+        f"--band {first}=665, or 'drop'){fix_sensor}."
+    )
+    lines.append(f"Valid range keys: {', '.join(r.key for r in spectral_ranges() if not r.is_disabled)}.")
+    return "\n".join(lines)
