@@ -190,14 +190,19 @@ class RasterReader:
     def read(self, row_px: int, col_px: int, size_px: int) -> tuple[np.ndarray, np.ndarray]:
         """Read a ``size_px`` square starting at (row_px, col_px) of the view; the part outside is edge-padded.
 
+        Edge padding (rather than zeros) keeps the statistics of partial edge tiles close to the real content.
+
         Returns:
             ``(x [C, size, size] float32 normalised, invalid pixels set to 0; valid [size, size] bool)``.
         """
         h = max(0, min(size_px, self.height_px - row_px))
         w = max(0, min(size_px, self.width_px - col_px))
         window = Window(col_px, row_px, w, h)
-        raw = self.view.read(self.indexes, window=window)
-        masks = self.view.read_masks(self.indexes, window=window)
+        try:
+            raw = self.view.read(self.indexes, window=window)
+            masks = self.view.read_masks(self.indexes, window=window)
+        except RasterioIOError as exc:
+            raise InputRasterError(f"cannot read {window} of {self.dataset.name}: {exc}. Is the file complete?") from exc
         valid = (masks > 0).all(axis=0)
         if raw.dtype.kind == "f":
             valid &= np.isfinite(raw).all(axis=0)
@@ -206,7 +211,9 @@ class RasterReader:
         if h < size_px or w < size_px:
             pad = ((0, 0), (0, size_px - h), (0, size_px - w))
             x = np.pad(x, pad, mode="edge") if h and w else np.zeros((len(self.indexes), size_px, size_px), np.float32)
-            valid = np.pad(valid, pad[1:], mode="constant", constant_values=False)
+            # Padding pixels inherit the validity of the edge pixels they replicate, so a partial edge cell is
+            # judged on its real pixels only.
+            valid = np.pad(valid, pad[1:], mode="edge") if h and w else np.zeros((size_px, size_px), bool)
         return x, valid
 
     def close(self) -> None:

@@ -1,0 +1,166 @@
+"""Throughput benchmark: encoder tiles/s vs the machine's matmul limit, and end-to-end ``embed`` Mpx/s + peak RSS.
+
+Run: ``.venv/bin/python bench/throughput.py [--threads 2] [--input RASTER]`` (or ``make bench``). Prints a table and
+one JSON line per measurement. All figures of one run are comparable; compare across runs only as ratios.
+
+Measures, in one process run (end-to-end cases in child processes so their peak RSS is their own):
+
+1. fp32 matmul GFLOP/s (2048³ ``torch.mm``), the practical FLOP limit of the machine;
+2. encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights), and its ratio to
+   the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7);
+3. end-to-end ``embed_raster`` Mpx/s (input pixels per second, reading + normalising + encoding + blending +
+   writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it — RSS must stay flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VIT_B_GFLOP_PER_TILE = 35.3
+DEFAULT_INPUT = REPO / "demo" / "s2_l1c_virginia_13band_10m.tif"
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        torch.mm(a, b)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def vit_b(seed: int = 0):
+    from engine.models.smarties import SmartiesEncoder, init_from_scratch
+
+    return init_from_scratch(SmartiesEncoder(768, 12, 12), seed=seed).eval()
+
+
+def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
+    import torch
+
+    from engine.sensors import get_sensor
+
+    torch.set_num_threads(threads)
+    keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
+    model = vit_b()
+    x = torch.randn(batch, bands, 224, 224)
+    with torch.inference_mode():
+        model.encode(x, keys, "grid")
+        t = time.perf_counter()
+        for _ in range(batches):
+            model.encode(x, keys, "grid")
+    return batch * batches / (time.perf_counter() - t)
+
+
+def make_mosaic(src_path: Path, dst_path: Path) -> Path:
+    """A 2×2 mosaic of a raster (4× the pixels), same CRS, tiled GeoTIFF."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(src_path) as src:
+        data = src.read()
+        profile = src.profile
+        t = src.transform
+        descriptions = src.descriptions
+    big = np.concatenate([np.concatenate([data, data[:, :, ::-1]], 2)] * 2, 1)
+    profile.update(width=big.shape[2], height=big.shape[1], transform=Affine(t.a, t.b, t.c, t.d, t.e, t.f))
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(big)
+        dst.descriptions = descriptions
+    return dst_path
+
+
+def run_embed_child(args: argparse.Namespace) -> None:
+    """Child process: one end-to-end embed; prints a JSON line with seconds and peak RSS."""
+    import torch
+
+    from engine.inference import InferenceSettings, embed_raster
+    from engine.models import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, num_heads=12 if "vit_b" in args.model else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        res = embed_raster(
+            args.input, Path(tmp) / "emb.tif", model,
+            settings=InferenceSettings(batch_size=8, threads=args.threads, scale=args.scale, device="cpu"),
+        )
+        seconds = time.perf_counter() - t
+    import rasterio
+
+    with rasterio.open(args.input) as ds:
+        pixels = ds.width * ds.height
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "tiles": res.tiles, "pixels": pixels, "peak_rss_mb": rss_mb}))
+
+
+def embed_case(raster: Path, model: str, threads: int, scale: float) -> dict:
+    cmd = [sys.executable, __file__, "--child-embed", "--input", str(raster), "--model", model,
+           "--threads", str(threads), "--scale", str(scale)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="real raster for the end-to-end cases")
+    parser.add_argument("--model", default=None, help="model for the end-to-end cases (default: random ViT-B)")
+    parser.add_argument("--scale", type=float, default=1.0, help="resampling factor for the end-to-end cases")
+    parser.add_argument("--child-embed", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_embed:
+        run_embed_child(args)
+        return
+
+    import torch
+
+    results = {"machine": f"{os.cpu_count()} cpus, torch {torch.__version__}", "threads": args.threads}
+    limit = matmul_gflops(args.threads)
+    tiles = encoder_tiles_per_s(args.threads)
+    results.update(matmul_gflops=limit, encoder_tiles_per_s=tiles,
+                   encoder_tiles_per_s_limit=limit / VIT_B_GFLOP_PER_TILE,
+                   encoder_fraction_of_limit=tiles * VIT_B_GFLOP_PER_TILE / limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from engine.models.checkpoint import save_encoder
+
+            model = str(Path(tmp) / "vit_b_random.safetensors")
+            save_encoder(vit_b(), model, {"num_heads": 12})
+        mosaic = make_mosaic(args.input, Path(tmp) / "mosaic.tif")
+        for name, raster in (("raster", args.input), ("mosaic4x", mosaic)):
+            r = embed_case(raster, model, args.threads, args.scale)
+            results[f"e2e_{name}_mpx_per_s"] = r["pixels"] / r["seconds"] / 1e6
+            results[f"e2e_{name}_tiles_per_s"] = r["tiles"] / r["seconds"]
+            results[f"e2e_{name}_peak_rss_mb"] = r["peak_rss_mb"]
+            results[f"e2e_{name}_tiles"] = r["tiles"]
+    results["e2e_vs_encoder_only"] = results["e2e_raster_tiles_per_s"] / tiles if args.model is None else None
+    print(f"fp32 matmul limit           {limit:8.1f} GFLOP/s ({args.threads} threads)")
+    print(f"ViT-B encoder (12 bands)    {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
+          f"limit ({results['encoder_tiles_per_s_limit']:.2f} tiles/s)")
+    for name in ("raster", "mosaic4x"):
+        print(f"embed e2e {name:<9}         {results[f'e2e_{name}_mpx_per_s']:8.3f} Mpx/s, "
+              f"{results[f'e2e_{name}_tiles_per_s']:.2f} tiles/s ({results[f'e2e_{name}_tiles']} tiles), "
+              f"peak RSS {results[f'e2e_{name}_peak_rss_mb']:.0f} MB")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
