@@ -1,0 +1,232 @@
+"""SMARTIES models: the encoder, strict checkpoint loading and the named-model registry.
+
+Typical use::
+
+    from engine.models import load_model
+    model = load_model("smarties-vit-b")                     # registry name (Hub cache / download)
+    model = load_model("weights/my-run.safetensors")         # or a file, or a folder with one .safetensors
+    emb = model.encode(x, ["red_2", "green_2", "blue_1"])    # x: float32 [B, C, H, W], normalised
+
+Sources: spec smarties.md §1.4–§1.8.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ..errors import CheckpointError, ModelNotAvailableError
+from ..spectrum import Averaging
+from .checkpoint import Checkpoint, read_checkpoint, save_encoder
+from .registry import (
+    ModelSpec,
+    download_model,
+    get_model_spec,
+    list_models,
+    model_info,
+    resolve_weights,
+    snapshot_commit,
+)
+from .smarties import SmartiesEncoder
+
+__all__ = (
+    "Checkpoint",
+    "ModelSpec",
+    "SmartiesEncoder",
+    "download_model",
+    "get_model_spec",
+    "list_models",
+    "load_model",
+    "model_info",
+    "read_checkpoint",
+    "resolve_weights",
+    "save_encoder",
+    "snapshot_commit",
+)
+
+logger = logging.getLogger(__name__)
+
+_AVERAGING = ("linear", "reference")
+#: Config keys that must agree with the geometry read from the tensors.
+_GEOMETRY_FIELDS = ("embed_dim", "depth", "patch_size")
+
+
+def _spec_for(path_or_name: Union[str, "os.PathLike[str]"], path: Path, embed_dim: int) -> Optional[ModelSpec]:
+    """The registry entry behind a name, or the one whose file name (and D) matches a given path."""
+    if isinstance(path_or_name, str) and not Path(path_or_name).expanduser().exists():
+        try:
+            return get_model_spec(path_or_name)
+        except ModelNotAvailableError:
+            return None
+    matches = [
+        s for s in list_models() if path.name in (s.filename, s.bundled) and s.embed_dim == embed_dim
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        return {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{config_path} (next to {path.name}) cannot be read as JSON ({exc}); fix or remove it, or pass "
+            "num_heads explicitly"
+        ) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _check_config(config: Mapping[str, Any], checkpoint: Checkpoint, source: str) -> None:
+    geometry = checkpoint.geometry
+    for name in _GEOMETRY_FIELDS:
+        if name in config and config[name] != getattr(geometry, name):
+            raise CheckpointError(
+                f"{source} says {name}={config[name]!r} but the tensors of {checkpoint.path} have "
+                f"{name}={getattr(geometry, name)}; the config belongs to another model. Fix or remove it, or "
+                "pass num_heads/averaging explicitly."
+            )
+
+
+def _heads_from(config: Mapping[str, Any]) -> Optional[Any]:
+    for key in ("num_heads", "num_attention_heads"):
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+def _resolve_num_heads(
+    num_heads: Optional[int],
+    checkpoint: Checkpoint,
+    config_json: Mapping[str, Any],
+    spec: Optional[ModelSpec],
+) -> tuple[int, str]:
+    dim = checkpoint.geometry.embed_dim
+    candidates = (
+        (num_heads, "the num_heads argument"),
+        (_heads_from(checkpoint.config), f"the config metadata of {checkpoint.path.name}"),
+        (_heads_from(config_json), f"config.json next to {checkpoint.path.name}"),
+        (spec.num_heads if spec else None, f"the registry entry {spec.name!r}" if spec else ""),
+    )
+    for value, source in candidates:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or dim % value:
+            raise CheckpointError(
+                f"num_heads={value!r} from {source} is invalid for embed_dim D={dim}: it must be a positive divisor "
+                "of D; pass num_heads explicitly"
+            )
+        return value, source
+    if dim % 64 == 0:
+        logger.warning(
+            "%s: no num_heads recorded; assuming D/64 = %d heads (head dim 64, true for ViT-Ti/S/B/L). "
+            "Pass num_heads= if the model was trained otherwise.", checkpoint.path, dim // 64,
+        )
+        return dim // 64, "D/64"
+    raise CheckpointError(
+        f"{checkpoint.path}: the number of attention heads is not stored in the tensors and no config records it "
+        f"(D={dim} is not a multiple of 64, so D/64 cannot be assumed). Pass num_heads= to load_model, or add "
+        '{"num_heads": N} to a config.json next to the file.'
+    )
+
+
+def _resolve_averaging(
+    averaging: Optional[str], checkpoint: Checkpoint, config_json: Mapping[str, Any]
+) -> Averaging:
+    if averaging is not None:
+        if averaging not in _AVERAGING:
+            raise ValueError(f"averaging must be one of {_AVERAGING}, got {averaging!r}")
+        return averaging  # type: ignore[return-value]
+    for config, source in ((checkpoint.config, "config metadata"), (config_json, "config.json")):
+        value = config.get("averaging")
+        if value is not None:
+            if value not in _AVERAGING:
+                raise CheckpointError(
+                    f"{checkpoint.path}: {source} has averaging={value!r}, expected one of {_AVERAGING}; pass "
+                    "averaging= explicitly"
+                )
+            return value  # type: ignore[no-any-return]
+    return "linear"
+
+
+def load_model(
+    path_or_name: Union[str, "os.PathLike[str]"],
+    num_heads: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+    averaging: Optional[Averaging] = None,
+) -> SmartiesEncoder:
+    """Load a SMARTIES encoder from a registry name, a ``.safetensors`` file or a folder, strictly.
+
+    The geometry (D, depth, patch size, position grid, MLP width) is read from the tensors. The number of heads is
+    not stored in them; it is taken, in order, from ``num_heads``, the file's ``config`` metadata, a
+    ``config.json`` next to the file, the registry entry, or D/64 when D is a multiple of 64 (with a warning).
+    Head or MAE-decoder tensors in the file are checked (spec §1.6–§1.7) but not loaded into the encoder.
+
+    Args:
+        path_or_name: Registry name (``"smarties-vit-b"``, ``"smarties-demo-tiny"``; see
+            :func:`list_models`), a ``.safetensors`` file, or a folder with exactly one ``.safetensors`` file.
+        num_heads: Attention heads; overrides any recorded value.
+        device: Torch device for the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        averaging: Weights of the averaged ranges 17/18 (``"linear"`` or ``"reference"`` for bit-exact parity with
+            the reference code, see :mod:`engine.spectrum`); default from the file's config, else ``"linear"``.
+
+    Returns:
+        The encoder in eval mode on ``device`` (float32). Extra attributes: ``weights_path`` (Path),
+        ``model_name`` (registry name or None), ``checkpoint_layout`` (``"encoder"``, ``"mae"``, ``"head:..."``),
+        ``global_pool`` (True when the file held ``fc_norm`` instead of ``norm``).
+
+    Raises:
+        engine.errors.ModelNotAvailableError: Unknown name, missing path, or a Hub model that is not cached while
+            offline (the message gives ``msfm models download NAME``).
+        engine.errors.CheckpointError: The file is unreadable or breaks the strict key rule, a config contradicts
+            the tensors, or the number of heads cannot be determined or does not divide D.
+        ValueError: Invalid ``averaging``.
+    """
+    path = resolve_weights(path_or_name)
+    checkpoint = read_checkpoint(path)
+    geometry = checkpoint.geometry
+    config_json = _read_config_json(path)
+    _check_config(checkpoint.config, checkpoint, f"the config metadata of {path.name}")
+    _check_config(config_json, checkpoint, f"config.json next to {path.name}")
+    spec = _spec_for(path_or_name, path, geometry.embed_dim)
+    heads, heads_source = _resolve_num_heads(num_heads, checkpoint, config_json, spec)
+    mode = _resolve_averaging(averaging, checkpoint, config_json)
+
+    with torch.device("meta"):
+        model = SmartiesEncoder(
+            embed_dim=geometry.embed_dim,
+            depth=geometry.depth,
+            num_heads=heads,
+            patch_size=geometry.patch_size,
+            grid_size=geometry.grid_size,
+            mlp_ratio=geometry.mlp_ratio,
+            averaging=mode,
+        )
+    try:
+        model.load_state_dict(checkpoint.encoder_state, strict=True, assign=True)
+    except RuntimeError as exc:  # cannot happen after classify_keys unless the two drift apart
+        raise CheckpointError(f"{path}: state dict does not fit the encoder: {exc}") from exc
+    model = model.to(torch.device(device)).eval()
+    model.weights_path = path
+    model.model_name = spec.name if spec else None
+    model.checkpoint_layout = checkpoint.layout
+    model.global_pool = checkpoint.global_pool
+    if checkpoint.global_pool:
+        logger.warning(
+            "%s was trained with global pooling (fc_norm): its norm is applied to the CLS token by encode('cls'); "
+            "for the trained pooled feature use encode(..., 'grid').mean((2, 3)) followed by model.norm.", path,
+        )
+    logger.info(
+        "loaded %s (%s, D=%d, depth %d, %d heads from %s, patch %d, grid %d, averaging %s) on %s",
+        path, checkpoint.layout, geometry.embed_dim, geometry.depth, heads, heads_source, geometry.patch_size,
+        geometry.grid_size, mode, device,
+    )
+    return model
