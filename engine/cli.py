@@ -123,8 +123,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for spec in list_models():
             info = model_info(spec.name)
-            state = "bundled" if info.get("bundled") else ("cached" if info.get("cached") else "not downloaded")
-            print(f"{spec.name:<28} {state:<15} {spec.description}")
+            state = "bundled" if info.get("bundled_present") else ("cached" if info.get("cached") else "not available")
+            print(f"{spec.name:<40} {state:<14} {spec.description}")
     elif args.action == "info":
         print(json.dumps(model_info(args.name), indent=2, default=str))
     else:

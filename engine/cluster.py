@@ -6,8 +6,10 @@ a random offset, so every part of the raster is represented. Clusters are renumb
 the most common) so colours are stable. Prediction streams over windows:
 
 - ``resolution="patch"``: one class per cell of the patch-grid embedding raster;
-- ``resolution="pixel"``: one class per input pixel, from embeddings interpolated bilinearly at pixel centres
-  (:mod:`engine.upsample`), with the input's own nodata carried over.
+- ``resolution="pixel"``: one class per input pixel. By default the cell classes are upsampled by joint bilateral
+  upsampling guided by the input's own pixels, so boundaries follow image edges (:class:`GuidedClassUpsampler`);
+  ``pixel_method="bilinear"`` classifies bilinearly interpolated embeddings instead. The input's nodata is carried
+  over either way.
 
 Outputs: a uint8 GeoTIFF (nodata 255, colour table, class names as category names) and a QGIS ``.qml`` style beside it.
 """
@@ -31,7 +33,7 @@ from rasterio.windows import Window
 
 from .errors import InferenceCancelled, InputRasterError
 from .inference import CancelFn, EmbeddingResult, InferenceSettings, ProgressFn, embed_raster
-from .upsample import GridInterpolator, iter_windows
+from .upsample import GridInterpolator, GuidedClassUpsampler, iter_windows, recorded_bands
 from .writers import GeoTiffWriter, gtiff_profile
 
 __all__ = ("ClusterResult", "class_colors", "cluster_raster", "fit_kmeans", "write_qml")
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 NODATA_CLASS = 255
 Resolution = Literal["patch", "pixel"]
+PixelMethod = Literal["guided", "bilinear"]
 
 # Colour-blind-friendly qualitative palette (Okabe–Ito + Tableau-like), extended by HSV steps beyond 16 classes.
 _PALETTE = [
@@ -172,6 +175,7 @@ def cluster_raster(
     *,
     k: int = 8,
     resolution: Resolution = "pixel",
+    pixel_method: PixelMethod = "guided",
     embeddings: Optional[Union[str, Path]] = None,
     embeddings_output: Optional[Union[str, Path]] = None,
     settings: Optional[InferenceSettings] = None,
@@ -190,6 +194,9 @@ def cluster_raster(
         model: Loaded encoder; needed unless ``embeddings`` is given.
         k: Number of clusters, 2..254.
         resolution: ``"patch"`` (one class per cell) or ``"pixel"`` (one class per input pixel).
+        pixel_method: For pixel resolution: ``"guided"`` (joint bilateral upsampling of cell classes guided by
+            the input pixels; boundaries follow image edges) or ``"bilinear"`` (embeddings interpolated bilinearly,
+            then classified; smooth boundaries).
         embeddings: Reuse an existing embedding raster of ``source`` instead of running the model.
         embeddings_output: Keep the embeddings computed on the way at this path (else a temporary file).
         settings: Inference settings (tiles, device, scale…).
@@ -211,6 +218,8 @@ def cluster_raster(
         raise InputRasterError(f"k must be between 2 and 254 (uint8 classes, 255 = nodata), got {k}")
     if resolution not in ("patch", "pixel"):
         raise InputRasterError(f"resolution must be 'patch' or 'pixel', got {resolution!r}")
+    if pixel_method not in ("guided", "bilinear"):
+        raise InputRasterError(f"pixel_method must be 'guided' or 'bilinear', got {pixel_method!r}")
     started = time.perf_counter()
     output = Path(output)
     report = progress or (lambda f: None)
@@ -233,7 +242,7 @@ def cluster_raster(
             km = fit_kmeans(samples, k, seed)
             if is_canceled is not None and is_canceled():
                 raise InferenceCancelled("cancelled after fitting k-means; no output written")
-            counts = _write_classes(grid, source, output, km, k, resolution, report, is_canceled)
+            counts = _write_classes(grid, source, output, km, k, resolution, pixel_method, report, is_canceled)
         labels = [f"class {i}" for i in range(k)]
         style = write_qml(output.with_suffix(".qml"), labels, class_colors(k))
     finally:
@@ -260,28 +269,41 @@ def _write_classes(
     km: Any,
     k: int,
     resolution: Resolution,
+    pixel_method: PixelMethod,
     report: ProgressFn,
     is_canceled: Optional[CancelFn],
 ) -> np.ndarray:
     colors = {i: c for i, c in enumerate(class_colors(k))}
     counts = np.zeros(k, np.int64)
     tags = {"MSFM_KIND": "classes", "MSFM_K": str(k), "MSFM_RESOLUTION": resolution, "MSFM_EMBEDDINGS": grid.name}
-    if resolution == "patch":
-        target, interp, src_mask = grid, None, None
-    else:
-        target = rasterio.open(source)
-        interp = GridInterpolator(grid, target.transform)
-        recorded = grid.tags().get("MSFM_BAND_INDEXES")
-        src_mask = json.loads(recorded) if recorded else list(range(1, target.count + 1))
+    d = grid.count
+    target = grid if resolution == "patch" else rasterio.open(source)
     try:
+        if resolution == "patch":
+            band_rows, cols = 16, target.width
+
+            def labels_of(win: Window) -> np.ndarray:
+                return _predict(km, grid.read(window=win).reshape(d, -1).T).reshape(int(win.height), int(win.width))
+
+        elif pixel_method == "guided":
+            guided = GuidedClassUpsampler(grid, target, lambda v: _predict(km, v), k)
+            band_rows, cols = 64, 2048
+            labels_of = guided.labels
+        else:
+            interp = GridInterpolator(grid, target.transform)
+            indexes, _ = recorded_bands(grid, target)
+            band_rows, cols = 16, max(256, (1 << 24) // (d * 16) // 256 * 256)
+
+            def labels_of(win: Window) -> np.ndarray:
+                vec = interp.sample(win)
+                vec[:, ~(target.read_masks(indexes, window=win) > 0).all(axis=0)] = np.nan
+                return _predict(km, vec.reshape(d, -1).T).reshape(int(win.height), int(win.width))
+
         profile = gtiff_profile(
             width=target.width, height=target.height, count=1, dtype="uint8",
             crs=target.crs, transform=target.transform, nodata=NODATA_CLASS,
         )
-        d = grid.count
-        cols = target.width if resolution == "patch" else max(256, (1 << 24) // (d * 16) // 256 * 256)
         with GeoTiffWriter(output, profile, ["class"], tags, colors) as writer:
-            band_rows = 16
             for row in range(0, target.height, band_rows):
                 if is_canceled is not None and is_canceled():
                     raise InferenceCancelled("cancelled while writing classes; no output written")
@@ -289,14 +311,7 @@ def _write_classes(
                 out = np.empty((1, h, target.width), np.uint8)
                 for window in iter_windows(h, target.width, h, cols):
                     win = Window(window.col_off, row, window.width, h)
-                    if interp is None:
-                        vec = grid.read(window=win)
-                    else:
-                        vec = interp.sample(win)
-                        valid = (target.read_masks(src_mask, window=win) > 0).all(axis=0)
-                        vec[:, ~valid] = np.nan
-                    labels = _predict(km, vec.reshape(d, -1).T).reshape(h, int(win.width))
-                    out[0, :, int(win.col_off) : int(win.col_off + win.width)] = labels
+                    out[0, :, int(win.col_off) : int(win.col_off + win.width)] = labels_of(win)
                 writer.write_rows(out)
                 counts += np.bincount(out[out != NODATA_CLASS].ravel(), minlength=k)[:k]
                 report(0.8 + 0.2 * (row + h) / target.height)
@@ -306,4 +321,3 @@ def _write_classes(
         if target is not grid:
             target.close()
     return counts
-

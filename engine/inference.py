@@ -360,6 +360,7 @@ def _run(
         "MSFM_SCALE": repr(reader.scale),
         "MSFM_PATCH_SIZE_PX": str(p),
         "MSFM_SETTINGS": json.dumps(asdict(settings)),
+        "MSFM_STATS": json.dumps([[s.p1, s.p99, s.mean, s.std] for s in reader.stats]),
     }
     descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)]
     tiles = list(grid)

@@ -1,4 +1,7 @@
-"""Embeddings at pixel resolution: bilinear interpolation of the patch-grid raster onto the input's pixel grid.
+"""Pixel-resolution outputs from the patch-grid embedding raster.
+
+Embeddings: bilinear interpolation of the patch-grid raster onto the input's pixel grid (:class:`GridInterpolator`).
+Class maps: joint bilateral upsampling of cell labels guided by the input's pixels (:class:`GuidedClassUpsampler`).
 
 The patch-grid raster (:func:`engine.inference.embed_raster`) holds one embedding per cell (``patch / scale`` native
 pixels). A native pixel's embedding is interpolated bilinearly from the four nearest cell centres, located through
@@ -11,18 +14,20 @@ Work proceeds in windows of the *input* grid, so memory is ``D × window pixels`
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from .normalize import BandStats, normalize
 from .writers import GeoTiffWriter, gtiff_profile
 
-__all__ = ("GridInterpolator", "iter_windows", "write_pixel_embeddings")
+__all__ = ("GridInterpolator", "GuidedClassUpsampler", "iter_windows", "recorded_bands", "write_pixel_embeddings")
 
 
 def iter_windows(height: int, width: int, rows: int, cols: int) -> Iterator[Window]:
@@ -103,12 +108,9 @@ def write_pixel_embeddings(
     Returns:
         ``output``.
     """
-    import json
-
     with rasterio.open(source) as src, rasterio.open(embeddings) as grid:
         interp = GridInterpolator(grid, src.transform)
-        recorded = grid.tags().get("MSFM_BAND_INDEXES")
-        indexes = json.loads(recorded) if recorded else list(range(1, src.count + 1))
+        indexes, _ = recorded_bands(grid, src)
         profile = gtiff_profile(
             width=src.width, height=src.height, count=grid.count, dtype=output_dtype,
             crs=src.crs, transform=src.transform, nodata=float("nan"),
@@ -126,3 +128,130 @@ def write_pixel_embeddings(
                     out[:, :, int(w.col_off) : int(w.col_off + w.width)] = block
                 writer.write_rows(out)
     return Path(output)
+
+
+def recorded_bands(grid: Any, source: Any) -> tuple[list[int], Optional[list[BandStats]]]:
+    """Band indexes and normalisation statistics recorded in an embedding raster's tags (by :mod:`engine.inference`).
+
+    Returns:
+        ``(1-based source band indexes, stats or None when not recorded)``.
+    """
+    tags = grid.tags()
+    indexes = json.loads(tags["MSFM_BAND_INDEXES"]) if "MSFM_BAND_INDEXES" in tags else list(range(1, source.count + 1))
+    stats = None
+    if "MSFM_STATS" in tags:
+        stats = [BandStats(*row, source="recorded") for row in json.loads(tags["MSFM_STATS"])]
+    return indexes, stats
+
+
+class GuidedClassUpsampler:
+    """Pixel-resolution class map from a patch-grid class map, guided by the input's own pixels.
+
+    Joint bilateral upsampling (Kopf et al., "Joint Bilateral Upsampling", SIGGRAPH 2007) of cell labels: every pixel
+    takes the class with the largest vote among the 3 × 3 cells around it, each cell voting with
+
+    ``w = exp(−d² / 2σ_s²) · exp(−‖g_pixel − ḡ_cell‖² / (2σ_r² C))``
+
+    where d is the distance (in cells) from the pixel centre to the cell centre, g the pixel's normalised band values,
+    ḡ_cell the mean of g over the cell's pixels and C the number of bands. Class boundaries therefore follow edges of
+    the image (field borders, shorelines) at pixel precision instead of the smooth, cell-sized transitions of bilinear
+    interpolation, while the classes themselves still come from the embeddings.
+
+    Args:
+        grid: Open patch-grid embedding raster.
+        source: Open input raster (same CRS; its grid is the output grid).
+        classify: Function mapping ``[N, D]`` embeddings to ``[N]`` uint8 labels (255 = nodata).
+        num_classes: Number of classes k (labels 0..k−1).
+        sigma_spatial: σ_s in cells.
+        sigma_range: σ_r in normalised (z-score) units.
+    """
+
+    def __init__(
+        self,
+        grid: Any,
+        source: Any,
+        classify: Callable[[np.ndarray], np.ndarray],
+        num_classes: int,
+        sigma_spatial: float = 1.0,
+        sigma_range: float = 0.5,
+    ) -> None:
+        self.grid, self.source, self.classify, self.num_classes = grid, source, classify, num_classes
+        self.interp = GridInterpolator(grid, source.transform)
+        self.indexes, stats = recorded_bands(grid, source)
+        if stats is None:
+            raise ValueError(f"{grid.name} records no normalisation statistics (MSFM_STATS); recompute the embeddings")
+        self.stats = stats
+        self.sigma_spatial, self.sigma_range = sigma_spatial, sigma_range
+        m = self.interp.m
+        self.margin_px = int(math.ceil(2.0 / min(abs(m.a), abs(m.e)))) + 1  # two cells of pixels
+
+    def _guide(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        raw = self.source.read(self.indexes, window=window)
+        valid = (self.source.read_masks(self.indexes, window=window) > 0).all(axis=0)
+        if raw.dtype.kind == "f":
+            valid &= np.isfinite(raw).all(axis=0)
+        return normalize(raw, self.stats), valid
+
+    def labels(self, window: Window) -> np.ndarray:
+        """uint8 labels ``[window.height, window.width]`` (255 = nodata) for a window of the source grid."""
+        src = self.source
+        row0 = max(0, int(window.row_off) - self.margin_px)
+        col0 = max(0, int(window.col_off) - self.margin_px)
+        row1 = min(src.height, int(window.row_off + window.height) + self.margin_px)
+        col1 = min(src.width, int(window.col_off + window.width) + self.margin_px)
+        outer = Window(col0, row0, col1 - col0, row1 - row0)
+        guide, valid = self._guide(outer)
+        m = self.interp.m
+        rows = (np.arange(row0, row1) + 0.5) * m.e + m.f - 0.5  # cell-centre coordinates of pixel centres
+        cols = (np.arange(col0, col1) + 0.5) * m.a + m.c - 0.5
+        cell_r = np.clip(np.floor(rows + 0.5).astype(np.int64), 0, self.grid.height - 1)
+        cell_c = np.clip(np.floor(cols + 0.5).astype(np.int64), 0, self.grid.width - 1)
+        r0, c0 = int(cell_r.min()), int(cell_c.min())
+        hc, wc = int(cell_r.max()) - r0 + 1, int(cell_c.max()) - c0 + 1
+        cells = self.grid.read(window=Window(c0, r0, wc, hc))
+        cell_labels = self.classify(cells.reshape(cells.shape[0], -1).T).reshape(hc, wc)
+        cell_guide = _cell_means(guide, valid, cell_r - r0, cell_c - c0, hc, wc)
+
+        # Pixels of the requested window inside the outer window.
+        ir = slice(int(window.row_off) - row0, int(window.row_off + window.height) - row0)
+        ic = slice(int(window.col_off) - col0, int(window.col_off + window.width) - col0)
+        g, ok = guide[:, ir, ic], valid[ir, ic]
+        pr, pc = rows[ir] - r0, cols[ic] - c0
+        near_r, near_c = cell_r[ir] - r0, cell_c[ic] - c0
+        h, w = ok.shape
+        k = self.num_classes
+        votes = np.zeros((k + 1, h * w), np.float32)  # row k collects nodata cells' (zero) votes
+        flat = np.arange(h * w)
+        two_ss = 2.0 * self.sigma_spatial**2
+        two_sr = 2.0 * self.sigma_range**2 * g.shape[0]
+        for dr in (-1, 0, 1):
+            qr = np.clip(near_r + dr, 0, hc - 1)
+            for dc in (-1, 0, 1):
+                qc = np.clip(near_c + dc, 0, wc - 1)
+                lab = np.minimum(cell_labels[qr[:, None], qc[None, :]], k)
+                diff = g - cell_guide[:, qr[:, None], qc[None, :]]
+                dist2 = (pr - qr)[:, None] ** 2 + (pc - qc)[None, :] ** 2
+                weight = np.exp(-dist2 / two_ss - np.nan_to_num((diff * diff).sum(0), nan=np.inf) / two_sr)
+                weight = np.where(lab == k, 0.0, weight).astype(np.float32)
+                votes[lab.ravel(), flat] += weight.ravel()
+        votes = votes[:k]
+        out = votes.argmax(axis=0).astype(np.uint8).reshape(h, w)
+        out[(votes.max(axis=0).reshape(h, w) <= 0) | ~ok] = NODATA_LABEL
+        return out
+
+
+NODATA_LABEL = 255
+
+
+def _cell_means(
+    values: np.ndarray, valid: np.ndarray, cell_r: np.ndarray, cell_c: np.ndarray, hc: int, wc: int
+) -> np.ndarray:
+    """Mean of ``values [C, H, W]`` over the valid pixels of each cell → ``[C, hc, wc]`` (NaN for empty cells)."""
+    index = (cell_r[:, None] * wc + cell_c[None, :])[valid]
+    counts = np.bincount(index, minlength=hc * wc).astype(np.float32)
+    out = np.full((values.shape[0], hc * wc), np.nan, np.float32)
+    has = counts > 0
+    for c in range(values.shape[0]):
+        sums = np.bincount(index, weights=values[c][valid], minlength=hc * wc)
+        out[c, has] = sums[has] / counts[has]
+    return out.reshape(values.shape[0], hc, wc)
