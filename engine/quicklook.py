@@ -10,12 +10,14 @@ PNG files are written through rasterio's PNG driver, atomically.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 
 __all__ = ("class_quicklook", "embedding_quicklook", "rgb_quicklook")
 
@@ -30,8 +32,11 @@ def _shape(ds: rasterio.io.DatasetReader, max_size_px: int) -> tuple[int, int]:
 def _write_png(path: PathLike, rgb: np.ndarray) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.part-{os.getpid()}.png")
-    with rasterio.open(tmp, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8") as dst:
-        dst.write(rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a quicklook is a picture, not a map
+        with rasterio.open(tmp, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3,
+                           dtype="uint8") as dst:
+            dst.write(rgb)
     os.replace(tmp, path)
     aux = tmp.with_name(tmp.name + ".aux.xml")
     if aux.exists():

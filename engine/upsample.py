@@ -164,6 +164,7 @@ class GuidedClassUpsampler:
         num_classes: Number of classes k (labels 0..k−1).
         sigma_spatial: σ_s in cells.
         sigma_range: σ_r in normalised (z-score) units.
+        radius: Neighbourhood radius in cells (1 → 3 × 3 cells).
     """
 
     def __init__(
@@ -173,7 +174,8 @@ class GuidedClassUpsampler:
         classify: Callable[[np.ndarray], np.ndarray],
         num_classes: int,
         sigma_spatial: float = 1.0,
-        sigma_range: float = 0.5,
+        sigma_range: float = 0.2,
+        radius: int = 1,
     ) -> None:
         self.grid, self.source, self.classify, self.num_classes = grid, source, classify, num_classes
         self.interp = GridInterpolator(grid, source.transform)
@@ -181,9 +183,9 @@ class GuidedClassUpsampler:
         if stats is None:
             raise ValueError(f"{grid.name} records no normalisation statistics (MSFM_STATS); recompute the embeddings")
         self.stats = stats
-        self.sigma_spatial, self.sigma_range = sigma_spatial, sigma_range
+        self.sigma_spatial, self.sigma_range, self.radius = sigma_spatial, sigma_range, radius
         m = self.interp.m
-        self.margin_px = int(math.ceil(2.0 / min(abs(m.a), abs(m.e)))) + 1  # two cells of pixels
+        self.margin_px = int(math.ceil((radius + 1) / min(abs(m.a), abs(m.e)))) + 1  # radius + 1 cells of pixels
 
     def _guide(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         raw = self.source.read(self.indexes, window=window)
@@ -224,9 +226,10 @@ class GuidedClassUpsampler:
         flat = np.arange(h * w)
         two_ss = 2.0 * self.sigma_spatial**2
         two_sr = 2.0 * self.sigma_range**2 * g.shape[0]
-        for dr in (-1, 0, 1):
+        offsets = range(-self.radius, self.radius + 1)
+        for dr in offsets:
             qr = np.clip(near_r + dr, 0, hc - 1)
-            for dc in (-1, 0, 1):
+            for dc in offsets:
                 qc = np.clip(near_c + dc, 0, wc - 1)
                 lab = np.minimum(cell_labels[qr[:, None], qc[None, :]], k)
                 diff = g - cell_guide[:, qr[:, None], qc[None, :]]

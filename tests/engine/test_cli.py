@@ -1,0 +1,79 @@
+"""The ``msfm`` command line, including the README's demo, run in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from engine.cli import DEMO_RASTER, main
+from engine.models import resolve_weights
+from tests.conftest import shared_file
+
+
+def water_iou(classes: np.ndarray, water: np.ndarray) -> float:
+    """IoU of water when every class is named water or land by majority vote."""
+    valid = classes != 255
+    pred = np.zeros(water.shape, bool)
+    for c in np.unique(classes[valid]):
+        pred[classes == c] = water[classes == c].mean() > 0.5
+    return float((pred & water & valid).sum() / ((pred | water) & valid).sum())
+
+
+def test_demo_writes_a_georeferenced_class_map_that_separates_water_from_land(tmp_path: Path, capsys) -> None:
+    try:
+        resolve_weights("smarties-demo-tiny")
+    except Exception as exc:  # the bundled model is part of the repository
+        pytest.fail(f"bundled demo model missing: {exc}")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--threads", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "B10" in text and "dropped" in text  # the band report is printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["classes.png", "classes.qml", "classes.tif", "embeddings.tif", "embeddings_pca.png",
+                     "input_truecolor.png"]
+    with rasterio.open(DEMO_RASTER) as src, rasterio.open(out / "classes.tif") as cls, \
+            rasterio.open(out / "embeddings.tif") as emb:
+        assert (cls.crs, cls.transform, cls.shape) == (src.crs, src.transform, src.shape)
+        assert emb.crs == src.crs and emb.count == 192 and emb.shape == (128, 128)  # scale 2: 8 native px per cell
+        labels = cls.read(1)
+        bands = list(src.descriptions)
+        green = src.read(bands.index("B03") + 1).astype(float)
+        nir = src.read(bands.index("B08") + 1).astype(float)
+    assert len(np.unique(labels)) == 8
+    # NDWI > 0 (McFeeters 1996) is a physical water mask of this lagoon/ocean scene; the 8 unsupervised classes must
+    # be nameable as water/land with high agreement at pixel resolution.
+    water = (green - nir) / (green + nir) > 0
+    assert water_iou(labels, water) > 0.9
+
+
+def test_bands_command_reports_every_band_and_the_override_hint(capsys) -> None:
+    assert main(["bands", str(shared_file("data", "l8_l1_10band_30m_gulfcoast.tif"))]) == 0
+    out = capsys.readouterr().out
+    assert "landsat8_oli_tirs" in out and "thermal_infrared_1" in out and "B9" in out
+    assert main(["bands", str(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif"))]) == 2
+    err = capsys.readouterr().err
+    assert "--sensor naip_rgbn" in err and "band 1" in err
+    assert main(["bands", str(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")), "--sensor", "naip_rgbn"]) == 0
+    assert "near_infrared_1" in capsys.readouterr().out
+
+
+def test_models_commands_work_offline(capsys) -> None:
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smarties-vit-b" in out and "smarties-demo-tiny" in out
+    assert main(["models", "download", "smarties-vit-b"]) == 2  # offline in tests, not cached
+    assert "msfm models download smarties-vit-b" in capsys.readouterr().err
+
+
+def test_cluster_command_with_overrides_and_patch_resolution(tmp_path: Path, capsys) -> None:
+    src = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    args = ["cluster", str(src), str(tmp_path / "c.tif"), "--k", "3", "--resolution", "patch",
+            "--band", "1=red_1", "--band", "2=green_1", "--band", "3=blue_3", "--band", "4=near_infrared_1",
+            "--quicklook", str(tmp_path / "c.png"), "--batch-size", "4"]
+    assert main(args) == 0
+    with rasterio.open(tmp_path / "c.tif") as cls:
+        assert cls.count == 1 and set(np.unique(cls.read(1))) <= {0, 1, 2, 255}
+    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "c.qml").exists()
