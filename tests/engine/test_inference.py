@@ -167,3 +167,37 @@ def test_bad_inputs_give_clear_errors_and_no_output(model: SmartiesEncoder, tmp_
     with pytest.raises(InputRasterError, match="k must be"):
         cluster_raster(empty, out / "d.tif", model, k=1)
     assert leftovers(out) == []
+
+
+def test_pixel_resolution_outputs_follow_the_input_grid(model: SmartiesEncoder, tmp_path: Path) -> None:
+    from engine.upsample import write_pixel_embeddings
+
+    src_path = shared_file("data", "landsat7_rgb_byte_bahamas.tif")
+    emb = embed_raster(src_path, tmp_path / "emb.tif", model, settings=FAST)
+    pix = write_pixel_embeddings(src_path, emb.path, tmp_path / "pix.tif", output_dtype="float16")
+    patch = cluster_raster(src_path, tmp_path / "patch.tif", k=5, resolution="patch", embeddings=emb.path)
+    guided = cluster_raster(src_path, tmp_path / "guided.tif", k=5, resolution="pixel", embeddings=emb.path)
+    with rasterio.open(src_path) as src, rasterio.open(pix) as p, rasterio.open(patch.path) as pc, \
+            rasterio.open(guided.path) as gc, rasterio.open(emb.path) as e:
+        nodata = ~(src.read_masks() > 0).all(axis=0)
+        assert (p.shape, p.transform, p.count) == (src.shape, src.transform, 64)
+        values = p.read()
+        assert np.isnan(values[:, nodata]).all() and np.isfinite(values[:, ~nodata]).mean() > 0.99
+        # Bilinear interpolation between cell centres: pixel (8 r + 8, 8 c + 8) of a 16-px cell lies 1/32 cell right
+        # of and below the centre of cell (r, c).
+        cell = int(16 / emb.scale)
+        r, c, t = 30, 40, 0.5 / cell
+        g = e.read()
+        expected = (1 - t) ** 2 * g[:, r, c] + t * (1 - t) * (g[:, r, c + 1] + g[:, r + 1, c]) + t * t * g[:, r + 1, c + 1]
+        np.testing.assert_allclose(values[:, r * cell + cell // 2, c * cell + cell // 2], expected,
+                                   rtol=2e-3, atol=2e-2)  # float16 storage
+        # Joint bilateral upsampling only picks classes present in the 3 × 3 cells around a pixel.
+        cells, pixels = pc.read(1), gc.read(1)
+        for y, x in np.random.default_rng(0).integers(0, [src.height, src.width], size=(300, 2)):
+            if pixels[y, x] == 255:
+                assert nodata[y, x] or cells[y // cell, x // cell] == 255
+                continue
+            cy, cx = int((y + 0.5) / cell), int((x + 0.5) / cell)
+            around = cells[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2]
+            assert pixels[y, x] in around
+        assert (pixels[nodata] == 255).all()
