@@ -234,7 +234,10 @@ class GuidedClassUpsampler:
                 lab = np.minimum(cell_labels[qr[:, None], qc[None, :]], k)
                 diff = g - cell_guide[:, qr[:, None], qc[None, :]]
                 dist2 = (pr - qr)[:, None] ** 2 + (pc - qc)[None, :] ** 2
-                weight = np.exp(-dist2 / two_ss - np.nan_to_num((diff * diff).sum(0), nan=np.inf) / two_sr)
+                # The small floor keeps a vote (the spatially nearest valid cell wins) when every range weight
+                # underflows, i.e. the pixel differs strongly from all neighbouring cells.
+                range_w = np.exp(-np.nan_to_num((diff * diff).sum(0), nan=np.inf) / two_sr) + 1e-12
+                weight = np.exp(-dist2 / two_ss) * range_w
                 weight = np.where(lab == k, 0.0, weight).astype(np.float32)
                 votes[lab.ravel(), flat] += weight.ravel()
         votes = votes[:k]
