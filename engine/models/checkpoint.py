@@ -639,12 +639,15 @@ def _geometry_config(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def save_encoder(model: nn.Module, path: PathLike, config: Optional[Mapping[str, Any]] = None) -> Path:
+def save_encoder(
+    model: nn.Module, path: PathLike, config: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write a model's state dict as a ``.safetensors`` checkpoint with a JSON ``config`` metadata entry.
 
     The file is written to a temporary file in the destination folder, read back with the strict rule
     (:func:`inspect_checkpoint`), then moved into place with :func:`os.replace`, so readers never see a partial
-    file. Tensors are stored as float32 (integer tensors keep their dtype).
+    file. Floating tensors are stored as ``dtype`` (float32 by default; float16 halves a release file and is read back
+    as float32 by :func:`read_checkpoint`); integer tensors keep their dtype.
 
     Args:
         model: A :class:`~engine.models.smarties.SmartiesEncoder` (optionally with a known head / MAE decoder under
@@ -653,6 +656,7 @@ def save_encoder(model: nn.Module, path: PathLike, config: Optional[Mapping[str,
         config: Extra JSON-serialisable settings to record (training recipe, data, ...). The model's geometry
             (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``grid_size``, ``mlp_ratio``, ``averaging``)
             is added automatically; a contradicting value raises.
+        dtype: Storage dtype of floating tensors (``torch.float32``, ``torch.float16`` or ``torch.bfloat16``).
 
     Returns:
         The written path.
@@ -677,7 +681,7 @@ def save_encoder(model: nn.Module, path: PathLike, config: Optional[Mapping[str,
         raise ValueError(f"config must be JSON-serialisable: {exc}") from exc
 
     state = {
-        k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
         for k, v in model.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
