@@ -351,7 +351,7 @@ def _run(
     )
     tags = {
         "MSFM_KIND": "embeddings",
-        "MSFM_MODEL": getattr(model, "name", "unknown"),
+        "MSFM_MODEL": str(getattr(model, "model_name", None) or getattr(model, "weights_path", "unknown")),
         "MSFM_SOURCE": str(source),
         "MSFM_OUTPUT": "grid: last-block patch tokens before the final norm",
         "MSFM_BAND_INDEXES": json.dumps(list(mapping.indexes)),
