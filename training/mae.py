@@ -37,7 +37,7 @@ mask), so after the same seed the mask, predictions and loss equal the reference
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -410,17 +410,3 @@ def _grouped(idx: torch.Tensor, fn, width: int, dtype: torch.dtype) -> torch.Ten
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return out_sorted[inverse]
-
-
-def band_indices(bands: Sequence, averaging: str = "linear") -> list[int]:
-    """Projection indices (0..18) of range keys/indices, via :func:`engine.spectrum.projection_for` validation."""
-    out = []
-    for band in bands:
-        projection_for(band, averaging)  # validates (rejects unknown keys and the disabled range)
-        if isinstance(band, int):
-            out.append(band)
-        else:
-            from engine.spectrum import get_range
-
-            out.append(get_range(band).projection_idx)
-    return out

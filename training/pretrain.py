@@ -340,6 +340,25 @@ def pretrain(
 
 
 # ---------------------------------------------------------------------------------------------------- model card
+def result_from_log(log_csv: os.PathLike | str, out: Optional[os.PathLike | str] = None,
+                    stopped_because: str = "time budget") -> TrainResult:
+    """Rebuild a :class:`TrainResult` from a CSV log written by :func:`pretrain` (to regenerate a model card)."""
+    with open(log_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    history = [(int(r["step"]), float(r["loss"])) for r in rows]
+    tail = [v for _, v in history[-50:]]
+    return TrainResult(
+        steps=history[-1][0] if history else 0,
+        samples_seen=int(rows[-1]["samples"]) if rows else 0,
+        wall_s=float(rows[-1]["elapsed_s"]) if rows else 0.0,
+        final_loss=sum(tail) / len(tail) if tail else float("nan"),
+        stopped_because=stopped_because,
+        out=str(out) if out else None,
+        log_csv=str(log_csv),
+        history=history,
+    )
+
+
 def loss_table(history: Sequence[tuple[int, float]], every: int) -> list[tuple[int, float]]:
     """Mean loss over consecutive blocks of ``every`` steps, reported at each block's last step."""
     rows = []
@@ -358,23 +377,14 @@ def write_model_card(
     command: str,
     started_utc: str,
     repo: os.PathLike | str = ".",
+    sha: Optional[str] = None,
 ) -> tuple[Path, Path]:
     """Write ``<weights stem>.json`` (machine-readable) and ``.md`` (human) next to the weights."""
     weights = Path(weights)
     size = weights.stat().st_size if weights.exists() else None
     every = max(1, len(result.history) // 20)
     table = loss_table(result.history, every)
-    data = []
-    seen = set()
-    for s in sources:
-        for src in [s] + ([s.pair] if s.pair is not None else []):
-            for path in src.files:
-                if path in seen:
-                    continue
-                seen.add(path)
-                data.append({"source": src.name, "file": _shorten(path), "bands": src.keys if len(src.files) == 1
-                             else [b.key for b in src.bands if b.path == path], "stats": src.preset or "estimated",
-                             "scale": round(src.scale, 4), "license": src.license})
+    data = data_summary(sources)
     card = {
         "model": cfg.model_name,
         "file": weights.name,
@@ -400,7 +410,7 @@ def write_model_card(
         "final_loss_definition": "mean norm-pix MAE loss over the last 50 steps",
         "first_loss": round(result.history[0][1], 5) if result.history else None,
         "loss_curve": [{"step": s, "loss": round(v, 5)} for s, v in table],
-        "git_sha": git_sha(repo),
+        "git_sha": sha or git_sha(repo),
         "date_utc": started_utc,
         "hardware": f"CPU, torch threads={cfg.threads} (shared machine)",
         "official_smarties_weights": False,
@@ -410,6 +420,25 @@ def write_model_card(
     md_path = weights.with_suffix(".md")
     md_path.write_text(_markdown(card, table, every))
     return json_path, md_path
+
+
+def data_summary(sources: Sequence[RasterSource]) -> list[dict[str, Any]]:
+    """One entry per group of files with the same bands/statistics/licence/folder (model card)."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for s in sources:
+        for src in [s] + ([s.pair] if s.pair is not None else []):
+            key = (tuple(src.keys), src.preset or "estimated", src.license, round(src.scale, 4),
+                   str(Path(src.files[0]).parent))
+            entry = groups.setdefault(key, {"sources": [], "files": [], "bands": list(src.keys),
+                                            "stats": src.preset or "estimated per file", "scale": round(src.scale, 4),
+                                            "license": src.license})
+            if src.name not in entry["sources"]:
+                entry["sources"].append(src.name)
+            for path in src.files:
+                short = _shorten(path)
+                if short not in entry["files"]:
+                    entry["files"].append(short)
+    return list(groups.values())
 
 
 def _shorten(path: str) -> str:
@@ -447,18 +476,20 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         "flips/rot90, random band subsets (all bands with p=0.5, else a random non-empty subset); half of the batches are",
         "two-view batches for token mixup (BigEarthNet S2↔S1 pairs, or a spectral split of one multispectral scene).",
         "",
-        "| source | file | bands | stats | licence |",
+        "| source(s) | file(s) | bands (SMARTIES keys, channel order) | stats | licence |",
         "|---|---|---|---|---|",
     ]
     for d in card["data"]:
-        lines.append(f"| {d['source']} | `{d['file']}` | {', '.join(d['bands'])} | {d['stats']} | {d['license']} |")
+        files = d["files"]
+        shown = f"`{files[0]}`" if len(files) == 1 else f"{len(files)} files: `{files[0]}`, …"
+        lines.append(f"| {', '.join(d['sources'])} | {shown} | {', '.join(d['bands'])} | {d['stats']} | {d['license']} |")
     lines += [
         "",
         "The Virginia Sentinel-2 scene used by the demo is part of the (self-supervised) training data.",
         "",
         "## Recipe",
         f"AdamW β={tuple(r['betas'])}, lr {r['lr']:g} (linear warm-up over {r['warmup_frac']:.0%} of the run, cosine to 0,"
-        f" set every step from the elapsed fraction of the wall-clock budget), weight decay {r['weight_decay']} on"
+        f" set every step from the elapsed fraction of the {r['minutes']:g}-min wall-clock budget), weight decay {r['weight_decay']} on"
         f" parameters with ndim ≥ 2 only, position tables frozen, gradient clipping {r['clip_grad']}, batch"
         f" {r['batch_size']}, seed {r['seed']}, {r['threads']} CPU threads, float32.",
         "",
@@ -476,7 +507,7 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
     lines += [f"| {s} | {v:.4f} |" for s, v in table]
     lines += [
         "",
-        "The per-step log is `smarties-demo-tiny.loss.csv` (step, elapsed_s, lr, loss, loss1, loss2, paired, samples);",
+        f"The per-step log is `{card['file'].replace('.safetensors', '.loss.csv')}` (step, elapsed_s, lr, loss, loss1, loss2, paired, samples);",
         "single-view and two-view batches alternate at random, so the per-step loss is noisy.",
         "",
         "## Limitations",
