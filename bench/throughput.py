@@ -9,7 +9,8 @@ Measures, in one process run (end-to-end cases in child processes so their peak 
 2. encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights), and its ratio to
    the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7);
 3. end-to-end ``embed_raster`` Mpx/s (input pixels per second, reading + normalising + encoding + blending +
-   writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it — RSS must stay flat.
+   writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it (``--mosaic16``: also 4×4) — RSS must
+   stay flat.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: 
     return batch * batches / (time.perf_counter() - t)
 
 
-def make_mosaic(src_path: Path, dst_path: Path) -> Path:
-    """A 2×2 mosaic of a raster (4× the pixels), same CRS, tiled GeoTIFF."""
+def make_mosaic(src_path: Path, dst_path: Path, factor: int = 2) -> Path:
+    """A ``factor × factor`` mosaic of a raster (mirrored copies, ``factor²`` × the pixels), same CRS, tiled GeoTIFF."""
     import numpy as np
     import rasterio
     from affine import Affine
@@ -78,7 +79,8 @@ def make_mosaic(src_path: Path, dst_path: Path) -> Path:
         profile = src.profile
         t = src.transform
         descriptions = src.descriptions
-    big = np.concatenate([np.concatenate([data, data[:, :, ::-1]], 2)] * 2, 1)
+    row = np.concatenate([data if i % 2 == 0 else data[:, :, ::-1] for i in range(factor)], 2)
+    big = np.concatenate([row if i % 2 == 0 else row[:, ::-1] for i in range(factor)], 1)
     profile.update(width=big.shape[2], height=big.shape[1], transform=Affine(t.a, t.b, t.c, t.d, t.e, t.f))
     with rasterio.open(dst_path, "w", **profile) as dst:
         dst.write(big)
@@ -123,6 +125,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="real raster for the end-to-end cases")
     parser.add_argument("--model", default=None, help="model for the end-to-end cases (default: random ViT-B)")
     parser.add_argument("--scale", type=float, default=1.0, help="resampling factor for the end-to-end cases")
+    parser.add_argument("--mosaic16", action="store_true", help="also run a 4×4 (16×) mosaic")
     parser.add_argument("--child-embed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_embed:
@@ -144,8 +147,10 @@ def main() -> None:
 
             model = str(Path(tmp) / "vit_b_random.safetensors")
             save_encoder(vit_b(), model, {"num_heads": 12})
-        mosaic = make_mosaic(args.input, Path(tmp) / "mosaic.tif")
-        for name, raster in (("raster", args.input), ("mosaic4x", mosaic)):
+        cases = [("raster", args.input), ("mosaic4x", make_mosaic(args.input, Path(tmp) / "mosaic4x.tif", 2))]
+        if args.mosaic16:
+            cases.append(("mosaic16x", make_mosaic(args.input, Path(tmp) / "mosaic16x.tif", 4)))
+        for name, raster in cases:
             r = embed_case(raster, model, args.threads, args.scale)
             results[f"e2e_{name}_mpx_per_s"] = r["pixels"] / r["seconds"] / 1e6
             results[f"e2e_{name}_tiles_per_s"] = r["tiles"] / r["seconds"]
@@ -155,8 +160,8 @@ def main() -> None:
     print(f"fp32 matmul limit           {limit:8.1f} GFLOP/s ({args.threads} threads)")
     print(f"ViT-B encoder (12 bands)    {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
           f"limit ({results['encoder_tiles_per_s_limit']:.2f} tiles/s)")
-    for name in ("raster", "mosaic4x"):
-        print(f"embed e2e {name:<9}         {results[f'e2e_{name}_mpx_per_s']:8.3f} Mpx/s, "
+    for name in [n for n in ("raster", "mosaic4x", "mosaic16x") if f"e2e_{n}_tiles" in results]:
+        print(f"embed e2e {name:<10}        {results[f'e2e_{name}_mpx_per_s']:8.3f} Mpx/s, "
               f"{results[f'e2e_{name}_tiles_per_s']:.2f} tiles/s ({results[f'e2e_{name}_tiles']} tiles), "
               f"peak RSS {results[f'e2e_{name}_peak_rss_mb']:.0f} MB")
     print(json.dumps(results))

@@ -50,6 +50,10 @@ CancelFn = Callable[[], bool]
 
 #: Pixels read (at most) to estimate statistics of bands without preset statistics.
 _STATS_SAMPLE_PX = 1_000_000
+#: GDAL block cache during inference, in bytes (rasterio passes small values as bytes, not MB). GDAL's default (5 % of
+#: RAM) keeps every block read so far; tiles are read row band by row band, so a few block rows suffice and peak
+#: memory stays flat.
+GDAL_CACHE_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -221,20 +225,56 @@ class RasterReader:
             self.view.close()
 
 
+def _sample_windows(dataset: Any, budget_px: int = _STATS_SAMPLE_PX, size_px: int = 256) -> list[Window]:
+    """A 4 × 4 grid of ``size_px`` windows spread over the raster (the whole raster when it is small).
+
+    Reading a few windows decodes only their blocks, unlike a decimated read of the whole file.
+    """
+    if dataset.width * dataset.height <= budget_px:
+        return [Window(0, 0, dataset.width, dataset.height)]
+    n = max(1, min(4, int(math.sqrt(budget_px / size_px**2))))
+    windows = []
+    for i in range(n):
+        for j in range(n):
+            row = int((i + 0.5) * dataset.height / n - size_px / 2)
+            col = int((j + 0.5) * dataset.width / n - size_px / 2)
+            row, col = max(0, row), max(0, col)
+            windows.append(Window(col, row, min(size_px, dataset.width - col), min(size_px, dataset.height - row)))
+    return windows
+
+
+def _read_sample(dataset: Any, indexes: list[int], windows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    values, valid = [], []
+    for window in windows:
+        if isinstance(window, Window):
+            v = dataset.read(indexes, window=window)
+            m = dataset.read_masks(indexes, window=window)
+        else:  # an out_shape for a decimated read of the whole raster
+            v = dataset.read(indexes, out_shape=(len(indexes), *window), resampling=Resampling.nearest)
+            m = dataset.read_masks(indexes, out_shape=(len(indexes), *window), resampling=Resampling.nearest)
+        ok = (m > 0).all(axis=0)
+        if v.dtype.kind == "f":
+            ok &= np.isfinite(v).all(axis=0)
+        values.append(v.reshape(len(indexes), -1))
+        valid.append(ok.reshape(-1))
+    return np.concatenate(values, axis=1)[:, :, None], np.concatenate(valid)[:, None]
+
+
 def band_statistics(dataset: Any, mapping: BandMapping) -> list[BandStats]:
-    """Statistics for every mapped band: the preset's where known, else estimated from a decimated read.
+    """Statistics for every mapped band: the preset's where known, else estimated from a sample of the raster.
+
+    The sample is up to 16 windows of 256 px spread over the raster (:func:`_sample_windows`); when none of them holds
+    data, a decimated read of the whole raster settles whether the raster is empty.
 
     Raises:
         InputRasterError: The raster holds no valid pixel.
     """
-    factor = max(1.0, math.sqrt(dataset.width * dataset.height / _STATS_SAMPLE_PX))
-    shape = (max(1, int(dataset.height / factor)), max(1, int(dataset.width / factor)))
     indexes = list(mapping.indexes)
-    masks = dataset.read_masks(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
-    valid = (masks > 0).all(axis=0)
-    values = dataset.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
-    if values.dtype.kind == "f":
-        valid &= np.isfinite(values).all(axis=0)
+    values, valid = _read_sample(dataset, indexes, _sample_windows(dataset))
+    if not valid.any():
+        factor = max(1.0, math.sqrt(dataset.width * dataset.height / _STATS_SAMPLE_PX))
+        shape = (max(1, int(dataset.height / factor)), max(1, int(dataset.width / factor)))
+        values, valid = _read_sample(dataset, indexes, [shape])
     if not valid.any():
         raise InputRasterError(
             f"{dataset.name}: every pixel is nodata (or NaN) in the selected bands; nothing to embed. "
@@ -242,10 +282,7 @@ def band_statistics(dataset: Any, mapping: BandMapping) -> list[BandStats]:
         )
     missing = [i for i, b in enumerate(mapping.bands) if b.stats is None]
     estimated = estimate_stats(values[missing], valid) if missing else []
-    stats: list[BandStats] = []
-    for i, band in enumerate(mapping.bands):
-        stats.append(band.stats if band.stats is not None else estimated[missing.index(i)])
-    return stats
+    return [band.stats if band.stats is not None else estimated[missing.index(i)] for i, band in enumerate(mapping.bands)]
 
 
 def default_scale(mapping: BandMapping) -> float:
@@ -296,11 +333,27 @@ def embed_raster(
         engine.errors.BandResolutionError: A band cannot be mapped (the message says which and how to fix it).
         InferenceCancelled: ``is_canceled`` returned True.
     """
-    import torch
-
     settings = settings or InferenceSettings()
     started = time.perf_counter()
     output = Path(output)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        return _embed(source, output, model, settings, sensor, overrides, mapping, progress, is_canceled, started)
+
+
+def _embed(
+    source: Union[str, Path],
+    output: Path,
+    model: Any,
+    settings: InferenceSettings,
+    sensor: Optional[str],
+    overrides: Any,
+    mapping: Optional[BandMapping],
+    progress: Optional[ProgressFn],
+    is_canceled: Optional[CancelFn],
+    started: float,
+) -> EmbeddingResult:
+    import torch
+
     dataset = _open(source)
     try:
         if dataset.crs is None:
