@@ -9,8 +9,9 @@ Measures, in one process run (end-to-end cases in child processes so their peak 
 2. encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights), and its ratio to
    the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7);
 3. end-to-end ``embed_raster`` Mpx/s (input pixels per second, reading + normalising + encoding + blending +
-   writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it (``--mosaic16``: also 4×4) — RSS must
-   stay flat.
+   writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it (``--mosaic16``: also a 4×4 mosaic and a
+   16×1 column of copies). Memory grows with the raster's width (one row band of tiles is held) but must stay flat
+   as its height grows.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: 
     return batch * batches / (time.perf_counter() - t)
 
 
-def make_mosaic(src_path: Path, dst_path: Path, factor: int = 2) -> Path:
-    """A ``factor × factor`` mosaic of a raster (mirrored copies, ``factor²`` × the pixels), same CRS, tiled GeoTIFF."""
+def make_mosaic(src_path: Path, dst_path: Path, rows: int = 2, cols: int = 2) -> Path:
+    """A ``rows × cols`` mosaic of mirrored copies of a raster (``rows·cols`` × the pixels), same CRS, tiled GeoTIFF."""
     import numpy as np
     import rasterio
     from affine import Affine
@@ -79,13 +80,21 @@ def make_mosaic(src_path: Path, dst_path: Path, factor: int = 2) -> Path:
         profile = src.profile
         t = src.transform
         descriptions = src.descriptions
-    row = np.concatenate([data if i % 2 == 0 else data[:, :, ::-1] for i in range(factor)], 2)
-    big = np.concatenate([row if i % 2 == 0 else row[:, ::-1] for i in range(factor)], 1)
+    row = np.concatenate([data if i % 2 == 0 else data[:, :, ::-1] for i in range(cols)], 2)
+    big = np.concatenate([row if i % 2 == 0 else row[:, ::-1] for i in range(rows)], 1)
     profile.update(width=big.shape[2], height=big.shape[1], transform=Affine(t.a, t.b, t.c, t.d, t.e, t.f))
     with rasterio.open(dst_path, "w", **profile) as dst:
         dst.write(big)
         dst.descriptions = descriptions
     return dst_path
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; unlike ``ru_maxrss`` it is not inherited across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_embed_child(args: argparse.Namespace) -> None:
@@ -108,7 +117,7 @@ def run_embed_child(args: argparse.Namespace) -> None:
 
     with rasterio.open(args.input) as ds:
         pixels = ds.width * ds.height
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "tiles": res.tiles, "pixels": pixels, "peak_rss_mb": rss_mb}))
 
 
@@ -125,7 +134,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="real raster for the end-to-end cases")
     parser.add_argument("--model", default=None, help="model for the end-to-end cases (default: random ViT-B)")
     parser.add_argument("--scale", type=float, default=1.0, help="resampling factor for the end-to-end cases")
-    parser.add_argument("--mosaic16", action="store_true", help="also run a 4×4 (16×) mosaic")
+    parser.add_argument("--mosaic16", action="store_true", help="also run a 4×4 mosaic and a 16×1 (16× taller) one")
     parser.add_argument("--child-embed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_embed:
@@ -147,9 +156,10 @@ def main() -> None:
 
             model = str(Path(tmp) / "vit_b_random.safetensors")
             save_encoder(vit_b(), model, {"num_heads": 12})
-        cases = [("raster", args.input), ("mosaic4x", make_mosaic(args.input, Path(tmp) / "mosaic4x.tif", 2))]
+        cases = [("raster", args.input), ("mosaic4x", make_mosaic(args.input, Path(tmp) / "mosaic4x.tif", 2, 2))]
         if args.mosaic16:
-            cases.append(("mosaic16x", make_mosaic(args.input, Path(tmp) / "mosaic16x.tif", 4)))
+            cases.append(("mosaic16x", make_mosaic(args.input, Path(tmp) / "mosaic16x.tif", 4, 4)))
+            cases.append(("tall16x", make_mosaic(args.input, Path(tmp) / "tall16x.tif", 16, 1)))
         for name, raster in cases:
             r = embed_case(raster, model, args.threads, args.scale)
             results[f"e2e_{name}_mpx_per_s"] = r["pixels"] / r["seconds"] / 1e6
@@ -160,7 +170,7 @@ def main() -> None:
     print(f"fp32 matmul limit           {limit:8.1f} GFLOP/s ({args.threads} threads)")
     print(f"ViT-B encoder (12 bands)    {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
           f"limit ({results['encoder_tiles_per_s_limit']:.2f} tiles/s)")
-    for name in [n for n in ("raster", "mosaic4x", "mosaic16x") if f"e2e_{n}_tiles" in results]:
+    for name in [n for n in ("raster", "mosaic4x", "mosaic16x", "tall16x") if f"e2e_{n}_tiles" in results]:
         print(f"embed e2e {name:<10}        {results[f'e2e_{name}_mpx_per_s']:8.3f} Mpx/s, "
               f"{results[f'e2e_{name}_tiles_per_s']:.2f} tiles/s ({results[f'e2e_{name}_tiles']} tiles), "
               f"peak RSS {results[f'e2e_{name}_peak_rss_mb']:.0f} MB")

@@ -50,10 +50,19 @@ CancelFn = Callable[[], bool]
 
 #: Pixels read (at most) to estimate statistics of bands without preset statistics.
 _STATS_SAMPLE_PX = 1_000_000
-#: GDAL block cache during inference, in bytes (rasterio passes small values as bytes, not MB). GDAL's default (5 % of
-#: RAM) keeps every block read so far; tiles are read row band by row band, so a few block rows suffice and peak
-#: memory stays flat.
-GDAL_CACHE_BYTES = 128 * 1024 * 1024
+
+
+def gdal_cache_bytes(dataset: Any) -> int:
+    """GDAL block-cache size for reading ``dataset`` tile row by tile row: three block rows, at least 32 MB.
+
+    GDAL's default (5 % of RAM) keeps every block read so far, so memory would grow with the raster's height; tiles
+    are read row band by row band, so a few block rows suffice. (Passed to GDAL in bytes: rasterio hands small
+    ``GDAL_CACHEMAX`` values over as bytes, not MB.)
+    """
+    block_h = dataset.block_shapes[0][0] if dataset.block_shapes else 1
+    itemsize = max(np.dtype(d).itemsize for d in dataset.dtypes)
+    block_row = dataset.width * max(block_h, 1) * dataset.count * itemsize
+    return int(max(32 * 1024 * 1024, 3 * block_row))
 
 
 @dataclass(frozen=True)
@@ -336,12 +345,16 @@ def embed_raster(
     settings = settings or InferenceSettings()
     started = time.perf_counter()
     output = Path(output)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        return _embed(source, output, model, settings, sensor, overrides, mapping, progress, is_canceled, started)
+    dataset = _open(source)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):
+            return _embed(dataset, output, model, settings, sensor, overrides, mapping, progress, is_canceled, started)
+    finally:
+        dataset.close()
 
 
 def _embed(
-    source: Union[str, Path],
+    dataset: Any,
     output: Path,
     model: Any,
     settings: InferenceSettings,
@@ -354,20 +367,16 @@ def _embed(
 ) -> EmbeddingResult:
     import torch
 
-    dataset = _open(source)
+    if dataset.crs is None:
+        log.warning("%s has no CRS: the output will not be georeferenced either", dataset.name)
+    mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
+    stats = band_statistics(dataset, mapping)
+    scale = settings.scale if settings.scale is not None else default_scale(mapping)
+    reader = RasterReader(dataset, mapping, stats, scale, settings.resampling)
     try:
-        if dataset.crs is None:
-            log.warning("%s has no CRS: the output will not be georeferenced either", source)
-        mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
-        stats = band_statistics(dataset, mapping)
-        scale = settings.scale if settings.scale is not None else default_scale(mapping)
-        reader = RasterReader(dataset, mapping, stats, scale, settings.resampling)
-        try:
-            return _run(model, reader, mapping, settings, output, source, progress, is_canceled, started, torch)
-        finally:
-            reader.close()
+        return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started, torch)
     finally:
-        dataset.close()
+        reader.close()
 
 
 def _run(
