@@ -106,6 +106,8 @@ def run_embed_child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, num_heads=12 if "vit_b" in args.model else None)
+    with torch.inference_mode():  # warm-up, as for the encoder-only figure (first calls initialise kernels)
+        model.encode(torch.zeros(8, 3, 224, 224), ["red_1", "green_1", "blue_3"], "grid")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         res = embed_raster(
