@@ -59,7 +59,11 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEMO_MODEL, help=f"model name (`msfm models list`) or .safetensors path (default {DEMO_MODEL})")
     p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
     p.add_argument("--tile-size-px", type=int, default=224, help="tile side in model-input pixels, multiple of 16 (default 224)")
-    p.add_argument("--overlap-px", type=int, default=32, help="overlap of neighbouring tiles in model-input pixels, multiple of 16 (default 32)")
+    p.add_argument(
+        "--overlap-px", type=int, default=112,
+        help="overlap of neighbouring tiles in model-input pixels, multiple of 16 (default 112 = half a tile: tile "
+        "context then averages out and class maps show no tile-shaped boundaries; 32 is 2.9× faster)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")

@@ -73,7 +73,10 @@ class InferenceSettings:
         tile_size_px: Tile side in model-input pixels (after scaling); multiple of the patch size. 224 matches the
             checkpoints' 14×14 position grid; other sizes use a resized grid.
         overlap_px: Overlap between neighbouring tiles in model-input pixels; multiple of the patch size. Overlaps
-            are blended, never cut. Cost grows as ``(tile / (tile − overlap))²`` (32 px → 1.36×).
+            are blended, never cut. Cost grows as ``(tile / (tile − overlap))²``: 4× at the default 112 px (half a
+            tile), 1.36× at 32 px. A ViT's patch tokens depend on the whole tile's content, so with small overlaps
+            k-means boundaries in homogeneous areas can snap to tile borders; half-tile overlaps average that out
+            (docs/inference.md).
         batch_size: Tiles per forward pass. Memory ∝ ``batch_size · tile_size_px²``.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
         threads: CPU threads for torch (None keeps torch's default).
@@ -86,7 +89,7 @@ class InferenceSettings:
     """
 
     tile_size_px: int = 224
-    overlap_px: int = 32
+    overlap_px: int = 112
     batch_size: int = 8
     device: str = "auto"
     threads: Optional[int] = None
