@@ -691,6 +691,9 @@ def save_encoder(
     try:
         save_file(state, str(tmp), metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
         layout, _ = inspect_checkpoint(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a released file follows the user's umask
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
