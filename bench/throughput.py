@@ -112,7 +112,8 @@ def run_embed_child(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         res = embed_raster(
             args.input, Path(tmp) / "emb.tif", model,
-            settings=InferenceSettings(batch_size=8, threads=args.threads, scale=args.scale, device="cpu"),
+            settings=InferenceSettings(batch_size=8, threads=args.threads, scale=args.scale, device="cpu",
+                                       overlap_px=args.overlap_px),
         )
         seconds = time.perf_counter() - t
     import rasterio
@@ -123,9 +124,9 @@ def run_embed_child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "tiles": res.tiles, "pixels": pixels, "peak_rss_mb": rss_mb}))
 
 
-def embed_case(raster: Path, model: str, threads: int, scale: float) -> dict:
+def embed_case(raster: Path, model: str, threads: int, scale: float, overlap_px: int) -> dict:
     cmd = [sys.executable, __file__, "--child-embed", "--input", str(raster), "--model", model,
-           "--threads", str(threads), "--scale", str(scale)]
+           "--threads", str(threads), "--scale", str(scale), "--overlap-px", str(overlap_px)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="real raster for the end-to-end cases")
     parser.add_argument("--model", default=None, help="model for the end-to-end cases (default: random ViT-B)")
     parser.add_argument("--scale", type=float, default=1.0, help="resampling factor for the end-to-end cases")
+    parser.add_argument("--overlap-px", type=int, default=112, help="tile overlap of the end-to-end cases")
     parser.add_argument("--mosaic16", action="store_true", help="also run a 4×4 mosaic and a 16×1 (16× taller) one")
     parser.add_argument("--child-embed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,7 +147,8 @@ def main() -> None:
 
     import torch
 
-    results = {"machine": f"{os.cpu_count()} cpus, torch {torch.__version__}", "threads": args.threads}
+    results = {"machine": f"{os.cpu_count()} cpus, torch {torch.__version__}", "threads": args.threads,
+               "overlap_px": args.overlap_px}
     limit = matmul_gflops(args.threads)
     tiles = encoder_tiles_per_s(args.threads)
     results.update(matmul_gflops=limit, encoder_tiles_per_s=tiles,
@@ -163,7 +166,7 @@ def main() -> None:
             cases.append(("mosaic16x", make_mosaic(args.input, Path(tmp) / "mosaic16x.tif", 4, 4)))
             cases.append(("tall16x", make_mosaic(args.input, Path(tmp) / "tall16x.tif", 16, 1)))
         for name, raster in cases:
-            r = embed_case(raster, model, args.threads, args.scale)
+            r = embed_case(raster, model, args.threads, args.scale, args.overlap_px)
             results[f"e2e_{name}_mpx_per_s"] = r["pixels"] / r["seconds"] / 1e6
             results[f"e2e_{name}_tiles_per_s"] = r["tiles"] / r["seconds"]
             results[f"e2e_{name}_peak_rss_mb"] = r["peak_rss_mb"]
