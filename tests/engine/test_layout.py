@@ -1,0 +1,32 @@
+"""Package boundaries: engine never imports QGIS or training, and imports without torch for the band registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_engine_does_not_import_qgis_or_training() -> None:
+    code = (
+        "import sys, engine, engine.bands, engine.cli, engine.cluster, engine.inference, engine.models, "
+        "engine.upsample, engine.quicklook\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qgis', 'training', 'PyQt5'))\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_band_registry_works_without_importing_torch() -> None:
+    code = (
+        "import sys, engine\n"
+        "from engine.bands import resolve_bands\n"
+        "from engine.spectrum import projection_for\n"
+        "assert projection_for('red_2').terms == ((6, 1.0),)\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
