@@ -106,9 +106,17 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_bands(args: argparse.Namespace) -> int:
-    from .bands import describe_mapping, resolve_bands
+    import dataclasses
 
-    print(describe_mapping(resolve_bands(args.input, sensor=args.sensor, overrides=_parse_band_overrides(args.band))))
+    from .bands import describe_mapping, resolve_bands
+    from .inference import band_statistics, open_raster
+
+    with open_raster(args.input) as ds:
+        mapping = resolve_bands(ds, sensor=args.sensor, overrides=_parse_band_overrides(args.band))
+        # Show the statistics inference will use, including those estimated from the raster.
+        stats = band_statistics(ds, mapping)
+    bands = tuple(dataclasses.replace(b, stats=s) for b, s in zip(mapping.bands, stats))
+    print(describe_mapping(dataclasses.replace(mapping, bands=bands)))
     return 0
 
 

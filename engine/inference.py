@@ -41,7 +41,16 @@ from .normalize import BandStats, estimate_stats, normalize
 from .tiling import TileGrid, tile_grid
 from .writers import GeoTiffWriter, gtiff_profile
 
-__all__ = ("EmbeddingResult", "InferenceSettings", "RasterReader", "embed_raster", "select_device")
+__all__ = (
+    "EmbeddingResult",
+    "InferenceSettings",
+    "RasterReader",
+    "band_statistics",
+    "default_scale",
+    "embed_raster",
+    "open_raster",
+    "select_device",
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +164,8 @@ def select_device(device: str) -> str:
     return device
 
 
-def _open(source: Union[str, Path]) -> Any:
+def open_raster(source: Union[str, Path]) -> Any:
+    """Open a raster with rasterio; unreadable files raise :class:`InputRasterError` naming the file."""
     try:
         return rasterio.open(source)
     except RasterioIOError as exc:
@@ -348,7 +358,7 @@ def embed_raster(
     settings = settings or InferenceSettings()
     started = time.perf_counter()
     output = Path(output)
-    dataset = _open(source)
+    dataset = open_raster(source)
     try:
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):
             return _embed(dataset, output, model, settings, sensor, overrides, mapping, progress, is_canceled, started)
