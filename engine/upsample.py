@@ -24,6 +24,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from .errors import InputRasterError
 from .normalize import BandStats, normalize
 from .writers import GeoTiffWriter, gtiff_profile
 
@@ -181,7 +182,10 @@ class GuidedClassUpsampler:
         self.interp = GridInterpolator(grid, source.transform)
         self.indexes, stats = recorded_bands(grid, source)
         if stats is None:
-            raise ValueError(f"{grid.name} records no normalisation statistics (MSFM_STATS); recompute the embeddings")
+            raise InputRasterError(
+                f"{grid.name} records no normalisation statistics (tag MSFM_STATS), which guided upsampling needs; "
+                "recompute it with `msfm embed`, or use --resolution patch"
+            )
         self.stats = stats
         self.sigma_spatial, self.sigma_range, self.radius = sigma_spatial, sigma_range, radius
         m = self.interp.m
