@@ -35,6 +35,7 @@ from .errors import BandResolutionError, InputRasterError
 from .normalize import BandStats
 from .sensors import Sensor, SensorBand, get_sensor, list_sensors, normalize_band_name
 from .spectrum import (
+    MICROWAVE_MIN_NM,
     Averaging,
     Projection,
     get_range,
@@ -52,8 +53,6 @@ Overrides = Union[Mapping[Union[int, str], Union[str, float]], Sequence[str]]
 
 #: Central wavelength used for a panchromatic band named only "pan" (450–800 nm VNIR pan).
 _PAN_NM = 625.0
-#: Wavelengths above this are microwave: VV and VH share one, so a wavelength cannot pick the polarisation.
-_MICROWAVE_NM = 1.0e6
 #: A band at least this much wider than the matched range (fraction of the band inside it below this) is interpolated.
 _MIN_OVERLAP = 0.5
 #: Values that drop a band in an override.
@@ -712,7 +711,7 @@ def _match(
     preset_band: SensorBand | None = None,
 ) -> ResolvedBand | DroppedBand | None:
     """Resolve by wavelength; ``None`` for microwave wavelengths (the polarisation must be named)."""
-    if wavelength_nm >= _MICROWAVE_NM:
+    if wavelength_nm >= MICROWAVE_MIN_NM:
         return None
     try:
         rng, why = match_wavelength(wavelength_nm)

@@ -109,7 +109,8 @@ def cmd_bands(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .bands import describe_mapping, resolve_bands
-    from .inference import band_statistics, open_raster
+    from .inference import band_statistics
+    from .readers import open_raster
 
     with open_raster(args.input) as ds:
         mapping = resolve_bands(ds, sensor=args.sensor, overrides=_parse_band_overrides(args.band))

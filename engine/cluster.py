@@ -17,7 +17,6 @@ Outputs: a uint8 GeoTIFF (nodata 255, colour table, class names as category name
 from __future__ import annotations
 
 import colorsys
-import json
 import logging
 import math
 import tempfile
@@ -33,7 +32,7 @@ from rasterio.windows import Window
 
 from .errors import InferenceCancelled, InputRasterError
 from .inference import CancelFn, EmbeddingResult, InferenceSettings, ProgressFn, embed_raster
-from .upsample import GridInterpolator, GuidedClassUpsampler, iter_windows, recorded_bands
+from .upsample import GridInterpolator, GuidedClassUpsampler, iter_windows
 from .writers import GeoTiffWriter, gtiff_profile
 
 __all__ = ("ClusterResult", "class_colors", "cluster_raster", "fit_kmeans", "write_qml")
@@ -290,13 +289,11 @@ def _write_classes(
             band_rows, cols = 64, 2048
             labels_of = guided.labels
         else:
-            interp = GridInterpolator(grid, target.transform)
-            indexes, _ = recorded_bands(grid, target)
+            interp = GridInterpolator(grid, target.transform, target)
             band_rows, cols = 16, max(256, (1 << 24) // (d * 16) // 256 * 256)
 
             def labels_of(win: Window) -> np.ndarray:
                 vec = interp.sample(win)
-                vec[:, ~(target.read_masks(indexes, window=win) > 0).all(axis=0)] = np.nan
                 return _predict(km, vec.reshape(d, -1).T).reshape(int(win.height), int(win.width))
 
         profile = gtiff_profile(

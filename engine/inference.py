@@ -30,7 +30,6 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -38,6 +37,7 @@ from .bands import BandMapping, resolve_bands
 from .blending import BlendKind, RowBlender
 from .errors import InferenceCancelled, InputRasterError
 from .normalize import BandStats, estimate_stats, normalize
+from .readers import open_raster, read_valid
 from .tiling import TileGrid, tile_grid
 from .writers import GeoTiffWriter, gtiff_profile
 
@@ -48,7 +48,6 @@ __all__ = (
     "band_statistics",
     "default_scale",
     "embed_raster",
-    "open_raster",
     "select_device",
 )
 
@@ -164,14 +163,6 @@ def select_device(device: str) -> str:
     return device
 
 
-def open_raster(source: Union[str, Path]) -> Any:
-    """Open a raster with rasterio; unreadable files raise :class:`InputRasterError` naming the file."""
-    try:
-        return rasterio.open(source)
-    except RasterioIOError as exc:
-        raise InputRasterError(f"cannot read raster {source}: {exc}. Is it a valid GeoTIFF/GDAL raster?") from exc
-
-
 class RasterReader:
     """Reads normalised tiles of the resolved bands, optionally through a scaled virtual raster.
 
@@ -223,15 +214,7 @@ class RasterReader:
         """
         h = max(0, min(size_px, self.height_px - row_px))
         w = max(0, min(size_px, self.width_px - col_px))
-        window = Window(col_px, row_px, w, h)
-        try:
-            raw = self.view.read(self.indexes, window=window)
-            masks = self.view.read_masks(self.indexes, window=window)
-        except RasterioIOError as exc:
-            raise InputRasterError(f"cannot read {window} of {self.dataset.name}: {exc}. Is the file complete?") from exc
-        valid = (masks > 0).all(axis=0)
-        if raw.dtype.kind == "f":
-            valid &= np.isfinite(raw).all(axis=0)
+        raw, valid = read_valid(self.view, self.indexes, Window(col_px, row_px, w, h))
         x = normalize(raw, self.stats)
         x[:, ~valid] = 0.0
         if h < size_px or w < size_px:
@@ -269,14 +252,9 @@ def _read_sample(dataset: Any, indexes: list[int], windows: Sequence[Any]) -> tu
     values, valid = [], []
     for window in windows:
         if isinstance(window, Window):
-            v = dataset.read(indexes, window=window)
-            m = dataset.read_masks(indexes, window=window)
+            v, ok = read_valid(dataset, indexes, window)
         else:  # an out_shape for a decimated read of the whole raster
-            v = dataset.read(indexes, out_shape=(len(indexes), *window), resampling=Resampling.nearest)
-            m = dataset.read_masks(indexes, out_shape=(len(indexes), *window), resampling=Resampling.nearest)
-        ok = (m > 0).all(axis=0)
-        if v.dtype.kind == "f":
-            ok &= np.isfinite(v).all(axis=0)
+            v, ok = read_valid(dataset, indexes, out_shape=window)
         values.append(v.reshape(len(indexes), -1))
         valid.append(ok.reshape(-1))
     return np.concatenate(values, axis=1)[:, :, None], np.concatenate(valid)[:, None]

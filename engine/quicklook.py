@@ -19,6 +19,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
+from .readers import read_valid
+
 __all__ = ("class_quicklook", "embedding_quicklook", "rgb_quicklook")
 
 PathLike = Union[str, Path]
@@ -71,10 +73,8 @@ def class_quicklook(classes: PathLike, png: PathLike, max_size_px: int = 1024) -
 def rgb_quicklook(source: PathLike, png: PathLike, bands: Sequence[int], max_size_px: int = 1024) -> Path:
     """Stretch three bands (1-based indexes, red/green/blue order) of a raster and save them as PNG."""
     with rasterio.open(source) as ds:
-        shape = _shape(ds, max_size_px)
-        data = ds.read(list(bands), out_shape=(3, *shape), resampling=Resampling.average).astype(np.float32)
-        valid = (ds.read_masks(list(bands), out_shape=(3, *shape), resampling=Resampling.nearest) > 0).all(axis=0)
-    return _write_png(png, _stretch(data, valid & np.isfinite(data).all(axis=0)))
+        data, valid = read_valid(ds, bands, out_shape=_shape(ds, max_size_px), resampling=Resampling.average)
+    return _write_png(png, _stretch(data.astype(np.float32), valid))
 
 
 def embedding_quicklook(embeddings: PathLike, png: PathLike, max_size_px: int = 1024) -> Path:

@@ -35,6 +35,7 @@ from typing import Literal, Union
 from .errors import BandResolutionError
 
 __all__ = (
+    "MICROWAVE_MIN_NM",
     "NUM_BASE_PROJECTIONS",
     "PROJECTION_SCALER",
     "Averaging",
@@ -54,8 +55,9 @@ PROJECTION_SCALER = 12.0
 
 Averaging = Literal["linear", "reference"]
 
-#: Wavelengths above this are microwave (SAR); the SMARTIES table puts C-band at 5.5e7–5.6e7 nm.
-_MICROWAVE_NM = 1.0e6
+#: Wavelengths at or above this are microwave (SAR); the SMARTIES table puts C-band at 5.5e7–5.6e7 nm. VV and VH
+#: share one wavelength, so a wavelength alone cannot pick a SAR projection.
+MICROWAVE_MIN_NM = 1.0e6
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def interpolated_projection(wavelength_nm: float) -> Projection:
             polarisation must be named explicitly).
     """
     _check_wavelength(wavelength_nm)
-    if wavelength_nm >= _MICROWAVE_NM:
+    if wavelength_nm >= MICROWAVE_MIN_NM:
         raise BandResolutionError(
             f"{wavelength_nm:g} nm is a microwave wavelength: SAR polarisations share one wavelength, so name the "
             "band explicitly (microwave_1 for VV, microwave_2 for VH)"
@@ -274,7 +276,7 @@ def match_wavelength(wavelength_nm: float) -> tuple[SpectralRange | None, str]:
         BandResolutionError: The value looks like µm (< 100 nm).
     """
     _check_wavelength(wavelength_nm)
-    if wavelength_nm >= _MICROWAVE_NM:
+    if wavelength_nm >= MICROWAVE_MIN_NM:
         return None, "microwave wavelength: polarisation must be named (VV/VH)"
     containing = [r for r in spectral_ranges() if r.min_nm <= wavelength_nm <= r.max_nm]
     for group, what in (

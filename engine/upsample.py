@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from .errors import InputRasterError
 from .normalize import BandStats, normalize
+from .readers import read_valid
 from .writers import GeoTiffWriter, gtiff_profile
 
 __all__ = ("GridInterpolator", "GuidedClassUpsampler", "iter_windows", "recorded_bands", "write_pixel_embeddings")
@@ -51,13 +52,17 @@ class GridInterpolator:
     Args:
         grid: Open rasterio dataset of the embedding raster (NaN = nodata).
         target_transform: Affine transform of the target pixel grid (same CRS, north-up).
+        source: Optional open input raster on the target grid: its invalid pixels (of the bands the embeddings were
+            computed from, :func:`recorded_bands`) come out as NaN.
 
     Raises:
         ValueError: Rotated/sheared transforms (not supported).
     """
 
-    def __init__(self, grid: Any, target_transform: Affine) -> None:
+    def __init__(self, grid: Any, target_transform: Affine, source: Any = None) -> None:
         self.grid = grid
+        self.source = source
+        self.indexes = recorded_bands(grid, source)[0] if source is not None else []
         m = ~grid.transform * target_transform  # target pixel (col, row) → grid (col, row)
         if abs(m.b) > 1e-9 or abs(m.d) > 1e-9:
             raise ValueError("rotated or sheared rasters are not supported for pixel-resolution output")
@@ -67,7 +72,8 @@ class GridInterpolator:
         """Embeddings at the pixel centres of ``window`` of the target grid.
 
         Returns:
-            ``[D, window.height, window.width]`` float32, NaN where no valid cell is near.
+            ``[D, window.height, window.width]`` float32, NaN where no valid cell is near (and, with a ``source``,
+            where the input pixel is invalid).
         """
         m = self.m
         cols = (np.arange(window.col_off, window.col_off + window.width) + 0.5) * m.a + m.c - 0.5
@@ -92,6 +98,8 @@ class GridInterpolator:
         with np.errstate(invalid="ignore", divide="ignore"):
             out = interp(cells) / weight
         out[:, weight < 1e-6] = np.nan
+        if self.source is not None:
+            out[:, ~read_valid(self.source, self.indexes, window)[1]] = np.nan
         return out.astype(np.float32, copy=False)
 
 
@@ -110,8 +118,7 @@ def write_pixel_embeddings(
         ``output``.
     """
     with rasterio.open(source) as src, rasterio.open(embeddings) as grid:
-        interp = GridInterpolator(grid, src.transform)
-        indexes, _ = recorded_bands(grid, src)
+        interp = GridInterpolator(grid, src.transform, src)
         profile = gtiff_profile(
             width=src.width, height=src.height, count=grid.count, dtype=output_dtype,
             crs=src.crs, transform=src.transform, nodata=float("nan"),
@@ -123,10 +130,7 @@ def write_pixel_embeddings(
                 h = min(16, src.height - row)
                 out = np.empty((grid.count, h, src.width), np.float32)
                 for w in iter_windows(h, src.width, h, cols):
-                    win = Window(w.col_off, row, w.width, h)
-                    block = interp.sample(win)
-                    block[:, ~(src.read_masks(indexes, window=win) > 0).all(axis=0)] = np.nan
-                    out[:, :, int(w.col_off) : int(w.col_off + w.width)] = block
+                    out[:, :, int(w.col_off) : int(w.col_off + w.width)] = interp.sample(Window(w.col_off, row, w.width, h))
                 writer.write_rows(out)
     return Path(output)
 
@@ -192,10 +196,7 @@ class GuidedClassUpsampler:
         self.margin_px = int(math.ceil((radius + 1) / min(abs(m.a), abs(m.e)))) + 1  # radius + 1 cells of pixels
 
     def _guide(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        raw = self.source.read(self.indexes, window=window)
-        valid = (self.source.read_masks(self.indexes, window=window) > 0).all(axis=0)
-        if raw.dtype.kind == "f":
-            valid &= np.isfinite(raw).all(axis=0)
+        raw, valid = read_valid(self.source, self.indexes, window)
         return normalize(raw, self.stats), valid
 
     def labels(self, window: Window) -> np.ndarray:

@@ -56,6 +56,7 @@ from rasterio.windows import Window, from_bounds
 from engine.bands import BandMapping, ResolvedBand, resolve_bands
 from engine.inference import band_statistics, default_scale
 from engine.normalize import BandStats, normalize
+from engine.readers import read_valid
 from engine.sensors import get_sensor
 from engine.spectrum import get_range
 
@@ -198,17 +199,11 @@ class RasterSource:
             ds = self._ds[path]
             chans = [c for c, b in enumerate(self.bands) if b.path == path]
             win = from_bounds(*bounds, transform=ds.transform)
-            data = ds.read(
-                [self.bands[c].index for c in chans], window=win, out_shape=(len(chans), *out_shape),
-                resampling=Resampling.bilinear,
-            ).astype(np.float32)
-            nodata = ds.nodata
-            for k, c in enumerate(chans):
-                band = data[k]
-                valid &= np.isfinite(band)
-                if nodata is not None and not np.isnan(nodata):
-                    valid &= band != nodata
-                out[c] = band
+            data, ok = read_valid(
+                ds, [self.bands[c].index for c in chans], win, out_shape, resampling=Resampling.bilinear
+            )
+            valid &= ok
+            out[chans] = data
         return out, valid
 
 
