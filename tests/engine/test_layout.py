@@ -9,6 +9,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def run_python(code: str) -> str:
+    """Run code in a fresh interpreter (clean ``sys.modules``) from the repository root; return its stdout."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+
 def test_engine_does_not_import_qgis_or_training() -> None:
     code = (
         "import sys, engine, engine.bands, engine.cli, engine.cluster, engine.inference, engine.models, "
@@ -16,8 +21,7 @@ def test_engine_does_not_import_qgis_or_training() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qgis', 'training', 'PyQt5'))\n"
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert run_python(code).strip() == ""
 
 
 def test_band_registry_works_without_importing_torch() -> None:
@@ -28,5 +32,4 @@ def test_band_registry_works_without_importing_torch() -> None:
         "assert projection_for('red_2').terms == ((6, 1.0),)\n"
         "print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert run_python(code).strip() == "False"
