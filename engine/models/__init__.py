@@ -12,17 +12,15 @@ Sources: spec smarties.md §1.4–§1.8.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from ..errors import CheckpointError, ModelNotAvailableError
 from ..spectrum import Averaging
-from .checkpoint import Checkpoint, read_checkpoint, save_encoder
 from .registry import (
     ModelSpec,
     download_model,
@@ -32,7 +30,26 @@ from .registry import (
     resolve_weights,
     snapshot_commit,
 )
-from .smarties import SmartiesEncoder
+
+if TYPE_CHECKING:  # torch is imported on first use only, so the registry works where torch is not installed
+    import torch
+
+    from .checkpoint import Checkpoint
+    from .smarties import SmartiesEncoder
+
+#: Names that need torch, imported on first access (PEP 562).
+_TORCH_NAMES = {
+    "Checkpoint": ".checkpoint",
+    "read_checkpoint": ".checkpoint",
+    "save_encoder": ".checkpoint",
+    "SmartiesEncoder": ".smarties",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        return getattr(importlib.import_module(_TORCH_NAMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = (
     "Checkpoint",
@@ -191,6 +208,11 @@ def load_model(
         ValueError: Invalid ``averaging``.
     """
     path = resolve_weights(path_or_name)
+    import torch
+
+    from .checkpoint import read_checkpoint
+    from .smarties import SmartiesEncoder
+
     checkpoint = read_checkpoint(path)
     geometry = checkpoint.geometry
     config_json = _read_config_json(path)

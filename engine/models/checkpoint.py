@@ -37,13 +37,14 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 from ..errors import CheckpointError
 from ..spectrum import NUM_BASE_PROJECTIONS
+
+if TYPE_CHECKING:  # header inspection (inspect_checkpoint) works without torch; reading tensors imports it
+    import torch
+    from torch import nn
 
 __all__ = (
     "Checkpoint",
@@ -524,7 +525,7 @@ def _read_header(path: Path) -> tuple[dict[str, Shape], dict[str, str], dict[str
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with safe_open(str(path), framework="numpy") as handle:  # header only: no torch needed
             metadata = dict(handle.metadata() or {})
             shapes, dtypes = {}, {}
             for key in handle.keys():
@@ -556,6 +557,8 @@ def inspect_checkpoint(path: PathLike) -> tuple[KeyLayout, dict[str, Any]]:
 
 def _all_finite(tensor: torch.Tensor) -> bool:
     """True when no value is NaN/±Inf (min/max propagate NaN; ~10× faster than ``isfinite(t).all()``)."""
+    import torch
+
     if tensor.numel() == 0:
         return True
     low, high = torch.aminmax(tensor)
@@ -580,6 +583,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
             encoder keys, unexpected keys, non-floating or non-finite encoder tensors, or invalid ``config``
             metadata. The message lists the offending keys.
     """
+    import torch
     from safetensors import safe_open
 
     path = Path(path)
@@ -640,7 +644,7 @@ def _geometry_config(model: nn.Module) -> dict[str, Any]:
 
 
 def save_encoder(
-    model: nn.Module, path: PathLike, config: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float32
+    model: nn.Module, path: PathLike, config: Optional[Mapping[str, Any]] = None, dtype: Optional[torch.dtype] = None
 ) -> Path:
     """Write a model's state dict as a ``.safetensors`` checkpoint with a JSON ``config`` metadata entry.
 
@@ -656,7 +660,8 @@ def save_encoder(
         config: Extra JSON-serialisable settings to record (training recipe, data, ...). The model's geometry
             (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``grid_size``, ``mlp_ratio``, ``averaging``)
             is added automatically; a contradicting value raises.
-        dtype: Storage dtype of floating tensors (``torch.float32``, ``torch.float16`` or ``torch.bfloat16``).
+        dtype: Storage dtype of floating tensors (``torch.float32`` when None, ``torch.float16`` or
+            ``torch.bfloat16``).
 
     Returns:
         The written path.
@@ -665,8 +670,10 @@ def save_encoder(
         ValueError: ``config`` is not JSON-serialisable or contradicts the model's geometry.
         engine.errors.CheckpointError: The state dict does not satisfy the strict key rule (nothing is written).
     """
+    import torch
     from safetensors.torch import save_file
 
+    dtype = dtype or torch.float32
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end with .safetensors, got {path}")
