@@ -1,0 +1,11 @@
+"""The msfm Processing algorithms (one module each); :data:`ALGORITHMS` lists them in toolbox order."""
+
+from .bandmapping import BandMappingReport
+from .cluster import ClusterEmbeddings
+from .download import DownloadModel
+from .embed import ComputeEmbeddings
+from .similarity import SimilarityMap
+
+ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, BandMappingReport, DownloadModel)
+
+__all__ = ("ALGORITHMS",)

@@ -1,0 +1,375 @@
+"""What every msfm Processing algorithm shares: parameters, reading the layer, the region, the model, errors.
+
+Threading (QGIS Processing rules): ``prepareAlgorithm`` and ``postProcessAlgorithm`` run on the main thread,
+``processAlgorithm`` in a worker thread (no ``FlagNoThreading``). So the layer is only *looked at* in
+``prepareAlgorithm`` — its file path is recorded, or its data provider is cloned for layers that are not files — and
+the worker reads the file with the engine or the clone. Output layers are styled by post-processors attached in
+``postProcessAlgorithm`` (:mod:`qgis_plugin.styling`).
+
+Parameter names are a public contract (batch mode, models, ``qgis_process``, the dock): ``INPUT``, ``SENSOR``,
+``BAND_OVERRIDES``, ``MODEL``, ``MODEL_FILE``, ``DEVICE``, ``TILE_SIZE``, ``OVERLAP``, ``BATCH_SIZE``, ``SCALE``,
+``EXTENT``, ``MASK``, ``OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeatureSource,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsRasterDataProvider,
+    QgsRasterFileWriter,
+    QgsRasterLayer,
+    QgsRasterPipe,
+    QgsRectangle,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from .. import runtime
+
+ICONS = Path(__file__).resolve().parents[1] / "icons"
+if not ICONS.is_dir():  # development checkout: icons/ sits at the repository root
+    ICONS = Path(__file__).resolve().parents[2] / "icons"
+
+#: Model used when the user picks nothing: bundled with the plugin, works offline.
+DEFAULT_MODEL = "smarties-demo-tiny"
+DEVICES = ("auto", "cpu", "cuda")
+AUTO_SENSOR = "auto"
+
+
+def icon(name: str) -> QIcon:
+    """An SVG icon of ``icons/`` (``icon("cluster")``)."""
+    return QIcon(str(ICONS / f"{name}.svg"))
+
+
+def sensor_ids() -> list[str]:
+    """``"auto"`` followed by every sensor preset id of the engine (needs only numpy)."""
+    try:
+        return [AUTO_SENSOR, *(s.id for s in runtime.engine_module("sensors").list_sensors())]
+    except Exception:  # the plugin must load even where the engine cannot be imported; the run will explain
+        return [AUTO_SENSOR]
+
+
+def model_names() -> list[str]:
+    """Registry names of the models, the bundled default first (needs no torch)."""
+    try:
+        names = [s.name for s in runtime.engine_module("models.registry").list_models()]
+    except Exception:
+        return [DEFAULT_MODEL]
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+
+def parse_overrides(text: Optional[str]) -> Optional[dict]:
+    """The ``BAND_OVERRIDES`` string (``"4=red_2; 5=842.5"``) as the engine's override mapping (None if empty)."""
+    if not text or not text.strip():
+        return None
+    return runtime.engine_module("bands").parse_overrides(text) or None
+
+
+_MODEL_LOCK = threading.Lock()
+_MODEL_CACHE: dict[tuple[str, float], Any] = {}
+
+
+def load_model(name_or_path: str) -> Any:
+    """Load an encoder once and keep the last one (batch runs and the dock reuse it). Thread-safe."""
+    models = runtime.engine_module("models")
+    path = models.resolve_weights(name_or_path)
+    key = (str(path), path.stat().st_mtime)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE.clear()
+            _MODEL_CACHE[key] = models.load_model(name_or_path, device="cpu")
+        return _MODEL_CACHE[key]
+
+
+class MsfmAlgorithm(QgsProcessingAlgorithm):
+    """Base class: metadata helpers, the shared parameters and the layer/region/model plumbing.
+
+    Subclasses set ``NAME``, ``DISPLAY``, ``GROUP``, ``ICON``, ``HELP`` and ``NEEDS`` (a key of
+    :data:`qgis_plugin.runtime.REQUIREMENTS`), and implement ``initAlgorithm`` and ``compute``.
+    """
+
+    NAME = ""
+    DISPLAY = ""
+    GROUP = "Embeddings"
+    ICON = "msfm"
+    HELP = ""
+    NEEDS = "inference"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source: Optional[str] = None
+        self.layer_crs = QgsCoordinateReferenceSystem()
+        self._clone: Optional[QgsRasterDataProvider] = None
+        self._layer_extent = QgsRectangle()
+        self._layer_size = (0, 0)
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self.outputs_to_style: dict[str, Callable[[QgsRasterLayer], None]] = {}
+
+    # --- QgsProcessingAlgorithm metadata -----------------------------------------------------------------------
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.DISPLAY
+
+    def group(self) -> str:
+        return self.GROUP
+
+    def groupId(self) -> str:  # noqa: N802
+        return self.GROUP.lower().replace(" ", "")
+
+    def icon(self) -> QIcon:
+        return icon(self.ICON)
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.HELP
+
+    def helpUrl(self) -> str:  # noqa: N802
+        return "https://github.com/msfm-project/msfm#use-it-in-qgis"
+
+    def createInstance(self) -> "MsfmAlgorithm":  # noqa: N802
+        return type(self)()
+
+    # --- shared parameters -------------------------------------------------------------------------------------
+    def add_band_parameters(self) -> None:
+        """``INPUT`` raster layer, ``SENSOR`` preset and ``BAND_OVERRIDES``."""
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "SENSOR", "Sensor preset (auto: from the layer's band names and metadata)", options=sensor_ids(),
+                defaultValue=AUTO_SENSOR, usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                "BAND_OVERRIDES",
+                "Band overrides (band=range key or wavelength in nm, e.g. 4=red_2; 5=842.5; 1=drop)",
+                defaultValue="", optional=True,
+            )
+        )
+
+    def add_model_parameters(self) -> None:
+        """``MODEL``, ``MODEL_FILE``, ``DEVICE`` and the advanced tiling knobs."""
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "MODEL", "Model", options=model_names(), defaultValue=DEFAULT_MODEL, usesStaticStrings=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                "MODEL_FILE", "Local model file (.safetensors; overrides Model)", extension="safetensors",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "DEVICE", "Device", options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
+            )
+        )
+        advanced = [
+            QgsProcessingParameterNumber("TILE_SIZE", "Tile size (model pixels, multiple of 16)",
+                                         QgsProcessingParameterNumber.Integer, 224, minValue=16, maxValue=4096),
+            QgsProcessingParameterNumber("OVERLAP", "Tile overlap (model pixels, multiple of 16)",
+                                         QgsProcessingParameterNumber.Integer, 112, minValue=0, maxValue=4080),
+            QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per forward pass)",
+                                         QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=1024),
+            QgsProcessingParameterNumber("SCALE", "Scale (model pixels per layer pixel; empty: the sensor preset's)",
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=0.05, maxValue=20),
+        ]
+        for param in advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterNumber.FlagAdvanced)
+            self.addParameter(param)
+
+    def add_region_parameters(self) -> None:
+        """``EXTENT`` (optional) and ``MASK`` (optional polygons): the processing region."""
+        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Processing extent (empty: whole layer)",
+                                                       optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                "MASK", "Mask polygons (only pixels inside are processed)",
+                [QgsProcessing.TypeVectorPolygon], optional=True,
+            )
+        )
+
+    def checkParameterValues(self, parameters: dict, context: QgsProcessingContext) -> tuple[bool, str]:  # noqa: N802
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok or "TILE_SIZE" not in {p.name() for p in self.parameterDefinitions()}:
+            return ok, message
+        tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
+        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
+        if tile % 16 or overlap % 16:
+            return False, f"Tile size ({tile}) and overlap ({overlap}) must be multiples of the 16-pixel patch size."
+        if overlap >= tile:
+            return False, f"The overlap ({overlap}) must be smaller than the tile size ({tile})."
+        return True, ""
+
+    # --- main thread: look at the layer ------------------------------------------------------------------------
+    def prepareAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> bool:
+        if "INPUT" not in {p.name() for p in self.parameterDefinitions()}:
+            return True
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException("The input raster layer is missing or invalid.")
+        self.layer_crs = layer.crs()
+        self._layer_extent = QgsRectangle(layer.extent())
+        self._layer_size = (layer.width(), layer.height())
+        if layer.providerType() == "gdal":
+            self.source = layer.source()
+        else:  # a WMS/virtual/database raster: read through a clone of its provider in the worker thread
+            self._clone = layer.dataProvider().clone()
+            self.source = None
+        return True
+
+    def layer_path(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> str:
+        """A GDAL-readable path of the input: the layer's file, or an export of its cloned provider (worker thread).
+
+        The export covers ``EXTENT`` when given (the whole layer otherwise) at the layer's native resolution.
+        """
+        if self.source is not None:
+            return self.source
+        provider = self._clone
+        if provider is None or not provider.capabilities() & QgsRasterDataProvider.Size:
+            raise QgsProcessingException(
+                "This layer has no native pixel size (e.g. a WMS/XYZ web layer). Save the area you need as a "
+                "GeoTIFF first (right-click the layer ▸ Export ▸ Save As…, at the resolution you want) and run the "
+                "algorithm on that file."
+            )
+        extent = self._layer_extent
+        if "EXTENT" in parameters:
+            wanted = self.parameterAsExtent(parameters, "EXTENT", context, self.layer_crs)
+            if not wanted.isNull() and not wanted.isEmpty():
+                extent = wanted.intersect(self._layer_extent)
+        width, height = self._layer_size
+        res_x = self._layer_extent.width() / max(width, 1)
+        res_y = self._layer_extent.height() / max(height, 1)
+        self._tmp = tempfile.TemporaryDirectory(prefix="msfm-layer-")
+        path = os.path.join(self._tmp.name, "layer.tif")
+        pipe = QgsRasterPipe()
+        pipe.set(provider.clone())
+        writer = QgsRasterFileWriter(path)
+        error = writer.writeRaster(pipe, max(1, round(extent.width() / res_x)), max(1, round(extent.height() / res_y)),
+                                   extent, provider.crs(), context.transformContext(), feedback)
+        if error != QgsRasterFileWriter.NoError:
+            raise QgsProcessingException(f"Could not read the layer through its data provider (error {error}).")
+        feedback.pushInfo(f"Layer read through its data provider into {path}")
+        return path
+
+    # --- worker thread helpers ---------------------------------------------------------------------------------
+    def region(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> Any:
+        """The engine ``Region`` of ``EXTENT`` and ``MASK`` in the layer's CRS, or None for the whole layer."""
+        bounds = None
+        extent = self.parameterAsExtent(parameters, "EXTENT", context, self.layer_crs)
+        if extent is not None and not extent.isNull() and not extent.isEmpty():
+            bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        geometries: tuple = ()
+        mask = self.parameterAsSource(parameters, "MASK", context)
+        if mask is not None:
+            geometries = tuple(features_as_geojson(mask, self.layer_crs, context, feedback))
+            if not geometries:
+                raise QgsProcessingException("The mask layer has no polygon (check 'Selected features only').")
+        if bounds is None and not geometries:
+            return None
+        return runtime.engine_module("region").Region(bounds=bounds, geometries=geometries)
+
+    def settings(self, parameters: dict, context: QgsProcessingContext, **extra: Any) -> Any:
+        """The engine's ``InferenceSettings`` from the tiling parameters (plus ``extra`` fields)."""
+        scale = parameters.get("SCALE")
+        return runtime.engine_module("inference").InferenceSettings(
+            tile_size_px=self.parameterAsInt(parameters, "TILE_SIZE", context),
+            overlap_px=self.parameterAsInt(parameters, "OVERLAP", context),
+            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+            device=self.parameterAsEnumString(parameters, "DEVICE", context) or "auto",
+            scale=None if scale in (None, "") else self.parameterAsDouble(parameters, "SCALE", context),
+            **extra,
+        )
+
+    def band_arguments(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        """``sensor`` and ``overrides`` keyword arguments for the engine."""
+        sensor = self.parameterAsEnumString(parameters, "SENSOR", context)
+        return {
+            "sensor": None if sensor in ("", AUTO_SENSOR) else sensor,
+            "overrides": parse_overrides(self.parameterAsString(parameters, "BAND_OVERRIDES", context)),
+        }
+
+    def model(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> Any:
+        """Load the chosen model (``MODEL_FILE`` wins over ``MODEL``) and report it with the devices."""
+        path = self.parameterAsFile(parameters, "MODEL_FILE", context)
+        name = path or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
+        model = load_model(name)
+        feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {len(model.blocks)} blocks)")
+        feedback.pushInfo(f"Devices: {runtime.device_report()}")
+        return model
+
+    @staticmethod
+    def progress(feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        """``progress``/``is_canceled`` callbacks for the engine (called once per batch or window)."""
+        return {"progress": lambda f: feedback.setProgress(100.0 * f), "is_canceled": feedback.isCanceled}
+
+    # --- run ---------------------------------------------------------------------------------------------------
+    def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict:
+        runtime.require(self.NEEDS)
+        errors = runtime.engine_module("errors")
+        try:
+            return self.compute(parameters, context, feedback)
+        except errors.InferenceCancelled as exc:
+            raise QgsProcessingException(f"Cancelled: {exc}") from exc
+        except (errors.EngineError, ValueError, runtime.DependencyError) as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    def compute(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
+        """The work of the algorithm (worker thread); returns the outputs."""
+        raise NotImplementedError
+
+    def style_output(self, path: str, style: Callable[[QgsRasterLayer], None]) -> None:
+        """Style the layer loaded from ``path`` when the run ends (the post-processor is attached on the main thread)."""
+        self.outputs_to_style[path] = style
+
+    def postProcessAlgorithm(self, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:  # noqa: N802
+        from ..styling import attach
+
+        for path, style in self.outputs_to_style.items():
+            attach(context, path, style)
+        return {}
+
+
+def features_as_geojson(source: QgsFeatureSource, crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext,
+                        feedback: QgsProcessingFeedback) -> list[dict]:
+    """Geometries of a feature source as GeoJSON mappings in ``crs`` (curves segmentised, empty ones skipped)."""
+    transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    out = []
+    for feature in source.getFeatures():
+        if feedback.isCanceled():
+            break
+        geometry = feature.geometry()
+        if geometry is None or geometry.isEmpty():
+            continue
+        geometry.transform(transform)
+        out.append(json.loads(geometry.asJson()))
+    return out

@@ -1,0 +1,75 @@
+"""*Cluster embeddings (k-means)*: an unsupervised class map of the layer, at pixel or patch resolution."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from .. import runtime
+from ..styling import style_classes
+from .base import MsfmAlgorithm
+
+
+def add_reuse_parameters(alg: MsfmAlgorithm) -> None:
+    """``RESOLUTION`` (pixel/patch) and ``EMBEDDINGS`` (reuse an embedding raster instead of running the model)."""
+    alg.addParameter(QgsProcessingParameterEnum(
+        "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel", usesStaticStrings=True))
+    alg.addParameter(QgsProcessingParameterRasterLayer(
+        "EMBEDDINGS", "Existing embeddings of this layer (skip the model)", optional=True))
+
+
+def embeddings_path(alg: MsfmAlgorithm, parameters, context):
+    """Source file of ``EMBEDDINGS``, or None."""
+    layer = alg.parameterAsRasterLayer(parameters, "EMBEDDINGS", context)
+    return layer.source() if layer is not None else None
+
+
+class ClusterEmbeddings(MsfmAlgorithm):
+    NAME = "cluster"
+    DISPLAY = "Cluster embeddings (k-means)"
+    ICON = "cluster"
+    NEEDS = "clustering"
+    HELP = (
+        "Computes the layer's embeddings (or reuses existing ones) and groups them into <b>k</b> classes with "
+        "k-means on L2-normalised vectors. At <i>pixel</i> resolution class boundaries follow the image's edges "
+        "(joint bilateral upsampling of the patch classes guided by the layer's pixels); at <i>patch</i> resolution "
+        "there is one class per 16×16-pixel patch. The output is a paletted GeoTIFF (classes 0…k−1, nodata 255) "
+        "with its legend."
+    )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
+        self.add_band_parameters()
+        self.addParameter(QgsProcessingParameterNumber(
+            "K", "Number of classes (k)", QgsProcessingParameterNumber.Integer, 8, minValue=2, maxValue=254))
+        add_reuse_parameters(self)
+        self.add_model_parameters()
+        self.add_region_parameters()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_EMBEDDINGS", "Embeddings (kept)", optional=True, createByDefault=False))
+
+    def compute(self, parameters, context, feedback) -> dict:
+        cluster = runtime.engine_module("cluster")
+        source = self.layer_path(parameters, context, feedback)
+        embeddings = embeddings_path(self, parameters, context)
+        model = None if embeddings else self.model(parameters, context, feedback)
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        kept = self.parameterAsOutputLayer(parameters, "OUTPUT_EMBEDDINGS", context) or None
+        k = self.parameterAsInt(parameters, "K", context)
+        result = cluster.cluster_raster(
+            source, output, model, k=k, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
+            embeddings=embeddings, embeddings_output=kept, settings=self.settings(parameters, context),
+            region=self.region(parameters, context, feedback), **self.band_arguments(parameters, context),
+            **self.progress(feedback),
+        )
+        shares = ", ".join(f"{i}: {100 * f:.1f} %" for i, f in enumerate(result.class_fractions))
+        feedback.pushInfo(f"k-means on {result.samples} embeddings, {result.seconds:.1f} s; class shares {shares}")
+        self.style_output(output, style_classes)
+        outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions)}
+        if kept:
+            outputs["OUTPUT_EMBEDDINGS"] = kept
+        return outputs

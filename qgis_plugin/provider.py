@@ -1,0 +1,36 @@
+"""The ``msfm`` Processing provider: toolbox group, batch mode, graphical modeler and ``qgis_process``."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from . import runtime
+from .algorithms import ALGORITHMS
+from .algorithms.base import icon
+
+
+class MsfmProvider(QgsProcessingProvider):
+    """Registers every algorithm of :data:`qgis_plugin.algorithms.ALGORITHMS` (no GUI, no torch import)."""
+
+    def id(self) -> str:
+        return "msfm"
+
+    def name(self) -> str:
+        return "msfm (multi-sensor foundation models)"
+
+    def longName(self) -> str:  # noqa: N802 - QGIS API
+        return f"msfm {runtime.engine_version()}: SMARTIES embeddings, clustering and similarity"
+
+    def icon(self) -> QIcon:
+        return icon("msfm")
+
+    def loadAlgorithms(self) -> None:  # noqa: N802
+        for algorithm in ALGORITHMS:
+            self.addAlgorithm(algorithm())
+
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802 - the engine writes GeoTIFF
+        return ["tif"]
+
+    def defaultRasterFileExtension(self) -> str:  # noqa: N802
+        return "tif"

@@ -1,0 +1,193 @@
+"""What the Python environment running QGIS provides to the plugin: the engine, its dependencies, devices, versions.
+
+- :func:`engine_module` imports a module of the model engine. The packaged plugin vendors the engine under its own
+  package (``msfm/engine``), so nothing named ``engine`` is put on QGIS's global ``sys.path``; a development
+  checkout (tests, ``qgis_process`` pointed at the repository) uses the repository's top-level ``engine`` package.
+- :func:`missing_packages` / :func:`require` check the engine's Python dependencies without importing them, and
+  explain exactly what to install. The plugin loads and lists its algorithms without torch; running one that needs a
+  missing package stops with that explanation. Nothing is ever installed silently.
+- :func:`device_report` and :func:`diagnostics` describe devices and versions for the log and for bug reports.
+
+No Qt import here: this module is used from Processing's worker threads and from ``qgis_process``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import platform
+import sys
+from types import ModuleType
+from typing import Iterable, Optional
+
+__all__ = (
+    "DependencyError",
+    "REQUIREMENTS",
+    "device_report",
+    "diagnostics",
+    "engine_module",
+    "engine_version",
+    "install_instructions",
+    "missing_packages",
+    "require",
+)
+
+
+def _engine_package() -> str:
+    vendored = f"{__package__}.engine"
+    if importlib.util.find_spec(vendored) is not None:
+        return vendored
+    return "engine"
+
+
+#: Import name of the engine package: ``<plugin>.engine`` in the packaged plugin, ``engine`` in a checkout.
+ENGINE_PACKAGE = _engine_package()
+
+
+def engine_version() -> str:
+    """The engine's version string (no heavy import)."""
+    return str(engine_module().__version__)
+
+
+def engine_module(name: str = "") -> ModuleType:
+    """Import the engine package or one of its modules (``engine_module("bands")`` → ``engine.bands``).
+
+    Raises:
+        DependencyError: The module needs a Python package that is not installed (the message says how to install).
+    """
+    full = ENGINE_PACKAGE + (f".{name}" if name else "")
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _IMPORT_TO_PIP:
+            raise DependencyError([exc.name.split(".")[0]]) from exc
+        raise
+
+
+#: Import name → pip requirement of the engine's dependencies (versions known to work with QGIS's GDAL/numpy).
+_IMPORT_TO_PIP = {
+    "numpy": "numpy<2",
+    "rasterio": "rasterio>=1.3",
+    "affine": "affine",
+    "torch": "torch>=2.1",
+    "safetensors": "safetensors>=0.4",
+    "huggingface_hub": "huggingface_hub>=0.20",
+    "sklearn": "scikit-learn>=1.3",
+}
+
+#: Which packages each kind of work needs.
+REQUIREMENTS = {
+    "bands": ("numpy", "rasterio"),
+    "download": ("huggingface_hub",),
+    "inference": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub"),
+    "clustering": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub", "sklearn"),
+}
+
+
+class DependencyError(RuntimeError):
+    """Python packages the engine needs are not importable in QGIS's Python; the message says how to install them.
+
+    Attributes:
+        missing: Import names of the missing packages.
+    """
+
+    def __init__(self, missing: Iterable[str]) -> None:
+        self.missing = sorted(set(missing))
+        super().__init__(install_instructions(self.missing))
+
+
+def missing_packages(kind: str) -> list[str]:
+    """Import names of the packages ``kind`` (a key of :data:`REQUIREMENTS`) needs and that cannot be found.
+
+    Uses ``importlib.util.find_spec``: nothing is imported, so the check is instant and cannot crash QGIS.
+    """
+    return [name for name in REQUIREMENTS[kind] if importlib.util.find_spec(name) is None]
+
+
+def require(kind: str) -> None:
+    """Raise :class:`DependencyError` when a package needed for ``kind`` is missing."""
+    missing = missing_packages(kind)
+    if missing:
+        raise DependencyError(missing)
+
+
+def install_instructions(missing: Iterable[str]) -> str:
+    """Exact, platform-specific commands that install ``missing`` into the Python QGIS runs on."""
+    missing = list(missing)
+    pips = " ".join(f'"{_IMPORT_TO_PIP.get(name, name)}"' for name in missing)
+    if "numpy" not in missing:
+        pips += ' "numpy<2"'  # never let pip upgrade QGIS's numpy past what its GDAL bindings were built for
+    lines = [
+        f"msfm needs Python package(s) that QGIS's Python does not have: {', '.join(missing)}.",
+        f"QGIS runs Python {platform.python_version()} from {sys.prefix}. Install them there, then restart QGIS:",
+    ]
+    if sys.platform.startswith("win"):
+        lines.append(f"  Windows: open the 'OSGeo4W Shell' (as administrator) and run: python -m pip install {pips}")
+    elif sys.platform == "darwin":
+        lines.append(f"  macOS: {sys.prefix}/bin/python3 -m pip install --user {pips}")
+    else:
+        lines.append(f"  Linux: python3 -m pip install --user {pips}")
+        lines.append("  (Debian/Ubuntu refuse --user installs into the system Python: add --break-system-packages,")
+        lines.append("  or install into a venv made with `python3 -m venv --system-site-packages` and start QGIS")
+        lines.append("  with PYTHONPATH=<venv>/lib/python3.X/site-packages.)")
+    if "torch" in missing:
+        lines.append("  torch: the CPU build is enough; for an NVIDIA GPU pick the CUDA build matching your driver at")
+        lines.append("  https://pytorch.org/get-started/locally/ (e.g. --index-url https://download.pytorch.org/whl/cu126).")
+    lines.append("The plugin never installs packages by itself.")
+    return "\n".join(lines)
+
+
+def _version(module: str) -> str:
+    if importlib.util.find_spec(module) is None:
+        return "not installed"
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # a broken install must still be reported, not crash the report
+        return f"import failed: {exc}"
+    return str(getattr(mod, "__version__", "installed"))
+
+
+def device_report() -> str:
+    """One line on the compute devices torch sees (imports torch; call it from a worker thread or on demand)."""
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed"
+    import torch
+
+    built = torch.version.cuda
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return f"CUDA available: {names} (torch {torch.__version__}, CUDA {built})"
+    if built:
+        return f"no CUDA GPU visible to torch {torch.__version__} (built for CUDA {built}); running on CPU"
+    return f"CPU only: torch {torch.__version__} is a CPU build; install a CUDA build of torch to use an NVIDIA GPU"
+
+
+def diagnostics(qgis_version: Optional[str] = None) -> str:
+    """A Markdown report of versions, devices and the model cache, for bug reports."""
+    lines = ["### msfm diagnostics", ""]
+    if qgis_version:
+        lines.append(f"- QGIS: {qgis_version}")
+    lines += [
+        f"- OS: {platform.platform()}",
+        f"- Python: {platform.python_version()} ({sys.executable})",
+        f"- engine: {ENGINE_PACKAGE} {_version(ENGINE_PACKAGE)}",
+    ]
+    for module in ("numpy", "rasterio", "torch", "onnxruntime", "safetensors", "huggingface_hub", "sklearn"):
+        lines.append(f"- {module}: {_version(module)}")
+    lines.append(f"- devices: {device_report()}")
+    if importlib.util.find_spec("rasterio") is not None:
+        import rasterio
+
+        lines.append(f"- GDAL (rasterio): {rasterio.__gdal_version__}")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface (default)"
+    lines.append(f"- model cache: {cache}")
+    try:
+        registry = engine_module("models.registry")
+        for spec in registry.list_models():
+            info = registry.model_info(spec.name)
+            if info.get("available"):
+                lines.append(f"  - {spec.name}: {info['status']}")
+    except Exception as exc:  # the report must be produced whatever is broken
+        lines.append(f"  - model registry unavailable: {exc}")
+    return "\n".join(lines)
