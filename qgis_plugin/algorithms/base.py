@@ -53,6 +53,11 @@ if not ICONS.is_dir():  # development checkout: icons/ sits at the repository ro
 #: Model used when the user picks nothing: bundled with the plugin, works offline.
 DEFAULT_MODEL = "smarties-demo-tiny"
 DEVICES = ("auto", "cpu", "cuda")
+_BAND_HINT = (
+    "In QGIS: pick the layer's sensor in 'Sensor preset', or type one mapping per band in 'Band overrides' "
+    "(e.g. 1=red_2; 2=green_2; 3=blue_1; 4=near_infrared_1 — a range key, a central wavelength in nm, or drop). "
+    "The msfm dock lists every band with a range chooser, and 'Band mapping report' shows what was resolved."
+)
 AUTO_SENSOR = "auto"
 
 
@@ -330,12 +335,17 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
     # --- run ---------------------------------------------------------------------------------------------------
     def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict:
-        runtime.require(self.NEEDS)
-        errors = runtime.engine_module("errors")
+        try:
+            runtime.require(self.NEEDS)
+            errors = runtime.engine_module("errors")
+        except runtime.DependencyError as exc:
+            raise QgsProcessingException(str(exc)) from exc
         try:
             return self.compute(parameters, context, feedback)
         except errors.InferenceCancelled as exc:
             raise QgsProcessingException(f"Cancelled: {exc}") from exc
+        except errors.BandResolutionError as exc:
+            raise QgsProcessingException(f"{exc}\n{_BAND_HINT}") from exc
         except (errors.EngineError, ValueError, runtime.DependencyError) as exc:
             raise QgsProcessingException(str(exc)) from exc
         finally:

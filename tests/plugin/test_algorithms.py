@@ -1,0 +1,342 @@
+"""The msfm Processing algorithms, run through ``processing.run`` on real rasters (headless QGIS).
+
+Rasters come from ../shared/data: a Sentinel-2 L1C 13-band scene, a NAIP RGBN tile (no band descriptions) and a
+BigEarthNet Sentinel-1 VV/VH patch. The bundled ``smarties-demo-tiny`` model (D = 192) runs on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+
+from tests.conftest import REPO, shared_file
+
+pytestmark = pytest.mark.qgis
+
+S2 = ("s2_l1c_13band_10m_virginia.tif",)
+NAIP = ("naip_rgbn_5m_north_dakota_2020.tif",)
+S1 = ("bigearthnet_mm", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_s1_vv_vh.tif")
+D_DEMO = 192
+FAST = {"OVERLAP": 0}
+
+
+def run(alg: str, params: dict, feedback: Any = None) -> dict:
+    import processing
+
+    return processing.run(f"msfm:{alg}", params, feedback=feedback)
+
+
+def run_and_load(alg: str, params: dict) -> tuple[dict, Any]:
+    """Run with outputs loaded into a fresh project (post-processors applied, as in the toolbox)."""
+    import processing
+    from qgis.core import QgsProject
+
+    project = QgsProject.instance()
+    project.clear()
+    result = processing.runAndLoadResults(f"msfm:{alg}", params)
+    return result, project
+
+
+def layer_for(project: Any, path: str) -> Any:
+    found = [lyr for lyr in project.mapLayers().values() if os.path.samefile(lyr.source(), path)]
+    assert found, f"{path} was not loaded into the project"
+    return found[0]
+
+
+def s2_window_extent(ds: Any, rows: slice, cols: slice) -> str:
+    """Processing extent string ``xmin,xmax,ymin,ymax [CRS]`` of a pixel window of ``ds``."""
+    left, top = ds.transform * (cols.start, rows.start)
+    right, bottom = ds.transform * (cols.stop, rows.stop)
+    return f"{left},{right},{bottom},{top} [{ds.crs.to_string()}]"
+
+
+@pytest.fixture()
+def s2_water_point(tmp_path: Path) -> tuple[Path, Any, tuple[float, float]]:
+    """A GeoPackage with one point on open water of the S2 scene (max NDWI, band 3 vs band 8), and its window."""
+    path = shared_file("data", *S2)
+    rows, cols = slice(256, 512), slice(0, 512)
+    with rasterio.open(path) as ds:
+        green, nir = ds.read([3, 8], window=((rows.start, rows.stop), (cols.start, cols.stop))).astype(np.float32)
+        ndwi = (green - nir) / np.maximum(green + nir, 1)
+        r, c = np.unravel_index(np.argmax(ndwi), ndwi.shape)
+        x, y = ds.transform * (cols.start + c + 0.5, rows.start + r + 0.5)
+        extent = s2_window_extent(ds, rows, cols)
+        crs = ds.crs.to_string()
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorFileWriter, QgsVectorLayer
+
+    layer = QgsVectorLayer(f"Point?crs={crs}", "query", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+    layer.dataProvider().addFeatures([feature])
+    out = tmp_path / "query.gpkg"
+    QgsVectorFileWriter.writeAsVectorFormat(layer, str(out), "utf-8", layer.crs(), "GPKG")
+    return out, extent, (rows, cols, ndwi)
+
+
+def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider: Any) -> None:
+    ids = sorted(a.id() for a in msfm_provider.algorithms())
+    assert ids == ["msfm:bandmapping", "msfm:cluster", "msfm:downloadmodel", "msfm:embed", "msfm:similarity"]
+    for alg in msfm_provider.algorithms():
+        assert not alg.flags() & alg.FlagNoThreading, f"{alg.id()} must run in the background thread"
+        assert not alg.icon().isNull(), alg.id()
+        names = {p.name() for p in alg.parameterDefinitions()}
+        if alg.id() in ("msfm:embed", "msfm:cluster", "msfm:similarity"):
+            assert {"INPUT", "SENSOR", "BAND_OVERRIDES", "MODEL", "MODEL_FILE", "DEVICE", "TILE_SIZE", "OVERLAP",
+                    "BATCH_SIZE", "SCALE", "EXTENT", "MASK", "OUTPUT"} <= names
+    assert msfm_provider.supportedOutputRasterLayerExtensions() == ["tif"]
+
+
+def test_band_mapping_report_on_sentinel2(msfm_provider: Any, tmp_path: Path) -> None:
+    from engine.bands import resolve_bands
+
+    path = shared_file("data", *S2)
+    result = run("bandmapping", {"INPUT": str(path), "OUTPUT": str(tmp_path / "bands.html")})
+    expected = resolve_bands(path)
+    assert result["SENSOR"] == expected.sensor == "sentinel2_l1c"
+    keys = [b.key or b.projection.label for b in expected.bands]
+    assert json.loads(result["BANDS"]) == keys
+    html = (tmp_path / "bands.html").read_text()
+    assert html.count("<tr>") == len(expected.bands) + 1  # header + one row per embedded band
+    assert expected.dropped and all(escape(d.reason) in html for d in expected.dropped)
+
+
+def test_unresolvable_band_names_the_band_and_the_fix(msfm_provider: Any) -> None:
+    from qgis.core import QgsProcessingException
+
+    path = shared_file("data", *NAIP)  # 4 bands without descriptions or wavelengths
+    with pytest.raises(QgsProcessingException) as err:
+        run("bandmapping", {"INPUT": str(path)})
+    message = str(err.value)
+    assert "band 1" in message and "naip_rgbn" in message
+    assert "Sensor preset" in message and "Band overrides" in message
+    # ...and the fix it suggests works, from the preset or from overrides.
+    assert run("bandmapping", {"INPUT": str(path), "SENSOR": "naip_rgbn"})["SENSOR"] == "naip_rgbn"
+    overrides = "1=red_2; 2=green_2; 3=blue_1; 4=near_infrared_1"
+    resolved = run("bandmapping", {"INPUT": str(path), "BAND_OVERRIDES": overrides})
+    assert json.loads(resolved["BANDS"]) == ["red_2", "green_2", "blue_1", "near_infrared_1"]
+
+
+def test_embed_sentinel1_is_georeferenced_and_styled(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsMultiBandColorRenderer
+
+    path = shared_file("data", *S1)
+    out = str(tmp_path / "s1_embeddings.tif")
+    result, project = run_and_load("embed", {"INPUT": str(path), "SENSOR": "sentinel1_grd_db", "OUTPUT": out, **FAST})
+    assert result["OUTPUT"] == out and result["EMBED_DIM"] == D_DEMO
+    with rasterio.open(path) as src, rasterio.open(out) as emb:
+        assert emb.count == D_DEMO and emb.crs == src.crs
+        cell = emb.transform.a
+        assert abs(emb.bounds.left - src.bounds.left) < 1e-6 and abs(emb.bounds.top - src.bounds.top) < 1e-6
+        assert 0 <= emb.bounds.right - src.bounds.right < cell and 0 <= src.bounds.bottom - emb.bounds.bottom < cell
+        assert np.isfinite(emb.read(1)).all()
+    renderer = layer_for(project, out).renderer()
+    assert isinstance(renderer, QgsMultiBandColorRenderer)
+    assert len({renderer.redBand(), renderer.greenBand(), renderer.blueBand()}) == 3
+    project.clear()
+
+
+def test_cluster_sentinel2_extent_pixel_classes_with_legend(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsPalettedRasterRenderer
+
+    path = shared_file("data", *S2)
+    with rasterio.open(path) as ds:
+        rows, cols = slice(128, 384), slice(256, 512)
+        extent = s2_window_extent(ds, rows, cols)
+        crs = ds.crs
+    out = str(tmp_path / "classes.tif")
+    params = {"INPUT": str(path), "K": 5, "RESOLUTION": "pixel", "EXTENT": extent, "OUTPUT": out, "SCALE": 1, **FAST}
+    result, project = run_and_load("cluster", params)
+    assert result["K"] == 5 and abs(sum(result["CLASS_FRACTIONS"]) - 1) < 1e-6
+    with rasterio.open(out) as classes:
+        assert classes.crs == crs and (classes.width, classes.height) == (256, 256)
+        labels = classes.read(1)
+        assert set(np.unique(labels)) <= set(range(5)) | {255}
+        assert len(set(np.unique(labels)) - {255}) >= 3
+        assert classes.colormap(1)[0][:3] != classes.colormap(1)[1][:3]
+    renderer = layer_for(project, out).renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    assert [c.label for c in renderer.classes()] == [f"class {i}" for i in range(5)]
+    project.clear()
+
+
+def test_similarity_to_a_water_point_is_highest_on_water(msfm_provider: Any, tmp_path: Path,
+                                                         s2_water_point: tuple) -> None:
+    from qgis.core import QgsSingleBandPseudoColorRenderer
+
+    query, extent, (rows, cols, ndwi) = s2_water_point
+    out = str(tmp_path / "similarity.tif")
+    params = {"INPUT": str(shared_file("data", *S2)), "QUERY": str(query), "EXTENT": extent, "RESOLUTION": "pixel",
+              "OUTPUT": out, "SCALE": 1, **FAST}
+    result, project = run_and_load("similarity", params)
+    assert result["QUERY_CELLS"] == 1
+    with rasterio.open(out) as sim:
+        values = sim.read(1)
+    assert values.shape == ndwi.shape
+    water, land = values[ndwi > 0.2], values[ndwi < -0.2]
+    assert np.nanmean(water) > np.nanmean(land) + 0.2, (np.nanmean(water), np.nanmean(land))
+    assert np.nanmax(values) <= 1.0 + 1e-5 and np.nanmin(values) >= -1.0 - 1e-5
+    assert isinstance(layer_for(project, out).renderer(), QgsSingleBandPseudoColorRenderer)
+    project.clear()
+
+
+def test_mask_polygon_limits_the_output(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorFileWriter, QgsVectorLayer
+
+    path = shared_file("data", *NAIP)
+    with rasterio.open(path) as ds:
+        crs, t = ds.crs.to_string(), ds.transform
+    # A triangle over the upper-left part of the tile.
+    x0, y0 = t * (100, 100)
+    x1, y1 = t * (400, 400)
+    mask = QgsVectorLayer(f"Polygon?crs={crs}", "mask", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt(f"POLYGON(({x0} {y0}, {x1} {y0}, {x0} {y1}, {x0} {y0}))"))
+    mask.dataProvider().addFeatures([feature])
+    gpkg = tmp_path / "mask.gpkg"
+    QgsVectorFileWriter.writeAsVectorFormat(mask, str(gpkg), "utf-8", mask.crs(), "GPKG")
+    out = str(tmp_path / "masked.tif")
+    run("cluster", {"INPUT": str(path), "SENSOR": "naip_rgbn", "MASK": str(gpkg), "K": 3, "OUTPUT": out, **FAST})
+    with rasterio.open(out) as classes:
+        assert abs(classes.bounds.left - x0) <= abs(t.a) and abs(classes.bounds.top - y0) <= abs(t.e)
+        assert abs(classes.width - 300) <= 1 and abs(classes.height - 300) <= 1
+        labels = classes.read(1)
+    inside = np.tril(np.ones(labels.shape, bool))[:, ::-1]  # above the anti-diagonal = inside the triangle
+    assert (labels[~inside][5:] == 255).mean() > 0.95  # outside the triangle: nodata (edge pixels aside)
+    assert (labels[inside] != 255).mean() > 0.95
+
+
+def test_graphical_model_chains_embed_and_cluster(msfm_provider: Any, tmp_path: Path) -> None:
+    """A graphical model: Compute embeddings → Cluster (reusing the embeddings), run as one algorithm."""
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("embed then cluster", "msfm tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("raster", "Raster"), QgsProcessingModelParameter("raster"))
+    embed = QgsProcessingModelChildAlgorithm("msfm:embed")
+    embed.setChildId("embed")
+    embed.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("raster")])
+    embed.addParameterSources("SENSOR", [QgsProcessingModelChildParameterSource.fromStaticValue("sentinel2_l2a")])
+    embed.addParameterSources("OVERLAP", [QgsProcessingModelChildParameterSource.fromStaticValue(0)])
+    cluster = QgsProcessingModelChildAlgorithm("msfm:cluster")
+    cluster.setChildId("cluster")
+    cluster.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("raster")])
+    cluster.addParameterSources("SENSOR", [QgsProcessingModelChildParameterSource.fromStaticValue("sentinel2_l2a")])
+    cluster.addParameterSources("EMBEDDINGS", [QgsProcessingModelChildParameterSource.fromChildOutput("embed", "OUTPUT")])
+    cluster.addParameterSources("K", [QgsProcessingModelChildParameterSource.fromStaticValue(4)])
+    output = QgsProcessingModelOutput("classes", "Classes")
+    output.setChildOutputName("OUTPUT")
+    cluster.setModelOutputs({"classes": output})
+    model.addChildAlgorithm(embed)
+    model.addChildAlgorithm(cluster)
+    tile = next(shared_file("data", "bigearthnet_mm").glob("*_s2_12band.tif"))
+    out = str(tmp_path / "model_classes.tif")
+    result = processing.run(model, {"raster": str(tile), "cluster:classes": out})
+    assert Path(result["cluster:classes"]).exists()
+    with rasterio.open(tile) as src, rasterio.open(out) as classes:
+        assert (classes.width, classes.height) == (src.width, src.height) and classes.crs == src.crs
+        assert set(np.unique(classes.read(1))) <= set(range(4)) | {255}
+
+
+def test_cancelled_run_leaves_no_output(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    class CancelAfterFirstBatch(QgsProcessingFeedback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.progressChanged.connect(lambda p: p > 0 and self.cancel())
+
+    out = tmp_path / "cancelled.tif"
+    feedback = CancelAfterFirstBatch()
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run("embed", {"INPUT": str(shared_file("data", *S2)), "OUTPUT": str(out), "BATCH_SIZE": 2, "SCALE": 1,
+                      **FAST}, feedback=feedback)
+    assert feedback.progress() < 100
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary file left behind
+
+
+def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None:
+    """QGIS's Python without torch: the provider loads; running a model explains what to install."""
+    script = textwrap.dedent(f"""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        sys.meta_path.insert(0, NoTorch())
+        import importlib.util
+        _find = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == "torch" else _find(name, *a)
+        from qgis.core import QgsApplication, QgsProcessingException
+        app = QgsApplication([], False)
+        app.initQgis()
+        sys.path.append(QgsApplication.pkgDataPath() + "/python/plugins")
+        from processing.core.Processing import Processing
+        Processing.initialize()
+        import qgis_plugin
+        plugin = qgis_plugin.classFactory(None)
+        plugin.initProcessing()
+        import processing
+        print("ALGS", len(QgsApplication.processingRegistry().providerById("msfm").algorithms()))
+        print("BANDS", processing.run("msfm:bandmapping", {{"INPUT": {str(shared_file("data", *S2))!r}}})["SENSOR"])
+        try:
+            processing.run("msfm:embed", {{"INPUT": {str(shared_file("data", *S1))!r}, "OUTPUT": {str(tmp_path / "x.tif")!r}}})
+        except QgsProcessingException as exc:
+            print("ERROR", exc)
+        print("TORCH_IMPORTED", "torch" in sys.modules)
+    """)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    out = proc.stdout
+    assert "ALGS 5" in out, proc.stderr[-2000:]
+    assert "BANDS sentinel2_l1c" in out
+    assert "ERROR msfm needs Python package(s) that QGIS's Python does not have: torch" in out
+    assert "pip install" in out and "never installs packages" in out
+    assert "TORCH_IMPORTED False" in out
+
+
+def test_batch_dialog_runs_one_row_per_raster(msfm_provider: Any, qgis_iface: Any, tmp_path: Path) -> None:
+    """The toolbox's batch mode: every parameter gets a batch widget; two rows → two styled class maps."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from processing.tools import dataobjects
+    from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProject
+
+    QgsProject.instance().clear()
+    alg = QgsApplication.processingRegistry().createAlgorithmById("msfm:cluster")
+    dialog = BatchAlgorithmDialog(alg)
+    panel = dialog.mainWidget()
+    context = dataobjects.createContext()
+    tiles = sorted(shared_file("data", "bigearthnet_mm").glob("*_s2_12band.tif"))[:2]
+    while panel.batchRowCount() < len(tiles):
+        panel.addRow()
+    column = panel.parameter_to_column
+    outputs = [tmp_path / f"classes_{i}.tif" for i in range(len(tiles))]
+    for row, (tile, out) in enumerate(zip(tiles, outputs)):
+        for name, value in {"INPUT": str(tile), "SENSOR": "sentinel2_l2a", "K": 4, "OVERLAP": 0}.items():
+            panel.wrappers[row][column[name]].setParameterValue(value, context)
+        panel.tblParameters.cellWidget(row + 1, column["OUTPUT"]).setValue(str(out))
+    dialog.runAlgorithm()
+    for tile, out in zip(tiles, outputs):
+        with rasterio.open(tile) as src, rasterio.open(out) as classes:
+            assert (classes.width, classes.height, classes.crs) == (src.width, src.height, src.crs)
+    loaded = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.source() in map(str, outputs)]
+    assert len(loaded) == 2 and all(isinstance(lyr.renderer(), QgsPalettedRasterRenderer) for lyr in loaded)
+    QgsProject.instance().clear()
+    dialog.deleteLater()
