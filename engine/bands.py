@@ -45,7 +45,7 @@ from .spectrum import (
     spectral_ranges,
 )
 
-__all__ = ("BandMapping", "DroppedBand", "ResolvedBand", "describe_mapping", "resolve_bands")
+__all__ = ("BandMapping", "DroppedBand", "ResolvedBand", "describe_mapping", "parse_overrides", "resolve_bands")
 
 logger = logging.getLogger(__name__)
 
@@ -544,6 +544,51 @@ def _parse_overrides(overrides: Overrides | None, infos: list[_Band]) -> dict[in
         )
     for info, value in zip(targets, values):
         out[info.index] = _override_value(info.index, value)
+    return out
+
+
+_OVERRIDE_EXAMPLE = "4=red_2; 5=842.5; B8=near_infrared_1; 1=drop"
+_OVERRIDE_SEPARATORS = re.compile(r"[;,\n]")
+
+
+def parse_overrides(text: str) -> dict[int | str, str | float]:
+    """Parse band overrides written as text into the mapping :func:`resolve_bands` accepts.
+
+    Items ``BAND=VALUE`` are separated by ``;``, ``,`` or newlines (whitespace anywhere is ignored). ``BAND`` is a
+    1-based band index or a band description; ``VALUE`` a range key, a central wavelength in nm (``842.5``,
+    ``842nm``) or ``drop``. Example: ``"4=red_2; 5=842.5, B8=near_infrared_1 ; 1=drop"`` →
+    ``{4: "red_2", 5: 842.5, "B8": "near_infrared_1", 1: "drop"}``.
+
+    Args:
+        text: The overrides; empty or blank → ``{}``.
+
+    Returns:
+        ``{int index or str description: str range key | float wavelength nm | "drop"}``.
+
+    Raises:
+        BandResolutionError: An item without ``=``, with an empty side, naming a band twice, or with an unknown range
+            key (the message names the item and shows an example).
+    """
+    out: dict[int | str, str | float] = {}
+    for item in _OVERRIDE_SEPARATORS.split(text or ""):
+        item = item.strip()
+        if not item:
+            continue
+        band, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not band or not value:
+            raise BandResolutionError(
+                f"band override {item!r} is not BAND=VALUE (band index or description = range key, wavelength in nm "
+                f"or drop); e.g. {_OVERRIDE_EXAMPLE!r}"
+            )
+        key: int | str = int(band) if band.isdigit() else band
+        if key in out:
+            raise BandResolutionError(f"band override {item!r}: band {band} is given twice; e.g. {_OVERRIDE_EXAMPLE!r}")
+        try:
+            out[key] = _override_value(key, value)
+        except BandResolutionError as exc:
+            raise BandResolutionError(
+                f"band override {item!r}: {str(exc).rstrip('.')}; e.g. {_OVERRIDE_EXAMPLE!r}"
+            ) from None
     return out
 
 

@@ -9,7 +9,8 @@ the most common) so colours are stable. Prediction streams over windows:
 - ``resolution="pixel"``: one class per input pixel. By default the cell classes are upsampled by joint bilateral
   upsampling guided by the input's own pixels, so boundaries follow image edges (:class:`GuidedClassUpsampler`);
   ``pixel_method="bilinear"`` classifies bilinearly interpolated embeddings instead. The input's nodata is carried
-  over either way.
+  over either way. The output covers the embeddings' footprint on the input (the region's window for a region run);
+  pixels outside a region's polygons are nodata.
 
 Outputs: a uint8 GeoTIFF (nodata 255, colour table, class names as category names) and a QGIS ``.qml`` style beside it.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import colorsys
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +29,19 @@ from xml.sax.saxutils import escape
 import numpy as np
 import rasterio
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from .errors import InferenceCancelled, InputRasterError
-from .inference import CancelFn, EmbeddingResult, InferenceSettings, ProgressFn, embed_raster
-from .upsample import GridInterpolator, GuidedClassUpsampler, iter_windows
+from .inference import CancelFn, EmbeddingResult, InferenceSettings, ProgressFn, provide_embeddings
+from .region import Region
+from .upsample import (
+    GridInterpolator,
+    GuidedClassUpsampler,
+    interpolation_cols,
+    iter_windows,
+    pixel_row_bands,
+    pixel_window,
+)
 from .writers import GeoTiffWriter, gtiff_profile
 
 __all__ = ("ClusterResult", "class_colors", "cluster_raster", "fit_kmeans", "write_qml")
@@ -182,6 +191,7 @@ def cluster_raster(
     overrides: Any = None,
     max_samples: int = 50000,
     seed: int = 0,
+    region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
 ) -> ClusterResult:
@@ -192,7 +202,8 @@ def cluster_raster(
         output: Class GeoTIFF to write (uint8, nodata 255); a ``.qml`` style is written beside it.
         model: Loaded encoder; needed unless ``embeddings`` is given.
         k: Number of clusters, 2..254.
-        resolution: ``"patch"`` (one class per cell) or ``"pixel"`` (one class per input pixel).
+        resolution: ``"patch"`` (one class per cell of the embedding raster) or ``"pixel"`` (one class per input
+            pixel, over the embeddings' footprint on the input: the region's window, or the whole raster).
         pixel_method: For pixel resolution: ``"guided"`` (joint bilateral upsampling of cell classes guided by
             the input pixels; boundaries follow image edges) or ``"bilinear"`` (embeddings interpolated bilinearly,
             then classified; smooth boundaries).
@@ -203,6 +214,11 @@ def cluster_raster(
         overrides: Band overrides, see :func:`engine.bands.resolve_bands`.
         max_samples: Embeddings used to fit k-means.
         seed: Random seed of sampling and k-means.
+        region: Process only this :class:`engine.region.Region` (bounds and/or polygons in the raster's CRS): the
+            embeddings are computed for it (:func:`engine.inference.embed_raster`), and at pixel resolution the
+            output covers its window at native resolution with pixels outside its polygons set to 255. With existing
+            ``embeddings``, the pixel output is their footprint intersected with the region; the patch output is
+            the embedding grid as it is.
         progress: Called with the completed fraction 0..1.
         is_canceled: Polled every batch/window; True stops with :class:`InferenceCancelled`, writing nothing.
 
@@ -210,7 +226,7 @@ def cluster_raster(
         :class:`ClusterResult`.
 
     Raises:
-        InputRasterError: Bad ``k``, no valid pixel, unreadable input.
+        InputRasterError: Bad ``k``, no valid pixel, unreadable input, a region outside the raster/embeddings.
         InferenceCancelled: Cancelled by the caller.
     """
     if not 2 <= k <= 254:
@@ -222,31 +238,17 @@ def cluster_raster(
     started = time.perf_counter()
     output = Path(output)
     report = progress or (lambda f: None)
-    tmpdir = None
-    result = None
-    try:
-        if embeddings is None:
-            if model is None:
-                raise InputRasterError("give a model (or existing embeddings) to cluster")
-            if embeddings_output is None:
-                tmpdir = tempfile.TemporaryDirectory(prefix=".msfm-", dir=output.parent)
-                embeddings_output = Path(tmpdir.name) / "embeddings.tif"
-            result = embed_raster(
-                source, embeddings_output, model, settings=settings, sensor=sensor, overrides=overrides,
-                progress=lambda f: report(0.8 * f), is_canceled=is_canceled,
-            )
-            embeddings = result.path
-        with rasterio.open(embeddings) as grid:
-            samples = sample_embeddings(grid, max_samples, seed)
-            km = fit_kmeans(samples, k, seed)
-            if is_canceled is not None and is_canceled():
-                raise InferenceCancelled("cancelled after fitting k-means; no output written")
-            counts = _write_classes(grid, source, output, km, k, resolution, pixel_method, report, is_canceled)
-        labels = [f"class {i}" for i in range(k)]
-        style = write_qml(output.with_suffix(".qml"), labels, class_colors(k))
-    finally:
-        if tmpdir is not None:
-            tmpdir.cleanup()
+    with provide_embeddings(
+        source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
+        region=region, progress=report, is_canceled=is_canceled,
+    ) as (path, result), rasterio.open(path) as grid:
+        samples = sample_embeddings(grid, max_samples, seed)
+        km = fit_kmeans(samples, k, seed)
+        if is_canceled is not None and is_canceled():
+            raise InferenceCancelled("cancelled after fitting k-means; no output written")
+        counts = _write_classes(grid, source, output, km, k, resolution, pixel_method, region, report, is_canceled)
+    labels = [f"class {i}" for i in range(k)]
+    style = write_qml(output.with_suffix(".qml"), labels, class_colors(k))
     total = max(1, int(counts.sum()))
     report(1.0)
     return ClusterResult(
@@ -269,6 +271,7 @@ def _write_classes(
     k: int,
     resolution: Resolution,
     pixel_method: PixelMethod,
+    region: Optional[Region],
     report: ProgressFn,
     is_canceled: Optional[CancelFn],
 ) -> np.ndarray:
@@ -276,45 +279,47 @@ def _write_classes(
     counts = np.zeros(k, np.int64)
     tags = {"MSFM_KIND": "classes", "MSFM_K": str(k), "MSFM_RESOLUTION": resolution, "MSFM_EMBEDDINGS": grid.name}
     d = grid.count
-    target = grid if resolution == "patch" else rasterio.open(source)
+    src = grid if resolution == "patch" else rasterio.open(source)
     try:
         if resolution == "patch":
-            band_rows, cols = 16, target.width
+            target, band_rows, cols = Window(0, 0, grid.width, grid.height), 16, grid.width
+            region = None  # the embedding grid as it is: cells outside the region's polygons are NaN already
 
             def labels_of(win: Window) -> np.ndarray:
-                return _predict(km, grid.read(window=win).reshape(d, -1).T).reshape(int(win.height), int(win.width))
+                return _predict(km, grid.read(window=win).reshape(d, -1).T).reshape(1, int(win.height), int(win.width))
 
-        elif pixel_method == "guided":
-            guided = GuidedClassUpsampler(grid, target, lambda v: _predict(km, v), k)
-            band_rows, cols = 64, 2048
-            labels_of = guided.labels
         else:
-            interp = GridInterpolator(grid, target.transform, target)
-            band_rows, cols = 16, max(256, (1 << 24) // (d * 16) // 256 * 256)
+            target = pixel_window(grid, src, region)
+            if pixel_method == "guided":
+                guided = GuidedClassUpsampler(grid, src, lambda v: _predict(km, v), k, limit=target)
+                band_rows, cols = 64, 2048
 
-            def labels_of(win: Window) -> np.ndarray:
-                vec = interp.sample(win)
-                return _predict(km, vec.reshape(d, -1).T).reshape(int(win.height), int(win.width))
+                def labels_of(win: Window) -> np.ndarray:
+                    return guided.labels(win)[None]
+
+            else:
+                interp = GridInterpolator(grid, src.transform, src)
+                band_rows, cols = 16, interpolation_cols(d)
+
+                def labels_of(win: Window) -> np.ndarray:
+                    vec = interp.sample(win)
+                    return _predict(km, vec.reshape(d, -1).T).reshape(1, int(win.height), int(win.width))
 
         profile = gtiff_profile(
-            width=target.width, height=target.height, count=1, dtype="uint8",
-            crs=target.crs, transform=target.transform, nodata=NODATA_CLASS,
+            width=int(target.width), height=int(target.height), count=1, dtype="uint8",
+            crs=src.crs, transform=window_transform(target, src.transform), nodata=NODATA_CLASS,
         )
+        bands = pixel_row_bands(src, target, 1, band_rows, cols, labels_of, region, NODATA_CLASS, np.uint8)
         with GeoTiffWriter(output, profile, ["class"], tags, colors) as writer:
-            for row in range(0, target.height, band_rows):
-                if is_canceled is not None and is_canceled():
-                    raise InferenceCancelled("cancelled while writing classes; no output written")
-                h = min(band_rows, target.height - row)
-                out = np.empty((1, h, target.width), np.uint8)
-                for window in iter_windows(h, target.width, h, cols):
-                    win = Window(window.col_off, row, window.width, h)
-                    out[0, :, int(win.col_off) : int(win.col_off + win.width)] = labels_of(win)
+            for band, out in bands:
                 writer.write_rows(out)
                 counts += np.bincount(out[out != NODATA_CLASS].ravel(), minlength=k)[:k]
-                report(0.8 + 0.2 * (row + h) / target.height)
+                report(0.8 + 0.2 * (band.row_off + band.height - target.row_off) / target.height)
+                if is_canceled is not None and is_canceled():
+                    raise InferenceCancelled("cancelled while writing classes; no output written")
             if counts.sum() == 0:
                 raise InputRasterError("no valid pixel to classify (all nodata)")
     finally:
-        if target is not grid:
-            target.close()
+        if src is not grid:
+            src.close()
     return counts

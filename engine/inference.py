@@ -13,13 +13,19 @@ Pipeline (one pass, constant memory in the raster height):
    (:mod:`engine.writers`): cancelling or failing leaves nothing behind.
 
 A cell is nodata (NaN) when less than ``min_valid_fraction`` of its pixels hold data.
+
+With a :class:`engine.region.Region`, the reader covers only the region's window (one ``WarpedVRT`` on the window's
+grid: at scale 1 it reproduces the native pixels exactly), pixels outside the region's polygons count as nodata, and
+tiles without a pixel inside them are not encoded (their cells are NaN). The output grid starts at the window origin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,12 +38,14 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from .bands import BandMapping, resolve_bands
 from .blending import BlendKind, RowBlender
 from .errors import InferenceCancelled, InputRasterError
 from .normalize import BandStats, estimate_stats, normalize
 from .readers import open_raster, read_valid
+from .region import Region
 from .tiling import TileGrid, tile_grid
 from .writers import GeoTiffWriter, gtiff_profile
 
@@ -48,6 +56,7 @@ __all__ = (
     "band_statistics",
     "default_scale",
     "embed_raster",
+    "provide_embeddings",
     "select_device",
 )
 
@@ -164,7 +173,7 @@ def select_device(device: str) -> str:
 
 
 class RasterReader:
-    """Reads normalised tiles of the resolved bands, optionally through a scaled virtual raster.
+    """Reads normalised tiles of the resolved bands, optionally through a scaled and/or windowed virtual raster.
 
     Args:
         dataset: An open rasterio dataset.
@@ -172,26 +181,39 @@ class RasterReader:
         stats: One :class:`BandStats` per mapped band.
         scale: Model-input pixels per native pixel.
         resampling: rasterio resampling name for ``scale != 1``.
+        region: Optional :class:`engine.region.Region`: the view covers only its window (native pixels, rounded
+            outward) and pixels whose centre is outside its geometries are invalid.
 
     Attributes:
         height_px: Height of the (scaled) view in model-input pixels.
         width_px: Width of the (scaled) view.
-        transform: Affine transform of the (scaled) view.
+        transform: Affine transform of the (scaled) view; its origin is the region window's.
+        window: The native-pixel window of ``dataset`` the view covers (the whole raster without a region).
     """
 
     def __init__(
-        self, dataset: Any, mapping: BandMapping, stats: Sequence[BandStats], scale: float, resampling: str
+        self,
+        dataset: Any,
+        mapping: BandMapping,
+        stats: Sequence[BandStats],
+        scale: float,
+        resampling: str,
+        region: Optional[Region] = None,
     ) -> None:
         self.dataset = dataset
         self.indexes = list(mapping.indexes)
         self.stats = list(stats)
         self.scale = scale
-        if scale == 1.0:
+        self.region = region if region else None
+        self.window = self.region.window(dataset) if self.region else Window(0, 0, dataset.width, dataset.height)
+        if scale == 1.0 and self.region is None:
             self.view = dataset
         else:
-            width = max(1, round(dataset.width * scale))
-            height = max(1, round(dataset.height * scale))
-            transform = dataset.transform * Affine.scale(dataset.width / width, dataset.height / height)
+            # One virtual raster on the window's grid, scaled; at scale 1 it is the window's native pixels exactly.
+            win = self.window
+            width = max(1, round(win.width * scale))
+            height = max(1, round(win.height * scale))
+            transform = window_transform(win, dataset.transform) * Affine.scale(win.width / width, win.height / height)
             self.view = WarpedVRT(
                 dataset,
                 crs=dataset.crs,
@@ -215,6 +237,9 @@ class RasterReader:
         h = max(0, min(size_px, self.height_px - row_px))
         w = max(0, min(size_px, self.width_px - col_px))
         raw, valid = read_valid(self.view, self.indexes, Window(col_px, row_px, w, h))
+        inside = self.inside(row_px, col_px, size_px)
+        if inside is not None:
+            valid &= inside
         x = normalize(raw, self.stats)
         x[:, ~valid] = 0.0
         if h < size_px or w < size_px:
@@ -224,6 +249,15 @@ class RasterReader:
             # judged on its real pixels only.
             valid = np.pad(valid, pad[1:], mode="edge") if h and w else np.zeros((size_px, size_px), bool)
         return x, valid
+
+    def inside(self, row_px: int, col_px: int, size_px: int) -> Optional[np.ndarray]:
+        """Pixels of the view's square at (row_px, col_px) (clipped to the view) whose centre is inside the region's
+        geometries: ``bool [h, w]``, or None when there are no geometries."""
+        if self.region is None or not self.region.geometries:
+            return None
+        h = max(0, min(size_px, self.height_px - row_px))
+        w = max(0, min(size_px, self.width_px - col_px))
+        return self.region.pixel_mask(window_transform(Window(col_px, row_px, w, h), self.transform), (h, w))
 
     def close(self) -> None:
         if self.view is not self.dataset:
@@ -308,6 +342,7 @@ def embed_raster(
     sensor: Optional[str] = None,
     overrides: Optional[Union[Mapping[Union[int, str], Union[str, float]], Sequence[str]]] = None,
     mapping: Optional[BandMapping] = None,
+    region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
 ) -> EmbeddingResult:
@@ -321,6 +356,10 @@ def embed_raster(
         sensor: Sensor preset id (``"sentinel2_l1c"``…) for band mapping and statistics; guessed when None.
         overrides: Band overrides, see :func:`engine.bands.resolve_bands`.
         mapping: A precomputed band mapping (then ``sensor``/``overrides`` are ignored).
+        region: Embed only this :class:`engine.region.Region` (bounds and/or polygons in the raster's CRS): the
+            output grid starts at the region window's origin, pixels outside the polygons are nodata, tiles with no
+            pixel inside them are skipped (NaN cells), and the region is recorded in the tag ``MSFM_REGION``.
+            Normalisation statistics are still those of the whole raster, so the embeddings match a full run's.
         progress: Called with the completed fraction (0..1) after every batch.
         is_canceled: Polled before every batch; returning True stops within one batch.
 
@@ -329,7 +368,7 @@ def embed_raster(
         (``patch_size / scale`` native pixels), the input's CRS, and NaN for nodata cells.
 
     Raises:
-        InputRasterError: Unreadable raster, all-nodata raster, bad settings.
+        InputRasterError: Unreadable raster, all-nodata raster (or region), a region outside the raster, bad settings.
         engine.errors.BandResolutionError: A band cannot be mapped (the message says which and how to fix it).
         InferenceCancelled: ``is_canceled`` returned True.
     """
@@ -339,7 +378,8 @@ def embed_raster(
     dataset = open_raster(source)
     try:
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):
-            return _embed(dataset, output, model, settings, sensor, overrides, mapping, progress, is_canceled, started)
+            return _embed(dataset, output, model, settings, sensor, overrides, mapping, region, progress, is_canceled,
+                          started)
     finally:
         dataset.close()
 
@@ -352,6 +392,7 @@ def _embed(
     sensor: Optional[str],
     overrides: Any,
     mapping: Optional[BandMapping],
+    region: Optional[Region],
     progress: Optional[ProgressFn],
     is_canceled: Optional[CancelFn],
     started: float,
@@ -363,7 +404,7 @@ def _embed(
     mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
     stats = band_statistics(dataset, mapping)
     scale = settings.scale if settings.scale is not None else default_scale(mapping)
-    reader = RasterReader(dataset, mapping, stats, scale, settings.resampling)
+    reader = RasterReader(dataset, mapping, stats, scale, settings.resampling, region)
     try:
         return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started, torch)
     finally:
@@ -415,21 +456,37 @@ def _run(
         "MSFM_SETTINGS": json.dumps(asdict(settings)),
         "MSFM_STATS": json.dumps([[s.p1, s.p99, s.mean, s.std] for s in reader.stats]),
     }
+    if reader.region is not None:
+        w = reader.window
+        tags["MSFM_REGION"] = json.dumps(
+            {**reader.region.record(), "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)]}
+        )
     descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)]
-    tiles = list(grid)
+    # Tiles without a pixel inside the region's geometries are never encoded: their cells stay NaN.
+    tiles = [(r, c) for r, c in grid if (inside := reader.inside(r * p, c * p, size)) is None or inside.any()]
+    if not tiles:
+        raise InputRasterError(
+            f"no pixel centre of {source} (window {reader.window} of the raster) lies inside the region's polygons; "
+            "draw polygons that cover at least one pixel centre"
+        )
     batches = list(_batches(tiles, settings.batch_size))
+    valid_cells = 0
 
     def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         reads = [reader.read(r * p, c * p, size) for r, c in batch]
         return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
 
     def finish_rows(writer: GeoTiffWriter, until_row: int) -> None:
-        values, valid = blender.release(until_row)
-        first = until_row - values.shape[1]
-        keep = max(0, min(until_row, grid.height_cells) - first)
-        values, valid = values[:, :keep, : grid.width_cells], valid[:keep, : grid.width_cells]
-        values[:, valid < settings.min_valid_fraction] = np.nan
-        writer.write_rows(values)
+        nonlocal valid_cells
+        while blender.top < until_row:  # skipped tiles can leave gaps of more than one tile row
+            step = min(until_row, blender.top + n)
+            values, valid = blender.release(step)
+            first = step - values.shape[1]
+            keep = max(0, min(step, grid.height_cells) - first)
+            values, valid = values[:, :keep, : grid.width_cells], valid[:keep, : grid.width_cells]
+            values[:, valid < settings.min_valid_fraction] = np.nan
+            valid_cells += int((valid >= settings.min_valid_fraction).sum())
+            writer.write_rows(values)
 
     log.info(
         "embedding %s: %d×%d px at scale %g → %d×%d cells, %d tiles of %d px on %s",
@@ -454,7 +511,11 @@ def _run(
                 blender.add(e, v, r, c)
             if progress is not None:
                 progress((b + 1) / len(batches))
-        finish_rows(writer, blender.top + n)
+        finish_rows(writer, max(grid.height_cells, blender.top + n))
+        if reader.region is not None and valid_cells == 0:
+            raise InputRasterError(
+                f"the region of {source} holds no valid pixel (all nodata, or outside the polygons); nothing written"
+            )
     seconds = time.perf_counter() - started
     log.info("wrote %s in %.1f s", output, seconds)
     return EmbeddingResult(
@@ -470,3 +531,55 @@ def _run(
         cell_size_px=p / reader.scale,
         mapping=mapping,
     )
+
+
+@contextlib.contextmanager
+def provide_embeddings(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    model: Any = None,
+    embeddings: Optional[Union[str, Path]] = None,
+    embeddings_output: Optional[Union[str, Path]] = None,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    sensor: Optional[str] = None,
+    overrides: Any = None,
+    region: Optional[Region] = None,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> Iterator[tuple[Path, Optional[EmbeddingResult]]]:
+    """The embedding raster a derived product (class map, similarity map) reads, as a context manager.
+
+    ``embeddings`` when given (then nothing is computed); otherwise :func:`embed_raster` runs now (progress reported as
+    0..0.8) into ``embeddings_output``, or into a temporary folder beside ``output`` that is removed on exit.
+
+    Args:
+        source: Input raster.
+        output: The derived product's path (its folder holds the temporary embeddings).
+        model: Loaded encoder; needed unless ``embeddings`` is given.
+        embeddings: An existing embedding raster of ``source``.
+        embeddings_output: Keep computed embeddings at this path.
+        settings, sensor, overrides, region, is_canceled: Passed to :func:`embed_raster`.
+        progress: Called with 0.8 × the embedding progress.
+
+    Yields:
+        ``(embedding raster path, EmbeddingResult or None when existing embeddings were given)``.
+
+    Raises:
+        InputRasterError: Neither a model nor embeddings; whatever :func:`embed_raster` raises.
+    """
+    if embeddings is not None:
+        yield Path(embeddings), None
+        return
+    if model is None:
+        raise InputRasterError("give a model (or existing embeddings of the raster) to compute embeddings with")
+    report = progress or (lambda f: None)
+    with contextlib.ExitStack() as stack:
+        if embeddings_output is None:
+            tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".msfm-", dir=Path(output).parent))
+            embeddings_output = Path(tmpdir) / "embeddings.tif"
+        result = embed_raster(
+            source, embeddings_output, model, settings=settings, sensor=sensor, overrides=overrides, region=region,
+            progress=lambda f: report(0.8 * f), is_canceled=is_canceled,
+        )
+        yield result.path, result

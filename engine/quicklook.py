@@ -19,6 +19,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
+from .errors import InputRasterError
 from .readers import read_valid
 
 __all__ = ("class_quicklook", "embedding_quicklook", "rgb_quicklook")
@@ -78,15 +79,20 @@ def rgb_quicklook(source: PathLike, png: PathLike, bands: Sequence[int], max_siz
 
 
 def embedding_quicklook(embeddings: PathLike, png: PathLike, max_size_px: int = 1024) -> Path:
-    """Project an embedding raster on its first three principal components and save them as an RGB PNG."""
+    """Project an embedding raster on its first three principal components and save them as an RGB PNG.
+
+    The components are :func:`engine.pca.principal_components` (fitted on a spread sample of the full-resolution
+    cells); a raster with fewer than 2 valid cells gives a black picture.
+    """
+    from .pca import principal_components, project
+
     with rasterio.open(embeddings) as ds:
         data = ds.read(out_shape=(ds.count, *_shape(ds, max_size_px)), resampling=Resampling.nearest)
-    d, h, w = data.shape
-    x = data.reshape(d, -1).T
-    valid = np.isfinite(x).all(axis=1)
-    rgb = np.zeros((3, h * w), np.float32)
-    if valid.sum() >= 3:
-        xv = x[valid] - x[valid].mean(axis=0)
-        _, _, vt = np.linalg.svd(xv[:: max(1, len(xv) // 20000)], full_matrices=False)
-        rgb[:, valid] = (xv @ vt[:3].T).T
-    return _write_png(png, _stretch(rgb.reshape(3, h, w), valid.reshape(h, w)))
+        try:
+            mean, components = principal_components(ds, min(3, ds.count))
+        except InputRasterError:
+            components = None
+    rgb = np.zeros((3, *data.shape[1:]), np.float32)
+    if components is not None:
+        rgb[: len(components)] = project(data, mean, components)
+    return _write_png(png, _stretch(np.nan_to_num(rgb), np.isfinite(data).all(axis=0)))

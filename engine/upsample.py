@@ -9,7 +9,9 @@ the two rasters' georeferencing. NaN (nodata) cells are excluded by normalised i
 (``Σ w·v·m / Σ w·m`` with m the validity mask), so nodata never bleeds into valid pixels; pixels with no valid
 neighbouring cell, or nodata in the input itself, come out as NaN.
 
-Work proceeds in windows of the *input* grid, so memory is ``D × window pixels`` whatever the raster size.
+Work proceeds in windows of the *input* grid, so memory is ``D × window pixels`` whatever the raster size. Pixel
+outputs cover the embedding grid's footprint on the input, intersected with a region if one is given
+(:func:`pixel_window`), and are assembled row band by row band (:func:`pixel_row_bands`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,25 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.windows import Window
+from rasterio.windows import Window, WindowError
+from rasterio.windows import intersection as window_intersection
+from rasterio.windows import transform as window_transform
 
 from .errors import InputRasterError
 from .normalize import BandStats, normalize
 from .readers import read_valid
+from .region import Region
 from .writers import GeoTiffWriter, gtiff_profile
 
-__all__ = ("GridInterpolator", "GuidedClassUpsampler", "iter_windows", "recorded_bands", "write_pixel_embeddings")
+__all__ = (
+    "GridInterpolator",
+    "GuidedClassUpsampler",
+    "iter_windows",
+    "pixel_row_bands",
+    "pixel_window",
+    "recorded_bands",
+    "write_pixel_embeddings",
+)
 
 
 def iter_windows(height: int, width: int, rows: int, cols: int) -> Iterator[Window]:
@@ -37,6 +50,86 @@ def iter_windows(height: int, width: int, rows: int, cols: int) -> Iterator[Wind
     for r in range(0, height, rows):
         for c in range(0, width, cols):
             yield Window(c, r, min(cols, width - c), min(rows, height - r))
+
+
+def pixel_window(grid: Any, source: Any, region: Optional[Region] = None) -> Window:
+    """Window of ``source`` (native pixels) that a pixel-resolution output of the embedding raster ``grid`` covers.
+
+    It is the grid's footprint on the source, rounded outward to whole pixels and clipped to the source, intersected
+    with ``region``'s window when given (for embeddings computed with that region, the region's window itself).
+
+    Args:
+        grid: Open patch-grid embedding raster.
+        source: Open input raster (the raster the embeddings were computed from).
+        region: Optional :class:`engine.region.Region` in the source's CRS.
+
+    Returns:
+        An integer :class:`Window` of ``source``.
+
+    Raises:
+        InputRasterError: Different CRSs, or the embeddings (or the region) do not overlap the source.
+    """
+    if grid.crs != source.crs:
+        raise InputRasterError(
+            f"the embeddings {grid.name} (CRS {grid.crs}) and the raster {source.name} (CRS {source.crs}) differ in "
+            "CRS; use the embeddings computed from this raster"
+        )
+    try:
+        window = Region(bounds=tuple(grid.bounds)).window(source)
+    except InputRasterError as exc:
+        raise InputRasterError(
+            f"the embeddings {grid.name} {tuple(grid.bounds)} do not cover the raster {source.name} "
+            f"{tuple(source.bounds)}; use the embeddings computed from this raster"
+        ) from exc
+    if region:
+        try:
+            window = window_intersection(window, region.window(source))
+        except WindowError:
+            raise InputRasterError(
+                f"the region {region.extent()} lies outside the embeddings' footprint {tuple(grid.bounds)} on "
+                f"{source.name}; choose a region inside the embeddings or recompute them"
+            ) from None
+    return window
+
+
+def pixel_row_bands(
+    source: Any,
+    target: Window,
+    count: int,
+    rows: int,
+    cols: int,
+    compute: Callable[[Window], np.ndarray],
+    region: Optional[Region] = None,
+    fill: Any = None,
+    dtype: Any = np.float32,
+) -> Iterator[tuple[Window, np.ndarray]]:
+    """Assemble a pixel-resolution output of ``target`` row band by row band, top to bottom.
+
+    Args:
+        source: Open input raster (its transform places the region's polygons).
+        target: Window of ``source`` to cover (:func:`pixel_window`).
+        count: Bands of the output.
+        rows: Rows per band.
+        cols: Columns per call of ``compute`` (bounds memory for wide rasters).
+        compute: Maps a window of ``source`` (at most ``rows × cols``) to ``[count, h, w]`` values.
+        region: Optional region; pixels whose centre is outside its polygons are set to ``fill``.
+        fill: Value outside the polygons (nodata of the output).
+        dtype: dtype of the assembled bands.
+
+    Yields:
+        ``(band window of source, values [count, h, target.width])``.
+    """
+    for band in iter_windows(int(target.height), int(target.width), rows, int(target.width)):
+        h, row = int(band.height), int(target.row_off + band.row_off)
+        out = np.empty((count, h, int(target.width)), dtype)
+        for part in iter_windows(h, int(target.width), h, cols):
+            win = Window(int(target.col_off + part.col_off), row, int(part.width), h)
+            out[:, :, int(part.col_off) : int(part.col_off + part.width)] = compute(win)
+        band_window = Window(int(target.col_off), row, int(target.width), h)
+        inside = region.pixel_mask(window_transform(band_window, source.transform), (h, int(target.width))) if region else None
+        if inside is not None:
+            out[:, ~inside] = fill
+        yield band_window, out
 
 
 def _axis_weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,33 +199,38 @@ class GridInterpolator:
 def write_pixel_embeddings(
     source: Union[str, Path], embeddings: Union[str, Path], output: Union[str, Path], output_dtype: str = "float32"
 ) -> Path:
-    """Write embeddings at the input's pixel resolution (same grid, CRS and size as ``source``).
+    """Write embeddings at the input's pixel resolution (the input's grid and CRS over the embeddings' footprint).
 
     Args:
         source: The raster the embeddings were computed from (its grid and nodata masks are used).
-        embeddings: Patch-grid embedding raster of ``source``.
+        embeddings: Patch-grid embedding raster of ``source``; for embeddings of a region, only the region's window
+            is written (:func:`pixel_window`).
         output: Destination GeoTIFF (D bands; ``D × height × width`` values — can be large).
         output_dtype: ``"float32"`` or ``"float16"``.
 
     Returns:
         ``output``.
+
+    Raises:
+        InputRasterError: The embeddings do not belong to ``source`` (other CRS, no overlap).
     """
     with rasterio.open(source) as src, rasterio.open(embeddings) as grid:
         interp = GridInterpolator(grid, src.transform, src)
+        target = pixel_window(grid, src)
         profile = gtiff_profile(
-            width=src.width, height=src.height, count=grid.count, dtype=output_dtype,
-            crs=src.crs, transform=src.transform, nodata=float("nan"),
+            width=int(target.width), height=int(target.height), count=grid.count, dtype=output_dtype,
+            crs=src.crs, transform=window_transform(target, src.transform), nodata=float("nan"),
         )
         tags = dict(grid.tags(), MSFM_KIND="embeddings-pixel")
-        cols = max(256, (1 << 24) // (grid.count * 16) // 256 * 256)
         with GeoTiffWriter(Path(output), profile, list(grid.descriptions), tags) as writer:
-            for row in range(0, src.height, 16):
-                h = min(16, src.height - row)
-                out = np.empty((grid.count, h, src.width), np.float32)
-                for w in iter_windows(h, src.width, h, cols):
-                    out[:, :, int(w.col_off) : int(w.col_off + w.width)] = interp.sample(Window(w.col_off, row, w.width, h))
+            for _, out in pixel_row_bands(src, target, grid.count, 16, interpolation_cols(grid.count), interp.sample):
                 writer.write_rows(out)
     return Path(output)
+
+
+def interpolation_cols(count: int) -> int:
+    """Columns per window of 16 rows for which interpolated ``count``-band float32 values stay near 64 MB."""
+    return max(256, (1 << 24) // (count * 16) // 256 * 256)
 
 
 def recorded_bands(grid: Any, source: Any) -> tuple[list[int], Optional[list[BandStats]]]:
@@ -170,6 +268,8 @@ class GuidedClassUpsampler:
         sigma_spatial: σ_s in cells.
         sigma_range: σ_r in normalised (z-score) units.
         radius: Neighbourhood radius in cells (1 → 3 × 3 cells).
+        limit: Window of ``source`` outside which pixels are ignored (e.g. the region the embeddings cover), so
+            cells at its border are not guided by pixels the embeddings never saw; None = the whole source.
     """
 
     def __init__(
@@ -181,8 +281,10 @@ class GuidedClassUpsampler:
         sigma_spatial: float = 1.0,
         sigma_range: float = 0.2,
         radius: int = 1,
+        limit: Optional[Window] = None,
     ) -> None:
         self.grid, self.source, self.classify, self.num_classes = grid, source, classify, num_classes
+        self.limit = limit or Window(0, 0, source.width, source.height)
         self.interp = GridInterpolator(grid, source.transform)
         self.indexes, stats = recorded_bands(grid, source)
         if stats is None:
@@ -201,11 +303,11 @@ class GuidedClassUpsampler:
 
     def labels(self, window: Window) -> np.ndarray:
         """uint8 labels ``[window.height, window.width]`` (255 = nodata) for a window of the source grid."""
-        src = self.source
-        row0 = max(0, int(window.row_off) - self.margin_px)
-        col0 = max(0, int(window.col_off) - self.margin_px)
-        row1 = min(src.height, int(window.row_off + window.height) + self.margin_px)
-        col1 = min(src.width, int(window.col_off + window.width) + self.margin_px)
+        lim = self.limit
+        row0 = max(int(lim.row_off), int(window.row_off) - self.margin_px)
+        col0 = max(int(lim.col_off), int(window.col_off) - self.margin_px)
+        row1 = min(int(lim.row_off + lim.height), int(window.row_off + window.height) + self.margin_px)
+        col1 = min(int(lim.col_off + lim.width), int(window.col_off + window.width) + self.margin_px)
         outer = Window(col0, row0, col1 - col0, row1 - row0)
         guide, valid = self._guide(outer)
         m = self.interp.m
