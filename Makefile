@@ -4,6 +4,7 @@
 #   make test      fast tests (not marked slow); PYTEST_ARGS="-k foo -x" passes options through
 #   make test-all  all tests, slow ones included (what CI should run)
 #   make bench     throughput benchmark
+#   make package   installable plugin zip dist/msfm-<version>.zip (what ships: pb_tool.cfg); see scripts/package_plugin.py
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -19,7 +20,7 @@ define run_pytest
 	rm -rf "$$cfg"; exit $$rc
 endef
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-all bench package
 
 setup:
 	@bash scripts/setup.sh
@@ -35,3 +36,6 @@ test-all: setup
 
 bench: setup
 	$(PY) bench/throughput.py
+
+package: setup
+	$(PY) scripts/package_plugin.py --out dist
