@@ -24,8 +24,10 @@ class MsfmPlugin:
         from .provider import MsfmProvider
 
         if self.provider is None:
-            self.provider = MsfmProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+            provider = MsfmProvider()
+            # addProvider() refuses (and deletes) a second provider with the same id: keep no dead reference
+            if QgsApplication.processingRegistry().addProvider(provider):
+                self.provider = provider
 
     def initGui(self) -> None:  # noqa: N802 - name required by QGIS
         """Called by QGIS when the plugin is loaded: provider, then the dock and its toolbar/menu action."""

@@ -10,7 +10,7 @@ QGIS does not own them (qgis/QGIS#48087), so they are kept alive here until repl
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from qgis.core import (
     QgsColorRampShader,
@@ -32,13 +32,13 @@ _SAMPLE_PX = 250_000
 _KEEP: dict[str, QgsProcessingLayerPostProcessorInterface] = {}
 
 
-def style_classes(layer: QgsRasterLayer, labels: Optional[Sequence[str]] = None) -> None:
-    """Paletted renderer from band 1's colour table; ``labels[i]`` names class ``i`` (default ``class i``)."""
+def style_classes(layer: QgsRasterLayer, labels: Sequence[str]) -> None:
+    """Paletted renderer of classes ``0…len(labels)−1`` coloured from band 1's colour table, ``labels[i]`` as legend."""
     provider = layer.dataProvider()
     classes = QgsPalettedRasterRenderer.colorTableToClassData(provider.colorTable(1))
-    used = [c for c in classes if c.value != 255]  # 255 is the nodata class of engine class maps
+    used = [c for c in classes if 0 <= int(c.value) < len(labels)]  # the table has 256 entries; 255 = nodata
     for c in used:
-        c.label = labels[int(c.value)] if labels and int(c.value) < len(labels) else f"class {int(c.value)}"
+        c.label = labels[int(c.value)]
     layer.setRenderer(QgsPalettedRasterRenderer(provider, 1, used))
     layer.triggerRepaint()
 

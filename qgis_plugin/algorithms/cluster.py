@@ -68,7 +68,8 @@ class ClusterEmbeddings(MsfmAlgorithm):
         )
         shares = ", ".join(f"{i}: {100 * f:.1f} %" for i, f in enumerate(result.class_fractions))
         feedback.pushInfo(f"k-means on {result.samples} embeddings, {result.seconds:.1f} s; class shares {shares}")
-        self.style_output(output, style_classes)
+        labels = [f"class {i}" for i in range(k)]
+        self.style_output(output, lambda layer: style_classes(layer, labels))
         outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions)}
         if kept:
             outputs["OUTPUT_EMBEDDINGS"] = kept

@@ -1,0 +1,856 @@
+"""The msfm dock: the active raster layer's band mapping, the model and its cost, and buttons that run the algorithms.
+
+The dock only *prepares* runs. Every run goes through the msfm Processing algorithms — the Processing dialog
+prefilled with the dock's values, or ``msfm:cluster`` / ``msfm:downloadmodel`` in a ``QgsProcessingAlgRunnerTask`` —
+so the toolbox, batch mode, the modeler, ``qgis_process`` and the dock share one code path.
+
+What it shows, for the layer selected in the Layers panel:
+
+- one row per band: index, description, wavelength, the spectral range it maps to (a chooser per row: any range key,
+  a wavelength typed in nm, or drop), the rule and the reason — what ``engine.bands.resolve_bands`` decided. Edits
+  become the ``BAND_OVERRIDES`` string; when no rule maps a band, the engine's message (naming the band and the fix)
+  is shown and the bands are still listed so a range can be picked;
+- the model with its local state (bundled / cached / not downloaded) and a Download button; the device;
+- the tile count for the chosen tiling, and an estimated time *before* running: seconds per tile measured by the last
+  run on this machine for the model, device and tile size, else a rough FLOP-based guess, labelled as such.
+
+Choices persist in ``QgsSettings`` under ``msfm/dock/…`` (sensor preset and band overrides per raster file).
+torch is imported only when the dock is first shown (device detection) or a run starts, never at plugin load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from functools import partial
+from typing import Any, Optional
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMapLayer,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsSettings,
+)
+from qgis.gui import QgsDockWidget
+from qgis.PyQt.QtCore import Qt, QTimer, pyqtSlot
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import runtime
+from .algorithms import base
+
+__all__ = ("MsfmDock",)
+
+SETTINGS = "msfm/dock"
+#: Table columns.
+COLUMNS = ("Band", "Description", "nm", "Range", "Rule", "Why")
+RANGE_COLUMN = COLUMNS.index("Range")
+RULE_COLUMN = COLUMNS.index("Rule")
+REASON_COLUMN = COLUMNS.index("Why")
+#: Data of the special entries of a row's range chooser.
+KEEP, AUTO, TYPE_NM = "__keep__", "__auto__", "__nm__"
+#: Rough sustained throughput for the never-measured estimate (FLOP/s).
+ROUGH_FLOPS = {"cpu": 100e9, "cuda": 20e12}
+#: Dialog buttons: (label, algorithm id, icon).
+DIALOGS = (("Embeddings…", "msfm:embed", "embed"), ("Cluster…", "msfm:cluster", "cluster"),
+           ("Similarity…", "msfm:similarity", "similarity"), ("Band report…", "msfm:bandmapping", "bands"))
+_DOCK_HINT = "In the dock: pick the sensor preset above, or choose a range in each band's row."
+
+
+class MsfmDock(QgsDockWidget):
+    """Dock following the active raster layer (see the module docstring).
+
+    Args:
+        iface: The ``QgisInterface`` (its ``currentLayerChanged`` signal is followed).
+        parent: Parent widget (``iface.addDockWidget`` reparents it).
+    """
+
+    def __init__(self, iface: Any, parent: Optional[QWidget] = None) -> None:
+        super().__init__("msfm foundation models", parent)
+        self.setObjectName("MsfmDock")
+        self.iface = iface
+        self.layer: Optional[QgsRasterLayer] = None
+        self.path: Optional[str] = None  # GDAL-readable file of the layer
+        self.mapping: Any = None  # engine BandMapping, None when unresolved
+        self.error = ""  # resolution error shown under the table
+        self.overrides: dict[int, Any] = {}  # band index → range key, wavelength (float) or "drop"
+        self.layer_size = (0, 0)
+        self.devices: Optional[str] = None  # device_report(), after detection
+        self.model_state: dict = {}
+        self._task: Optional[QgsProcessingAlgRunnerTask] = None
+        self._run: dict = {}  # context, feedback, algorithm, callbacks of the running task
+        self._device_timer = QTimer(self)
+        self._device_timer.setSingleShot(True)
+        self._device_timer.timeout.connect(self.detect_devices)
+        self._build()
+        self._restore_settings()
+        self._connect_controls()
+        self.refresh_model_state()
+        self.iface.currentLayerChanged.connect(self._on_current_layer_changed)
+        QgsProject.instance().layerWillBeRemoved[str].connect(self._on_layer_removed)
+        self.set_layer(self._active_layer())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Widgets
+    def _build(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        self.layer_label = _wrapped_label()
+        layout.addWidget(self.layer_label)
+        layout.addWidget(self._build_bands())
+        layout.addWidget(self._build_model())
+        layout.addWidget(self._build_run())
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+
+    def _build_bands(self) -> QGroupBox:
+        group = QGroupBox("Bands → SMARTIES spectral ranges")
+        layout = QVBoxLayout(group)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Sensor preset"))
+        self.sensor_combo = QComboBox()
+        sensors = _sensor_names()
+        for sensor_id in base.sensor_ids():
+            self.sensor_combo.addItem(sensor_id, sensor_id)
+            tip = "from the band names and metadata" if sensor_id == base.AUTO_SENSOR else sensors.get(sensor_id, "")
+            self.sensor_combo.setItemData(self.sensor_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        row.addWidget(self.sensor_combo, 1)
+        layout.addLayout(row)
+        self.sensor_label = _wrapped_label(small=True)
+        layout.addWidget(self.sensor_label)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        header = self.table.horizontalHeader()
+        for column in range(len(COLUMNS)):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.table.setMinimumHeight(200)
+        layout.addWidget(self.table, 1)
+        self.message_label = _wrapped_label()
+        self.message_label.setStyleSheet("color: #b00020;")
+        layout.addWidget(self.message_label)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Overrides"))
+        self.overrides_edit = QLineEdit()
+        self.overrides_edit.setPlaceholderText("none (e.g. 4=red_2; 5=842.5; 1=drop)")
+        self.overrides_edit.setToolTip("The BAND_OVERRIDES parameter of the algorithms: band=range key, wavelength "
+                                       "in nm or drop, separated by ';'. Edit the rows above or type here.")
+        row.addWidget(self.overrides_edit, 1)
+        self.reset_button = QToolButton()
+        self.reset_button.setText("Reset")
+        self.reset_button.setToolTip("Remove every override of this layer")
+        row.addWidget(self.reset_button)
+        layout.addLayout(row)
+        return group
+
+    def _build_model(self) -> QGroupBox:
+        group = QGroupBox("Model and tiling")
+        form = QFormLayout(group)
+        self.model_combo = QComboBox()
+        for name in base.model_names():
+            self.model_combo.addItem(name, name)
+        self.download_button = QPushButton(base.icon("download"), "Download")
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.download_button)
+        form.addRow("Model", row)
+        self.model_label = _wrapped_label(small=True)
+        form.addRow("", self.model_label)
+        self.device_combo = QComboBox()
+        for device in base.DEVICES:
+            self.device_combo.addItem(device, device)
+        form.addRow("Device", self.device_combo)
+        self.device_label = _wrapped_label(small=True)
+        self.device_label.setText("devices: detected when the dock is first shown")
+        form.addRow("", self.device_label)
+        self.tile_spin = _spin(16, 4096, 16, 224, " px")
+        self.overlap_spin = _spin(0, 4080, 16, 112, " px")
+        self.batch_spin = _spin(1, 1024, 1, 8, "")
+        self.scale_spin = QDoubleSpinBox()
+        self.scale_spin.setRange(0.0, 20.0)
+        self.scale_spin.setDecimals(2)
+        self.scale_spin.setSingleStep(0.5)
+        self.scale_spin.setToolTip("Model pixels per layer pixel; 0 = the sensor preset's default")
+        grid = QGridLayout()
+        for i, (label, widget) in enumerate((("Tile", self.tile_spin), ("Overlap", self.overlap_spin),
+                                             ("Batch", self.batch_spin), ("Scale", self.scale_spin))):
+            grid.addWidget(QLabel(label), i // 2, 2 * (i % 2))
+            grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
+        form.addRow(grid)
+        self.tiles_label = _wrapped_label()
+        form.addRow("Tiles", self.tiles_label)
+        self.estimate_label = _wrapped_label()
+        form.addRow("Estimate", self.estimate_label)
+        return group
+
+    def _build_run(self) -> QGroupBox:
+        group = QGroupBox("Run (msfm Processing algorithms)")
+        layout = QVBoxLayout(group)
+        grid = QGridLayout()
+        self.dialog_buttons: dict[str, QPushButton] = {}
+        for i, (label, alg_id, icon_name) in enumerate(DIALOGS):
+            button = QPushButton(base.icon(icon_name), label)
+            button.setToolTip(f"Open the {alg_id} dialog with the dock's values")
+            self.dialog_buttons[alg_id] = button
+            grid.addWidget(button, i // 2, i % 2)
+        layout.addLayout(grid)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Classes (k)"))
+        self.k_spin = _spin(2, 254, 1, 8, "")
+        row.addWidget(self.k_spin)
+        self.run_button = QPushButton(base.icon("cluster"), "Run clustering")
+        self.run_button.setToolTip("Run msfm:cluster in the background; the styled class map is added to the project")
+        row.addWidget(self.run_button, 1)
+        layout.addLayout(row)
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        row.addWidget(self.progress, 1)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        row = QHBoxLayout()
+        self.diagnostics_button = QPushButton("Diagnostics")
+        self.diagnostics_button.setToolTip("Copy versions (QGIS, torch, CUDA, onnxruntime, engine, model cache) "
+                                           "to the clipboard for a bug report")
+        row.addWidget(self.diagnostics_button)
+        self.status_label = _wrapped_label(small=True)
+        row.addWidget(self.status_label, 1)
+        layout.addLayout(row)
+        return group
+
+    def _connect_controls(self) -> None:
+        self.sensor_combo.currentIndexChanged.connect(self._on_sensor_changed)
+        self.overrides_edit.editingFinished.connect(self._on_overrides_typed)
+        self.reset_button.clicked.connect(self.reset_overrides)
+        self.model_combo.currentIndexChanged.connect(self.refresh_model_state)
+        self.download_button.clicked.connect(self.download_model)
+        for widget in (self.model_combo, self.device_combo):
+            widget.currentIndexChanged.connect(self._on_setting_changed)
+        for widget in (self.tile_spin, self.overlap_spin, self.batch_spin, self.scale_spin, self.k_spin):
+            widget.valueChanged.connect(self._on_setting_changed)
+        for alg_id, button in self.dialog_buttons.items():
+            button.clicked.connect(partial(self.open_dialog, alg_id))
+        self.run_button.clicked.connect(self.run_clustering)
+        self.cancel_button.clicked.connect(self.cancel_run)
+        self.diagnostics_button.clicked.connect(self.copy_diagnostics)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The layer
+    def _active_layer(self) -> Optional[QgsMapLayer]:
+        try:
+            layer = self.iface.activeLayer()
+        except Exception:  # an iface without layers (tests, qgis_process) must not break the dock
+            return None
+        return layer if isinstance(layer, QgsMapLayer) else None
+
+    def _on_current_layer_changed(self, layer: Any) -> None:
+        self.set_layer(layer if isinstance(layer, QgsMapLayer) else None)
+
+    def _on_layer_removed(self, layer_id: str) -> None:
+        if self.layer is not None and self.layer.id() == layer_id:
+            self.set_layer(None)
+
+    def set_layer(self, layer: Optional[QgsMapLayer]) -> None:
+        """Show ``layer`` (a raster layer; anything else, or None, clears the dock with a one-line hint)."""
+        self.layer = layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+        self.path = _file_of(self.layer) if self.layer is not None else None
+        self.layer_size = (self.layer.width(), self.layer.height()) if self.layer is not None else (0, 0)
+        if self.layer is None:
+            self.layer_label.setText("Select a raster layer in the Layers panel." if layer is None else
+                                     f"“{layer.name()}” is not a raster layer: select a raster layer.")
+        elif self.path is None:
+            self.layer_label.setText(f"<b>{_esc(self.layer.name())}</b> is not a file ({self.layer.providerType()}):"
+                                     " the band mapping is previewed for files only; the algorithms read it "
+                                     "through its data provider.")
+        else:
+            w, h = self.layer_size
+            self.layer_label.setText(f"<b>{_esc(self.layer.name())}</b> — {self.layer.bandCount()} bands, "
+                                     f"{w} × {h} px")
+            self.layer_label.setToolTip(self.path)
+        self._load_layer_settings()
+        self.refresh_bands()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Bands
+    def sensor(self) -> str:
+        """The chosen sensor preset id, or ``"auto"``."""
+        return self.sensor_combo.currentData() or base.AUTO_SENSOR
+
+    def overrides_text(self) -> str:
+        """The ``BAND_OVERRIDES`` string of the dock's edits (``"1=drop; 4=red_2; 5=842.5"``)."""
+        return "; ".join(f"{i}={_format_value(v)}" for i, v in sorted(self.overrides.items()))
+
+    def refresh_bands(self) -> None:
+        """Resolve the layer's bands with the engine and fill the table (also when resolution fails)."""
+        self.mapping, self.error = None, ""
+        descriptions: list[str] = []
+        if self.path is not None:
+            try:
+                readers = runtime.engine_module("readers")
+                with readers.open_raster(self.path) as ds:
+                    descriptions = [d or "" for d in ds.descriptions]
+                    self.mapping = runtime.engine_module("bands").resolve_bands(
+                        ds, sensor=None if self.sensor() == base.AUTO_SENSOR else self.sensor(),
+                        overrides=dict(self.overrides) or None)
+            except Exception as exc:  # BandResolutionError, unreadable file, missing dependency: say it in the dock
+                self.error = str(exc)
+        self._fill_table(descriptions)
+        if self.mapping is not None:
+            self.sensor_label.setText(f"sensor: {self.mapping.sensor or 'none'} ({self.mapping.sensor_reason})")
+        else:
+            self.sensor_label.setText("")
+        self.message_label.setText(f"{self.error}\n{_DOCK_HINT}" if self.error else "")
+        self.message_label.setVisible(bool(self.error))
+        self.overrides_edit.setText(self.overrides_text())
+        self.refresh_estimate()
+
+    def _fill_table(self, descriptions: list[str]) -> None:
+        resolved = {b.index: b for b in self.mapping.bands} if self.mapping else {}
+        dropped = {d.index: d for d in self.mapping.dropped} if self.mapping else {}
+        self.table.setRowCount(0)
+        self.table.setRowCount(len(descriptions))
+        for row, description in enumerate(descriptions):
+            index = row + 1
+            band, gone = resolved.get(index), dropped.get(index)
+            if band is not None:
+                wavelength = "-" if band.wavelength_nm is None else f"{band.wavelength_nm:g}"
+                current, rule, reason = band.key or band.projection.label, band.rule, band.reason
+            elif gone is not None:
+                wavelength, current, reason = "-", "drop", gone.reason
+                rule = "override" if index in self.overrides else "dropped"
+            else:
+                wavelength, current, rule, reason = "-", "?", "unresolved", "no rule maps this band: pick a range"
+            for column, text in ((0, str(index)), (1, description or "-"), (2, wavelength),
+                                 (RULE_COLUMN, rule), (REASON_COLUMN, reason)):
+                item = QTableWidgetItem(text)
+                item.setToolTip(reason)
+                item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+                self.table.setItem(row, column, item)
+            self.table.setCellWidget(row, RANGE_COLUMN, self._range_combo(index, current, reason))
+        self.table.resizeColumnsToContents()
+
+    def _range_combo(self, index: int, current: str, reason: str) -> QComboBox:
+        combo = QComboBox()
+        combo.setEditable(True)
+        combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        combo.setToolTip(f"{reason}\nPick a range, type a central wavelength in nm, or drop the band.")
+        combo.addItem(current, KEEP)
+        if index in self.overrides:
+            combo.addItem("auto (remove override)", AUTO)
+        for key in _range_keys():
+            combo.addItem(key, key)
+        combo.addItem("wavelength (type nm)…", TYPE_NM)
+        combo.addItem("drop", "drop")
+        combo.setCurrentIndex(0)
+        combo.activated.connect(partial(self._on_range_activated, index, combo))
+        combo.lineEdit().editingFinished.connect(partial(self._on_range_typed, index, combo))
+        return combo
+
+    def range_combo(self, band_index: int) -> QComboBox:
+        """The range chooser of a band (1-based), for tests and scripts."""
+        return self.table.cellWidget(band_index - 1, RANGE_COLUMN)
+
+    def _on_range_activated(self, index: int, combo: QComboBox, position: int) -> None:
+        choice = combo.itemData(position)
+        if choice == TYPE_NM:
+            combo.setEditText("")
+            combo.lineEdit().setPlaceholderText("nm, e.g. 842.5")
+            combo.lineEdit().setFocus()
+        elif choice != KEEP:
+            self.set_band_range(index, None if choice == AUTO else choice)
+
+    def _on_range_typed(self, index: int, combo: QComboBox) -> None:
+        text = combo.currentText().strip()
+        if not text or text == combo.itemText(0):
+            return
+        position = combo.findText(text, Qt.MatchFlag.MatchFixedString)
+        if position >= 0:
+            self._on_range_activated(index, combo, position)
+            return
+        try:
+            self.set_band_range(index, float(text.lower().removesuffix("nm").strip()))
+        except ValueError:
+            self.status_label.setText(f"band {index}: “{text}” is neither a range key nor a wavelength in nm")
+            combo.setCurrentIndex(0)
+
+    def set_band_range(self, band_index: int, value: Any) -> None:
+        """Override a band: a range key, a wavelength in nm (float), ``"drop"``, or None to remove the override."""
+        if value is None:
+            self.overrides.pop(band_index, None)
+        else:
+            self.overrides[band_index] = value
+        self._save_layer_settings()
+        self.refresh_bands()
+
+    def _on_overrides_typed(self) -> None:
+        text = self.overrides_edit.text().strip()
+        if text == self.overrides_text():
+            return
+        try:
+            self.overrides = self._parse_overrides(text)
+        except Exception as exc:
+            self.status_label.setText(f"Overrides not applied: {exc}")
+            self.overrides_edit.setText(self.overrides_text())
+            return
+        self._save_layer_settings()
+        self.refresh_bands()
+
+    def _parse_overrides(self, text: str) -> dict[int, Any]:
+        """``BAND_OVERRIDES`` text → {band index: value}, with the algorithms' parser (bands named by description
+        are matched against the table's descriptions)."""
+        parsed = base.parse_overrides(text) or {}
+        descriptions = {self.table.item(r, 1).text().lower(): r + 1 for r in range(self.table.rowCount())}
+        out: dict[int, Any] = {}
+        for band, value in parsed.items():
+            key = str(band).strip()
+            index = int(key) if key.isdigit() else descriptions.get(key.lower())
+            if index is None:
+                raise ValueError(f"no band is described as {key!r}; use the band number")
+            out[index] = value
+        return out
+
+    def reset_overrides(self) -> None:
+        """Remove every override of the layer."""
+        self.overrides = {}
+        self._save_layer_settings()
+        self.refresh_bands()
+
+    def _on_sensor_changed(self) -> None:
+        self._save_layer_settings()
+        self.refresh_bands()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Model, device, tiles, estimate
+    def model_name(self) -> str:
+        return self.model_combo.currentData() or base.DEFAULT_MODEL
+
+    def refresh_model_state(self) -> None:
+        """The model's local state (bundled / cached / not downloaded + size) and the Download button."""
+        try:
+            self.model_state = runtime.engine_module("models.registry").model_info(self.model_name())
+        except Exception as exc:
+            self.model_state = {"status": f"unknown: {exc}", "available": False}
+        info = self.model_state
+        if info.get("bundled_present"):
+            short = "bundled with the plugin (works offline)"
+        elif info.get("cached"):
+            short = f"downloaded (cache, commit {str(info.get('commit') or '-')[:8]})"
+        elif info.get("repo_id"):
+            short = f"not downloaded (~{info.get('size_mb') or 0:.0f} MB from the Hugging Face Hub)"
+        else:
+            short = info.get("status", "")
+        self.model_label.setText(short)
+        self.model_label.setToolTip(info.get("status", ""))
+        self.download_button.setEnabled(not info.get("available") and bool(info.get("repo_id")) and not self._task)
+        self.refresh_estimate()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if self.devices is None and not self._device_timer.isActive():
+            self.device_label.setText("devices: detecting…")
+            self._device_timer.start(0)
+
+    def detect_devices(self) -> None:
+        """Ask torch which devices it sees (imports torch, ~2 s the first time: on first show, never at load)."""
+        try:
+            self.devices = runtime.device_report()
+        except Exception as exc:
+            self.devices = f"device detection failed: {exc}"
+        self.device_label.setText(self.devices)
+        self.refresh_estimate()
+
+    def device(self) -> str:
+        """The device the run will use: the chosen one, or for ``auto`` CUDA when torch reported one."""
+        chosen = self.device_combo.currentData() or "auto"
+        if chosen != "auto":
+            return chosen
+        return "cuda" if self.devices and self.devices.startswith("CUDA available") else "cpu"
+
+    def scale(self) -> float:
+        """Model pixels per layer pixel: the spin box, or the sensor preset's default when it is 0."""
+        if self.scale_spin.value() > 0:
+            return max(self.scale_spin.value(), 0.05)
+        inference = runtime.engine_module("inference")
+        if self.mapping is not None:
+            return inference.default_scale(self.mapping)
+        if self.sensor() != base.AUTO_SENSOR:
+            return float(runtime.engine_module("sensors").get_sensor(self.sensor()).default_scale)
+        return 1.0
+
+    def tile_count(self) -> Optional[int]:
+        """Tiles the run will encode (engine.tiling over the layer's size × scale), or None when unknown/invalid."""
+        width, height = self.layer_size
+        if not width or not height:
+            return None
+        scale = self.scale()
+        patch = int(self.model_state.get("geometry", {}).get("patch_size") or self.model_state.get("patch_size", 16))
+        try:
+            grid = runtime.engine_module("tiling").tile_grid(
+                max(1, round(height * scale)), max(1, round(width * scale)),
+                self.tile_spin.value(), self.overlap_spin.value(), patch)
+        except ValueError:
+            return None
+        return len(grid)
+
+    def seconds_per_tile(self) -> tuple[Optional[float], str]:
+        """Seconds per tile and where the figure comes from ("measured …" or "rough guess …")."""
+        measured = QgsSettings().value(self._timing_key(), None)
+        if measured not in (None, ""):
+            return float(measured), f"measured on this machine ({self.model_name()}, {self.device()})"
+        flops = self.flops_per_tile()
+        if flops is None:
+            return None, ""
+        rate = ROUGH_FLOPS["cuda" if self.device().startswith("cuda") else "cpu"]
+        return flops / rate, (f"rough guess: {flops / 1e9:.1f} GFLOP/tile at ~{rate / 1e9:g} GFLOP/s "
+                              f"({self.device()}); a run measures it")
+
+    def flops_per_tile(self) -> Optional[float]:
+        """ViT FLOPs per tile ≈ depth·(24·T·D² + 4·T²·D), T = (tile/patch)² tokens."""
+        geometry = self.model_state.get("geometry") or {}
+        dim = geometry.get("embed_dim") or self.model_state.get("embed_dim")
+        depth = geometry.get("depth") or self.model_state.get("depth")
+        patch = geometry.get("patch_size") or self.model_state.get("patch_size") or 16
+        if not dim or not depth:
+            return None
+        tokens = (self.tile_spin.value() / patch) ** 2
+        return depth * (24 * tokens * dim ** 2 + 4 * tokens ** 2 * dim)
+
+    def refresh_estimate(self) -> None:
+        """Tile count and estimated time for the current layer and settings."""
+        tile, overlap = self.tile_spin.value(), self.overlap_spin.value()
+        tiles = self.tile_count() if self.layer is not None else None
+        ok = tile % 16 == 0 and overlap % 16 == 0 and overlap < tile
+        if self.layer is None:
+            self.tiles_label.setText("-")
+            self.estimate_label.setText("-")
+        elif not ok:
+            self.tiles_label.setText("tile size and overlap must be multiples of 16 px, overlap < tile size")
+            self.estimate_label.setText("-")
+        elif tiles is None:
+            self.tiles_label.setText("unknown (the layer has no pixel size)")
+            self.estimate_label.setText("-")
+        else:
+            w, h = self.layer_size
+            scale = self.scale()
+            self.tiles_label.setText(f"{tiles} tiles of {tile} px ({round(w * scale)} × {round(h * scale)} model px "
+                                     f"at scale {scale:g}, overlap {overlap} px)")
+            per_tile, source = self.seconds_per_tile()
+            self.estimate_label.setText("-" if per_tile is None else
+                                        f"~{_duration(per_tile * tiles)} — {per_tile:.3g} s/tile, {source}")
+        self._update_buttons(ok)
+
+    def _update_buttons(self, tiling_ok: bool = True) -> None:
+        has_layer = self.layer is not None
+        running = self._task is not None
+        for button in self.dialog_buttons.values():
+            button.setEnabled(has_layer)
+        self.run_button.setEnabled(has_layer and tiling_ok and not running
+                                   and (self.mapping is not None or self.path is None))
+        self.cancel_button.setEnabled(running)
+
+    def _timing_key(self) -> str:
+        return f"{SETTINGS}/seconds_per_tile/{self.model_name()}/{self.device()}/{self.tile_spin.value()}"
+
+    def record_timing(self, seconds: float, tiles: int) -> None:
+        """Remember the seconds per tile of a completed run for this model, device and tile size."""
+        if tiles > 0 and seconds > 0:
+            QgsSettings().setValue(self._timing_key(), seconds / tiles)
+            self.refresh_estimate()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Runs (all through the msfm Processing algorithms)
+    def parameters(self, alg_id: str) -> dict:
+        """The algorithm's parameters from the dock's values (only the ones ``alg_id`` declares)."""
+        values: dict[str, Any] = {
+            "INPUT": self.layer, "SENSOR": self.sensor(), "BAND_OVERRIDES": self.overrides_text(),
+            "MODEL": self.model_name(), "DEVICE": self.device_combo.currentData() or "auto",
+            "TILE_SIZE": self.tile_spin.value(), "OVERLAP": self.overlap_spin.value(),
+            "BATCH_SIZE": self.batch_spin.value(), "K": self.k_spin.value(),
+        }
+        if self.scale_spin.value() > 0:
+            values["SCALE"] = self.scale()
+        alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+        names = {p.name() for p in alg.parameterDefinitions()} if alg is not None else set(values)
+        return {name: value for name, value in values.items() if name in names}
+
+    def open_dialog(self, alg_id: str) -> None:
+        """Open the Processing dialog of ``alg_id`` prefilled with the dock's values (it runs there)."""
+        import processing
+
+        started = time.perf_counter()
+        results = processing.execAlgorithmDialog(alg_id, self.parameters(alg_id)) or {}
+        if results.get("TILES") and results.get("SECONDS"):  # msfm:embed reports its own timing
+            self.record_timing(float(results["SECONDS"]), int(results["TILES"]))
+        self.status_label.setText(f"{alg_id}: finished in {time.perf_counter() - started:.0f} s" if results else "")
+
+    def run_clustering(self) -> bool:
+        """Run ``msfm:cluster`` in the background; the class map is added to the project and styled."""
+        if self.layer is None:
+            return False
+        params = self.parameters("msfm:cluster")
+        name = f"{self.layer.name()} classes (k={params['K']})"
+        params["OUTPUT"] = QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", QgsProject.instance())
+        params["OUTPUT"].destinationName = name
+        tiles = self.tile_count() or 0
+        return self.start_task("msfm:cluster", params, partial(self._clustering_done, tiles))
+
+    def _clustering_done(self, tiles: int, ok: bool, results: dict, seconds: float) -> None:
+        if ok:
+            self.record_timing(seconds, tiles)
+            self.status_label.setText(f"Class map (k={results.get('K')}) added to the project in {seconds:.1f} s.")
+
+    def download_model(self) -> bool:
+        """Run ``msfm:downloadmodel`` for the chosen model in the background, then refresh its state."""
+        return self.start_task("msfm:downloadmodel", {"MODEL": self.model_name()},
+                               lambda ok, results, seconds: self.refresh_model_state())
+
+    def start_task(self, alg_id: str, params: dict, on_done: Any) -> bool:
+        """Run an algorithm in a ``QgsProcessingAlgRunnerTask`` (one at a time); outputs are loaded on completion
+        (post-processors style them) and ``on_done(ok, results, seconds)`` is called."""
+        from processing.tools import dataobjects
+
+        alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+        if alg is None or self._task is not None:
+            self.status_label.setText(f"{alg_id} is not available (is the msfm provider enabled?)"
+                                      if alg is None else "A run is in progress.")
+            return False
+        feedback = QgsProcessingFeedback()
+        context = dataobjects.createContext(feedback)
+        ok, message = alg.checkParameterValues(params, context)
+        if not ok:
+            self.status_label.setText(message)
+            return False
+        task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
+        self._run = {"alg": alg, "context": context, "feedback": feedback, "on_done": on_done,
+                     "started": time.perf_counter(), "id": alg_id}
+        feedback.progressChanged.connect(self._on_progress)
+        task.executed.connect(self._on_executed)
+        self._task = task
+        self.progress.setValue(0)
+        self.status_label.setText(f"Running {alg_id}…")
+        self._update_buttons()
+        self.download_button.setEnabled(False)
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def is_running(self) -> bool:
+        return self._task is not None
+
+    @pyqtSlot(float)
+    def _on_progress(self, value: float) -> None:
+        self.progress.setValue(int(value))
+
+    @pyqtSlot(bool, "QVariantMap")
+    def _on_executed(self, ok: bool, results: dict) -> None:
+        from processing.gui.Postprocessing import handleAlgorithmResults
+
+        run, self._run, self._task = self._run, {}, None
+        seconds = time.perf_counter() - run["started"]
+        feedback = run["feedback"]
+        if ok:
+            handleAlgorithmResults(run["alg"], run["context"], feedback, showResults=False)
+            self.progress.setValue(100)
+            self.status_label.setText(f"{run['id']}: done in {seconds:.1f} s")
+        elif feedback.isCanceled():
+            self.progress.setValue(0)
+            self.status_label.setText(f"{run['id']}: cancelled")
+        else:
+            lines = [line for line in feedback.textLog().splitlines() if line.strip()]
+            self.status_label.setText(f"{run['id']} failed: " + ("\n".join(lines[-4:]) or "see the log"))
+        try:
+            run["on_done"](ok, results or {}, seconds)
+        finally:
+            self.refresh_model_state()  # also re-enables the buttons
+
+    def cancel_run(self) -> None:
+        """Cancel the background run (the engine stops within one batch)."""
+        if self._task is not None:
+            self._task.cancel()
+            self.status_label.setText("Cancelling…")
+
+    def copy_diagnostics(self) -> str:
+        """Copy versions (QGIS, torch, CUDA, onnxruntime, engine, model cache) to the clipboard; returns the text."""
+        text = runtime.diagnostics(Qgis.version())
+        QApplication.clipboard().setText(text)
+        self.status_label.setText(f"Diagnostics copied to the clipboard ({len(text.splitlines())} lines): "
+                                  "paste them into your bug report.")
+        return text
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Settings
+    def _restore_settings(self) -> None:
+        s = QgsSettings()
+        _select(self.model_combo, s.value(f"{SETTINGS}/model", base.DEFAULT_MODEL))
+        _select(self.device_combo, s.value(f"{SETTINGS}/device", "auto"))
+        for key, spin, default, kind in (("tile_size", self.tile_spin, 224, int),
+                                         ("overlap", self.overlap_spin, 112, int),
+                                         ("batch_size", self.batch_spin, 8, int),
+                                         ("scale", self.scale_spin, 0.0, float), ("k", self.k_spin, 8, int)):
+            spin.setValue(kind(s.value(f"{SETTINGS}/{key}", default)))
+
+    def _on_setting_changed(self) -> None:
+        s = QgsSettings()
+        s.setValue(f"{SETTINGS}/model", self.model_name())
+        s.setValue(f"{SETTINGS}/device", self.device_combo.currentData())
+        for key, spin in (("tile_size", self.tile_spin), ("overlap", self.overlap_spin),
+                          ("batch_size", self.batch_spin), ("scale", self.scale_spin), ("k", self.k_spin)):
+            s.setValue(f"{SETTINGS}/{key}", spin.value())
+        self.refresh_estimate()
+
+    def _layer_key(self) -> Optional[str]:
+        if self.layer is None:
+            return None
+        source = self.path or self.layer.source()
+        return f"{SETTINGS}/layers/{hashlib.sha1(source.encode('utf-8')).hexdigest()[:16]}"
+
+    def _load_layer_settings(self) -> None:
+        """Sensor preset and overrides of this raster file (kept per file across projects)."""
+        key = self._layer_key()
+        sensor, text = base.AUTO_SENSOR, ""
+        if key is not None:
+            sensor = QgsSettings().value(f"{key}/sensor", base.AUTO_SENSOR)
+            text = QgsSettings().value(f"{key}/overrides", "")
+        self.sensor_combo.blockSignals(True)
+        _select(self.sensor_combo, sensor)
+        self.sensor_combo.blockSignals(False)
+        self.overrides = {}
+        if text:
+            try:
+                self.overrides = {int(k): v for k, v in (base.parse_overrides(text) or {}).items()}
+            except Exception:  # a stale or foreign value must not break the dock
+                self.overrides = {}
+
+    def _save_layer_settings(self) -> None:
+        key = self._layer_key()
+        if key is not None:
+            QgsSettings().setValue(f"{key}/sensor", self.sensor())
+            QgsSettings().setValue(f"{key}/overrides", self.overrides_text())
+
+    # ------------------------------------------------------------------------------------------------------------
+    def close_dock(self) -> None:
+        """Disconnect every signal the dock connected outside itself and cancel a running task (plugin unload)."""
+        self._device_timer.stop()
+        for signal, slot in ((self.iface.currentLayerChanged, self._on_current_layer_changed),
+                             (QgsProject.instance().layerWillBeRemoved[str], self._on_layer_removed)):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):  # already disconnected
+                pass
+        if self._task is not None:
+            try:
+                self._task.executed.disconnect(self._on_executed)
+                self._run["feedback"].progressChanged.disconnect(self._on_progress)
+            except (TypeError, RuntimeError):
+                pass
+            self._task.cancel()
+            self._task = None
+        self.layer = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _wrapped_label(small: bool = False) -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    if small:
+        font = label.font()
+        font.setPointSizeF(font.pointSizeF() * 0.9)
+        label.setFont(font)
+    return label
+
+
+def _spin(low: int, high: int, step: int, value: int, suffix: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    spin.setSuffix(suffix)
+    return spin
+
+
+def _select(combo: QComboBox, data: Any) -> None:
+    position = combo.findData(data)
+    if position >= 0:
+        combo.setCurrentIndex(position)
+
+
+def _sensor_names() -> dict[str, str]:
+    try:
+        return {s.id: s.name for s in runtime.engine_module("sensors").list_sensors()}
+    except Exception:
+        return {}
+
+
+def _range_keys() -> list[str]:
+    """Every SMARTIES range key a band can be mapped to (the disabled cirrus range excluded)."""
+    try:
+        return [r.key for r in runtime.engine_module("spectrum").spectral_ranges() if not r.is_disabled]
+    except Exception:
+        return []
+
+
+def _file_of(layer: QgsRasterLayer) -> Optional[str]:
+    """The GDAL-readable file of a layer, or None (WMS, database and other non-file layers)."""
+    if layer.providerType() != "gdal":
+        return None
+    path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
+    return path if os.path.isfile(path) or path.startswith("/vsi") else None
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours = math.floor(seconds / 3600)
+    return f"{hours} h {(seconds - 3600 * hours) / 60:.0f} min"
+
+
+def _esc(text: str) -> str:
+    import html
+
+    return html.escape(text)
