@@ -1,0 +1,283 @@
+"""The msfm dock, built offscreen with pytest-qgis's stub iface, on real rasters of ../shared/data.
+
+Expected band ranges and tile counts are computed with the engine on the same files, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.conftest import shared_file
+
+pytestmark = pytest.mark.qgis
+
+S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
+NAIP = ("data", "naip_rgbn_5m_north_dakota_2020.tif")
+BEN_S2 = ("data", "bigearthnet_mm", "S2A_MSIL2A_20170613T101031_87_48_s2_12band.tif")
+
+
+def _clear_settings() -> None:
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("msfm/dock")
+
+
+@pytest.fixture()
+def make_dock(qgis_iface: Any, msfm_provider: Any) -> Iterator[Any]:
+    """Factory of docks on the stub iface, with a clean ``msfm/dock`` settings group; docks are closed afterwards."""
+    from qgis_plugin.dock import MsfmDock
+
+    _clear_settings()
+    docks = []
+
+    def make() -> Any:
+        docks.append(MsfmDock(qgis_iface))
+        return docks[-1]
+
+    yield make
+    for dock in docks:
+        dock.close_dock()
+        dock.deleteLater()
+    _clear_settings()
+
+
+def raster(*parts: str) -> Any:
+    from qgis.core import QgsRasterLayer
+
+    path = shared_file(*parts)
+    layer = QgsRasterLayer(str(path), path.stem)
+    assert layer.isValid()
+    return layer
+
+
+def cell(dock: Any, band: int, column: str) -> str:
+    from qgis_plugin.dock import COLUMNS
+
+    return dock.table.item(band - 1, COLUMNS.index(column)).text()
+
+
+def choose(dock: Any, band: int, data: str) -> None:
+    """Pick an entry of a band's range chooser as a user would (the combo's ``activated`` signal)."""
+    combo = dock.range_combo(band)
+    position = combo.findData(data)
+    assert position >= 0, data
+    combo.setCurrentIndex(position)
+    combo.activated.emit(position)
+
+
+def test_bands_tiles_and_estimate_of_a_sentinel2_layer(make_dock: Any) -> None:
+    from engine.bands import resolve_bands
+    from engine.inference import default_scale
+    from engine.tiling import tile_grid
+
+    dock = make_dock()
+    layer = raster(*S2)
+    dock.set_layer(layer)
+    expected = resolve_bands(layer.source())
+    assert dock.table.rowCount() == layer.bandCount() == 13
+    for band in expected.bands:
+        assert dock.range_combo(band.index).currentText() == (band.key or band.projection.label)
+        assert cell(dock, band.index, "Rule") == band.rule
+        assert cell(dock, band.index, "Why") == band.reason
+    for gone in expected.dropped:  # B10 cirrus
+        assert dock.range_combo(gone.index).currentText() == "drop"
+        assert cell(dock, gone.index, "Why") == gone.reason
+    assert not dock.message_label.isVisibleTo(dock)
+    assert expected.sensor in dock.sensor_label.text()
+
+    dock.tile_spin.setValue(224)
+    dock.overlap_spin.setValue(32)
+    scale = default_scale(expected)
+    grid = tile_grid(round(layer.height() * scale), round(layer.width() * scale), 224, 32, 16)
+    assert dock.tile_count() == len(grid)
+    assert dock.tiles_label.text().startswith(f"{len(grid)} tiles")
+    assert "rough guess" in dock.estimate_label.text() and dock.estimate_label.text().startswith("~")
+
+
+def test_editing_a_range_sets_overrides_and_reresolves(make_dock: Any) -> None:
+    from engine.bands import resolve_bands
+
+    from qgis_plugin.algorithms.base import parse_overrides
+
+    dock = make_dock()
+    dock.set_layer(raster(*S2))
+    choose(dock, 8, "near_infrared_2")
+    assert dock.overrides_text() == "8=near_infrared_2"
+    assert cell(dock, 8, "Rule") == "override"
+    assert dock.range_combo(8).currentText() == "near_infrared_2"
+
+    combo = dock.range_combo(5)  # a wavelength typed into the chooser
+    combo.setEditText("842.5")
+    combo.lineEdit().editingFinished.emit()
+    choose(dock, 1, "drop")
+    text = "1=drop; 5=842.5; 8=near_infrared_2"
+    assert dock.overrides_text() == text
+    assert dock.overrides_edit.text() == text
+    assert dock.parameters("msfm:embed")["BAND_OVERRIDES"] == text
+    expected = resolve_bands(str(shared_file(*S2)), overrides=parse_overrides(text))
+    band5 = next(b for b in expected.bands if b.index == 5)
+    assert dock.range_combo(5).currentText() == (band5.key or band5.projection.label)
+    assert cell(dock, 5, "Rule") == "override"
+    assert cell(dock, 1, "Rule") == "override" and dock.range_combo(1).currentText() == "drop"
+
+    choose(dock, 8, "__auto__")  # back to what the layer says
+    assert dock.overrides_text() == "1=drop; 5=842.5"
+    assert cell(dock, 8, "Rule") == "description"
+    dock.overrides_edit.setText("4=red_1")  # the string can be typed too
+    dock.overrides_edit.editingFinished.emit()
+    assert dock.overrides == {4: "red_1"} and cell(dock, 4, "Rule") == "override"
+
+
+def test_naip_without_sensor_names_the_band_then_the_preset_resolves_it(make_dock: Any) -> None:
+    from engine.bands import resolve_bands
+    from engine.errors import BandResolutionError
+
+    dock = make_dock()
+    dock.set_layer(raster(*NAIP))
+    with pytest.raises(BandResolutionError) as engine_error:
+        resolve_bands(str(shared_file(*NAIP)))
+    assert dock.table.rowCount() == 4  # still listed, so ranges can be picked
+    assert dock.message_label.isVisibleTo(dock)
+    assert str(engine_error.value) in dock.message_label.text()
+    assert "band 1" in dock.message_label.text() and "naip_rgbn" in dock.message_label.text()
+    assert {cell(dock, b, "Rule") for b in range(1, 5)} == {"unresolved"}
+    assert not dock.run_button.isEnabled()
+
+    dock.sensor_combo.setCurrentIndex(dock.sensor_combo.findData("naip_rgbn"))
+    expected = resolve_bands(str(shared_file(*NAIP)), sensor="naip_rgbn")
+    assert not dock.message_label.isVisibleTo(dock)
+    assert [dock.range_combo(b.index).currentText() for b in expected.bands] == [b.key for b in expected.bands]
+    assert {cell(dock, b, "Rule") for b in range(1, 5)} == {"preset"}
+    assert dock.parameters("msfm:cluster")["SENSOR"] == "naip_rgbn"
+    assert dock.run_button.isEnabled()
+
+
+def test_settings_persist_across_two_docks(make_dock: Any) -> None:
+    first = make_dock()
+    naip = raster(*NAIP)
+    first.set_layer(naip)
+    first.sensor_combo.setCurrentIndex(first.sensor_combo.findData("naip_rgbn"))
+    choose(first, 4, "near_infrared_2")
+    first.model_combo.setCurrentIndex(first.model_combo.findData("smarties-vit-b"))
+    first.device_combo.setCurrentIndex(first.device_combo.findData("cpu"))
+    for spin, value in ((first.tile_spin, 256), (first.overlap_spin, 32), (first.batch_spin, 4),
+                        (first.scale_spin, 1.5), (first.k_spin, 5)):
+        spin.setValue(value)
+    assert "not downloaded" in first.model_label.text() and first.download_button.isEnabled()
+    first.close_dock()
+
+    second = make_dock()
+    assert second.model_name() == "smarties-vit-b" and second.device_combo.currentData() == "cpu"
+    assert (second.tile_spin.value(), second.overlap_spin.value(), second.batch_spin.value(),
+            second.scale_spin.value(), second.k_spin.value()) == (256, 32, 4, 1.5, 5)
+    second.set_layer(naip)  # per-file choices come back with the layer
+    assert second.sensor() == "naip_rgbn" and second.overrides_text() == "4=near_infrared_2"
+    assert cell(second, 4, "Rule") == "override"
+    params = second.parameters("msfm:embed")
+    assert {k: params[k] for k in ("MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "SCALE")} == {
+        "MODEL": "smarties-vit-b", "DEVICE": "cpu", "TILE_SIZE": 256, "OVERLAP": 32, "BATCH_SIZE": 4, "SCALE": 1.5}
+    second.set_layer(raster(*S2))  # another file: its own (default) choices
+    assert second.sensor() == "auto" and second.overrides_text() == ""
+
+
+def test_diagnostics_land_on_the_clipboard(make_dock: Any) -> None:
+    from qgis.PyQt.QtWidgets import QApplication
+
+    dock = make_dock()
+    dock.diagnostics_button.click()
+    text = QApplication.clipboard().text()
+    assert "QGIS: 3." in text and "- torch:" in text and "onnxruntime" in text and "model cache" in text
+    assert "copied" in dock.status_label.text()
+
+
+def test_non_raster_and_no_layer_clear_the_dock(make_dock: Any, qgis_iface: Any) -> None:
+    from qgis.core import QgsVectorLayer
+
+    dock = make_dock()
+    dock.set_layer(raster(*S2))
+    assert dock.table.rowCount() == 13 and dock.run_button.isEnabled()
+    vector = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
+    qgis_iface.currentLayerChanged.emit(vector)  # follows the iface's current layer
+    assert dock.layer is None and dock.table.rowCount() == 0
+    assert "not a raster layer" in dock.layer_label.text()
+    assert not dock.run_button.isEnabled() and not any(b.isEnabled() for b in dock.dialog_buttons.values())
+    assert dock.tiles_label.text() == "-"
+    dock.set_layer(None)
+    assert "Select a raster layer" in dock.layer_label.text() and dock.table.rowCount() == 0
+    dock.close_dock()  # disconnected: the iface no longer drives it
+    qgis_iface.currentLayerChanged.emit(raster(*S2))
+    assert dock.layer is None
+
+
+def test_dialog_buttons_prefill_the_processing_dialog(make_dock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import processing
+
+    calls = []
+
+    def fake_dialog(alg_id: str, params: dict) -> dict:
+        calls.append((alg_id, params))
+        return {"TILES": 10, "SECONDS": 5.0} if alg_id == "msfm:embed" else {}
+
+    monkeypatch.setattr(processing, "execAlgorithmDialog", fake_dialog)
+    dock = make_dock()
+    layer = raster(*S2)
+    dock.set_layer(layer)
+    dock.k_spin.setValue(6)
+    for button in dock.dialog_buttons.values():
+        button.click()
+    assert [c[0] for c in calls] == ["msfm:embed", "msfm:cluster", "msfm:similarity", "msfm:bandmapping"]
+    embed, cluster, _, report = (c[1] for c in calls)
+    assert embed["INPUT"] is layer and embed["MODEL"] == "smarties-demo-tiny" and embed["TILE_SIZE"] == 224
+    assert "K" not in embed and cluster["K"] == 6
+    assert set(report) == {"INPUT", "SENSOR", "BAND_OVERRIDES"}
+    assert "measured" in dock.estimate_label.text() and "0.5 s/tile" in dock.estimate_label.text()
+
+
+def test_run_clustering_in_the_background_adds_a_styled_class_map(make_dock: Any, qgis_new_project: Any) -> None:
+    from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProject
+
+    layer = raster(*BEN_S2)
+    QgsProject.instance().addMapLayer(layer)
+    dock = make_dock()
+    dock.set_layer(layer)
+    dock.sensor_combo.setCurrentIndex(dock.sensor_combo.findData("sentinel2_l2a"))
+    dock.overlap_spin.setValue(0)
+    dock.k_spin.setValue(4)
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    tiles = dock.tile_count()
+    assert dock.run_clustering()
+    assert dock.is_running() and dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
+    deadline = time.monotonic() + 60
+    while dock.is_running() and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    assert not dock.is_running(), "the clustering task did not finish in 60 s"
+    assert dock.progress.value() == 100, dock.status_label.text()
+    classes = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.name().endswith("classes (k=4)")]
+    assert len(classes) == 1, dock.status_label.text()
+    renderer = classes[0].renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)  # styled by the algorithm's post-processor:
+    assert [c.label for c in renderer.classes()][:4] == [f"class {i}" for i in range(4)]
+    assert "measured" in dock.estimate_label.text() and tiles and dock.run_button.isEnabled()
+
+
+def test_screenshot_of_the_dock_is_not_blank(make_dock: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtGui import QImage
+
+    dock = make_dock()
+    dock.set_layer(raster(*S2))
+    dock.resize(480, 900)
+    dock.show()
+    QgsApplication.processEvents()
+    path = tmp_path / "dock.png"
+    assert dock.grab().save(str(path))
+    image = QImage(str(path))
+    assert (image.width(), image.height()) == (480, 900)
+    colours = {image.pixel(x, y) for x in range(0, 480, 4) for y in range(0, 900, 4)}
+    assert len(colours) > 20
+    dock.hide()
