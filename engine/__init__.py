@@ -8,6 +8,8 @@ Public API::
     from engine import load_model
     model = load_model("smarties-demo-tiny")              # or a Hub name, a .safetensors file or a folder
     emb = model.encode(x, ["red_2", "green_2", "blue_1"], output="grid")   # x: float32 [B, C, H, W]
+    embed_raster("scene.tif", "emb.tif", model, region=Region(bounds=(left, bottom, right, top)))
+    similarity_raster("scene.tif", "sim.tif", model, query=[{"type": "Point", "coordinates": [x, y]}])
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _LAZY = {
     "embed_raster": ".inference",
     "cluster_raster": ".cluster",
     "InferenceSettings": ".inference",
+    "Region": ".region",
+    "similarity_raster": ".similarity",
 }
 
 __all__ = tuple(sorted(["__version__", *_LAZY]))

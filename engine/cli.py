@@ -6,6 +6,8 @@ Examples::
     msfm models list
     msfm embed scene.tif emb.tif --model smarties-vit-b --device cuda
     msfm cluster scene.tif classes.tif --k 8 --resolution pixel --quicklook classes.png
+    msfm embed scene.tif emb.tif --bounds 440000 4160000 445000 4165000 --pca pca.tif
+    msfm similarity scene.tif sim.tif --point 444345 4168545 --embeddings emb.tif
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
 """
 
@@ -29,20 +31,27 @@ DEMO_MODEL = "smarties-demo-tiny"
 
 
 def _parse_band_overrides(items: Optional[Sequence[str]]) -> Optional[dict[Any, Any]]:
-    """``["3=red_2", "B8=near_infrared_1", "5=842.5"]`` → ``{3: "red_2", "B8": "near_infrared_1", 5: 842.5}``."""
-    if not items:
+    """``["3=red_2", "B8=near_infrared_1", "5=842.5"]`` → ``{3: "red_2", "B8": "near_infrared_1", 5: 842.5}``
+    (:func:`engine.bands.parse_overrides`; one ``--band`` may also hold several items separated by ``;`` or ``,``)."""
+    from .bands import parse_overrides
+
+    return parse_overrides(";".join(items or ())) or None
+
+
+def _add_region_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bounds", nargs=4, type=float, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help="process only this box, in the raster's CRS units (rounded outward to whole pixels)",
+    )
+
+
+def _region(args: argparse.Namespace) -> Any:
+    """The :class:`engine.region.Region` of ``--bounds``, or None."""
+    if not args.bounds:
         return None
-    out: dict[Any, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise EngineError(f"--band expects BAND=KEY (e.g. 3=red_2 or B8=near_infrared_1 or 5=842.5), got {item!r}")
-        band, value = (s.strip() for s in item.split("=", 1))
-        key: Any = int(band) if band.isdigit() else band
-        try:
-            out[key] = float(value)
-        except ValueError:
-            out[key] = value
-    return out
+    from .region import Region
+
+    return Region(bounds=tuple(args.bounds))
 
 
 def _add_band_options(p: argparse.ArgumentParser) -> None:
@@ -153,7 +162,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     try:
         res = embed_raster(
             args.input, args.output, model, settings=_settings(args), sensor=args.sensor,
-            overrides=_parse_band_overrides(args.band), progress=bar,
+            overrides=_parse_band_overrides(args.band), region=_region(args), progress=bar,
         )
     finally:
         bar.close()
@@ -163,6 +172,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from .upsample import write_pixel_embeddings
 
         print(write_pixel_embeddings(args.input, res.path, args.pixel_output, output_dtype=args.dtype))
+    if args.pca:
+        import rasterio
+
+        from .pca import write_pca_raster
+
+        path = write_pca_raster(res.path, args.pca, 3)
+        with rasterio.open(path) as ds:
+            explained = json.loads(ds.tags()["MSFM_PCA_EXPLAINED"])
+        print(f"{path}: principal components 1–3 explain " + ", ".join(f"{v:.0%}" for v in explained) + " of the variance")
     if args.quicklook:
         from .quicklook import embedding_quicklook
 
@@ -179,7 +197,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         res = cluster_raster(
             args.input, args.output, model, k=args.k, resolution=args.resolution, embeddings=args.embeddings,
             embeddings_output=args.embeddings_output, settings=None if args.embeddings else _settings(args),
-            sensor=args.sensor, overrides=_parse_band_overrides(args.band), seed=args.seed, progress=bar,
+            sensor=args.sensor, overrides=_parse_band_overrides(args.band), seed=args.seed, region=_region(args),
+            progress=bar,
         )
     finally:
         bar.close()
@@ -189,6 +208,27 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         from .quicklook import class_quicklook
 
         print(class_quicklook(res.path, args.quicklook))
+    return 0
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from .similarity import similarity_raster
+
+    model = None if args.embeddings else _load(args)
+    query = [{"type": "Point", "coordinates": [x, y]} for x, y in args.point]
+    bar = _Progress("similarity")
+    try:
+        res = similarity_raster(
+            args.input, args.output, model, query=query, embeddings=args.embeddings,
+            embeddings_output=args.embeddings_output, resolution=args.resolution,
+            settings=None if args.embeddings else _settings(args), sensor=args.sensor,
+            overrides=_parse_band_overrides(args.band), region=_region(args), progress=bar,
+        )
+    finally:
+        bar.close()
+    lo, hi = res.value_range
+    print(f"{res.path} ({res.resolution} resolution): cosine similarity to the mean of {res.query_cells} cell(s), "
+          f"{lo:.3f}…{hi:.3f}; {res.seconds:.1f} s")
     return 0
 
 
@@ -280,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input raster")
     p.add_argument("output", help="output GeoTIFF (D float bands, NaN = nodata)")
     _add_inference_options(p)
+    _add_region_option(p)
     p.add_argument("--pixel-output", help="also write embeddings interpolated to the input's pixel grid (large!)")
+    p.add_argument("--pca", help="also write the first three principal components as a 3-band float32 GeoTIFF")
     p.add_argument("--quicklook", help="PNG of the first three principal components")
     p.set_defaults(func=cmd_embed)
 
@@ -295,7 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of sampling and k-means")
     p.add_argument("--quicklook", help="PNG of the class map")
     _add_inference_options(p)
+    _add_region_option(p)
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("similarity", help="cosine similarity of every location to the embedding under query points")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="output GeoTIFF (float32 cosine similarity in -1..1, NaN = nodata)")
+    p.add_argument("--point", nargs=2, type=float, action="append", required=True, metavar=("X", "Y"),
+                   help="query point in the raster's CRS (repeatable: the query is the mean of their cells)")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: the input's pixel grid (cell similarities interpolated bilinearly); patch: one value "
+                   "per model patch")
+    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
+    p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
+    _add_inference_options(p)
+    _add_region_option(p)
+    p.set_defaults(func=cmd_similarity)
 
     p = sub.add_parser("demo", help="cluster the bundled Sentinel-2 scene with the bundled model (offline)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")

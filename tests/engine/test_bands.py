@@ -15,7 +15,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from engine.bands import BandMapping, DroppedBand, ResolvedBand, describe_mapping, resolve_bands
+from engine.bands import BandMapping, DroppedBand, ResolvedBand, describe_mapping, parse_overrides, resolve_bands
 from engine.errors import BandResolutionError, InputRasterError
 from engine.normalize import BandStats
 from engine.sensors import get_sensor, list_sensors, normalize_band_name
@@ -458,6 +458,22 @@ def test_override_strings_from_the_command_line() -> None:
     mapping = resolve_bands(shared_file(*NAIP), overrides={"1": "665nm", "2": "green_1", "3": "blue_3", "4": "drop"})
     assert mapping.keys == ["red_2", "green_1", "blue_3"]
     assert mapping.bands[0].wavelength_nm == 665.0
+
+
+def test_parse_overrides_text_form() -> None:
+    text = "4=red_2; 5=842.5, B8=near_infrared_1 ; 1=drop"
+    assert parse_overrides(text) == {4: "red_2", 5: 842.5, "B8": "near_infrared_1", 1: "drop"}
+    assert parse_overrides("") == {} and parse_overrides(" \n ; ,") == {}
+    assert parse_overrides("1 = 665nm\n2=green_1\n3=blue_3,\n4=DROP\n") == {1: 665.0, 2: "green_1", 3: "blue_3", 4: "drop"}
+    # The text form feeds the resolver directly.
+    mapping = resolve_bands(shared_file(*NAIP), overrides=parse_overrides("1=red_2; 2=green_2; 3=blue_1; 4=842"))
+    assert mapping.keys == ["red_2", "green_2", "blue_1", "near_infrared_1"]
+    for bad, pattern in [("4=red_2; 5", r"'5' is not BAND=VALUE"), ("=red_2", r"'=red_2' is not BAND=VALUE"),
+                         ("3=", r"'3=' is not"), ("3=red2", r"'3=red2'.*Did you mean red_2"),
+                         ("3=red_2; 3=red_1", r"band 3 is given twice")]:
+        with pytest.raises(BandResolutionError, match=pattern) as err:
+            parse_overrides(bad)
+        assert "e.g. '4=red_2; 5=842.5; B8=near_infrared_1; 1=drop'" in str(err.value)
 
 
 @pytest.mark.parametrize(

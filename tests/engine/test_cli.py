@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
 from engine.cli import DEMO_RASTER, main
 from engine.models import resolve_weights
@@ -77,3 +78,62 @@ def test_cluster_command_with_overrides_and_patch_resolution(tmp_path: Path, cap
     with rasterio.open(tmp_path / "c.tif") as cls:
         assert cls.count == 1 and set(np.unique(cls.read(1))) <= {0, 1, 2, 255}
     assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "c.qml").exists()
+
+
+S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
+FAST = ["--scale", "1", "--overlap-px", "0", "--batch-size", "4", "--threads", "2"]
+
+
+def bounds_args(path: Path, col: int, row: int, width: int, height: int) -> list[str]:
+    """``--bounds`` of a pixel window of a raster."""
+    with rasterio.open(path) as ds:
+        left, top = ds.transform * (col, row)
+        right, bottom = ds.transform * (col + width, row + height)
+    return ["--bounds", *(str(v) for v in (left, bottom, right, top))]
+
+
+def test_embed_command_with_bounds_and_pca(tmp_path: Path, capsys) -> None:
+    src = shared_file(*S2)
+    args = ["embed", str(src), str(tmp_path / "e.tif"), *FAST, *bounds_args(src, 100, 200, 224, 224),
+            "--pca", str(tmp_path / "pca.tif")]
+    assert main(args) == 0
+    assert "explain" in capsys.readouterr().out
+    with rasterio.open(src) as s, rasterio.open(tmp_path / "e.tif") as e, rasterio.open(tmp_path / "pca.tif") as p:
+        assert e.shape == (14, 14) and e.transform.c == s.transform.c + 1000 and e.transform.f == s.transform.f - 2000
+        assert "MSFM_REGION" in e.tags()
+        assert p.count == 3 and p.shape == e.shape and p.descriptions == ("pc1", "pc2", "pc3")
+        assert np.isfinite(p.read()).all()
+    assert main(["embed", str(src), str(tmp_path / "x.tif"), *FAST, "--bounds", "0", "0", "1", "1"]) == 2
+    assert "does not overlap the raster" in capsys.readouterr().err
+
+
+def test_cluster_command_with_bounds(tmp_path: Path) -> None:
+    src = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    args = ["cluster", str(src), str(tmp_path / "c.tif"), "--k", "3", "--sensor", "naip_rgbn", *FAST,
+            *bounds_args(src, 300, 100, 250, 180)]
+    assert main(args) == 0
+    with rasterio.open(src) as s, rasterio.open(tmp_path / "c.tif") as cls:
+        assert cls.shape == (180, 250) and cls.transform == s.transform * Affine.translation(300, 100)
+        assert set(np.unique(cls.read(1))) <= {0, 1, 2, 255}
+
+
+def test_similarity_command_with_points(tmp_path: Path, capsys) -> None:
+    src = shared_file(*S2)
+    with rasterio.open(src) as ds:
+        water = [str(v) for v in ds.transform * (400.5, 600.5)]  # open water
+        lagoon = [str(v) for v in ds.transform * (600.5, 300.5)]
+    args = ["similarity", str(src), str(tmp_path / "s.tif"), "--point", *water, "--point", *lagoon, *FAST,
+            *bounds_args(src, 256, 256, 448, 448), "--embeddings-output", str(tmp_path / "e.tif")]
+    assert main(args) == 0
+    assert "mean of 2 cell(s)" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "s.tif") as sim:
+        assert sim.shape == (448, 448) and sim.tags()["MSFM_KIND"] == "similarity"
+    args = ["similarity", str(src), str(tmp_path / "p.tif"), "--point", *water, "--embeddings", str(tmp_path / "e.tif"),
+            "--resolution", "patch"]
+    assert main(args) == 0
+    with rasterio.open(tmp_path / "p.tif") as sim:
+        assert sim.shape == (28, 28) and sim.tags()["MSFM_QUERY_CELLS"] == "1"
+    assert main(["similarity", str(src), str(tmp_path / "q.tif"), "--point", "0", "0", "--embeddings",
+                 str(tmp_path / "e.tif")]) == 2
+    assert "outside the raster or on nodata" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tif", "p.tif", "s.tif"]

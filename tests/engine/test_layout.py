@@ -17,7 +17,7 @@ def run_python(code: str) -> str:
 def test_engine_does_not_import_qgis_or_training() -> None:
     code = (
         "import sys, engine, engine.bands, engine.cli, engine.cluster, engine.inference, engine.models, "
-        "engine.upsample, engine.quicklook\n"
+        "engine.upsample, engine.quicklook, engine.region, engine.similarity, engine.pca\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qgis', 'training', 'PyQt5'))\n"
         "print(','.join(bad))"
     )
