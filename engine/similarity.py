@@ -193,7 +193,8 @@ def similarity_raster(
         settings: Inference settings (tiles, device, scale…).
         sensor: Sensor preset id for band mapping; guessed when None.
         overrides: Band overrides, see :func:`engine.bands.resolve_bands`.
-        region: Process only this :class:`engine.region.Region`; pixels outside its polygons are NaN.
+        region: Process only this :class:`engine.region.Region` (embeddings computed for it; the pixel output covers
+            its window, pixels outside its polygons NaN). With existing ``embeddings`` it limits the pixel output only.
         progress: Called with the completed fraction 0..1 (embedding: 0..0.8).
         is_canceled: Polled every batch/row band; True stops with :class:`InferenceCancelled`, writing nothing.
 
