@@ -46,7 +46,6 @@ from qgis.PyQt.QtWidgets import (
     QApplication,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -71,12 +70,14 @@ __all__ = ("MsfmDock",)
 
 SETTINGS = "msfm/dock"
 #: Table columns.
-COLUMNS = ("Band", "Description", "nm", "Range", "Rule", "Why")
+COLUMNS = ("Band", "nm", "Range", "Rule", "Why")
 RANGE_COLUMN = COLUMNS.index("Range")
 RULE_COLUMN = COLUMNS.index("Rule")
 REASON_COLUMN = COLUMNS.index("Why")
 #: Data of the special entries of a row's range chooser.
 KEEP, AUTO, TYPE_NM = "__keep__", "__auto__", "__nm__"
+#: Runs with fewer tiles are not timed: fixed costs (model load, statistics, k-means) would dominate.
+MIN_TILES_TIMED = 8
 #: Rough sustained throughput for the never-measured estimate (FLOP/s).
 ROUGH_FLOPS = {"cpu": 100e9, "cuda": 20e12}
 #: Dialog buttons: (label, algorithm id, icon).
@@ -100,6 +101,7 @@ class MsfmDock(QgsDockWidget):
         self.layer: Optional[QgsRasterLayer] = None
         self.path: Optional[str] = None  # GDAL-readable file of the layer
         self.mapping: Any = None  # engine BandMapping, None when unresolved
+        self.descriptions: list[str] = []  # one per band of the file
         self.error = ""  # resolution error shown under the table
         self.overrides: dict[int, Any] = {}  # band index → range key, wavelength (float) or "drop"
         self.layer_size = (0, 0)
@@ -139,7 +141,7 @@ class MsfmDock(QgsDockWidget):
         layout = QVBoxLayout(group)
         row = QHBoxLayout()
         row.addWidget(QLabel("Sensor preset"))
-        self.sensor_combo = QComboBox()
+        self.sensor_combo = _combo()
         sensors = _sensor_names()
         for sensor_id in base.sensor_ids():
             self.sensor_combo.addItem(sensor_id, sensor_id)
@@ -152,14 +154,14 @@ class MsfmDock(QgsDockWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 12)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         header = self.table.horizontalHeader()
         for column in range(len(COLUMNS)):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        self.table.setMinimumHeight(200)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.table)
         self.message_label = _wrapped_label()
         self.message_label.setStyleSheet("color: #b00020;")
         layout.addWidget(self.message_label)
@@ -179,24 +181,22 @@ class MsfmDock(QgsDockWidget):
 
     def _build_model(self) -> QGroupBox:
         group = QGroupBox("Model and tiling")
-        form = QFormLayout(group)
-        self.model_combo = QComboBox()
+        layout = QVBoxLayout(group)
+        self.model_combo = _combo()
         for name in base.model_names():
             self.model_combo.addItem(name, name)
         self.download_button = QPushButton(base.icon("download"), "Download")
-        row = QHBoxLayout()
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.download_button)
-        form.addRow("Model", row)
+        self.download_button.setToolTip("Run msfm:downloadmodel in the background (Hugging Face Hub → local cache)")
+        layout.addLayout(_row(QLabel("Model"), (self.model_combo, 1), self.download_button))
         self.model_label = _wrapped_label(small=True)
-        form.addRow("", self.model_label)
-        self.device_combo = QComboBox()
+        layout.addWidget(self.model_label)
+        self.device_combo = _combo()
         for device in base.DEVICES:
             self.device_combo.addItem(device, device)
-        form.addRow("Device", self.device_combo)
+        layout.addLayout(_row(QLabel("Device"), (self.device_combo, 1)))
         self.device_label = _wrapped_label(small=True)
         self.device_label.setText("devices: detected when the dock is first shown")
-        form.addRow("", self.device_label)
+        layout.addWidget(self.device_label)
         self.tile_spin = _spin(16, 4096, 16, 224, " px")
         self.overlap_spin = _spin(0, 4080, 16, 112, " px")
         self.batch_spin = _spin(1, 1024, 1, 8, "")
@@ -204,17 +204,18 @@ class MsfmDock(QgsDockWidget):
         self.scale_spin.setRange(0.0, 20.0)
         self.scale_spin.setDecimals(2)
         self.scale_spin.setSingleStep(0.5)
-        self.scale_spin.setToolTip("Model pixels per layer pixel; 0 = the sensor preset's default")
+        self.scale_spin.setSpecialValueText("preset")
+        self.scale_spin.setToolTip("Model pixels per layer pixel; 'preset' (0) = the sensor preset's default")
         grid = QGridLayout()
         for i, (label, widget) in enumerate((("Tile", self.tile_spin), ("Overlap", self.overlap_spin),
                                              ("Batch", self.batch_spin), ("Scale", self.scale_spin))):
             grid.addWidget(QLabel(label), i // 2, 2 * (i % 2))
             grid.addWidget(widget, i // 2, 2 * (i % 2) + 1)
-        form.addRow(grid)
+        layout.addLayout(grid)
         self.tiles_label = _wrapped_label()
-        form.addRow("Tiles", self.tiles_label)
+        layout.addWidget(self.tiles_label)
         self.estimate_label = _wrapped_label()
-        form.addRow("Estimate", self.estimate_label)
+        layout.addWidget(self.estimate_label)
         return group
 
     def _build_run(self) -> QGroupBox:
@@ -319,19 +320,18 @@ class MsfmDock(QgsDockWidget):
 
     def refresh_bands(self) -> None:
         """Resolve the layer's bands with the engine and fill the table (also when resolution fails)."""
-        self.mapping, self.error = None, ""
-        descriptions: list[str] = []
+        self.mapping, self.error, self.descriptions = None, "", []
         if self.path is not None:
             try:
                 readers = runtime.engine_module("readers")
                 with readers.open_raster(self.path) as ds:
-                    descriptions = [d or "" for d in ds.descriptions]
+                    self.descriptions = [d or "" for d in ds.descriptions]
                     self.mapping = runtime.engine_module("bands").resolve_bands(
                         ds, sensor=None if self.sensor() == base.AUTO_SENSOR else self.sensor(),
                         overrides=dict(self.overrides) or None)
             except Exception as exc:  # BandResolutionError, unreadable file, missing dependency: say it in the dock
                 self.error = str(exc)
-        self._fill_table(descriptions)
+        self._fill_table()
         if self.mapping is not None:
             self.sensor_label.setText(f"sensor: {self.mapping.sensor or 'none'} ({self.mapping.sensor_reason})")
         else:
@@ -341,12 +341,12 @@ class MsfmDock(QgsDockWidget):
         self.overrides_edit.setText(self.overrides_text())
         self.refresh_estimate()
 
-    def _fill_table(self, descriptions: list[str]) -> None:
+    def _fill_table(self) -> None:
         resolved = {b.index: b for b in self.mapping.bands} if self.mapping else {}
         dropped = {d.index: d for d in self.mapping.dropped} if self.mapping else {}
         self.table.setRowCount(0)
-        self.table.setRowCount(len(descriptions))
-        for row, description in enumerate(descriptions):
+        self.table.setRowCount(len(self.descriptions))
+        for row, description in enumerate(self.descriptions):
             index = row + 1
             band, gone = resolved.get(index), dropped.get(index)
             if band is not None:
@@ -357,7 +357,7 @@ class MsfmDock(QgsDockWidget):
                 rule = "override" if index in self.overrides else "dropped"
             else:
                 wavelength, current, rule, reason = "-", "?", "unresolved", "no rule maps this band: pick a range"
-            for column, text in ((0, str(index)), (1, description or "-"), (2, wavelength),
+            for column, text in ((0, f"{index} {description}".strip()), (1, wavelength),
                                  (RULE_COLUMN, rule), (REASON_COLUMN, reason)):
                 item = QTableWidgetItem(text)
                 item.setToolTip(reason)
@@ -365,9 +365,15 @@ class MsfmDock(QgsDockWidget):
                 self.table.setItem(row, column, item)
             self.table.setCellWidget(row, RANGE_COLUMN, self._range_combo(index, current, reason))
         self.table.resizeColumnsToContents()
+        longest = max(_range_keys() + ["drop"], key=len)  # every range key readable without a wide table
+        self.table.setColumnWidth(RANGE_COLUMN, self.table.fontMetrics().horizontalAdvance(longest) + 48)
+        row_height = self.table.verticalHeader().defaultSectionSize()
+        rows = min(max(len(self.descriptions), 2), 16)  # every band visible up to 16, then the table scrolls
+        frame = self.table.horizontalHeader().sizeHint().height() + self.table.horizontalScrollBar().sizeHint().height()
+        self.table.setFixedHeight(rows * row_height + frame + 4)
 
     def _range_combo(self, index: int, current: str, reason: str) -> QComboBox:
-        combo = QComboBox()
+        combo = _combo(14)
         combo.setEditable(True)
         combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         combo.setToolTip(f"{reason}\nPick a range, type a central wavelength in nm, or drop the band.")
@@ -379,6 +385,7 @@ class MsfmDock(QgsDockWidget):
         combo.addItem("wavelength (type nm)…", TYPE_NM)
         combo.addItem("drop", "drop")
         combo.setCurrentIndex(0)
+        combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
         combo.activated.connect(partial(self._on_range_activated, index, combo))
         combo.lineEdit().editingFinished.connect(partial(self._on_range_typed, index, combo))
         return combo
@@ -436,7 +443,7 @@ class MsfmDock(QgsDockWidget):
         """``BAND_OVERRIDES`` text → {band index: value}, with the algorithms' parser (bands named by description
         are matched against the table's descriptions)."""
         parsed = base.parse_overrides(text) or {}
-        descriptions = {self.table.item(r, 1).text().lower(): r + 1 for r in range(self.table.rowCount())}
+        descriptions = {d.lower(): i + 1 for i, d in enumerate(self.descriptions) if d}
         out: dict[int, Any] = {}
         for band, value in parsed.items():
             key = str(band).strip()
@@ -557,23 +564,22 @@ class MsfmDock(QgsDockWidget):
         tile, overlap = self.tile_spin.value(), self.overlap_spin.value()
         tiles = self.tile_count() if self.layer is not None else None
         ok = tile % 16 == 0 and overlap % 16 == 0 and overlap < tile
-        if self.layer is None:
-            self.tiles_label.setText("-")
-            self.estimate_label.setText("-")
-        elif not ok:
-            self.tiles_label.setText("tile size and overlap must be multiples of 16 px, overlap < tile size")
-            self.estimate_label.setText("-")
-        elif tiles is None:
-            self.tiles_label.setText("unknown (the layer has no pixel size)")
-            self.estimate_label.setText("-")
-        else:
+        tiles_text, estimate = "-", "-"
+        if self.layer is not None and not ok:
+            tiles_text = "tile size and overlap must be multiples of 16 px, overlap < tile size"
+        elif self.layer is not None and tiles is None:
+            tiles_text = "unknown (the layer has no pixel size)"
+        elif self.layer is not None:
             w, h = self.layer_size
             scale = self.scale()
-            self.tiles_label.setText(f"{tiles} tiles of {tile} px ({round(w * scale)} × {round(h * scale)} model px "
-                                     f"at scale {scale:g}, overlap {overlap} px)")
+            self.scale_spin.setSpecialValueText(f"preset ({scale:g})" if self.scale_spin.value() == 0 else "preset")
+            tiles_text = (f"{tiles} tiles of {tile} px ({round(w * scale)} × {round(h * scale)} model px "
+                          f"at scale {scale:g}, overlap {overlap} px)")
             per_tile, source = self.seconds_per_tile()
-            self.estimate_label.setText("-" if per_tile is None else
-                                        f"~{_duration(per_tile * tiles)} — {per_tile:.3g} s/tile, {source}")
+            if per_tile is not None:
+                estimate = f"~{_duration(per_tile * tiles)} ({per_tile:.3g} s/tile, {source})"
+        self.tiles_label.setText(f"<b>Tiles:</b> {_esc(tiles_text)}")
+        self.estimate_label.setText(f"<b>Estimated time:</b> {_esc(estimate)}")
         self._update_buttons(ok)
 
     def _update_buttons(self, tiling_ok: bool = True) -> None:
@@ -590,7 +596,7 @@ class MsfmDock(QgsDockWidget):
 
     def record_timing(self, seconds: float, tiles: int) -> None:
         """Remember the seconds per tile of a completed run for this model, device and tile size."""
-        if tiles > 0 and seconds > 0:
+        if tiles >= MIN_TILES_TIMED and seconds > 0:
             QgsSettings().setValue(self._timing_key(), seconds / tiles)
             self.refresh_estimate()
 
@@ -797,6 +803,23 @@ def _wrapped_label(small: bool = False) -> QLabel:
         font.setPointSizeF(font.pointSizeF() * 0.9)
         label.setFont(font)
     return label
+
+
+def _combo(characters: int = 16) -> QComboBox:
+    """A combo box whose width does not grow with its longest entry (the dock stays narrow)."""
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    return combo
+
+
+def _row(*widgets: Any) -> QHBoxLayout:
+    """A horizontal row of widgets; ``(widget, stretch)`` pairs stretch."""
+    row = QHBoxLayout()
+    for item in widgets:
+        widget, stretch = item if isinstance(item, tuple) else (item, 0)
+        row.addWidget(widget, stretch)
+    return row
 
 
 def _spin(low: int, high: int, step: int, value: int, suffix: str) -> QSpinBox:

@@ -94,8 +94,8 @@ def test_bands_tiles_and_estimate_of_a_sentinel2_layer(make_dock: Any) -> None:
     scale = default_scale(expected)
     grid = tile_grid(round(layer.height() * scale), round(layer.width() * scale), 224, 32, 16)
     assert dock.tile_count() == len(grid)
-    assert dock.tiles_label.text().startswith(f"{len(grid)} tiles")
-    assert "rough guess" in dock.estimate_label.text() and dock.estimate_label.text().startswith("~")
+    assert f"</b> {len(grid)} tiles of 224 px" in dock.tiles_label.text()
+    assert "</b> ~" in dock.estimate_label.text() and "rough guess" in dock.estimate_label.text()
 
 
 def test_editing_a_range_sets_overrides_and_reresolves(make_dock: Any) -> None:
@@ -205,7 +205,7 @@ def test_non_raster_and_no_layer_clear_the_dock(make_dock: Any, qgis_iface: Any)
     assert dock.layer is None and dock.table.rowCount() == 0
     assert "not a raster layer" in dock.layer_label.text()
     assert not dock.run_button.isEnabled() and not any(b.isEnabled() for b in dock.dialog_buttons.values())
-    assert dock.tiles_label.text() == "-"
+    assert dock.tiles_label.text().endswith("</b> -")
     dock.set_layer(None)
     assert "Select a raster layer" in dock.layer_label.text() and dock.table.rowCount() == 0
     dock.close_dock()  # disconnected: the iface no longer drives it
@@ -238,7 +238,7 @@ def test_dialog_buttons_prefill_the_processing_dialog(make_dock: Any, monkeypatc
 
 
 def test_run_clustering_in_the_background_adds_a_styled_class_map(make_dock: Any, qgis_new_project: Any) -> None:
-    from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProject
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject
 
     layer = raster(*BEN_S2)
     QgsProject.instance().addMapLayer(layer)
@@ -246,23 +246,51 @@ def test_run_clustering_in_the_background_adds_a_styled_class_map(make_dock: Any
     dock.set_layer(layer)
     dock.sensor_combo.setCurrentIndex(dock.sensor_combo.findData("sentinel2_l2a"))
     dock.overlap_spin.setValue(0)
+    dock.scale_spin.setValue(4)  # 120 px → 480 model px: 9 tiles, enough to be timed
     dock.k_spin.setValue(4)
     dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
-    tiles = dock.tile_count()
+    assert dock.tile_count() == 9 and "rough guess" in dock.estimate_label.text()
     assert dock.run_clustering()
     assert dock.is_running() and dock.cancel_button.isEnabled() and not dock.run_button.isEnabled()
-    deadline = time.monotonic() + 60
-    while dock.is_running() and time.monotonic() < deadline:
-        QgsApplication.processEvents()
-        time.sleep(0.02)
-    assert not dock.is_running(), "the clustering task did not finish in 60 s"
+    wait_for(dock, 60)
     assert dock.progress.value() == 100, dock.status_label.text()
     classes = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.name().endswith("classes (k=4)")]
     assert len(classes) == 1, dock.status_label.text()
     renderer = classes[0].renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)  # styled by the algorithm's post-processor:
     assert [c.label for c in renderer.classes()][:4] == [f"class {i}" for i in range(4)]
-    assert "measured" in dock.estimate_label.text() and tiles and dock.run_button.isEnabled()
+    assert "measured" in dock.estimate_label.text() and dock.run_button.isEnabled()
+
+
+def wait_for(dock: Any, seconds: float) -> None:
+    from qgis.core import QgsApplication
+
+    deadline = time.monotonic() + seconds
+    while dock.is_running() and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    assert not dock.is_running(), f"the task did not finish in {seconds} s"
+
+
+def test_cancel_stops_the_background_run(make_dock: Any, qgis_new_project: Any) -> None:
+    from qgis.core import QgsApplication, QgsProject
+
+    layer = raster(*S2)  # 1024 × 1024 at scale 2: 324 tiles, far longer than the cancellation
+    QgsProject.instance().addMapLayer(layer)
+    dock = make_dock()
+    dock.set_layer(layer)
+    assert dock.run_clustering()
+    deadline = time.monotonic() + 30
+    while dock.progress.value() == 0 and dock.is_running() and time.monotonic() < deadline:
+        QgsApplication.processEvents()  # until the first batch is encoded: cancel in the middle of the run
+        time.sleep(0.02)
+    assert dock.is_running() and dock.progress.value() > 0
+    dock.cancel_button.click()
+    wait_for(dock, 30)
+    assert "cancelled" in dock.status_label.text() and dock.progress.value() == 0
+    assert list(QgsProject.instance().mapLayers().values()) == [layer]
+    assert "rough guess" in dock.estimate_label.text()  # a cancelled run is not timed
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
 
 
 def test_screenshot_of_the_dock_is_not_blank(make_dock: Any, tmp_path: Path) -> None:
@@ -281,3 +309,22 @@ def test_screenshot_of_the_dock_is_not_blank(make_dock: Any, tmp_path: Path) -> 
     colours = {image.pixel(x, y) for x in range(0, 480, 4) for y in range(0, 900, 4)}
     assert len(colours) > 20
     dock.hide()
+
+
+def test_plugin_creates_the_dock_and_unload_disconnects_it(qgis_iface: Any, msfm_provider: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.plugin import MsfmPlugin
+
+    # The session's provider is already registered: a second one would be rejected (and deleted) by the registry.
+    monkeypatch.setattr(MsfmPlugin, "initProcessing", lambda self: None)
+    plugin = MsfmPlugin(qgis_iface)
+    plugin.initGui()
+    dock = plugin.dock
+    assert dock.objectName() == "MsfmDock" and not dock.isVisible()
+    plugin.unload()
+    assert plugin.dock is None and dock.layer is None
+    qgis_iface.currentLayerChanged.emit(raster(*S2))  # the unloaded dock no longer follows the iface
+    assert dock.layer is None
+    assert QgsApplication.processingRegistry().providerById("msfm") is msfm_provider
