@@ -514,11 +514,13 @@ class MsfmDock(QgsDockWidget):
         """Model pixels per layer pixel: the spin box, or the sensor preset's default when it is 0."""
         if self.scale_spin.value() > 0:
             return max(self.scale_spin.value(), 0.05)
-        inference = runtime.engine_module("inference")
-        if self.mapping is not None:
-            return inference.default_scale(self.mapping)
-        if self.sensor() != base.AUTO_SENSOR:
-            return float(runtime.engine_module("sensors").get_sensor(self.sensor()).default_scale)
+        try:
+            if self.mapping is not None:
+                return float(runtime.engine_module("inference").default_scale(self.mapping))
+            if self.sensor() != base.AUTO_SENSOR:
+                return float(runtime.engine_module("sensors").get_sensor(self.sensor()).default_scale)
+        except Exception:  # engine dependencies missing: the band table already says why
+            pass
         return 1.0
 
     def tile_count(self) -> Optional[int]:
