@@ -180,7 +180,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         path = write_pca_raster(res.path, args.pca, 3)
         with rasterio.open(path) as ds:
             explained = json.loads(ds.tags()["MSFM_PCA_EXPLAINED"])
-        print(f"{path}: principal components 1–3 explain " + ", ".join(f"{v:.0%}" for v in explained) + " of the variance")
+        shares = ", ".join(f"{v:.0%}" for v in explained)
+        print(f"{path}: principal components 1–3 explain {shares} of the variance")
     if args.quicklook:
         from .quicklook import embedding_quicklook
 

@@ -50,7 +50,9 @@ def _fit(grid: Any, n: int, max_samples: int, seed: int) -> tuple[np.ndarray, np
     return mean.astype(np.float32), components.astype(np.float32), ratio.astype(np.float32)
 
 
-def principal_components(grid: Any, n: int = 3, max_samples: int = 50000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def principal_components(
+    grid: Any, n: int = 3, max_samples: int = 50000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Principal components of an embedding raster, fitted on a spatially spread sample of its valid cells.
 
     Args:
@@ -71,7 +73,7 @@ def principal_components(grid: Any, n: int = 3, max_samples: int = 50000, seed: 
 
 
 def project(values: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Project ``[D, ...]`` embeddings onto ``components [n, D]`` → ``[n, ...]`` float32; NaN where any band is NaN."""
+    """Project ``[D, ...]`` embeddings onto ``components [n, D]`` → ``[n, ...]`` float32 (NaN where a band is NaN)."""
     d = values.shape[0]
     x = values.reshape(d, -1).T
     ok = np.isfinite(x).all(axis=1)

@@ -135,7 +135,8 @@ class Region:
         if isinstance(self.geometries, Mapping) or hasattr(self.geometries, "__geo_interface__"):
             raise InputRasterError("region geometries must be a sequence of geometries; wrap a single one in a tuple")
         geoms = tuple(
-            as_geometry(g, ("Polygon", "MultiPolygon"), f"region geometry {i + 1}") for i, g in enumerate(self.geometries)
+            as_geometry(g, ("Polygon", "MultiPolygon"), f"region geometry {i + 1}")
+            for i, g in enumerate(self.geometries)
         )
         object.__setattr__(self, "geometries", geoms)
 

@@ -138,7 +138,7 @@ def query_vector(grid: Any, query: Sequence[Any]) -> tuple[np.ndarray, int]:
         count += int(ok.sum())
     if count == 0:
         detail = "; ".join(
-            f"{i + 1}: {_describe(g)} → {'no cell (outside the raster)' if not len(p) else f'{len(p)} nodata cell(s)'}"
+            f"{i + 1}: {_describe(g)} → " + (f"{len(p)} nodata cell(s)" if len(p) else "no cell (outside the raster)")
             for i, (g, p) in enumerate(zip(geometries, parts))
         )
         raise InputRasterError(

@@ -126,7 +126,8 @@ def pixel_row_bands(
             win = Window(int(target.col_off + part.col_off), row, int(part.width), h)
             out[:, :, int(part.col_off) : int(part.col_off + part.width)] = compute(win)
         band_window = Window(int(target.col_off), row, int(target.width), h)
-        inside = region.pixel_mask(window_transform(band_window, source.transform), (h, int(target.width))) if region else None
+        shape = (h, int(target.width))
+        inside = region.pixel_mask(window_transform(band_window, source.transform), shape) if region else None
         if inside is not None:
             out[:, ~inside] = fill
         yield band_window, out

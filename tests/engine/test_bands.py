@@ -464,7 +464,8 @@ def test_parse_overrides_text_form() -> None:
     text = "4=red_2; 5=842.5, B8=near_infrared_1 ; 1=drop"
     assert parse_overrides(text) == {4: "red_2", 5: 842.5, "B8": "near_infrared_1", 1: "drop"}
     assert parse_overrides("") == {} and parse_overrides(" \n ; ,") == {}
-    assert parse_overrides("1 = 665nm\n2=green_1\n3=blue_3,\n4=DROP\n") == {1: 665.0, 2: "green_1", 3: "blue_3", 4: "drop"}
+    lines = "1 = 665nm\n2=green_1\n3=blue_3,\n4=DROP\n"
+    assert parse_overrides(lines) == {1: 665.0, 2: "green_1", 3: "blue_3", 4: "drop"}
     # The text form feeds the resolver directly.
     mapping = resolve_bands(shared_file(*NAIP), overrides=parse_overrides("1=red_2; 2=green_2; 3=blue_1; 4=842"))
     assert mapping.keys == ["red_2", "green_2", "blue_1", "near_infrared_1"]

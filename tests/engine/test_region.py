@@ -55,7 +55,8 @@ def test_region_window_mask_and_validation() -> None:
         np.testing.assert_array_equal(mask, r + c <= 99)
         assert Region(bounds=(left, bottom, right, top)).pixel_mask(t, (4, 4)) is None
         # Errors name the problem.
-        with pytest.raises(InputRasterError, match=r"does not overlap the raster .*\(440230, 4164720, 450470, 4174960\)"):
+        extents = r"does not overlap the raster .*\(440230, 4164720, 450470, 4174960\)"
+        with pytest.raises(InputRasterError, match=extents):
             Region(bounds=(0, 0, 100, 100)).window(ds)
     with pytest.raises(InputRasterError, match="left < right"):
         Region(bounds=(10, 0, 5, 100))
@@ -66,7 +67,8 @@ def test_region_window_mask_and_validation() -> None:
     with pytest.raises(InputRasterError, match="non-finite"):
         Region(geometries=[{"type": "Polygon", "coordinates": [[[0, 0], [1, float("nan")], [1, 1], [0, 0]]]}])
     with pytest.raises(InputRasterError, match="do not overlap"):
-        Region(bounds=(0, 0, 1, 1), geometries=[{"type": "Polygon", "coordinates": [[[5, 5], [6, 5], [6, 6], [5, 5]]]}]).extent()
+        away = {"type": "Polygon", "coordinates": [[[5, 5], [6, 5], [6, 6], [5, 5]]]}
+        Region(bounds=(0, 0, 1, 1), geometries=[away]).extent()
 
 
 def test_region_embeddings_read_the_window_exactly_and_skip_tiles_outside_polygons(
@@ -83,7 +85,8 @@ def test_region_embeddings_read_the_window_exactly_and_skip_tiles_outside_polygo
         reader = RasterReader(ds, mapping, band_statistics(ds, mapping), 1.0, "bilinear", box)
         try:
             assert reader.window == Window(224, 224, 448, 448) and reader.transform == t * Affine.translation(224, 224)
-            np.testing.assert_array_equal(reader.view.read(mapping.indexes), ds.read(mapping.indexes, window=reader.window))
+            direct = ds.read(mapping.indexes, window=reader.window)
+            np.testing.assert_array_equal(reader.view.read(mapping.indexes), direct)
             np.testing.assert_array_equal(reader.view.read_masks(1), ds.read_masks(1, window=reader.window))
         finally:
             reader.close()
@@ -122,7 +125,8 @@ def test_region_errors_leave_nothing(model: SmartiesEncoder, tmp_path: Path) -> 
     with pytest.raises(InputRasterError, match="does not overlap the raster"):
         embed_raster(src_path, tmp_path / "a.tif", model, settings=SCALE1, region=Region(bounds=(0, 0, 10, 10)))
     with pytest.raises(InputRasterError, match="holds no valid pixel"):
-        embed_raster(src_path, tmp_path / "b.tif", model, settings=SCALE1, region=Region(bounds=(left, bottom, right, top)))
+        embed_raster(src_path, tmp_path / "b.tif", model, settings=SCALE1,
+                     region=Region(bounds=(left, bottom, right, top)))
     assert list(tmp_path.iterdir()) == []
 
 
