@@ -24,6 +24,7 @@ matched preset band; ``None`` tells the caller to estimate them from the raster.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -163,6 +164,12 @@ class BandMapping:
     def keys(self) -> list[str | None]:
         """The range key of each embedded band (``None`` for interpolated ones), aligned with :attr:`indexes`."""
         return [b.key for b in self.bands]
+
+    def with_stats(self, stats: Sequence[BandStats]) -> BandMapping:
+        """A copy whose bands carry ``stats`` (one per band, e.g. :func:`engine.inference.band_statistics`)."""
+        if len(stats) != len(self.bands):
+            raise ValueError(f"expected {len(self.bands)} statistics (one per band), got {len(stats)}")
+        return dataclasses.replace(self, bands=tuple(dataclasses.replace(b, stats=s) for b, s in zip(self.bands, stats)))
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,6 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_bands(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .bands import describe_mapping, resolve_bands
     from .inference import band_statistics
     from .readers import open_raster
@@ -124,9 +122,8 @@ def cmd_bands(args: argparse.Namespace) -> int:
     with open_raster(args.input) as ds:
         mapping = resolve_bands(ds, sensor=args.sensor, overrides=_parse_band_overrides(args.band))
         # Show the statistics inference will use, including those estimated from the raster.
-        stats = band_statistics(ds, mapping)
-    bands = tuple(dataclasses.replace(b, stats=s) for b, s in zip(mapping.bands, stats))
-    print(describe_mapping(dataclasses.replace(mapping, bands=bands)))
+        mapping = mapping.with_stats(band_statistics(ds, mapping))
+    print(describe_mapping(mapping))
     return 0
 
 

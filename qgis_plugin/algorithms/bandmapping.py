@@ -32,17 +32,13 @@ class BandMappingReport(MsfmAlgorithm):
             "OUTPUT", "Report", fileFilter="HTML files (*.html)", optional=True, createByDefault=True))
 
     def compute(self, parameters, context, feedback) -> dict:
-        import dataclasses
-
         bands = runtime.engine_module("bands")
         inference = runtime.engine_module("inference")
         readers = runtime.engine_module("readers")
         source = self.layer_path(parameters, context, feedback)
         with readers.open_raster(source) as ds:
             mapping = bands.resolve_bands(ds, **self.band_arguments(parameters, context))
-            stats = inference.band_statistics(ds, mapping)  # what inference will use, estimated ones included
-        mapping = dataclasses.replace(
-            mapping, bands=tuple(dataclasses.replace(b, stats=s) for b, s in zip(mapping.bands, stats)))
+            mapping = mapping.with_stats(inference.band_statistics(ds, mapping))  # estimated ones included
         text = bands.describe_mapping(mapping)
         feedback.pushInfo(text)
         outputs = {
