@@ -10,7 +10,8 @@ the engine vendored as the subpackage ``msfm/engine/`` (with its data files and 
 fixed compression level — so two builds of the same tree are byte-identical. It fails (exit 1, with the reason) when
 a listed path is missing, when two files would land on the same path, or when a shipped Python file imports a
 top-level ``engine`` or ``training`` (the plugin must reach its engine through relative imports or
-``runtime.engine_module``). Standard library only.
+``runtime.engine_module``) or a Qt binding directly (``PyQt5``/``PyQt6``: Qt goes through ``qgis.PyQt``, so the
+plugin runs on Qt5 and Qt6 builds of QGIS). Standard library only.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ PLUGIN_SOURCE = "qgis_plugin"
 #: Folder names never shipped, wherever they are.
 EXCLUDED_DIRS = frozenset({"__pycache__", "tests", "training", "bench"})
 EXCLUDED_SUFFIXES = frozenset({".pyc", ".pyo", ".orig", ".rej", ".swp", ".bak"})
-#: Top-level modules shipped Python code must not import absolutely (they would not exist in QGIS's Python).
-FORBIDDEN_IMPORTS = frozenset({"engine", "training", "qgis_plugin"})
+#: Top-level modules shipped Python code must not import absolutely: ours would not exist in QGIS's Python, and Qt
+#: bindings are reached through ``qgis.PyQt`` (Qt5 and Qt6 builds of QGIS).
+FORBIDDEN_IMPORTS = frozenset({"engine", "training", "qgis_plugin", "PyQt5", "PyQt6"})
 #: Timestamp of every entry (the earliest a zip can hold), so that builds are reproducible.
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 COMPRESS_LEVEL = 9
