@@ -53,6 +53,17 @@ def layer_for(project: Any, path: str) -> Any:
     return found[0]
 
 
+def write_gpkg(layer: Any, path: Path) -> Path:
+    """Save a memory layer as a GeoPackage (how users hand points/polygons to the algorithms)."""
+    from qgis.core import QgsCoordinateTransformContext, QgsVectorFileWriter
+
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, str(path), QgsCoordinateTransformContext(), options)
+    assert error[0] == QgsVectorFileWriter.NoError, error
+    return path
+
+
 def s2_window_extent(ds: Any, rows: slice, cols: slice) -> str:
     """Processing extent string ``xmin,xmax,ymin,ymax [CRS]`` of a pixel window of ``ds``."""
     left, top = ds.transform * (cols.start, rows.start)
@@ -72,15 +83,13 @@ def s2_water_point(tmp_path: Path) -> tuple[Path, Any, tuple[float, float]]:
         x, y = ds.transform * (cols.start + c + 0.5, rows.start + r + 0.5)
         extent = s2_window_extent(ds, rows, cols)
         crs = ds.crs.to_string()
-    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorFileWriter, QgsVectorLayer
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
 
     layer = QgsVectorLayer(f"Point?crs={crs}", "query", "memory")
     feature = QgsFeature()
     feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
     layer.dataProvider().addFeatures([feature])
-    out = tmp_path / "query.gpkg"
-    QgsVectorFileWriter.writeAsVectorFormat(layer, str(out), "utf-8", layer.crs(), "GPKG")
-    return out, extent, (rows, cols, ndwi)
+    return write_gpkg(layer, tmp_path / "query.gpkg"), extent, (rows, cols, ndwi)
 
 
 def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider: Any) -> None:
@@ -190,7 +199,7 @@ def test_similarity_to_a_water_point_is_highest_on_water(msfm_provider: Any, tmp
 
 
 def test_mask_polygon_limits_the_output(msfm_provider: Any, tmp_path: Path) -> None:
-    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorFileWriter, QgsVectorLayer
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
 
     path = shared_file("data", *NAIP)
     with rasterio.open(path) as ds:
@@ -202,8 +211,7 @@ def test_mask_polygon_limits_the_output(msfm_provider: Any, tmp_path: Path) -> N
     feature = QgsFeature()
     feature.setGeometry(QgsGeometry.fromWkt(f"POLYGON(({x0} {y0}, {x1} {y0}, {x0} {y1}, {x0} {y0}))"))
     mask.dataProvider().addFeatures([feature])
-    gpkg = tmp_path / "mask.gpkg"
-    QgsVectorFileWriter.writeAsVectorFormat(mask, str(gpkg), "utf-8", mask.crs(), "GPKG")
+    gpkg = write_gpkg(mask, tmp_path / "mask.gpkg")
     out = str(tmp_path / "masked.tif")
     run("cluster", {"INPUT": str(path), "SENSOR": "naip_rgbn", "MASK": str(gpkg), "K": 3, "OUTPUT": out, **FAST})
     with rasterio.open(out) as classes:
