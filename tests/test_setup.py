@@ -68,6 +68,15 @@ def test_class_factory_with_iface(qgis_iface) -> None:
     """Load and unload the plugin against pytest-qgis's stub QgisInterface."""
     import qgis_plugin
 
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    registered_before = registry.providerById("msfm") is not None  # e.g. by the plugin tests' session fixture
     plugin = qgis_plugin.classFactory(qgis_iface)
     plugin.initGui()
+    assert registry.providerById("msfm") is not None and len(registry.providerById("msfm").algorithms()) == 5
+    assert (plugin.provider is None) == registered_before  # a second provider with the same id is not kept
+    assert plugin.dock is not None and plugin.action is not None
     plugin.unload()
+    assert plugin.dock is None and plugin.action is None and plugin.provider is None
+    assert (registry.providerById("msfm") is not None) == registered_before
