@@ -36,6 +36,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsRasterBlockFeedback,
     QgsRasterDataProvider,
     QgsRasterFileWriter,
     QgsRasterLayer,
@@ -242,19 +243,21 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         self._layer_size = (layer.width(), layer.height())
         if layer.providerType() == "gdal":
             self.source = layer.source()
-        else:  # a WMS/virtual/database raster: read through a clone of its provider in the worker thread
+        else:  # a WMS/virtual/database raster: the worker thread reads a clone of its provider
             self._clone = layer.dataProvider().clone()
             self.source = None
         return True
 
     def layer_path(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> str:
-        """A GDAL-readable path of the input: the layer's file, or an export of its cloned provider (worker thread).
+        """A GDAL-readable path of the input: the layer's file, or an export through its data provider.
 
-        The export covers ``EXTENT`` when given (the whole layer otherwise) at the layer's native resolution.
+        Layers that are not files (virtual, database, web rasters) are read through the clone of their provider made
+        in ``prepareAlgorithm`` (a layer's own provider belongs to the main thread) and exported to a temporary
+        GeoTIFF covering ``EXTENT`` when given (the whole layer otherwise) at the layer's native resolution.
         """
         if self.source is not None:
             return self.source
-        provider = self._clone
+        provider, self._clone = self._clone, None
         if provider is None or not provider.capabilities() & QgsRasterDataProvider.Size:
             raise QgsProcessingException(
                 "This layer has no native pixel size (e.g. a WMS/XYZ web layer). Save the area you need as a "
@@ -272,10 +275,14 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         self._tmp = tempfile.TemporaryDirectory(prefix="msfm-layer-")
         path = os.path.join(self._tmp.name, "layer.tif")
         pipe = QgsRasterPipe()
-        pipe.set(provider.clone())
+        pipe.set(provider)  # the pipe owns the clone from now on
         writer = QgsRasterFileWriter(path)
+        block_feedback = QgsRasterBlockFeedback()
+        feedback.canceled.connect(block_feedback.cancel)
         error = writer.writeRaster(pipe, max(1, round(extent.width() / res_x)), max(1, round(extent.height() / res_y)),
-                                   extent, provider.crs(), context.transformContext(), feedback)
+                                   extent, provider.crs(), context.transformContext(), block_feedback)
+        if feedback.isCanceled():
+            raise QgsProcessingException("Cancelled while reading the layer; no output written.")
         if error != QgsRasterFileWriter.NoError:
             raise QgsProcessingException(f"Could not read the layer through its data provider (error {error}).")
         feedback.pushInfo(f"Layer read through its data provider into {path}")

@@ -351,3 +351,23 @@ def test_batch_dialog_runs_one_row_per_raster(msfm_provider: Any, qgis_iface: An
     assert len(loaded) == 2 and all(isinstance(lyr.renderer(), QgsPalettedRasterRenderer) for lyr in loaded)
     QgsProject.instance().clear()
     dialog.deleteLater()
+
+
+def test_non_file_layer_is_read_through_a_cloned_provider(msfm_provider: Any, tmp_path: Path) -> None:
+    """A layer QGIS computes (virtual raster: the S1 VV band by formula) is read through its provider, not a path."""
+    from qgis.core import QgsRasterLayer
+
+    path = shared_file("data", *S1)
+    src = QgsRasterLayer(str(path), "s1")
+    e = src.extent()
+    uri = (f"?crs={src.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"
+           f"&width={src.width()}&height={src.height()}&formula=%22s1@1%22&s1:uri={path}&s1:provider=gdal")
+    layer = QgsRasterLayer(uri, "vv (virtual)", "virtualraster")
+    assert layer.isValid() and layer.providerType() == "virtualraster"
+    out = str(tmp_path / "virtual_embeddings.tif")
+    result = run("embed", {"INPUT": layer, "BAND_OVERRIDES": "1=microwave_1", "OUTPUT": out, **FAST})
+    assert json.loads(result["BANDS"]) == ["microwave_1"]
+    with rasterio.open(path) as s1, rasterio.open(out) as emb:
+        assert emb.count == D_DEMO and emb.crs == s1.crs
+        assert np.allclose([emb.bounds.left, emb.bounds.top], [s1.bounds.left, s1.bounds.top])
+        assert np.isfinite(emb.read(1)).all()
