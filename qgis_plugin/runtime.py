@@ -13,6 +13,7 @@ No Qt import here: this module is used from Processing's worker threads and from
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import os
@@ -28,6 +29,8 @@ __all__ = (
     "diagnostics",
     "engine_module",
     "engine_version",
+    "host_exports_blas",
+    "import_torch",
     "install_instructions",
     "missing_packages",
     "require",
@@ -142,17 +145,55 @@ def _version(module: str) -> str:
     if importlib.util.find_spec(module) is None:
         return "not installed"
     try:
-        mod = importlib.import_module(module)
+        mod = import_torch() if module == "torch" else importlib.import_module(module)
     except Exception as exc:  # a broken install must still be reported, not crash the report
         return f"import failed: {exc}"
     return str(getattr(mod, "__version__", "installed"))
+
+
+def host_exports_blas() -> bool:
+    """True when the process exports a BLAS in its global symbol scope (``sgemm_`` resolvable without a library).
+
+    The QGIS and ``qgis_process`` executables link GDAL, which on Debian/Ubuntu pulls the system OpenBLAS in at
+    start-up, globally. A library loaded later that calls ``sgemm_`` (torch's CPU matrix products do) then gets
+    that BLAS instead of its own MKL: measured 41 instead of 234 GFLOP/s here (``bench/host_blas.py``). A plain
+    Python interpreter that imports ``qgis.core`` loads GDAL locally and is not affected.
+    """
+    try:
+        return hasattr(ctypes.CDLL(None), "sgemm_")
+    except OSError:  # no dlopen(NULL) on this platform
+        return False
+
+
+def import_torch() -> ModuleType:
+    """Import torch so that it keeps its own BLAS inside a QGIS process (see :func:`host_exports_blas`).
+
+    When the host exports a BLAS, torch's libraries are loaded with ``RTLD_DEEPBIND`` (glibc): their symbols
+    resolve inside torch first, so GEMMs run on torch's MKL. Elsewhere this is a plain ``import torch``. Every
+    torch import of the plugin goes through here first; the engine's own ``import torch`` then finds the module.
+
+    Raises:
+        DependencyError: torch is not installed.
+    """
+    if "torch" in sys.modules:
+        return sys.modules["torch"]
+    if importlib.util.find_spec("torch") is None:
+        raise DependencyError(["torch"])
+    flags = sys.getdlopenflags()
+    if host_exports_blas() and hasattr(os, "RTLD_DEEPBIND"):
+        sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+    try:
+        import torch
+    finally:
+        sys.setdlopenflags(flags)
+    return torch
 
 
 def device_report() -> str:
     """One line on the compute devices torch sees (imports torch; call it from a worker thread or on demand)."""
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed"
-    import torch
+    torch = import_torch()
 
     built = torch.version.cuda
     if torch.cuda.is_available():
@@ -161,6 +202,15 @@ def device_report() -> str:
     if built:
         return f"no CUDA GPU visible to torch {torch.__version__} (built for CUDA {built}); running on CPU"
     return f"CPU only: torch {torch.__version__} is a CPU build; install a CUDA build of torch to use an NVIDIA GPU"
+
+
+def cpu_threads() -> str:
+    """The CPU threads torch uses and the OpenMP/MKL libraries it found (imports torch)."""
+    torch = import_torch()
+
+    info = [line.strip() for line in torch.__config__.parallel_info().splitlines()]
+    omp = next((line for line in info if line.startswith("omp_get_max_threads")), "")
+    return f"torch CPU threads {torch.get_num_threads()} ({omp or 'no OpenMP'}; {os.cpu_count()} cores)"
 
 
 def diagnostics(qgis_version: Optional[str] = None) -> str:
@@ -176,6 +226,8 @@ def diagnostics(qgis_version: Optional[str] = None) -> str:
     for module in ("numpy", "rasterio", "torch", "onnxruntime", "safetensors", "huggingface_hub", "sklearn"):
         lines.append(f"- {module}: {_version(module)}")
     lines.append(f"- devices: {device_report()}")
+    if importlib.util.find_spec("torch") is not None:
+        lines.append(f"- {cpu_threads()}")
     if importlib.util.find_spec("rasterio") is not None:
         import rasterio
 

@@ -331,7 +331,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         name = path or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
         model = load_model(name)
         feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {len(model.blocks)} blocks)")
-        feedback.pushInfo(f"Devices: {runtime.device_report()}")
+        feedback.pushInfo(f"Devices: {runtime.device_report()}; {runtime.cpu_threads()}")
         return model
 
     @staticmethod
@@ -344,6 +344,8 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                          feedback: QgsProcessingFeedback) -> dict:
         try:
             runtime.require(self.NEEDS)
+            if "torch" in runtime.REQUIREMENTS[self.NEEDS]:
+                runtime.import_torch()  # before the engine imports it: keeps torch's own BLAS inside QGIS
             errors = runtime.engine_module("errors")
         except runtime.DependencyError as exc:
             raise QgsProcessingException(str(exc)) from exc
