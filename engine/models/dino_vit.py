@@ -242,7 +242,7 @@ class DinoViT(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [0.0] * depth
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # DINO's float32 schedule
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, self.mlp_hidden, r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=_LN_EPS)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
