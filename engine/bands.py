@@ -46,7 +46,15 @@ from .spectrum import (
     spectral_ranges,
 )
 
-__all__ = ("BandMapping", "DroppedBand", "ResolvedBand", "describe_mapping", "parse_overrides", "resolve_bands")
+__all__ = (
+    "BandMapping",
+    "DroppedBand",
+    "ResolvedBand",
+    "describe_mapping",
+    "parse_overrides",
+    "resolve_bands",
+    "select_band_families",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +276,77 @@ def resolve_bands(
             f"--band 1=red_1 on the command line or overrides={{1: 'red_1'}} in Python."
         )
     return BandMapping(tuple(resolved), tuple(dropped), chosen.id if chosen else None, sensor_reason)
+
+
+def _family_of(key: str | None) -> str | None:
+    """``"red"`` for ``red_1``/``red_2`` (not ``red_edge_1``), ``"green"``, ``"blue"``…: the key without its number."""
+    match = re.fullmatch(r"([a-z_]+?)_(\d+)", key or "")
+    return match.group(1) if match else None
+
+
+def _family_center_nm(family: str) -> float:
+    """Centre of the union of a family's ranges (red 650, green 543, blue 492.5 nm), for choosing among candidates."""
+    ranges = [r for r in spectral_ranges() if _family_of(r.key) == family]
+    return (min(r.min_nm for r in ranges) + max(r.max_nm for r in ranges)) / 2.0
+
+
+def select_band_families(mapping: BandMapping, families: Sequence[str]) -> BandMapping:
+    """Reduce a mapping to one band per range family, in the order given (for models with a fixed input stem).
+
+    A band belongs to a family when its range key is ``<family>_<n>`` (``red_1``, ``red_2`` are ``red``;
+    ``red_edge_1`` is not); interpolated bands (no key) belong to none. Where several bands qualify (WorldView's
+    Yellow and Red are both in ``red_1``), the one whose wavelength (else its range's centre) is nearest the centre of
+    the family's ranges wins, then the first in raster order. The other bands are moved to ``dropped`` with the
+    reason. Applying it twice gives the same mapping.
+
+    Args:
+        mapping: From :func:`resolve_bands`.
+        families: Range families in channel order, e.g. ``("red", "green", "blue")`` for X-STARS models
+            (``model.band_families``).
+
+    Returns:
+        A mapping whose ``bands`` are exactly one band per family, in ``families`` order.
+
+    Raises:
+        BandResolutionError: A family has no band; the message lists the resolved bands and the override that fixes
+            it.
+    """
+    wanted = tuple(families)
+    chosen: list[ResolvedBand] = []
+    missing = []
+    for family in wanted:
+        candidates = [b for b in mapping.bands if _family_of(b.key) == family]
+        if not candidates:
+            missing.append(family)
+            continue
+        center = _family_center_nm(family)
+
+        def distance(band: ResolvedBand, center: float = center) -> float:
+            nm = band.wavelength_nm if band.wavelength_nm is not None else get_range(band.key or "").center_nm
+            return abs(nm - center)
+
+        chosen.append(min(candidates, key=distance))  # min keeps the first of equals: raster order
+    if missing:
+        bands = ", ".join(f"{b.index} ({b.description or 'no description'}) → {b.key or b.projection.label}"
+                          for b in mapping.bands) or "none"
+        keys = {"red": "red_2", "green": "green_2", "blue": "blue_1"}
+        example = keys.get(missing[0], f"{missing[0]}_1")
+        raise BandResolutionError(
+            f"this model takes {', '.join(wanted)} bands in that order (range keys "
+            f"{', '.join(f'{f}_*' for f in wanted)}), but the raster has no {' and no '.join(missing)} band; its "
+            f"bands map to: {bands}. If a band is {missing[0]}, map it explicitly, e.g. --band N={example} / "
+            f"overrides={{N: '{example}'}}; otherwise use a raster with {', '.join(wanted)} bands."
+        )
+    names = ", ".join(wanted)
+    dropped = list(mapping.dropped)
+    for band in mapping.bands:
+        if band not in chosen:
+            family = _family_of(band.key)
+            why = (f"the model takes one {family} band and band {chosen[wanted.index(family)].index} is used"
+                   if family in wanted else f"the model takes only {names} bands")
+            dropped.append(DroppedBand(band.index, band.description, f"not used: {why}"))
+    dropped.sort(key=lambda d: d.index)
+    return dataclasses.replace(mapping, bands=tuple(chosen), dropped=tuple(dropped))
 
 
 def describe_mapping(mapping: BandMapping) -> str:

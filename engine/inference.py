@@ -3,7 +3,11 @@
 Pipeline (one pass, constant memory in the raster height):
 
 1. Resolve the raster's bands to SMARTIES projections (:func:`engine.bands.resolve_bands`) and their
-   normalisation statistics (the sensor preset's, or estimated from a decimated read of the raster).
+   normalisation statistics (the sensor preset's, or estimated from a decimated read of the raster). A model with a
+   fixed input stem declares the range families it takes (``model.band_families``, e.g. red, green, blue for the
+   X-STARS ViT): the mapping is reduced to one band of each, in that order
+   (:func:`engine.bands.select_band_families`), and its ``model.input_norm`` replaces the mean/std after the p1/p99
+   stretch to [0, 1] (:func:`model_statistics`).
 2. Optionally view the raster through a resampling :class:`rasterio.vrt.WarpedVRT` scaled by ``scale`` (SMARTIES
    saw 10 m imagery upsampled ~2×: BigEarthNet 120→224 px, EuroSAT 64→224 px; presets carry the default).
 3. Plan tiles of ``tile_size_px`` on the patch grid (:mod:`engine.tiling`), read them with rasterio windows in a
@@ -28,7 +32,7 @@ import math
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -40,7 +44,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from .bands import BandMapping, resolve_bands
+from .bands import BandMapping, resolve_bands, select_band_families
 from .blending import BlendKind, RowBlender
 from .errors import InferenceCancelled, InputRasterError
 from .normalize import BandStats, estimate_stats, normalize
@@ -56,6 +60,7 @@ __all__ = (
     "band_statistics",
     "default_scale",
     "embed_raster",
+    "model_statistics",
     "provide_embeddings",
     "select_device",
 )
@@ -319,6 +324,39 @@ def band_statistics(dataset: Any, mapping: BandMapping) -> list[BandStats]:
     return [band.stats if band.stats is not None else estimated[missing.index(i)] for i, band in enumerate(mapping.bands)]
 
 
+def model_statistics(model: Any, stats: Sequence[BandStats]) -> list[BandStats]:
+    """The statistics a model normalises with: the bands' own, or their p1/p99 with the model's mean/std.
+
+    The engine's first step, ``clip((x − p1) / (p99 − p1), 0, 1)``, puts every band on [0, 1] from the preset's or the
+    raster's percentiles. A model trained on images already on [0, 1] with fixed per-channel statistics (X-STARS: 8-bit
+    PNGs divided by 255, then ``Normalize(args.mean, args.std)``, spec xstars.md §2, §5) declares them as
+    ``model.input_norm`` (:class:`engine.models.dino_vit.ChannelNorm`); the percentile stretch stands in for the PNG
+    rendering, and the model's mean/std replace the bands'.
+
+    Args:
+        model: A loaded model; ``input_norm`` is optional (SMARTIES encoders have none).
+        stats: One :class:`BandStats` per selected band, in channel order.
+
+    Returns:
+        ``stats`` unchanged, or with ``mean``/``std`` from ``model.input_norm`` and ``source`` extended.
+
+    Raises:
+        InputRasterError: The model's normalisation has another channel count than the selected bands.
+    """
+    norm = getattr(model, "input_norm", None)
+    if norm is None:
+        return list(stats)
+    if len(norm.mean) != len(stats):
+        raise InputRasterError(
+            f"the model normalises {len(norm.mean)} channels but {len(stats)} bands are selected; select "
+            f"{len(norm.mean)} bands (model.band_families)"
+        )
+    return [
+        replace(s, mean=float(m), std=float(d), source=f"{s.source} p1/p99; mean/std {norm.source}")
+        for s, m, d in zip(stats, norm.mean, norm.std)
+    ]
+
+
 def default_scale(mapping: BandMapping) -> float:
     """The sensor preset's resampling factor, or 1.0 when no preset is known."""
     if mapping.sensor is None:
@@ -402,7 +440,10 @@ def _embed(
     if dataset.crs is None:
         log.warning("%s has no CRS: the output will not be georeferenced either", dataset.name)
     mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
-    stats = band_statistics(dataset, mapping)
+    families = getattr(model, "band_families", None)
+    if families:
+        mapping = select_band_families(mapping, families)
+    stats = model_statistics(model, band_statistics(dataset, mapping))
     scale = settings.scale if settings.scale is not None else default_scale(mapping)
     reader = RasterReader(dataset, mapping, stats, scale, settings.resampling, region)
     try:
@@ -447,7 +488,7 @@ def _run(
         "MSFM_KIND": "embeddings",
         "MSFM_MODEL": str(getattr(model, "model_name", None) or getattr(model, "weights_path", "unknown")),
         "MSFM_SOURCE": str(source),
-        "MSFM_OUTPUT": "grid: last-block patch tokens before the final norm",
+        "MSFM_OUTPUT": "grid: " + getattr(model, "grid_output", "last-block patch tokens before the final norm"),
         "MSFM_BAND_INDEXES": json.dumps(list(mapping.indexes)),
         "MSFM_BANDS": json.dumps([b.projection.label for b in mapping.bands]),
         "MSFM_SENSOR": str(mapping.sensor),

@@ -1,4 +1,4 @@
-"""SMARTIES models: the encoder, strict checkpoint loading and the named-model registry.
+"""Models: the SMARTIES encoder, the DINO / X-STARS ViT, strict checkpoint loading and the named-model registry.
 
 Typical use::
 
@@ -6,8 +6,9 @@ Typical use::
     model = load_model("smarties-vit-b")                     # registry name (Hub cache / download)
     model = load_model("weights/my-run.safetensors")         # or a file, or a folder with one .safetensors
     emb = model.encode(x, ["red_2", "green_2", "blue_1"])    # x: float32 [B, C, H, W], normalised
+    xstars = load_model("checkpoint.pth")                    # a DINO / X-STARS checkpoint: the teacher ViT (RGB)
 
-Sources: spec smarties.md §1.4–§1.8.
+Sources: spec smarties.md §1.4–§1.8; spec xstars.md §1, §6 (DINO / X-STARS).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # torch is imported on first use only, so the registry works 
     import torch
 
     from .checkpoint import Checkpoint
+    from .dino_vit import DinoViT
     from .smarties import SmartiesEncoder
 
 #: Names that need torch, imported on first access (PEP 562).
@@ -43,6 +45,12 @@ _TORCH_NAMES = {
     "read_checkpoint": ".checkpoint",
     "save_encoder": ".checkpoint",
     "SmartiesEncoder": ".smarties",
+    "DINOHead": ".dino_vit",
+    "DinoViT": ".dino_vit",
+    "MultiCropWrapper": ".dino_vit",
+    "build_dino_model": ".torch_checkpoint",
+    "read_dino_checkpoint": ".torch_checkpoint",
+    "save_dino_checkpoint": ".torch_checkpoint",
 }
 
 
@@ -53,15 +61,21 @@ def __getattr__(name: str) -> Any:
 
 __all__ = (
     "Checkpoint",
+    "DINOHead",
+    "DinoViT",
     "ModelSpec",
+    "MultiCropWrapper",
     "SmartiesEncoder",
+    "build_dino_model",
     "download_model",
     "get_model_spec",
     "list_models",
     "load_model",
     "model_info",
     "read_checkpoint",
+    "read_dino_checkpoint",
     "resolve_weights",
+    "save_dino_checkpoint",
     "save_encoder",
     "snapshot_commit",
 )
@@ -179,8 +193,16 @@ def load_model(
     num_heads: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
     averaging: Optional[Averaging] = None,
-) -> SmartiesEncoder:
-    """Load a SMARTIES encoder from a registry name, a ``.safetensors`` file or a folder, strictly.
+    which: Optional[str] = None,
+) -> Union[SmartiesEncoder, DinoViT]:
+    """Load a SMARTIES encoder or a DINO / X-STARS ViT from a registry name, a file or a folder, strictly.
+
+    A ``.pth`` file, or a ``.safetensors`` file with DINO key names (``patch_embed.proj.weight``), is read as a DINO /
+    X-STARS checkpoint (:func:`~engine.models.torch_checkpoint.read_dino_checkpoint`: safe unpickling, strict keys)
+    and gives a :class:`~engine.models.dino_vit.DinoViT` (backbone only; the DINO head is checked, not loaded) that
+    takes red, green, blue and normalises them with the checkpoint's ``args.mean/std`` (else the X-STARS
+    ``sentinel_landsat`` preset, spec xstars.md §5). Its number of heads comes from ``num_heads``, the file's
+    config, ``args.arch`` or D/64. Everything below describes SMARTIES files.
 
     The geometry (D, depth, patch size, position grid, MLP width) is read from the tensors. The number of heads is
     not stored in them; it is taken, in order, from ``num_heads``, the file's ``config`` metadata, a
@@ -194,24 +216,36 @@ def load_model(
         device: Torch device for the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
         averaging: Weights of the averaged ranges 17/18 (``"linear"`` or ``"reference"`` for bit-exact parity with
             the reference code, see :mod:`engine.spectrum`); default from the file's config, else ``"linear"``.
+            SMARTIES only.
+        which: DINO / X-STARS only: the network to load, ``"teacher"`` (default, DINO's convention) or
+            ``"student"``.
 
     Returns:
         The encoder in eval mode on ``device`` (float32). Extra attributes: ``weights_path`` (Path),
-        ``model_name`` (registry name or None), ``checkpoint_layout`` (``"encoder"``, ``"mae"``, ``"head:..."``),
-        ``global_pool`` (True when the file held ``fc_norm`` instead of ``norm``).
+        ``model_name`` (registry name or None), ``checkpoint_layout`` (``"encoder"``, ``"mae"``, ``"head:..."``,
+        ``"dino:teacher"``, ``"dino:student"``, ``"dino:state"``), ``global_pool`` (True when the file held
+        ``fc_norm`` instead of ``norm``).
 
     Raises:
         engine.errors.ModelNotAvailableError: Unknown name, missing path, or a Hub model that is not cached while
             offline (the message gives ``msfm models download NAME``).
         engine.errors.CheckpointError: The file is unreadable or breaks the strict key rule, a config contradicts
             the tensors, or the number of heads cannot be determined or does not divide D.
-        ValueError: Invalid ``averaging``.
+        ValueError: Invalid ``averaging``; ``averaging`` given for a DINO file or ``which`` for a SMARTIES file.
     """
     path = resolve_weights(path_or_name)
     import torch
 
     from .checkpoint import read_checkpoint
     from .smarties import SmartiesEncoder
+    from .torch_checkpoint import is_dino_checkpoint
+
+    if is_dino_checkpoint(path):
+        if averaging is not None:
+            raise ValueError(f"averaging applies to SMARTIES checkpoints; {path.name} is a DINO / X-STARS checkpoint")
+        return _load_dino(path, which or "teacher", num_heads, device)
+    if which is not None:
+        raise ValueError(f"which={which!r} applies to DINO / X-STARS checkpoints; {path.name} is a SMARTIES file")
 
     checkpoint = read_checkpoint(path)
     geometry = checkpoint.geometry
@@ -252,3 +286,25 @@ def load_model(
         geometry.grid_size, mode, device,
     )
     return model
+
+
+def _load_dino(path: Path, which: str, num_heads: Optional[int], device: Union[str, torch.device]) -> DinoViT:
+    """The backbone of a DINO / X-STARS checkpoint, ready for the engine (see :func:`load_model`)."""
+    import torch
+
+    from .torch_checkpoint import build_dino_model, read_dino_checkpoint
+
+    checkpoint = read_dino_checkpoint(path, which=which, with_head=False)
+    model = build_dino_model(checkpoint, num_heads=num_heads)
+    model = model.to(torch.device(device)).eval()
+    model.weights_path = path
+    model.model_name = None
+    model.checkpoint_layout = checkpoint.layout
+    model.global_pool = False
+    geometry = checkpoint.geometry
+    logger.info(
+        "loaded %s (%s, D=%d, depth %d, %d heads from %s, patch %d, grid %d, inputs R, G, B normalised with %s) on %s",
+        path, checkpoint.layout, geometry.embed_dim, geometry.depth, model.num_heads, model.num_heads_source,
+        geometry.patch_size, geometry.grid_size, model.input_norm.source, device,
+    )
+    return model  # type: ignore[no-any-return]

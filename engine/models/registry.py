@@ -1,7 +1,9 @@
 """Named SMARTIES weights: where they live (Hugging Face Hub or bundled), and how to get a local file.
 
 Every function that takes a model name also takes a local ``.safetensors`` file or a folder holding exactly one
-``.safetensors`` file (plus an optional ``config.json``), so an offline machine can always point at a file.
+``.safetensors`` file (plus an optional ``config.json``), so an offline machine can always point at a file. A DINO /
+X-STARS ``.pth`` checkpoint (or a folder holding exactly one) works too; X-STARS weights are distributed outside the
+Hub (spec xstars.md §6), so they have no registry entry.
 
 Hub downloads go through :func:`huggingface_hub.hf_hub_download` and its cache. ``huggingface_hub`` reads its
 environment (``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``) once at import time; this module reads ``os.environ`` at call
@@ -305,25 +307,29 @@ def _bundled_path(spec: ModelSpec) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- resolution
+#: Weight files a folder may hold: SMARTIES / DINO safetensors, DINO / X-STARS torch checkpoints.
+_WEIGHT_SUFFIXES = (".safetensors", ".pth")
+
+
 def _resolve_local(path: Path) -> Path:
     if path.is_file():
         return path
-    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix == ".safetensors")
+    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
         raise ModelNotAvailableError(
-            f"folder {path} holds no .safetensors file; pass the checkpoint file itself or a folder with exactly one "
-            ".safetensors file (plus an optional config.json)"
+            f"folder {path} holds no .safetensors or .pth file; pass the checkpoint file itself or a folder with "
+            "exactly one weights file (plus an optional config.json)"
         )
     raise ModelNotAvailableError(
-        f"folder {path} holds {len(candidates)} .safetensors files ({', '.join(p.name for p in candidates)}); pass "
+        f"folder {path} holds {len(candidates)} weight files ({', '.join(p.name for p in candidates)}); pass "
         "the path of the one to use"
     )
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith(".safetensors") or os.sep in text or "/" in text or text.startswith((".", "~"))
+    return text.endswith(_WEIGHT_SUFFIXES) or os.sep in text or "/" in text or text.startswith((".", "~"))
 
 
 def resolve_weights(name_or_path: Union[str, PathLike], download: bool = True) -> Path:
@@ -439,7 +445,7 @@ def model_info(name: Union[str, PathLike]) -> dict[str, Any]:
     """Everything known about a model without touching the network.
 
     Args:
-        name: Registry name, or a ``.safetensors`` file / folder.
+        name: Registry name, or a ``.safetensors`` / ``.pth`` file, or a folder.
 
     Returns:
         For a name: the :class:`ModelSpec` fields plus ``available`` (bool: a local file exists), ``cached``
@@ -447,17 +453,23 @@ def model_info(name: Union[str, PathLike]) -> dict[str, Any]:
         ``local_path`` (str or None), ``commit`` (Hub snapshot commit or None), ``sha256`` (from the cache blob
         name when available) and, when a local file exists, ``layout`` and ``geometry`` read from its header
         (``error`` instead when the file breaks the key rule). For a path: ``name``, ``local_path``, ``available``,
-        ``status``, ``layout``, ``geometry``, ``config``.
+        ``status``, ``layout``, ``geometry``, ``config``; for a DINO / X-STARS file also ``family`` (``"dino"``),
+        ``networks``, ``head``, ``epoch``, ``input_norm`` and ``args``
+        (:func:`engine.models.torch_checkpoint.dino_checkpoint_info`).
 
     Raises:
         engine.errors.ModelNotAvailableError: Unknown name, or a path that does not exist.
+        engine.errors.CheckpointError: A local file that cannot be read or breaks the strict key rule.
     """
     from .checkpoint import inspect_checkpoint
+    from .torch_checkpoint import dino_checkpoint_info, is_dino_checkpoint
 
     text = os.fspath(name)
     local = Path(text).expanduser()
     if local.exists() or not isinstance(name, str) or (_looks_like_path(text) and not _is_repo_id(text)):
         path = resolve_weights(local, download=False)
+        if is_dino_checkpoint(path):
+            return dino_checkpoint_info(path)
         info: dict[str, Any] = {"name": str(path), "local_path": str(path), "available": True, "status": "local file"}
         layout, config = inspect_checkpoint(path)
         info.update(_layout_fields(layout))

@@ -15,16 +15,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import torch
+from affine import Affine
+from rasterio.windows import Window
 from safetensors.torch import load_file, save_file
 
-from engine.errors import CheckpointError
+from engine.bands import resolve_bands, select_band_families
+from engine.errors import BandResolutionError, CheckpointError
+from engine.inference import InferenceSettings, embed_raster
+from engine.models import load_model, model_info
 from engine.models.dino_vit import ARCHS, DINOHead, DinoViT, MultiCropWrapper, dino_vit, xstars_norm
 from engine.models.torch_checkpoint import (
     build_dino_model,
     read_dino_checkpoint,
     save_dino_checkpoint,
 )
+from engine.region import Region
 from tests.conftest import shared_file
 
 ATOL = 1e-5  # fixtures README, "Tolerances": ViT/head outputs
@@ -226,7 +233,9 @@ def test_save_and_read_back_identically(tmp_path: Path, suffix: str) -> None:
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     optimizer.param_groups[0]["lr"] = np.float64(3.9e-4)  # as the numpy schedules set it (a numpy scalar)
     args = argparse.Namespace(arch="custom", mean=[0.3, 0.3, 0.2], std=[0.2, 0.2, 0.1], lr=np.float64(0.05))
-    extra = {"optimizer": optimizer.state_dict(), "dino_loss": {"center": torch.zeros(1, 24)}} if suffix == ".pth" else None
+    extra = None
+    if suffix == ".pth":
+        extra = {"optimizer": optimizer.state_dict(), "dino_loss": {"center": torch.zeros(1, 24)}}
     path = save_dino_checkpoint(tmp_path / f"ck{suffix}", teacher, student, args=args, epoch=3, extra=extra)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"ck{suffix}"]  # no temporary file left
 
@@ -251,3 +260,91 @@ def test_save_refuses_values_that_would_need_unpickling(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"extra\['sampler'\]\['rng'\] is a .*Generator"):
         save_dino_checkpoint(tmp_path / "ck.pth", model, extra={"sampler": {"rng": np.random.default_rng(0)}})
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------- engine
+@pytest.fixture(scope="module")
+def engine_model(ckpt_path: Path) -> DinoViT:
+    model = load_model(ckpt_path)
+    assert isinstance(model, DinoViT)
+    return model
+
+
+def test_load_model_gives_the_teacher_backbone_for_the_engine(
+    engine_model: DinoViT, ckpt_path: Path, io: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    assert engine_model.checkpoint_layout == "dino:teacher" and not engine_model.training
+    assert engine_model.input_norm.source == "checkpoint args"  # args.mean/std: the README's Sentinel+Landsat pool
+    rgb = ["red_2", "green_2", "blue_1"]
+    with torch.no_grad():
+        cls = engine_model.encode(io["images"], rgb, "cls")
+        grid = engine_model.encode(io["images"], rgb, "grid")
+    assert _max_diff(cls, io["teacher_cls"]) < ATOL
+    assert grid.shape == (2, 48, 14, 14)  # tokens after the final norm, row-major
+    assert _max_diff(grid, io["teacher_tokens"][:, 1:].transpose(1, 2).reshape(2, 48, 14, 14)) < ATOL
+    with pytest.raises(BandResolutionError, match=r"red, green, blue in that order"):
+        engine_model.encode(io["images"], ["blue_1", "green_2", "red_2"], "cls")
+    with pytest.raises(ValueError, match="averaging applies to SMARTIES"):
+        load_model(ckpt_path, averaging="reference")
+    # The student, and the teacher dict converted to safetensors (DINO names) in a folder of its own.
+    with torch.no_grad():
+        assert _max_diff(load_model(ckpt_path, which="student")(io["images"]), io["student_cls_eval"]) < ATOL
+    (tmp_path / "run").mkdir()
+    save_file(_teacher_flat(ckpt_path), str(tmp_path / "run" / "teacher.safetensors"))
+    converted = load_model(tmp_path / "run", num_heads=3)
+    assert converted.input_norm.source.startswith("preset sentinel_landsat")  # no args in the file
+    with torch.no_grad():
+        assert _max_diff(converted(io["images"]), io["teacher_cls"]) < ATOL
+    info = model_info(ckpt_path)
+    assert (info["family"], info["layout"], info["networks"]) == ("dino", "dino:teacher", ["student", "teacher"])
+    assert info["geometry"]["embed_dim"] == 48 and info["geometry"]["num_heads"] == 3 and info["head"]["out_dim"] == 64
+
+
+def test_embed_raster_uses_red_green_blue_and_the_xstars_normalisation(engine_model: DinoViT, tmp_path: Path) -> None:
+    src_path = shared_file("data", "s2_l1c_13band_10m_virginia.tif")
+    with rasterio.open(src_path) as src:
+        left, top = src.bounds.left, src.bounds.top
+        region = Region(bounds=(left, top - 2240, left + 2240, top))  # 224 × 224 native pixels: one tile at scale 1
+        res = embed_raster(src_path, tmp_path / "emb.tif", engine_model, region=region,
+                           settings=InferenceSettings(overlap_px=0, scale=1.0, device="cpu"))
+        raw = src.read([4, 3, 2], window=Window(0, 0, 224, 224)).astype(np.float32)
+        crs, transform = src.crs, src.transform
+    assert res.mapping.indexes == [4, 3, 2] and res.tiles == 1
+    assert {d.index for d in res.mapping.dropped} == set(range(1, 14)) - {2, 3, 4}
+    # Expected: the preset's p1/p99 stretch to [0, 1], then the checkpoint's args.mean/std (spec xstars.md §5).
+    bands = [b.stats for b in res.mapping.bands]
+    assert [s.p1 for s in bands] == pytest.approx([17.254247, 24.274742, 29.185595])
+    mean, std = engine_model.input_norm.mean, engine_model.input_norm.std
+    x = np.stack([(np.clip((raw[c] - s.p1) / (s.p99 - s.p1), 0, 1) - mean[c]) / std[c] for c, s in enumerate(bands)])
+    with torch.no_grad():
+        expected = engine_model.encode(torch.from_numpy(x[None]), ["red_2", "green_2", "blue_1"], "grid")[0].numpy()
+    with rasterio.open(res.path) as emb:
+        assert emb.count == 48 and emb.crs == crs and (emb.width, emb.height) == (14, 14)
+        assert emb.transform == transform * Affine.scale(16)
+        assert emb.tags()["MSFM_BAND_INDEXES"] == "[4, 3, 2]"
+        assert emb.tags()["MSFM_OUTPUT"] == "grid: last-block patch tokens after the final norm"
+        np.testing.assert_allclose(emb.read(), expected, atol=1e-4)
+
+
+def test_rgb_selection_on_naip_and_a_clear_error_without_rgb(engine_model: DinoViT, tmp_path: Path) -> None:
+    naip = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    with rasterio.open(naip) as src:
+        left, top = src.bounds.left, src.bounds.top
+    res = embed_raster(naip, tmp_path / "naip.tif", engine_model, sensor="naip_rgbn",
+                       region=Region(bounds=(left, top - 5 * 224, left + 5 * 224, top)),
+                       settings=InferenceSettings(overlap_px=0, device="cpu"))
+    assert res.mapping.indexes == [1, 2, 3] and res.mapping.keys == ["red_1", "green_1", "blue_3"]
+    assert [d.index for d in res.mapping.dropped] == [4] and res.embed_dim == 48
+    s1 = shared_file("data", "bigearthnet_mm", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_s1_vv_vh.tif")
+    with pytest.raises(BandResolutionError, match=r"no red and no green and no blue band.*VV\) → microwave_1"):
+        embed_raster(s1, tmp_path / "s1.tif", engine_model, settings=InferenceSettings(device="cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["naip.tif"]
+
+
+def test_select_band_families_prefers_the_band_nearest_the_family_centre() -> None:
+    s2 = shared_file("data", "s2_l1c_13band_10m_virginia.tif")
+    mapping = resolve_bands(s2, overrides={5: "red_1"})  # B05 (704 nm) now competes with B04 (665 nm) for red
+    rgb = select_band_families(mapping, ("red", "green", "blue"))
+    assert rgb.indexes == [4, 3, 2] and select_band_families(rgb, ("red", "green", "blue")) == rgb
+    assert "not used: the model takes one red band and band 4 is used" in {d.reason for d in rgb.dropped}
+    assert select_band_families(mapping, ("red",)).indexes == [4]  # red_edge_* is not red

@@ -426,12 +426,14 @@ def test_local_file_and_folder(tmp_path: Path, tiny_path: Path, no_network: None
     (folder / "config.json").write_text("{}")
     assert resolve_weights(folder) == folder / "m.safetensors"
     shutil.copyfile(tiny_path, folder / "n.safetensors")
-    with pytest.raises(ModelNotAvailableError, match="2 .safetensors files"):
+    with pytest.raises(ModelNotAvailableError, match=r"2 weight files \(m.safetensors, n.safetensors\)"):
         resolve_weights(folder)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelNotAvailableError, match="no .safetensors"):
+    with pytest.raises(ModelNotAvailableError, match=r"no .safetensors or .pth file"):
         resolve_weights(empty)
+    (empty / "checkpoint.pth").write_bytes(b"")  # a DINO / X-STARS checkpoint folder
+    assert resolve_weights(empty) == empty / "checkpoint.pth"
     info = model_info(tiny_path)
     assert info["available"] and info["layout"] == "encoder" and info["geometry"]["embed_dim"] == 32
 
