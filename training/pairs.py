@@ -51,7 +51,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window, from_bounds
 
-from engine.bands import BandMapping, resolve_bands
+from engine.bands import BandMapping, resolve_bands, select_band_families
 from engine.errors import InputRasterError
 from engine.inference import band_statistics
 from engine.normalize import BandStats
@@ -529,15 +529,19 @@ class PairedCropSampler:
             the best one is kept.
         select: Sensor → range keys to keep, in that order (e.g. ``{"s2": ["red_2", "green_2", "blue_1"]}``);
             other sensors keep every band the resolver embeds.
+        families: Sensor → range families to keep, one band each, in that order, chosen by
+            :func:`engine.bands.select_band_families` (``{"Sentinel": ("red", "green", "blue")}`` for a 3-channel
+            RGB model such as X-STARS'); a sensor is in ``select`` or ``families``, not both.
         seed: Seed of the sampler's own RNG (independent of torch's): same seed, same crops.
 
     Raises:
         ValueError: No pair, pairs with different sensors, a bad ``scale``/``size_px``, a sensor in ``size_px`` or
-            ``select`` that the pairs do not have.
+            ``select``/``families`` that the pairs do not have, or a sensor in both.
 
     Reading a pair can raise :class:`engine.errors.InputRasterError` (unreadable raster, different CRSs, rotated
     grids, footprints that do not overlap, a selected key the raster does not have) and
-    :class:`engine.errors.BandResolutionError` (bands the resolver cannot map: give the pair a preset).
+    :class:`engine.errors.BandResolutionError` (bands the resolver cannot map: give the pair a preset; a family
+    without a band).
     """
 
     def __init__(
@@ -548,6 +552,7 @@ class PairedCropSampler:
         flips: bool = True,
         min_valid: float = 0.9,
         select: Optional[Mapping[str, Sequence[str]]] = None,
+        families: Optional[Mapping[str, Sequence[str]]] = None,
         seed: int = 0,
     ) -> None:
         if not pairs:
@@ -559,7 +564,7 @@ class PairedCropSampler:
             raise ValueError(f"pairs {odd[:5]} do not have the sensors {list(self.sensors)} of pair "
                              f"{self.pairs[0].id!r}; sample pairs of one sensor set together")
         sizes = dict(size_px) if isinstance(size_px, Mapping) else {s: size_px for s in self.sensors}
-        for name, what in (("size_px", sizes), ("select", select or {})):
+        for name, what in (("size_px", sizes), ("select", select or {}), ("families", families or {})):
             extra = set(what) - set(self.sensors)
             if extra:
                 raise ValueError(f"{name} names sensors {sorted(extra)}; the pairs have {list(self.sensors)}")
@@ -572,6 +577,10 @@ class PairedCropSampler:
         self.flips = flips
         self.min_valid = min_valid
         self.select = {s: list(k) for s, k in (select or {}).items()}
+        self.families = {s: tuple(f) for s, f in (families or {}).items()}
+        both = set(self.select) & set(self.families)
+        if both:
+            raise ValueError(f"sensors {sorted(both)} are in both select and families; use one of them")
         self.rng = random.Random(seed)
         self._files: dict[Path, _FileInfo] = {}
         self._footprints: dict[int, Bounds] = {}
@@ -624,12 +633,15 @@ class PairedCropSampler:
         return self._footprints[index]
 
     def band_specs(self, index: int, sensor: str) -> list[BandSpec]:
-        """Band specs of ``sensor`` in pair ``index`` as the crops return them (after ``select``)."""
+        """Band specs of ``sensor`` in pair ``index`` as the crops return them (after ``select``/``families``)."""
         pair = self.pairs[index]
         info = self.file_info(pair.paths[sensor], pair.presets.get(sensor))
         return [_band_spec(info.mapping.bands[c]) for c in self._channels(pair, sensor, info)]
 
     def _channels(self, pair: Pair, sensor: str, info: _FileInfo) -> list[int]:
+        if sensor in self.families:
+            chosen = select_band_families(info.mapping, self.families[sensor]).bands
+            return [info.mapping.bands.index(b) for b in chosen]
         if sensor not in self.select:
             return list(range(len(info.mapping.bands)))
         keys = info.mapping.keys
@@ -693,9 +705,12 @@ class PairedCropSampler:
         x = PretrainSampler._normalise(values, valid, [info.stats[c] for c in chans])
         x_t = F.interpolate(torch.from_numpy(x)[None], size=(size, size), mode="bicubic", antialias=True,
                             align_corners=False)[0]
-        ok = F.interpolate(torch.from_numpy(valid.astype(np.float32))[None, None], size=(size, size),
-                           mode="area")[0, 0] >= 0.5
-        x_t[:, ~ok] = 0.0
+        if valid.all():
+            ok = torch.ones((size, size), dtype=torch.bool)
+        else:
+            ok = F.interpolate(torch.from_numpy(valid.astype(np.float32))[None, None], size=(size, size),
+                               mode="area")[0, 0] >= 0.5
+            x_t.masked_fill_(~ok, 0.0)
         return x_t.contiguous(), ok, [_band_spec(info.mapping.bands[c]) for c in chans]
 
     # -------------------------------------------------------------- sampling
@@ -737,7 +752,7 @@ class PairedCropSampler:
         best = None
         for _ in range(_VALID_TRIES):
             crop = self.crop(index, self.random_window(index), flips)
-            frac = min(float(v.float().mean()) for v in crop.valid.values())
+            frac = min(int(v.count_nonzero()) / v.numel() for v in crop.valid.values())
             if best is None or frac > best[0]:
                 best = (frac, crop)
             if frac >= self.min_valid:
@@ -761,7 +776,7 @@ def collate_crops(crops: Sequence[PairedCrop]) -> PairedBatch:
         for s, specs in crop.bands.items():
             if specs != first.bands[s]:
                 raise ValueError(f"sensor {s}: pairs {first.id!r} and {crop.id!r} have different bands "
-                                 f"({first.bands[s]} vs {specs}); pass select={{{s!r}: [...]}} to keep a common subset")
+                                 f"({first.bands[s]} vs {specs}); pass select= or families= to keep common bands")
     return PairedBatch(
         images={s: torch.stack([c.images[s] for c in crops]) for s in first.images},
         valid={s: torch.stack([c.valid[s] for c in crops]) for s in first.valid},
@@ -786,6 +801,7 @@ class PairImages:
         classes: Class names, in label-vector order (e.g. :data:`BEN43_CLASSES`); ``None`` = no labels.
         multilabel: Multi-hot vectors (``True``) or one class index per pair (``False``).
         select: Range keys to keep for ``sensor`` (see :class:`PairedCropSampler`).
+        families: Range families to keep for ``sensor`` (see :class:`PairedCropSampler`).
 
     Raises:
         ValueError: Unknown sensor; a pair label not in ``classes``; ``multilabel=False`` and a pair without
@@ -793,11 +809,13 @@ class PairImages:
     """
 
     def __init__(self, pairs: Sequence[Pair], sensor: str, size_px: int = 224, classes: Optional[Sequence[str]] = None,
-                 multilabel: bool = True, select: Optional[Sequence[str]] = None) -> None:
+                 multilabel: bool = True, select: Optional[Sequence[str]] = None,
+                 families: Optional[Sequence[str]] = None) -> None:
         if pairs and sensor not in pairs[0].sensors:
             raise ValueError(f"sensor {sensor!r} not in the pairs' sensors {list(pairs[0].sensors)}")
         self.sampler = PairedCropSampler(pairs, size_px=size_px, flips=False,
-                                         select=None if select is None else {sensor: select})
+                                         select=None if select is None else {sensor: select},
+                                         families=None if families is None else {sensor: families})
         self.sensor = sensor
         self.classes = None if classes is None else list(classes)
         self.multilabel = multilabel

@@ -12,7 +12,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from engine.errors import InputRasterError
+from engine.errors import BandResolutionError, InputRasterError
 from tests.conftest import shared_file
 from training.data import PretrainSampler
 from training.pairs import (
@@ -89,6 +89,7 @@ def test_random_paired_crops_stay_aligned_under_flips(l8_sampler: PairedCropSamp
     assert len(flips) > 1
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_unreferenced_tiles_share_their_footprint(tmp_path, l8_sampler: PairedCropSampler) -> None:
     """Rasters without a CRS (like MSC-France's PNG tiles) are paired on image fractions."""
     with rasterio.open(shared_file(*L8_MS)) as ms, rasterio.open(shared_file(*L8_PAN)) as pan:
@@ -138,6 +139,12 @@ def test_select_and_errors(ben_pairs: list, l8_sampler: PairedCropSampler) -> No
     rgb = ["red_2", "green_2", "blue_1"]
     crop = PairedCropSampler(ben_pairs, size_px=32, select={"s2": rgb}).sample(0)
     assert crop.bands["s2"] == rgb and crop.images["s2"].shape == (3, 32, 32)
+    crop = PairedCropSampler(ben_pairs, size_px=32, families={"s2": ("red", "green", "blue")}).sample(0)
+    assert crop.bands["s2"] == rgb  # engine.bands.select_band_families: B04, B03, B02
+    with pytest.raises(BandResolutionError):
+        PairedCropSampler(ben_pairs, families={"s1": ("red",)}).sample(0)
+    with pytest.raises(ValueError, match="both select and families"):
+        PairedCropSampler(ben_pairs, select={"s2": rgb}, families={"s2": ("red",)})
     with pytest.raises(InputRasterError, match="no band"):
         PairedCropSampler(ben_pairs, select={"s2": ["short_wave_infrared_9"]}).sample(0)
     with pytest.raises(ValueError, match="names sensors"):
