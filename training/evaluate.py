@@ -182,7 +182,7 @@ def classification_metric(scores: ArrayLike, labels: ArrayLike) -> float:
     if y.ndim == 1:
         if int(y.max()) >= s.shape[1]:
             raise ValueError(f"labels hold class {int(y.max())} but scores have {s.shape[1]} classes")
-        return float((s.argmax(1) == y).float().mean() * 100.0)
+        return float((s.argmax(1) == y).double().mean() * 100.0)
     if y.shape[1] != s.shape[1]:
         raise ValueError(f"labels have {y.shape[1]} classes but scores {s.shape[1]}")
     if not (y > 0).any():
@@ -372,5 +372,5 @@ def cross_sensor_retrieval(feats_a: ArrayLike, feats_b: ArrayLike, ks: Sequence[
         true = s.diagonal()[:, None]
         rank = (s > true).sum(1)  # rows strictly more similar than the partner
         for k in ks:
-            out[f"{name}@{k}"] = float((rank < k).float().mean() * 100.0)
+            out[f"{name}@{k}"] = float((rank < k).double().mean() * 100.0)
     return out
