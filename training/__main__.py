@@ -65,6 +65,9 @@ def _card(args: argparse.Namespace) -> int:
     from .pretrain import SmartiesMAEConfig, config_sources, result_from_log, write_model_card
 
     run = Path(args.run)
+    if not (run / "config.yaml").exists() or not (run / "log.csv").exists():
+        print(f"error: {run} is not a run folder (config.yaml and log.csv expected)", file=sys.stderr)
+        return 1
     cfg = load_config(SmartiesMAEConfig, run / "config.yaml")
     result = result_from_log(run / "log.csv", args.weights, args.stopped_because)
     json_path, md_path = write_model_card(cfg, result, config_sources(cfg), args.weights, args.command, args.date,
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m training``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("training").setLevel(logging.INFO)
     if args.action == "card":
         return _card(args)
     if args.action == "pretrain-demo":

@@ -86,7 +86,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("run.progress=false")
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if logging.getLogger("training").level == logging.NOTSET:
+        logging.getLogger("training").setLevel(logging.INFO)
     load, train = _load(RECIPES[args.recipe])
     try:
         cfg = load(args.config, overrides)

@@ -146,8 +146,9 @@ class OptimConfig:
         lr: Peak learning rate; give ``lr`` or ``blr``.
         blr: Base LR for a batch of 256: peak = ``blr · effective_batch / 256`` (scripts: 1.5e-4).
         min_lr: End of the cosine (0 in the reference).
-        warmup_steps: Linear warm-up in optimiser steps (or ``warmup_epochs``; neither = no warm-up).
+        warmup_steps: Linear warm-up in optimiser steps (at most one of the three ``warmup_*``; none = no warm-up).
         warmup_epochs: Linear warm-up in epochs (20 of 300 in the scripts; needs ``data.samples_per_epoch``).
+        warmup_frac: Linear warm-up as a fraction of the run (rounded to whole steps).
         weight_decay: AdamW weight decay of parameters with ``ndim ≥ 2`` (0.05); 1-D parameters get 0.
         betas: AdamW betas ((0.9, 0.95)).
         eps: AdamW epsilon.
@@ -160,6 +161,7 @@ class OptimConfig:
     min_lr: float = 0.0
     warmup_steps: Optional[int] = None
     warmup_epochs: Optional[float] = None
+    warmup_frac: Optional[float] = None
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -168,8 +170,11 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if (self.lr is None) == (self.blr is None):
             raise ConfigError("optim: give exactly one of lr (peak) and blr (per 256 samples)")
-        if self.warmup_steps is not None and self.warmup_epochs is not None:
-            raise ConfigError("optim: give warmup_steps or warmup_epochs, not both")
+        given = [n for n in ("warmup_steps", "warmup_epochs", "warmup_frac") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"optim: give one of {', '.join(given)}, not several")
+        if self.warmup_frac is not None and not 0.0 <= self.warmup_frac <= 1.0:
+            raise ConfigError(f"optim.warmup_frac must lie in [0, 1], got {self.warmup_frac}")
 
 
 @dataclass(frozen=True)
@@ -493,13 +498,15 @@ def lr_schedule(optim: OptimConfig, total_steps: int, effective_batch: int,
     """Per-step LR (float64 ``[total_steps]``): linear warm-up 0 → peak (HF convention), cosine to ``min_lr``.
 
     Peak = ``optim.lr``, or ``scaled_lr(optim.blr, effective_batch)`` (spec §5). ``warmup_epochs`` is converted with
-    ``samples_per_epoch / effective_batch`` steps per epoch.
+    ``samples_per_epoch / effective_batch`` steps per epoch, ``warmup_frac`` with ``total_steps``.
 
     Raises:
         training.config.ConfigError: ``warmup_epochs`` without ``samples_per_epoch``; more warm-up than run.
     """
     peak = optim.lr if optim.lr is not None else scaled_lr(optim.blr, effective_batch)
     warmup = optim.warmup_steps or 0
+    if optim.warmup_frac is not None:
+        warmup = round(optim.warmup_frac * total_steps)
     if optim.warmup_epochs is not None:
         if not samples_per_epoch:
             raise ConfigError("optim.warmup_epochs needs data.samples_per_epoch (or give optim.warmup_steps)")
@@ -771,11 +778,16 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         files = d["files"]
         shown = f"`{files[0]}`" if len(files) == 1 else f"{len(files)} files: `{files[0]}`, …"
         lines.append(f"| {', '.join(d['sources'])} | {shown} | {', '.join(d['bands'])} | {d['stats']} | {d['license']} |")
-    warm = o["warmup_steps"] or 0
+    if o["warmup_frac"] is not None:
+        warm = f"{o['warmup_frac']:.0%} of the run"
+    elif o["warmup_epochs"] is not None:
+        warm = f"{o['warmup_epochs']:g} epochs"
+    else:
+        warm = f"{o['warmup_steps'] or 0} steps"
     lines += [
         "",
         "## Recipe",
-        f"AdamW β={tuple(o['betas'])}, peak lr {peak} (linear warm-up over {warm} steps, cosine to {o['min_lr']:g},"
+        f"AdamW β={tuple(o['betas'])}, peak lr {peak} (linear warm-up over {warm}, cosine to {o['min_lr']:g},"
         f" set every step over {run['steps']} steps), weight decay {o['weight_decay']} on parameters with ndim ≥ 2 only,"
         f" position tables frozen, gradient clipping {o['clip_grad']}, batch {r['data']['batch_size']} per process,"
         f" seed {run['seed']}, mixed precision {run['mixed_precision']}.",
