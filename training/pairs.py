@@ -451,10 +451,6 @@ class _FileInfo:
         x1, y1 = self.transform * (self.width, self.height)
         return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
-    @property
-    def gsd(self) -> float:
-        return abs(self.transform.a)
-
 
 @contextmanager
 def _open(path: Path) -> Iterator[Any]:
