@@ -77,6 +77,8 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _pretrain_demo(args: argparse.Namespace, argv: list[str]) -> int:
+    from engine.errors import EngineError
+
     from .config import ConfigError
     from .pretrain import config_sources, load_mae_config, result_from_log, train_smarties_mae, write_model_card
     from .runner import NonFiniteLossError
@@ -97,7 +99,7 @@ def _pretrain_demo(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         cfg = load_mae_config(args.config, overrides + list(args.overrides))
         result = train_smarties_mae(cfg)
-    except (ConfigError, FileNotFoundError, FileExistsError, NonFiniteLossError) as exc:
+    except (ConfigError, EngineError, FileNotFoundError, FileExistsError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)

@@ -75,6 +75,8 @@ def _is_main_process() -> bool:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train RECIPE CONFIG``; returns the exit status (0 done, 1 diverged, 2 bad config/folder)."""
+    from engine.errors import EngineError
+
     from .config import ConfigError
     from .runner import NonFiniteLossError
 
@@ -95,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         if getattr(cfg, "recipe", args.recipe) != args.recipe:
             raise ConfigError(f"{args.config} is a {cfg.recipe!r} config, not {args.recipe!r}")
         result = train(cfg)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, EngineError, FileNotFoundError, FileExistsError) as exc:  # EngineError: model.init file
         print(f"msfm train: error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

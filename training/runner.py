@@ -94,7 +94,7 @@ class RunConfig:
 
     Attributes:
         out_dir: Run folder (checkpoints, exports, logs, resolved config). A folder that already holds a run is
-            refused unless ``resume`` is set.
+            refused unless ``resume`` is set. Multi-node runs need it on a filesystem every node sees.
         steps: Optimiser steps of the whole run; the LR schedule spans them. Give ``steps`` or ``epochs``.
         epochs: Alternative to ``steps``: passes over ``samples_per_epoch`` samples of the recipe's data, converted
             with the effective batch (per-process batch × ``grad_accum_steps`` × processes), rounded up.
@@ -480,7 +480,8 @@ class Runner:
             "resumed_from_step": start_step,
             "total_steps": total,
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
+            "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                            else _cpu_name()),
             "mixed_precision": self.mixed_precision,
             "num_processes": self.num_processes,
             "distributed_type": str(self.state.distributed_type),
@@ -534,7 +535,7 @@ class Runner:
         torch.save(loop_state, tmp / f"loop_state_{self.process_index}.pt")
         self._barrier()
         if self.is_main_process:
-            if final.exists():  # same step saved again (e.g. a resumed run stopping immediately)
+            if final.exists():  # the same step saved again; until the rename the older checkpoints remain
                 shutil.rmtree(final)
             os.replace(tmp, final)
             done = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)))
@@ -627,33 +628,8 @@ class Runner:
                     group["lr"] = lr * group["lr_scale"]
                     if wd is not None and group["_wd_scheduled"]:
                         group["weight_decay"] = wd
-                stats = torch.zeros(2 + 2 * len(metric_index), dtype=torch.float64)
-                for micro in range(cfg.grad_accum_steps):
-                    batch = _to_device(next(batches), acc.device)
-                    batches_consumed += 1
-                    sync = micro == cfg.grad_accum_steps - 1 or self.num_processes == 1
-                    with (contextlib.nullcontext() if sync else acc.no_sync(model)), acc.autocast():
-                        out = task.loss_fn(model, batch, step)
-                        if isinstance(out, torch.Tensor):
-                            out = StepOutput(out)
-                        value = _as_float(out.loss)
-                        finite = math.isfinite(value)
-                        if finite or self.num_processes > 1:  # every DDP process must join the gradient all-reduce
-                            acc.backward(out.loss / cfg.grad_accum_steps)
-                    stats[0] += value / cfg.grad_accum_steps if finite else 0.0
-                    stats[1] += 0.0 if finite else 1.0
-                    for key, raw in out.metrics.items():
-                        if key not in metric_index:
-                            raise ValueError(f"metric {key!r} is not in the task's metric_names "
-                                             f"{tuple(task.metric_names)}")
-                        v = _as_float(raw)
-                        if math.isfinite(v):
-                            stats[2 + 2 * metric_index[key]] += v
-                            stats[3 + 2 * metric_index[key]] += 1
-                    if not finite and self.num_processes == 1:
-                        break
-                if self.num_processes > 1:
-                    stats = acc.reduce(stats.to(acc.device), reduction="sum").cpu()
+                stats = self._accumulate(task, model, batches, step, metric_index)
+                batches_consumed += cfg.grad_accum_steps
                 metrics = {name: (stats[2 + 2 * i] / stats[3 + 2 * i]).item() if stats[3 + 2 * i] > 0 else float("nan")
                            for name, i in metric_index.items()}
                 if stats[1] > 0:
@@ -699,6 +675,38 @@ class Runner:
         return RunResult(step, start_step, total, samples, wall, stopped, history, checkpoint, exports, self.out_dir,
                          self.out_dir / "log.csv")
 
+    def _accumulate(self, task: TrainTask, model: nn.Module, batches: _Batches, step: int,
+                    metric_index: Mapping[str, int]) -> torch.Tensor:
+        """Forward/backward of the step's micro-batches; returns the sums, over micro-batches and processes, of
+        ``[loss / accumulation, non-finite count, (metric, count) per metric]`` (float64)."""
+        acc, accum = self.accelerator, self.cfg.grad_accum_steps
+        stats = torch.zeros(2 + 2 * len(metric_index), dtype=torch.float64)
+        for micro in range(accum):
+            batch = _to_device(next(batches), acc.device)
+            sync = micro == accum - 1 or self.num_processes == 1
+            with (contextlib.nullcontext() if sync else acc.no_sync(model)), acc.autocast():
+                out = task.loss_fn(model, batch, step)
+                if isinstance(out, torch.Tensor):
+                    out = StepOutput(out)
+                value = _as_float(out.loss)
+                finite = math.isfinite(value)
+                if finite or self.num_processes > 1:  # every DDP process must join the gradient all-reduce
+                    acc.backward(out.loss / accum)
+            stats[0] += value / accum if finite else 0.0
+            stats[1] += 0.0 if finite else 1.0
+            for key, raw in out.metrics.items():
+                if key not in metric_index:
+                    raise ValueError(f"metric {key!r} is not in the task's metric_names {tuple(metric_index)}")
+                v = _as_float(raw)
+                if math.isfinite(v):
+                    stats[2 + 2 * metric_index[key]] += v
+                    stats[3 + 2 * metric_index[key]] += 1
+            if not finite and self.num_processes == 1:
+                break
+        if self.num_processes > 1:
+            stats = acc.reduce(stats.to(acc.device), reduction="sum").cpu()
+        return stats
+
     def _agree(self, flag: bool) -> bool:
         """True when ``flag`` is True on any process (one all-reduce; none with a single process)."""
         if self.num_processes == 1:
@@ -735,6 +743,16 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
                 out.extend(_diff(a[key], b[key], sub))
         return out
     return [] if a == b else [prefix]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
