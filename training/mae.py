@@ -320,8 +320,7 @@ class SmartiesMAE(nn.Module):
         encoder.train()
         model = cls(encoder, decoder_dim=decoder_dim, decoder_depth=decoder_depth, decoder_heads=heads, **kwargs)
         if layout == "mae":
-            missing, unexpected = model.load_state_dict({**encoder.state_dict(), **extra}, strict=True)
-            assert not missing and not unexpected
+            model.load_state_dict({**encoder.state_dict(), **extra}, strict=True)
         else:
             if seed is not None:
                 torch.manual_seed(seed)

@@ -176,6 +176,9 @@ class TrainTask:
         eps: AdamW epsilon.
         clip_grad: Max global gradient L2 norm, or ``None`` for no clipping.
         wd_at: Optional ``wd_at(step) → weight decay`` applied to the groups created with ``weight_decay > 0``.
+        before_step: Optional ``before_step(model, step)`` called after backward and gradient clipping, before the
+            optimiser step, with the unwrapped model and the 0-based step (e.g. DINO's frozen last layer during the
+            first epoch: set those gradients to ``None`` so AdamW skips them).
         after_step: Optional ``after_step(model, step)`` called after each optimiser step with the unwrapped model and
             the number of steps done (EMA teachers, logit-scale clamps, ...).
         export: Optional ``export(model, folder, step) → written paths`` (main process, unwrapped model) run with every
@@ -197,6 +200,7 @@ class TrainTask:
     eps: float = 1e-8
     clip_grad: Optional[float] = None
     wd_at: Optional[Callable[[int], float]] = None
+    before_step: Optional[Callable[[nn.Module, int], None]] = None
     after_step: Optional[Callable[[nn.Module, int], None]] = None
     export: Optional[Callable[[nn.Module, Path, int], Sequence[Path]]] = None
     metric_names: Sequence[str] = ()
@@ -643,6 +647,8 @@ class Runner:
                 grad_norm = float("nan")
                 if task.clip_grad is not None:
                     grad_norm = _as_float(acc.clip_grad_norm_(model.parameters(), task.clip_grad))
+                if task.before_step is not None:
+                    task.before_step(self.unwrap(model), step)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

@@ -310,6 +310,25 @@ def test_lr_scale_per_group(tmp_path) -> None:
         Runner(run_cfg(tmp_path / "bad", steps=1)).fit(bad)
 
 
+def test_before_step_hook_can_cancel_gradients(tmp_path) -> None:
+    """DINO's frozen last layer: gradients set to None before the step leave those weights (and Adam state) alone."""
+    task = regression_task(Regression())
+    start = weights(task.model)
+    seen = []
+
+    def cancel_first_layer(model, step):
+        seen.append(step)
+        if step < 2:
+            for p in model[0].parameters():
+                p.grad = None
+
+    task.before_step = cancel_first_layer
+    Runner(run_cfg(tmp_path, steps=2)).fit(task)
+    end = weights(task.model)
+    assert seen == [0, 1] and torch.equal(start["0.weight"], end["0.weight"])
+    assert not torch.equal(start["2.weight"], end["2.weight"])
+
+
 def test_resolve_mixed_precision(monkeypatch) -> None:
     assert resolve_mixed_precision("auto", "cpu") == "no"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
