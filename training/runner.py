@@ -177,8 +177,9 @@ class TrainTask:
         clip_grad: Max global gradient L2 norm, or ``None`` for no clipping.
         wd_at: Optional ``wd_at(step) → weight decay`` applied to the groups created with ``weight_decay > 0``.
         before_step: Optional ``before_step(model, step)`` called after backward and gradient clipping, before the
-            optimiser step, with the unwrapped model and the 0-based step (e.g. DINO's frozen last layer during the
-            first epoch: set those gradients to ``None`` so AdamW skips them).
+            optimiser step, with the unwrapped model and the 0-based step. It sees the accumulated, DDP-averaged and
+            (under fp16) unscaled gradients: DINO's per-tensor clipping, or its frozen last layer during the first
+            epoch (set those gradients to ``None`` so AdamW skips them).
         after_step: Optional ``after_step(model, step)`` called after each optimiser step with the unwrapped model and
             the number of steps done (EMA teachers, logit-scale clamps, ...).
         export: Optional ``export(model, folder, step) → written paths`` (main process, unwrapped model) run with every
@@ -648,6 +649,8 @@ class Runner:
                 if task.clip_grad is not None:
                     grad_norm = _as_float(acc.clip_grad_norm_(model.parameters(), task.clip_grad))
                 if task.before_step is not None:
+                    if task.clip_grad is None and self.mixed_precision == "fp16":
+                        acc.unscale_gradients()  # (clip_grad_norm_ has unscaled them otherwise)
                     task.before_step(self.unwrap(model), step)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
