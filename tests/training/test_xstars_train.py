@@ -13,14 +13,13 @@ import torch
 
 from engine.models.torch_checkpoint import read_dino_checkpoint
 from tests.conftest import shared_file
-from torch.optim.optimizer import register_optimizer_step_pre_hook
-
 from training.config import load_config
 from training.runner import Runner
 from training.xstars.data import XStarsStream
 from training.xstars.train import (
     XStarsConfig,
     XStarsModel,
+    before_step,
     build_samples,
     build_xstars_model,
     clip_gradients_per_tensor,
@@ -96,6 +95,19 @@ def test_clip_gradients_per_tensor() -> None:
     assert [p.grad[0].item() for p in params] == pytest.approx([1.0, 3.0, 3.0], abs=1e-5)
 
 
+def test_before_step_clips_per_tensor_and_freezes_last_layer(msc_root: Path, tmp_path: Path) -> None:
+    model = build_xstars_model(_cfg(msc_root, tmp_path), epochs=2)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    last_v = model.student.head.last_layer.parametrizations.weight.original1
+    for step, last_layer_kept in ((3, False), (4, True)):  # 4 steps per epoch: step 3 is epoch 0, step 4 epoch 1
+        for i, p in enumerate(trainable):
+            p.grad = torch.full_like(p, float(i + 1))
+        before_step(model, step, iters_per_epoch=4, clip=3.0, per_tensor=True, freeze_last_layer=1)
+        assert (last_v.grad is not None) == last_layer_kept
+        norms = [p.grad.norm().item() for p in trainable if p.grad is not None]
+        assert max(norms) == pytest.approx(3.0, rel=1e-3) and min(norms) < 3.0  # float32 norms of ~1e6 values
+
+
 def test_ema_covers_every_parameter(msc_root: Path, tmp_path: Path) -> None:
     model = build_xstars_model(_cfg(msc_root, tmp_path), epochs=1)
     with torch.no_grad():
@@ -150,7 +162,7 @@ def test_pretraining_run(msc_root: Path, tmp_path: Path) -> None:
     assert teacher.input_norm is not None and teacher.geometry.embed_dim == 48
 
     # initial weights: same seed → same init (the runner seeds before the task builds the model)
-    fresh, _ = xstars_task(_cfg(msc_root, tmp_path / "fresh"), Runner(_cfg(msc_root, tmp_path / "fresh").run))
+    fresh = xstars_task(_cfg(msc_root, tmp_path / "fresh"), Runner(_cfg(msc_root, tmp_path / "fresh").run))
     init = fresh.model
     init_student = {f"backbone.{k}": v for k, v in init.student.backbone.state_dict().items()}
     init_student.update({f"head.{k}": v for k, v in init.student.head.state_dict().items()})
@@ -194,14 +206,9 @@ def test_continual_from_original_checkpoint(msc_root: Path, tmp_path: Path) -> N
     samples = build_samples(cfg, joint_norm(cfg))
     assert len(samples) == 4 and samples.msad_sensors == ["Sentinel", "SPOT"]  # partner = first other sensor
     runner = Runner(cfg.run, cfg)  # what train_xstars does, keeping the model to inspect it
-    task, hook = xstars_task(cfg, runner)
+    task = xstars_task(cfg, runner)
     frozen0 = {k: v.clone() for k, v in task.model.frozen.state_dict().items()}
-    handle = register_optimizer_step_pre_hook(hook)
-    try:
-        result = runner.fit(task)
-    finally:
-        handle.remove()
-    assert hook.calls == 2
+    result = runner.fit(task)
     for k, v in task.model.frozen.state_dict().items():
         assert torch.equal(v, frozen0[k]), k
     out = torch.load(result.exports[0], map_location="cpu", weights_only=True)

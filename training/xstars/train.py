@@ -33,11 +33,8 @@ scaler, RNG, data position), ``log.csv`` (runner columns + ``dino_loss, msad_los
 ``student``, ``teacher``, ``epoch``, flat X-STARS-style ``args`` with ``mean``/``std``, ``dino_loss.center`` and the
 new key ``msad_heads``), loadable by :func:`engine.load_model`.
 
-**Runner gap.** The runner has no hook between the gradient unscale and ``optimizer.step()``; per-tensor clipping and
-the last-layer freeze need one. Until it has one, they run in a ``torch.optim`` step pre-hook
-(:func:`torch.optim.optimizer.register_optimizer_step_pre_hook`) that acts only on this task's optimiser and is
-removed when :func:`train_xstars` returns; under fp16 the gradient scaler unscales before ``optimizer.step()``, so the
-hook sees unscaled, DDP-averaged, accumulated gradients (the point where DINO clips).
+Per-tensor clipping and the last-layer freeze run in the runner's ``before_step`` hook, which sees the accumulated,
+DDP-averaged and (under fp16) unscaled gradients: the point where DINO clips.
 """
 
 from __future__ import annotations
@@ -73,6 +70,7 @@ __all__ = (
     "XStarsModel",
     "XStarsModelConfig",
     "XStarsOptimConfig",
+    "before_step",
     "build_samples",
     "build_xstars_model",
     "cancel_last_layer_gradients",
@@ -476,25 +474,24 @@ def cancel_last_layer_gradients(student: nn.Module, epoch: int, freeze_last_laye
     return True
 
 
-class _BeforeStep:
-    """Optimiser step pre-hook: per-tensor clipping and the last-layer freeze (see the module docstring)."""
+def before_step(model: XStarsModel, step: int, iters_per_epoch: int, clip: Optional[float] = 3.0,
+                per_tensor: bool = True, freeze_last_layer: int = 1) -> None:
+    """What runs between the backward pass and the optimiser step (the runner's ``before_step``; spec §2).
 
-    def __init__(self, model: XStarsModel, clip: Optional[float], per_tensor: bool, freeze_last_layer: int,
-                 iters_per_epoch: int) -> None:
-        self.model, self.clip, self.per_tensor = model, clip, per_tensor
-        self.freeze_last_layer, self.iters_per_epoch = freeze_last_layer, iters_per_epoch
-        self.ids = {id(p) for p in model.parameters()}
-        self.step = 0
-        self.calls = 0
+    Per-tensor clipping at ``clip`` (when ``per_tensor``; a global norm is the runner's ``clip_grad``), then the
+    student's last-layer gradients are dropped during the first ``freeze_last_layer`` epochs.
 
-    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not any(id(p) in self.ids for g in optimizer.param_groups for p in g["params"]):
-            return None
-        self.calls += 1
-        if self.clip is not None and self.per_tensor:
-            clip_gradients_per_tensor(self.model.parameters(), self.clip)
-        cancel_last_layer_gradients(self.model.student, self.step // self.iters_per_epoch, self.freeze_last_layer)
-        return None
+    Args:
+        model: The (unwrapped) model, gradients accumulated and unscaled.
+        step: 0-based optimiser step.
+        iters_per_epoch: Optimiser steps per epoch (``epoch = step // iters_per_epoch``).
+        clip: Clipping threshold, or ``None``.
+        per_tensor: Clip each tensor by its own norm (DINO).
+        freeze_last_layer: Epochs with a frozen last layer.
+    """
+    if clip is not None and per_tensor:
+        clip_gradients_per_tensor(model.parameters(), clip)
+    cancel_last_layer_gradients(model.student, step // iters_per_epoch, freeze_last_layer)
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -672,17 +669,14 @@ def _flat_args(cfg: XStarsConfig, norm: ChannelNorm, batch_size_total: int) -> d
 
 
 # ---------------------------------------------------------------------------------------------------- the task
-def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -> tuple[TrainTask, _BeforeStep]:
-    """The runner task of an X-STARS config and its step pre-hook (register it around ``runner.fit``).
+def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -> TrainTask:
+    """The runner task of an X-STARS config (model built now: create ``runner`` first, it seeds the init).
 
     Args:
         cfg: The recipe config.
         runner: The runner that will fit the task (build it first: it seeds the model init).
         data: Iterable of batches ``{"crops": [...], "msad": [...]}`` for this process; default: the samples of
             ``cfg.data`` in an :class:`~training.xstars.data.XStarsStream`.
-
-    Returns:
-        ``(task, pre_step_hook)``; :func:`train_xstars` registers the hook.
 
     Raises:
         training.config.ConfigError: More warm-up than run.
@@ -707,14 +701,16 @@ def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -
     lr = cosine_schedule(scaled_lr(o.lr, eff_batch), o.min_lr, total, warmup, 0.0)
     wd = cosine_schedule(o.weight_decay, o.weight_decay_end, total)
     momentum = cosine_schedule(d.momentum_teacher, 1.0, total)
-    hook = _BeforeStep(model, o.clip_grad, o.clip_mode == "per_tensor", d.freeze_last_layer, iters_per_epoch)
     last = total - 1
 
     def loss_fn(net: nn.Module, batch: Any, step: int) -> StepOutput:
-        hook.step = step
         loss, dino, msad = net(batch["crops"], batch["msad"], step // iters_per_epoch)
         return StepOutput(loss, {"dino_loss": dino, "msad_loss": msad if cfg.msad.enabled else float("nan"),
                                  "wd": float(wd[min(step, last)]), "momentum": float(momentum[min(step, last)])})
+
+    def pre_step(net: nn.Module, step: int) -> None:
+        assert isinstance(net, XStarsModel)
+        before_step(net, step, iters_per_epoch, o.clip_grad, o.clip_mode == "per_tensor", d.freeze_last_layer)
 
     def after_step(net: nn.Module, steps_done: int) -> None:
         assert isinstance(net, XStarsModel)
@@ -744,6 +740,7 @@ def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -
         eps=o.eps,
         clip_grad=o.clip_grad if o.clip_mode == "global" else None,
         wd_at=lambda step: float(wd[min(step, last)]),
+        before_step=pre_step,
         after_step=after_step,
         export=export,
         metric_names=METRICS,
@@ -751,7 +748,7 @@ def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -
         find_unused_parameters=False,
         name=cfg.model.name,
     )
-    return task, hook
+    return task
 
 
 def train_xstars(cfg: XStarsConfig, data: Optional[Any] = None) -> RunResult:
@@ -769,14 +766,10 @@ def train_xstars(cfg: XStarsConfig, data: Optional[Any] = None) -> RunResult:
         FileExistsError: ``run.out_dir`` holds a run and ``run.resume`` is off.
         training.config.ConfigError, FileNotFoundError, engine.errors.CheckpointError: Bad config, data or weights.
     """
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
     runner = Runner(cfg.run, cfg)
-    task, hook = xstars_task(cfg, runner, data)
-    handle = register_optimizer_step_pre_hook(hook)
+    task = xstars_task(cfg, runner, data)
     try:
         return runner.fit(task)
     finally:
-        handle.remove()
         if hasattr(task.data, "close"):
             task.data.close()
