@@ -30,9 +30,13 @@ __all__ = ("RECIPES", "add_train_parser", "register", "run_train")
 #: Recipe name → ``"module:load_config_function:train_function"``.
 RECIPES: dict[str, str] = {
     "smarties-mae": "training.pretrain:load_mae_config:train_smarties_mae",
+    "xstars": "training.xstars.train:load_xstars_config:train_xstars",
+    "xstars-continual": "training.xstars.train:load_xstars_config:train_xstars",
 }
 _HELP = {
     "smarties-mae": "SMARTIES masked-autoencoder pretraining (spec smarties.md §5): token mixup, 75 %% masking",
+    "xstars": "X-STARS pretraining (spec xstars.md): DINO + multi-sensor alignment distillation (MSAD)",
+    "xstars-continual": "X-STARS continual pretraining of a pretrained encoder on a new sensor (spec xstars.md §4)",
 }
 
 

@@ -45,6 +45,11 @@ def test_msfm_train_reports_config_errors(tmp_path, capsys) -> None:
     assert "not found" in capsys.readouterr().err
 
 
+def test_config_must_match_the_recipe(capsys) -> None:
+    assert engine_cli.main(["train", "xstars-continual", "xstars-tiny-cpu"]) == 2
+    assert "is a 'xstars' config, not 'xstars-continual'" in capsys.readouterr().err
+
+
 def test_training_registers_the_train_entry_point() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group="msfm.commands")}
     assert eps.get("train") == "training.cli:register"
