@@ -78,6 +78,7 @@ __all__ = (
     "images_to_mae_batch",
     "load_mae_config",
     "lr_schedule",
+    "mae_exporter",
     "mae_loss",
     "mae_task",
     "param_groups",
@@ -628,21 +629,36 @@ def mae_loss(model: nn.Module, batch: Any, step: int) -> StepOutput:
                                  "paired": float(paired)})
 
 
-def _exporter(cfg: SmartiesMAEConfig):
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.export.dtype]
+def mae_exporter(name: str, export: ExportConfig,
+                 meta: Optional[Mapping[str, Any]] = None) -> Callable[[SmartiesMAE, Path, int], list[Path]]:
+    """The export hook of a SMARTIES MAE run (``smarties-mae``, ``smarties-align``): ``export(mae, folder, step)``.
 
-    def export(model: nn.Module, folder: Path, step: int) -> list[Path]:
+    Writes ``folder/<name>.safetensors`` (encoder only, :func:`engine.models.checkpoint.save_encoder`; loads in
+    :func:`engine.load_model`) and, with ``export.full_mae``, ``folder/<name>-mae.safetensors`` (encoder + decoder,
+    the official key layout, :meth:`SmartiesMAE.save`), floating tensors stored as ``export.dtype``. The JSON
+    ``config`` metadata holds ``model``, ``official: false``, ``steps`` and ``meta`` (the recipe's own entries).
+
+    Returns:
+        ``export(mae, folder, step) → written paths``.
+    """
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[export.dtype]
+    extra = dict(meta or {})
+
+    def run(model: SmartiesMAE, folder: Path, step: int) -> list[Path]:
         from engine.models.checkpoint import save_encoder
 
         assert isinstance(model, SmartiesMAE)
-        meta = {"model": cfg.model.name, "official": False, "recipe": "smarties-mae", "steps": step,
-                "mixup": cfg.mae.mixup}
-        paths = [save_encoder(model.encoder, folder / f"{cfg.model.name}.safetensors", meta, dtype=dtype)]
-        if cfg.export.full_mae:
-            paths.append(model.save(folder / f"{cfg.model.name}-mae.safetensors", meta, dtype=dtype))
+        info = {"model": name, "official": False, **extra, "steps": step}
+        paths = [save_encoder(model.encoder, folder / f"{name}.safetensors", info, dtype=dtype)]
+        if export.full_mae:
+            paths.append(model.save(folder / f"{name}-mae.safetensors", info, dtype=dtype))
         return paths
 
-    return export
+    return run
+
+
+def _exporter(cfg: SmartiesMAEConfig) -> Callable[[SmartiesMAE, Path, int], list[Path]]:
+    return mae_exporter(cfg.model.name, cfg.export, {"recipe": "smarties-mae", "mixup": cfg.mae.mixup})
 
 
 def mae_task(cfg: SmartiesMAEConfig, runner: Runner, data: Optional[Any] = None) -> TrainTask:
