@@ -277,3 +277,16 @@ def test_msfm_train_smarties_align_reports_a_mismatched_config(tmp_path, capsys)
     assert code == 2 and "align.old_sensor and align.new_sensor are both 's2'" in capsys.readouterr().err
     assert engine_cli.main(["train", "smarties-align", "smarties-mae-tiny-cpu"]) == 2
     assert "unknown key mae" in capsys.readouterr().err  # a smarties-mae config is not a smarties-align one
+
+
+def test_bundled_configs_load_and_feed_ground_aligned_batches(tmp_path) -> None:
+    """Both YAML configs load strictly; the ViT-B one (weights not fetched here) reads the BigEarthNet pairs."""
+    tiny = align_cfg(tmp_path)
+    assert (tiny.align.old_sensor, tiny.align.new_sensor, tiny.model.init) == ("s2", "s1", "smarties-demo-tiny")
+    vitb = load_align_config("smarties-align-s1-vitb", [f"data.pairs.path={BEN}", "data.batch_size=2",
+                                                        "data.prefetch=0"])
+    assert vitb.model.init == "smarties-vit-b" and vitb.msad.proj_dim == 1024 and vitb.msad.alpha == 0.1
+    batch = first_batch(vitb, 16, 4)
+    assert batch["old"].shape == (2, 12, 64, 64) and batch["new"].shape == (2, 2, 64, 64)
+    assert batch["new_bands"] == ["microwave_1", "microwave_2"]
+    assert batch["patches"].shape == (2, 4, 4, 2, 16, 16) and batch["indices"][0, 0, 0].tolist() == [15, 16]
