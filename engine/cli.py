@@ -10,9 +10,10 @@ Examples::
     msfm similarity scene.tif sim.tif --point 444345 4168545 --embeddings emb.tif
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
     msfm train smarties-mae CONFIG             # provided by the training package (entry point, see below)
+    msfm eval knn DATASET                      # frozen-encoder kNN / linear-probe / retrieval (training package)
 
 Other installed packages add sub-commands through the ``msfm.commands`` entry-point group (:func:`add_plugin_commands`):
-msfm's own ``training`` package registers ``train`` that way, so the engine never imports it.
+msfm's own ``training`` package registers ``train`` and ``eval`` that way, so the engine never imports it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ DEMO_MODEL = "smarties-demo-tiny"
 #: Entry-point group of sub-commands contributed by other packages.
 PLUGIN_GROUP = "msfm.commands"
 #: Sub-commands known to come from a plugin package, and what provides them (for the "not installed" message).
-PLUGIN_COMMANDS = {"train": "the msfm training package (training/, SMARTIES MAE / X-STARS pretraining)"}
+PLUGIN_COMMANDS = {
+    "train": "the msfm training package (training/, SMARTIES MAE / X-STARS pretraining)",
+    "eval": "the msfm training package (training/, kNN / linear-probe / cross-sensor retrieval evaluation)",
+}
 _INSTALL_HINT = (
     "install msfm from a source checkout with its training dependencies: `make setup`, or "
     "`pip install -r requirements.txt && pip install -e '.[train]'`"

@@ -1,4 +1,5 @@
-"""Command line: ``python -m training train RECIPE CONFIG`` (= ``msfm train``), ``pretrain-demo``, ``card``.
+"""Command line: ``python -m training train RECIPE CONFIG`` (= ``msfm train``), ``eval PROTOCOL ...`` (= ``msfm eval``),
+``pretrain-demo``, ``card``.
 
 ``python -m training pretrain-demo`` retrains the bundled demo encoder from ``training/configs/smarties-demo-tiny.yaml``
 (run folder ``runs/smarties-demo-tiny``, resumable with ``--resume``), copies the exported encoder to ``--out`` and its
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .cli import add_train_parser
+from .eval_cli import add_eval_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     add_train_parser(sub)
+    add_eval_parser(sub)
     p = sub.add_parser("pretrain-demo", help="pretrain the small SMARTIES-architecture demo encoder (MAE, CPU)")
     p.add_argument("--config", default="smarties-demo-tiny", help="recipe config (default: smarties-demo-tiny)")
     p.add_argument("--out", default="engine/weights/smarties-demo-tiny.safetensors", help="where to copy the encoder")

@@ -58,7 +58,7 @@ _KNN_CHUNK = 1024
 
 
 def _as_float(x: ArrayLike, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach().float().cpu()
+    t = torch.as_tensor(np.ascontiguousarray(x) if not isinstance(x, torch.Tensor) else x).detach().float().cpu()
     if t.ndim != 2:
         raise ValueError(f"{name} must be [N, D] features, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -68,7 +68,7 @@ def _as_float(x: ArrayLike, name: str) -> torch.Tensor:
 
 def _labels(y: ArrayLike, n: int, name: str) -> torch.Tensor:
     """Labels as int64 [N] (single-label) or float32 [N, C] multi-hot, checked against N rows."""
-    t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).detach().cpu()
+    t = torch.as_tensor(np.ascontiguousarray(y) if not isinstance(y, torch.Tensor) else y).detach().cpu()
     if t.ndim not in (1, 2) or t.shape[0] != n:
         raise ValueError(f"{name} must be [N] class indices or [N, C] multi-hot with N = {n}, got shape "
                          f"{tuple(t.shape)}")

@@ -53,7 +53,7 @@ from rasterio.windows import Window, from_bounds
 
 from engine.bands import BandMapping, resolve_bands, select_band_families
 from engine.errors import InputRasterError
-from engine.inference import band_statistics
+from engine.inference import band_statistics, model_statistics
 from engine.normalize import BandStats
 from engine.readers import open_raster, read_valid
 from engine.spectrum import Projection
@@ -142,24 +142,28 @@ class Pair:
             does not tell the bands (see ``msfm sensors``); a missing entry or ``None`` lets the resolver guess.
         labels: Class names of the place (one for single-label datasets, several for multi-label ones, none when
             unlabelled).
+        overrides: Sensor name → band overrides for :func:`engine.bands.resolve_bands` (``{4: "red_2", "B8":
+            842.5}``, as ``msfm embed --band``), for files whose metadata and preset do not tell the bands.
 
     Raises:
-        ValueError: No sensor, or a preset for a sensor that has no path.
+        ValueError: No sensor, or a preset or overrides for a sensor that has no path.
     """
 
     id: str
     paths: dict[str, Path]
     presets: dict[str, Optional[str]] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.paths:
             raise ValueError(f"pair {self.id!r} has no sensor; give at least one path")
         self.paths = {str(k): Path(v) for k, v in self.paths.items()}
-        unknown = set(self.presets) - set(self.paths)
-        if unknown:
-            raise ValueError(f"pair {self.id!r}: presets for sensors without a path: {sorted(unknown)}; "
-                             f"its sensors are {list(self.paths)}")
+        for what, given in (("presets", self.presets), ("overrides", self.overrides)):
+            unknown = set(given) - set(self.paths)
+            if unknown:
+                raise ValueError(f"pair {self.id!r}: {what} for sensors without a path: {sorted(unknown)}; "
+                                 f"its sensors are {list(self.paths)}")
         self.labels = tuple(self.labels)
 
     @property
@@ -529,6 +533,11 @@ class PairedCropSampler:
             :func:`engine.bands.select_band_families` (``{"Sentinel": ("red", "green", "blue")}`` for a 3-channel
             RGB model such as X-STARS'); a sensor is in ``select`` or ``families``, not both.
         seed: Seed of the sampler's own RNG (independent of torch's): same seed, same crops.
+        model: An encoder whose input conventions the crops follow, as :func:`engine.inference.embed_raster` does:
+            bands resolved with its ``averaging``; a model with fixed input channels (``band_families``, the
+            X-STARS RGB ViT) gets one band of each family for every sensor not in ``select``/``families``; its
+            ``input_norm`` replaces the mean/std after the p1/p99 stretch (:func:`engine.inference.model_statistics`).
+            ``None`` (training crops): every band the resolver embeds, normalised with the bands' own statistics.
 
     Raises:
         ValueError: No pair, pairs with different sensors, a bad ``scale``/``size_px``, a sensor in ``size_px`` or
@@ -550,6 +559,7 @@ class PairedCropSampler:
         select: Optional[Mapping[str, Sequence[str]]] = None,
         families: Optional[Mapping[str, Sequence[str]]] = None,
         seed: int = 0,
+        model: Any = None,
     ) -> None:
         if not pairs:
             raise ValueError("no pair to sample")
@@ -577,6 +587,12 @@ class PairedCropSampler:
         both = set(self.select) & set(self.families)
         if both:
             raise ValueError(f"sensors {sorted(both)} are in both select and families; use one of them")
+        self.model = model
+        model_families = getattr(model, "band_families", None)
+        if model_families:
+            for s in self.sensors:
+                if s not in self.select and s not in self.families:
+                    self.families[s] = tuple(model_families)
         self.rng = random.Random(seed)
         self._files: dict[Path, _FileInfo] = {}
         self._footprints: dict[int, Bounds] = {}
@@ -585,12 +601,16 @@ class PairedCropSampler:
         return len(self.pairs)
 
     # -------------------------------------------------------------- per-file information
-    def file_info(self, path: Path, preset: Optional[str]) -> _FileInfo:
-        """Resolved bands, statistics and frame transform of one raster (computed once, then cached)."""
+    def file_info(self, path: Path, preset: Optional[str], overrides: Any = None) -> _FileInfo:
+        """Resolved bands, statistics and frame transform of one raster (computed once, then cached).
+
+        ``preset`` and ``overrides`` go to :func:`engine.bands.resolve_bands` (with the model's ``averaging``).
+        """
         path = Path(path)
         if path not in self._files:
             with _open(path) as ds:
-                mapping = resolve_bands(ds, sensor=preset)
+                mapping = resolve_bands(ds, sensor=preset, overrides=overrides or None,
+                                        averaging=getattr(self.model, "averaging", "linear"))
                 stats = band_statistics(ds, mapping)
                 if ds.crs is None:
                     # No georeferencing: the image is its own footprint, scaled to the unit square (y up).
@@ -612,7 +632,7 @@ class PairedCropSampler:
         """
         if index not in self._footprints:
             pair = self.pairs[index]
-            infos = {s: self.file_info(p, pair.presets.get(s)) for s, p in pair.paths.items()}
+            infos = {s: self.file_info(p, pair.presets.get(s), pair.overrides.get(s)) for s, p in pair.paths.items()}
             crss = {s: i.crs for s, i in infos.items()}
             first = next(iter(crss.values()))
             if any((c is None) != (first is None) or (c is not None and c != first) for c in crss.values()):
@@ -631,7 +651,7 @@ class PairedCropSampler:
     def band_specs(self, index: int, sensor: str) -> list[BandSpec]:
         """Band specs of ``sensor`` in pair ``index`` as the crops return them (after ``select``/``families``)."""
         pair = self.pairs[index]
-        info = self.file_info(pair.paths[sensor], pair.presets.get(sensor))
+        info = self.file_info(pair.paths[sensor], pair.presets.get(sensor), pair.overrides.get(sensor))
         return [_band_spec(info.mapping.bands[c]) for c in self._channels(pair, sensor, info)]
 
     def _channels(self, pair: Pair, sensor: str, info: _FileInfo) -> list[int]:
@@ -677,7 +697,8 @@ class PairedCropSampler:
         The window is read at the sensor's native resolution (``round(side / GSD)`` pixels, fractional offsets
         resampled cubically by GDAL), normalised with the statistics of the resolved bands
         (:func:`engine.normalize.normalize`; invalid pixels 0), then resized to ``size_px`` with bicubic
-        anti-aliased interpolation; the validity mask is resized by area (valid where ≥ 50 % of the area is).
+        anti-aliased interpolation; the validity mask is resized by area (valid where ≥ 50 % of the area is). With a
+        ``model``, its ``input_norm`` mean/std replace the bands' (:func:`engine.inference.model_statistics`).
 
         Args:
             index: Pair index.
@@ -691,14 +712,17 @@ class PairedCropSampler:
         """
         pair = self.pairs[index]
         path = pair.paths[sensor]
-        info = self.file_info(path, pair.presets.get(sensor))
+        info = self.file_info(path, pair.presets.get(sensor), pair.overrides.get(sensor))
         chans = self._channels(pair, sensor, info)
+        stats = [info.stats[c] for c in chans]
+        if self.model is not None:
+            stats = model_statistics(self.model, stats)
         size = self.size_px[sensor] if size_px is None else int(size_px)
         win = from_bounds(*bounds, transform=info.transform)
         native = (max(1, round(win.height)), max(1, round(win.width)))
         with _open(path) as ds:
             values, valid = self._read_boundless(ds, [info.mapping.indexes[c] for c in chans], win, native)
-        x = PretrainSampler._normalise(values, valid, [info.stats[c] for c in chans])
+        x = PretrainSampler._normalise(values, valid, stats)
         x_t = F.interpolate(torch.from_numpy(x)[None], size=(size, size), mode="bicubic", antialias=True,
                             align_corners=False)[0]
         if valid.all():
@@ -798,6 +822,8 @@ class PairImages:
         multilabel: Multi-hot vectors (``True``) or one class index per pair (``False``).
         select: Range keys to keep for ``sensor`` (see :class:`PairedCropSampler`).
         families: Range families to keep for ``sensor`` (see :class:`PairedCropSampler`).
+        model: The encoder the images are for: its band families and input normalisation are applied (see
+            :class:`PairedCropSampler`; needed for the X-STARS RGB ViT, harmless for SMARTIES).
 
     Raises:
         ValueError: Unknown sensor; a pair label not in ``classes``; ``multilabel=False`` and a pair without
@@ -806,12 +832,12 @@ class PairImages:
 
     def __init__(self, pairs: Sequence[Pair], sensor: str, size_px: int = 224, classes: Optional[Sequence[str]] = None,
                  multilabel: bool = True, select: Optional[Sequence[str]] = None,
-                 families: Optional[Sequence[str]] = None) -> None:
+                 families: Optional[Sequence[str]] = None, model: Any = None) -> None:
         if pairs and sensor not in pairs[0].sensors:
             raise ValueError(f"sensor {sensor!r} not in the pairs' sensors {list(pairs[0].sensors)}")
         self.sampler = PairedCropSampler(pairs, size_px=size_px, flips=False,
                                          select=None if select is None else {sensor: select},
-                                         families=None if families is None else {sensor: families})
+                                         families=None if families is None else {sensor: families}, model=model)
         self.sensor = sensor
         self.classes = None if classes is None else list(classes)
         self.multilabel = multilabel
