@@ -1,7 +1,14 @@
-"""msfm training: reproduces SMARTIES masked-autoencoder pretraining (and, later, X-STARS) on top of ``engine``.
+"""msfm training: SMARTIES and X-STARS pretraining, their combination, and frozen-encoder evaluation, on ``engine``.
 
-- :mod:`training.mae` — :class:`~training.mae.SmartiesMAE` (encoder + MAE decoder, reference-parity forward).
-- :mod:`training.data` — random-crop sampler over real GeoTIFFs with explicit SMARTIES band keys.
-- :mod:`training.pretrain` — AdamW/cosine pretraining loop, float16 encoder-only export, model card.
-- ``python -m training pretrain-demo`` trains the bundled demo encoder ``engine/weights/smarties-demo-tiny``.
+Recipes (``msfm train RECIPE CONFIG``, :mod:`training.cli`; YAML configs in ``training/configs/`` and
+``training/xstars/configs/``), all on the resumable :mod:`training.runner` (``accelerate``; CPU, GPU, DDP):
+
+- ``smarties-mae`` — :mod:`training.pretrain` with :mod:`training.mae` (SMARTIES masked auto-encoder, token mixup).
+- ``xstars`` / ``xstars-continual`` — :mod:`training.xstars.train` (DINO + MSAD, continual with a frozen teacher).
+- ``smarties-align`` — :mod:`training.smarties_align` (a SMARTIES encoder aligned onto a new sensor with MSAD).
+
+Data: :mod:`training.pairs` (co-registered multi-sensor pairs, ground-aligned crops), :mod:`training.data` (random
+windows of single-sensor GeoTIFFs), :mod:`training.labelled` (labelled patches). Evaluation: :mod:`training.evaluate`
+(kNN, linear probe, cross-sensor retrieval) and ``msfm eval`` (:mod:`training.eval_cli`). ``python -m training
+pretrain-demo`` retrains the bundled demo encoder ``engine/weights/smarties-demo-tiny``.
 """
