@@ -41,7 +41,9 @@ from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 import yaml
 
-__all__ = ("ConfigError", "apply_overrides", "config_from_dict", "config_to_dict", "dump_config", "load_config")
+__all__ = (
+    "ConfigError", "apply_overrides", "config_from_dict", "config_to_dict", "dump_config", "find_config", "load_config"
+)
 
 T = TypeVar("T")
 
@@ -209,6 +211,26 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def find_config(path: Union[str, "os.PathLike[str]"], folder: Path, pattern: str = "*.yaml") -> Path:
+    """A recipe config: ``path`` itself, else a bare name (``smarties-mae-tiny-cpu``) looked up in ``folder``.
+
+    Args:
+        path: A YAML file, or the name of one in ``folder`` (with or without ``.yaml``).
+        folder: The recipe's shipped configs (e.g. ``training/configs``).
+        pattern: Which of ``folder``'s files the "not found" message lists (the recipe's own).
+
+    Raises:
+        FileNotFoundError: Neither exists; the message lists the shipped configs.
+    """
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (folder / p.with_suffix(".yaml").name).exists():
+        p = folder / p.with_suffix(".yaml").name
+    if not p.exists():
+        names = ", ".join(sorted(x.stem for x in folder.glob(pattern)))
+        raise FileNotFoundError(f"config {path} not found (a YAML path, or one of the shipped configs: {names})")
+    return p
 
 
 def load_config(

@@ -56,9 +56,9 @@ from torch import nn
 
 from engine.spectrum import get_range
 
-from .config import ConfigError, config_to_dict, load_config
+from .config import ConfigError, config_to_dict, find_config, load_config
 from .mae import PAD, SmartiesMAE, patchify
-from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask
+from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 from .schedules import cosine_schedule, scaled_lr
 
 __all__ = (
@@ -289,12 +289,7 @@ def load_mae_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence[st
         FileNotFoundError: No such file.
         training.config.ConfigError: Unknown key, wrong type, inconsistent values.
     """
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (CONFIG_DIR / p.with_suffix(".yaml").name).exists():
-        p = CONFIG_DIR / p.with_suffix(".yaml").name
-    if not p.exists():
-        raise FileNotFoundError(f"config {path} not found (recipes: {', '.join(sorted(x.name for x in CONFIG_DIR.glob('*.yaml')))})")
-    return load_config(SmartiesMAEConfig, p, overrides)
+    return load_config(SmartiesMAEConfig, find_config(path, CONFIG_DIR), overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- batches
@@ -709,13 +704,7 @@ def train_smarties_mae(cfg: SmartiesMAEConfig, data: Optional[Any] = None) -> Ru
         FileExistsError: ``run.out_dir`` holds a run and ``run.resume`` is off.
         training.config.ConfigError, FileNotFoundError: Bad config or data folder.
     """
-    runner = Runner(cfg.run, cfg)
-    task = mae_task(cfg, runner, data)
-    try:
-        return runner.fit(task)
-    finally:
-        if data is None and hasattr(task.data, "close"):
-            task.data.close()
+    return run_recipe(cfg, mae_task, data)
 
 
 # ---------------------------------------------------------------------------------------------------- model card

@@ -70,6 +70,7 @@ __all__ = (
     "TrainTask",
     "latest_checkpoint",
     "resolve_mixed_precision",
+    "run_recipe",
 )
 
 logger = logging.getLogger(__name__)
@@ -811,3 +812,29 @@ class _CsvLog:
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
+
+
+def run_recipe(cfg: Any, build_task: Callable[[Any, "Runner", Optional[Any]], TrainTask],
+               data: Optional[Any] = None) -> RunResult:
+    """Run a recipe config on a :class:`Runner`: ``build_task(cfg, runner, data)`` then :meth:`Runner.fit`.
+
+    Args:
+        cfg: A recipe config with a ``run`` section (:class:`RunConfig`); saved with the run.
+        build_task: Makes the recipe's :class:`TrainTask` (e.g. :func:`training.pretrain.mae_task`).
+        data: Optional iterable of batches for this process, passed on; when None the task opens its own stream,
+            which is closed when the run ends (also on an error).
+
+    Returns:
+        The runner's :class:`RunResult`.
+
+    Raises:
+        NonFiniteLossError: The loss diverged.
+        FileExistsError: ``run.out_dir`` holds a run and ``run.resume`` is off.
+    """
+    runner = Runner(cfg.run, cfg)
+    task = build_task(cfg, runner, data)
+    try:
+        return runner.fit(task)
+    finally:
+        if data is None and hasattr(task.data, "close"):
+            task.data.close()

@@ -67,7 +67,7 @@ from torch import nn
 
 from engine.models.smarties import BandSpec, SmartiesEncoder
 
-from .config import ConfigError, load_config
+from .config import ConfigError, find_config, load_config
 from .mae import SmartiesMAE
 from .pretrain import (
     ExportConfig,
@@ -80,7 +80,7 @@ from .pretrain import (
     mae_exporter,
     param_groups,
 )
-from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask
+from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 from .xstars.heads import MSADHeads
 from .xstars.msad import MSADLoss
 
@@ -255,13 +255,7 @@ def load_align_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence[
         FileNotFoundError: No such file.
         training.config.ConfigError: Unknown key, wrong type, inconsistent values.
     """
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (CONFIG_DIR / p.with_suffix(".yaml").name).exists():
-        p = CONFIG_DIR / p.with_suffix(".yaml").name
-    if not p.exists():
-        names = ", ".join(sorted(x.name for x in CONFIG_DIR.glob("smarties-align*.yaml")))
-        raise FileNotFoundError(f"config {path} not found (smarties-align configs: {names})")
-    return load_config(SmartiesAlignConfig, p, overrides)
+    return load_config(SmartiesAlignConfig, find_config(path, CONFIG_DIR, "smarties-align*.yaml"), overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -662,10 +656,4 @@ def train_smarties_align(cfg: SmartiesAlignConfig, data: Optional[Any] = None) -
         FileExistsError: ``run.out_dir`` holds a run and ``run.resume`` is off.
         training.config.ConfigError, FileNotFoundError, engine.errors.EngineError: Bad config, data or weights.
     """
-    runner = Runner(cfg.run, cfg)
-    task = align_task(cfg, runner, data)
-    try:
-        return runner.fit(task)
-    finally:
-        if data is None and hasattr(task.data, "close"):
-            task.data.close()
+    return run_recipe(cfg, align_task, data)

@@ -54,8 +54,8 @@ from torch import nn
 
 from engine.models.dino_vit import ARCHS, ChannelNorm, DINOHead, DinoViT, MultiCropWrapper, xstars_norm
 
-from ..config import ConfigError, config_to_dict, load_config
-from ..runner import RunConfig, Runner, RunResult, StepOutput, TrainTask
+from ..config import ConfigError, config_to_dict, find_config, load_config
+from ..runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 from ..schedules import cosine_schedule, scaled_lr
 from .augment import DINOMultiCrop
 from .dino_loss import DINOLoss
@@ -316,13 +316,7 @@ def load_xstars_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence
         FileNotFoundError: No such file.
         training.config.ConfigError: Unknown key, wrong type, inconsistent values.
     """
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (CONFIG_DIR / p.with_suffix(".yaml").name).exists():
-        p = CONFIG_DIR / p.with_suffix(".yaml").name
-    if not p.exists():
-        names = ", ".join(sorted(x.name for x in CONFIG_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"config {path} not found (X-STARS configs: {names})")
-    return load_config(XStarsConfig, p, overrides)
+    return load_config(XStarsConfig, find_config(path, CONFIG_DIR), overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -766,10 +760,4 @@ def train_xstars(cfg: XStarsConfig, data: Optional[Any] = None) -> RunResult:
         FileExistsError: ``run.out_dir`` holds a run and ``run.resume`` is off.
         training.config.ConfigError, FileNotFoundError, engine.errors.CheckpointError: Bad config, data or weights.
     """
-    runner = Runner(cfg.run, cfg)
-    task = xstars_task(cfg, runner, data)
-    try:
-        return runner.fit(task)
-    finally:
-        if hasattr(task.data, "close"):
-            task.data.close()
+    return run_recipe(cfg, xstars_task, data)
