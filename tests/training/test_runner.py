@@ -4,7 +4,6 @@ exports into engine.load_model, and a 2-process CPU DDP run (gloo, torchrun)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from torch import nn
 
 from engine.models import load_model
 from engine.models.checkpoint import read_checkpoint
+from tests.training.helpers import fit_recipe, read_log
 from tests.conftest import DATA, shared_file
 from training.config import ConfigError, config_to_dict, dump_config, load_config
 from training.mae import SmartiesMAE
@@ -46,30 +46,9 @@ def tiny_cfg(out_dir: Path, *overrides: str) -> SmartiesMAEConfig:
                                   *overrides])
 
 
-def run_mae(cfg: SmartiesMAEConfig, crash_at: Optional[int] = None) -> tuple[Any, TrainTask]:
+def run_mae(cfg, crash_at: Optional[int] = None) -> tuple[Any, Any]:
     """Fit the recipe; ``crash_at`` raises KeyboardInterrupt in that (0-based) step. Returns (result or None, task)."""
-    runner = Runner(cfg.run, cfg)
-    task = mae_task(cfg, runner)
-    if crash_at is not None:
-        inner = task.loss_fn
-
-        def loss_fn(model: nn.Module, batch: Any, step: int) -> StepOutput:
-            if step == crash_at:
-                raise KeyboardInterrupt("simulated crash")
-            return inner(model, batch, step)
-
-        task.loss_fn = loss_fn
-    try:
-        return runner.fit(task), task
-    except KeyboardInterrupt:
-        return None, task
-    finally:
-        task.data.close()
-
-
-def read_log(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return fit_recipe(cfg, mae_task, crash_at)
 
 
 # ---------------------------------------------------------------------------------------------------- synthetic task

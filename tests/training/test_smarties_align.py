@@ -6,23 +6,22 @@ full-MAE fixture (``fixtures/smarties/tiny_mae.safetensors``: D 32, patch 8, 4 Ã
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from engine import cli as engine_cli
 from engine.errors import CheckpointError
 from engine.models import load_model
 from engine.models.checkpoint import read_checkpoint
+from tests.training.helpers import fit_recipe, read_log
 from tests.conftest import DATA, FIXTURES, shared_file
 from training.config import ConfigError
 from training.pairs import PairedCropSampler, bigearthnet_pairs, pan_ms_pairs
-from training.runner import LOG_COLUMNS, Runner, StepOutput, latest_checkpoint
+from training.runner import LOG_COLUMNS, Runner, latest_checkpoint
 from training.smarties_align import (
     SmartiesAlignConfig,
     SmartiesAlignModel,
@@ -50,30 +49,9 @@ def align_cfg(out: Path, *overrides: str, init: Optional[Path] = None) -> Smarti
         *extra, *overrides])
 
 
-def fit(cfg: SmartiesAlignConfig, crash_at: Optional[int] = None) -> tuple[Any, Any]:
+def fit(cfg, crash_at: Optional[int] = None) -> tuple[Any, Any]:
     """Fit the recipe; ``crash_at`` raises KeyboardInterrupt in that (0-based) step. Returns (result or None, task)."""
-    runner = Runner(cfg.run, cfg)
-    task = align_task(cfg, runner)
-    if crash_at is not None:
-        inner = task.loss_fn
-
-        def loss_fn(model: nn.Module, batch: Any, step: int) -> StepOutput:
-            if step == crash_at:
-                raise KeyboardInterrupt("simulated crash")
-            return inner(model, batch, step)
-
-        task.loss_fn = loss_fn
-    try:
-        return runner.fit(task), task
-    except KeyboardInterrupt:
-        return None, task
-    finally:
-        task.data.close()
-
-
-def read_log(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return fit_recipe(cfg, align_task, crash_at)
 
 
 def first_batch(cfg: SmartiesAlignConfig, patch: int, grid: int) -> dict[str, Any]:
