@@ -18,7 +18,7 @@ a place differ in more than resolution.
 
 Usage (≈ 3 × 4 min on 2 CPU cores at the defaults)::
 
-    .venv/bin/python scripts/msad_vs_dino.py --data ../shared/data --work /tmp/msad_vs_dino --steps 300 --seeds 0 1
+    .venv/bin/python scripts/msad_vs_dino.py --data ../shared/data --work /tmp/msad_vs_dino --steps 300 --alphas 0 1
 
 Prints one row per model and feature; ``--json`` also writes them.
 """
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.1, 1.0], help="0 = MSAD off (DINO only)")
+    p.add_argument("--lr", type=float, default=4e-3,
+                   help="optim.lr for a batch of 256 (DINO scaling: peak = lr · batch / 256 = 5e-4 at batch 32)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the table here")
     args = p.parse_args(argv)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for alpha in args.alphas:
             name = "DINO only" if alpha == 0 else f"DINO + {alpha:g}·MSAD"
-            out = work / "runs" / f"seed{seed}_alpha{alpha:g}"
+            out = work / "runs" / f"seed{seed}_alpha{alpha:g}_lr{args.lr:g}"
             overrides = [
                 f"run.out_dir={out}", f"run.steps={args.steps}", f"run.seed={seed}", f"run.threads={args.threads}",
                 "run.checkpoint_every=100000", "run.progress=false", f"data.root={train_root}",
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model.head_bottleneck_dim=64", "dino.local_crops_number=2", f"dino.global_size_px={size}",
                 "dino.local_size_px=32", "dino.momentum_teacher=0.99", f"msad.size_px={size}",
                 f"msad.enabled={str(alpha > 0).lower()}", f"msad.alpha={alpha if alpha > 0 else 0.1}",
-                "optim.lr=5.0e-4", "optim.warmup_epochs=1",
+                f"optim.lr={args.lr}", "optim.warmup_epochs=1",
             ]
             cfg = load_xstars_config("xstars-tiny-cpu", overrides)
             if seed == args.seeds[0] and alpha == args.alphas[0]:
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                              **cross_sensor_retrieval(fa_all[feature], fb_all[feature])})
     n = len(test["MS"])
     print(f"\ncross-sensor retrieval among {n} held-out Landsat-8 places (MS false colour ↔ PAN), "
-          f"{args.steps} steps × batch {args.batch_size}; % of queries")
+          f"{args.steps} steps × batch {args.batch_size}, lr {args.lr:g} per 256; % of queries")
     print(f"{'model':28s} {'feature':11s} {'seed':>4s}  MS→PAN@1 MS→PAN@5 PAN→MS@1 PAN→MS@5")
     for r in rows:
         seed = "" if r["seed"] is None else str(r["seed"])
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['b_to_a@1']:8.1f} {r['b_to_a@5']:8.1f}")
     if args.json:
         tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps({"places": n, "steps": args.steps, "rows": rows}, indent=1))
+        tmp.write_text(json.dumps({"places": n, "steps": args.steps, "lr": args.lr, "rows": rows}, indent=1))
         os.replace(tmp, args.json)
     return 0
 
