@@ -15,7 +15,7 @@ sensors' features of the same ground find each other, on ground the run never sa
 The areas are written as GeoTIFF subsets (same CRS, bands, presets), so every crop goes through the recipe's own
 reader (:class:`training.pairs.PairedCropSampler`: same ground window for both sensors, engine normalisation,
 224 px). Test windows are read without flips. Features are the CLS token and the mean patch token, both after the
-final LayerNorm (:func:`training.smarties_align.smarties_tokens`); retrieval is
+final LayerNorm (``encode(..., "tokens")``); retrieval is
 :func:`training.evaluate.cross_sensor_retrieval` (top-1/top-5 of the co-located partner among all test places, both
 directions). Rows: the initial model on both sensors; the aligned student on the new sensor against the frozen
 initial model on the old one (the pairing MSAD trains); the aligned student on both; the same pairing in the MSAD
@@ -54,7 +54,6 @@ from training.pairs import PairedCropSampler, bigearthnet_pairs, pairs_from_csv 
 from training.smarties_align import (  # noqa: E402
     load_align_config,
     load_msad_heads,
-    smarties_tokens,
     train_smarties_align,
 )
 from training.xstars.heads import MSADHeads  # noqa: E402
@@ -138,7 +137,7 @@ def features(model: Any, images: torch.Tensor, bands: Sequence[Any], batch: int 
     model.eval()
     cls, mean = [], []
     for k in range(0, len(images), batch):
-        tokens = smarties_tokens(model, images[k:k + batch], bands)
+        tokens = model.encode(images[k:k + batch], bands, "tokens")
         if head is not None:
             tokens = head(tokens)
         cls.append(tokens[:, 0])

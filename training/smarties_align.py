@@ -31,9 +31,8 @@ SMARTIES encoder, with SMARTIES' own objective in place of DINO:
   panchromatic). ``L_MSAD`` is :class:`training.xstars.msad.MSADLoss` in continual mode (spec xstars.md §3.3, §4:
   one pair, ``sat1`` = the teacher on the old sensor, ``sat2`` = the student on the new sensor, mean over token
   positions) on the all-token outputs *after the final LayerNorm* ``[B, 1 + G², D]`` (index 0 = CLS, kept with
-  ``msad.include_cls``) of a full, unmasked forward — what X-STARS feeds MSAD. (The engine's ``encode(output=
-  "grid")`` returns SMARTIES' pre-norm ``all_tokens``, spec smarties.md §1.1 step 6; :func:`smarties_tokens` builds
-  the post-norm tokens from the same engine pieces.) ``msad.mode: paper`` keeps the graph, so the student and the
+  ``msad.include_cls``) of a full, unmasked forward (``encoder.encode(x, bands, "tokens")``) — what X-STARS feeds
+  MSAD; the engine's ``"grid"`` output is SMARTIES' pre-norm ``all_tokens`` instead. ``msad.mode: paper`` keeps the graph, so the student and the
   MSAD heads ``P``, ``Q1``, ``Q2`` get gradients (heads in the optimiser, checkpoint and export); ``compat`` computes
   the same value without a graph, as the released X-STARS code (B1/B2), so only the MAE term trains.
 - **Optimisation** (as ``smarties-mae``, spec smarties.md §5): AdamW, weight decay on parameters with ``ndim ≥ 2``,
@@ -97,7 +96,6 @@ __all__ = (
     "load_align_config",
     "load_msad_heads",
     "save_msad_heads",
-    "smarties_tokens",
     "train_smarties_align",
 )
 
@@ -259,31 +257,6 @@ def load_align_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def smarties_tokens(encoder: SmartiesEncoder, images: torch.Tensor, bands: Sequence[BandSpec]) -> torch.Tensor:
-    """All tokens of a full (unmasked) SMARTIES forward *after the final LayerNorm* — MSAD's input.
-
-    The engine's pieces (spec smarties.md §1.1): spectral projection + ``12 · mean`` band fusion
-    (:meth:`~engine.models.smarties.SmartiesEncoder.embed_bands`), CLS + position table + blocks
-    (:meth:`~engine.models.smarties.SmartiesEncoder.forward_tokens`), then ``norm`` over every token — the X-STARS
-    backbone's ``return_all_tokens=True`` output (spec xstars.md §1). Token 0 is the CLS token (equal to
-    ``encoder.encode(images, bands, "cls")``), token ``1 + t`` the patch at row ``t // w``, column ``t % w``.
-
-    Args:
-        encoder: The SMARTIES encoder.
-        images: ``[B, C, H, W]`` float32 normalised images, H and W multiples of the patch size.
-        bands: C band specs (range keys, projection indices or :class:`~engine.spectrum.Projection`).
-
-    Returns:
-        ``[B, 1 + (H/p)·(W/p), D]`` tokens (float32, or the autocast dtype).
-
-    Raises:
-        ValueError: As :meth:`~engine.models.smarties.SmartiesEncoder.embed_bands` (band count, image size).
-    """
-    p = encoder.patch_size
-    h, w = images.shape[2] // p, images.shape[3] // p
-    return encoder.norm(encoder.forward_tokens(encoder.embed_bands(images, list(bands)), h, w))
-
-
 class SmartiesAlignModel(nn.Module):
     """Student MAE, frozen domain teacher and MSAD loss (with its heads), in one module (see the module docstring).
 
@@ -338,10 +311,10 @@ class SmartiesAlignModel(nn.Module):
             ``mae_weight`` is 0). ``loss = mae_weight · mae_loss + alpha · msad_loss``.
         """
         with torch.no_grad():
-            old = smarties_tokens(self.teacher, batch["old"], batch["old_bands"])
+            old = self.teacher.encode(batch["old"], batch["old_bands"], "tokens")
         paper = self.msad.mode == "paper"
         with torch.set_grad_enabled(paper and torch.is_grad_enabled()):
-            new = smarties_tokens(self.student.encoder, batch["new"], batch["new_bands"])
+            new = self.student.encoder.encode(batch["new"], batch["new_bands"], "tokens")
         msad = self.msad([old, new])
         loss = self.alpha * msad
         mae = torch.full((), float("nan"), device=msad.device)

@@ -320,7 +320,7 @@ class DinoViT(nn.Module):
         self,
         x: torch.Tensor,
         bands: Sequence[Any],
-        output: Literal["cls", "grid"] = "cls",
+        output: Literal["cls", "grid", "tokens"] = "cls",
     ) -> torch.Tensor:
         """Encode normalised RGB images (the engine's model interface, as ``SmartiesEncoder.encode``).
 
@@ -331,7 +331,8 @@ class DinoViT(nn.Module):
                 (:meth:`check_bands`). The backbone has one RGB stem, so they select nothing else.
             output: ``"cls"`` → ``[B, D]`` CLS token after the final norm; ``"grid"`` → ``[B, D, H/p, W/p]`` patch
                 tokens of the last block **after** the final norm (what X-STARS' MSAD aligns and DINO's dense
-                features use; SMARTIES' grid is before its norm).
+                features use; SMARTIES' grid is before its norm); ``"tokens"`` → ``[B, 1 + (H/p)·(W/p), D]`` every
+                token after the final norm, CLS first (``forward(x, return_all_tokens=True)``).
 
         Returns:
             The requested float tensor.
@@ -340,11 +341,11 @@ class DinoViT(nn.Module):
             ValueError: Bad shape or ``output``.
             engine.errors.BandResolutionError: ``bands`` are not red, green, blue.
         """
-        if output not in ("cls", "grid"):
-            raise ValueError(f"output must be 'cls' or 'grid', got {output!r}")
+        if output not in ("cls", "grid", "tokens"):
+            raise ValueError(f"output must be 'cls', 'grid' or 'tokens', got {output!r}")
         self.check_bands(list(bands))
-        tokens = self.forward(x, return_all_tokens=output == "grid")
-        if output == "cls":
+        tokens = self.forward(x, return_all_tokens=output != "cls")
+        if output != "grid":
             return tokens
         p = self.patch_size
         rows, cols = x.shape[2] // p, x.shape[3] // p

@@ -270,7 +270,7 @@ class SmartiesEncoder(nn.Module):
         self,
         x: torch.Tensor,
         bands: Union[Sequence[BandSpec], torch.Tensor],
-        output: Literal["cls", "grid"] = "cls",
+        output: Literal["cls", "grid", "tokens"] = "cls",
     ) -> torch.Tensor:
         """Encode normalised images.
 
@@ -281,7 +281,10 @@ class SmartiesEncoder(nn.Module):
                 :class:`~engine.spectrum.Projection` objects — or an integer tensor ``[B, h, w, C]`` of per-token
                 projection indices.
             output: ``"cls"`` → ``[B, D]`` CLS token after the final LayerNorm; ``"grid"`` → ``[B, D, H/p, W/p]``
-                patch tokens of the last block *before* the final norm (the reference's ``all_tokens``).
+                patch tokens of the last block *before* the final norm (the reference's ``all_tokens``, spec §1.1);
+                ``"tokens"`` → ``[B, 1 + (H/p)·(W/p), D]`` every token *after* the final norm, CLS first, patches in
+                row-major order (the X-STARS backbone's ``return_all_tokens`` output, what MSAD aligns, spec
+                xstars.md §3).
 
         Returns:
             The requested tensor (float32).
@@ -292,6 +295,8 @@ class SmartiesEncoder(nn.Module):
         """
         if x.ndim != 4:
             raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
+        if output not in ("cls", "grid", "tokens"):
+            raise ValueError(f"output must be 'cls', 'grid' or 'tokens', got {output!r}")
         p = self.patch_size
         h, w = x.shape[2] // p, x.shape[3] // p
         if isinstance(bands, torch.Tensor):
@@ -307,9 +312,9 @@ class SmartiesEncoder(nn.Module):
         out = self.forward_tokens(tokens, h, w)
         if output == "cls":
             return self.norm(out[:, 0])
-        if output == "grid":
-            return out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w)
-        raise ValueError(f"output must be 'cls' or 'grid', got {output!r}")
+        if output == "tokens":
+            return self.norm(out)
+        return out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w)
 
     def forward(self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor]) -> torch.Tensor:
         """Alias of ``encode(x, bands, output="cls")``."""

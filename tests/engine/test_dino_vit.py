@@ -279,6 +279,8 @@ def test_load_model_gives_the_teacher_backbone_for_the_engine(
     with torch.no_grad():
         cls = engine_model.encode(io["images"], rgb, "cls")
         grid = engine_model.encode(io["images"], rgb, "grid")
+        tokens = engine_model.encode(io["images"], rgb, "tokens")
+    assert _max_diff(tokens, io["teacher_tokens"]) < ATOL  # all tokens after the final norm, CLS first
     assert _max_diff(cls, io["teacher_cls"]) < ATOL
     assert grid.shape == (2, 48, 14, 14)  # tokens after the final norm, row-major
     assert _max_diff(grid, io["teacher_tokens"][:, 1:].transpose(1, 2).reshape(2, 48, 14, 14)) < ATOL

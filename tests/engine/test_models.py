@@ -105,6 +105,12 @@ def test_parity_band_list(tiny_model: SmartiesEncoder, case: str) -> None:
         grid = tiny_model.encode(image, bands, "grid")
         cls_t = tiny_model.encode(image, indices, "cls")
         grid_t = tiny_model.encode(image, indices, "grid")
+        tokens = tiny_model.encode(image, bands, "tokens")
+    # "tokens": every token after the final norm, CLS first (what MSAD aligns), the pre-norm grid normalised
+    torch.testing.assert_close(tokens[:, 0], cls, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        normed = tiny_model.norm(grid.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(tokens[:, 1:], normed, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cls, io[f"{case}.cls_out"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grid, io[f"{case}.all_tokens_out"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cls_t, io[f"{case}.cls_out"], atol=1e-5, rtol=1e-5)

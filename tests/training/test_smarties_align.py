@@ -31,7 +31,6 @@ from training.smarties_align import (
     build_stream,
     load_align_config,
     load_msad_heads,
-    smarties_tokens,
 )
 
 BEN = DATA / "bigearthnet_mm"
@@ -125,7 +124,7 @@ def test_export_loads_in_the_engine_and_changes_s1_embeddings(demo_run) -> None:
             b = initial.encode(crops.images[sensor], crops.bands[sensor])
             assert a.shape == b.shape == (3, initial.embed_dim)
             assert (a - b).abs().max() > 1e-3, sensor
-        tokens = smarties_tokens(aligned, crops.images["s1"], crops.bands["s1"])
+        tokens = aligned.encode(crops.images["s1"], crops.bands["s1"], "tokens")
         torch.testing.assert_close(tokens[:, 0], aligned.encode(crops.images["s1"], crops.bands["s1"]))
     assert tokens.shape == (3, 1 + 14 * 14, initial.embed_dim)
     heads, meta = load_msad_heads(heads_file)
@@ -150,8 +149,8 @@ def test_msad_gradient_reaches_student_and_heads_in_paper_mode_only(tmp_path, mo
     qkv = model.student.encoder.blocks[0].attn.qkv.weight
     assert all(p.grad is None for p in model.teacher.parameters())
     with torch.no_grad():
-        old = smarties_tokens(model.teacher, batch["old"], batch["old_bands"])
-    new = smarties_tokens(model.student.encoder, batch["new"], batch["new_bands"])
+        old = model.teacher.encode(batch["old"], batch["old_bands"], "tokens")
+    new = model.student.encoder.encode(batch["new"], batch["new_bands"], "tokens")
     value = model.msad([old, new])
     if mode == "paper":
         assert torch.isnan(mae) and value.requires_grad
