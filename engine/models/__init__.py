@@ -140,6 +140,8 @@ def _resolve_num_heads(
     config_json: Mapping[str, Any],
     spec: Optional[ModelSpec],
 ) -> tuple[int, str]:
+    from .checkpoint import _first_num_heads
+
     dim = checkpoint.geometry.embed_dim
     candidates = (
         (num_heads, "the num_heads argument"),
@@ -147,15 +149,9 @@ def _resolve_num_heads(
         (_heads_from(config_json), f"config.json next to {checkpoint.path.name}"),
         (spec.num_heads if spec else None, f"the registry entry {spec.name!r}" if spec else ""),
     )
-    for value, source in candidates:
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or dim % value:
-            raise CheckpointError(
-                f"num_heads={value!r} from {source} is invalid for embed_dim D={dim}: it must be a positive divisor "
-                "of D; pass num_heads explicitly"
-            )
-        return value, source
+    found = _first_num_heads(dim, candidates)
+    if found is not None:
+        return found
     if dim % 64 == 0:
         logger.warning(
             "%s: no num_heads recorded; assuming D/64 = %d heads (head dim 64, true for ViT-Ti/S/B/L). "

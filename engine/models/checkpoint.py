@@ -335,22 +335,56 @@ def _infer_geometry(shapes: Mapping[str, Shape], source: str) -> EncoderGeometry
     return EncoderGeometry(embed_dim=dim, depth=depth, patch_size=patch, grid_size=grid, mlp_hidden=fc1[0])
 
 
-def _check_shapes(
-    expected: Mapping[str, Shape], shapes: Mapping[str, Shape], what: str, source: str
-) -> None:
+def _shape_problems(
+    expected: Mapping[str, Shape], shapes: Mapping[str, Shape], what: str, report_unexpected: bool = False
+) -> list[str]:
+    """What is wrong with ``shapes`` against ``expected``: missing keys, mis-shaped keys and (when
+    ``report_unexpected``) keys that are not expected, one message part each; empty when they match."""
     missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected] if report_unexpected else []
     bad = {k: (shapes[k], want) for k, want in expected.items() if k in shapes and shapes[k] != want}
-    if not missing and not bad:
-        return
     parts = []
     if missing:
         parts.append(f"missing {len(missing)} {what} key(s): {_fmt_keys(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected {what} key(s): {_fmt_keys(unexpected)}")
     if bad:
         parts.append(f"{len(bad)} {what} key(s) with the wrong shape: {_fmt_shapes(bad)}")
-    raise CheckpointError(
-        f"{source} does not match a SMARTIES {what}: " + "; ".join(parts) + ". The file is incomplete or was "
-        "exported from a different architecture; re-export the full state dict (no renamed or dropped keys)."
-    )
+    return parts
+
+
+def _check_shapes(
+    expected: Mapping[str, Shape], shapes: Mapping[str, Shape], what: str, source: str
+) -> None:
+    parts = _shape_problems(expected, shapes, what)
+    if parts:
+        raise CheckpointError(
+            f"{source} does not match a SMARTIES {what}: " + "; ".join(parts) + ". The file is incomplete or was "
+            "exported from a different architecture; re-export the full state dict (no renamed or dropped keys)."
+        )
+
+
+def _first_num_heads(dim: int, candidates: Iterable[tuple[Any, str]]) -> Optional[tuple[int, str]]:
+    """The first recorded head count of ``(value, where it comes from)`` pairs (None values skipped), checked.
+
+    Heads are not stored in the tensors, so loaders look them up in order of trust (argument, file config, ...).
+
+    Returns:
+        ``(num_heads, source)``, or None when every candidate is None.
+
+    Raises:
+        CheckpointError: The first recorded value is not a positive divisor of ``dim`` (names its source).
+    """
+    for value, source in candidates:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or dim % value:
+            raise CheckpointError(
+                f"num_heads={value!r} from {source} is invalid for embed_dim D={dim}: it must be a positive divisor "
+                "of D; pass num_heads explicitly"
+            )
+        return value, source
+    return None
 
 
 def _classify_mae(

@@ -42,8 +42,9 @@ from .checkpoint import (
     EncoderGeometry,
     _all_finite,
     _block_shapes,
+    _first_num_heads,
     _fmt_keys,
-    _fmt_shapes,
+    _shape_problems,
     _isqrt_exact,
     _read_header,
 )
@@ -421,23 +422,13 @@ def _head_shapes(head: HeadGeometry) -> dict[str, tuple[int, ...]]:
 def _check_strict(
     expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]], what: str, source: str
 ) -> None:
-    missing = [k for k in expected if k not in shapes]
-    unexpected = [k for k in shapes if k not in expected]
-    bad = {k: (shapes[k], want) for k, want in expected.items() if k in shapes and shapes[k] != want}
-    if not (missing or unexpected or bad):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} {what} key(s): {_fmt_keys(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected {what} key(s): {_fmt_keys(unexpected)}")
-    if bad:
-        parts.append(f"{len(bad)} {what} key(s) with the wrong shape: {_fmt_shapes(bad)}")
-    raise CheckpointError(
-        f"{source} does not match a DINO/X-STARS {what}: " + "; ".join(parts) + ". The file is incomplete or comes "
-        "from another architecture (DINO ViT: pre-norm blocks with qkv bias; head: Linear/GELU MLP, no batch norm, "
-        "weight-normed last layer); re-export the full state dict." + _foreign_hint(list(shapes))
-    )
+    parts = _shape_problems(expected, shapes, what, report_unexpected=True)
+    if parts:
+        raise CheckpointError(
+            f"{source} does not match a DINO/X-STARS {what}: " + "; ".join(parts) + ". The file is incomplete or "
+            "comes from another architecture (DINO ViT: pre-norm blocks with qkv bias; head: Linear/GELU MLP, no "
+            "batch norm, weight-normed last layer); re-export the full state dict." + _foreign_hint(list(shapes))
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -549,15 +540,9 @@ def _num_heads(checkpoint: DinoCheckpoint, num_heads: Optional[int]) -> tuple[in
         (ARCHS[arch][2] if arch in ARCHS else None, f"args.arch={arch!r} (spec xstars.md §1)"),
         (dim // 64 if dim % 64 == 0 else None, "D/64 (head dim 64, as every DINO ViT)"),
     ]
-    for value, source in candidates:
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or dim % value:
-            raise CheckpointError(
-                f"num_heads={value!r} from {source} is invalid for D={dim}: it must be a positive divisor of D; pass "
-                "num_heads explicitly"
-            )
-        return value, source
+    found = _first_num_heads(dim, candidates)
+    if found is not None:
+        return found
     raise CheckpointError(
         f"{checkpoint.path}: the number of attention heads is not stored in the tensors, the file records neither "
         f"num_heads nor a known args.arch, and D={dim} is not a multiple of 64; pass num_heads="
