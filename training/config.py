@@ -42,7 +42,8 @@ from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 import yaml
 
 __all__ = (
-    "ConfigError", "apply_overrides", "config_from_dict", "config_to_dict", "dump_config", "find_config", "load_config"
+    "ConfigError", "apply_overrides", "config_from_dict", "config_to_dict", "dump_config", "find_config", "load_config",
+    "write_text_atomic",
 )
 
 T = TypeVar("T")
@@ -286,6 +287,23 @@ def dump_config(obj: Any, path: Union[str, "os.PathLike[str]"], header: Optional
     text = yaml.safe_dump(config_to_dict(obj), sort_keys=False, default_flow_style=None)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+    write_text_atomic(path, text)
+    return path
+
+
+def write_text_atomic(path: Union[str, "os.PathLike[str]"], text: str) -> Path:
+    """Write a UTF-8 text file (config, log summary, JSON report, model card) so readers never see it half-written.
+
+    The text goes to a temporary file in the same folder, then :func:`os.replace` moves it into place; on any error
+    the temporary file is removed and ``path`` keeps its old content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OSError: The folder does not exist or is not writable.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -38,14 +38,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from engine.cli import DEMO_MODEL, _add_band_options, _parse_band_overrides
 
-__all__ = ("add_eval_parser", "load_pairs", "register", "run_eval", "write_json_atomic")
+__all__ = ("add_eval_parser", "load_pairs", "register", "run_eval")
 
 #: Default share of a single dataset held out for testing.
 DEFAULT_TEST_FRACTION = 0.2
@@ -127,27 +126,6 @@ def register(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def write_json_atomic(path: os.PathLike[str] | str, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` through a temporary file in the same folder + :func:`os.replace`.
-
-    Readers never see a partial file; on failure nothing is left behind.
-
-    Raises:
-        OSError: The folder does not exist or is not writable.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def load_pairs(source: os.PathLike[str] | str, sensors: Optional[list[str]] = None,
                presets: Optional[dict[str, str]] = None) -> tuple[list[Any], tuple[str, str]]:
     """Co-located pairs for retrieval, and the two sensors to compare.
@@ -352,7 +330,10 @@ def run_eval(args: argparse.Namespace) -> int:
         report = _retrieval(args) if args.protocol == "retrieval" else _classify(args)
         report.update(model=str(args.model), size_px=args.size_px, seconds=round(time.perf_counter() - started, 2))
         if args.json:
-            print(f"wrote {write_json_atomic(args.json, report)}")
+            from .config import write_text_atomic
+
+            written = write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+            print(f"wrote {written}")
     except (EngineError, ValueError, OSError) as exc:  # OSError: missing files, unwritable --json folder
         print(f"msfm eval {args.protocol}: error: {exc}", file=sys.stderr)
         return 2

@@ -56,7 +56,7 @@ from torch import nn
 
 from engine.spectrum import get_range
 
-from .config import ConfigError, config_to_dict, find_config, load_config
+from .config import ConfigError, config_to_dict, find_config, load_config, write_text_atomic
 from .mae import PAD, SmartiesMAE, patchify
 from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 from .schedules import cosine_schedule, scaled_lr
@@ -809,16 +809,10 @@ def write_model_card(
         "official_smarties_weights": False,
     }
     json_path = weights.with_suffix(".json")
-    _write_text(json_path, json.dumps(card, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(card, indent=2) + "\n")
     md_path = weights.with_suffix(".md")
-    _write_text(md_path, _markdown(card, table, every))
+    write_text_atomic(md_path, _markdown(card, table, every))
     return json_path, md_path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def data_summary(sources: Sequence[Any]) -> list[dict[str, Any]]:

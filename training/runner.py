@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional
 import torch
 from torch import nn
 
-from .config import ConfigError, config_to_dict, dump_config
+from .config import ConfigError, config_to_dict, dump_config, write_text_atomic
 
 __all__ = (
     "LOG_COLUMNS",
@@ -506,7 +506,7 @@ class Runner:
                 history = old.get("invocations", [old])
             except (ValueError, OSError):
                 history = []
-        _atomic_write_text(path, json.dumps({**info, "invocations": history + [info]}, indent=2) + "\n")
+        write_text_atomic(path, json.dumps({**info, "invocations": history + [info]}, indent=2) + "\n")
 
     # ------------------------------------------------------------------ accelerator
     def _make_accelerator(self, task: TrainTask) -> Any:
@@ -763,12 +763,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _tensorboard_available() -> bool:
