@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the table here")
     args = p.parse_args(argv)
 
+    from engine.models.torch_checkpoint import build_dino_model, read_dino_checkpoint
     from training.xstars.train import build_xstars_model, load_xstars_config, train_xstars
 
     torch.set_num_threads(args.threads)
@@ -158,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_xstars_config("xstars-tiny-cpu", overrides)
             if seed == args.seeds[0] and alpha == args.alphas[0]:
                 torch.manual_seed(seed)
-                init = build_xstars_model(cfg, epochs=1)
-                for feature, fa in _features(init.teacher.backbone, test["MS"], mean, std, size).items():
-                    fb = _features(init.teacher.backbone, test["PAN"], mean, std, size)[feature]
+                init = build_xstars_model(cfg, epochs=1).teacher.backbone
+                fa_all, fb_all = (_features(init, test[s], mean, std, size) for s in ("MS", "PAN"))
+                for feature in fa_all:
                     rows.append({"model": "random init", "feature": feature, "seed": seed,
-                                 **cross_sensor_retrieval(fa, fb)})
+                                 **cross_sensor_retrieval(fa_all[feature], fb_all[feature])})
             if (out / "export" / "l8.pth").exists():
                 print(f"{name}, seed {seed}: reusing {out}")
                 wall = None
@@ -170,11 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 train_xstars(cfg)
                 wall = time.perf_counter() - t0
-            from engine.models.torch_checkpoint import build_dino_model, read_dino_checkpoint
-
             backbone = build_dino_model(read_dino_checkpoint(out / "export" / "l8.pth", "teacher", with_head=False))
-            fa_all = _features(backbone, test["MS"], mean, std, size)
-            fb_all = _features(backbone, test["PAN"], mean, std, size)
+            fa_all, fb_all = (_features(backbone, test[s], mean, std, size) for s in ("MS", "PAN"))
             for feature in fa_all:
                 rows.append({"model": name, "feature": feature, "seed": seed, "train_s": wall,
                              **cross_sensor_retrieval(fa_all[feature], fb_all[feature])})
