@@ -61,6 +61,7 @@ __all__ = (
     "default_scale",
     "embed_raster",
     "model_statistics",
+    "open_reader",
     "provide_embeddings",
     "select_device",
 )
@@ -357,6 +358,40 @@ def model_statistics(model: Any, stats: Sequence[BandStats]) -> list[BandStats]:
     ]
 
 
+def open_reader(
+    dataset: Any,
+    model: Any,
+    settings: InferenceSettings,
+    *,
+    sensor: Optional[str] = None,
+    overrides: Any = None,
+    mapping: Optional[BandMapping] = None,
+    stats: Optional[Sequence[BandStats]] = None,
+    region: Optional[Region] = None,
+) -> tuple[RasterReader, BandMapping]:
+    """The normalising tile reader every model pass over a raster uses (embeddings, head training, segmentation).
+
+    Resolves the bands (or takes ``mapping``), reduces them to a fixed-stem model's families, takes ``stats`` or
+    computes them (:func:`band_statistics`, :func:`model_statistics`) and the scale (``settings.scale`` or the preset's).
+
+    Returns:
+        ``(reader, mapping)``; close the reader when done.
+
+    Raises:
+        engine.errors.BandResolutionError, InputRasterError: As :func:`embed_raster`.
+    """
+    if dataset.crs is None:
+        log.warning("%s has no CRS: the output will not be georeferenced either", dataset.name)
+    mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
+    families = getattr(model, "band_families", None)
+    if families:
+        mapping = select_band_families(mapping, families)
+    if stats is None:
+        stats = model_statistics(model, band_statistics(dataset, mapping))
+    scale = settings.scale if settings.scale is not None else default_scale(mapping)
+    return RasterReader(dataset, mapping, stats, scale, settings.resampling, region), mapping
+
+
 def default_scale(mapping: BandMapping) -> float:
     """The sensor preset's resampling factor, or 1.0 when no preset is known."""
     if mapping.sensor is None:
@@ -437,15 +472,8 @@ def _embed(
 ) -> EmbeddingResult:
     import torch
 
-    if dataset.crs is None:
-        log.warning("%s has no CRS: the output will not be georeferenced either", dataset.name)
-    mapping = mapping or resolve_bands(dataset, sensor=sensor, overrides=overrides, averaging=model.averaging)
-    families = getattr(model, "band_families", None)
-    if families:
-        mapping = select_band_families(mapping, families)
-    stats = model_statistics(model, band_statistics(dataset, mapping))
-    scale = settings.scale if settings.scale is not None else default_scale(mapping)
-    reader = RasterReader(dataset, mapping, stats, scale, settings.resampling, region)
+    reader, mapping = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides, mapping=mapping,
+                                  region=region)
     try:
         return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started, torch)
     finally:

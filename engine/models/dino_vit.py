@@ -38,7 +38,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ..errors import BandResolutionError
 from ..spectrum import projection_for
-from .smarties import Attention, Mlp
+from .smarties import Attention, Mlp, check_blocks
 
 __all__ = (
     "ARCHS",
@@ -283,6 +283,14 @@ class DinoViT(nn.Module):
         Raises:
             ValueError: Not 4-D, not 3 channels, or a side that is not a multiple of the patch size.
         """
+        tokens = self._input_tokens(x)
+        for block in self.blocks:
+            tokens = block(tokens)
+        tokens = self.norm(tokens)
+        return tokens if return_all_tokens else tokens[:, 0]
+
+    def _input_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked patch embedding + CLS + positions: ``[B, 3, H, W]`` → ``[B, 1 + (H/p)·(W/p), D]``."""
         if x.ndim != 4 or x.shape[1] != IN_CHANS:
             raise ValueError(f"x must be [B, 3, H, W] (RGB), got shape {tuple(x.shape)}")
         p = self.patch_size
@@ -290,11 +298,25 @@ class DinoViT(nn.Module):
             raise ValueError(f"image size {x.shape[2]}×{x.shape[3]} px is not a multiple of the patch size {p}")
         tokens = self.patch_embed(x.to(self.cls_token.dtype))
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
-        tokens = tokens + self.pos_embed_for(x.shape[2] // p, x.shape[3] // p)
-        for block in self.blocks:
+        return tokens + self.pos_embed_for(x.shape[2] // p, x.shape[3] // p)
+
+    def encode_blocks(self, x: torch.Tensor, bands: Sequence[Any], blocks: Sequence[int]) -> list[torch.Tensor]:
+        """Patch-token grids ``[B, D, H/p, W/p]`` of the listed 0-based blocks, before the final norm (the same
+        contract as :meth:`engine.models.smarties.SmartiesEncoder.encode_blocks`, for dense heads).
+
+        Raises:
+            ValueError: Bad shape or block indices. engine.errors.BandResolutionError: ``bands`` not red, green, blue.
+        """
+        check_blocks(blocks, len(self.blocks))
+        self.check_bands(list(bands))
+        tokens = self._input_tokens(x)
+        rows, cols = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
+        grids = []
+        for i, block in enumerate(self.blocks[: blocks[-1] + 1]):
             tokens = block(tokens)
-        tokens = self.norm(tokens)
-        return tokens if return_all_tokens else tokens[:, 0]
+            if i in blocks:
+                grids.append(tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], self.embed_dim, rows, cols))
+        return grids
 
     # ------------------------------------------------------------------ engine interface
     def check_bands(self, bands: Sequence[Any]) -> None:

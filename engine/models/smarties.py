@@ -105,6 +105,26 @@ class SpectrumProjection(nn.Module):
         return torch.einsum("ck,kdp->cdp", mix, weight), mix @ bias
 
 
+def check_blocks(blocks: Sequence[int], depth: int) -> None:
+    """Raise ValueError unless ``blocks`` are strictly increasing 0-based block indices below ``depth``."""
+    if not blocks or list(blocks) != sorted(set(blocks)) or blocks[0] < 0 or blocks[-1] >= depth:
+        raise ValueError(
+            f"blocks must be increasing indices in 0..{depth - 1} (0-based; {depth - 1} = the last block), got "
+            f"{list(blocks)}"
+        )
+
+
+def dense_blocks(depth: int) -> tuple[int, int, int, int]:
+    """The four blocks a multi-level dense head reads: ``(d/3, d/2, 2d/3, d) − 1``.
+
+    3/5/7/11 for a ViT-B (depth 12) and 7/11/15/23 for a ViT-L (24), the convention of UPerNet probing of ViTs
+    (spec smarties.md §6, PANGAEA); 1/2/3/5 for the 6-block demo model.
+    """
+    if depth < 4:
+        raise ValueError(f"a multi-level head needs at least 4 blocks, the encoder has {depth}")
+    return (max(0, depth // 3 - 1), depth // 2 - 1, 2 * depth // 3 - 1, depth - 1)
+
+
 def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
     """Fixed 2-D sin-cos position table of MAE/SMARTIES (spec smarties.md §1.3).
 
@@ -258,13 +278,16 @@ class SmartiesEncoder(nn.Module):
         Returns:
             ``[B, 1 + h·w, D]`` output of the last block, *before* the final norm.
         """
-        pos = self.pos_embed_for(h, w)
-        x = tokens + pos[:, 1:]
-        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
+        x = self._with_cls(tokens, h, w)
         for block in self.blocks:
             x = block(x)
         return x
+
+    def _with_cls(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Prepend the CLS token and add positions: ``[B, h·w, D]`` → ``[B, 1 + h·w, D]``."""
+        pos = self.pos_embed_for(h, w)
+        cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens + pos[:, 1:]], dim=1)
 
     def encode(
         self,
@@ -293,10 +316,49 @@ class SmartiesEncoder(nn.Module):
             ValueError: Shape mismatch between ``x`` and ``bands``, or a size not divisible by the patch size.
             engine.errors.BandResolutionError: Unknown band key/index, or the disabled index −1.
         """
-        if x.ndim != 4:
-            raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
         if output not in ("cls", "grid", "tokens"):
             raise ValueError(f"output must be 'cls', 'grid' or 'tokens', got {output!r}")
+        tokens, h, w = self._patch_tokens(x, bands)
+        out = self.forward_tokens(tokens, h, w)
+        if output == "cls":
+            return self.norm(out[:, 0])
+        if output == "tokens":
+            return self.norm(out)
+        return out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w)
+
+    def encode_blocks(
+        self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor], blocks: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """Patch-token grids of several blocks, for dense heads (UPerNet on blocks 3/5/7/11 of a ViT-B, spec §6).
+
+        Args:
+            x: ``[B, C, H, W]`` normalised images, as :meth:`encode`.
+            bands: As :meth:`encode`.
+            blocks: 0-based block indices, increasing (``depth − 1`` = the last block, whose output is
+                ``encode(..., output="grid")``).
+
+        Returns:
+            One ``[B, D, H/p, W/p]`` tensor per listed block: that block's patch tokens *before* the final norm.
+
+        Raises:
+            ValueError: As :meth:`encode`, or block indices that are not increasing within ``0..depth − 1``.
+        """
+        check_blocks(blocks, self.depth)
+        tokens, h, w = self._patch_tokens(x, bands)
+        out = self._with_cls(tokens, h, w)
+        grids = []
+        for i, block in enumerate(self.blocks[: blocks[-1] + 1]):
+            out = block(out)
+            if i in blocks:
+                grids.append(out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w))
+        return grids
+
+    def _patch_tokens(
+        self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor]
+    ) -> tuple[torch.Tensor, int, int]:
+        """Validated spectral projection of ``x``: ``(tokens [B, h·w, D], h, w)``."""
+        if x.ndim != 4:
+            raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
         p = self.patch_size
         h, w = x.shape[2] // p, x.shape[3] // p
         if isinstance(bands, torch.Tensor):
@@ -306,15 +368,8 @@ class SmartiesEncoder(nn.Module):
             if tuple(bands.shape) != (b, h, w, c):
                 raise ValueError(f"per-token band indices must be [B, h, w, C] = {(b, h, w, c)}, got {tuple(bands.shape)}")
             patches = x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5)
-            tokens = self.embed_patches(patches, bands)
-        else:
-            tokens = self.embed_bands(x, list(bands))
-        out = self.forward_tokens(tokens, h, w)
-        if output == "cls":
-            return self.norm(out[:, 0])
-        if output == "tokens":
-            return self.norm(out)
-        return out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w)
+            return self.embed_patches(patches, bands), h, w
+        return self.embed_bands(x, list(bands)), h, w
 
     def forward(self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor]) -> torch.Tensor:
         """Alias of ``encode(x, bands, output="cls")``."""

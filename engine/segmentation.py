@@ -1,0 +1,337 @@
+"""Pixel-resolution class maps from a segmentation head: tiled, streamed, blended class probabilities.
+
+:func:`segment_raster` reads the raster tile by tile through the engine's normalising reader
+(:func:`engine.inference.open_reader`, with the bands, statistics and scale recorded in the head's card), encodes the
+tiles (:meth:`encode_blocks`), turns the head's logits into per-pixel class probabilities (logits upsampled
+bilinearly to the tile's pixels, then softmax) and blends overlapping tiles with a cosine window at pixel resolution
+(:class:`engine.blending.RowBlender` on pixels instead of cells). Finished pixel rows are written as they complete:
+
+- a class GeoTIFF (uint8 class indices, nodata 255, colour table and class names from the card) and its ``.qml``;
+- optionally the probabilities (float32, one band per class, NaN = nodata);
+- optionally polygons of the classes (GDAL polygonize of the class map into a GeoPackage, fields ``class`` and
+  ``name``).
+
+A 16-px-patch ViT sees the image through a 16-px grid, so a head's logits are coarse (one per patch for the linear
+head, one per 4 px for UPerNet). Two knobs refine them, at a cost (docs/segmentation.md has the measured trade-off):
+
+- ``overlap_px``: overlapping tiles average several contexts (cost ∝ ``(tile / (tile − overlap))²``);
+- ``shifts``: extra passes whose tiles are offset by half a patch diagonally (``shifts=2``: origins +8 px, doubling
+  the cost), so patch boundaries fall in different places and the blend has twice the resolution (test-time
+  shifting, as in dense-prediction ViT practice).
+
+Memory: the blender holds ``K × tile × width`` float32 probabilities; nothing grows with the raster height. Cancel is
+polled every batch; a cancelled or failed run leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+from affine import Affine
+
+from .bands import BandMapping, resolve_bands
+from .blending import RowBlender
+from .cluster import write_qml
+from .errors import BandResolutionError, InferenceCancelled, InputRasterError
+from .heads import SegmentationHead, load_head
+from .inference import CancelFn, InferenceSettings, ProgressFn, open_reader, select_device
+from .labels import IGNORE
+from .normalize import BandStats
+from .readers import open_raster
+from .region import Region
+from .tiling import tile_grid
+from .writers import GeoTiffWriter, gtiff_profile, remove_quietly
+
+__all__ = ("SegmentationResult", "load_encoder_for", "segment_raster")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What :func:`segment_raster` wrote.
+
+    Attributes:
+        path: Class GeoTIFF (uint8 class indices, nodata 255).
+        style: Its ``.qml`` style.
+        probabilities: Probability GeoTIFF, or None.
+        polygons: GeoPackage of class polygons, or None.
+        class_names: Names in index order.
+        class_fractions: Share of valid pixels per class.
+        tiles: Tiles encoded (all passes).
+        seconds: Wall time.
+    """
+
+    path: Path
+    style: Path
+    probabilities: Optional[Path]
+    polygons: Optional[Path]
+    class_names: tuple[str, ...]
+    class_fractions: tuple[float, ...]
+    tiles: int
+    seconds: float
+
+
+def load_encoder_for(head: SegmentationHead, head_path: Optional[Union[str, Path]] = None) -> Any:
+    """The encoder a head belongs to: its fine-tuned encoder file beside the head, else the card's model name/path.
+
+    Raises:
+        engine.errors.ModelNotAvailableError / CheckpointError: The encoder cannot be found or does not match.
+    """
+    from .models import load_model
+
+    enc = head.card.encoder
+    name = enc.get("name")
+    if enc.get("file") and head_path is not None:
+        name = str(Path(head_path).with_name(enc["file"]))
+    model = load_model(name, device="cpu")
+    if model.embed_dim != int(enc["embed_dim"]) or len(model.blocks) != int(enc["depth"]):
+        raise InputRasterError(
+            f"the encoder {name} (D={model.embed_dim}, depth {len(model.blocks)}) is not the one the head was trained "
+            f"on (D={enc['embed_dim']}, depth {enc['depth']}); pass the right model"
+        )
+    return model
+
+
+def _head_mapping(dataset: Any, head: SegmentationHead, model: Any, sensor: Optional[str],
+                  overrides: Any) -> BandMapping:
+    """The raster's bands resolved and checked against the head's: same ranges, same order."""
+    card = head.card
+    mapping = resolve_bands(dataset, sensor=sensor or card.sensor, overrides=overrides, averaging=model.averaging)
+    want = [b["key"] for b in card.bands]
+    got = [b.projection.label for b in mapping.bands]
+    if want and got != want:
+        if len(got) > len(want) and all(k in got for k in want):  # a raster with extra bands: keep the head's
+            keep = [next(b for b in mapping.bands if b.projection.label == k) for k in want]
+            return replace(mapping, bands=tuple(keep))
+        raise BandResolutionError(
+            f"the head was trained on bands {want} but {dataset.name} maps to {got}; map the bands with overrides "
+            f"(e.g. {'; '.join(f'{i + 1}={k}' for i, k in enumerate(want))}) or use a head trained on this sensor"
+        )
+    return mapping
+
+
+def segment_raster(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    head: Union[str, Path, SegmentationHead],
+    model: Any = None,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    shifts: int = 1,
+    sensor: Optional[str] = None,
+    overrides: Any = None,
+    region: Optional[Region] = None,
+    probabilities_output: Optional[Union[str, Path]] = None,
+    polygons_output: Optional[Union[str, Path]] = None,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> SegmentationResult:
+    """Classify every pixel of a raster with a segmentation head.
+
+    Args:
+        source: Input raster with the bands the head was trained on.
+        output: Class GeoTIFF (uint8, nodata 255, colour table, class names); a ``.qml`` is written beside it.
+        head: A head file (``.safetensors`` + card) or a loaded :class:`SegmentationHead`.
+        model: The encoder; default: the one named by the head's card (:func:`load_encoder_for`).
+        settings: Tiling and device. The scale defaults to the card's (the head was trained at it).
+        shifts: 1 (plain tiles) or 2 (plus a pass offset by half a patch; 2× the cost, finer boundaries).
+        sensor, overrides: Band mapping (default: the card's sensor); the bands must map to the head's ranges.
+        region: Process only this :class:`engine.region.Region` (pixels outside its polygons are nodata).
+        probabilities_output: Also write class probabilities (float32, K bands) here.
+        polygons_output: Also polygonize the class map into this GeoPackage (``.gpkg``).
+        progress: Called with the completed fraction after every batch.
+        is_canceled: Polled before every batch; True stops with :class:`InferenceCancelled`, writing nothing.
+
+    Returns:
+        :class:`SegmentationResult`. Outputs are on the reader's grid: the raster's pixels (times ``scale``).
+
+    Raises:
+        InputRasterError: Unreadable input, bad settings, no valid pixel.
+        engine.errors.BandResolutionError: The raster's bands do not match the head's.
+        InferenceCancelled: Cancelled.
+    """
+    import torch
+
+    started = time.perf_counter()
+    if shifts not in (1, 2):
+        raise InputRasterError(f"shifts must be 1 or 2, got {shifts}")
+    head_path = None if isinstance(head, SegmentationHead) else Path(head)
+    head = head if isinstance(head, SegmentationHead) else load_head(head)
+    model = model if model is not None else load_encoder_for(head, head_path)
+    card = head.card
+    settings = settings or InferenceSettings(tile_size_px=card.tile_size_px)
+    if settings.scale is None:
+        settings = replace(settings, scale=card.scale)
+    output = Path(output)
+    for extra in (probabilities_output, polygons_output):
+        if extra is not None and not Path(extra).parent.is_dir():
+            raise InputRasterError(f"output folder {Path(extra).parent} does not exist; create it first")
+    if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
+        raise InputRasterError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
+    dataset = open_raster(source)
+    try:
+        mapping = _head_mapping(dataset, head, model, sensor, overrides)
+        stats = [BandStats(*s, source="head card") for s in card.stats] if card.stats else None
+        reader, mapping = open_reader(dataset, model, settings, mapping=mapping, stats=stats, region=region)
+        try:
+            counts, tiles = _run(model, head, reader, list(mapping.projections), settings, shifts, output,
+                                 probabilities_output, str(source), progress, is_canceled, torch)
+        finally:
+            reader.close()
+    finally:
+        dataset.close()
+    names = tuple(c.name for c in card.classes)
+    style = write_qml(output.with_suffix(".qml"), list(names), [tuple(c.color) for c in card.classes])
+    polygons = polygonize(output, Path(polygons_output), names) if polygons_output is not None else None
+    total = max(1, int(counts.sum()))
+    if progress is not None:
+        progress(1.0)
+    return SegmentationResult(
+        path=output, style=style, probabilities=Path(probabilities_output) if probabilities_output else None,
+        polygons=polygons, class_names=names, class_fractions=tuple(float(c) / total for c in counts), tiles=tiles,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _origins(reader: Any, settings: InferenceSettings, p: int, shifts: int) -> list[tuple[int, int]]:
+    """Tile origins in view pixels (the patch-grid plan, plus the half-patch-shifted pass), sorted by row."""
+    grid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    base = [(r * p, c * p) for r, c in grid]
+    if shifts == 2:
+        s = p // 2
+        base += [(r + s, c + s) for r, c in base]
+    size = settings.tile_size_px
+    keep = [(r, c) for r, c in base if (inside := reader.inside(r, c, size)) is None or inside.any()]
+    return sorted(keep)
+
+
+def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any], settings: InferenceSettings,
+         shifts: int, output: Path,
+         prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
+         is_canceled: Optional[CancelFn], torch: Any) -> tuple[np.ndarray, int]:
+    p, size = model.patch_size, settings.tile_size_px
+    k = head.card.num_classes
+    device = select_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model, head = model.to(device).eval(), head.to(device).eval()
+    origins = _origins(reader, settings, p, shifts)
+    if not origins:
+        raise InputRasterError(f"no pixel centre of {source} lies inside the region's polygons")
+    height, width = reader.height_px, reader.width_px
+    blender = RowBlender(k, size, max(width, max(c for _, c in origins) + size), settings.blend)
+    profile = dict(width=width, height=height, crs=reader.dataset.crs, transform=reader.transform)
+    tags = {
+        "MSFM_KIND": "segmentation", "MSFM_SOURCE": source, "MSFM_HEAD": head.card.head_type,
+        "MSFM_CLASSES": json.dumps([c.name for c in head.card.classes]), "MSFM_SCALE": repr(reader.scale),
+        "MSFM_SHIFTS": str(shifts), "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
+                                                                  "overlap_px": settings.overlap_px}),
+    }
+    colors = {c.index: tuple(c.color) for c in head.card.classes}
+    counts = np.zeros(k, np.int64)
+    batches = [origins[i : i + settings.batch_size] for i in range(0, len(origins), settings.batch_size)]
+
+    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        reads = [reader.read(r, c, size) for r, c in batch]
+        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
+
+    def finish(until: int, writers: list[GeoTiffWriter]) -> None:
+        while blender.top < until:
+            step = min(until, blender.top + size)
+            probs, valid = blender.release(step)
+            first = step - probs.shape[1]
+            keep = max(0, min(step, height) - first)
+            probs, valid = probs[:, :keep, :width], valid[:keep, :width]
+            ok = valid >= 0.5
+            classes = np.where(ok, probs.argmax(0), IGNORE).astype(np.uint8)
+            counts[:] += np.bincount(classes[ok].ravel(), minlength=k)[:k]
+            writers[0].write_rows(classes[None])
+            if len(writers) > 1:
+                probs = probs.copy()
+                probs[:, ~ok] = np.nan
+                writers[1].write_rows(probs)
+
+    class_profile = gtiff_profile(count=1, dtype="uint8", nodata=IGNORE, **profile)
+    with GeoTiffWriter(output, class_profile, ["class"], tags, colors) as classes_out, \
+            _optional_writer(prob_path, gtiff_profile(count=k, dtype="float32", nodata=float("nan"), **profile),
+                             [f"p_{c.name}" for c in head.card.classes], tags) as probs_out, \
+            ThreadPoolExecutor(1) as pool:
+        writers = [w for w in (classes_out, probs_out) if w is not None]
+        pending = pool.submit(load, batches[0])
+        for b, batch in enumerate(batches):
+            if is_canceled is not None and is_canceled():
+                pending.cancel()
+                raise InferenceCancelled(f"cancelled after {b} of {len(batches)} batches; no output written")
+            x, valid = pending.result()
+            if b + 1 < len(batches):
+                pending = pool.submit(load, batches[b + 1])
+            with torch.inference_mode():
+                grids = model.encode_blocks(torch.from_numpy(x).to(device), projections, head.blocks)
+                probs = torch.softmax(head.pixel_logits(grids, (size, size)).float(), dim=1).cpu().numpy()
+            for (r, c), pr, v in zip(batch, probs, valid):
+                if r > blender.top:
+                    finish(r, writers)
+                blender.add(pr, v.astype(np.float32), r, c)
+            if progress is not None:
+                progress(0.97 * (b + 1) / len(batches))
+        finish(max(height, blender.top + size), writers)
+        if counts.sum() == 0:
+            raise InputRasterError(f"{source}: no valid pixel to classify (all nodata)")
+    return counts, len(origins)
+
+
+class _optional_writer:
+    """A :class:`GeoTiffWriter` context when ``path`` is given, else a context yielding None."""
+
+    def __init__(self, path: Optional[Union[str, Path]], profile: dict, descriptions: list[str], tags: dict) -> None:
+        self.writer = GeoTiffWriter(Path(path), profile, descriptions, tags) if path is not None else None
+
+    def __enter__(self) -> Optional[GeoTiffWriter]:
+        return self.writer.__enter__() if self.writer is not None else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is not None:
+            self.writer.__exit__(*exc)
+
+
+def polygonize(classes: Path, output: Path, names: tuple[str, ...]) -> Path:
+    """Polygons of a class GeoTIFF (GDAL ``Polygonize``, 8-connected, nodata excluded) into a GeoPackage layer
+    ``classes`` with fields ``class`` (index) and ``name``; written to a temporary file and renamed when complete.
+
+    Raises:
+        InputRasterError: GDAL's Python bindings are missing.
+    """
+    try:
+        from osgeo import gdal, ogr
+    except ImportError as exc:  # pragma: no cover - present with QGIS and python3-gdal
+        raise InputRasterError("polygon output needs GDAL's Python bindings (osgeo): install python3-gdal") from exc
+    gdal.UseExceptions()
+    tmp = output.with_name(f".{output.stem}.part-{os.getpid()}.gpkg")
+    remove_quietly(tmp)
+    try:
+        src = gdal.Open(str(classes))
+        band = src.GetRasterBand(1)
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+        layer = ds.CreateLayer("classes", srs=src.GetSpatialRef(), geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
+        layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+        gdal.Polygonize(band, band.GetMaskBand(), layer, 0, ["8CONNECTED=8"])
+        layer.StartTransaction()
+        for feature in layer:
+            feature.SetField("name", names[feature.GetField("class")])
+            layer.SetFeature(feature)
+        layer.CommitTransaction()
+        ds = layer = band = src = None  # close (GDAL flushes on release)
+        os.replace(tmp, output)
+    finally:
+        remove_quietly(tmp)
+    return output
