@@ -8,6 +8,8 @@ Examples::
     msfm cluster scene.tif classes.tif --k 8 --resolution pixel --quicklook classes.png
     msfm embed scene.tif emb.tif --bounds 440000 4160000 445000 4165000 --pca pca.tif
     msfm similarity scene.tif sim.tif --point 444345 4168545 --embeddings emb.tif
+    msfm train-head scene.tif head.safetensors --polygons labels.gpkg --class-field cover --head upernet
+    msfm segment scene.tif head.safetensors classes.tif --polygons classes.gpkg
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
     msfm train smarties-mae CONFIG             # provided by the training package (entry point, see below)
     msfm eval knn DATASET                      # frozen-encoder kNN / linear-probe / retrieval (training package)
@@ -247,6 +249,76 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class_names(items: Optional[Sequence[str]]) -> Optional[dict[str, str]]:
+    """``["0=background", "255=road"]`` → ``{"0": "background", "255": "road"}``."""
+    out = {}
+    for item in items or ():
+        value, sep, name = item.partition("=")
+        if not sep or not name:
+            raise EngineError(f"--class-name takes VALUE=NAME, got {item!r}")
+        out[value.strip()] = name.strip()
+    return out or None
+
+
+def cmd_train_head(args: argparse.Namespace) -> int:
+    from .head_training import fit_head
+    from .labels import LabelRaster, read_polygons
+
+    names = _class_names(args.class_name)
+    if bool(args.polygons) == bool(args.label_raster):
+        raise EngineError("give either --polygons FILE --class-field NAME or --label-raster FILE")
+    if args.polygons:
+        if not args.class_field:
+            raise EngineError("--polygons needs --class-field (the attribute holding each polygon's class)")
+        labels: Any = read_polygons(args.polygons, args.class_field, names=names)
+    else:
+        labels = LabelRaster(args.label_raster, ignore_values=args.ignore_value or (), names=names)
+    model = _load(args)
+    bar = _Progress("train head")
+    try:
+        res = fit_head(
+            args.input, labels, model, head_type=args.head, output=args.output, settings=_settings(args),
+            sensor=args.sensor, overrides=_parse_band_overrides(args.band), steps=args.steps, lr=args.lr,
+            val_fraction=args.val_fraction, finetune=args.finetune, seed=args.seed, progress=bar,
+        )
+    finally:
+        bar.close()
+    print(f"{res.path} (+ card {res.path.with_suffix('.json')}): {res.head.card.head_type} head, "
+          f"{res.train_chips} training chips, loss {res.losses[0]:.3f} → {res.losses[-1]:.3f}, {res.seconds:.1f} s")
+    m = res.metrics
+    if m:
+        per = ", ".join(f"{name} IoU {100 * v['iou']:.1f} / F1 {100 * v['f1']:.1f}"
+                        for name, v in m["classes"].items() if v["iou"] is not None)
+        print(f"validation ({m['split']}): mIoU {100 * m['miou']:.1f} %, macro F1 {100 * m['macro_f1']:.1f} %; {per}")
+    else:
+        print("no validation split (every class has a single polygon, or --val-fraction 0)")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .inference import InferenceSettings
+    from .segmentation import segment_raster
+
+    settings = InferenceSettings(tile_size_px=args.tile_size_px, overlap_px=args.overlap_px, batch_size=args.batch_size,
+                                 device=args.device, threads=args.threads, scale=args.scale)
+    model = _load(args) if args.model else None
+    bar = _Progress("segment")
+    try:
+        res = segment_raster(
+            args.input, args.output, args.head, model, settings=settings, shifts=args.shifts, sensor=args.sensor,
+            overrides=_parse_band_overrides(args.band), region=_region(args),
+            probabilities_output=args.probabilities, polygons_output=args.polygons, progress=bar,
+        )
+    finally:
+        bar.close()
+    shares = ", ".join(f"{n} {f:.0%}" for n, f in zip(res.class_names, res.class_fractions))
+    print(f"{res.path} + style {res.style}: {shares}; {res.tiles} tiles in {res.seconds:.1f} s")
+    for extra in (res.probabilities, res.polygons):
+        if extra:
+            print(extra)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .bands import describe_mapping, resolve_bands
     from .cluster import cluster_raster
@@ -418,6 +490,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
     _add_region_option(p)
     p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("train-head", help="train a segmentation head on a raster and polygons (or a label raster)")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="head file to write (.safetensors; the JSON card is written beside it)")
+    p.add_argument("--polygons", help="vector file of labelled polygons (GeoPackage, shapefile, GeoJSON, ...)")
+    p.add_argument("--class-field", help="attribute of --polygons holding the class")
+    p.add_argument("--label-raster", help="raster of class values instead of polygons (any CRS/grid)")
+    p.add_argument("--ignore-value", type=float, action="append", help="label-raster value meaning unlabelled")
+    p.add_argument("--class-name", action="append", metavar="VALUE=NAME", help="name a class value (repeatable)")
+    p.add_argument("--head", choices=["linear", "upernet"], default="linear",
+                   help="linear: 1×1 conv on the last block (fast); upernet: four blocks, finer boundaries")
+    p.add_argument("--steps", type=int, default=300, help="optimisation steps (default 300)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3 linear, 1e-3 UPerNet)")
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="share of each class's polygons (or label blocks) held out for validation (default 0.25)")
+    p.add_argument("--finetune", action="store_true", help="train the encoder too (slow; saved beside the head)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_train_head)
+
+    p = sub.add_parser("segment", help="classify every pixel of a raster with a trained segmentation head")
+    p.add_argument("input", help="input raster (the bands the head was trained on)")
+    p.add_argument("head", help="head file (.safetensors with its .json card)")
+    p.add_argument("output", help="class GeoTIFF (uint8, nodata 255, colour table) + .qml style beside it")
+    p.add_argument("--probabilities", help="also write class probabilities (float32, one band per class)")
+    p.add_argument("--polygons", help="also write class polygons (GeoPackage .gpkg)")
+    p.add_argument("--shifts", type=int, choices=[1, 2], default=1,
+                   help="2 = add a pass shifted by half a patch: finer boundaries, twice the time")
+    _add_band_options(p)
+    p.add_argument("--model", help="encoder (default: the one named in the head's card)")
+    p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
+    p.add_argument("--tile-size-px", type=int, default=224, help="tile side in model pixels (default 224)")
+    p.add_argument("--overlap-px", type=int, default=112, help="tile overlap in model pixels (default 112)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--scale", type=float, help="model pixels per native pixel (default: the head card's)")
+    _add_region_option(p)
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="cluster the bundled Sentinel-2 scene with the bundled model (offline)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")

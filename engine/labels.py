@@ -18,6 +18,7 @@ without a CRS or that do not overlap the raster (usually a wrong layer CRS), a c
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from rasterio.features import bounds as geometry_bounds
 from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from .errors import InputRasterError
 
@@ -40,6 +41,7 @@ __all__ = ("IGNORE", "LabelGrid", "LabelRaster", "PolygonLabels", "class_table",
 
 #: Label value of unlabelled pixels (the loss ignores them; class maps use it as nodata).
 IGNORE = 255
+_CRS_HINT = "check that the polygon layer's CRS is the one its coordinates are in"
 #: Largest label window read into memory (pixels); larger label rasters must be cropped first.
 _MAX_LABEL_PX = 400_000_000
 
@@ -183,8 +185,6 @@ def read_polygons(path: Union[str, Path], class_field: str, layer: Optional[str]
     if srs is not None and hasattr(srs, "SetAxisMappingStrategy"):
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     geometries, values = [], []
-    import json
-
     for feat in lyr:
         geom = feat.GetGeometryRef()
         if geom is None or geom.IsEmpty():
@@ -212,22 +212,25 @@ def _polygon_grid(labels: PolygonLabels, crs: Any, transform: Affine, shape: tup
                                "coordinates are in (e.g. the raster's) and run again")
     geoms = list(labels.geometries)
     if labels.crs is not None and crs is not None and CRS.from_user_input(labels.crs) != CRS.from_user_input(crs):
-        geoms = [transform_geom(CRS.from_user_input(labels.crs), crs, g) for g in geoms]
+        try:
+            geoms = [transform_geom(CRS.from_user_input(labels.crs), crs, g) for g in geoms]
+        except Exception as exc:  # PROJ refuses coordinates outside the CRS's domain
+            raise InputRasterError(
+                f"the polygons of {labels.source} cannot be reprojected from {_crs_name(labels.crs)} to the raster's "
+                f"{_crs_name(crs)} ({exc}); {_CRS_HINT}") from exc
     height, width = shape
     lefts, bottoms, rights, tops = zip(*(geometry_bounds(g) for g in geoms))
-    try:
-        win = from_bounds(min(lefts), min(bottoms), max(rights), max(tops), transform)
-        win = win.round_offsets("floor").round_lengths("ceil")
-        win = win.intersection(Window(0, 0, width, height))
-    except Exception:  # rasterio.errors.WindowError: no overlap
-        win = None
-    if win is None or win.width < 1 or win.height < 1:
+    inv = ~transform
+    cols, rows = zip(*(inv * (x, y) for x in (min(lefts), max(rights)) for y in (min(bottoms), max(tops))))
+    c0, r0 = max(0, math.floor(min(cols))), max(0, math.floor(min(rows)))
+    c1, r1 = min(width, math.ceil(max(cols))), min(height, math.ceil(max(rows)))
+    if c1 <= c0 or r1 <= r0:
         bounds = rasterio.transform.array_bounds(height, width, transform)
         raise InputRasterError(
             f"none of the {len(geoms)} polygons of {labels.source} overlaps the raster (polygons in "
             f"{_crs_name(labels.crs)}, raster in {_crs_name(crs)}, raster bounds {tuple(round(b, 6) for b in bounds)})"
-            "; check that the polygon layer's CRS is the one its coordinates are in")
-    win = Window(int(win.col_off), int(win.row_off), int(math.ceil(win.width)), int(math.ceil(win.height)))
+            f"; {_CRS_HINT}")
+    win = Window(c0, r0, c1 - c0, r1 - r0)
     if win.width * win.height > _MAX_LABEL_PX:
         raise InputRasterError(f"the polygons span {win.width}×{win.height} pixels; crop the raster to the labelled "
                                "area (at most 400 Mpx)")

@@ -106,15 +106,16 @@ def _head_mapping(dataset: Any, head: SegmentationHead, model: Any, sensor: Opti
     """The raster's bands resolved and checked against the head's: same ranges, same order."""
     card = head.card
     mapping = resolve_bands(dataset, sensor=sensor or card.sensor, overrides=overrides, averaging=model.averaging)
-    want = [b["key"] for b in card.bands]
+    want = [b["projection"] for b in card.bands]
     got = [b.projection.label for b in mapping.bands]
     if want and got != want:
         if len(got) > len(want) and all(k in got for k in want):  # a raster with extra bands: keep the head's
             keep = [next(b for b in mapping.bands if b.projection.label == k) for k in want]
             return replace(mapping, bands=tuple(keep))
+        example = "; ".join(f"{i + 1}={b.get('key') or b.get('wavelength_nm')}" for i, b in enumerate(card.bands))
         raise BandResolutionError(
             f"the head was trained on bands {want} but {dataset.name} maps to {got}; map the bands with overrides "
-            f"(e.g. {'; '.join(f'{i + 1}={k}' for i, k in enumerate(want))}) or use a head trained on this sensor"
+            f"(e.g. {example}) or use a head trained on this sensor"
         )
     return mapping
 
