@@ -20,7 +20,7 @@ class MsfmProvider(QgsProcessingProvider):
         return "msfm (multi-sensor foundation models)"
 
     def longName(self) -> str:  # noqa: N802 - QGIS API
-        return f"msfm {runtime.engine_version()}: SMARTIES embeddings, clustering and similarity"
+        return f"msfm {runtime.engine_version()}: SMARTIES embeddings, clustering, similarity and segmentation"
 
     def icon(self) -> QIcon:
         return icon("msfm")
@@ -34,3 +34,12 @@ class MsfmProvider(QgsProcessingProvider):
 
     def defaultRasterFileExtension(self) -> str:  # noqa: N802
         return "tif"
+
+    def supportsNonFileBasedOutput(self) -> bool:  # noqa: N802 - the engine writes files (no memory/database layers)
+        return False
+
+    def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802 - the engine writes GeoPackage
+        return ["gpkg"]
+
+    def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802, N803
+        return "gpkg"

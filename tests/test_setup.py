@@ -42,7 +42,8 @@ def test_metadata_icon_exists(metadata: configparser.SectionProxy) -> None:
 
 def test_icons_present() -> None:
     names = {p.name for p in ICONS}
-    assert {"msfm.svg", "embed.svg", "cluster.svg", "similarity.svg", "bands.svg", "download.svg"} <= names
+    assert {"msfm.svg", "embed.svg", "cluster.svg", "similarity.svg", "bands.svg", "download.svg", "train_head.svg",
+            "segment.svg"} <= names
 
 
 @pytest.mark.parametrize("icon", ICONS, ids=[p.name for p in ICONS])
@@ -74,7 +75,10 @@ def test_class_factory_with_iface(qgis_iface) -> None:
     registered_before = registry.providerById("msfm") is not None  # e.g. by the plugin tests' session fixture
     plugin = qgis_plugin.classFactory(qgis_iface)
     plugin.initGui()
-    assert registry.providerById("msfm") is not None and len(registry.providerById("msfm").algorithms()) == 5
+    from qgis_plugin.algorithms import ALGORITHMS
+
+    assert len(ALGORITHMS) == 7
+    assert registry.providerById("msfm") is not None and len(registry.providerById("msfm").algorithms()) == 7
     assert (plugin.provider is None) == registered_before  # a second provider with the same id is not kept
     assert plugin.dock is not None and plugin.action is not None
     plugin.unload()

@@ -4,8 +4,10 @@ from .bandmapping import BandMappingReport
 from .cluster import ClusterEmbeddings
 from .download import DownloadModel
 from .embed import ComputeEmbeddings
+from .segment import SegmentWithHead, TrainSegmentationHead
 from .similarity import SimilarityMap
 
-ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, BandMappingReport, DownloadModel)
+ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, TrainSegmentationHead, SegmentWithHead,
+              BandMappingReport, DownloadModel)
 
 __all__ = ("ALGORITHMS",)

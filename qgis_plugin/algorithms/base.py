@@ -174,8 +174,9 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             )
         )
 
-    def add_model_parameters(self) -> None:
-        """``MODEL``, ``MODEL_FILE``, ``DEVICE`` and the advanced tiling knobs."""
+    def add_model_parameters(self, **device: Any) -> None:
+        """``MODEL``, ``MODEL_FILE``, ``DEVICE`` and the advanced tiling knobs (``device``: options of
+        :meth:`add_device_parameters`)."""
         self.addParameter(
             QgsProcessingParameterEnum(
                 "MODEL", "Model", options=model_names(), defaultValue=DEFAULT_MODEL, usesStaticStrings=True
@@ -187,22 +188,30 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
+        self.add_device_parameters(**device)
+
+    def add_device_parameters(self, scale_default: str = "the sensor preset's", overlap: bool = True,
+                              tile_label: str = "Tile size") -> None:
+        """``DEVICE`` and the advanced ``TILE_SIZE``, ``OVERLAP`` (unless ``overlap`` is False), ``BATCH_SIZE`` and
+        ``SCALE`` (``scale_default`` says what an empty scale means)."""
         self.addParameter(
             QgsProcessingParameterEnum(
                 "DEVICE", "Device", options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
             )
         )
         advanced = [
-            QgsProcessingParameterNumber("TILE_SIZE", "Tile size (model pixels, multiple of 16)",
+            QgsProcessingParameterNumber("TILE_SIZE", f"{tile_label} (model pixels, multiple of 16)",
                                          QgsProcessingParameterNumber.Integer, 224, minValue=16, maxValue=4096),
             QgsProcessingParameterNumber("OVERLAP", "Tile overlap (model pixels, multiple of 16)",
                                          QgsProcessingParameterNumber.Integer, 112, minValue=0, maxValue=4080),
             QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per forward pass)",
                                          QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=1024),
-            QgsProcessingParameterNumber("SCALE", "Scale (model pixels per layer pixel; empty: the sensor preset's)",
+            QgsProcessingParameterNumber("SCALE", f"Scale (model pixels per layer pixel; empty: {scale_default})",
                                          QgsProcessingParameterNumber.Double, None, optional=True,
                                          minValue=0.05, maxValue=20),
         ]
+        if not overlap:
+            advanced = [p for p in advanced if p.name() != "OVERLAP"]
         for param in advanced:
             param.setFlags(param.flags() | QgsProcessingParameterNumber.FlagAdvanced)
             self.addParameter(param)
@@ -223,7 +232,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         if not ok or "TILE_SIZE" not in {p.name() for p in self.parameterDefinitions()}:
             return ok, message
         tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
-        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
+        overlap = self.parameterAsInt(parameters, "OVERLAP", context)  # 0 where the algorithm has no OVERLAP
         if tile % 16 or overlap % 16:
             return False, f"Tile size ({tile}) and overlap ({overlap}) must be multiples of the 16-pixel patch size."
         if overlap >= tile:

@@ -1,0 +1,327 @@
+"""Segmentation: *Train segmentation head* (polygons with a class field → a head file) and *Segment with a head*
+(a head file → a pixel-resolution class map, optionally its probabilities and polygons).
+
+A head reads the encoder's patch tokens; its card (``NAME.json`` beside ``NAME.safetensors``) records the encoder,
+the bands, their normalisation, the scale and the classes, so *Segment with a head* needs only the head and a raster
+with the same bands. Parameter names (public contract, beside the shared ones of :mod:`.base`): ``POLYGONS``,
+``CLASS_FIELD``, ``HEAD_TYPE``, ``STEPS``, ``VAL_FRACTION``, ``FINETUNE`` (training), ``HEAD``, ``SHIFTS``,
+``OUTPUT_PROBABILITIES``, ``OUTPUT_POLYGONS`` (segmentation).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsCsException,
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterVectorDestination,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from .. import runtime
+from ..styling import style_classes
+from .base import MsfmAlgorithm, load_model
+
+HEAD_TYPES = ("linear", "upernet")
+HEAD_FILTER = "Segmentation head (*.safetensors)"
+
+
+def _check_folder(path: str, what: str) -> None:
+    """Fail before any work when the folder of an output file does not exist."""
+    if path and not Path(path).parent.is_dir():
+        raise QgsProcessingException(f"The folder of the {what} ({Path(path).parent}) does not exist; create it or "
+                                     "pick another file name.")
+
+
+def _plain(value: Any) -> Any:
+    """A class field value as a plain Python value (QVariant NULL → None; dates and other types → text)."""
+    if isinstance(value, QVariant):
+        value = None if value.isNull() else value.value()
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return value.toString() if hasattr(value, "toString") else str(value)
+
+
+class TrainSegmentationHead(MsfmAlgorithm):
+    NAME = "train_head"
+    DISPLAY = "Train segmentation head"
+    GROUP = "Segmentation"
+    ICON = "train_head"
+    HELP = (
+        "Trains a segmentation head on the layer from a few polygons with a class field (text or number), for "
+        "<i>Segment with a head</i>. Draw a handful of polygons per class (at least two per class, so that one can "
+        "be kept for validation); <i>Selected features only</i> trains on a selection. The polygons may be in any "
+        "CRS: they are reprojected to the layer's.<br><br>"
+        "The encoder stays frozen (unless <i>Fine-tune the encoder</i>): chips centred on the training polygons are "
+        "encoded once and the head learns for the given number of steps. A <i>linear</i> head (1×1 convolution on "
+        "the last block, one prediction per 16-px patch) is fast and robust with few polygons; <i>UPerNet</i> reads "
+        "four blocks and gives finer boundaries but needs more labels and time. Whole polygons (a share of each "
+        "class's, <i>Validation fraction</i>) are kept out of training and scored: mIoU, macro F1, overall accuracy "
+        "and per-class IoU/F1 appear in the log and as outputs.<br><br>"
+        "Output: the head file (.safetensors) and its card (.json beside it: encoder, bands, normalisation, scale, "
+        "class names and colours, validation metrics); with fine-tuning also NAME.encoder.safetensors. The tile "
+        "size is the training chip side; the scale (empty: the sensor preset's) is recorded in the card and reused "
+        "when segmenting."
+    )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
+        self.add_band_parameters()
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "POLYGONS", "Training polygons", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterField(
+            "CLASS_FIELD", "Class field", parentLayerParameterName="POLYGONS", type=QgsProcessingParameterField.Any))
+        self.addParameter(QgsProcessingParameterEnum(
+            "HEAD_TYPE", "Head", options=list(HEAD_TYPES), defaultValue="linear", usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "STEPS", "Training steps", QgsProcessingParameterNumber.Integer, 300, minValue=1, maxValue=100000))
+        advanced = [
+            QgsProcessingParameterNumber("VAL_FRACTION", "Validation fraction (share of each class's polygons)",
+                                         QgsProcessingParameterNumber.Double, 0.25, minValue=0.0, maxValue=0.9),
+            QgsProcessingParameterBoolean("FINETUNE", "Fine-tune the encoder (slower; saves the encoder too)",
+                                          defaultValue=False),
+        ]
+        for param in advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterNumber.FlagAdvanced)
+            self.addParameter(param)
+        self.add_model_parameters(overlap=False, tile_label="Training chip size")
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Segmentation head", HEAD_FILTER))
+        self.addOutput(QgsProcessingOutputFile("CARD", "Head card (.json)"))
+        self.addOutput(QgsProcessingOutputNumber("MIOU", "Validation mIoU"))
+        self.addOutput(QgsProcessingOutputNumber("MACRO_F1", "Validation macro F1"))
+        self.addOutput(QgsProcessingOutputNumber("OVERALL_ACCURACY", "Validation overall accuracy"))
+        self.addOutput(QgsProcessingOutputString("CLASSES", "Class names (JSON list, in class-index order)"))
+
+    def polygon_labels(self, parameters, context, feedback) -> tuple[Any, list[int]]:
+        """``PolygonLabels`` of ``POLYGONS`` in the layer's CRS, and the feature ids whose class value is empty."""
+        source = self.parameterAsSource(parameters, "POLYGONS", context)
+        if source is None:
+            raise QgsProcessingException("The training polygon layer is missing or invalid.")
+        field = self.parameterAsString(parameters, "CLASS_FIELD", context)
+        names = source.fields().names()
+        if field not in names:
+            raise QgsProcessingException(f"The polygon layer has no field {field!r}; its fields are {names}. Pick "
+                                         "the field that holds the class of each polygon.")
+        crs = source.sourceCrs()
+        transform = QgsCoordinateTransform(crs, self.layer_crs, context.transformContext()) if crs.isValid() else None
+        request = QgsFeatureRequest().setSubsetOfAttributes([field], source.fields())
+        geometries, values, empty = [], [], []
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                raise QgsProcessingException("Cancelled while reading the polygons; no head written.")
+            geometry = feature.geometry()
+            if geometry is None or geometry.isEmpty():
+                continue
+            if transform is not None:
+                try:
+                    geometry.transform(transform)
+                except QgsCsException as exc:
+                    raise QgsProcessingException(
+                        f"Polygon {feature.id()} cannot be transformed from {crs.authid() or crs.description()} to "
+                        f"the raster's {self.layer_crs.authid() or self.layer_crs.description()}: {exc}") from exc
+            value = _plain(feature[field])
+            if value is None or (isinstance(value, str) and not value.strip()):
+                empty.append(feature.id())
+            geometries.append(json.loads(geometry.asJson()))
+            values.append(value)
+        labels = runtime.engine_module("labels").PolygonLabels(
+            geometries, values, self.layer_crs.toWkt() if transform is not None else None, field=field,
+            source=f"layer {source.sourceName()!r}" if source.sourceName() else "the polygon layer",
+        )
+        return labels, empty
+
+    def compute(self, parameters, context, feedback) -> dict:
+        head_training = runtime.engine_module("head_training")
+        errors = runtime.engine_module("errors")
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if not output:
+            raise QgsProcessingException("Choose a file for the segmentation head (.safetensors).")
+        _check_folder(output, "segmentation head")
+        source = self.layer_path(parameters, context, feedback)
+        labels, empty = self.polygon_labels(parameters, context, feedback)
+        model = self.model(parameters, context, feedback)
+        steps = self.parameterAsInt(parameters, "STEPS", context)
+        finetune = self.parameterAsBoolean(parameters, "FINETUNE", context)
+        head_type = self.parameterAsEnumString(parameters, "HEAD_TYPE", context) or "linear"
+        feedback.pushInfo(f"{len(labels.geometries)} polygons, field {labels.field!r}; {head_type} head, "
+                          f"{steps} steps{', fine-tuning the encoder' if finetune else ''}")
+        try:
+            result = head_training.fit_head(
+                source, labels, model, head_type=head_type, output=output,
+                settings=self.settings(parameters, context), steps=steps,
+                val_fraction=self.parameterAsDouble(parameters, "VAL_FRACTION", context), finetune=finetune,
+                **self.band_arguments(parameters, context), **self.progress(feedback),
+            )
+        except errors.InputRasterError as exc:
+            if empty:  # the engine counts polygons by position; QGIS users look for feature ids
+                raise QgsProcessingException(
+                    f"{exc}\nFeature ids with an empty {labels.field!r}: {empty[:20]}{'…' if len(empty) > 20 else ''}"
+                    f" (select them with the expression \"{labels.field}\" IS NULL OR trim(\"{labels.field}\") = '')."
+                ) from exc
+            raise
+        card = result.head.card
+        for note in card.training.get("notes") or []:
+            feedback.pushWarning(note)
+        if result.losses:
+            feedback.pushInfo(f"{len(result.losses)} steps on {result.train_chips} training chips in "
+                              f"{result.seconds:.1f} s; loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")
+        metrics = result.metrics
+        report_metrics(metrics, feedback)
+        names = [c.name for c in card.classes]
+        outputs = {
+            "OUTPUT": output, "CARD": str(Path(output).with_suffix(".json")), "MIOU": metrics.get("miou"),
+            "MACRO_F1": metrics.get("macro_f1"), "OVERALL_ACCURACY": metrics.get("overall_accuracy"),
+            "CLASSES": json.dumps(names, ensure_ascii=False), "METRICS": json.dumps(metrics, ensure_ascii=False),
+            "TRAIN_CHIPS": result.train_chips, "VAL_CHIPS": result.val_chips, "SECONDS": result.seconds,
+        }
+        if card.encoder.get("file"):
+            outputs["ENCODER"] = str(Path(output).with_name(card.encoder["file"]))
+        return outputs
+
+
+def _score(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def report_metrics(metrics: dict, feedback) -> None:
+    """Validation metrics of a head in the log: mIoU, macro F1, overall accuracy, then IoU/F1 per class."""
+    if not metrics:
+        feedback.pushWarning("No validation score: no polygon was kept for validation (each class needs at least "
+                             "two polygons, and the validation fraction must be above 0).")
+        return
+    feedback.pushInfo(f"Validation ({metrics.get('split', '')}): mIoU {_score(metrics.get('miou'))}, macro F1 "
+                      f"{_score(metrics.get('macro_f1'))}, overall accuracy {_score(metrics.get('overall_accuracy'))}")
+    for name, scores in metrics.get("classes", {}).items():
+        if scores.get("iou") is None:
+            feedback.pushInfo(f"  {name}: no validation pixel")
+        else:
+            feedback.pushInfo(f"  {name}: IoU {_score(scores['iou'])}, F1 {_score(scores['f1'])}, precision "
+                              f"{_score(scores.get('precision'))}, recall {_score(scores.get('recall'))} "
+                              f"({scores.get('pixels', 0)} px)")
+
+
+class SegmentWithHead(MsfmAlgorithm):
+    NAME = "segment"
+    DISPLAY = "Segment with a head"
+    GROUP = "Segmentation"
+    ICON = "segment"
+    HELP = (
+        "Classifies every pixel of the layer with a segmentation head (from <i>Train segmentation head</i>, or a "
+        "SMARTIES checkpoint with its published segmentation head). The head's card says which encoder to use, "
+        "which bands it expects (the layer must map to the same spectral ranges: check <i>Band mapping report</i>, "
+        "use the sensor preset or band overrides otherwise), how to normalise them and at which scale; there is "
+        "no model choice. <i>Encoder weights</i> is needed only when the encoder named in the card cannot be found "
+        "(e.g. a head trained on a local model file on another machine).<br><br>"
+        "<i>Passes</i>: 2 adds a pass of tiles shifted by half a patch, which gives finer class boundaries for twice "
+        "the time. Tile overlap also smooths the result (cost ∝ (tile / (tile − overlap))²). An empty scale uses "
+        "the head's training scale; outputs are on the layer's grid times that scale.<br><br>"
+        "Outputs: the class map (paletted GeoTIFF, classes 0…K−1 named as in the card, nodata 255), optionally the "
+        "class probabilities (one float band per class) and the class polygons (GeoPackage with fields "
+        "<i>class</i> and <i>name</i>)."
+    )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
+        self.add_band_parameters()
+        self.addParameter(QgsProcessingParameterFile(
+            "HEAD", "Segmentation head (.safetensors, from Train segmentation head)", extension="safetensors"))
+        self.addParameter(QgsProcessingParameterNumber(
+            "SHIFTS", "Passes (1: plain tiles; 2: plus a half-patch shifted pass: finer boundaries, 2× time)",
+            QgsProcessingParameterNumber.Integer, 1, minValue=1, maxValue=2))
+        model_file = QgsProcessingParameterFile(
+            "MODEL_FILE", "Encoder weights (.safetensors; empty: the model named in the head's card)",
+            extension="safetensors", optional=True)
+        model_file.setFlags(model_file.flags() | QgsProcessingParameterFile.FlagAdvanced)
+        self.addParameter(model_file)
+        self.add_device_parameters(scale_default="the head's training scale")
+        self.add_region_parameters()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_PROBABILITIES", "Class probabilities", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT_POLYGONS", "Class polygons (GeoPackage)", QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False))
+
+    def head(self, parameters, context) -> tuple[Any, str]:
+        """The head of ``HEAD`` (loaded on the CPU) and its path."""
+        errors = runtime.engine_module("errors")
+        path = self.parameterAsFile(parameters, "HEAD", context)
+        if not path or not Path(path).is_file():
+            raise QgsProcessingException(f"The segmentation head file {path!r} does not exist; train one with "
+                                         "'Train segmentation head' or pick a .safetensors head file.")
+        try:
+            return runtime.engine_module("heads").load_head(path), path
+        except errors.EngineError:
+            raise
+        except Exception as exc:  # safetensors' own errors: not a safetensors file, truncated, unreadable
+            raise QgsProcessingException(f"Cannot read the segmentation head {path}: {exc}") from exc
+
+    def encoder(self, parameters, context, feedback, head: Any, head_path: str) -> Any:
+        """The encoder the head belongs to (``MODEL_FILE`` when given, else its card's), loaded once and reused."""
+        errors = runtime.engine_module("errors")
+        enc = head.card.encoder
+        name = self.parameterAsFile(parameters, "MODEL_FILE", context) or (
+            str(Path(head_path).with_name(enc["file"])) if enc.get("file") else enc.get("name"))
+        if not name or name == "unknown":
+            raise QgsProcessingException("The head's card names no encoder; choose its weights in 'Encoder weights'.")
+        try:
+            model = load_model(name)
+        except (errors.ModelNotAvailableError, errors.CheckpointError) as exc:
+            raise QgsProcessingException(
+                f"{exc}\nThe head was trained on the encoder {enc.get('name')!r}; choose that model's weights in "
+                "'Encoder weights'.") from exc
+        if model.embed_dim != int(enc["embed_dim"]) or len(model.blocks) != int(enc["depth"]):
+            raise QgsProcessingException(
+                f"The encoder {name} (D={model.embed_dim}, depth {len(model.blocks)}) is not the one the head was "
+                f"trained on ({enc.get('name')}: D={enc['embed_dim']}, depth {enc['depth']}).")
+        feedback.pushInfo(f"Head: {head.card.head_type}, {head.card.num_classes} classes "
+                          f"({', '.join(c.name for c in head.card.classes)}); encoder {name}")
+        feedback.pushInfo(f"Devices: {runtime.device_report()}; {runtime.cpu_threads()}")
+        return model
+
+    def compute(self, parameters, context, feedback) -> dict:
+        segmentation = runtime.engine_module("segmentation")
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        probabilities = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or None
+        polygons = self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context) or None
+        for path, what in ((output, "class map"), (probabilities, "probabilities"), (polygons, "polygons")):
+            _check_folder(path, what)
+        if polygons and Path(polygons).suffix.lower() != ".gpkg":
+            raise QgsProcessingException(f"Class polygons are written as a GeoPackage; name the file .gpkg "
+                                         f"(got {polygons}).")
+        head, head_path = self.head(parameters, context)
+        source = self.layer_path(parameters, context, feedback)
+        region = self.region(parameters, context, feedback)
+        model = self.encoder(parameters, context, feedback, head, head_path)
+        result = segmentation.segment_raster(
+            source, output, head, model, settings=self.settings(parameters, context),
+            shifts=self.parameterAsInt(parameters, "SHIFTS", context) or 1, region=region,
+            probabilities_output=probabilities, polygons_output=polygons,
+            **self.band_arguments(parameters, context), **self.progress(feedback),
+        )
+        names = list(result.class_names)
+        shares = ", ".join(f"{n}: {100 * f:.1f} %" for n, f in zip(names, result.class_fractions))
+        feedback.pushInfo(f"{result.tiles} tiles in {result.seconds:.1f} s; class shares {shares}")
+        self.style_output(output, lambda layer: style_classes(layer, names))
+        outputs = {"OUTPUT": output, "CLASS_NAMES": names, "CLASS_FRACTIONS": list(result.class_fractions),
+                   "TILES": result.tiles, "SECONDS": result.seconds}
+        if probabilities:
+            outputs["OUTPUT_PROBABILITIES"] = probabilities
+        if polygons:
+            outputs["OUTPUT_POLYGONS"] = polygons
+        return outputs
