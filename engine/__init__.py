@@ -10,6 +10,8 @@ Public API::
     emb = model.encode(x, ["red_2", "green_2", "blue_1"], output="grid")   # x: float32 [B, C, H, W]
     embed_raster("scene.tif", "emb.tif", model, region=Region(bounds=(left, bottom, right, top)))
     similarity_raster("scene.tif", "sim.tif", model, query=[{"type": "Point", "coordinates": [x, y]}])
+    fit_head("scene.tif", read_polygons("labels.gpkg", "cover"), model, output="head.safetensors")
+    segment_raster("scene.tif", "classes.tif", "head.safetensors", polygons_output="classes.gpkg")
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ _LAZY = {
     "InferenceSettings": ".inference",
     "Region": ".region",
     "similarity_raster": ".similarity",
+    "fit_head": ".head_training",
+    "read_polygons": ".labels",
+    "load_head": ".heads",
+    "segment_raster": ".segmentation",
 }
 
 __all__ = tuple(sorted(["__version__", *_LAZY]))

@@ -14,8 +14,9 @@ Procedure (:func:`fit_head`):
    the validation groups without overlap, so each validation pixel is scored once.
 3. With a frozen encoder the chips are encoded once and the block grids cached (float16); the head then trains for
    ``steps`` AdamW steps on batches of cached grids (cosine learning rate with 5 % warm-up), with a pixel-wise
-   cross-entropy on logits upsampled to the chip's pixels, weighted by class (``class_weighting``: inverse square root
-   of the class frequency by default, so a rare class such as roads still counts) and ignoring unlabelled pixels
+   cross-entropy on logits upsampled to the chip's pixels, weighted by class (``class_weighting``: inverse class
+   frequency by default — polygon areas reflect how the analyst drew, not how common a class is — so a rare class
+   such as roads counts as much as the background) and ignoring unlabelled pixels
    (:data:`engine.labels.IGNORE`). With ``finetune=True`` the encoder trains too (learning rate × 0.1) and is encoded
    every step.
 4. The linear head learns on standardised grids (per-channel mean/std of the training grids), folded into its 1×1
@@ -38,7 +39,7 @@ import numpy as np
 import rasterio
 
 from .errors import InferenceCancelled, InputRasterError
-from .heads import HeadType, SegmentationHead, build_head, file_sha256, save_head
+from .heads import HeadType, SegmentationHead, build_head, card_path, file_sha256, save_head
 from .inference import CancelFn, InferenceSettings, ProgressFn, RasterReader, open_reader, select_device
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
 from .readers import open_raster
@@ -47,7 +48,7 @@ __all__ = ("FitResult", "fit_head", "pixel_size_m", "segmentation_scores", "spli
 
 log = logging.getLogger(__name__)
 
-ClassWeighting = Literal["sqrt-inverse", "inverse", "none"]
+ClassWeighting = Literal["balanced", "sqrt-balanced", "none"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class FitResult:
         val_chips: Validation chips.
         losses: Training loss per step.
         seconds: Wall time.
+        notes: Warnings about the split (classes kept out of validation).
     """
 
     head: SegmentationHead
@@ -71,6 +73,12 @@ class FitResult:
     val_chips: int
     losses: list[float]
     seconds: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def card(self) -> Optional[Path]:
+        """The JSON card written beside the head file (None without a file)."""
+        return card_path(self.path) if self.path is not None else None
 
 
 def segmentation_scores(confusion: np.ndarray, names: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -226,15 +234,19 @@ def _d4(a: np.ndarray, k: int) -> np.ndarray:
 
 
 def _class_weights(counts: np.ndarray, kind: ClassWeighting) -> np.ndarray:
-    f = counts / max(counts.sum(), 1)
-    if kind == "none":
-        w = np.ones_like(f)
-    elif kind in ("sqrt-inverse", "inverse"):
-        w = np.where(f > 0, f ** (-0.5 if kind == "sqrt-inverse" else -1.0), 0.0)
+    """Cross-entropy class weights from training pixel counts: ``N / (K · n_c)`` ("balanced", scikit-learn's
+    formula), its square root ("sqrt-balanced") or ones; 0 for classes without training pixels."""
+    present = counts > 0
+    balanced = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+    if kind == "balanced":
+        w = balanced
+    elif kind == "sqrt-balanced":
+        w = np.sqrt(balanced)
+    elif kind == "none":
+        w = present.astype(np.float64)
     else:
-        raise ValueError(f"class_weighting must be 'sqrt-inverse', 'inverse' or 'none', got {kind!r}")
-    present = f > 0
-    return (w / w[present].mean()).astype(np.float32)
+        raise ValueError(f"class_weighting must be 'balanced', 'sqrt-balanced' or 'none', got {kind!r}")
+    return w.astype(np.float32)
 
 
 def fit_head(
@@ -255,7 +267,7 @@ def fit_head(
     weight_decay: float = 1e-4,
     val_fraction: float = 0.25,
     max_chips: int = 256,
-    class_weighting: ClassWeighting = "sqrt-inverse",
+    class_weighting: ClassWeighting = "balanced",
     augment: bool = True,
     finetune: bool = False,
     seed: int = 0,
@@ -282,7 +294,9 @@ def fit_head(
         weight_decay: AdamW weight decay.
         val_fraction: Share of each class's polygons (or of label-raster blocks) kept for validation; 0 = none.
         max_chips: At most this many training chips.
-        class_weighting: ``"sqrt-inverse"`` (default), ``"inverse"`` or ``"none"``.
+        class_weighting: ``"balanced"`` (default: weight ``N / (K · n_c)``, scikit-learn's ``class_weight=
+            "balanced"``, so every class counts equally whatever the area its polygons cover), ``"sqrt-balanced"``
+            (the square root of that: milder) or ``"none"``.
         augment: Random D4 flips/rotations of training chips.
         finetune: Train the encoder too (slower: encoded every step; saved beside the head).
         seed: Random seed (split, chips, initialisation).
@@ -308,6 +322,8 @@ def fit_head(
         raise InputRasterError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if output is not None and Path(output).suffix != ".safetensors":
         raise InputRasterError(f"the head file must end in .safetensors, got {output}")
+    if output is not None and not Path(output).parent.is_dir():
+        raise InputRasterError(f"output folder {Path(output).parent} does not exist; create it first")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dataset = open_raster(source)
@@ -338,7 +354,7 @@ def fit_head(
             train_lab = [_d4(lab, int(k)) for lab, k in zip(train_lab, turns)]
             fitter.cache(train_at, turns, lambda f: report(0.4 * f))
             counts = np.bincount(np.concatenate([lab[lab != IGNORE] for lab in train_lab]),
-                                 minlength=grid.classes.__len__())[: len(grid.classes)]
+                                 minlength=len(grid.classes))[: len(grid.classes)]
             weights = _class_weights(counts, class_weighting)
             lr = lr if lr is not None else (3e-3 if head_type == "linear" else 1e-3)
             losses = fitter.train(train_lab, weights, steps, batch_size, lr, weight_decay, rng,
@@ -375,7 +391,8 @@ def fit_head(
             save_encoder(fitter.model.cpu(), enc)
             head.card.encoder.update({"file": enc.name, "sha256": file_sha256(enc)})
         save_head(head, path)
-    return FitResult(head, path, metrics, len(train_at), len(val_at), losses, time.perf_counter() - started)
+    return FitResult(head, path, metrics, len(train_at), len(val_at), losses, time.perf_counter() - started,
+                     tuple(notes))
 
 
 def _card_fields(dataset: Any, reader: RasterReader, mapping: Any, model: Any, settings: InferenceSettings,

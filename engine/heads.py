@@ -365,12 +365,15 @@ def load_head(path: Union[str, Path], model: Any = None) -> SegmentationHead:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head file {path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        keys = list(f.keys())
-        shapes = {k: f.get_slice(k).get_shape() for k in keys}
-        head_keys = [k for k in keys if k.startswith("head.")]
-        state = {k[len("head."):]: f.get_tensor(k) for k in head_keys}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = list(f.keys())
+            shapes = {k: f.get_slice(k).get_shape() for k in keys}
+            head_keys = [k for k in keys if k.startswith("head.")]
+            state = {k[len("head."):]: f.get_tensor(k) for k in head_keys}
+    except Exception as exc:  # safetensors' own errors: not a safetensors file, truncated header or data
+        raise CheckpointError(f"cannot read the head file {path}: {exc}") from exc
     if _META_KEY in meta:
         card = HeadCard.from_dict(json.loads(meta[_META_KEY]), str(path))
         foreign = sorted(set(keys) - set(head_keys))

@@ -140,9 +140,7 @@ def class_table(values: Sequence[Any], names: Optional[Mapping[Any, str]] = None
     colors = class_colors(len(distinct))
     out = []
     for i, v in enumerate(distinct):
-        plain = v.item() if isinstance(v, np.generic) else v
-        if isinstance(plain, float) and plain.is_integer():
-            plain = int(plain)
+        plain = _plain(v)
         out.append(ClassInfo(i, names.get(str(plain), str(plain)), colors[i], plain))
     return out
 
@@ -251,6 +249,8 @@ def _polygon_grid(labels: PolygonLabels, crs: Any, transform: Affine, shape: tup
 
 
 def _plain(v: Any) -> Any:
+    """A class value as plain JSON-able Python (numpy scalars unwrapped, integral floats as int)."""
+    v = v.item() if isinstance(v, np.generic) else v
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v

@@ -50,7 +50,7 @@ from .region import Region
 from .tiling import tile_grid
 from .writers import GeoTiffWriter, gtiff_profile, remove_quietly
 
-__all__ = ("SegmentationResult", "load_encoder_for", "segment_raster")
+__all__ = ("SegmentationResult", "check_encoder", "encoder_source", "polygonize", "segment_raster")
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +80,29 @@ class SegmentationResult:
     seconds: float
 
 
-def load_encoder_for(head: SegmentationHead, head_path: Optional[Union[str, Path]] = None) -> Any:
-    """The encoder a head belongs to: its fine-tuned encoder file beside the head, else the card's model name/path.
+def encoder_source(head: SegmentationHead, head_path: Optional[Union[str, Path]] = None) -> str:
+    """Where a head's encoder comes from: its fine-tuned encoder file beside the head, else the card's model name.
 
     Raises:
-        engine.errors.ModelNotAvailableError / CheckpointError: The encoder cannot be found or does not match.
+        InputRasterError: The card names no encoder.
     """
-    from .models import load_model
-
     enc = head.card.encoder
-    name = enc.get("name")
     if enc.get("file") and head_path is not None:
-        name = str(Path(head_path).with_name(enc["file"]))
-    model = load_model(name, device="cpu")
+        return str(Path(head_path).with_name(enc["file"]))
+    if not enc.get("name") or enc["name"] == "unknown":
+        raise InputRasterError("the head's card names no encoder; pass the encoder it was trained on")
+    return str(enc["name"])
+
+
+def check_encoder(head: SegmentationHead, model: Any) -> None:
+    """Raise :class:`InputRasterError` unless ``model`` has the width and depth the head was trained on."""
+    enc = head.card.encoder
     if model.embed_dim != int(enc["embed_dim"]) or len(model.blocks) != int(enc["depth"]):
         raise InputRasterError(
-            f"the encoder {name} (D={model.embed_dim}, depth {len(model.blocks)}) is not the one the head was trained "
-            f"on (D={enc['embed_dim']}, depth {enc['depth']}); pass the right model"
+            f"the encoder {getattr(model, 'weights_path', '?')} (D={model.embed_dim}, depth {len(model.blocks)}) is "
+            f"not the one the head was trained on ({enc.get('name')}: D={enc['embed_dim']}, depth {enc['depth']}); "
+            "pass that encoder"
         )
-    return model
 
 
 def _head_mapping(dataset: Any, head: SegmentationHead, model: Any, sensor: Optional[str],
@@ -142,7 +146,8 @@ def segment_raster(
         source: Input raster with the bands the head was trained on.
         output: Class GeoTIFF (uint8, nodata 255, colour table, class names); a ``.qml`` is written beside it.
         head: A head file (``.safetensors`` + card) or a loaded :class:`SegmentationHead`.
-        model: The encoder; default: the one named by the head's card (:func:`load_encoder_for`).
+        model: The encoder; default: the one the head's card names (:func:`encoder_source`). Checked against the
+            card (:func:`check_encoder`).
         settings: Tiling and device. The scale defaults to the card's (the head was trained at it).
         shifts: 1 (plain tiles) or 2 (plus a pass offset by half a patch; 2× the cost, finer boundaries).
         sensor, overrides: Band mapping (default: the card's sensor); the bands must map to the head's ranges.
@@ -167,13 +172,17 @@ def segment_raster(
         raise InputRasterError(f"shifts must be 1 or 2, got {shifts}")
     head_path = None if isinstance(head, SegmentationHead) else Path(head)
     head = head if isinstance(head, SegmentationHead) else load_head(head)
-    model = model if model is not None else load_encoder_for(head, head_path)
+    if model is None:
+        from .models import load_model
+
+        model = load_model(encoder_source(head, head_path), device="cpu")
+    check_encoder(head, model)
     card = head.card
     settings = settings or InferenceSettings(tile_size_px=card.tile_size_px)
     if settings.scale is None:
         settings = replace(settings, scale=card.scale)
     output = Path(output)
-    for extra in (probabilities_output, polygons_output):
+    for extra in (output, probabilities_output, polygons_output):
         if extra is not None and not Path(extra).parent.is_dir():
             raise InputRasterError(f"output folder {Path(extra).parent} does not exist; create it first")
     if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":

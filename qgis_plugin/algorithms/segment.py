@@ -43,13 +43,6 @@ HEAD_TYPES = ("linear", "upernet")
 HEAD_FILTER = "Segmentation head (*.safetensors)"
 
 
-def _check_folder(path: str, what: str) -> None:
-    """Fail before any work when the folder of an output file does not exist."""
-    if path and not Path(path).parent.is_dir():
-        raise QgsProcessingException(f"The folder of the {what} ({Path(path).parent}) does not exist; create it or "
-                                     "pick another file name.")
-
-
 def _plain(value: Any) -> Any:
     """A class field value as a plain Python value (QVariant NULL → None; dates and other types → text)."""
     if isinstance(value, QVariant):
@@ -152,7 +145,6 @@ class TrainSegmentationHead(MsfmAlgorithm):
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if not output:
             raise QgsProcessingException("Choose a file for the segmentation head (.safetensors).")
-        _check_folder(output, "segmentation head")
         source = self.layer_path(parameters, context, feedback)
         labels, empty = self.polygon_labels(parameters, context, feedback)
         model = self.model(parameters, context, feedback)
@@ -176,7 +168,7 @@ class TrainSegmentationHead(MsfmAlgorithm):
                 ) from exc
             raise
         card = result.head.card
-        for note in card.training.get("notes") or []:
+        for note in result.notes:
             feedback.pushWarning(note)
         if result.losses:
             feedback.pushInfo(f"{len(result.losses)} steps on {result.train_chips} training chips in "
@@ -185,7 +177,7 @@ class TrainSegmentationHead(MsfmAlgorithm):
         report_metrics(metrics, feedback)
         names = [c.name for c in card.classes]
         outputs = {
-            "OUTPUT": output, "CARD": str(Path(output).with_suffix(".json")), "MIOU": metrics.get("miou"),
+            "OUTPUT": output, "CARD": str(result.card), "MIOU": metrics.get("miou"),
             "MACRO_F1": metrics.get("macro_f1"), "OVERALL_ACCURACY": metrics.get("overall_accuracy"),
             "CLASSES": json.dumps(names, ensure_ascii=False), "METRICS": json.dumps(metrics, ensure_ascii=False),
             "TRAIN_CHIPS": result.train_chips, "VAL_CHIPS": result.val_chips, "SECONDS": result.seconds,
@@ -259,36 +251,23 @@ class SegmentWithHead(MsfmAlgorithm):
 
     def head(self, parameters, context) -> tuple[Any, str]:
         """The head of ``HEAD`` (loaded on the CPU) and its path."""
-        errors = runtime.engine_module("errors")
         path = self.parameterAsFile(parameters, "HEAD", context)
         if not path or not Path(path).is_file():
             raise QgsProcessingException(f"The segmentation head file {path!r} does not exist; train one with "
                                          "'Train segmentation head' or pick a .safetensors head file.")
-        try:
-            return runtime.engine_module("heads").load_head(path), path
-        except errors.EngineError:
-            raise
-        except Exception as exc:  # safetensors' own errors: not a safetensors file, truncated, unreadable
-            raise QgsProcessingException(f"Cannot read the segmentation head {path}: {exc}") from exc
+        return runtime.engine_module("heads").load_head(path), path
 
     def encoder(self, parameters, context, feedback, head: Any, head_path: str) -> Any:
         """The encoder the head belongs to (``MODEL_FILE`` when given, else its card's), loaded once and reused."""
         errors = runtime.engine_module("errors")
-        enc = head.card.encoder
-        name = self.parameterAsFile(parameters, "MODEL_FILE", context) or (
-            str(Path(head_path).with_name(enc["file"])) if enc.get("file") else enc.get("name"))
-        if not name or name == "unknown":
-            raise QgsProcessingException("The head's card names no encoder; choose its weights in 'Encoder weights'.")
+        name = self.parameterAsFile(parameters, "MODEL_FILE", context) or \
+            runtime.engine_module("segmentation").encoder_source(head, head_path)
         try:
             model = load_model(name)
         except (errors.ModelNotAvailableError, errors.CheckpointError) as exc:
             raise QgsProcessingException(
-                f"{exc}\nThe head was trained on the encoder {enc.get('name')!r}; choose that model's weights in "
-                "'Encoder weights'.") from exc
-        if model.embed_dim != int(enc["embed_dim"]) or len(model.blocks) != int(enc["depth"]):
-            raise QgsProcessingException(
-                f"The encoder {name} (D={model.embed_dim}, depth {len(model.blocks)}) is not the one the head was "
-                f"trained on ({enc.get('name')}: D={enc['embed_dim']}, depth {enc['depth']}).")
+                f"{exc}\nThe head was trained on the encoder {head.card.encoder.get('name')!r}; choose that model's "
+                "weights in 'Encoder weights'.") from exc
         feedback.pushInfo(f"Head: {head.card.head_type}, {head.card.num_classes} classes "
                           f"({', '.join(c.name for c in head.card.classes)}); encoder {name}")
         feedback.pushInfo(f"Devices: {runtime.device_report()}; {runtime.cpu_threads()}")
@@ -299,11 +278,6 @@ class SegmentWithHead(MsfmAlgorithm):
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         probabilities = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or None
         polygons = self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context) or None
-        for path, what in ((output, "class map"), (probabilities, "probabilities"), (polygons, "polygons")):
-            _check_folder(path, what)
-        if polygons and Path(polygons).suffix.lower() != ".gpkg":
-            raise QgsProcessingException(f"Class polygons are written as a GeoPackage; name the file .gpkg "
-                                         f"(got {polygons}).")
         head, head_path = self.head(parameters, context)
         source = self.layer_path(parameters, context, feedback)
         region = self.region(parameters, context, feedback)
