@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-from affine import Affine
+import rasterio
 
 from .bands import BandMapping, resolve_bands
 from .blending import RowBlender
 from .cluster import write_qml
 from .errors import BandResolutionError, InferenceCancelled, InputRasterError
 from .heads import SegmentationHead, load_head
-from .inference import CancelFn, InferenceSettings, ProgressFn, open_reader, select_device
+from .inference import CancelFn, InferenceSettings, ProgressFn, gdal_cache_bytes, open_reader, select_device
 from .labels import IGNORE
 from .normalize import BandStats
 from .readers import open_raster
@@ -170,6 +170,12 @@ def segment_raster(
     started = time.perf_counter()
     if shifts not in (1, 2):
         raise InputRasterError(f"shifts must be 1 or 2, got {shifts}")
+    output = Path(output)
+    for extra in (output, probabilities_output, polygons_output):
+        if extra is not None and not Path(extra).parent.is_dir():
+            raise InputRasterError(f"output folder {Path(extra).parent} does not exist; create it first")
+    if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
+        raise InputRasterError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
     head_path = None if isinstance(head, SegmentationHead) else Path(head)
     head = head if isinstance(head, SegmentationHead) else load_head(head)
     if model is None:
@@ -181,20 +187,15 @@ def segment_raster(
     settings = settings or InferenceSettings(tile_size_px=card.tile_size_px)
     if settings.scale is None:
         settings = replace(settings, scale=card.scale)
-    output = Path(output)
-    for extra in (output, probabilities_output, polygons_output):
-        if extra is not None and not Path(extra).parent.is_dir():
-            raise InputRasterError(f"output folder {Path(extra).parent} does not exist; create it first")
-    if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
-        raise InputRasterError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
     dataset = open_raster(source)
     try:
         mapping = _head_mapping(dataset, head, model, sensor, overrides)
         stats = [BandStats(*s, source="head card") for s in card.stats] if card.stats else None
         reader, mapping = open_reader(dataset, model, settings, mapping=mapping, stats=stats, region=region)
         try:
-            counts, tiles = _run(model, head, reader, list(mapping.projections), settings, shifts, output,
-                                 probabilities_output, str(source), progress, is_canceled, torch)
+            with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
+                counts, tiles = _run(model, head, reader, list(mapping.projections), settings, shifts, output,
+                                     probabilities_output, str(source), progress, is_canceled, torch)
         finally:
             reader.close()
     finally:
