@@ -82,9 +82,11 @@ def _add_band_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
+def _add_inference_options(p: argparse.ArgumentParser, model_default: Optional[str] = DEMO_MODEL,
+                           model_help: str = f"(default {DEMO_MODEL})") -> None:
     _add_band_options(p)
-    p.add_argument("--model", default=DEMO_MODEL, help=f"model name (`msfm models list`) or .safetensors path (default {DEMO_MODEL})")
+    p.add_argument("--model", default=model_default,
+                   help=f"model name (`msfm models list`) or .safetensors path {model_help}")
     p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
     p.add_argument("--tile-size-px", type=int, default=224, help="tile side in model-input pixels, multiple of 16 (default 224)")
     p.add_argument(
@@ -296,16 +298,13 @@ def cmd_train_head(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .inference import InferenceSettings
     from .segmentation import segment_raster
 
-    settings = InferenceSettings(tile_size_px=args.tile_size_px, overlap_px=args.overlap_px, batch_size=args.batch_size,
-                                 device=args.device, threads=args.threads, scale=args.scale)
     model = _load(args) if args.model else None
     bar = _Progress("segment")
     try:
         res = segment_raster(
-            args.input, args.output, args.head, model, settings=settings, shifts=args.shifts, sensor=args.sensor,
+            args.input, args.output, args.head, model, settings=_settings(args), shifts=args.shifts, sensor=args.sensor,
             overrides=_parse_band_overrides(args.band), region=_region(args),
             probabilities_output=args.probabilities, polygons_output=args.polygons, progress=bar,
         )
@@ -510,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
     p.set_defaults(func=cmd_train_head)
 
-    p = sub.add_parser("segment", help="classify every pixel of a raster with a trained segmentation head")
+    p = sub.add_parser("segment", help="classify every pixel of a raster with a trained segmentation head "
+                       "(bands, statistics and scale default to the head card's)")
     p.add_argument("input", help="input raster (the bands the head was trained on)")
     p.add_argument("head", help="head file (.safetensors with its .json card)")
     p.add_argument("output", help="class GeoTIFF (uint8, nodata 255, colour table) + .qml style beside it")
@@ -518,15 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--polygons", help="also write class polygons (GeoPackage .gpkg)")
     p.add_argument("--shifts", type=int, choices=[1, 2], default=1,
                    help="2 = add a pass shifted by half a patch: finer boundaries, twice the time")
-    _add_band_options(p)
-    p.add_argument("--model", help="encoder (default: the one named in the head's card)")
-    p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
-    p.add_argument("--tile-size-px", type=int, default=224, help="tile side in model pixels (default 224)")
-    p.add_argument("--overlap-px", type=int, default=112, help="tile overlap in model pixels (default 112)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--scale", type=float, help="model pixels per native pixel (default: the head card's)")
+    _add_inference_options(p, model_default=None, model_help="(default: the encoder named in the head's card)")
     _add_region_option(p)
     p.set_defaults(func=cmd_segment)
 

@@ -62,6 +62,7 @@ __all__ = (
     "embed_raster",
     "model_statistics",
     "open_reader",
+    "prefetched",
     "provide_embeddings",
     "select_device",
 )
@@ -406,6 +407,26 @@ def _batches(items: Sequence[tuple[int, int]], size: int) -> Iterator[list[tuple
         yield list(items[i : i + size])
 
 
+def prefetched(
+    batches: Sequence[Any], load: Callable[[Any], Any], is_canceled: Optional[CancelFn] = None
+) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(batch, load(batch))`` while the next batch loads in a background thread (reading overlaps compute).
+
+    ``is_canceled`` is polled before every batch; when it returns True the pending read is dropped and
+    :class:`InferenceCancelled` is raised, so the caller's atomic writers remove their partial files.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, batches[0])
+        for b, batch in enumerate(batches):
+            if is_canceled is not None and is_canceled():
+                pending.cancel()
+                raise InferenceCancelled(f"cancelled after {b} of {len(batches)} batches; no output written")
+            data = pending.result()
+            if b + 1 < len(batches):
+                pending = pool.submit(load, batches[b + 1])
+            yield batch, data
+
+
 def embed_raster(
     source: Union[str, Path],
     output: Union[str, Path],
@@ -562,15 +583,8 @@ def _run(
         source, reader.width_px, reader.height_px, reader.scale, grid.width_cells, grid.height_cells,
         len(tiles), size, device,
     )
-    with GeoTiffWriter(output, profile, descriptions, tags) as writer, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(load, batches[0])
-        for b, batch in enumerate(batches):
-            if is_canceled is not None and is_canceled():
-                pending.cancel()
-                raise InferenceCancelled(f"cancelled after {b} of {len(batches)} batches; no output written")
-            x, valid = pending.result()
-            if b + 1 < len(batches):
-                pending = pool.submit(load, batches[b + 1])
+    with GeoTiffWriter(output, profile, descriptions, tags) as writer:
+        for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
             with torch.inference_mode():
                 emb = model.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
             cell_valid = valid.reshape(len(batch), n, p, n, p).mean(axis=(2, 4))

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -40,9 +39,17 @@ import rasterio
 from .bands import BandMapping, resolve_bands
 from .blending import RowBlender
 from .cluster import write_qml
-from .errors import BandResolutionError, InferenceCancelled, InputRasterError
+from .errors import BandResolutionError, InputRasterError
 from .heads import SegmentationHead, load_head
-from .inference import CancelFn, InferenceSettings, ProgressFn, gdal_cache_bytes, open_reader, select_device
+from .inference import (
+    CancelFn,
+    InferenceSettings,
+    ProgressFn,
+    gdal_cache_bytes,
+    open_reader,
+    prefetched,
+    select_device,
+)
 from .labels import IGNORE
 from .normalize import BandStats
 from .readers import open_raster
@@ -274,17 +281,9 @@ def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any]
     class_profile = gtiff_profile(count=1, dtype="uint8", nodata=IGNORE, **profile)
     with GeoTiffWriter(output, class_profile, ["class"], tags, colors) as classes_out, \
             _optional_writer(prob_path, gtiff_profile(count=k, dtype="float32", nodata=float("nan"), **profile),
-                             [f"p_{c.name}" for c in head.card.classes], tags) as probs_out, \
-            ThreadPoolExecutor(1) as pool:
+                             [f"p_{c.name}" for c in head.card.classes], tags) as probs_out:
         writers = [w for w in (classes_out, probs_out) if w is not None]
-        pending = pool.submit(load, batches[0])
-        for b, batch in enumerate(batches):
-            if is_canceled is not None and is_canceled():
-                pending.cancel()
-                raise InferenceCancelled(f"cancelled after {b} of {len(batches)} batches; no output written")
-            x, valid = pending.result()
-            if b + 1 < len(batches):
-                pending = pool.submit(load, batches[b + 1])
+        for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
             with torch.inference_mode():
                 grids = model.encode_blocks(torch.from_numpy(x).to(device), projections, head.blocks)
                 probs = torch.softmax(head.pixel_logits(grids, (size, size)).float(), dim=1).cpu().numpy()
