@@ -22,7 +22,7 @@ from engine.head_training import fit_head, segmentation_scores
 from engine.heads import ClassInfo, build_head, load_head, save_head
 from engine.inference import InferenceSettings
 from engine.labels import IGNORE, LabelRaster, PolygonLabels, label_grid, read_polygons
-from engine.segmentation import segment_raster
+from engine.segmentation import encoder_source, segment_raster
 
 from ..conftest import shared_file
 
@@ -291,3 +291,22 @@ def test_label_raster_head_and_shifted_pass_via_the_cli(tmp_path):
                  *map(str, rasterio.open(pan).xy(700, 100)), *map(str, rasterio.open(pan).xy(400, 500))]) == 0
     with rasterio.open(out) as ds:
         assert ds.tags()["MSFM_SHIFTS"] == "2" and 380 <= ds.width <= 420 and 280 <= ds.height <= 320
+
+
+def test_finetuned_encoder_is_saved_beside_the_head_and_used_to_segment(tmp_path, model, cover_boxes):
+    boxes, _, _ = cover_boxes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, output=tmp_path / "ft.safetensors",
+                   settings=FAST, steps=3, finetune=True, val_fraction=0)
+    encoder_file = tmp_path / "ft.encoder.safetensors"
+    assert res.head.card.encoder["file"] == encoder_file.name and encoder_file.is_file()
+    assert encoder_source(load_head(res.path), res.path) == str(encoder_file)  # what segment_raster loads
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's encoder is untouched
+    tuned = load_model(encoder_file)
+    assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in before.items() if k != "pos_embed")
+    window = rasterio.open(shared_file(*S2)).xy(300, 300), rasterio.open(shared_file(*S2)).xy(100, 500)
+    from engine.region import Region
+
+    region = Region(bounds=(window[0][0], window[0][1], window[1][0], window[1][1]))
+    out = segment_raster(shared_file(*S2), tmp_path / "ft.tif", res.path, settings=FAST, region=region)
+    assert out.path.is_file() and sum(out.class_fractions) == pytest.approx(1.0)
