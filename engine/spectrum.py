@@ -30,11 +30,12 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from .errors import BandResolutionError
 
 __all__ = (
+    "band_mix",
     "MICROWAVE_MIN_NM",
     "NUM_BASE_PROJECTIONS",
     "PROJECTION_SCALER",
@@ -299,3 +300,19 @@ def _check_wavelength(wavelength_nm: float) -> None:
             f"({wavelength_nm * 1000:g} nm?)"
         )
 
+
+def band_mix(projections: Sequence[Projection]) -> Any:
+    """The spectral fusion as a matrix: ``[C, 17]`` float32, row c = band c's weights over the 17 base projections
+    (one-hot for a range key, two or three terms for averaged/interpolated bands) times ``12 / C``, so that a token is
+    ``Σ_c Σ_k mix[c, k] (W_k · patch_c + b_k)`` = 12 × the mean of the per-band embeddings (spec smarties.md §1.2).
+
+    It is the projection's one input besides the pixels, in eager mode and in the exported ONNX graph
+    (:mod:`engine.onnx_export`), where it lets one graph serve every band combination. Needs numpy only.
+    """
+    import numpy as np
+
+    mix = np.zeros((len(projections), NUM_BASE_PROJECTIONS), np.float32)
+    for c, projection in enumerate(projections):
+        for index, w in projection.terms:
+            mix[c, index] += w
+    return mix * np.float32(PROJECTION_SCALER / max(1, len(projections)))

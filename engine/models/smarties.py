@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spectrum import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, Averaging, Projection, projection_for
+from ..spectrum import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, Averaging, Projection, band_mix, projection_for
 
 __all__ = ("BandSpec", "SmartiesEncoder", "init_from_scratch", "sincos_pos_embed")
 
@@ -95,13 +95,14 @@ class SpectrumProjection(nn.Module):
         bias = torch.stack([m.proj.bias for m in self.spectrum_embeds])
         return weight, bias
 
-    def band_weights(self, projections: Sequence[Projection]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Effective per-band weights ``[C, D, p²]`` and biases ``[C, D]``: ``Σ_k w_k W_k``, ``Σ_k w_k b_k``."""
+    def band_weights(self, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Effective per-band weights ``[C, D, p²]`` and biases ``[C, D]``: ``Σ_k m_ck W_k``, ``Σ_k m_ck b_k``.
+
+        Args:
+            mix: ``[C, 17]`` weights of the base projections per band (:func:`band_mix`).
+        """
         weight, bias = self.stacked()
-        mix = weight.new_zeros(len(projections), NUM_BASE_PROJECTIONS)
-        for c, projection in enumerate(projections):
-            for index, w in projection.terms:
-                mix[c, index] += w
+        mix = mix.to(weight.dtype)
         return torch.einsum("ck,kdp->cdp", mix, weight), mix @ bias
 
 
@@ -222,10 +223,15 @@ class SmartiesEncoder(nn.Module):
             raise ValueError(f"got {c} image channels but {len(bands)} band specs; give one spec per channel")
         if height % p or width % p:
             raise ValueError(f"image size {height}×{width} px is not a multiple of the patch size {p}")
-        weight, bias = self.spectrum_projection.band_weights(self.projections(bands))
-        scale = PROJECTION_SCALER / c
-        kernel = (weight * scale).permute(1, 0, 2).reshape(self.embed_dim, c, p, p)
-        tokens = F.conv2d(x.to(kernel.dtype), kernel, bias.sum(0) * scale, stride=p)
+        return self.embed_mix(x, torch.from_numpy(band_mix(self.projections(bands))).to(x.device))
+
+    def embed_mix(self, x: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        """The spectral projection of :meth:`embed_bands` from a band-mix matrix (no Python-side band logic, so it
+        traces into the ONNX graph): ``x [B, C, H, W]``, ``mix [C, 17]`` → tokens ``[B, h·w, D]``."""
+        p = self.patch_size
+        weight, bias = self.spectrum_projection.band_weights(mix)
+        kernel = weight.permute(1, 0, 2).reshape(self.embed_dim, -1, p, p)
+        tokens = F.conv2d(x.to(kernel.dtype), kernel, bias.sum(0), stride=p)
         return tokens.flatten(2).transpose(1, 2)
 
     def embed_patches(self, patches: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
