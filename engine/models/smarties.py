@@ -95,15 +95,6 @@ class SpectrumProjection(nn.Module):
         bias = torch.stack([m.proj.bias for m in self.spectrum_embeds])
         return weight, bias
 
-    def band_weights(self, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Effective per-band weights ``[C, D, p²]`` and biases ``[C, D]``: ``Σ_k m_ck W_k``, ``Σ_k m_ck b_k``.
-
-        Args:
-            mix: ``[C, 17]`` weights of the base projections per band (:func:`band_mix`).
-        """
-        weight, bias = self.stacked()
-        mix = mix.to(weight.dtype)
-        return torch.einsum("ck,kdp->cdp", mix, weight), mix @ bias
 
 
 def check_blocks(blocks: Sequence[int], depth: int) -> None:
@@ -226,12 +217,19 @@ class SmartiesEncoder(nn.Module):
         return self.embed_mix(x, torch.from_numpy(band_mix(self.projections(bands))).to(x.device))
 
     def embed_mix(self, x: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-        """The spectral projection of :meth:`embed_bands` from a band-mix matrix (no Python-side band logic, so it
-        traces into the ONNX graph): ``x [B, C, H, W]``, ``mix [C, 17]`` → tokens ``[B, h·w, D]``."""
+        """The spectral projection of :meth:`embed_bands` from a band-mix matrix: ``x [B, C, H, W]``, ``mix [C, 17]``
+        → tokens ``[B, h·w, D]``.
+
+        ``Σ_c Σ_k m_ck (W_k·patch_c + b_k)`` is computed as ``Σ_k W_k·(Σ_c m_ck patch_c) + Σ_ck m_ck b_k``: the bands are
+        first mixed into the 17 base-projection channels, then one strided convolution with the stacked base weights
+        (a constant kernel) embeds them. No Python-side band logic, so it exports to ONNX with a dynamic band count.
+        """
         p = self.patch_size
-        weight, bias = self.spectrum_projection.band_weights(mix)
-        kernel = weight.permute(1, 0, 2).reshape(self.embed_dim, -1, p, p)
-        tokens = F.conv2d(x.to(kernel.dtype), kernel, bias.sum(0), stride=p)
+        weight, bias = self.spectrum_projection.stacked()
+        mix = mix.to(weight.dtype)
+        kernel = weight.permute(1, 0, 2).reshape(self.embed_dim, NUM_BASE_PROJECTIONS, p, p)
+        mixed = torch.matmul(x.to(weight.dtype).permute(0, 2, 3, 1), mix).permute(0, 3, 1, 2)
+        tokens = F.conv2d(mixed, kernel, mix.sum(0) @ bias, stride=p)
         return tokens.flatten(2).transpose(1, 2)
 
     def embed_patches(self, patches: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
