@@ -10,6 +10,7 @@ Examples::
     msfm similarity scene.tif sim.tif --point 444345 4168545 --embeddings emb.tif
     msfm train-head scene.tif head.safetensors --polygons labels.gpkg --class-field cover --head upernet
     msfm segment scene.tif head.safetensors classes.tif --polygons classes.gpkg
+    msfm export-onnx demo.onnx --model smarties-demo-tiny   # one graph for every band combination
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
     msfm train smarties-mae CONFIG             # provided by the training package (entry point, see below)
     msfm eval knn DATASET                      # frozen-encoder kNN / linear-probe / retrieval (training package)
@@ -318,6 +319,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .models.onnx_encoder import read_metadata
+    from .onnx_export import export_encoder
+
+    path = export_encoder(_load(args), args.output, tile_size_px=args.tile_size_px, sensor=args.sensor)
+    meta = read_metadata(path)
+    print(f"{path}: {meta['msfm_encoder']} (D={meta['msfm_embed_dim']}, depth {meta['msfm_depth']}), inputs image "
+          f"[B, C, {args.tile_size_px}, {args.tile_size_px}] + band_mix [C, 17], outputs cls, grid; "
+          f"{path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .bands import describe_mapping, resolve_bands
     from .cluster import cluster_raster
@@ -521,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p, model_default=None, model_help="(default: the encoder named in the head's card)")
     _add_region_option(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("export-onnx", help="export a SMARTIES encoder to ONNX (spectral projection in the graph)")
+    p.add_argument("output", help="destination .onnx file")
+    p.add_argument("--model", default=DEMO_MODEL, help=f"model name or .safetensors path (default {DEMO_MODEL})")
+    p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
+    p.add_argument("--tile-size-px", type=int, default=224, help="tile side fixed in the graph (default 224)")
+    p.add_argument("--sensor", help="record this preset's resolution and standardisation (Deepness keys)")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("demo", help="cluster the bundled Sentinel-2 scene with the bundled model (offline)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")

@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
+from .models.onnx_encoder import ONNX_FORMAT, read_metadata
 from .spectrum import NUM_BASE_PROJECTIONS, spectral_ranges
 
-__all__ = ("ONNX_FORMAT", "EncoderGraph", "export_encoder", "read_metadata")
+__all__ = ("EncoderGraph", "export_encoder", "read_metadata")
 
-#: ``msfm_format`` of our exported encoders.
-ONNX_FORMAT = "msfm-smarties-encoder-onnx/1"
 OPSET = 17
 
 
@@ -126,7 +126,10 @@ def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 22
     image = torch.zeros(2, 3, tile_size_px, tile_size_px)
     mix = torch.zeros(3, NUM_BASE_PROJECTIONS)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13 marks the TorchScript exporter (dynamo=False) deprecated in favour of the dynamo one, which
+            # needs onnxscript (not a dependency of ours); the TorchScript exporter handles this graph.
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
             torch.onnx.export(
                 graph, (image, mix), str(tmp), dynamo=False, opset_version=opset,
                 input_names=["image", "band_mix"], output_names=["cls", "grid"],
@@ -144,22 +147,3 @@ def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 22
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def read_metadata(path: Union[str, Path]) -> dict[str, Any]:
-    """The metadata of an exported file, JSON values decoded (reads the header only through onnxruntime or onnx)."""
-    try:
-        import onnxruntime as ort
-
-        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    except ImportError:
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out

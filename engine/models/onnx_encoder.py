@@ -1,0 +1,115 @@
+"""A SMARTIES encoder exported to ONNX (:mod:`engine.onnx_export`), run with ONNX Runtime — no torch needed.
+
+:class:`OnnxEncoder` mirrors the part of :class:`engine.models.smarties.SmartiesEncoder` that inference uses
+(``encode(x, bands, output="cls"|"grid")``, ``embed_dim``, ``patch_size``, ``averaging``, ``projections``) on numpy
+arrays. The band list becomes the graph's ``band_mix`` input (:func:`engine.spectrum.band_mix`), so one file serves every
+band combination. Execution providers: CUDA when requested and available, else CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Sequence, Union
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..spectrum import Projection, band_mix, projection_for
+
+__all__ = ("ONNX_FORMAT", "OnnxEncoder", "read_metadata")
+
+#: ``msfm_format`` of our exported encoders (:mod:`engine.onnx_export`).
+ONNX_FORMAT = "msfm-smarties-encoder-onnx/1"
+
+
+class OnnxEncoder:
+    """An exported SMARTIES encoder in an ONNX Runtime session.
+
+    Args:
+        path: The ``.onnx`` file written by :func:`engine.onnx_export.export_encoder`.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA execution provider when onnxruntime has it).
+        threads: Intra-op threads (None: onnxruntime's default).
+
+    Raises:
+        engine.errors.CheckpointError: Not an msfm encoder export (its metadata say what it is).
+    """
+
+    def __init__(self, path: Union[str, Path], device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.weights_path = Path(path)
+        available = ort.get_available_providers()
+        want_cuda = device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available)
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+            raise CheckpointError(f"device {device!r} was requested but onnxruntime has no CUDA provider "
+                                  f"({available}); install onnxruntime-gpu or use device='cpu'")
+        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.metadata = _decode(self.session.get_modelmeta().custom_metadata_map)
+        if self.metadata.get("msfm_format") != ONNX_FORMAT:
+            raise CheckpointError(f"{path} is not an msfm SMARTIES encoder export (msfm_format "
+                                  f"{self.metadata.get('msfm_format')!r}, expected {ONNX_FORMAT!r})")
+        self.device = "cuda" if want_cuda else "cpu"
+        self.embed_dim = int(self.metadata["msfm_embed_dim"])
+        self.patch_size = int(self.metadata["msfm_patch_size"])
+        self.tile_size_px = int(self.metadata["msfm_tile_size_px"])
+        self.depth = int(self.metadata["msfm_depth"])
+        self.averaging = self.metadata.get("msfm_averaging", "linear")
+        self.model_name = self.metadata.get("msfm_encoder")
+
+    def projections(self, bands: Sequence[Any]) -> list[Projection]:
+        """Resolve band specs (range keys, indices, Projections) with the exported encoder's averaging mode."""
+        return [projection_for(b, self.averaging) for b in bands]
+
+    def encode(self, x: Any, bands: Sequence[Any], output: Literal["cls", "grid"] = "cls") -> np.ndarray:
+        """Encode normalised tiles.
+
+        Args:
+            x: ``[B, C, H, W]`` float32 (numpy, or anything ``np.asarray`` takes), H = W = the exported tile size.
+            bands: C band specs in channel order.
+            output: ``"cls"`` → ``[B, D]``; ``"grid"`` → ``[B, D, H/p, W/p]`` (before the final norm).
+
+        Raises:
+            ValueError: Wrong shape, band count or output.
+        """
+        if output not in ("cls", "grid"):
+            raise ValueError(f"output must be 'cls' or 'grid' for an ONNX encoder, got {output!r}")
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        if x.ndim != 4 or x.shape[2:] != (self.tile_size_px, self.tile_size_px):
+            raise ValueError(f"x must be [B, C, {self.tile_size_px}, {self.tile_size_px}] (the exported tile size), "
+                             f"got {x.shape}")
+        if len(bands) != x.shape[1]:
+            raise ValueError(f"got {x.shape[1]} image channels but {len(bands)} band specs; give one spec per channel")
+        cls, grid = self.session.run(None, {"image": x, "band_mix": band_mix(self.projections(bands))})
+        return cls if output == "cls" else grid
+
+    def __repr__(self) -> str:
+        return (f"OnnxEncoder({self.weights_path.name}, D={self.embed_dim}, depth {self.depth}, "
+                f"tile {self.tile_size_px} px, {self.device})")
+
+
+def read_metadata(path: Union[str, Path]) -> dict[str, Any]:
+    """The metadata of an exported file (ONNX ``metadata_props``), JSON values decoded."""
+    try:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except ImportError:  # onnxruntime alone (a QGIS install without onnx)
+        import onnxruntime as ort
+
+        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    return _decode(props)
+
+
+def _decode(props: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dict(props).items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
