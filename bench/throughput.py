@@ -7,7 +7,8 @@ Measures, in one process run (end-to-end cases in child processes so their peak 
 
 1. fp32 matmul GFLOP/s (2048³ ``torch.mm``), the practical FLOP limit of the machine;
 2. encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights), and its ratio to
-   the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7);
+   the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7), in torch eager and in ONNX Runtime
+   fp32 (the same weights exported with the spectral projection in the graph);
 3. end-to-end ``embed_raster`` Mpx/s (input pixels per second, reading + normalising + encoding + blending +
    writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it (``--mosaic16``: also a 4×4 mosaic and a
    16×1 column of copies). Memory grows with the raster's width (one row band of tiles is held) but must stay flat
@@ -66,6 +67,24 @@ def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: 
         t = time.perf_counter()
         for _ in range(batches):
             model.encode(x, keys, "grid")
+    return batch * batches / (time.perf_counter() - t)
+
+
+def onnx_tiles_per_s(threads: int, folder: Path, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
+    """ONNX Runtime fp32 tiles/s of the same ViT-B (exported by :func:`engine.onnx_export.export_encoder`)."""
+    import numpy as np
+
+    from engine.models.onnx_encoder import OnnxEncoder
+    from engine.onnx_export import export_encoder
+    from engine.sensors import get_sensor
+
+    keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
+    encoder = OnnxEncoder(export_encoder(vit_b(), folder / "vit_b.onnx"), device="cpu", threads=threads)
+    x = np.random.default_rng(0).standard_normal((batch, bands, 224, 224)).astype(np.float32)
+    encoder.encode(x, keys, "grid")
+    t = time.perf_counter()
+    for _ in range(batches):
+        encoder.encode(x, keys, "grid")
     return batch * batches / (time.perf_counter() - t)
 
 
@@ -155,6 +174,11 @@ def main() -> None:
                    encoder_tiles_per_s_limit=limit / VIT_B_GFLOP_PER_TILE,
                    encoder_fraction_of_limit=tiles * VIT_B_GFLOP_PER_TILE / limit)
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            results["onnx_fp32_tiles_per_s"] = onnx_tiles_per_s(args.threads, Path(tmp))
+            results["onnx_fp32_vs_torch"] = results["onnx_fp32_tiles_per_s"] / tiles
+        except ImportError as exc:  # onnx / onnxruntime not installed
+            print(f"ONNX Runtime skipped: {exc}")
         model = args.model
         if model is None:
             from engine.models.checkpoint import save_encoder
@@ -175,6 +199,10 @@ def main() -> None:
     print(f"fp32 matmul limit           {limit:8.1f} GFLOP/s ({args.threads} threads)")
     print(f"ViT-B encoder (12 bands)    {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
           f"limit ({results['encoder_tiles_per_s_limit']:.2f} tiles/s)")
+    if "onnx_fp32_tiles_per_s" in results:
+        onnx_tiles = results["onnx_fp32_tiles_per_s"]
+        print(f"ViT-B ONNX Runtime fp32     {onnx_tiles:8.2f} tiles/s = {results['onnx_fp32_vs_torch']:.2f}× torch eager, "
+              f"{onnx_tiles * VIT_B_GFLOP_PER_TILE / limit:.0%} of the limit")
     for name in [n for n in ("raster", "mosaic4x", "mosaic16x", "tall16x") if f"e2e_{n}_tiles" in results]:
         print(f"embed e2e {name:<10}        {results[f'e2e_{name}_mpx_per_s']:8.3f} Mpx/s, "
               f"{results[f'e2e_{name}_tiles_per_s']:.2f} tiles/s ({results[f'e2e_{name}_tiles']} tiles), "
