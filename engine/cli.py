@@ -89,6 +89,9 @@ def _add_inference_options(p: argparse.ArgumentParser, model_default: Optional[s
     p.add_argument("--model", default=model_default,
                    help=f"model name (`msfm models list`) or .safetensors path {model_help}")
     p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch, or onnx: ONNX Runtime (a .onnx --model always uses it; a checkpoint is exported once "
+                   "into the ONNX cache)")
     p.add_argument("--tile-size-px", type=int, default=224, help="tile side in model-input pixels, multiple of 16 (default 224)")
     p.add_argument(
         "--overlap-px", type=int, default=112,
@@ -133,7 +136,9 @@ class _Progress:
 def _load(args: argparse.Namespace) -> Any:
     from .models import load_model
 
-    return load_model(args.model, num_heads=args.num_heads, device="cpu")
+    backend = getattr(args, "backend", "torch")
+    return load_model(args.model, num_heads=args.num_heads, device=args.device if backend == "onnx" else "cpu",
+                      backend=backend)
 
 
 def cmd_bands(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 import rasterio
 
 from .errors import InferenceCancelled, InputRasterError
-from .heads import HeadType, SegmentationHead, build_head, card_path, file_sha256, save_head
+from .heads import HeadType, SegmentationHead, build_head, card_path, file_sha256, require_block_grids, save_head
 from .inference import CancelFn, InferenceSettings, ProgressFn, RasterReader, open_reader, select_device
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
 from .readers import open_raster
@@ -324,6 +324,7 @@ def fit_head(
         raise InputRasterError(f"the head file must end in .safetensors, got {output}")
     if output is not None and not Path(output).parent.is_dir():
         raise InputRasterError(f"output folder {Path(output).parent} does not exist; create it first")
+    require_block_grids(model)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dataset = open_raster(source)

@@ -47,6 +47,7 @@ __all__ = (
     "build_head",
     "file_sha256",
     "load_head",
+    "require_block_grids",
     "save_head",
 )
 
@@ -250,6 +251,16 @@ class SegmentationHead(nn.Module):
     def head_state(self) -> dict[str, torch.Tensor]:
         """The head's tensors under ``head.`` (file keys)."""
         return {f"head.{k}": v.detach().cpu().float().contiguous() for k, v in self.net.state_dict().items()}
+
+
+def require_block_grids(model: Any) -> None:
+    """Raise :class:`engine.errors.InputRasterError` unless ``model`` gives block grids (``encode_blocks``): heads read
+    several blocks, and the ONNX encoder exports the last one only."""
+    if not hasattr(model, "encode_blocks"):
+        from .errors import InputRasterError
+
+        raise InputRasterError(f"segmentation heads read encoder blocks that {type(model).__name__} does not give; "
+                               "use the torch backend")
 
 
 def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,

@@ -60,6 +60,7 @@ __all__ = (
     "band_statistics",
     "default_scale",
     "embed_raster",
+    "grid_encoder",
     "model_statistics",
     "open_reader",
     "prefetched",
@@ -177,6 +178,38 @@ def select_device(device: str) -> str:
             f"built with CUDA {torch.version.cuda}); use device='cpu' or install a CUDA build of torch"
         )
     return device
+
+
+def grid_encoder(model: Any, settings: InferenceSettings) -> tuple[Callable[[np.ndarray, list], np.ndarray], str]:
+    """The model as a function of normalised numpy tiles: ``(x [B, C, H, W] float32, projections)`` → patch-grid
+    embeddings ``[B, D, H/p, W/p]`` float32 numpy, and the device it runs on.
+
+    A torch encoder is moved to ``settings.device`` (:func:`select_device`) with ``settings.threads``; an ONNX Runtime
+    encoder (``model.backend == "onnx"``, :class:`engine.models.onnx_encoder.OnnxEncoder`) runs as loaded and torch is
+    never imported.
+
+    Raises:
+        InputRasterError: An ONNX encoder exported for another tile size than ``settings.tile_size_px``.
+    """
+    if getattr(model, "backend", "torch") == "onnx":
+        if settings.tile_size_px != model.tile_size_px:
+            raise InputRasterError(
+                f"the ONNX encoder {model.weights_path.name} was exported for {model.tile_size_px}-px tiles; use "
+                f"tile_size_px={model.tile_size_px} or export it again with --tile-size-px {settings.tile_size_px}"
+            )
+        return (lambda x, projections: model.encode(x, projections, "grid")), f"onnxruntime {model.device}"
+    import torch
+
+    device = select_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model = model.to(device).eval()
+
+    def encode(x: np.ndarray, projections: list) -> np.ndarray:
+        with torch.inference_mode():
+            return model.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
+
+    return encode, device
 
 
 class RasterReader:
@@ -491,12 +524,10 @@ def _embed(
     is_canceled: Optional[CancelFn],
     started: float,
 ) -> EmbeddingResult:
-    import torch
-
     reader, mapping = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides, mapping=mapping,
                                   region=region)
     try:
-        return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started, torch)
+        return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started)
     finally:
         reader.close()
 
@@ -511,14 +542,10 @@ def _run(
     progress: Optional[ProgressFn],
     is_canceled: Optional[CancelFn],
     started: float,
-    torch: Any,
 ) -> EmbeddingResult:
     p = model.patch_size
     grid: TileGrid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
-    device = select_device(settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    model = model.to(device).eval()
+    encode, device = grid_encoder(model, settings)
     projections = list(mapping.projections)
     n, size = grid.tile_cells, settings.tile_size_px
     padded_width = max(grid.width_cells, n)
@@ -585,8 +612,7 @@ def _run(
     )
     with GeoTiffWriter(output, profile, descriptions, tags) as writer:
         for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
-            with torch.inference_mode():
-                emb = model.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
+            emb = encode(x, projections)
             cell_valid = valid.reshape(len(batch), n, p, n, p).mean(axis=(2, 4))
             for (r, c), e, v in zip(batch, emb, cell_valid):
                 if r > blender.top:

@@ -40,7 +40,7 @@ from .bands import BandMapping, resolve_bands
 from .blending import RowBlender
 from .cluster import write_qml
 from .errors import BandResolutionError, InputRasterError
-from .heads import SegmentationHead, load_head
+from .heads import SegmentationHead, load_head, require_block_grids
 from .inference import (
     CancelFn,
     InferenceSettings,
@@ -102,7 +102,9 @@ def encoder_source(head: SegmentationHead, head_path: Optional[Union[str, Path]]
 
 
 def check_encoder(head: SegmentationHead, model: Any) -> None:
-    """Raise :class:`InputRasterError` unless ``model`` has the width and depth the head was trained on."""
+    """Raise :class:`InputRasterError` unless ``model`` has the width and depth the head was trained on (and can
+    give the head's block grids: the ONNX encoder exports the last block only)."""
+    require_block_grids(model)
     enc = head.card.encoder
     if model.embed_dim != int(enc["embed_dim"]) or len(model.blocks) != int(enc["depth"]):
         raise InputRasterError(

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # torch is imported on first use only, so the registry works 
 
     from .checkpoint import Checkpoint
     from .dino_vit import DinoViT
+    from .onnx_encoder import OnnxEncoder
     from .smarties import SmartiesEncoder
 
 #: Names that need torch, imported on first access (PEP 562).
@@ -190,7 +191,8 @@ def load_model(
     device: Union[str, torch.device] = "cpu",
     averaging: Optional[Averaging] = None,
     which: Optional[str] = None,
-) -> Union[SmartiesEncoder, DinoViT]:
+    backend: str = "torch",
+) -> Union[SmartiesEncoder, DinoViT, OnnxEncoder]:
     """Load a SMARTIES encoder or a DINO / X-STARS ViT from a registry name, a file or a folder, strictly.
 
     A ``.pth`` file, or a ``.safetensors`` file with DINO key names (``patch_embed.proj.weight``), is read as a DINO /
@@ -215,6 +217,10 @@ def load_model(
             SMARTIES only.
         which: DINO / X-STARS only: the network to load, ``"teacher"`` (default, DINO's convention) or
             ``"student"``.
+        backend: ``"torch"`` (default) or ``"onnx"``: an :class:`~engine.models.onnx_encoder.OnnxEncoder` run by ONNX
+            Runtime. A ``.onnx`` file always loads with ONNX Runtime (torch is then never imported); a SMARTIES
+            checkpoint with ``backend="onnx"`` is exported once (:func:`engine.onnx_export.export_encoder`) into
+            :func:`onnx_cache_dir` and reused while its SHA-256 is unchanged.
 
     Returns:
         The encoder in eval mode on ``device`` (float32). Extra attributes: ``weights_path`` (Path),
@@ -229,7 +235,15 @@ def load_model(
             the tensors, or the number of heads cannot be determined or does not divide D.
         ValueError: Invalid ``averaging``; ``averaging`` given for a DINO file or ``which`` for a SMARTIES file.
     """
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     path = resolve_weights(path_or_name)
+    if path.suffix.lower() == ".onnx":
+        from .onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(path, device=str(device))
+    if backend == "onnx":
+        return _load_onnx_export(path_or_name, path, num_heads, str(device))
     import torch
 
     from .checkpoint import read_checkpoint
@@ -282,6 +296,29 @@ def load_model(
         geometry.grid_size, mode, device,
     )
     return model
+
+
+def onnx_cache_dir() -> Path:
+    """Where checkpoints exported for ``backend="onnx"`` are kept: ``$MSFM_ONNX_CACHE``, else
+    ``$XDG_CACHE_HOME/msfm/onnx`` (``~/.cache/msfm/onnx``)."""
+    if os.environ.get("MSFM_ONNX_CACHE"):
+        return Path(os.environ["MSFM_ONNX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msfm" / "onnx"
+
+
+def _load_onnx_export(path_or_name: Any, path: Path, num_heads: Optional[int], device: str) -> OnnxEncoder:
+    """The ONNX export of a SMARTIES checkpoint (made once per checkpoint content, then reused)."""
+    from ..heads import file_sha256
+    from .onnx_encoder import OnnxEncoder
+
+    target = onnx_cache_dir() / f"{path.stem}-{file_sha256(path)[:16]}.onnx"
+    if not target.is_file():
+        from ..onnx_export import export_encoder
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        export_encoder(load_model(path_or_name, num_heads=num_heads), target)
+        logger.info("exported %s to %s for ONNX Runtime", path, target)
+    return OnnxEncoder(target, device=device)
 
 
 def _load_dino(path: Path, which: str, num_heads: Optional[int], device: Union[str, torch.device]) -> DinoViT:

@@ -24,7 +24,7 @@ ONNX_FORMAT = "msfm-smarties-encoder-onnx/1"
 
 
 class OnnxEncoder:
-    """An exported SMARTIES encoder in an ONNX Runtime session.
+    """An exported SMARTIES encoder in an ONNX Runtime session (``backend = "onnx"``).
 
     Args:
         path: The ``.onnx`` file written by :func:`engine.onnx_export.export_encoder`.
@@ -34,6 +34,8 @@ class OnnxEncoder:
     Raises:
         engine.errors.CheckpointError: Not an msfm encoder export (its metadata say what it is).
     """
+
+    backend = "onnx"
 
     def __init__(self, path: Union[str, Path], device: str = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -134,3 +134,50 @@ def test_export_command(tmp_path):
     out = tmp_path / "cli.onnx"
     assert main(["export-onnx", str(out), "--sensor", "naip_rgbn"]) == 0
     assert read_metadata(out)["msfm_sensor"] == "naip_rgbn" and not list(tmp_path.glob(".*part*"))
+
+
+def test_embed_with_the_onnx_backend_matches_torch(tmp_path, model, monkeypatch):
+    """``load_model(..., backend="onnx")`` exports once into the ONNX cache; ``embed_raster`` gives torch's embeddings."""
+    from engine.inference import embed_raster
+
+    monkeypatch.setenv("MSFM_ONNX_CACHE", str(tmp_path / "cache"))
+    onnx_model = load_model("smarties-demo-tiny", backend="onnx")
+    cached = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(cached) == 1 and onnx_model.weights_path == cached[0]
+    stamp = cached[0].stat().st_mtime_ns
+    assert load_model("smarties-demo-tiny", backend="onnx").weights_path == cached[0]
+    assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    raster = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    settings = InferenceSettings(threads=2)
+    embed_raster(raster, tmp_path / "torch.tif", model, settings=settings, sensor="naip_rgbn")
+    embed_raster(raster, tmp_path / "onnx.tif", onnx_model, settings=settings, sensor="naip_rgbn")
+    a, b = rasterio.open(tmp_path / "torch.tif").read(), rasterio.open(tmp_path / "onnx.tif").read()
+    assert a.shape == b.shape and np.nanmax(np.abs(a - b)) <= 1e-4 * np.nanmax(np.abs(a))
+    with pytest.raises(Exception, match="exported for 224-px tiles"):
+        embed_raster(raster, tmp_path / "x.tif", onnx_model, settings=InferenceSettings(tile_size_px=256),
+                     sensor="naip_rgbn")
+
+
+def test_cluster_command_runs_on_onnxruntime_alone(exported, tmp_path):
+    """``msfm cluster --model X.onnx`` with torch and onnx hidden from the import system: the torch-free install."""
+    raster = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    out = tmp_path / "classes.tif"
+    script = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(f'{{name}} is hidden for this test')
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(REPO)!r})
+from engine.cli import main
+code = main(['cluster', {str(raster)!r}, {str(out)!r}, '--model', {str(exported)!r}, '--k', '4',
+             '--sensor', 'naip_rgbn', '--threads', '1'])
+assert 'torch' not in sys.modules
+sys.exit(code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with rasterio.open(out) as ds:
+        classes = ds.read(1)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3, 255} and (classes != 255).mean() > 0.9
