@@ -24,6 +24,7 @@ from typing import Iterable, Optional
 
 __all__ = (
     "DependencyError",
+    "BACKENDS",
     "REQUIREMENTS",
     "device_report",
     "diagnostics",
@@ -32,8 +33,11 @@ __all__ = (
     "host_exports_blas",
     "import_torch",
     "install_instructions",
+    "is_installed",
     "missing_packages",
+    "onnxruntime_report",
     "require",
+    "requirement_kind",
 )
 
 
@@ -77,15 +81,40 @@ _IMPORT_TO_PIP = {
     "safetensors": "safetensors>=0.4",
     "huggingface_hub": "huggingface_hub>=0.20",
     "sklearn": "scikit-learn>=1.3",
+    "onnxruntime": "onnxruntime>=1.17",
+    "onnx": "onnx>=1.15",
 }
 
-#: Which packages each kind of work needs.
+#: Inference backends: ``torch`` runs the checkpoints themselves, ``onnx`` an exported encoder with ONNX Runtime.
+BACKENDS = ("torch", "onnx")
+
+#: Which packages each kind of work needs. ``<kind>_onnx`` is ``<kind>`` run with the ONNX backend on an exported
+#: ``.onnx`` encoder: ONNX Runtime instead of torch (see :func:`requirement_kind`).
 REQUIREMENTS = {
     "bands": ("numpy", "rasterio"),
     "download": ("huggingface_hub",),
     "inference": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub"),
     "clustering": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub", "sklearn"),
+    "inference_onnx": ("numpy", "rasterio", "onnxruntime"),
+    "clustering_onnx": ("numpy", "rasterio", "onnxruntime", "sklearn"),
 }
+
+
+def requirement_kind(kind: str, backend: str = "torch") -> str:
+    """The key of :data:`REQUIREMENTS` for ``kind`` run with ``backend`` (``"inference"`` + ``"onnx"`` →
+    ``"inference_onnx"``); kinds without an ONNX variant are returned unchanged."""
+    if backend == "onnx" and f"{kind}_onnx" in REQUIREMENTS:
+        return f"{kind}_onnx"
+    return kind
+
+
+def is_installed(name: str) -> bool:
+    """Whether ``name`` can be imported (``find_spec``: nothing is imported). An import hook that refuses the name
+    (raises ImportError) or a broken parent package count as not available."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class DependencyError(RuntimeError):
@@ -105,7 +134,7 @@ def missing_packages(kind: str) -> list[str]:
 
     Uses ``importlib.util.find_spec``: nothing is imported, so the check is instant and cannot crash QGIS.
     """
-    return [name for name in REQUIREMENTS[kind] if importlib.util.find_spec(name) is None]
+    return [name for name in REQUIREMENTS[kind] if not is_installed(name)]
 
 
 def require(kind: str) -> None:
@@ -142,7 +171,7 @@ def install_instructions(missing: Iterable[str]) -> str:
 
 
 def _version(module: str) -> str:
-    if importlib.util.find_spec(module) is None:
+    if not is_installed(module):
         return "not installed"
     try:
         mod = import_torch() if module == "torch" else importlib.import_module(module)
@@ -177,7 +206,7 @@ def import_torch() -> ModuleType:
     """
     if "torch" in sys.modules:
         return sys.modules["torch"]
-    if importlib.util.find_spec("torch") is None:
+    if not is_installed("torch"):
         raise DependencyError(["torch"])
     flags = sys.getdlopenflags()
     if host_exports_blas() and hasattr(os, "RTLD_DEEPBIND"):
@@ -191,7 +220,7 @@ def import_torch() -> ModuleType:
 
 def device_report() -> str:
     """One line on the compute devices torch sees (imports torch; call it from a worker thread or on demand)."""
-    if importlib.util.find_spec("torch") is None:
+    if not is_installed("torch"):
         return "torch is not installed"
     torch = import_torch()
 
@@ -213,6 +242,18 @@ def cpu_threads() -> str:
     return f"torch CPU threads {torch.get_num_threads()} ({omp or 'no OpenMP'}; {os.cpu_count()} cores)"
 
 
+def onnxruntime_report() -> str:
+    """One line on ONNX Runtime: its version, execution providers and CPU cores (never imports torch)."""
+    if not is_installed("onnxruntime"):
+        return "onnxruntime is not installed"
+    try:
+        import onnxruntime
+    except Exception as exc:  # a broken install must be reported, not crash the run's log
+        return f"onnxruntime import failed: {exc}"
+    providers = ", ".join(onnxruntime.get_available_providers())
+    return f"onnxruntime {onnxruntime.__version__}, execution providers: {providers} ({os.cpu_count()} CPU cores)"
+
+
 def diagnostics(qgis_version: Optional[str] = None) -> str:
     """A Markdown report of versions, devices and the model cache, for bug reports."""
     lines = ["### msfm diagnostics", ""]
@@ -226,9 +267,11 @@ def diagnostics(qgis_version: Optional[str] = None) -> str:
     for module in ("numpy", "rasterio", "torch", "onnxruntime", "safetensors", "huggingface_hub", "sklearn"):
         lines.append(f"- {module}: {_version(module)}")
     lines.append(f"- devices: {device_report()}")
-    if importlib.util.find_spec("torch") is not None:
+    if is_installed("torch"):
         lines.append(f"- {cpu_threads()}")
-    if importlib.util.find_spec("rasterio") is not None:
+    if is_installed("onnxruntime"):
+        lines.append(f"- {onnxruntime_report()}")
+    if is_installed("rasterio"):
         import rasterio
 
         lines.append(f"- GDAL (rasterio): {rasterio.__gdal_version__}")

@@ -7,8 +7,13 @@ the worker reads the file with the engine or the clone. Output layers are styled
 ``postProcessAlgorithm`` (:mod:`qgis_plugin.styling`).
 
 Parameter names are a public contract (batch mode, models, ``qgis_process``, the dock): ``INPUT``, ``SENSOR``,
-``BAND_OVERRIDES``, ``MODEL``, ``MODEL_FILE``, ``DEVICE``, ``TILE_SIZE``, ``OVERLAP``, ``BATCH_SIZE``, ``SCALE``,
-``EXTENT``, ``MASK``, ``OUTPUT``.
+``BAND_OVERRIDES``, ``MODEL``, ``MODEL_FILE``, ``BACKEND``, ``DEVICE``, ``TILE_SIZE``, ``OVERLAP``, ``BATCH_SIZE``,
+``SCALE``, ``EXTENT``, ``MASK``, ``OUTPUT``.
+
+Backends (``BACKEND``, embedding algorithms only): ``torch`` runs the checkpoint; ``onnx`` runs an exported encoder
+with ONNX Runtime. A ``.onnx`` ``MODEL_FILE`` always runs with ONNX Runtime, and then torch is never imported: the
+plugin works with onnxruntime, numpy and rasterio alone. A registry model with ``onnx`` is exported once by the
+engine, which needs torch.
 """
 
 from __future__ import annotations
@@ -54,12 +59,21 @@ if not ICONS.is_dir():  # development checkout: icons/ sits at the repository ro
 #: Model used when the user picks nothing: bundled with the plugin, works offline.
 DEFAULT_MODEL = "smarties-demo-tiny"
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = runtime.BACKENDS
+MODEL_FILTER = "Model weights (*.safetensors *.onnx)"
 _BAND_HINT = (
     "In QGIS: pick the layer's sensor in 'Sensor preset', or type one mapping per band in 'Band overrides' "
     "(e.g. 1=red_2; 2=green_2; 3=blue_1; 4=near_infrared_1 — a range key, a central wavelength in nm, or drop). "
     "The msfm dock lists every band with a range chooser, and 'Band mapping report' shows what was resolved."
 )
 AUTO_SENSOR = "auto"
+#: Appended to the help of the algorithms that have ``BACKEND``.
+BACKEND_HELP = (
+    "<br><br><i>Inference backend</i> (advanced): <i>torch</i> runs the model's checkpoint; <i>onnx</i> runs an "
+    "exported encoder with ONNX Runtime. Choosing a <b>.onnx</b> file (made with <tt>msfm export-onnx</tt>) as local "
+    "model file always uses ONNX Runtime and needs no torch at all; its tile size is fixed at export (224). A "
+    "registry model with <i>onnx</i> is exported once into the ONNX cache, which needs torch."
+)
 
 
 def icon(name: str) -> QIcon:
@@ -92,19 +106,36 @@ def parse_overrides(text: Optional[str]) -> Optional[dict]:
 
 
 _MODEL_LOCK = threading.Lock()
-_MODEL_CACHE: dict[tuple[str, float], Any] = {}
+_MODEL_CACHE: dict[tuple[str, float, str, str], Any] = {}
 
 
-def load_model(name_or_path: str) -> Any:
-    """Load an encoder once and keep the last one (batch runs and the dock reuse it). Thread-safe."""
+def is_onnx_file(name_or_path: Optional[str]) -> bool:
+    """True for a ``.onnx`` file name (an exported encoder: always run with ONNX Runtime)."""
+    return bool(name_or_path) and str(name_or_path).lower().endswith(".onnx")
+
+
+def load_model(name_or_path: str, backend: str = "torch", device: str = "cpu") -> Any:
+    """Load an encoder once and keep the last one (batch runs and the dock reuse it). Thread-safe.
+
+    ``backend="onnx"`` (implied by a ``.onnx`` file) gives the engine's ONNX Runtime encoder on ``device`` (its
+    execution provider is chosen at load time); a torch model is loaded on the CPU and moved by the engine.
+    """
     models = runtime.engine_module("models")
     path = models.resolve_weights(name_or_path)
-    key = (str(path), path.stat().st_mtime)
+    backend = "onnx" if is_onnx_file(str(path)) else backend
+    device = device if backend == "onnx" else "cpu"
+    key = (str(path), path.stat().st_mtime, backend, device)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = models.load_model(name_or_path, device="cpu")
+            _MODEL_CACHE[key] = models.load_model(name_or_path, device=device, backend=backend)
         return _MODEL_CACHE[key]
+
+
+def model_depth(model: Any) -> int:
+    """Transformer blocks of an encoder (torch: ``len(model.blocks)``; ONNX Runtime: its recorded ``depth``)."""
+    depth = getattr(model, "depth", None)
+    return int(depth) if depth is not None else len(model.blocks)
 
 
 class MsfmAlgorithm(QgsProcessingAlgorithm):
@@ -174,21 +205,38 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             )
         )
 
-    def add_model_parameters(self, **device: Any) -> None:
-        """``MODEL``, ``MODEL_FILE``, ``DEVICE`` and the advanced tiling knobs (``device``: options of
-        :meth:`add_device_parameters`)."""
+    def add_model_parameters(self, backend: bool = True, **device: Any) -> None:
+        """``MODEL``, ``MODEL_FILE``, ``DEVICE``, the advanced ``BACKEND`` (unless ``backend`` is False: the model
+        must then run with torch and ``MODEL_FILE`` takes ``.safetensors`` only) and the advanced tiling knobs
+        (``device``: options of :meth:`add_device_parameters`)."""
         self.addParameter(
             QgsProcessingParameterEnum(
                 "MODEL", "Model", options=model_names(), defaultValue=DEFAULT_MODEL, usesStaticStrings=True
             )
         )
-        self.addParameter(
-            QgsProcessingParameterFile(
-                "MODEL_FILE", "Local model file (.safetensors; overrides Model)", extension="safetensors",
-                optional=True,
+        if backend:
+            self.addParameter(
+                QgsProcessingParameterFile(
+                    "MODEL_FILE", "Local model file (.safetensors, or an exported .onnx encoder; overrides Model)",
+                    optional=True, fileFilter=MODEL_FILTER,
+                )
             )
-        )
+        else:
+            self.addParameter(
+                QgsProcessingParameterFile(
+                    "MODEL_FILE", "Local model file (.safetensors; overrides Model)", extension="safetensors",
+                    optional=True,
+                )
+            )
         self.add_device_parameters(**device)
+        if backend:
+            param = QgsProcessingParameterEnum(
+                "BACKEND", "Inference backend (onnx: ONNX Runtime, needs no torch with a .onnx model file; "
+                "a .onnx model file always uses onnx)", options=list(BACKENDS), defaultValue="torch",
+                usesStaticStrings=True,
+            )
+            param.setFlags(param.flags() | QgsProcessingParameterEnum.FlagAdvanced)
+            self.addParameter(param)
 
     def add_device_parameters(self, scale_default: str = "the sensor preset's", overlap: bool = True,
                               tile_label: str = "Tile size") -> None:
@@ -334,14 +382,70 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             "overrides": parse_overrides(self.parameterAsString(parameters, "BAND_OVERRIDES", context)),
         }
 
+    def backend(self, parameters: dict, context: QgsProcessingContext) -> str:
+        """``"torch"`` or ``"onnx"``: ``onnx`` for a ``.onnx`` ``MODEL_FILE``, else ``BACKEND`` (torch where the
+        algorithm has none, e.g. segmentation, which refuses a ``.onnx`` file)."""
+        names = {p.name() for p in self.parameterDefinitions()}
+        if "MODEL_FILE" not in names:
+            return "torch"
+        path = self.parameterAsFile(parameters, "MODEL_FILE", context)
+        if "BACKEND" not in names:
+            if is_onnx_file(path):
+                raise QgsProcessingException(
+                    f"{self.displayName()} needs the torch backend (it reads the encoder's blocks): {path} is an "
+                    "exported ONNX encoder. Pick the model's .safetensors file instead (and install torch).")
+            return "torch"
+        if is_onnx_file(path):
+            return "onnx"
+        return self.parameterAsEnumString(parameters, "BACKEND", context) or "torch"
+
     def model(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> Any:
-        """Load the chosen model (``MODEL_FILE`` wins over ``MODEL``) and report it with the devices."""
+        """Load the chosen model (``MODEL_FILE`` wins over ``MODEL``) with the chosen backend and report it with
+        the devices (ONNX Runtime's execution providers for the ``onnx`` backend: torch is not touched)."""
         path = self.parameterAsFile(parameters, "MODEL_FILE", context)
         name = path or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
-        model = load_model(name)
-        feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {len(model.blocks)} blocks)")
-        feedback.pushInfo(f"Devices: {runtime.device_report()}; {runtime.cpu_threads()}")
+        backend = self.backend(parameters, context)
+        device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
+        if backend == "onnx" and not is_onnx_file(name):
+            model = self._export_onnx(name, device)
+        else:
+            model = load_model(name, backend=backend, device=device)
+        depth = model_depth(model)
+        if getattr(model, "backend", "torch") == "onnx":
+            exported = "" if is_onnx_file(name) else f", exported to {model.weights_path}"
+            feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {depth} blocks; ONNX backend: ONNX Runtime "
+                              f"on {model.device}{exported})")
+            feedback.pushInfo(f"Devices: {runtime.onnxruntime_report()}")
+            tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
+            if tile != model.tile_size_px:
+                raise QgsProcessingException(
+                    f"The ONNX model {Path(model.weights_path).name} was exported for {model.tile_size_px}-px tiles, "
+                    f"but 'Tile size' is {tile}. Set 'Tile size' to {model.tile_size_px}, export the encoder again "
+                    f"for {tile}-px tiles (msfm export-onnx OUT.onnx --tile-size-px {tile}), or use the torch "
+                    "backend.")
+        else:
+            feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {depth} blocks; torch backend)")
+            feedback.pushInfo(f"Devices: {runtime.device_report()}; {runtime.cpu_threads()}")
         return model
+
+    @staticmethod
+    def _export_onnx(name: str, device: str) -> Any:
+        """A registry model or ``.safetensors`` file with the ONNX backend: the engine exports it to ONNX once (into
+        its ONNX cache), which needs torch and onnx; explain the way out when they are missing."""
+        if runtime.is_installed("torch"):
+            runtime.import_torch()  # the export imports torch: keep its own BLAS inside QGIS (see runtime)
+        try:
+            return load_model(name, backend="onnx", device=device)
+        except ImportError as exc:
+            module = (exc.name or "").split(".")[0] or next(
+                (m for m in ("torch", "onnx", "safetensors") if m in str(exc)), "")
+            if module not in ("torch", "onnx", "safetensors"):
+                raise
+            raise QgsProcessingException(
+                f"The ONNX backend with the model {name!r} needs a one-time export of the model to ONNX, and that "
+                f"export needs {module} ({exc}). Either pick an exported .onnx encoder in 'Local model file' "
+                f"(make one where torch is installed: msfm export-onnx model.onnx --model {name}), "
+                f"or install {module}:\n{runtime.install_instructions([module])}") from exc
 
     @staticmethod
     def progress(feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -351,13 +455,21 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
     # --- run ---------------------------------------------------------------------------------------------------
     def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict:
+        backend = self.backend(parameters, context)
+        kind = runtime.requirement_kind(self.NEEDS, backend)
         try:
-            runtime.require(self.NEEDS)
-            if "torch" in runtime.REQUIREMENTS[self.NEEDS]:
+            runtime.require(kind)
+            if "torch" in runtime.REQUIREMENTS[kind]:
                 runtime.import_torch()  # before the engine imports it: keeps torch's own BLAS inside QGIS
             errors = runtime.engine_module("errors")
         except runtime.DependencyError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            hint = ""
+            if "torch" in exc.missing and "BACKEND" in {p.name() for p in self.parameterDefinitions()}:
+                model = self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
+                hint = ("\nWithout torch: pick an exported .onnx encoder in 'Local model file' (it runs with ONNX "
+                        "Runtime; export one where torch is installed with: msfm export-onnx model.onnx --model "
+                        f"{self.parameterAsFile(parameters, 'MODEL_FILE', context) or model}).")
+            raise QgsProcessingException(f"{exc}{hint}") from exc
         try:
             return self.compute(parameters, context, feedback)
         except errors.InferenceCancelled as exc:

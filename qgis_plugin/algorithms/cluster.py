@@ -11,7 +11,7 @@ from qgis.core import (
 
 from .. import runtime
 from ..styling import style_classes
-from .base import MsfmAlgorithm
+from .base import BACKEND_HELP, MsfmAlgorithm
 
 
 def add_reuse_parameters(alg: MsfmAlgorithm) -> None:
@@ -39,7 +39,7 @@ class ClusterEmbeddings(MsfmAlgorithm):
         "(joint bilateral upsampling of the patch classes guided by the layer's pixels); at <i>patch</i> resolution "
         "there is one class per 16×16-pixel patch. The output is a paletted GeoTIFF (classes 0…k−1, nodata 255) "
         "with its legend."
-    )
+    ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
         self.add_band_parameters()

@@ -8,7 +8,7 @@ from qgis.core import QgsProcessingParameterEnum, QgsProcessingParameterRasterDe
 
 from .. import runtime
 from ..styling import style_rgb
-from .base import MsfmAlgorithm
+from .base import BACKEND_HELP, MsfmAlgorithm
 
 
 class ComputeEmbeddings(MsfmAlgorithm):
@@ -22,7 +22,7 @@ class ComputeEmbeddings(MsfmAlgorithm):
         "preset and band overrides to correct it.<br><br>Tiles are streamed and blended (cosine window) so memory "
         "does not grow with the raster size; nodata pixels are masked. The optional principal-components output "
         "is a 3-band RGB preview of the embeddings."
-    )
+    ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
         self.add_band_parameters()

@@ -11,7 +11,7 @@ from qgis.core import (
 
 from .. import runtime
 from ..styling import style_similarity
-from .base import MsfmAlgorithm, features_as_geojson
+from .base import BACKEND_HELP, MsfmAlgorithm, features_as_geojson
 from .cluster import add_reuse_parameters, embeddings_path
 
 
@@ -24,7 +24,7 @@ class SimilarityMap(MsfmAlgorithm):
         "(or inside the polygons) of the query layer; the output gives, for every location, the cosine similarity "
         "(−1…1, higher = more similar) of its embedding to the query. Use <i>Selected features only</i> to try "
         "several examples from one layer, and reuse embeddings computed once by <i>Compute embeddings</i>."
-    )
+    ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
         self.add_band_parameters()
