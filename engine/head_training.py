@@ -39,7 +39,8 @@ import numpy as np
 import rasterio
 
 from .errors import InferenceCancelled, InputRasterError
-from .heads import HeadType, SegmentationHead, build_head, card_path, file_sha256, require_block_grids, save_head
+from .heads import HeadType, SegmentationHead, build_head, card_path, require_block_grids, save_head
+from .models.registry import file_sha256
 from .inference import CancelFn, InferenceSettings, ProgressFn, RasterReader, open_reader, select_device
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
 from .readers import open_raster

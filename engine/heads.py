@@ -22,7 +22,6 @@ with the published segmentation head (encoder keys + ``head.0.*``) is read too; 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .models.registry import file_sha256
 from .models.smarties import check_blocks, dense_blocks
 
 __all__ = (
@@ -45,7 +45,6 @@ __all__ = (
     "SegmentationHead",
     "UPerNetHead",
     "build_head",
-    "file_sha256",
     "load_head",
     "require_block_grids",
     "save_head",
@@ -293,15 +292,6 @@ def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,
         **card_fields,
     )
     return SegmentationHead(card)
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    """Hex SHA-256 of a file (read in 1 MB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def card_path(path: Union[str, Path]) -> Path:

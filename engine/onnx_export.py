@@ -60,7 +60,7 @@ def _base_keys() -> list[str]:
 
 
 def _metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> dict[str, str]:
-    from .heads import file_sha256
+    from .models.registry import file_sha256
     from .sensors import get_sensor, list_sensors
 
     weights = getattr(model, "weights_path", None)

@@ -308,7 +308,7 @@ def onnx_cache_dir() -> Path:
 
 def _load_onnx_export(path_or_name: Any, path: Path, num_heads: Optional[int], device: str) -> OnnxEncoder:
     """The ONNX export of a SMARTIES checkpoint (made once per checkpoint content, then reused)."""
-    from ..heads import file_sha256
+    from .registry import file_sha256
     from .onnx_encoder import OnnxEncoder
 
     target = onnx_cache_dir() / f"{path.stem}-{file_sha256(path)[:16]}.onnx"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from ..errors import CheckpointError, ModelNotAvailableError
 __all__ = (
     "ModelSpec",
     "download_model",
+    "file_sha256",
     "get_model_spec",
     "list_models",
     "model_info",
@@ -528,3 +530,12 @@ def _layout_fields(layout: Any) -> dict[str, Any]:
         },
         "num_classes": layout.num_classes,
     }
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """Hex SHA-256 of a file (read in 1 MB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

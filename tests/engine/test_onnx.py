@@ -7,6 +7,7 @@ Parity is measured on real tiles read through the engine's normalising reader: S
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import rasterio
 import torch
 
 from engine import load_model
-from engine.heads import file_sha256
+from engine.models.registry import file_sha256
 from engine.inference import InferenceSettings, open_reader
 from engine.models.onnx_encoder import OnnxEncoder, read_metadata
 from engine.onnx_export import export_encoder
@@ -181,3 +182,23 @@ sys.exit(code)
     with rasterio.open(out) as ds:
         classes = ds.read(1)
     assert set(np.unique(classes)) <= {0, 1, 2, 3, 255} and (classes != 255).mean() > 0.9
+
+
+def test_cached_export_of_a_registry_model_loads_without_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSFM_ONNX_CACHE", str(tmp_path))
+    load_model("smarties-demo-tiny", backend="onnx")  # exported once, with torch
+    script = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(f'{{name}} is hidden for this test')
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(REPO)!r})
+from engine.models import load_model
+model = load_model('smarties-demo-tiny', backend='onnx')
+assert model.backend == 'onnx' and 'torch' not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MSFM_ONNX_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
