@@ -22,6 +22,7 @@ wavelengths), the inputs and outputs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -172,8 +173,12 @@ def quantize_encoder(source: Union[str, Path], path: Union[str, Path], *, per_ch
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+            logging.disable(logging.WARNING)  # onnxruntime logs a pre-processing hint on the root logger
+            try:
+                quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
+            finally:
+                logging.disable(logging.NOTSET)
         proto = onnx.load(str(tmp))
         kept = {p.key for p in proto.metadata_props}
         for key, value in read_metadata(source).items():

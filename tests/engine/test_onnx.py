@@ -135,6 +135,15 @@ def test_export_command(tmp_path):
     out = tmp_path / "cli.onnx"
     assert main(["export-onnx", str(out), "--sensor", "naip_rgbn"]) == 0
     assert read_metadata(out)["msfm_sensor"] == "naip_rgbn" and not list(tmp_path.glob(".*part*"))
+    int8 = tmp_path / "cli_int8.onnx"
+    assert main(["export-onnx", str(int8), "--int8"]) == 0
+    meta = read_metadata(int8)
+    assert meta["msfm_quantization"]["weights"] == "int8" and meta["msfm_embed_dim"] == 192
+    assert int8.stat().st_size < 0.5 * out.stat().st_size
+    x, projections = _tile(shared_file("data", "s2_l1c_13band_10m_virginia.tif"), None, load_model("smarties-demo-tiny"))
+    a, b = OnnxEncoder(out).encode(x, projections, "grid"), OnnxEncoder(int8).encode(x, projections, "grid")
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.99  # int8 embeddings of a real tile stay within the bound
 
 
 def test_embed_with_the_onnx_backend_matches_torch(tmp_path, model, monkeypatch):
