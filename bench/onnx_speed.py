@@ -26,23 +26,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import VIT_B_GFLOP_PER_TILE, encoder_tiles_per_s, matmul_gflops, vit_b  # noqa: E402
+from bench.throughput import (  # noqa: E402
+    VIT_B_GFLOP_PER_TILE,
+    encoder_tiles_per_s,
+    matmul_gflops,
+    ort_tiles_per_s,
+    vit_b,
+)
 
 SCENE = REPO / "demo" / "s2_l1c_virginia_13band_10m.tif"
-
-
-def ort_tiles_per_s(path: Path, threads: int, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
-    from engine.models.onnx_encoder import OnnxEncoder
-    from engine.sensors import get_sensor
-
-    keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
-    encoder = OnnxEncoder(path, device="cpu", threads=threads)
-    x = np.random.default_rng(0).standard_normal((batch, bands, 224, 224)).astype(np.float32)
-    encoder.encode(x, keys, "grid")
-    t = time.perf_counter()
-    for _ in range(batches):
-        encoder.encode(x, keys, "grid")
-    return batch * batches / (time.perf_counter() - t)
 
 
 def agreement(threads: int, folder: Path) -> dict:

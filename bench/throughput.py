@@ -70,22 +70,28 @@ def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: 
     return batch * batches / (time.perf_counter() - t)
 
 
-def onnx_tiles_per_s(threads: int, folder: Path, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
-    """ONNX Runtime fp32 tiles/s of the same ViT-B (exported by :func:`engine.onnx_export.export_encoder`)."""
+def ort_tiles_per_s(path: Path, threads: int, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
+    """ONNX Runtime tiles/s of an exported encoder (:func:`engine.onnx_export.export_encoder`), 12-band 224² tiles."""
     import numpy as np
 
     from engine.models.onnx_encoder import OnnxEncoder
-    from engine.onnx_export import export_encoder
     from engine.sensors import get_sensor
 
     keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
-    encoder = OnnxEncoder(export_encoder(vit_b(), folder / "vit_b.onnx"), device="cpu", threads=threads)
+    encoder = OnnxEncoder(path, device="cpu", threads=threads)
     x = np.random.default_rng(0).standard_normal((batch, bands, 224, 224)).astype(np.float32)
     encoder.encode(x, keys, "grid")
     t = time.perf_counter()
     for _ in range(batches):
         encoder.encode(x, keys, "grid")
     return batch * batches / (time.perf_counter() - t)
+
+
+def onnx_tiles_per_s(threads: int, folder: Path) -> float:
+    """ONNX Runtime fp32 tiles/s of the same ViT-B as :func:`encoder_tiles_per_s`."""
+    from engine.onnx_export import export_encoder
+
+    return ort_tiles_per_s(export_encoder(vit_b(), folder / "vit_b.onnx"), threads)
 
 
 def make_mosaic(src_path: Path, dst_path: Path, rows: int = 2, cols: int = 2) -> Path:

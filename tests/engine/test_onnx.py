@@ -30,6 +30,23 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
+#: Prepended to subprocess scripts: torch and onnx cannot be imported (a QGIS Python with onnxruntime only).
+HIDE_TORCH = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(f'{{name}} is hidden for this test')
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(REPO)!r})
+"""
+
+
+def _run_without_torch(script: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", HIDE_TORCH + script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
 @pytest.fixture(scope="module")
 def model():
     return load_model("smarties-demo-tiny")
@@ -92,13 +109,6 @@ def test_onnx_matches_torch_on_real_tiles(exported, model, parts, sensor):
 def test_onnx_encoder_runs_with_torch_hidden(exported, tmp_path):
     """The ONNX encoder and the band registry need neither torch nor onnx: only onnxruntime and numpy."""
     script = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'onnx'):
-            raise ImportError(f'{{name}} is hidden for this test')
-sys.meta_path.insert(0, Block())
-sys.path.insert(0, {str(REPO)!r})
 import numpy as np
 from engine.models.onnx_encoder import OnnxEncoder
 enc = OnnxEncoder({str(exported)!r}, device='cpu', threads=1)
@@ -107,7 +117,7 @@ assert out.shape == (2, 192, 14, 14), out.shape
 assert 'torch' not in sys.modules
 print('ok', enc)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = _run_without_torch(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok OnnxEncoder(demo.onnx")
 
@@ -173,20 +183,13 @@ def test_cluster_command_runs_on_onnxruntime_alone(exported, tmp_path):
     raster = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
     out = tmp_path / "classes.tif"
     script = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'onnx'):
-            raise ImportError(f'{{name}} is hidden for this test')
-sys.meta_path.insert(0, Block())
-sys.path.insert(0, {str(REPO)!r})
 from engine.cli import main
 code = main(['cluster', {str(raster)!r}, {str(out)!r}, '--model', {str(exported)!r}, '--k', '4',
              '--sensor', 'naip_rgbn', '--threads', '1'])
 assert 'torch' not in sys.modules
 sys.exit(code)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = _run_without_torch(script)
     assert done.returncode == 0, done.stderr[-2000:]
     with rasterio.open(out) as ds:
         classes = ds.read(1)
@@ -197,17 +200,9 @@ def test_cached_export_of_a_registry_model_loads_without_torch(tmp_path, monkeyp
     monkeypatch.setenv("MSFM_ONNX_CACHE", str(tmp_path))
     load_model("smarties-demo-tiny", backend="onnx")  # exported once, with torch
     script = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'onnx'):
-            raise ImportError(f'{{name}} is hidden for this test')
-sys.meta_path.insert(0, Block())
-sys.path.insert(0, {str(REPO)!r})
 from engine.models import load_model
 model = load_model('smarties-demo-tiny', backend='onnx')
 assert model.backend == 'onnx' and 'torch' not in sys.modules
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MSFM_ONNX_CACHE": str(tmp_path)})
+    done = _run_without_torch(script, MSFM_ONNX_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
