@@ -8,11 +8,12 @@ Measures, in one process run (end-to-end cases in child processes so their peak 
 1. fp32 matmul GFLOP/s (2048³ ``torch.mm``), the practical FLOP limit of the machine;
 2. encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights), and its ratio to
    the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7), in torch eager and in ONNX Runtime
-   fp32 (the same weights exported with the spectral projection in the graph);
+   fp32 (the same weights exported with the spectral projection in the graph; with ``--backend int8`` also int8);
 3. end-to-end ``embed_raster`` Mpx/s (input pixels per second, reading + normalising + encoding + blending +
    writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it (``--mosaic16``: also a 4×4 mosaic and a
-   16×1 column of copies). Memory grows with the raster's width (one row band of tiles is held) but must stay flat
-   as its height grows.
+   16×1 column of copies), with ``--backend torch|onnx|int8``, and the ratio of the raster case to encoder-only
+   tiles/s of the same backend. Memory grows with the raster's width (one row band of tiles is held) but must stay
+   flat as its height grows.
 """
 
 from __future__ import annotations
@@ -87,13 +88,6 @@ def ort_tiles_per_s(path: Path, threads: int, batch: int = 8, bands: int = 12, b
     return batch * batches / (time.perf_counter() - t)
 
 
-def onnx_tiles_per_s(threads: int, folder: Path) -> float:
-    """ONNX Runtime fp32 tiles/s of the same ViT-B as :func:`encoder_tiles_per_s`."""
-    from engine.onnx_export import export_encoder
-
-    return ort_tiles_per_s(export_encoder(vit_b(), folder / "vit_b.onnx"), threads)
-
-
 def make_mosaic(src_path: Path, dst_path: Path, rows: int = 2, cols: int = 2) -> Path:
     """A ``rows × cols`` mosaic of mirrored copies of a raster (``rows·cols`` × the pixels), same CRS, tiled GeoTIFF."""
     import numpy as np
@@ -130,9 +124,11 @@ def run_embed_child(args: argparse.Namespace) -> None:
     from engine.models import load_model
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, num_heads=12 if "vit_b" in args.model else None)
+    model = load_model(args.model, num_heads=None if args.model.endswith(".onnx") or "vit_b" not in args.model else 12)
     with torch.inference_mode():  # warm-up, as for the encoder-only figure (first calls initialise kernels)
-        model.encode(torch.zeros(8, 3, 224, 224), ["red_1", "green_1", "blue_3"], "grid")
+        x = torch.zeros(8, 3, 224, 224)
+        model.encode(x.numpy() if getattr(model, "backend", "torch") == "onnx" else x, ["red_1", "green_1", "blue_3"],
+                     "grid")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         res = embed_raster(
@@ -164,6 +160,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="resampling factor for the end-to-end cases")
     parser.add_argument("--overlap-px", type=int, default=112, help="tile overlap of the end-to-end cases")
     parser.add_argument("--mosaic16", action="store_true", help="also run a 4×4 mosaic and a 16×1 (16× taller) one")
+    parser.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
+                        help="end-to-end cases with torch, ONNX Runtime fp32 or ONNX Runtime int8 (random ViT-B only)")
     parser.add_argument("--child-embed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_embed:
@@ -180,17 +178,29 @@ def main() -> None:
                    encoder_tiles_per_s_limit=limit / VIT_B_GFLOP_PER_TILE,
                    encoder_fraction_of_limit=tiles * VIT_B_GFLOP_PER_TILE / limit)
     with tempfile.TemporaryDirectory() as tmp:
+        reference = tiles  # encoder-only tiles/s of the backend the end-to-end cases use
         try:
-            results["onnx_fp32_tiles_per_s"] = onnx_tiles_per_s(args.threads, Path(tmp))
+            from engine.onnx_export import export_encoder, quantize_encoder
+
+            fp32 = export_encoder(vit_b(), Path(tmp) / "vit_b.onnx")
+            results["onnx_fp32_tiles_per_s"] = ort_tiles_per_s(fp32, args.threads)
             results["onnx_fp32_vs_torch"] = results["onnx_fp32_tiles_per_s"] / tiles
+            if args.backend == "int8":
+                int8 = quantize_encoder(fp32, Path(tmp) / "vit_b_int8.onnx")
+                results["onnx_int8_tiles_per_s"] = ort_tiles_per_s(int8, args.threads)
+                results["onnx_int8_vs_torch"] = results["onnx_int8_tiles_per_s"] / tiles
         except ImportError as exc:  # onnx / onnxruntime not installed
             print(f"ONNX Runtime skipped: {exc}")
         model = args.model
-        if model is None:
+        if model is None and args.backend == "torch":
             from engine.models.checkpoint import save_encoder
 
             model = str(Path(tmp) / "vit_b_random.safetensors")
             save_encoder(vit_b(), model, {"num_heads": 12})
+        elif model is None:
+            model = str(fp32 if args.backend == "onnx" else int8)
+            reference = results[f"onnx_{'fp32' if args.backend == 'onnx' else 'int8'}_tiles_per_s"]
+        results["backend"] = args.backend
         cases = [("raster", args.input), ("mosaic4x", make_mosaic(args.input, Path(tmp) / "mosaic4x.tif", 2, 2))]
         if args.mosaic16:
             cases.append(("mosaic16x", make_mosaic(args.input, Path(tmp) / "mosaic16x.tif", 4, 4)))
@@ -201,7 +211,7 @@ def main() -> None:
             results[f"e2e_{name}_tiles_per_s"] = r["tiles"] / r["seconds"]
             results[f"e2e_{name}_peak_rss_mb"] = r["peak_rss_mb"]
             results[f"e2e_{name}_tiles"] = r["tiles"]
-    results["e2e_vs_encoder_only"] = results["e2e_raster_tiles_per_s"] / tiles if args.model is None else None
+    results["e2e_vs_encoder_only"] = results["e2e_raster_tiles_per_s"] / reference if args.model is None else None
     print(f"fp32 matmul limit           {limit:8.1f} GFLOP/s ({args.threads} threads)")
     print(f"ViT-B encoder (12 bands)    {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
           f"limit ({results['encoder_tiles_per_s_limit']:.2f} tiles/s)")
@@ -209,6 +219,11 @@ def main() -> None:
         onnx_tiles = results["onnx_fp32_tiles_per_s"]
         print(f"ViT-B ONNX Runtime fp32     {onnx_tiles:8.2f} tiles/s = {results['onnx_fp32_vs_torch']:.2f}× torch eager, "
               f"{onnx_tiles * VIT_B_GFLOP_PER_TILE / limit:.0%} of the limit")
+    if "onnx_int8_tiles_per_s" in results:
+        print(f"ViT-B ONNX Runtime int8     {results['onnx_int8_tiles_per_s']:8.2f} tiles/s = "
+              f"{results['onnx_int8_vs_torch']:.2f}× torch eager")
+    print(f"end-to-end cases: backend {args.backend}; raster e2e / encoder-only of that backend = "
+          f"{results['e2e_vs_encoder_only'] if results['e2e_vs_encoder_only'] is None else round(results['e2e_vs_encoder_only'], 2)}")
     for name in [n for n in ("raster", "mosaic4x", "mosaic16x", "tall16x") if f"e2e_{n}_tiles" in results]:
         print(f"embed e2e {name:<10}        {results[f'e2e_{name}_mpx_per_s']:8.3f} Mpx/s, "
               f"{results[f'e2e_{name}_tiles_per_s']:.2f} tiles/s ({results[f'e2e_{name}_tiles']} tiles), "
