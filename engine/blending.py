@@ -11,7 +11,7 @@ memory does not grow with the raster height.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -100,3 +100,24 @@ class RowBlender:
             buf[...] = rolled
         self.top = until_row
         return values, valid
+
+    def drain(self, until_row: int, height: int, width: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Finish every row before ``until_row``, cropped to the output grid.
+
+        Rows are released at most one tile at a time, so gaps left by skipped tiles (regions) are crossed; rows at or
+        past ``height`` (the padding of the last tile row) and columns past ``width`` are dropped.
+
+        Args:
+            until_row: First row that stays in the buffer (≥ :attr:`top`; ``max(height, top + n)`` flushes all).
+            height: Rows of the output grid.
+            width: Columns of the output grid.
+
+        Yields:
+            ``(values [D, k, width], valid_fraction [k, width])`` for consecutive row bands (k may be 0).
+        """
+        while self.top < until_row:
+            first = self.top
+            step = min(until_row, first + self.n)
+            values, valid = self.release(step)
+            keep = max(0, min(step, height) - first)
+            yield values[:, :keep, :width], valid[:keep, :width]

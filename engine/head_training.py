@@ -36,16 +36,15 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
-import rasterio
 
 from .errors import InferenceCancelled, InputRasterError
 from .heads import HeadType, SegmentationHead, build_head, card_path, require_block_grids, save_head
 from .models.registry import file_sha256
 from .inference import CancelFn, InferenceSettings, ProgressFn, RasterReader, open_reader, select_device
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
-from .readers import open_raster
+from .readers import open_raster, pixel_size_m
 
-__all__ = ("FitResult", "fit_head", "pixel_size_m", "segmentation_scores", "split_groups")
+__all__ = ("FitResult", "fit_head", "segmentation_scores", "split_groups")
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +149,6 @@ def split_groups(grid: LabelGrid, val_fraction: float, seed: int = 0) -> tuple[s
         val.update(ids[:n_val])
         train.update(ids[n_val:])
     return train, val, notes
-
-
-def pixel_size_m(dataset: Any) -> Optional[float]:
-    """Native pixel size in metres (mean of x and y; geographic CRSs converted at the raster's centre latitude)."""
-    if dataset.crs is None:
-        return None
-    rx, ry = abs(dataset.transform.a), abs(dataset.transform.e)
-    if dataset.crs.is_geographic:
-        lat = math.radians((dataset.bounds.top + dataset.bounds.bottom) / 2)
-        return float((rx * math.cos(lat) + ry) / 2 * 111_320.0)
-    factor = dataset.crs.linear_units_factor[1] if dataset.crs.linear_units_factor else 1.0
-    return float((rx + ry) / 2 * factor)
 
 
 def _chip_labels(grid: LabelGrid, row: int, col: int, size: int, keep: np.ndarray) -> np.ndarray:
@@ -435,7 +422,7 @@ class _Fitter:
         self.finetune = finetune
         self.encode_batch = max(1, encode_batch)
         self.is_canceled = is_canceled
-        self.images: list[np.ndarray] = []
+        self.images: Optional[np.ndarray] = None  # training chips, kept only when the encoder is fine-tuned
         self.grids: list[Any] = []  # cached block grids, one float16 tensor [N, D, h, w] per block
         self.mean: Any = None
         self.std: Any = None
@@ -457,19 +444,19 @@ class _Fitter:
         import torch
 
         parts: list[list[Any]] = []
+        images = []
         self.model.eval()
         for i in range(0, len(origins), self.encode_batch):
             self._check_cancel("encoding training chips")
             x = self._read(origins[i : i + self.encode_batch], turns[i : i + self.encode_batch])
-            if self.finetune:
-                self.images.append(x)
-            with torch.inference_mode():
-                grids = self._encode(x)
-            if not self.finetune or i == 0:
-                parts.append([g.to(torch.float16).cpu() for g in grids])
             report(min(1.0, (i + self.encode_batch) / len(origins)))
-        if self.finetune:
-            self.images = [np.concatenate(self.images)]
+            if self.finetune:
+                images.append(x)
+                if i:  # the encoder changes as it trains: the first batch's grids only set the standardisation
+                    continue
+            with torch.inference_mode():
+                parts.append([g.to(torch.float16).cpu() for g in self._encode(x)])
+        self.images = np.concatenate(images) if self.finetune else None
         stacked = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
         last = stacked[-1].float()
         self.mean = last.mean(dim=(0, 2, 3)).to(self.device)
@@ -493,7 +480,7 @@ class _Fitter:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         base = [g["lr"] for g in opt.param_groups]
         warmup = max(1, steps // 20)
-        target = torch.from_numpy(np.stack(labels).astype(np.int64))
+        target = torch.from_numpy(np.stack(labels))  # uint8 [N, size, size]; a batch becomes int64 when used
         weight = torch.from_numpy(class_weights).to(self.device)
         n = len(labels)
         self.head.train()
@@ -505,11 +492,11 @@ class _Fitter:
                 g["lr"] = b * f
             idx = rng.choice(n, size=min(batch_size, n), replace=False)
             if self.finetune:
-                grids = self._encode(self.images[0][idx])
+                grids = self._encode(self.images[idx])
             else:
                 grids = [g[torch.from_numpy(idx)].to(self.device).float() for g in self.grids]
             logits = self.head.pixel_logits(self._standardise(grids), (self.size, self.size))
-            loss = F.cross_entropy(logits, target[torch.from_numpy(idx)].to(self.device), weight=weight,
+            loss = F.cross_entropy(logits, target[torch.from_numpy(idx)].to(self.device).long(), weight=weight,
                                    ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()

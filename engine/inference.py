@@ -595,12 +595,7 @@ def _run(
 
     def finish_rows(writer: GeoTiffWriter, until_row: int) -> None:
         nonlocal valid_cells
-        while blender.top < until_row:  # skipped tiles can leave gaps of more than one tile row
-            step = min(until_row, blender.top + n)
-            values, valid = blender.release(step)
-            first = step - values.shape[1]
-            keep = max(0, min(step, grid.height_cells) - first)
-            values, valid = values[:, :keep, : grid.width_cells], valid[:keep, : grid.width_cells]
+        for values, valid in blender.drain(until_row, grid.height_cells, grid.width_cells):
             values[:, valid < settings.min_valid_fraction] = np.nan
             valid_cells += int((valid >= settings.min_valid_fraction).sum())
             writer.write_rows(values)

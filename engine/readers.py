@@ -6,6 +6,7 @@ an internal mask or an alpha band says the pixel holds data) and, for floating-p
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -17,7 +18,7 @@ from rasterio.windows import Window
 
 from .errors import InputRasterError
 
-__all__ = ("open_raster", "read_valid")
+__all__ = ("open_raster", "pixel_size_m", "read_valid")
 
 
 def open_raster(source: Union[str, Path]) -> Any:
@@ -66,3 +67,16 @@ def read_valid(
     if values.dtype.kind == "f":
         valid &= np.isfinite(values).all(axis=0)
     return values, valid
+
+
+def pixel_size_m(dataset: Any) -> Optional[float]:
+    """Native pixel size of an open raster in metres: the mean of its x and y sizes; for a geographic CRS a degree is
+    111 320 m of latitude and 111 320 · cos(latitude) m of longitude at the raster's centre. None without a CRS."""
+    if dataset.crs is None:
+        return None
+    rx, ry = abs(dataset.transform.a), abs(dataset.transform.e)
+    if dataset.crs.is_geographic:
+        lat = math.radians((dataset.bounds.top + dataset.bounds.bottom) / 2)
+        return float((rx * math.cos(lat) + ry) / 2 * 111_320.0)
+    factor = dataset.crs.linear_units_factor[1] if dataset.crs.linear_units_factor else 1.0
+    return float((rx + ry) / 2 * factor)

@@ -25,6 +25,7 @@ polled every batch; a cancelled or failed run leaves no file behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -265,12 +266,7 @@ def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any]
         return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
 
     def finish(until: int, writers: list[GeoTiffWriter]) -> None:
-        while blender.top < until:
-            step = min(until, blender.top + size)
-            probs, valid = blender.release(step)
-            first = step - probs.shape[1]
-            keep = max(0, min(step, height) - first)
-            probs, valid = probs[:, :keep, :width], valid[:keep, :width]
+        for probs, valid in blender.drain(until, height, width):
             ok = valid >= 0.5
             classes = np.where(ok, probs.argmax(0), IGNORE).astype(np.uint8)
             counts[:] += np.bincount(classes[ok].ravel(), minlength=k)[:k]
@@ -282,8 +278,9 @@ def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any]
 
     class_profile = gtiff_profile(count=1, dtype="uint8", nodata=IGNORE, **profile)
     with GeoTiffWriter(output, class_profile, ["class"], tags, colors) as classes_out, \
-            _optional_writer(prob_path, gtiff_profile(count=k, dtype="float32", nodata=float("nan"), **profile),
-                             [f"p_{c.name}" for c in head.card.classes], tags) as probs_out:
+            (GeoTiffWriter(Path(prob_path), gtiff_profile(count=k, dtype="float32", nodata=float("nan"), **profile),
+                           [f"p_{c.name}" for c in head.card.classes], tags)
+             if prob_path is not None else contextlib.nullcontext()) as probs_out:
         writers = [w for w in (classes_out, probs_out) if w is not None]
         for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
             with torch.inference_mode():
@@ -299,20 +296,6 @@ def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any]
         if counts.sum() == 0:
             raise InputRasterError(f"{source}: no valid pixel to classify (all nodata)")
     return counts, len(origins)
-
-
-class _optional_writer:
-    """A :class:`GeoTiffWriter` context when ``path`` is given, else a context yielding None."""
-
-    def __init__(self, path: Optional[Union[str, Path]], profile: dict, descriptions: list[str], tags: dict) -> None:
-        self.writer = GeoTiffWriter(Path(path), profile, descriptions, tags) if path is not None else None
-
-    def __enter__(self) -> Optional[GeoTiffWriter]:
-        return self.writer.__enter__() if self.writer is not None else None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.writer is not None:
-            self.writer.__exit__(*exc)
 
 
 def polygonize(classes: Path, output: Path, names: tuple[str, ...]) -> Path:

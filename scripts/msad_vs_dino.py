@@ -37,7 +37,6 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

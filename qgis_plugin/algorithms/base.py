@@ -23,11 +23,14 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsCsException,
+    QgsFeature,
+    QgsFeatureRequest,
     QgsFeatureSource,
     QgsProcessing,
     QgsProcessingAlgorithm,
@@ -499,17 +502,38 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         return {}
 
 
-def features_as_geojson(source: QgsFeatureSource, crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext,
-                        feedback: QgsProcessingFeedback) -> list[dict]:
-    """Geometries of a feature source as GeoJSON mappings in ``crs`` (curves segmentised, empty ones skipped)."""
-    transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
-    out = []
-    for feature in source.getFeatures():
+def iter_features(source: QgsFeatureSource, crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext,
+                  feedback: QgsProcessingFeedback, field: Optional[str] = None) -> Iterator[tuple[QgsFeature, dict]]:
+    """``(feature, GeoJSON geometry in crs)`` for the source's non-empty features; stops early when cancelled.
+
+    Geometries are transformed from the source's CRS (left as they are when the source has none). ``field`` limits
+    the attributes read to that one.
+
+    Raises:
+        QgsProcessingException: A geometry cannot be transformed (the feature and both CRSs are named).
+    """
+    source_crs = source.sourceCrs()
+    transform = QgsCoordinateTransform(source_crs, crs, context.transformContext()) if source_crs.isValid() else None
+    request = QgsFeatureRequest()
+    if field:
+        request.setSubsetOfAttributes([field], source.fields())
+    for feature in source.getFeatures(request):
         if feedback.isCanceled():
-            break
+            return
         geometry = feature.geometry()
         if geometry is None or geometry.isEmpty():
             continue
-        geometry.transform(transform)
-        out.append(json.loads(geometry.asJson()))
-    return out
+        if transform is not None:
+            try:
+                geometry.transform(transform)
+            except QgsCsException as exc:
+                raise QgsProcessingException(
+                    f"Feature {feature.id()} cannot be transformed from {source_crs.authid() or source_crs.description()}"
+                    f" to the raster's {crs.authid() or crs.description()}: {exc}") from exc
+        yield feature, json.loads(geometry.asJson())
+
+
+def features_as_geojson(source: QgsFeatureSource, crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext,
+                        feedback: QgsProcessingFeedback) -> list[dict]:
+    """Geometries of a feature source as GeoJSON mappings in ``crs`` (curves segmentised, empty ones skipped)."""
+    return [geometry for _, geometry in iter_features(source, crs, context, feedback)]

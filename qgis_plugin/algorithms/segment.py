@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
-    QgsCoordinateTransform,
-    QgsCsException,
-    QgsFeatureRequest,
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
@@ -37,7 +34,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from .. import runtime
 from ..styling import style_classes
-from .base import MsfmAlgorithm, load_model
+from .base import MsfmAlgorithm, iter_features, load_model
 
 HEAD_TYPES = ("linear", "upernet")
 HEAD_FILTER = "Segmentation head (*.safetensors)"
@@ -111,30 +108,17 @@ class TrainSegmentationHead(MsfmAlgorithm):
         if field not in names:
             raise QgsProcessingException(f"The polygon layer has no field {field!r}; its fields are {names}. Pick "
                                          "the field that holds the class of each polygon.")
-        crs = source.sourceCrs()
-        transform = QgsCoordinateTransform(crs, self.layer_crs, context.transformContext()) if crs.isValid() else None
-        request = QgsFeatureRequest().setSubsetOfAttributes([field], source.fields())
         geometries, values, empty = [], [], []
-        for feature in source.getFeatures(request):
-            if feedback.isCanceled():
-                raise QgsProcessingException("Cancelled while reading the polygons; no head written.")
-            geometry = feature.geometry()
-            if geometry is None or geometry.isEmpty():
-                continue
-            if transform is not None:
-                try:
-                    geometry.transform(transform)
-                except QgsCsException as exc:
-                    raise QgsProcessingException(
-                        f"Polygon {feature.id()} cannot be transformed from {crs.authid() or crs.description()} to "
-                        f"the raster's {self.layer_crs.authid() or self.layer_crs.description()}: {exc}") from exc
+        for feature, geometry in iter_features(source, self.layer_crs, context, feedback, field):
             value = _plain(feature[field])
             if value is None or (isinstance(value, str) and not value.strip()):
                 empty.append(feature.id())
-            geometries.append(json.loads(geometry.asJson()))
+            geometries.append(geometry)
             values.append(value)
+        if feedback.isCanceled():
+            raise QgsProcessingException("Cancelled while reading the polygons; no head written.")
         labels = runtime.engine_module("labels").PolygonLabels(
-            geometries, values, self.layer_crs.toWkt() if transform is not None else None, field=field,
+            geometries, values, self.layer_crs.toWkt() if source.sourceCrs().isValid() else None, field=field,
             source=f"layer {source.sourceName()!r}" if source.sourceName() else "the polygon layer",
         )
         return labels, empty

@@ -199,7 +199,7 @@ sys.exit(code)
 def test_cached_export_of_a_registry_model_loads_without_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("MSFM_ONNX_CACHE", str(tmp_path))
     load_model("smarties-demo-tiny", backend="onnx")  # exported once, with torch
-    script = f"""
+    script = """
 from engine.models import load_model
 model = load_model('smarties-demo-tiny', backend='onnx')
 assert model.backend == 'onnx' and 'torch' not in sys.modules
