@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/onnx_speed.py [--threads 2]``. Prints tables and o
 are comparable; compare runs only as ratios.
 
 1. Encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights) in torch eager, ONNX
-   Runtime fp32 and ONNX Runtime int8 (dynamic quantization, :func:`engine.onnx_export.quantize_encoder`), with the
+   Runtime fp32 and ONNX Runtime int8 (dynamic quantization, :func:`engine.onnx_export.quantize`), with the
    ratio to torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP, spec smarties.md §7).
 2. Agreement on a real scene (the demo's Sentinel-2 scene, 13 bands, the bundled ``smarties-demo-tiny`` weights):
    ``embed`` with each backend; per-cell cosine of int8 (and fp32) embeddings against torch's, and k-means (k = 8,
@@ -46,11 +46,11 @@ def agreement(threads: int, folder: Path) -> dict:
     from engine.inference import InferenceSettings, embed_raster
     from engine.models import load_model
     from engine.models.onnx_encoder import OnnxEncoder
-    from engine.onnx_export import export_encoder, quantize_encoder
+    from engine.onnx_export import export_encoder, quantize
 
     torch_model = load_model("smarties-demo-tiny")
     fp32 = export_encoder(torch_model, folder / "demo.onnx")
-    int8 = quantize_encoder(fp32, folder / "demo_int8.onnx")
+    int8 = quantize(fp32, folder / "demo_int8.onnx")
     models = {"torch": torch_model, "onnx fp32": OnnxEncoder(fp32, "cpu", threads),
               "onnx int8": OnnxEncoder(int8, "cpu", threads)}
     settings = InferenceSettings(threads=threads)
@@ -83,14 +83,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from engine.onnx_export import export_encoder, quantize_encoder
+    from engine.onnx_export import export_encoder, quantize
 
     limit = matmul_gflops(args.threads)
     results: dict = {"threads": args.threads, "matmul_gflops": limit}
     with tempfile.TemporaryDirectory(prefix="msfm-bench-onnx-") as tmp:
         folder = Path(tmp)
         fp32 = export_encoder(vit_b(), folder / "vit_b.onnx")
-        int8 = quantize_encoder(fp32, folder / "vit_b_int8.onnx")
+        int8 = quantize(fp32, folder / "vit_b_int8.onnx")
         speed = {"torch eager fp32": encoder_tiles_per_s(args.threads), "onnx fp32": ort_tiles_per_s(fp32, args.threads),
                  "onnx int8 (dynamic)": ort_tiles_per_s(int8, args.threads)}
         results.update({f"{k} tiles/s": v for k, v in speed.items()})

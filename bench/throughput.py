@@ -180,13 +180,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         reference = tiles  # encoder-only tiles/s of the backend the end-to-end cases use
         try:
-            from engine.onnx_export import export_encoder, quantize_encoder
+            from engine.onnx_export import export_encoder, quantize
 
             fp32 = export_encoder(vit_b(), Path(tmp) / "vit_b.onnx")
             results["onnx_fp32_tiles_per_s"] = ort_tiles_per_s(fp32, args.threads)
             results["onnx_fp32_vs_torch"] = results["onnx_fp32_tiles_per_s"] / tiles
             if args.backend == "int8":
-                int8 = quantize_encoder(fp32, Path(tmp) / "vit_b_int8.onnx")
+                int8 = quantize(fp32, Path(tmp) / "vit_b_int8.onnx")
                 results["onnx_int8_tiles_per_s"] = ort_tiles_per_s(int8, args.threads)
                 results["onnx_int8_vs_torch"] = results["onnx_int8_tiles_per_s"] / tiles
         except ImportError as exc:  # onnx / onnxruntime not installed

@@ -11,6 +11,7 @@ Examples::
     msfm train-head scene.tif head.safetensors --polygons labels.gpkg --class-field cover --head upernet
     msfm segment scene.tif head.safetensors classes.tif --polygons classes.gpkg
     msfm export-onnx demo.onnx --model smarties-demo-tiny   # one graph for every band combination
+    msfm export-onnx classes.onnx --head head.safetensors    # encoder + head: segment with onnxruntime alone
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
     msfm train smarties-mae CONFIG             # provided by the training package (entry point, see below)
     msfm eval knn DATASET                      # frozen-encoder kNN / linear-probe / retrieval (training package)
@@ -326,17 +327,31 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .models.onnx_encoder import read_metadata
-    from .onnx_export import export_encoder
+    from .onnx_export import export_encoder, export_segmenter, quantize, to_float16
 
-    path = export_encoder(_load(args), args.output, tile_size_px=args.tile_size_px, sensor=args.sensor)
-    if args.int8:
-        from .onnx_export import quantize_encoder
+    if args.int8 and args.fp16:
+        raise SystemExit("choose --int8 (CPU) or --fp16 (CUDA), not both")
+    if args.head:
+        from .heads import load_head
+        from .models import load_model
+        from .segmentation import encoder_source
 
-        quantize_encoder(path, path)
+        head = load_head(args.head)
+        model = load_model(args.model or encoder_source(head, args.head), num_heads=args.num_heads)
+        path = export_segmenter(head, model, args.output, tile_size_px=args.tile_size_px)
+    else:
+        args.model = args.model or DEMO_MODEL
+        path = export_encoder(_load(args), args.output, tile_size_px=args.tile_size_px or 224, sensor=args.sensor)
+    if args.int8 or args.fp16:
+        (quantize if args.int8 else to_float16)(path, path)
     meta = read_metadata(path)
-    print(f"{path}: {meta['msfm_encoder']} (D={meta['msfm_embed_dim']}, depth {meta['msfm_depth']}), inputs image "
-          f"[B, C, {args.tile_size_px}, {args.tile_size_px}] + band_mix [C, 17], outputs cls, grid; "
-          f"{'int8, ' if args.int8 else ''}{path.stat().st_size / 1e6:.1f} MB")
+    tile = meta["msfm_tile_size_px"]
+    what = (f"{meta['msfm_head_card']['head_type']} head, classes {list(meta['class_names'].values())}; input image "
+            f"[B, {len(meta['msfm_head_card']['bands'])}, {tile}, {tile}], output probabilities" if args.head else
+            f"inputs image [B, C, {tile}, {tile}] + band_mix [C, 17], outputs cls, grid")
+    precision = "int8, " if args.int8 else "float16, " if args.fp16 else ""
+    print(f"{path}: {meta['msfm_encoder']} (D={meta['msfm_embed_dim']}, depth {meta['msfm_depth']}), {what}; "
+          f"{precision}{path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -534,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="classify every pixel of a raster with a trained segmentation head "
                        "(bands, statistics and scale default to the head card's)")
     p.add_argument("input", help="input raster (the bands the head was trained on)")
-    p.add_argument("head", help="head file (.safetensors with its .json card)")
+    p.add_argument("head", help="head file (.safetensors with its .json card), or an encoder + head exported with "
+                   "`msfm export-onnx --head` (.onnx: ONNX Runtime, no torch)")
     p.add_argument("output", help="class GeoTIFF (uint8, nodata 255, colour table) + .qml style beside it")
     p.add_argument("--probabilities", help="also write class probabilities (float32, one band per class)")
     p.add_argument("--polygons", help="also write class polygons (GeoPackage .gpkg)")
@@ -544,14 +560,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_region_option(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("export-onnx", help="export a SMARTIES encoder to ONNX (spectral projection in the graph)")
+    p = sub.add_parser("export-onnx", help="export a SMARTIES encoder (spectral projection in the graph), or an encoder "
+                       "with its segmentation head, to ONNX for ONNX Runtime (no torch needed to run it)")
     p.add_argument("output", help="destination .onnx file")
-    p.add_argument("--model", default=DEMO_MODEL, help=f"model name or .safetensors path (default {DEMO_MODEL})")
+    p.add_argument("--head", help="export this segmentation head (.safetensors) with its encoder: image → class "
+                   "probabilities, the head's card in the metadata; `msfm segment` takes the .onnx as the head")
+    p.add_argument("--model", help=f"model name or .safetensors path (default {DEMO_MODEL}; with --head, the encoder "
+                   "the head's card names)")
     p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
-    p.add_argument("--tile-size-px", type=int, default=224, help="tile side fixed in the graph (default 224)")
+    p.add_argument("--tile-size-px", type=int,
+                   help="tile side fixed in the graph (default 224; with --head, the head's training chip size)")
     p.add_argument("--sensor", help="record this preset's resolution and standardisation (Deepness keys)")
     p.add_argument("--int8", action="store_true",
-                   help="quantize to int8 (ONNX Runtime dynamic; ~2× faster on CPU, cosine 0.99999 on the demo scene)")
+                   help="quantize to int8 for the CPU (ONNX Runtime dynamic; ~2× faster, cosine 0.99999 on the demo "
+                   "scene)")
+    p.add_argument("--fp16", action="store_true", help="convert to float16 for the CUDA execution provider")
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("demo", help="cluster the bundled Sentinel-2 scene with the bundled model (offline)")

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .head_card import HEAD_FORMAT, ClassInfo, HeadCard, HeadType, card_path
 from .models.registry import file_sha256
 from .models.smarties import check_blocks, dense_blocks
 
@@ -50,83 +50,7 @@ __all__ = (
     "save_head",
 )
 
-HeadType = Literal["linear", "upernet"]
-#: ``format`` field of our head cards.
-HEAD_FORMAT = "msfm-segmentation-head/1"
 _META_KEY = "msfm_head"
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One output class: its index in the class map, the label value it came from, its name and RGBA colour."""
-
-    index: int
-    name: str
-    color: tuple[int, int, int, int]
-    value: Union[int, float, str, None] = None
-
-
-@dataclass
-class HeadCard:
-    """The model card of a segmentation head (the JSON file beside the weights).
-
-    Attributes:
-        head_type: ``"linear"`` or ``"upernet"``.
-        blocks: 0-based encoder blocks the head reads.
-        classes: The output classes, in index order.
-        encoder: ``{"name": registry name or file, "sha256": of the weights file, "embed_dim", "depth",
-            "patch_size", "file": fine-tuned encoder weights beside the head (optional)}``.
-        bands: Per input channel: ``{"index": 1-based band of the training raster, "key": range key,
-            "description": band description}``.
-        sensor: Sensor preset id of the training raster (or None).
-        stats: Per channel ``[p1, p99, mean, std]`` used to normalise (spec smarties.md §3–§4).
-        scale: Model-input pixels per native pixel used in training.
-        gsd_m: Native pixel size of the training raster in metres (None when unknown).
-        tile_size_px: Chip side used in training (model pixels).
-        channels: UPerNet width (None for the linear head).
-        metrics: Validation metrics (:func:`engine.head_training.segmentation_scores`).
-        training: How it was trained (raster, labels, steps, learning rate, seconds, ...).
-        format: :data:`HEAD_FORMAT`.
-    """
-
-    head_type: HeadType
-    blocks: list[int]
-    classes: list[ClassInfo]
-    encoder: dict[str, Any]
-    bands: list[dict[str, Any]] = field(default_factory=list)
-    sensor: Optional[str] = None
-    stats: list[list[float]] = field(default_factory=list)
-    scale: float = 1.0
-    gsd_m: Optional[float] = None
-    tile_size_px: int = 224
-    channels: Optional[int] = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    format: str = HEAD_FORMAT
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "card") -> "HeadCard":
-        """Parse a card; raises :class:`CheckpointError` naming a missing or unknown field."""
-        if data.get("format") != HEAD_FORMAT:
-            raise CheckpointError(f"{source} is not an msfm segmentation head card (format {data.get('format')!r}, "
-                                  f"expected {HEAD_FORMAT!r})")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"{source} has unknown card fields {unknown}; was it written by a newer msfm?")
-        try:
-            classes = [ClassInfo(int(c["index"]), str(c["name"]), tuple(int(v) for v in c["color"]), c.get("value"))
-                       for c in data["classes"]]
-            return cls(**{**data, "classes": classes})  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: malformed head card ({exc})") from exc
 
 
 class LinearHead(nn.Sequential):
@@ -153,6 +77,27 @@ def _conv_norm_act(cin: int, cout: int, kernel: int) -> nn.Sequential:
         nn.GroupNorm(min(32, cout // 4) or 1, cout),
         nn.ReLU(inplace=True),
     )
+
+
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as two products with constant averaging matrices: ``[B, C, H, W]`` →
+    ``[B, C, size, size]``.
+
+    Same bins as PyTorch (output row i averages input rows ⌊i·H/s⌋ to ⌈(i+1)·H/s⌉ − 1). Written this way because the
+    ONNX exporter supports adaptive pooling only for sizes dividing the input, and the pyramid pooling of a 224-px tile
+    pools a 7 × 7 grid to 2, 3 and 6.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    return _bins(h, size, x) @ x @ _bins(w, size, x).T
+
+
+def _bins(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """``[size, n]`` matrix whose row i averages the inputs of adaptive-pooling bin i."""
+    m = torch.zeros(size, n, dtype=like.dtype, device=like.device)
+    for i in range(size):
+        start, end = (i * n) // size, -((-(i + 1) * n) // size)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
 
 
 class UPerNetHead(nn.Module):
@@ -195,7 +140,7 @@ class UPerNetHead(nn.Module):
         top = levels[3]
         pooled = [top]
         for scale, conv in zip(self.pool_scales, self.ppm):
-            p = conv(F.adaptive_avg_pool2d(top, scale))
+            p = conv(adaptive_avg_pool(top, scale))
             pooled.append(F.interpolate(p, size=top.shape[2:], mode="bilinear", align_corners=False))
         feats = [lat(x) for lat, x in zip(self.lateral, levels[:3])] + [self.bottleneck(torch.cat(pooled, 1))]
         for i in range(3, 0, -1):  # top-down pathway
@@ -259,7 +204,8 @@ def require_block_grids(model: Any) -> None:
         from .errors import InputRasterError
 
         raise InputRasterError(f"segmentation heads read encoder blocks that {type(model).__name__} does not give; "
-                               "use the torch backend")
+                               "use the torch backend, or export the encoder with its head (`msfm export-onnx OUT.onnx "
+                               "--head HEAD.safetensors`) and segment with the .onnx file")
 
 
 def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,
@@ -292,11 +238,6 @@ def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,
         **card_fields,
     )
     return SegmentationHead(card)
-
-
-def card_path(path: Union[str, Path]) -> Path:
-    """The JSON card beside a head file: ``NAME.safetensors`` → ``NAME.json``."""
-    return Path(path).with_suffix(".json")
 
 
 def save_head(head: SegmentationHead, path: Union[str, Path]) -> Path:

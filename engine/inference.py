@@ -180,6 +180,21 @@ def select_device(device: str) -> str:
     return device
 
 
+def check_onnx_model(model: Any, settings: InferenceSettings) -> None:
+    """Raise :class:`InputRasterError` unless an ONNX Runtime model (encoder or segmenter) was exported for
+    ``settings.tile_size_px`` and loaded for ``settings.device`` (its execution provider is chosen at load time)."""
+    name = model.weights_path.name
+    if settings.tile_size_px != model.tile_size_px:
+        raise InputRasterError(
+            f"{name} was exported for {model.tile_size_px}-px tiles; use tile_size_px={model.tile_size_px} or export "
+            f"it again with --tile-size-px {settings.tile_size_px}"
+        )
+    wanted = settings.device.split(":")[0]
+    if wanted != "auto" and wanted != model.device:
+        raise InputRasterError(f"{name} was loaded on {model.device} but device {settings.device!r} was asked for; "
+                               f"load it with device={settings.device!r}")
+
+
 def grid_encoder(model: Any, settings: InferenceSettings) -> tuple[Callable[[np.ndarray, list], np.ndarray], str]:
     """The model as a function of normalised numpy tiles: ``(x [B, C, H, W] float32, projections)`` → patch-grid
     embeddings ``[B, D, H/p, W/p]`` float32 numpy, and the device it runs on.
@@ -189,14 +204,11 @@ def grid_encoder(model: Any, settings: InferenceSettings) -> tuple[Callable[[np.
     never imported.
 
     Raises:
-        InputRasterError: An ONNX encoder exported for another tile size than ``settings.tile_size_px``.
+        InputRasterError: An ONNX encoder exported for another tile size, or loaded for another device
+            (:func:`check_onnx_model`).
     """
     if getattr(model, "backend", "torch") == "onnx":
-        if settings.tile_size_px != model.tile_size_px:
-            raise InputRasterError(
-                f"the ONNX encoder {model.weights_path.name} was exported for {model.tile_size_px}-px tiles; use "
-                f"tile_size_px={model.tile_size_px} or export it again with --tile-size-px {settings.tile_size_px}"
-            )
+        check_onnx_model(model, settings)
         return (lambda x, projections: model.encode(x, projections, "grid")), f"onnxruntime {model.device}"
     import torch
 

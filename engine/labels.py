@@ -11,7 +11,7 @@ Two sources:
   grid). Groups are square blocks of ``block_px`` pixels, so the split takes whole blocks.
 
 :func:`label_grid` returns a :class:`LabelGrid`: class indices (``IGNORE`` = unlabelled) and group ids over the
-labelled window of the image grid, with the class table (:class:`engine.heads.ClassInfo`). Everything that would make a
+labelled window of the image grid, with the class table (:class:`engine.head_card.ClassInfo`). Everything that would make a
 useless head fails early with a message naming the problem and the fix: a missing or empty class field, polygons
 without a CRS or that do not overlap the raster (usually a wrong layer CRS), a class that covers no pixel.
 """
@@ -124,13 +124,13 @@ def class_table(values: Sequence[Any], names: Optional[Mapping[Any, str]] = None
     """Classes for the distinct ``values`` (sorted): index, name (``names[value]`` or the value as text), colour.
 
     Returns:
-        A list of :class:`engine.heads.ClassInfo`.
+        A list of :class:`engine.head_card.ClassInfo`.
 
     Raises:
         InputRasterError: More than 254 classes (uint8 maps keep 255 for nodata).
     """
     from .cluster import class_colors
-    from .heads import ClassInfo
+    from .head_card import ClassInfo
 
     distinct = _sort_values(values)
     if len(distinct) > 254:

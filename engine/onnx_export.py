@@ -17,6 +17,11 @@ Metadata (ONNX ``metadata_props``, read back by :func:`read_metadata`): Deepness
 the p1/p99 stretch), and ours under ``msfm_*``: format, encoder name, SHA-256 of the source checkpoint, D, depth,
 patch size, tile size, the 17 base range keys in projection order, the sensor presets (band keys and central
 wavelengths), the inputs and outputs.
+
+:func:`export_segmenter` exports an encoder with its segmentation head (:mod:`engine.heads`) as one graph: ``image``
+``[B, C, H, W]`` (the head's bands, its band mix a constant) → ``probabilities`` ``[B, K, H, W]``; the head's card goes
+into the metadata (``msfm_head_card``) with Deepness's ``model_type`` = ``Segmentor`` and ``class_names``.
+:func:`quantize` (int8, CPU) and :func:`to_float16` (fp16, CUDA) derive smaller copies of either export.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import torch
 from torch import nn
 
 from .models.onnx_encoder import ONNX_FORMAT, read_metadata
-from .spectrum import NUM_BASE_PROJECTIONS, spectral_ranges
+from .models.onnx_segmenter import SEGMENTER_FORMAT
+from .spectrum import NUM_BASE_PROJECTIONS, band_mix, spectral_ranges
 
-__all__ = ("EncoderGraph", "export_encoder", "quantize_encoder", "read_metadata")
+__all__ = ("EncoderGraph", "SegmenterGraph", "export_encoder", "export_segmenter", "quantize", "read_metadata",
+           "to_float16")
 
 OPSET = 17
 
@@ -54,22 +61,38 @@ class EncoderGraph(nn.Module):
         return enc.norm(out[:, 0]), grid
 
 
+class SegmenterGraph(nn.Module):
+    """``image [B, C, H, W]`` → class ``probabilities [B, K, H, W]``: the encoder's block grids for the head's fixed
+    bands (:meth:`SmartiesEncoder.encode_blocks`), the head's pixel logits, softmax over classes."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, projections: list[Any], tile_size_px: int) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.register_buffer("mix", torch.from_numpy(band_mix(projections)))
+        self.tile_size_px = tile_size_px
+        self.cells = tile_size_px // encoder.patch_size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # static token-grid sizes (not read from the image's traced shape), so the head's pooling exports
+        grids = self.encoder.token_grids(self.encoder.embed_mix(image, self.mix), self.cells, self.cells,
+                                         self.head.blocks)
+        return torch.softmax(self.head.pixel_logits(grids, (self.tile_size_px, self.tile_size_px)), dim=1)
+
+
 def _base_keys() -> list[str]:
     """Range key of each base projection index 0..16."""
     keys = {r.projection_idx: r.key for r in spectral_ranges() if 0 <= r.projection_idx < NUM_BASE_PROJECTIONS}
     return [keys[i] for i in range(NUM_BASE_PROJECTIONS)]
 
 
-def _metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> dict[str, str]:
+def _model_metadata(model: Any, tile_size_px: int) -> dict[str, Any]:
+    """Keys shared by both exports: Deepness's tile keys and the encoder's ``msfm_*`` description."""
     from .models.registry import file_sha256
-    from .sensors import get_sensor, list_sensors
 
     weights = getattr(model, "weights_path", None)
-    meta: dict[str, Any] = {
-        "model_type": "Recognition",
+    return {
         "tile_size": tile_size_px,
         "tiles_overlap": 50,
-        "msfm_format": ONNX_FORMAT,
         "msfm_encoder": getattr(model, "model_name", None) or (Path(weights).name if weights else "unknown"),
         "msfm_source_sha256": file_sha256(weights) if weights and Path(weights).is_file() else "unknown",
         "msfm_embed_dim": model.embed_dim,
@@ -77,6 +100,16 @@ def _metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> dict[str,
         "msfm_patch_size": model.patch_size,
         "msfm_tile_size_px": tile_size_px,
         "msfm_averaging": model.averaging,
+    }
+
+
+def _encoder_metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> dict[str, Any]:
+    from .sensors import get_sensor, list_sensors
+
+    meta: dict[str, Any] = {
+        "model_type": "Recognition",
+        "msfm_format": ONNX_FORMAT,
+        **_model_metadata(model, tile_size_px),
         "msfm_base_projections": _base_keys(),
         "msfm_inputs": {"image": "[B, C, H, W] float32, normalised (engine.normalize)",
                         "band_mix": "[C, 17] float32, engine.spectrum.band_mix(projections)"},
@@ -94,7 +127,68 @@ def _metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> dict[str,
         if all(s is not None for s in stats):
             meta["standardization_mean"] = [s.mean for s in stats]
             meta["standardization_std"] = [s.std for s in stats]
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    return meta
+
+
+def _segmenter_metadata(model: Any, card: Any, tile_size_px: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "model_type": "Segmentor",
+        "class_names": {str(c.index): c.name for c in card.classes},
+        "msfm_format": SEGMENTER_FORMAT,
+        **_model_metadata(model, tile_size_px),
+        "msfm_head_card": json.loads(card.to_json()),
+        "msfm_inputs": {"image": "[B, C, H, W] float32, the card's bands in order, normalised with the card's stats"},
+        "msfm_outputs": {"probabilities": "[B, K, H, W] float32, softmax over the card's classes"},
+    }
+    if card.gsd_m:
+        meta["resolution"] = round(card.gsd_m * 100 / card.scale, 3)
+    if card.stats:
+        meta["standardization_mean"] = [s[2] for s in card.stats]
+        meta["standardization_std"] = [s[3] for s in card.stats]
+    return meta
+
+
+def _export(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, metadata: dict[str, Any], opset: int,
+            input_names: list[str], output_names: list[str], dynamic_axes: dict[str, dict[int, str]]) -> Path:
+    """Trace ``graph`` to ``path`` (temporary name, renamed when complete), add ``metadata`` (JSON values), check."""
+    import onnx
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}.onnx")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13 marks the TorchScript exporter (dynamo=False) deprecated in favour of the dynamo one, which
+            # needs onnxscript (not a dependency of ours); the TorchScript exporter handles these graphs. Tracer
+            # warnings say sizes become constants: the tile size is fixed at export by design.
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning))
+            torch.onnx.export(graph, inputs, str(tmp), dynamo=False, opset_version=opset, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic_axes)
+        proto = onnx.load(str(tmp))
+        _set_metadata(proto, metadata)
+        proto.producer_name = "msfm"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _set_metadata(proto: Any, metadata: dict[str, Any]) -> None:
+    """Add or replace ``metadata_props`` entries (non-string values as JSON)."""
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for p in kept:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+
+
+def _check_tile(model: Any, tile_size_px: int) -> None:
+    if not hasattr(model, "embed_mix"):
+        raise ValueError(f"{type(model).__name__} has no spectral projection; only SMARTIES encoders are exported")
+    if tile_size_px % model.patch_size:
+        raise ValueError(f"tile_size_px {tile_size_px} is not a multiple of the patch size {model.patch_size}")
 
 
 def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 224, sensor: Optional[str] = None,
@@ -115,62 +209,72 @@ def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 22
         ValueError: A model without a spectral projection (the X-STARS/DINO ViT), or a bad tile size.
         onnx.checker.ValidationError: The exported graph is invalid.
     """
-    import onnx
-
-    if not hasattr(model, "embed_mix"):
-        raise ValueError(f"{type(model).__name__} has no spectral projection; only SMARTIES encoders are exported")
-    if tile_size_px % model.patch_size:
-        raise ValueError(f"tile_size_px {tile_size_px} is not a multiple of the patch size {model.patch_size}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}.onnx")
+    _check_tile(model, tile_size_px)
     graph = EncoderGraph(model.float().cpu().eval(), tile_size_px).eval()
-    image = torch.zeros(2, 3, tile_size_px, tile_size_px)
-    mix = torch.zeros(3, NUM_BASE_PROJECTIONS)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch 2.13 marks the TorchScript exporter (dynamo=False) deprecated in favour of the dynamo one, which
-            # needs onnxscript (not a dependency of ours); the TorchScript exporter handles this graph.
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            torch.onnx.export(
-                graph, (image, mix), str(tmp), dynamo=False, opset_version=opset,
-                input_names=["image", "band_mix"], output_names=["cls", "grid"],
-                dynamic_axes={"image": {0: "batch", 1: "bands"}, "band_mix": {0: "bands"},
-                              "cls": {0: "batch"}, "grid": {0: "batch"}},
-            )
-        proto = onnx.load(str(tmp))
-        for key, value in _metadata(model, tile_size_px, sensor).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "msfm"
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    inputs = (torch.zeros(2, 3, tile_size_px, tile_size_px), torch.zeros(3, NUM_BASE_PROJECTIONS))
+    return _export(graph, inputs, Path(path), _encoder_metadata(model, tile_size_px, sensor), opset,
+                   ["image", "band_mix"], ["cls", "grid"],
+                   {"image": {0: "batch", 1: "bands"}, "band_mix": {0: "bands"}, "cls": {0: "batch"},
+                    "grid": {0: "batch"}})
 
 
-def quantize_encoder(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True) -> Path:
-    """Write an int8 copy of an exported encoder: ONNX Runtime dynamic quantization (weights of MatMul/Gemm int8,
-    per output channel; activations quantized on the fly per batch; LayerNorm, softmax, GELU stay float32).
+def export_segmenter(head: Any, model: Any, path: Union[str, Path], *, tile_size_px: Optional[int] = None,
+                     opset: int = OPSET) -> Path:
+    """Export an encoder and its segmentation head as one ONNX graph (:class:`SegmenterGraph`), card in the metadata.
+
+    The head's bands are fixed (their band mix is a constant of the graph), so the graph has one input, ``image``
+    ``[B, C, T, T]`` (normalised with the card's statistics, C = the card's bands in order), and one output,
+    ``probabilities`` ``[B, K, T, T]``; batch is dynamic. :class:`engine.models.onnx_segmenter.OnnxSegmenter` runs it
+    and :func:`engine.segmentation.segment_raster` takes the file in place of a head.
+
+    Args:
+        head: A :class:`engine.heads.SegmentationHead` (:func:`engine.heads.load_head`).
+        model: The encoder it was trained on (its fine-tuned copy, if any: :func:`engine.segmentation.encoder_source`).
+        path: Destination ``.onnx`` (temporary name, renamed when complete).
+        tile_size_px: Tile side fixed in the graph (default: the card's training chip size).
+        opset: ONNX opset.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: Not a SMARTIES encoder, or a bad tile size.
+        engine.errors.InputRasterError: ``model`` is not the encoder the card names (width, depth).
+        engine.errors.CheckpointError: A card whose band projections cannot be rebuilt.
+    """
+    from .head_card import card_projections
+    from .segmentation import check_encoder
+
+    card = head.card
+    tile_size_px = tile_size_px or card.tile_size_px
+    _check_tile(model, tile_size_px)
+    check_encoder(head, model)
+    projections = card_projections(card, model.averaging)
+    graph = SegmenterGraph(model.float().cpu().eval(), head.float().cpu().eval(), projections, tile_size_px).eval()
+    inputs = (torch.zeros(2, len(projections), tile_size_px, tile_size_px),)
+    return _export(graph, inputs, Path(path), _segmenter_metadata(model, card, tile_size_px), opset, ["image"],
+                   ["probabilities"], {"image": {0: "batch"}, "probabilities": {0: "batch"}})
+
+
+def quantize(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True) -> Path:
+    """Write an int8 copy of an export (encoder or segmenter): ONNX Runtime dynamic quantization (weights of
+    MatMul/Gemm int8, per output channel; activations quantized on the fly per batch; LayerNorm, softmax, GELU, the
+    patch-embedding convolution and the heads' convolutions stay float32). For the CPU; ``path`` may be ``source``.
 
     The metadata are kept and ``msfm_quantization`` is added. Accuracy against the float32 graph is measured by
     ``bench/onnx_speed.py`` (cosine of embeddings and k-means agreement on a real scene).
 
     Args:
-        source: A float32 export (:func:`export_encoder`).
+        source: A float32 export (:func:`export_encoder`, :func:`export_segmenter`).
         path: Destination ``.onnx`` (temporary name, renamed when complete).
         per_channel: Per-output-channel weight scales (more accurate; default) instead of one per tensor.
 
     Returns:
         ``path``.
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}.onnx")
-    try:
+    def convert(tmp: Path) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.disable(logging.WARNING)  # onnxruntime logs a pre-processing hint on the root logger
@@ -179,16 +283,51 @@ def quantize_encoder(source: Union[str, Path], path: Union[str, Path], *, per_ch
                                  op_types_to_quantize=["MatMul", "Gemm"])
             finally:
                 logging.disable(logging.NOTSET)
+        return {"method": "onnxruntime dynamic", "weights": "int8", "per_channel": per_channel,
+                "ops": ["MatMul", "Gemm"]}
+
+    return _derive(source, path, convert)
+
+
+def to_float16(source: Union[str, Path], path: Union[str, Path]) -> Path:
+    """Write a float16 copy of an export for the CUDA execution provider (half the size; tensor cores).
+
+    Weights, activations, inputs and outputs become float16 (``onnxruntime.transformers.float16``); the engine's ONNX
+    models feed each input in the dtype the graph declares and return float32. ONNX Runtime's CPU provider lacks float16 kernels for much of the graph and runs it
+    slowly or not at all: use :func:`quantize` for the CPU. ``msfm_quantization`` says so.
+
+    Args:
+        source: A float32 export.
+        path: Destination ``.onnx`` (temporary name, renamed when complete); may be ``source``.
+
+    Returns:
+        ``path``.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    def convert(tmp: Path) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # float16 inputs/outputs: keep_io_types=True leaves its input casts out of topological order (invalid)
+            half = convert_float_to_float16(onnx.load(str(source)), keep_io_types=False)
+        onnx.save(half, str(tmp))
+        return {"method": "onnxruntime.transformers.float16", "weights": "float16", "activations": "float16"}
+
+    return _derive(source, path, convert)
+
+
+def _derive(source: Union[str, Path], path: Union[str, Path], convert: Any) -> Path:
+    """Write ``convert(tmp)``'s model to ``path`` (atomically) with ``source``'s metadata plus ``msfm_quantization``."""
+    import onnx
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.part-{os.getpid()}.onnx")
+    try:
+        how = convert(tmp)
         proto = onnx.load(str(tmp))
-        kept = {p.key for p in proto.metadata_props}
-        for key, value in read_metadata(source).items():
-            if key not in kept:
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-        entry = proto.metadata_props.add()
-        entry.key = "msfm_quantization"
-        entry.value = json.dumps({"method": "onnxruntime dynamic", "weights": "int8", "per_channel": per_channel,
-                                  "ops": ["MatMul", "Gemm"]})
+        _set_metadata(proto, {**read_metadata(source), "msfm_quantization": how})
+        onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         os.replace(tmp, path)
     finally:

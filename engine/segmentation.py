@@ -19,6 +19,10 @@ head, one per 4 px for UPerNet). Two knobs refine them, at a cost (docs/segmenta
   the cost), so patch boundaries fall in different places and the blend has twice the resolution (test-time
   shifting, as in dense-prediction ViT practice).
 
+The head runs on torch (a head file + its encoder) or on ONNX Runtime alone: an encoder and head exported together
+(:func:`engine.onnx_export.export_segmenter`, :class:`engine.models.onnx_segmenter.OnnxSegmenter`) are passed as the
+head, and torch is never imported.
+
 Memory: the blender holds ``K × tile × width`` float32 probabilities; nothing grows with the raster height. Cancel is
 polled every batch; a cancelled or failed run leaves no file behind.
 """
@@ -41,11 +45,12 @@ from .bands import BandMapping, resolve_bands
 from .blending import RowBlender
 from .cluster import write_qml
 from .errors import BandResolutionError, InputRasterError
-from .heads import SegmentationHead, load_head, require_block_grids
+from .head_card import HeadCard
 from .inference import (
     CancelFn,
     InferenceSettings,
     ProgressFn,
+    check_onnx_model,
     gdal_cache_bytes,
     open_reader,
     prefetched,
@@ -88,7 +93,7 @@ class SegmentationResult:
     seconds: float
 
 
-def encoder_source(head: SegmentationHead, head_path: Optional[Union[str, Path]] = None) -> str:
+def encoder_source(head: Any, head_path: Optional[Union[str, Path]] = None) -> str:
     """Where a head's encoder comes from: its fine-tuned encoder file beside the head, else the card's model name.
 
     Raises:
@@ -102,9 +107,11 @@ def encoder_source(head: SegmentationHead, head_path: Optional[Union[str, Path]]
     return str(enc["name"])
 
 
-def check_encoder(head: SegmentationHead, model: Any) -> None:
+def check_encoder(head: Any, model: Any) -> None:
     """Raise :class:`InputRasterError` unless ``model`` has the width and depth the head was trained on (and can
     give the head's block grids: the ONNX encoder exports the last block only)."""
+    from .heads import require_block_grids
+
     require_block_grids(model)
     enc = head.card.encoder
     if model.embed_dim != int(enc["embed_dim"]) or len(model.blocks) != int(enc["depth"]):
@@ -115,11 +122,9 @@ def check_encoder(head: SegmentationHead, model: Any) -> None:
         )
 
 
-def _head_mapping(dataset: Any, head: SegmentationHead, model: Any, sensor: Optional[str],
-                  overrides: Any) -> BandMapping:
+def _head_mapping(dataset: Any, card: HeadCard, averaging: str, sensor: Optional[str], overrides: Any) -> BandMapping:
     """The raster's bands resolved and checked against the head's: same ranges, same order."""
-    card = head.card
-    mapping = resolve_bands(dataset, sensor=sensor or card.sensor, overrides=overrides, averaging=model.averaging)
+    mapping = resolve_bands(dataset, sensor=sensor or card.sensor, overrides=overrides, averaging=averaging)
     want = [b["projection"] for b in card.bands]
     got = [b.projection.label for b in mapping.bands]
     if want and got != want:
@@ -137,7 +142,7 @@ def _head_mapping(dataset: Any, head: SegmentationHead, model: Any, sensor: Opti
 def segment_raster(
     source: Union[str, Path],
     output: Union[str, Path],
-    head: Union[str, Path, SegmentationHead],
+    head: Any,
     model: Any = None,
     *,
     settings: Optional[InferenceSettings] = None,
@@ -155,10 +160,12 @@ def segment_raster(
     Args:
         source: Input raster with the bands the head was trained on.
         output: Class GeoTIFF (uint8, nodata 255, colour table, class names); a ``.qml`` is written beside it.
-        head: A head file (``.safetensors`` + card) or a loaded :class:`SegmentationHead`.
+        head: A head file (``.safetensors`` + card), a loaded :class:`engine.heads.SegmentationHead`, or an exported
+            segmenter (``.onnx`` file or :class:`engine.models.onnx_segmenter.OnnxSegmenter`; ONNX Runtime, no torch).
         model: The encoder; default: the one the head's card names (:func:`encoder_source`). Checked against the
-            card (:func:`check_encoder`).
-        settings: Tiling and device. The scale defaults to the card's (the head was trained at it).
+            card (:func:`check_encoder`). None for an exported segmenter, which holds its encoder.
+        settings: Tiling and device. The scale defaults to the card's (the head was trained at it); an exported
+            segmenter fixes the tile size.
         shifts: 1 (plain tiles) or 2 (plus a pass offset by half a patch; 2× the cost, finer boundaries).
         sensor, overrides: Band mapping (default: the card's sensor); the bands must map to the head's ranges.
         region: Process only this :class:`engine.region.Region` (pixels outside its polygons are nodata).
@@ -171,12 +178,10 @@ def segment_raster(
         :class:`SegmentationResult`. Outputs are on the reader's grid: the raster's pixels (times ``scale``).
 
     Raises:
-        InputRasterError: Unreadable input, bad settings, no valid pixel.
+        InputRasterError: Unreadable input, bad settings, no valid pixel, a model passed with an exported segmenter.
         engine.errors.BandResolutionError: The raster's bands do not match the head's.
         InferenceCancelled: Cancelled.
     """
-    import torch
-
     started = time.perf_counter()
     if shifts not in (1, 2):
         raise InputRasterError(f"shifts must be 1 or 2, got {shifts}")
@@ -186,26 +191,23 @@ def segment_raster(
             raise InputRasterError(f"output folder {Path(extra).parent} does not exist; create it first")
     if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
         raise InputRasterError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
-    head_path = None if isinstance(head, SegmentationHead) else Path(head)
-    head = head if isinstance(head, SegmentationHead) else load_head(head)
-    if model is None:
-        from .models import load_model
-
-        model = load_model(encoder_source(head, head_path), device="cpu")
-    check_encoder(head, model)
-    card = head.card
-    settings = settings or InferenceSettings(tile_size_px=card.tile_size_px)
+    card, runner, predict = _predictor(head, model, settings)
+    onnx = getattr(runner, "backend", "torch") == "onnx"
+    settings = settings or InferenceSettings(tile_size_px=runner.tile_size_px if onnx else card.tile_size_px)
     if settings.scale is None:
         settings = replace(settings, scale=card.scale)
+    if onnx:
+        check_onnx_model(runner, settings)
     dataset = open_raster(source)
     try:
-        mapping = _head_mapping(dataset, head, model, sensor, overrides)
+        mapping = _head_mapping(dataset, card, runner.averaging, sensor, overrides)
         stats = [BandStats(*s, source="head card") for s in card.stats] if card.stats else None
-        reader, mapping = open_reader(dataset, model, settings, mapping=mapping, stats=stats, region=region)
+        reader, mapping = open_reader(dataset, runner, settings, mapping=mapping, stats=stats, region=region)
         try:
             with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
-                counts, tiles = _run(model, head, reader, list(mapping.projections), settings, shifts, output,
-                                     probabilities_output, str(source), progress, is_canceled, torch)
+                counts, tiles = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
+                                     settings, shifts, output, probabilities_output, str(source), progress,
+                                     is_canceled)
         finally:
             reader.close()
     finally:
@@ -223,6 +225,48 @@ def segment_raster(
     )
 
 
+def _predictor(head: Any, model: Any, settings: Optional[InferenceSettings]) -> tuple[HeadCard, Any, Any]:
+    """``(card, runner, make_predict)``: the head's card, what runs it (the encoder, or the ONNX segmenter), and
+    ``make_predict(settings, projections)`` → a function of normalised tiles ``[B, C, T, T]`` float32 → class
+    probabilities ``[B, K, T, T]`` float32 numpy."""
+    if isinstance(head, (str, Path)) and Path(head).suffix.lower() == ".onnx":
+        from .models.onnx_segmenter import OnnxSegmenter
+
+        device = settings.device if settings else "auto"
+        head = OnnxSegmenter(head, device=device, threads=settings.threads if settings else None)
+    if getattr(head, "backend", None) == "onnx":
+        if model is not None:
+            raise InputRasterError(f"{head.weights_path.name} holds its encoder; do not pass a model with it")
+        return head.card, head, lambda settings, projections: head.probabilities
+    from .heads import SegmentationHead, load_head
+
+    head_path = None if isinstance(head, SegmentationHead) else Path(head)
+    head = head if isinstance(head, SegmentationHead) else load_head(head)
+    if model is None:
+        from .models import load_model
+
+        model = load_model(encoder_source(head, head_path), device="cpu")
+    check_encoder(head, model)
+
+    def make_predict(settings: InferenceSettings, projections: list[Any]) -> Any:
+        import torch
+
+        device = select_device(settings.device)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        encoder, net = model.to(device).eval(), head.to(device).eval()
+        size = (settings.tile_size_px, settings.tile_size_px)
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                grids = encoder.encode_blocks(torch.from_numpy(x).to(device), projections, net.blocks)
+                return torch.softmax(net.pixel_logits(grids, size).float(), dim=1).cpu().numpy()
+
+        return predict
+
+    return head.card, model, make_predict
+
+
 def _origins(reader: Any, settings: InferenceSettings, p: int, shifts: int) -> list[tuple[int, int]]:
     """Tile origins in view pixels (the patch-grid plan, plus the half-patch-shifted pass), sorted by row."""
     grid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
@@ -235,16 +279,10 @@ def _origins(reader: Any, settings: InferenceSettings, p: int, shifts: int) -> l
     return sorted(keep)
 
 
-def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any], settings: InferenceSettings,
-         shifts: int, output: Path,
+def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceSettings, shifts: int, output: Path,
          prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
-         is_canceled: Optional[CancelFn], torch: Any) -> tuple[np.ndarray, int]:
-    p, size = model.patch_size, settings.tile_size_px
-    k = head.card.num_classes
-    device = select_device(settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    model, head = model.to(device).eval(), head.to(device).eval()
+         is_canceled: Optional[CancelFn]) -> tuple[np.ndarray, int]:
+    size, k = settings.tile_size_px, card.num_classes
     origins = _origins(reader, settings, p, shifts)
     if not origins:
         raise InputRasterError(f"no pixel centre of {source} lies inside the region's polygons")
@@ -252,12 +290,12 @@ def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any]
     blender = RowBlender(k, size, max(width, max(c for _, c in origins) + size), settings.blend)
     profile = dict(width=width, height=height, crs=reader.dataset.crs, transform=reader.transform)
     tags = {
-        "MSFM_KIND": "segmentation", "MSFM_SOURCE": source, "MSFM_HEAD": head.card.head_type,
-        "MSFM_CLASSES": json.dumps([c.name for c in head.card.classes]), "MSFM_SCALE": repr(reader.scale),
+        "MSFM_KIND": "segmentation", "MSFM_SOURCE": source, "MSFM_HEAD": card.head_type,
+        "MSFM_CLASSES": json.dumps([c.name for c in card.classes]), "MSFM_SCALE": repr(reader.scale),
         "MSFM_SHIFTS": str(shifts), "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
                                                                   "overlap_px": settings.overlap_px}),
     }
-    colors = {c.index: tuple(c.color) for c in head.card.classes}
+    colors = {c.index: tuple(c.color) for c in card.classes}
     counts = np.zeros(k, np.int64)
     batches = [origins[i : i + settings.batch_size] for i in range(0, len(origins), settings.batch_size)]
 
@@ -279,14 +317,11 @@ def _run(model: Any, head: SegmentationHead, reader: Any, projections: list[Any]
     class_profile = gtiff_profile(count=1, dtype="uint8", nodata=IGNORE, **profile)
     with GeoTiffWriter(output, class_profile, ["class"], tags, colors) as classes_out, \
             (GeoTiffWriter(Path(prob_path), gtiff_profile(count=k, dtype="float32", nodata=float("nan"), **profile),
-                           [f"p_{c.name}" for c in head.card.classes], tags)
+                           [f"p_{c.name}" for c in card.classes], tags)
              if prob_path is not None else contextlib.nullcontext()) as probs_out:
         writers = [w for w in (classes_out, probs_out) if w is not None]
         for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
-            with torch.inference_mode():
-                grids = model.encode_blocks(torch.from_numpy(x).to(device), projections, head.blocks)
-                probs = torch.softmax(head.pixel_logits(grids, (size, size)).float(), dim=1).cpu().numpy()
-            for (r, c), pr, v in zip(batch, probs, valid):
+            for (r, c), pr, v in zip(batch, predict(x), valid):
                 if r > blender.top:
                     finish(r, writers)
                 blender.add(pr, v.astype(np.float32), r, c)

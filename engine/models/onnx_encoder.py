@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CheckpointError
 from ..spectrum import Projection, band_mix, projection_for
 
-__all__ = ("ONNX_FORMAT", "OnnxEncoder", "read_metadata")
+__all__ = ("ONNX_FORMAT", "OnnxEncoder", "open_session", "read_metadata", "run_session")
 
 #: ``msfm_format`` of our exported encoders (:mod:`engine.onnx_export`).
 ONNX_FORMAT = "msfm-smarties-encoder-onnx/1"
@@ -38,24 +38,8 @@ class OnnxEncoder:
     backend = "onnx"
 
     def __init__(self, path: Union[str, Path], device: str = "auto", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.weights_path = Path(path)
-        available = ort.get_available_providers()
-        want_cuda = device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available)
-        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
-            raise CheckpointError(f"device {device!r} was requested but onnxruntime has no CUDA provider "
-                                  f"({available}); install onnxruntime-gpu or use device='cpu'")
-        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.metadata = _decode(self.session.get_modelmeta().custom_metadata_map)
-        if self.metadata.get("msfm_format") != ONNX_FORMAT:
-            raise CheckpointError(f"{path} is not an msfm SMARTIES encoder export (msfm_format "
-                                  f"{self.metadata.get('msfm_format')!r}, expected {ONNX_FORMAT!r})")
-        self.device = "cuda" if want_cuda else "cpu"
+        self.session, self.metadata, self.device = open_session(path, ONNX_FORMAT, device, threads)
         self.embed_dim = int(self.metadata["msfm_embed_dim"])
         self.patch_size = int(self.metadata["msfm_patch_size"])
         self.tile_size_px = int(self.metadata["msfm_tile_size_px"])
@@ -86,12 +70,58 @@ class OnnxEncoder:
                              f"got {x.shape}")
         if len(bands) != x.shape[1]:
             raise ValueError(f"got {x.shape[1]} image channels but {len(bands)} band specs; give one spec per channel")
-        cls, grid = self.session.run(None, {"image": x, "band_mix": band_mix(self.projections(bands))})
+        cls, grid = run_session(self.session, {"image": x, "band_mix": band_mix(self.projections(bands))})
         return cls if output == "cls" else grid
 
     def __repr__(self) -> str:
         return (f"OnnxEncoder({self.weights_path.name}, D={self.embed_dim}, depth {self.depth}, "
                 f"tile {self.tile_size_px} px, {self.device})")
+
+
+def open_session(path: Union[str, Path], expected_format: str, device: str = "auto",
+                 threads: int | None = None) -> tuple[Any, dict[str, Any], str]:
+    """An ONNX Runtime session on one of our exports, its decoded metadata and the device it runs on.
+
+    Args:
+        path: The ``.onnx`` file.
+        expected_format: The ``msfm_format`` the file must carry (:data:`ONNX_FORMAT`, or the segmenter's).
+        device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` (CUDA execution provider, CPU for the ops it lacks) or ``"auto"``
+            (CUDA when this onnxruntime has it).
+        threads: Intra-op threads (None: onnxruntime's default, one per core).
+
+    Returns:
+        ``(session, metadata, "cuda" | "cpu")``.
+
+    Raises:
+        engine.errors.CheckpointError: CUDA requested but this onnxruntime has no CUDA provider (install
+            ``onnxruntime-gpu``), or the file is not an export of the expected kind.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    want_cuda = device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available)
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+        raise CheckpointError(f"device {device!r} was requested but onnxruntime has no CUDA provider "
+                              f"({available}); install onnxruntime-gpu or use device='cpu'")
+    cuda_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    providers: list[Any] = ([("CUDAExecutionProvider", {"device_id": cuda_id})] if want_cuda else [])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=providers + ["CPUExecutionProvider"])
+    metadata = _decode(session.get_modelmeta().custom_metadata_map)
+    if metadata.get("msfm_format") != expected_format:
+        raise CheckpointError(f"{path} is not an msfm export of the expected kind (msfm_format "
+                              f"{metadata.get('msfm_format')!r}, expected {expected_format!r})")
+    return session, metadata, "cuda" if want_cuda else "cpu"
+
+
+def run_session(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``session`` on float32 ``feeds``, each cast to the dtype its graph input declares (a float16 export,
+    :func:`engine.onnx_export.to_float16`, takes float16); outputs come back as float32."""
+    types = {i.name: i.type for i in session.get_inputs()}
+    cast = {k: v.astype(np.float16) if types.get(k) == "tensor(float16)" else v for k, v in feeds.items()}
+    return [np.asarray(out, dtype=np.float32) for out in session.run(None, cast)]
 
 
 def read_metadata(path: Union[str, Path]) -> dict[str, Any]:

@@ -349,12 +349,17 @@ class SmartiesEncoder(nn.Module):
         """
         check_blocks(blocks, self.depth)
         tokens, h, w = self._patch_tokens(x, bands)
+        return self.token_grids(tokens, h, w, blocks)
+
+    def token_grids(self, tokens: torch.Tensor, h: int, w: int, blocks: Sequence[int]) -> list[torch.Tensor]:
+        """:meth:`encode_blocks` from patch tokens ``[B, h·w, D]`` (:meth:`embed_mix`): one ``[B, D, h, w]`` grid per
+        listed block (increasing, checked by the caller)."""
         out = self._with_cls(tokens, h, w)
         grids = []
         for i, block in enumerate(self.blocks[: blocks[-1] + 1]):
             out = block(out)
             if i in blocks:
-                grids.append(out[:, 1:].transpose(1, 2).reshape(out.shape[0], self.embed_dim, h, w))
+                grids.append(out[:, 1:].transpose(1, 2).reshape(-1, self.embed_dim, h, w))
         return grids
 
     def _patch_tokens(

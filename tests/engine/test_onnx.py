@@ -7,9 +7,6 @@ Parity is measured on real tiles read through the engine's normalising reader: S
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +21,10 @@ from engine.models.onnx_encoder import OnnxEncoder, read_metadata
 from engine.onnx_export import export_encoder
 from engine.sensors import get_sensor
 
-from ..conftest import REPO, shared_file
+from ..conftest import run_without_torch, shared_file
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-
-#: Prepended to subprocess scripts: torch and onnx cannot be imported (a QGIS Python with onnxruntime only).
-HIDE_TORCH = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'onnx'):
-            raise ImportError(f'{{name}} is hidden for this test')
-sys.meta_path.insert(0, Block())
-sys.path.insert(0, {str(REPO)!r})
-"""
-
-
-def _run_without_torch(script: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", HIDE_TORCH + script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +97,7 @@ assert out.shape == (2, 192, 14, 14), out.shape
 assert 'torch' not in sys.modules
 print('ok', enc)
 """
-    done = _run_without_torch(script)
+    done = run_without_torch(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok OnnxEncoder(demo.onnx")
 
@@ -134,7 +114,7 @@ def test_bad_inputs_are_refused(exported, tmp_path):
     onnx.save(proto, str(other))
     from engine.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="not an msfm SMARTIES encoder export"):
+    with pytest.raises(CheckpointError, match="not an msfm export of the expected kind"):
         OnnxEncoder(other)
     assert json.loads(json.dumps(read_metadata(other))) == {}
 
@@ -189,7 +169,7 @@ code = main(['cluster', {str(raster)!r}, {str(out)!r}, '--model', {str(exported)
 assert 'torch' not in sys.modules
 sys.exit(code)
 """
-    done = _run_without_torch(script)
+    done = run_without_torch(script)
     assert done.returncode == 0, done.stderr[-2000:]
     with rasterio.open(out) as ds:
         classes = ds.read(1)
@@ -204,5 +184,5 @@ from engine.models import load_model
 model = load_model('smarties-demo-tiny', backend='onnx')
 assert model.backend == 'onnx' and 'torch' not in sys.modules
 """
-    done = _run_without_torch(script, MSFM_ONNX_CACHE=str(tmp_path))
+    done = run_without_torch(script, MSFM_ONNX_CACHE=str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
