@@ -85,18 +85,24 @@ _IMPORT_TO_PIP = {
     "onnx": "onnx>=1.15",
 }
 
-#: Inference backends: ``torch`` runs the checkpoints themselves, ``onnx`` an exported encoder with ONNX Runtime.
+#: Inference backends: ``torch`` runs the checkpoints themselves, ``onnx`` an exported encoder (or an exported
+#: encoder + segmentation head) with ONNX Runtime.
 BACKENDS = ("torch", "onnx")
 
 #: Which packages each kind of work needs. ``<kind>_onnx`` is ``<kind>`` run with the ONNX backend on an exported
-#: ``.onnx`` encoder: ONNX Runtime instead of torch (see :func:`requirement_kind`).
+#: ``.onnx`` file: ONNX Runtime instead of torch (see :func:`requirement_kind`). ``segmentation_onnx`` runs an
+#: exported segmenter (encoder and head in one graph); ``export_onnx`` writes those files (torch + onnx; ONNX Runtime
+#: too for the int8 and float16 copies).
 REQUIREMENTS = {
     "bands": ("numpy", "rasterio"),
     "download": ("huggingface_hub",),
     "inference": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub"),
     "clustering": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub", "sklearn"),
+    "segmentation": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub"),
+    "export_onnx": ("numpy", "rasterio", "torch", "onnx", "safetensors", "huggingface_hub"),
     "inference_onnx": ("numpy", "rasterio", "onnxruntime"),
     "clustering_onnx": ("numpy", "rasterio", "onnxruntime", "sklearn"),
+    "segmentation_onnx": ("numpy", "rasterio", "onnxruntime"),
 }
 
 

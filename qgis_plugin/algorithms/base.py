@@ -13,7 +13,8 @@ Parameter names are a public contract (batch mode, models, ``qgis_process``, the
 Backends (``BACKEND``, embedding algorithms only): ``torch`` runs the checkpoint; ``onnx`` runs an exported encoder
 with ONNX Runtime. A ``.onnx`` ``MODEL_FILE`` always runs with ONNX Runtime, and then torch is never imported: the
 plugin works with onnxruntime, numpy and rasterio alone. A registry model with ``onnx`` is exported once by the
-engine, which needs torch.
+engine, which needs torch. *Segment with a head* has no ``BACKEND``: its ``HEAD`` file decides (a ``.onnx`` segmenter,
+encoder and head in one graph, runs with ONNX Runtime alone).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def parse_overrides(text: Optional[str]) -> Optional[dict]:
 
 
 _MODEL_LOCK = threading.Lock()
-_MODEL_CACHE: dict[tuple[str, float, str, str], Any] = {}
+_MODEL_CACHE: dict[tuple, Any] = {}
 
 
 def is_onnx_file(name_or_path: Optional[str]) -> bool:
@@ -127,11 +128,16 @@ def load_model(name_or_path: str, backend: str = "torch", device: str = "cpu") -
     path = models.resolve_weights(name_or_path)
     backend = "onnx" if is_onnx_file(str(path)) else backend
     device = device if backend == "onnx" else "cpu"
-    key = (str(path), path.stat().st_mtime, backend, device)
+    return cached((str(path), path.stat().st_mtime, backend, device),
+                  lambda: models.load_model(name_or_path, device=device, backend=backend))
+
+
+def cached(key: tuple, load: Callable[[], Any]) -> Any:
+    """``load()``, kept for the next call with the same ``key`` (one entry: the last model loaded). Thread-safe."""
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = models.load_model(name_or_path, device=device, backend=backend)
+            _MODEL_CACHE[key] = load()
         return _MODEL_CACHE[key]
 
 
@@ -466,13 +472,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                 runtime.import_torch()  # before the engine imports it: keeps torch's own BLAS inside QGIS
             errors = runtime.engine_module("errors")
         except runtime.DependencyError as exc:
-            hint = ""
-            if "torch" in exc.missing and "BACKEND" in {p.name() for p in self.parameterDefinitions()}:
-                model = self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
-                hint = ("\nWithout torch: pick an exported .onnx encoder in 'Local model file' (it runs with ONNX "
-                        "Runtime; export one where torch is installed with: msfm export-onnx model.onnx --model "
-                        f"{self.parameterAsFile(parameters, 'MODEL_FILE', context) or model}).")
-            raise QgsProcessingException(f"{exc}{hint}") from exc
+            raise QgsProcessingException(f"{exc}{self.dependency_hint(exc, parameters, context)}") from exc
         try:
             return self.compute(parameters, context, feedback)
         except errors.InferenceCancelled as exc:
@@ -485,6 +485,15 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
+
+    def dependency_hint(self, exc: runtime.DependencyError, parameters: dict, context: QgsProcessingContext) -> str:
+        """Appended to the install instructions when a package is missing: the way round it, if there is one."""
+        if "torch" in exc.missing and "BACKEND" in {p.name() for p in self.parameterDefinitions()}:
+            model = self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
+            return ("\nWithout torch: pick an exported .onnx encoder in 'Local model file' (it runs with ONNX "
+                    "Runtime; export one where torch is installed with: msfm export-onnx model.onnx --model "
+                    f"{self.parameterAsFile(parameters, 'MODEL_FILE', context) or model}).")
+        return ""
 
     def compute(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:
         """The work of the algorithm (worker thread); returns the outputs."""

@@ -3,7 +3,9 @@
 
 A head reads the encoder's patch tokens; its card (``NAME.json`` beside ``NAME.safetensors``) records the encoder,
 the bands, their normalisation, the scale and the classes, so *Segment with a head* needs only the head and a raster
-with the same bands. Parameter names (public contract, beside the shared ones of :mod:`.base`): ``POLYGONS``,
+with the same bands. ``HEAD`` may also be an exported segmenter (``.onnx``: the encoder and the head in one graph,
+the card in its metadata; ``msfm export-onnx OUT.onnx --head HEAD.safetensors`` or *Export model to ONNX*): it runs
+with ONNX Runtime alone, torch is never imported, and ``MODEL_FILE`` must stay empty. Parameter names (public contract, beside the shared ones of :mod:`.base`): ``POLYGONS``,
 ``CLASS_FIELD``, ``HEAD_TYPE``, ``STEPS``, ``VAL_FRACTION``, ``FINETUNE`` (training), ``HEAD``, ``SHIFTS``,
 ``OUTPUT_PROBABILITIES``, ``OUTPUT_POLYGONS`` (segmentation).
 """
@@ -34,10 +36,12 @@ from qgis.PyQt.QtCore import QVariant
 
 from .. import runtime
 from ..styling import style_classes
-from .base import MsfmAlgorithm, iter_features, load_model
+from .base import MsfmAlgorithm, cached, is_onnx_file, iter_features, load_model
 
 HEAD_TYPES = ("linear", "upernet")
 HEAD_FILTER = "Segmentation head (*.safetensors)"
+#: What *Segment with a head* takes: a head file, or an encoder + head exported as one ONNX graph.
+SEGMENTER_FILTER = "Segmentation head or exported segmenter (*.safetensors *.onnx)"
 
 
 def _plain(value: Any) -> Any:
@@ -209,19 +213,27 @@ class SegmentWithHead(MsfmAlgorithm):
         "the head's training scale; outputs are on the layer's grid times that scale.<br><br>"
         "Outputs: the class map (paletted GeoTIFF, classes 0…K−1 named as in the card, nodata 255), optionally the "
         "class probabilities (one float band per class) and the class polygons (GeoPackage with fields "
-        "<i>class</i> and <i>name</i>)."
+        "<i>class</i> and <i>name</i>).<br><br>"
+        "<b>Without torch</b>: the head may be an exported segmenter (<b>.onnx</b>: the encoder and the head in one "
+        "graph, the card in its metadata), made where torch is installed with <i>Export model to ONNX</i> (a head "
+        "file as <i>Segmentation head</i>) or <tt>msfm export-onnx seg.onnx --head head.safetensors</tt>. It runs "
+        "with ONNX Runtime alone (onnxruntime, numpy, rasterio); leave <i>Encoder weights</i> empty (the file holds "
+        "its encoder), and keep <i>Tile size</i> at the exported one (by default the head's training chip size). "
+        "int8 exports suit the CPU, float16 ones CUDA (onnxruntime-gpu)."
     )
+    NEEDS = "segmentation"
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
         self.add_band_parameters()
         self.addParameter(QgsProcessingParameterFile(
-            "HEAD", "Segmentation head (.safetensors, from Train segmentation head)", extension="safetensors"))
+            "HEAD", "Segmentation head (.safetensors from Train segmentation head, or an exported .onnx segmenter)",
+            fileFilter=SEGMENTER_FILTER))
         self.addParameter(QgsProcessingParameterNumber(
             "SHIFTS", "Passes (1: plain tiles; 2: plus a half-patch shifted pass: finer boundaries, 2× time)",
             QgsProcessingParameterNumber.Integer, 1, minValue=1, maxValue=2))
         model_file = QgsProcessingParameterFile(
-            "MODEL_FILE", "Encoder weights (.safetensors; empty: the model named in the head's card)",
-            extension="safetensors", optional=True)
+            "MODEL_FILE", "Encoder weights (.safetensors; empty: the model named in the head's card; must be empty "
+            "with a .onnx segmenter)", extension="safetensors", optional=True)
         model_file.setFlags(model_file.flags() | QgsProcessingParameterFile.FlagAdvanced)
         self.addParameter(model_file)
         self.add_device_parameters(scale_default="the head's training scale")
@@ -233,13 +245,89 @@ class SegmentWithHead(MsfmAlgorithm):
             "OUTPUT_POLYGONS", "Class polygons (GeoPackage)", QgsProcessing.TypeVectorPolygon, optional=True,
             createByDefault=False))
 
+    def _refusal(self, parameters, context) -> str:
+        """Why ``HEAD`` and ``MODEL_FILE`` do not go together ("" when they do)."""
+        head = self.parameterAsFile(parameters, "HEAD", context)
+        model_file = self.parameterAsFile(parameters, "MODEL_FILE", context)
+        if is_onnx_file(head) and model_file:
+            return (f"{Path(head).name} is an exported segmenter: it holds its encoder, so 'Encoder weights' must be "
+                    f"empty (it is {model_file}). Clear 'Encoder weights' (MODEL_FILE), or pick the head's "
+                    ".safetensors file to run it with that encoder on torch.")
+        return ""  # a .onnx MODEL_FILE never gets here: the parameter takes .safetensors only
+
+    def checkParameterValues(self, parameters, context) -> tuple[bool, str]:  # noqa: N802 - QGIS API
+        ok, message = super().checkParameterValues(parameters, context)
+        if ok:
+            message = self._refusal(parameters, context)
+            ok = not message
+        return ok, message
+
+    def backend(self, parameters, context) -> str:
+        """``"onnx"`` for a ``.onnx`` ``HEAD`` (an exported segmenter: ONNX Runtime, no torch), else ``"torch"``."""
+        message = self._refusal(parameters, context)
+        if message:
+            raise QgsProcessingException(message)
+        return "onnx" if is_onnx_file(self.parameterAsFile(parameters, "HEAD", context)) else "torch"
+
+    def dependency_hint(self, exc, parameters, context) -> str:
+        if "torch" not in exc.missing:
+            return ""
+        head = self.parameterAsFile(parameters, "HEAD", context) or "head.safetensors"
+        return ("\nWithout torch: export the head with its encoder as one .onnx segmenter where torch is installed "
+                f"('Export model to ONNX' with the head, or msfm export-onnx seg.onnx --head {head}) and pick the "
+                ".onnx file as the segmentation head: it runs with ONNX Runtime alone.")
+
     def head(self, parameters, context) -> tuple[Any, str]:
         """The head of ``HEAD`` (loaded on the CPU) and its path."""
+        path = self._head_path(parameters, context)
+        return runtime.engine_module("heads").load_head(path), path
+
+    def _head_path(self, parameters, context) -> str:
         path = self.parameterAsFile(parameters, "HEAD", context)
         if not path or not Path(path).is_file():
             raise QgsProcessingException(f"The segmentation head file {path!r} does not exist; train one with "
-                                         "'Train segmentation head' or pick a .safetensors head file.")
-        return runtime.engine_module("heads").load_head(path), path
+                                         "'Train segmentation head' or pick a .safetensors head file or an "
+                                         "exported .onnx segmenter.")
+        return path
+
+    def segmenter(self, parameters, context, feedback) -> Any:
+        """The exported segmenter of a ``.onnx`` ``HEAD`` in ONNX Runtime (loaded once and reused; no torch)."""
+        path = self._head_path(parameters, context)
+        errors = runtime.engine_module("errors")
+        onnx_segmenter = runtime.engine_module("models.onnx_segmenter")
+        device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
+        try:
+            segmenter = cached((str(path), Path(path).stat().st_mtime, "segmenter", device),
+                               lambda: onnx_segmenter.OnnxSegmenter(path, device=device))
+        except errors.CheckpointError as exc:
+            fmt = None
+            try:
+                fmt = runtime.engine_module("models.onnx_encoder").read_metadata(path).get("msfm_format")
+            except Exception:  # not readable as ONNX at all: the engine's message says enough
+                pass
+            if fmt and fmt != onnx_segmenter.SEGMENTER_FORMAT:
+                raise QgsProcessingException(
+                    f"{Path(path).name} is an exported encoder ({fmt}), not a segmenter: it has no segmentation "
+                    "head. Export the head with its encoder ('Export model to ONNX' with the head file, or msfm "
+                    "export-onnx seg.onnx --head HEAD.safetensors) and pick that file.") from exc
+            raise
+        card = segmenter.card
+        quantization = (segmenter.metadata.get("msfm_quantization") or {}).get("weights", "float32")
+        feedback.pushInfo(f"Head: exported segmenter {Path(path).name} ({card.head_type}, {card.num_classes} classes "
+                          f"({', '.join(c.name for c in card.classes)}); encoder {card.encoder.get('name')}; "
+                          f"{segmenter.tile_size_px}-px tiles, {quantization}; ONNX Runtime on {segmenter.device})")
+        feedback.pushInfo(f"Devices: {runtime.onnxruntime_report()}")
+        if quantization == "float16" and segmenter.device == "cpu":
+            feedback.pushWarning("This is a float16 export, made for CUDA: ONNX Runtime's CPU provider runs it slowly "
+                                 "or not at all. On the CPU use the float32 or int8 export.")
+        tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
+        if tile != segmenter.tile_size_px:
+            raise QgsProcessingException(
+                f"The segmenter {Path(path).name} was exported for {segmenter.tile_size_px}-px tiles, but 'Tile size' "
+                f"is {tile}. Set 'Tile size' to {segmenter.tile_size_px}, or export it again for {tile}-px tiles "
+                f"('Export model to ONNX' with Tile size {tile}, or msfm export-onnx seg.onnx --head HEAD.safetensors "
+                f"--tile-size-px {tile}).")
+        return segmenter
 
     def encoder(self, parameters, context, feedback, head: Any, head_path: str) -> Any:
         """The encoder the head belongs to (``MODEL_FILE`` when given, else its card's), loaded once and reused."""
@@ -262,10 +350,13 @@ class SegmentWithHead(MsfmAlgorithm):
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         probabilities = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or None
         polygons = self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context) or None
-        head, head_path = self.head(parameters, context)
+        if self.backend(parameters, context) == "onnx":
+            head, model = self.segmenter(parameters, context, feedback), None  # holds its encoder
+        else:
+            head, head_path = self.head(parameters, context)
+            model = self.encoder(parameters, context, feedback, head, head_path)
         source = self.layer_path(parameters, context, feedback)
         region = self.region(parameters, context, feedback)
-        model = self.encoder(parameters, context, feedback, head, head_path)
         result = segmentation.segment_raster(
             source, output, head, model, settings=self.settings(parameters, context),
             shifts=self.parameterAsInt(parameters, "SHIFTS", context) or 1, region=region,

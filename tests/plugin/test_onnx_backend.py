@@ -1,18 +1,18 @@
 """The ONNX backend of the msfm Processing algorithms: ``BACKEND`` and ``.onnx`` model files, run by ONNX Runtime.
 
 A ``.onnx`` ``MODEL_FILE`` (an encoder exported with ``msfm export-onnx``) always runs with ONNX Runtime, and then the
-plugin needs neither torch nor onnx: the subprocess test hides both from the import system and runs ``msfm:embed``.
-Raster: the NAIP RGBN tile of ../shared/data (934×723 px, sensor preset ``naip_rgbn``); model: the bundled
-``smarties-demo-tiny`` (D = 192, 6 blocks), exported once per module.
+plugin needs neither torch nor onnx: the subprocess tests hide both from the import system
+(:func:`tests.conftest.run_without_torch`) and run ``msfm:embed``, and ``msfm:segment`` with an exported segmenter
+(encoder + head in one ``.onnx``). Rasters: the NAIP RGBN tile of ../shared/data (934×723 px, sensor preset
+``naip_rgbn``) for embeddings; the SpaceNet-3 Las Vegas pan image (1300×1300 px, 0.3 m) and its road mask for a road
+head (3 steps: it need not be good, the ONNX run must compute what torch computes), segmented on a 400×400-px extent.
+Model: the bundled ``smarties-demo-tiny`` (D = 192, 6 blocks), exported once per module.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,18 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import REPO, shared_file
+from tests.conftest import run_without_torch, shared_file
 
 pytestmark = pytest.mark.qgis
 pytest.importorskip("onnxruntime")
 
 NAIP = ("data", "naip_rgbn_5m_north_dakota_2020.tif")
+PAN = ("data", "spacenet3_vegas_pan_0.3m.tif")
+ROADS = ("data", "spacenet3_vegas_road_mask.tif")
 D_DEMO = 192
+#: The segmented window of the pan image: (row, col) origin and side, in pixels.
+WINDOW = (450, 300, 400)
+SEGMENT_FAST = {"OVERLAP": 32}  # with the head's scale (1.0 here): 2 × 2 tiles of 224 px on WINDOW
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +42,63 @@ def onnx_file(tmp_path_factory: Any) -> Path:
     from engine.onnx_export import export_encoder
 
     return export_encoder(load_model("smarties-demo-tiny"), tmp_path_factory.mktemp("onnx") / "demo-tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def roads(tmp_path_factory: Any) -> dict:
+    """A linear road head fitted for 3 steps on the Vegas pan image (``.safetensors`` + card) and its export as one
+    ``.onnx`` segmenter (encoder + head, float32)."""
+    pytest.importorskip("onnx")
+    from engine.head_training import fit_head
+    from engine.heads import load_head
+    from engine.inference import InferenceSettings
+    from engine.labels import LabelRaster
+    from engine.models import load_model
+    from engine.onnx_export import export_segmenter
+
+    folder = tmp_path_factory.mktemp("roads")
+    model = load_model("smarties-demo-tiny")
+    labels = LabelRaster(shared_file(*ROADS), names={0: "background", 255: "road"})
+    fit = fit_head(shared_file(*PAN), labels, model, output=folder / "roads.safetensors", head_type="linear", steps=3,
+                   settings=InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2))
+    return {"head": fit.path, "onnx": export_segmenter(load_head(fit.path), model, folder / "roads.onnx")}
+
+
+def pan_extent() -> str:
+    """``WINDOW`` of the pan image as a Processing extent string (in the raster's CRS)."""
+    row, col, side = WINDOW
+    with rasterio.open(shared_file(*PAN)) as ds:
+        left, top = ds.transform * (col, row)
+        right, bottom = ds.transform * (col + side, row + side)
+        return f"{left},{right},{bottom},{top} [{ds.crs.to_string()}]"
+
+
+@pytest.fixture(scope="module")
+def torch_segmentation(msfm_provider: Any, roads: dict, tmp_path_factory: Any) -> dict:
+    """``msfm:segment`` of the road head's ``.safetensors`` (torch) on ``WINDOW``: results, classes, probabilities."""
+    folder = tmp_path_factory.mktemp("torch-segment")
+    classes, probabilities = folder / "classes.tif", folder / "probabilities.tif"
+    result, log = run_logged("segment", {"INPUT": str(shared_file(*PAN)), "HEAD": str(roads["head"]),
+                                         "EXTENT": pan_extent(), "OUTPUT": str(classes),
+                                         "OUTPUT_PROBABILITIES": str(probabilities), **SEGMENT_FAST})
+    assert "torch" in log and "ONNX Runtime" not in log
+    with rasterio.open(classes) as c, rasterio.open(probabilities) as p:
+        assert (c.width, c.height) == (WINDOW[2], WINDOW[2]) and p.count == 2
+        return {"result": result, "classes": c.read(1), "probabilities": p.read(), "profile": c.profile}
+
+
+def assert_same_segmentation(reference: dict, classes: Path, probabilities: Path | None = None) -> None:
+    """``classes`` (and ``probabilities``) equal the torch run's: same grid, class map on > 99.9 % of pixels."""
+    with rasterio.open(classes) as c:
+        got = c.read(1)
+        assert (c.width, c.height, c.crs, c.transform) == tuple(reference["profile"][k] for k in (
+            "width", "height", "crs", "transform"))
+    expected = reference["classes"]
+    assert got.shape == expected.shape and (got == expected).mean() > 0.999
+    assert set(np.unique(got)) <= {0, 1}
+    if probabilities is not None:
+        with rasterio.open(probabilities) as p:
+            assert np.nanmax(np.abs(p.read() - reference["probabilities"])) <= 1e-4
 
 
 def run_logged(alg: str, params: dict) -> tuple[dict, str]:
@@ -59,7 +121,8 @@ def run_logged(alg: str, params: dict) -> tuple[dict, str]:
 
 def test_parameters_backend_and_model_file(msfm_provider: Any) -> None:
     """Embedding algorithms: an advanced BACKEND (torch default) and a MODEL_FILE that takes .onnx files;
-    segmentation: no BACKEND, .safetensors only."""
+    segmentation: no BACKEND and .safetensors encoder weights only; *Segment with a head* takes a .safetensors head or
+    an exported .onnx segmenter (the head file's extension decides the backend)."""
     from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 
     registry = QgsApplication.processingRegistry()
@@ -79,6 +142,12 @@ def test_parameters_backend_and_model_file(msfm_provider: Any) -> None:
         alg = registry.algorithmById(alg_id)
         assert alg.parameterDefinition("BACKEND") is None, alg_id
         assert not alg.parameterDefinition("MODEL_FILE").checkValueIsAcceptable("/data/encoder.onnx")
+    segment = registry.algorithmById("msfm:segment")
+    head = segment.parameterDefinition("HEAD")
+    assert head.checkValueIsAcceptable("/data/roads.safetensors") and head.checkValueIsAcceptable("/data/roads.onnx")
+    assert not head.checkValueIsAcceptable("/data/roads.pt")
+    assert "*.safetensors *.onnx" in head.fileFilter()
+    assert ".onnx" in segment.shortHelpString() and "Without torch" in segment.shortHelpString()
 
 
 def test_cluster_with_an_onnx_model_file(msfm_provider: Any, onnx_file: Path, tmp_path: Path) -> None:
@@ -123,15 +192,11 @@ def test_onnx_model_with_another_tile_size_is_refused(msfm_provider: Any, onnx_f
     assert not out.exists()
 
 
+#: A QGIS Python run by :func:`run_without_torch` (torch and onnx hidden): Processing, the plugin loaded as
+#: qgis_process loads it, and ``report(KEY, alg, params, outputs)``, which prints ``KEY {json}`` with the chosen
+#: outputs or the error, the log, and whether torch or onnx were imported. Test bodies are appended.
 TORCH_HIDDEN = """
-import importlib.abc, json, sys
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "onnx"):
-            raise ImportError(name + " is hidden for this test")
-
-sys.meta_path.insert(0, Hide())
+import json
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
 app = QgsApplication([], False)
 app.initQgis()
@@ -151,40 +216,45 @@ class Log(QgsProcessingFeedback):
     def pushInfo(self, info):
         self.lines.append(info)
 
-def report(key, params):
+def report(key, alg, params, outputs=()):
     log = Log()
     try:
-        result = processing.run("msfm:embed", dict(params, INPUT={raster!r}, SENSOR="naip_rgbn", OVERLAP=0),
-                                feedback=log)
-        out = {{"ok": True, "embed_dim": result["EMBED_DIM"], "tiles": result["TILES"]}}
+        result = processing.run("msfm:" + alg, params, feedback=log)
+        out = {"ok": True, **{name: result[name] for name in outputs}}
     except QgsProcessingException as exc:
-        out = {{"ok": False, "error": str(exc)}}
+        out = {"ok": False, "error": str(exc)}
     out.update(log="\\n".join(log.lines), torch="torch" in sys.modules, onnx="onnx" in sys.modules)
     print(key, json.dumps(out), flush=True)
-
-report("ONNX", {{"MODEL_FILE": {onnx!r}, "BACKEND": "onnx", "OUTPUT": {out!r}}})
-report("TORCH", {{"BACKEND": "torch", "OUTPUT": {out_torch!r}}})
-report("EXPORT", {{"BACKEND": "onnx", "MODEL": "smarties-demo-tiny", "OUTPUT": {out_torch!r}}})
 """
+
+
+def run_hidden(body: str, keys: tuple[str, ...], tmp_path: Path) -> dict[str, dict]:
+    """Run ``TORCH_HIDDEN`` + ``body`` with torch and onnx hidden; the ``report`` of each key."""
+    proc = run_without_torch(TORCH_HIDDEN + body, timeout=180, QT_QPA_PLATFORM="offscreen",
+                             QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),
+                             MSFM_ONNX_CACHE=str(tmp_path / "onnx-cache"))
+    reports = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in keys)
+    assert set(reports) == set(keys), (proc.stdout[-2000:], proc.stderr[-3000:])
+    return {key: json.loads(value) for key, value in reports.items()}
 
 
 def test_embed_runs_with_onnxruntime_while_torch_is_hidden(onnx_file: Path, tmp_path: Path) -> None:
     """QGIS's Python without torch and onnx: a .onnx model embeds with ONNX Runtime and torch is never imported;
     the torch backend, and the ONNX export of a registry model, explain what to install or pick instead."""
     out, out_torch = tmp_path / "emb.tif", tmp_path / "emb-torch.tif"
-    script = TORCH_HIDDEN.format(raster=str(shared_file(*NAIP)), onnx=str(onnx_file), out=str(out),
-                                 out_torch=str(out_torch))
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),
-               PYTHONPATH=str(REPO), MSFM_ONNX_CACHE=str(tmp_path / "onnx-cache"))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env,
-                          timeout=180, cwd=tmp_path)
-    reports = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("ONNX ", "TORCH ",
-                                                                                                  "EXPORT ")))
-    assert set(reports) == {"ONNX", "TORCH", "EXPORT"}, (proc.stdout[-2000:], proc.stderr[-3000:])
-    onnx_run, torch_run, export_run = (json.loads(reports[k]) for k in ("ONNX", "TORCH", "EXPORT"))
+    common = {"INPUT": str(shared_file(*NAIP)), "SENSOR": "naip_rgbn", "OVERLAP": 0}
+    body = f"""
+common = {common!r}
+report("ONNX", "embed", dict(common, MODEL_FILE={str(onnx_file)!r}, BACKEND="onnx", OUTPUT={str(out)!r}),
+       ["EMBED_DIM", "TILES"])
+report("TORCH", "embed", dict(common, BACKEND="torch", OUTPUT={str(out_torch)!r}))
+report("EXPORT", "embed", dict(common, BACKEND="onnx", MODEL="smarties-demo-tiny", OUTPUT={str(out_torch)!r}))
+"""
+    reports = run_hidden(body, ("ONNX", "TORCH", "EXPORT"), tmp_path)
+    onnx_run, torch_run, export_run = (reports[k] for k in ("ONNX", "TORCH", "EXPORT"))
 
     assert onnx_run["ok"], onnx_run
-    assert onnx_run["embed_dim"] == D_DEMO and onnx_run["tiles"] > 0
+    assert onnx_run["EMBED_DIM"] == D_DEMO and onnx_run["TILES"] > 0
     assert "ONNX backend: ONNX Runtime" in onnx_run["log"] and "Devices: onnxruntime" in onnx_run["log"]
     with rasterio.open(out) as emb:
         assert emb.count == D_DEMO and emb.crs is not None
@@ -203,6 +273,65 @@ def test_embed_runs_with_onnxruntime_while_torch_is_hidden(onnx_file: Path, tmp_
         assert not run["torch"] and not run["onnx"]
 
 
+def test_segment_with_an_onnx_segmenter_while_torch_is_hidden(roads: dict, torch_segmentation: dict,
+                                                              tmp_path: Path) -> None:
+    """QGIS's Python without torch and onnx: ``msfm:segment`` with the exported segmenter writes the styled class map
+    (class names from the ONNX card) equal to the torch run's, and torch is never imported; a .safetensors head
+    explains how to go without torch."""
+    classes, probabilities = tmp_path / "classes.tif", tmp_path / "probabilities.tif"
+    common = {"INPUT": str(shared_file(*PAN)), "EXTENT": pan_extent(), **SEGMENT_FAST}
+    body = f"""
+common = {common!r}
+report("SEGMENT", "segment", dict(common, HEAD={str(roads["onnx"])!r}, OUTPUT={str(classes)!r},
+       OUTPUT_PROBABILITIES={str(probabilities)!r}), ["CLASS_NAMES", "CLASS_FRACTIONS", "TILES"])
+report("TORCH_HEAD", "segment", dict(common, HEAD={str(roads["head"])!r}, OUTPUT={str(tmp_path / "t.tif")!r}))
+"""
+    reports = run_hidden(body, ("SEGMENT", "TORCH_HEAD"), tmp_path)
+    onnx_run, torch_head = reports["SEGMENT"], reports["TORCH_HEAD"]
+
+    assert onnx_run["ok"], onnx_run
+    reference = torch_segmentation["result"]
+    assert onnx_run["CLASS_NAMES"] == reference["CLASS_NAMES"] == ["background", "road"]
+    assert onnx_run["TILES"] == reference["TILES"] == 4  # 400 px: 2 × 2 tiles of 224 px, overlap 32
+    assert np.allclose(onnx_run["CLASS_FRACTIONS"], reference["CLASS_FRACTIONS"], atol=1e-3)
+    assert min(reference["CLASS_FRACTIONS"]) > 0.01, reference  # both classes present: the comparison means something
+    assert "Head: exported segmenter roads.onnx (linear, 2 classes (background, road)" in onnx_run["log"]
+    assert "ONNX Runtime on cpu" in onnx_run["log"] and "Devices: onnxruntime" in onnx_run["log"]
+    assert_same_segmentation(torch_segmentation, classes, probabilities)
+    with rasterio.open(classes) as c:
+        assert json.loads(c.tags()["MSFM_CLASSES"]) == ["background", "road"]
+    assert "road" in classes.with_suffix(".qml").read_text()
+
+    assert not torch_head["ok"] and not (tmp_path / "t.tif").exists()
+    assert "msfm needs Python package(s) that QGIS's Python does not have: torch" in torch_head["error"]
+    assert "export the head with its encoder as one .onnx segmenter" in torch_head["error"]
+    for run in (onnx_run, torch_head):
+        assert not run["torch"] and not run["onnx"]
+
+
+def test_onnx_segmenter_refusals_name_the_fix(msfm_provider: Any, roads: dict, onnx_file: Path,
+                                             tmp_path: Path) -> None:
+    """Encoder weights with a segmenter, an exported encoder as the head, another tile size: each says what to do."""
+    from qgis.core import QgsProcessingException
+
+    common = {"INPUT": str(shared_file(*PAN)), "EXTENT": pan_extent(), "OUTPUT": str(tmp_path / "c.tif"),
+              **SEGMENT_FAST}
+    cases = [
+        ({"HEAD": str(roads["onnx"]), "MODEL_FILE": str(roads["head"])},
+         ["roads.onnx is an exported segmenter: it holds its encoder", "Clear 'Encoder weights' (MODEL_FILE)"]),
+        ({"HEAD": str(onnx_file)}, ["demo-tiny.onnx is an exported encoder", "not a segmenter", "--head"]),
+        ({"HEAD": str(roads["onnx"]), "TILE_SIZE": 256},
+         ["exported for 224-px tiles, but 'Tile size' is 256", "Set 'Tile size' to 224"]),
+        ({"HEAD": str(roads["head"]), "MODEL_FILE": str(onnx_file)}, ["Incorrect parameter value for MODEL_FILE"]),
+    ]
+    for params, phrases in cases:
+        with pytest.raises(QgsProcessingException) as err:
+            run_logged("segment", {**common, **params})
+        for phrase in phrases:
+            assert phrase in str(err.value), (params, str(err.value))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_requirement_kinds_of_the_onnx_backend(tmp_path: Path, monkeypatch: Any) -> None:
     """The ONNX kinds need ONNX Runtime instead of torch; a hook that refuses an import counts as 'not installed'."""
     import importlib.abc
@@ -213,7 +342,10 @@ def test_requirement_kinds_of_the_onnx_backend(tmp_path: Path, monkeypatch: Any)
     assert runtime.requirement_kind("clustering", "onnx") == "clustering_onnx"
     assert runtime.requirement_kind("clustering", "torch") == "clustering"
     assert runtime.requirement_kind("bands", "onnx") == "bands"
-    for kind in ("inference_onnx", "clustering_onnx"):
+    assert runtime.requirement_kind("segmentation", "onnx") == "segmentation_onnx"
+    assert runtime.REQUIREMENTS["segmentation_onnx"] == ("numpy", "rasterio", "onnxruntime")
+    assert {"torch", "onnx"} <= set(runtime.REQUIREMENTS["export_onnx"])
+    for kind in ("inference_onnx", "clustering_onnx", "segmentation_onnx"):
         assert "onnxruntime" in runtime.REQUIREMENTS[kind] and "torch" not in runtime.REQUIREMENTS[kind]
     assert "sklearn" in runtime.REQUIREMENTS["clustering_onnx"]
 
