@@ -4,10 +4,11 @@ from .bandmapping import BandMappingReport
 from .cluster import ClusterEmbeddings
 from .download import DownloadModel
 from .embed import ComputeEmbeddings
+from .export import ExportOnnx
 from .segment import SegmentWithHead, TrainSegmentationHead
 from .similarity import SimilarityMap
 
 ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, TrainSegmentationHead, SegmentWithHead,
-              BandMappingReport, DownloadModel)
+              BandMappingReport, DownloadModel, ExportOnnx)
 
 __all__ = ("ALGORITHMS",)

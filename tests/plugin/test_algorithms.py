@@ -94,8 +94,8 @@ def s2_water_point(tmp_path: Path) -> tuple[Path, Any, tuple[float, float]]:
 
 def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider: Any) -> None:
     ids = sorted(a.id() for a in msfm_provider.algorithms())
-    assert ids == ["msfm:bandmapping", "msfm:cluster", "msfm:downloadmodel", "msfm:embed", "msfm:segment",
-                   "msfm:similarity", "msfm:train_head"]
+    assert ids == ["msfm:bandmapping", "msfm:cluster", "msfm:downloadmodel", "msfm:embed", "msfm:export_onnx",
+                   "msfm:segment", "msfm:similarity", "msfm:train_head"]
     for alg in msfm_provider.algorithms():
         assert not alg.flags() & alg.FlagNoThreading, f"{alg.id()} must run in the background thread"
         assert not alg.icon().isNull(), alg.id()

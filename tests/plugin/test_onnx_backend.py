@@ -285,9 +285,10 @@ common = {common!r}
 report("SEGMENT", "segment", dict(common, HEAD={str(roads["onnx"])!r}, OUTPUT={str(classes)!r},
        OUTPUT_PROBABILITIES={str(probabilities)!r}), ["CLASS_NAMES", "CLASS_FRACTIONS", "TILES"])
 report("TORCH_HEAD", "segment", dict(common, HEAD={str(roads["head"])!r}, OUTPUT={str(tmp_path / "t.tif")!r}))
+report("EXPORT", "export_onnx", dict(HEAD={str(roads["head"])!r}, OUTPUT={str(tmp_path / "e.onnx")!r}))
 """
-    reports = run_hidden(body, ("SEGMENT", "TORCH_HEAD"), tmp_path)
-    onnx_run, torch_head = reports["SEGMENT"], reports["TORCH_HEAD"]
+    reports = run_hidden(body, ("SEGMENT", "TORCH_HEAD", "EXPORT"), tmp_path)
+    onnx_run, torch_head, export = reports["SEGMENT"], reports["TORCH_HEAD"], reports["EXPORT"]
 
     assert onnx_run["ok"], onnx_run
     reference = torch_segmentation["result"]
@@ -305,7 +306,9 @@ report("TORCH_HEAD", "segment", dict(common, HEAD={str(roads["head"])!r}, OUTPUT
     assert not torch_head["ok"] and not (tmp_path / "t.tif").exists()
     assert "msfm needs Python package(s) that QGIS's Python does not have: torch" in torch_head["error"]
     assert "export the head with its encoder as one .onnx segmenter" in torch_head["error"]
-    for run in (onnx_run, torch_head):
+    assert not export["ok"] and not (tmp_path / "e.onnx").exists()
+    assert "does not have: onnx, torch" in export["error"] and "runs in a QGIS with onnxruntime alone" in export["error"]
+    for run in (onnx_run, torch_head, export):
         assert not run["torch"] and not run["onnx"]
 
 
@@ -330,6 +333,47 @@ def test_onnx_segmenter_refusals_name_the_fix(msfm_provider: Any, roads: dict, o
         for phrase in phrases:
             assert phrase in str(err.value), (params, str(err.value))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_algorithm_writes_an_int8_encoder(msfm_provider: Any, tmp_path: Path) -> None:
+    """*Export model to ONNX* without a head: the encoder, int8, with a sensor preset's metadata."""
+    pytest.importorskip("onnx")
+    from engine.models.onnx_encoder import ONNX_FORMAT, read_metadata
+
+    out = tmp_path / "demo_int8.onnx"
+    result, log = run_logged("export_onnx", {"MODEL": "smarties-demo-tiny", "PRECISION": "int8",
+                                             "SENSOR": "naip_rgbn", "OUTPUT": str(out)})
+    meta = read_metadata(out)
+    assert result["OUTPUT"] == str(out) and result["FORMAT"] == meta["msfm_format"] == ONNX_FORMAT
+    assert meta["msfm_quantization"]["weights"] == "int8" and meta["msfm_tile_size_px"] == 224
+    assert meta["msfm_sensor"] == "naip_rgbn" and meta["model_type"] == "Recognition" and "class_names" not in meta
+    assert json.loads(result["CLASSES"]) == [] and result["SIZE_MB"] == pytest.approx(out.stat().st_size / 1e6)
+    assert f"{out.name}: {ONNX_FORMAT}, int8; encoder smarties-demo-tiny (D={D_DEMO}, depth 6)" in log
+    assert list(tmp_path.iterdir()) == [out]  # the float32 file it was derived from is gone
+
+
+def test_export_algorithm_writes_a_segmenter_that_segments(msfm_provider: Any, roads: dict,
+                                                           torch_segmentation: dict, tmp_path: Path) -> None:
+    """*Export model to ONNX* with the road head (float32; the encoder named in its card), then *Segment with a head*
+    with the export gives the torch run's class map."""
+    from engine.models.onnx_encoder import read_metadata
+    from engine.models.onnx_segmenter import SEGMENTER_FORMAT
+
+    out = tmp_path / "roads_export.onnx"
+    result, log = run_logged("export_onnx", {"HEAD": str(roads["head"]), "OUTPUT": str(out)})
+    meta = read_metadata(out)
+    assert result["FORMAT"] == meta["msfm_format"] == SEGMENTER_FORMAT and "msfm_quantization" not in meta
+    assert meta["class_names"] == {"0": "background", "1": "road"} and meta["msfm_encoder"] == "smarties-demo-tiny"
+    assert json.loads(result["CLASSES"]) == ["background", "road"]
+    assert "float32; encoder smarties-demo-tiny" in log and "linear head, 2 classes (background, road)" in log
+
+    classes, probabilities = tmp_path / "classes.tif", tmp_path / "probabilities.tif"
+    result, log = run_logged("segment", {"INPUT": str(shared_file(*PAN)), "HEAD": str(out), "EXTENT": pan_extent(),
+                                         "OUTPUT": str(classes), "OUTPUT_PROBABILITIES": str(probabilities),
+                                         **SEGMENT_FAST})
+    assert result["CLASS_NAMES"] == ["background", "road"]
+    assert "Head: exported segmenter roads_export.onnx (linear, 2 classes" in log and "float32" in log
+    assert_same_segmentation(torch_segmentation, classes, probabilities)
 
 
 def test_requirement_kinds_of_the_onnx_backend(tmp_path: Path, monkeypatch: Any) -> None:
