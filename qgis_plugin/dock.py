@@ -10,12 +10,15 @@ What it shows, for the layer selected in the Layers panel:
   a wavelength typed in nm, or drop), the rule and the reason — what ``engine.bands.resolve_bands`` decided. Edits
   become the ``BAND_OVERRIDES`` string; when no rule maps a band, the engine's message (naming the band and the fix)
   is shown and the bands are still listed so a range can be picked;
-- the model with its local state (bundled / cached / not downloaded) and a Download button; the device;
+- the model with its local state (bundled / cached / not downloaded) and a Download button, or a local model file
+  (``.safetensors``, or an exported ``.onnx`` encoder); the inference backend (``torch``, or ``onnx``: ONNX Runtime —
+  a ``.onnx`` model file always runs with it, without torch); the device;
 - the tile count for the chosen tiling, and an estimated time *before* running: seconds per tile measured by the last
   run on this machine for the model, device and tile size, else a rough FLOP-based guess, labelled as such.
 
 Choices persist in ``QgsSettings`` under ``msfm/dock/…`` (sensor preset and band overrides per raster file).
-torch is imported only when the dock is first shown (device detection) or a run starts, never at plugin load.
+torch is imported only when the dock is first shown (device detection with the torch backend) or a run starts, never at
+plugin load; with the onnx backend the device line is ONNX Runtime's and torch is not imported.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import os
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
@@ -39,7 +43,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsSettings,
 )
-from qgis.gui import QgsDockWidget
+from qgis.gui import QgsDockWidget, QgsFileWidget
 from qgis.PyQt.QtCore import Qt, QTimer, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -84,6 +88,9 @@ ROUGH_FLOPS = {"cpu": 100e9, "cuda": 20e12}
 DIALOGS = (("Embeddings…", "msfm:embed", "embed"), ("Cluster…", "msfm:cluster", "cluster"),
            ("Similarity…", "msfm:similarity", "similarity"), ("Band report…", "msfm:bandmapping", "bands"))
 _DOCK_HINT = "In the dock: pick the sensor preset above, or choose a range in each band's row."
+BACKEND_TIP = ("BACKEND of the embedding algorithms: torch runs the checkpoint; onnx runs an exported encoder with "
+               "ONNX Runtime (a registry model is exported once into the ONNX cache, which needs torch; a .onnx model "
+               "file needs no torch at all).")
 
 
 class MsfmDock(QgsDockWidget):
@@ -190,6 +197,19 @@ class MsfmDock(QgsDockWidget):
         layout.addLayout(_row(QLabel("Model"), (self.model_combo, 1), self.download_button))
         self.model_label = _wrapped_label(small=True)
         layout.addWidget(self.model_label)
+        self.model_file_widget = QgsFileWidget()
+        self.model_file_widget.setFilter(base.MODEL_FILTER)
+        self.model_file_widget.setDialogTitle("Local model file")
+        self.model_file_widget.lineEdit().setPlaceholderText("none: the model above")
+        self.model_file_widget.setToolTip("MODEL_FILE of the algorithms: a local .safetensors checkpoint, or an "
+                                          "exported .onnx encoder (msfm export-onnx, or Export model to ONNX), which "
+                                          "runs with ONNX Runtime without torch. Overrides Model.")
+        layout.addLayout(_row(QLabel("File"), (self.model_file_widget, 1)))
+        self.backend_combo = _combo()
+        for backend in base.BACKENDS:
+            self.backend_combo.addItem(backend, backend)
+        self.backend_combo.setToolTip(BACKEND_TIP)
+        layout.addLayout(_row(QLabel("Backend"), (self.backend_combo, 1)))
         self.device_combo = _combo()
         for device in base.DEVICES:
             self.device_combo.addItem(device, device)
@@ -264,6 +284,8 @@ class MsfmDock(QgsDockWidget):
         self.download_button.clicked.connect(self.download_model)
         for widget in (self.model_combo, self.device_combo):
             widget.currentIndexChanged.connect(self._on_setting_changed)
+        self.backend_combo.currentIndexChanged.connect(self._on_backend_changed)
+        self.model_file_widget.fileChanged.connect(self._on_model_file_changed)
         for widget in (self.tile_spin, self.overlap_spin, self.batch_spin, self.scale_spin, self.k_spin):
             widget.valueChanged.connect(self._on_setting_changed)
         for alg_id, button in self.dialog_buttons.items():
@@ -468,6 +490,35 @@ class MsfmDock(QgsDockWidget):
     def model_name(self) -> str:
         return self.model_combo.currentData() or base.DEFAULT_MODEL
 
+    def model_file(self) -> str:
+        """The local model file (``MODEL_FILE``), or "" for the registry model of the Model chooser."""
+        return self.model_file_widget.filePath().strip()
+
+    def backend(self) -> str:
+        """``"onnx"`` for a ``.onnx`` model file (always ONNX Runtime, as in the algorithms), else the chosen backend."""
+        if base.is_onnx_file(self.model_file()):
+            return "onnx"
+        return self.backend_combo.currentData() or "torch"
+
+    def _on_model_file_changed(self) -> None:
+        self._sync_backend()
+        self._on_setting_changed()
+        self.refresh_model_state()
+
+    def _on_backend_changed(self) -> None:
+        self._on_setting_changed()
+        if self.devices is not None:  # detected already: the other backend's devices now
+            self.detect_devices()
+
+    def _sync_backend(self) -> None:
+        """A ``.onnx`` model file fixes the backend to onnx (the chooser shows it, disabled)."""
+        onnx_file = base.is_onnx_file(self.model_file())
+        if onnx_file and self.backend_combo.currentData() != "onnx":
+            _select(self.backend_combo, "onnx")  # emits: settings saved, devices re-detected
+        self.backend_combo.setEnabled(not onnx_file)
+        self.backend_combo.setToolTip(("A .onnx model file always runs with ONNX Runtime. " if onnx_file else "")
+                                      + BACKEND_TIP)
+
     def refresh_model_state(self) -> None:
         """The model's local state (bundled / cached / not downloaded + size) and the Download button."""
         try:
@@ -483,6 +534,8 @@ class MsfmDock(QgsDockWidget):
             short = f"not downloaded (~{info.get('size_mb') or 0:.0f} MB from the Hugging Face Hub)"
         else:
             short = info.get("status", "")
+        if self.model_file():
+            short = f"not used: the local file {Path(self.model_file()).name} overrides it"
         self.model_label.setText(short)
         self.model_label.setToolTip(info.get("status", ""))
         self.download_button.setEnabled(not info.get("available") and bool(info.get("repo_id")) and not self._task)
@@ -495,20 +548,26 @@ class MsfmDock(QgsDockWidget):
             self._device_timer.start(0)
 
     def detect_devices(self) -> None:
-        """Ask torch which devices it sees (imports torch, ~2 s the first time: on first show, never at load)."""
+        """Ask torch which devices it sees (imports torch, ~2 s the first time: on first show, never at load), or
+        ONNX Runtime which execution providers it has (the onnx backend: torch is not imported)."""
         try:
-            self.devices = runtime.device_report()
+            self.devices = runtime.onnxruntime_report() if self.backend() == "onnx" else runtime.device_report()
         except Exception as exc:
             self.devices = f"device detection failed: {exc}"
         self.device_label.setText(self.devices)
         self.refresh_estimate()
 
     def device(self) -> str:
-        """The device the run will use: the chosen one, or for ``auto`` CUDA when torch reported one."""
+        """The device the run will use: the chosen one, or for ``auto`` CUDA when torch reported one (ONNX Runtime:
+        when it has the CUDA execution provider)."""
         chosen = self.device_combo.currentData() or "auto"
         if chosen != "auto":
             return chosen
-        return "cuda" if self.devices and self.devices.startswith("CUDA available") else "cpu"
+        if self.backend() == "onnx":
+            cuda = bool(self.devices) and "CUDAExecutionProvider" in self.devices
+        else:
+            cuda = bool(self.devices) and self.devices.startswith("CUDA available")
+        return "cuda" if cuda else "cpu"
 
     def scale(self) -> float:
         """Model pixels per layer pixel: the spin box, or the sensor preset's default when it is 0."""
@@ -594,7 +653,9 @@ class MsfmDock(QgsDockWidget):
         self.cancel_button.setEnabled(running)
 
     def _timing_key(self) -> str:
-        return f"{SETTINGS}/seconds_per_tile/{self.model_name()}/{self.device()}/{self.tile_spin.value()}"
+        model = Path(self.model_file()).name if self.model_file() else self.model_name()
+        backend = "/onnx" if self.backend() == "onnx" else ""  # torch keys as before
+        return f"{SETTINGS}/seconds_per_tile/{model}/{self.device()}/{self.tile_spin.value()}{backend}"
 
     def record_timing(self, seconds: float, tiles: int) -> None:
         """Remember the seconds per tile of a completed run for this model, device and tile size."""
@@ -608,12 +669,15 @@ class MsfmDock(QgsDockWidget):
         """The algorithm's parameters from the dock's values (only the ones ``alg_id`` declares)."""
         values: dict[str, Any] = {
             "INPUT": self.layer, "SENSOR": self.sensor(), "BAND_OVERRIDES": self.overrides_text(),
-            "MODEL": self.model_name(), "DEVICE": self.device_combo.currentData() or "auto",
+            "MODEL": self.model_name(), "BACKEND": self.backend(),
+            "DEVICE": self.device_combo.currentData() or "auto",
             "TILE_SIZE": self.tile_spin.value(), "OVERLAP": self.overlap_spin.value(),
             "BATCH_SIZE": self.batch_spin.value(), "K": self.k_spin.value(),
         }
         if self.scale_spin.value() > 0:
             values["SCALE"] = self.scale()
+        if self.model_file():
+            values["MODEL_FILE"] = self.model_file()
         alg = QgsApplication.processingRegistry().algorithmById(alg_id)
         names = {p.name() for p in alg.parameterDefinitions()} if alg is not None else set(values)
         return {name: value for name, value in values.items() if name in names}
@@ -727,6 +791,9 @@ class MsfmDock(QgsDockWidget):
         s = QgsSettings()
         _select(self.model_combo, s.value(f"{SETTINGS}/model", base.DEFAULT_MODEL))
         _select(self.device_combo, s.value(f"{SETTINGS}/device", "auto"))
+        _select(self.backend_combo, s.value(f"{SETTINGS}/backend", "torch"))
+        self.model_file_widget.setFilePath(s.value(f"{SETTINGS}/model_file", "") or "")
+        self._sync_backend()
         for key, spin, default, kind in (("tile_size", self.tile_spin, 224, int),
                                          ("overlap", self.overlap_spin, 112, int),
                                          ("batch_size", self.batch_spin, 8, int),
@@ -737,6 +804,8 @@ class MsfmDock(QgsDockWidget):
         s = QgsSettings()
         s.setValue(f"{SETTINGS}/model", self.model_name())
         s.setValue(f"{SETTINGS}/device", self.device_combo.currentData())
+        s.setValue(f"{SETTINGS}/backend", self.backend_combo.currentData())
+        s.setValue(f"{SETTINGS}/model_file", self.model_file())
         for key, spin in (("tile_size", self.tile_spin), ("overlap", self.overlap_spin),
                           ("batch_size", self.batch_spin), ("scale", self.scale_spin), ("k", self.k_spin)):
             s.setValue(f"{SETTINGS}/{key}", spin.value())

@@ -237,6 +237,50 @@ def test_dialog_buttons_prefill_the_processing_dialog(make_dock: Any, monkeypatc
     assert "measured" in dock.estimate_label.text() and "0.5 s/tile" in dock.estimate_label.text()
 
 
+def test_backend_and_model_file_reach_the_algorithm_parameters(make_dock: Any, monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """The backend chooser becomes BACKEND of the embedding algorithms (dialogs and the background clustering); a
+    .onnx model file becomes MODEL_FILE and fixes the backend to onnx; both are remembered."""
+    import processing
+
+    calls: list = []
+    monkeypatch.setattr(processing, "execAlgorithmDialog", lambda alg_id, params: calls.append((alg_id, params)) or {})
+    dock = make_dock()
+    dock.set_layer(raster(*S2))
+    assert dock.backend() == "torch" and dock.parameters("msfm:embed")["BACKEND"] == "torch"
+    dock.backend_combo.setCurrentIndex(dock.backend_combo.findData("onnx"))
+    for button in dock.dialog_buttons.values():
+        button.click()
+    embed, cluster, similarity, report = (c[1] for c in calls)
+    assert embed["BACKEND"] == cluster["BACKEND"] == similarity["BACKEND"] == "onnx"
+    assert "BACKEND" not in report and "MODEL_FILE" not in embed and embed["MODEL"] == "smarties-demo-tiny"
+    tasks: list = []
+    monkeypatch.setattr(dock, "start_task", lambda alg_id, params, on_done: tasks.append((alg_id, params)) or True)
+    assert dock.run_clustering()
+    assert tasks[0][0] == "msfm:cluster" and tasks[0][1]["BACKEND"] == "onnx"
+    dock.detect_devices()  # the onnx backend reports ONNX Runtime's providers (torch not asked)
+    assert "onnxruntime" in dock.device_label.text() and "CPUExecutionProvider" in dock.device_label.text()
+
+    dock.backend_combo.setCurrentIndex(dock.backend_combo.findData("torch"))
+    encoder = tmp_path / "encoder.onnx"
+    dock.model_file_widget.setFilePath(str(encoder))
+    assert dock.backend_combo.currentData() == "onnx" and not dock.backend_combo.isEnabled()
+    params = dock.parameters("msfm:cluster")
+    assert params["MODEL_FILE"] == str(encoder) and params["BACKEND"] == "onnx"
+    assert "encoder.onnx overrides it" in dock.model_label.text()
+    assert dock._timing_key().endswith("/encoder.onnx/cpu/224/onnx")
+    dock.close_dock()
+
+    second = make_dock()
+    assert second.model_file() == str(encoder) and second.backend() == "onnx"
+    assert not second.backend_combo.isEnabled()
+    second.model_file_widget.setFilePath("")
+    assert second.backend_combo.isEnabled() and second.backend() == "onnx"  # the chooser keeps onnx
+    assert "MODEL_FILE" not in second.parameters("msfm:embed")
+    second.backend_combo.setCurrentIndex(second.backend_combo.findData("torch"))
+    assert second.parameters("msfm:similarity")["BACKEND"] == "torch"
+
+
 def test_run_clustering_in_the_background_adds_a_styled_class_map(make_dock: Any, qgis_new_project: Any) -> None:
     from qgis.core import QgsPalettedRasterRenderer, QgsProject
 
