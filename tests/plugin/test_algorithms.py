@@ -315,7 +315,7 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     out = proc.stdout
-    assert "ALGS 7" in out, proc.stderr[-2000:]
+    assert "ALGS 8" in out, proc.stderr[-2000:]
     assert "BANDS sentinel2_l1c" in out
     assert "ERROR msfm needs Python package(s) that QGIS's Python does not have: torch" in out
     assert "pip install" in out and "never installs packages" in out
