@@ -4,8 +4,9 @@ Run: ``.venv/bin/python bench/onnx_speed.py [--threads 2]``. Prints tables and o
 are comparable; compare runs only as ratios.
 
 1. Encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights) in torch eager, ONNX
-   Runtime fp32 and ONNX Runtime int8 (dynamic quantization, :func:`engine.onnx_export.quantize`), with the
-   ratio to torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP, spec smarties.md §7).
+   Runtime fp32 and ONNX Runtime int8 (:func:`engine.onnx_export.quantize`: dynamic quantization, with and without
+   the transformer fusions), with the ratio to torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP,
+   spec smarties.md §7).
 2. Agreement on a real scene (the demo's Sentinel-2 scene, 13 bands, the bundled ``smarties-demo-tiny`` weights):
    ``embed`` with each backend; per-cell cosine of int8 (and fp32) embeddings against torch's, and k-means (k = 8,
    same seed, :func:`engine.cluster.cluster_raster` on the embeddings, patch resolution) adjusted Rand index against
@@ -91,8 +92,10 @@ def main() -> None:
         folder = Path(tmp)
         fp32 = export_encoder(vit_b(), folder / "vit_b.onnx")
         int8 = quantize(fp32, folder / "vit_b_int8.onnx")
+        unfused = quantize(fp32, folder / "vit_b_int8_unfused.onnx", fuse=False)
         speed = {"torch eager fp32": encoder_tiles_per_s(args.threads), "onnx fp32": ort_tiles_per_s(fp32, args.threads),
-                 "onnx int8 (dynamic)": ort_tiles_per_s(int8, args.threads)}
+                 "onnx int8 (dynamic, unfused)": ort_tiles_per_s(unfused, args.threads),
+                 "onnx int8 (fused + dynamic)": ort_tiles_per_s(int8, args.threads)}
         results.update({f"{k} tiles/s": v for k, v in speed.items()})
         results.update(agreement(args.threads, folder))
     base = speed["torch eager fp32"]

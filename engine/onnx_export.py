@@ -26,8 +26,10 @@ into the metadata (``msfm_head_card``) with Deepness's ``model_type`` = ``Segmen
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -46,6 +48,66 @@ __all__ = ("EncoderGraph", "SegmenterGraph", "export_encoder", "export_segmenter
 OPSET = 17
 
 
+class ExportAttention(nn.Module):
+    """The encoder's attention written out for export: separate q/k/v projections (slices of the fused ``qkv``
+    weights), ``softmax(q·kᵀ / √d_h)·v`` as plain MatMul/Div/Softmax — the BERT/ViT pattern ONNX Runtime's transformer
+    optimizer fuses into its ``Attention`` operator (:func:`quantize`). Same function as
+    :class:`engine.models.smarties.Attention` (which calls ``scaled_dot_product_attention``), to float rounding.
+    """
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        d = attn.qkv.in_features
+        self.num_heads, self.head_dim, self.dim = attn.num_heads, d // attn.num_heads, d
+        self.q, self.k, self.v = (nn.Linear(d, d) for _ in range(3))
+        with torch.no_grad():
+            for i, linear in enumerate((self.q, self.k, self.v)):
+                linear.weight.copy_(attn.qkv.weight[i * d : (i + 1) * d])
+                linear.bias.copy_(attn.qkv.bias[i * d : (i + 1) * d])
+        self.proj = attn.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = x.size()[:-1] + (self.num_heads, self.head_dim)
+        q = self.q(x).view(heads).permute(0, 2, 1, 3)
+        k = self.k(x).view(heads).permute(0, 2, 3, 1)
+        v = self.v(x).view(heads).permute(0, 2, 1, 3)
+        probs = torch.softmax(torch.matmul(q, k) / math.sqrt(self.head_dim), dim=-1)
+        out = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
+        return self.proj(out.view(out.size()[:-2] + (self.dim,)))
+
+
+class ExportPatchEmbed(nn.Module):
+    """The spectral projection of :meth:`SmartiesEncoder.embed_mix` written as matrix products for export:
+    ``image [B, C, H, W]`` and ``band_mix [C, 17]`` → patch tokens ``[B, h·w, D]``.
+
+    The bands are mixed into the 17 base-projection channels (``[B, H, W, C] @ [C, 17]``), cut into p × p patches and
+    projected by one ``[p²·17, D]`` MatMul with the stacked base weights — the convolution of ``embed_mix`` as a
+    MatMul, so that int8 quantization (:func:`quantize`) covers it too. Fixed tile size (``cells`` patches a side).
+    """
+
+    def __init__(self, encoder: nn.Module, cells: int) -> None:
+        super().__init__()
+        weight, bias = encoder.spectrum_projection.stacked()  # [17, D, p²], [17, D]
+        self.patch_size, self.cells, self.embed_dim = encoder.patch_size, cells, encoder.embed_dim
+        self.weight = nn.Parameter(weight.detach().permute(2, 0, 1).reshape(-1, encoder.embed_dim).clone())
+        self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, image: torch.Tensor, band_mix: torch.Tensor) -> torch.Tensor:
+        n, p = self.cells, self.patch_size
+        mixed = torch.matmul(image.permute(0, 2, 3, 1), band_mix)  # [B, H, W, 17]
+        patches = mixed.reshape(-1, n, p, n, p, NUM_BASE_PROJECTIONS).permute(0, 1, 3, 2, 4, 5)
+        tokens = torch.matmul(patches.reshape(-1, n * n, p * p * NUM_BASE_PROJECTIONS), self.weight)
+        return tokens + torch.matmul(band_mix.sum(0), self.bias)
+
+
+def _export_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of the encoder with :class:`ExportAttention` in every block."""
+    copied = copy.deepcopy(model).float().cpu().eval()
+    for block in copied.blocks:
+        block.attn = ExportAttention(block.attn)
+    return copied
+
+
 class EncoderGraph(nn.Module):
     """``(image [B, C, H, W], band_mix [C, 17])`` → ``(cls [B, D], grid [B, D, h, w])`` for a fixed tile size."""
 
@@ -53,10 +115,11 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.cells = tile_size_px // encoder.patch_size
+        self.embed = ExportPatchEmbed(encoder, self.cells)
 
     def forward(self, image: torch.Tensor, band_mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc, n = self.encoder, self.cells
-        out = enc.forward_tokens(enc.embed_mix(image, band_mix), n, n)
+        out = enc.forward_tokens(self.embed(image, band_mix), n, n)
         grid = out[:, 1:].transpose(1, 2).reshape(-1, enc.embed_dim, n, n)
         return enc.norm(out[:, 0]), grid
 
@@ -71,11 +134,11 @@ class SegmenterGraph(nn.Module):
         self.register_buffer("mix", torch.from_numpy(band_mix(projections)))
         self.tile_size_px = tile_size_px
         self.cells = tile_size_px // encoder.patch_size
+        self.embed = ExportPatchEmbed(encoder, self.cells)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # static token-grid sizes (not read from the image's traced shape), so the head's pooling exports
-        grids = self.encoder.token_grids(self.encoder.embed_mix(image, self.mix), self.cells, self.cells,
-                                         self.head.blocks)
+        grids = self.encoder.token_grids(self.embed(image, self.mix), self.cells, self.cells, self.head.blocks)
         return torch.softmax(self.head.pixel_logits(grids, (self.tile_size_px, self.tile_size_px)), dim=1)
 
 
@@ -97,6 +160,7 @@ def _model_metadata(model: Any, tile_size_px: int) -> dict[str, Any]:
         "msfm_source_sha256": file_sha256(weights) if weights and Path(weights).is_file() else "unknown",
         "msfm_embed_dim": model.embed_dim,
         "msfm_depth": len(model.blocks),
+        "msfm_num_heads": model.blocks[0].attn.num_heads,
         "msfm_patch_size": model.patch_size,
         "msfm_tile_size_px": tile_size_px,
         "msfm_averaging": model.averaging,
@@ -210,7 +274,7 @@ def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 22
         onnx.checker.ValidationError: The exported graph is invalid.
     """
     _check_tile(model, tile_size_px)
-    graph = EncoderGraph(model.float().cpu().eval(), tile_size_px).eval()
+    graph = EncoderGraph(_export_copy(model), tile_size_px).eval()
     inputs = (torch.zeros(2, 3, tile_size_px, tile_size_px), torch.zeros(3, NUM_BASE_PROJECTIONS))
     return _export(graph, inputs, Path(path), _encoder_metadata(model, tile_size_px, sensor), opset,
                    ["image", "band_mix"], ["cls", "grid"],
@@ -250,41 +314,60 @@ def export_segmenter(head: Any, model: Any, path: Union[str, Path], *, tile_size
     _check_tile(model, tile_size_px)
     check_encoder(head, model)
     projections = card_projections(card, model.averaging)
-    graph = SegmenterGraph(model.float().cpu().eval(), head.float().cpu().eval(), projections, tile_size_px).eval()
+    graph = SegmenterGraph(_export_copy(model), copy.deepcopy(head).float().cpu().eval(), projections, tile_size_px)
     inputs = (torch.zeros(2, len(projections), tile_size_px, tile_size_px),)
     return _export(graph, inputs, Path(path), _segmenter_metadata(model, card, tile_size_px), opset, ["image"],
                    ["probabilities"], {"image": {0: "batch"}, "probabilities": {0: "batch"}})
 
 
-def quantize(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True) -> Path:
-    """Write an int8 copy of an export (encoder or segmenter): ONNX Runtime dynamic quantization (weights of
-    MatMul/Gemm int8, per output channel; activations quantized on the fly per batch; LayerNorm, softmax, GELU, the
-    patch-embedding convolution and the heads' convolutions stay float32). For the CPU; ``path`` may be ``source``.
+def quantize(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True, fuse: bool = True) -> Path:
+    """Write an int8 copy of an export (encoder or segmenter) for the CPU; ``path`` may be ``source``.
 
-    The metadata are kept and ``msfm_quantization`` is added. Accuracy against the float32 graph is measured by
-    ``bench/onnx_speed.py`` (cosine of embeddings and k-means agreement on a real scene).
+    1. ``fuse``: ONNX Runtime's transformer optimizer (``onnxruntime.transformers.optimizer``, BERT/ViT fusions) turns
+       each block's attention into one ``Attention`` operator, bias + GELU into ``BiasGelu`` and residual + LayerNorm
+       into ``SkipLayerNormalization`` (ONNX Runtime contrib operators: the copy runs in ONNX Runtime only).
+    2. Dynamic quantization (``quantize_dynamic``): weights of MatMul/Gemm/Attention int8, per output channel;
+       activations quantized on the fly per batch (so no calibration set); softmax, LayerNorm, GELU, the
+       patch-embedding and the heads' convolutions stay float32.
+
+    The metadata are kept and ``msfm_quantization`` records the method and the fused operators. Accuracy and speed
+    against float32 are measured by ``bench/onnx_speed.py``.
 
     Args:
         source: A float32 export (:func:`export_encoder`, :func:`export_segmenter`).
         path: Destination ``.onnx`` (temporary name, renamed when complete).
         per_channel: Per-output-channel weight scales (more accurate; default) instead of one per tensor.
+        fuse: Fuse attention, GELU and LayerNorm before quantizing (faster; default).
 
     Returns:
         ``path``.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    meta = read_metadata(source)
+
     def convert(tmp: Path) -> dict[str, Any]:
+        fused_path, fused = tmp.with_name(tmp.stem + ".fused.onnx"), {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)  # onnxruntime logs a pre-processing hint on the root logger
+            logging.disable(logging.WARNING)  # both tools log hints (pre-processing, producer name) on the root logger
             try:
-                quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
+                if fuse:
+                    from onnxruntime.transformers.optimizer import optimize_model
+
+                    optimized = optimize_model(str(source), model_type="vit", num_heads=int(meta["msfm_num_heads"]),
+                                               hidden_size=int(meta["msfm_embed_dim"]))
+                    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+                    optimized.save_model_to_file(str(fused_path))
+                quantize_dynamic(str(fused_path if fuse else source), str(tmp), weight_type=QuantType.QInt8,
+                                 per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             finally:
                 logging.disable(logging.NOTSET)
+                fused_path.unlink(missing_ok=True)
         return {"method": "onnxruntime dynamic", "weights": "int8", "per_channel": per_channel,
-                "ops": ["MatMul", "Gemm"]}
+                "ops": ["MatMul", "Gemm", "Attention"], "fused": fused}
 
     return _derive(source, path, convert)
 
