@@ -50,9 +50,9 @@ OPSET = 17
 
 class ExportAttention(nn.Module):
     """The encoder's attention written out for export: separate q/k/v projections (slices of the fused ``qkv``
-    weights), ``softmax(q·kᵀ / √d_h)·v`` as plain MatMul/Div/Softmax — the BERT/ViT pattern ONNX Runtime's transformer
-    optimizer fuses into its ``Attention`` operator (:func:`quantize`). Same function as
-    :class:`engine.models.smarties.Attention` (which calls ``scaled_dot_product_attention``), to float rounding.
+    weights) and ``softmax(q·kᵀ / √d_h)·v`` as plain MatMul/Div/Softmax. Same function as
+    :class:`engine.models.smarties.Attention` (which calls ``scaled_dot_product_attention``), to float rounding; its
+    int8 copy runs 11 % faster than that of the exported ``scaled_dot_product_attention`` (docs/onnx.md).
     """
 
     def __init__(self, attn: nn.Module) -> None:
@@ -97,7 +97,7 @@ class ExportPatchEmbed(nn.Module):
         mixed = torch.matmul(image.permute(0, 2, 3, 1), band_mix)  # [B, H, W, 17]
         patches = mixed.reshape(-1, n, p, n, p, NUM_BASE_PROJECTIONS).permute(0, 1, 3, 2, 4, 5)
         tokens = torch.matmul(patches.reshape(-1, n * n, p * p * NUM_BASE_PROJECTIONS), self.weight)
-        return tokens + torch.matmul(band_mix.sum(0), self.bias)
+        return tokens + (band_mix.sum(0)[:, None] * self.bias).sum(0)  # not a MatMul: the bias stays float32
 
 
 def _export_copy(model: nn.Module) -> nn.Module:
@@ -320,54 +320,40 @@ def export_segmenter(head: Any, model: Any, path: Union[str, Path], *, tile_size
                    ["probabilities"], {"image": {0: "batch"}, "probabilities": {0: "batch"}})
 
 
-def quantize(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True, fuse: bool = True) -> Path:
+def quantize(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True) -> Path:
     """Write an int8 copy of an export (encoder or segmenter) for the CPU; ``path`` may be ``source``.
 
-    1. ``fuse``: ONNX Runtime's transformer optimizer (``onnxruntime.transformers.optimizer``, BERT/ViT fusions) turns
-       each block's attention into one ``Attention`` operator, bias + GELU into ``BiasGelu`` and residual + LayerNorm
-       into ``SkipLayerNormalization`` (ONNX Runtime contrib operators: the copy runs in ONNX Runtime only).
-    2. Dynamic quantization (``quantize_dynamic``): weights of MatMul/Gemm/Attention int8, per output channel;
-       activations quantized on the fly per batch (so no calibration set); softmax, LayerNorm, GELU, the
-       patch-embedding and the heads' convolutions stay float32.
+    ONNX Runtime dynamic quantization: the weights of every MatMul/Gemm with a constant weight — the patch embedding
+    (:class:`ExportPatchEmbed`), q/k/v, the attention output and both MLP layers — become int8 per output channel;
+    activations are quantized on the fly per batch, so no calibration set is needed. Attention's activation ×
+    activation products, softmax, LayerNorm, GELU and the heads' convolutions stay float32. The metadata are kept and
+    ``msfm_quantization`` is added. Speed and agreement against float32: ``bench/onnx_speed.py``.
 
-    The metadata are kept and ``msfm_quantization`` records the method and the fused operators. Accuracy and speed
-    against float32 are measured by ``bench/onnx_speed.py``.
+    Measured alternatives, slower on an AVX-512 VNNI CPU (docs/onnx.md): ONNX Runtime's transformer fusions
+    (``Attention``/``QAttention``, ``SkipLayerNormalization``, ``BiasGelu``) before quantizing, and static
+    quantization (QDQ or QOperator, every MatMul, calibrated activation ranges).
 
     Args:
         source: A float32 export (:func:`export_encoder`, :func:`export_segmenter`).
         path: Destination ``.onnx`` (temporary name, renamed when complete).
         per_channel: Per-output-channel weight scales (more accurate; default) instead of one per tensor.
-        fuse: Fuse attention, GELU and LayerNorm before quantizing (faster; default).
 
     Returns:
         ``path``.
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    meta = read_metadata(source)
-
     def convert(tmp: Path) -> dict[str, Any]:
-        fused_path, fused = tmp.with_name(tmp.stem + ".fused.onnx"), {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)  # both tools log hints (pre-processing, producer name) on the root logger
+            logging.disable(logging.WARNING)  # onnxruntime logs a pre-processing hint on the root logger
             try:
-                if fuse:
-                    from onnxruntime.transformers.optimizer import optimize_model
-
-                    optimized = optimize_model(str(source), model_type="vit", num_heads=int(meta["msfm_num_heads"]),
-                                               hidden_size=int(meta["msfm_embed_dim"]))
-                    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
-                    optimized.save_model_to_file(str(fused_path))
-                quantize_dynamic(str(fused_path if fuse else source), str(tmp), weight_type=QuantType.QInt8,
-                                 per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
             finally:
                 logging.disable(logging.NOTSET)
-                fused_path.unlink(missing_ok=True)
         return {"method": "onnxruntime dynamic", "weights": "int8", "per_channel": per_channel,
-                "ops": ["MatMul", "Gemm", "Attention"], "fused": fused}
+                "ops": ["MatMul", "Gemm"]}
 
     return _derive(source, path, convert)
 
