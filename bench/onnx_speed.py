@@ -1,12 +1,13 @@
 """ONNX Runtime benchmark: torch eager vs ONNX fp32 vs ONNX int8, speed and embedding agreement, in one run.
 
-Run: ``.venv/bin/python bench/onnx_speed.py [--threads 2]``. Prints tables and one JSON line. All figures of one run
+Run: ``.venv/bin/python bench/onnx_speed.py [--threads 2] [--alternatives]``. Prints tables and one JSON line. All figures of one run
 are comparable; compare runs only as ratios.
 
 1. Encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights) in torch eager, ONNX
-   Runtime fp32 and ONNX Runtime int8 (:func:`engine.onnx_export.quantize`: dynamic quantization, with and without
-   the transformer fusions), with the ratio to torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP,
-   spec smarties.md §7).
+   Runtime fp32 and ONNX Runtime int8 (:func:`engine.onnx_export.quantize`, dynamic quantization), with the ratio to
+   torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP, spec smarties.md §7); ``--alternatives`` adds
+   two int8 variants we measured and did not ship: ONNX Runtime's transformer fusions before dynamic quantization,
+   and static QDQ quantization calibrated on the demo scene.
 2. Agreement on a real scene (the demo's Sentinel-2 scene, 13 bands, the bundled ``smarties-demo-tiny`` weights):
    ``embed`` with each backend; per-cell cosine of int8 (and fp32) embeddings against torch's, and k-means (k = 8,
    same seed, :func:`engine.cluster.cluster_raster` on the embeddings, patch resolution) adjusted Rand index against
@@ -80,9 +81,66 @@ def agreement(threads: int, folder: Path) -> dict:
     return out
 
 
+def fused_int8(fp32: Path, out: Path) -> Path:
+    """Alternative int8: ONNX Runtime's transformer optimizer (Attention, SkipLayerNormalization, BiasGelu) first."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from engine.models.onnx_encoder import read_metadata
+    from engine.onnx_export import _set_metadata
+
+    meta = read_metadata(fp32)
+    fused = optimize_model(str(fp32), model_type="vit", num_heads=meta["msfm_num_heads"],
+                           hidden_size=meta["msfm_embed_dim"])
+    fused.save_model_to_file(str(out))
+    quantize_dynamic(str(out), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    proto = onnx.load(str(out))
+    _set_metadata(proto, meta)
+    onnx.save(proto, str(out))
+    return out
+
+
+def static_int8(fp32: Path, out: Path, batches: int = 4) -> Path:
+    """Alternative int8: static QDQ quantization of every MatMul, activation ranges calibrated on demo-scene tiles."""
+    import onnx
+    import rasterio
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from engine.inference import InferenceSettings, open_reader
+    from engine.models import load_model
+    from engine.models.onnx_encoder import read_metadata
+    from engine.onnx_export import _set_metadata
+    from engine.spectrum import band_mix
+
+    with rasterio.open(SCENE) as ds:
+        reader, mapping = open_reader(ds, load_model("smarties-demo-tiny"), InferenceSettings())
+        tiles = [reader.read(r, c, 224)[0][:12] for r in (0, 448, 896) for c in (0, 448, 896)]
+        reader.close()
+    mix = band_mix(list(mapping.projections)[:12])
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = [np.stack(tiles[i::batches]) for i in range(batches)]
+
+        def get_next(self) -> dict | None:
+            return {"image": self.left.pop(), "band_mix": mix} if self.left else None
+
+    quantize_static(str(fp32), str(out), Tiles(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    proto = onnx.load(str(out))
+    _set_metadata(proto, read_metadata(fp32))
+    onnx.save(proto, str(out))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alternatives", action="store_true",
+                        help="also time int8 with ONNX Runtime's transformer fusions and static QDQ quantization")
     args = parser.parse_args()
     from engine.onnx_export import export_encoder, quantize
 
@@ -92,10 +150,12 @@ def main() -> None:
         folder = Path(tmp)
         fp32 = export_encoder(vit_b(), folder / "vit_b.onnx")
         int8 = quantize(fp32, folder / "vit_b_int8.onnx")
-        unfused = quantize(fp32, folder / "vit_b_int8_unfused.onnx", fuse=False)
         speed = {"torch eager fp32": encoder_tiles_per_s(args.threads), "onnx fp32": ort_tiles_per_s(fp32, args.threads),
-                 "onnx int8 (dynamic, unfused)": ort_tiles_per_s(unfused, args.threads),
-                 "onnx int8 (fused + dynamic)": ort_tiles_per_s(int8, args.threads)}
+                 "onnx int8 (dynamic, msfm export-onnx --int8)": ort_tiles_per_s(int8, args.threads)}
+        if args.alternatives:
+            for name, make in (("fused + dynamic", fused_int8), ("static QDQ", static_int8)):
+                speed[f"onnx int8 ({name})"] = ort_tiles_per_s(make(fp32, folder / f"vit_b_{name[:5]}.onnx"),
+                                                               args.threads)
         results.update({f"{k} tiles/s": v for k, v in speed.items()})
         results.update(agreement(args.threads, folder))
     base = speed["torch eager fp32"]
