@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -328,30 +327,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .models.onnx_encoder import read_metadata
-    from .onnx_export import export_encoder, export_segmenter, quantize, to_float16
+    from .onnx_export import export
 
     if args.int8 and args.fp16:
         raise SystemExit("choose --int8 (CPU) or --fp16 (CUDA), not both")
-    target = Path(args.output)
-    convert = quantize if args.int8 else to_float16 if args.fp16 else None
-    # a float32 export first; the int8/float16 copy replaces nothing until it is complete
-    raw = target.with_name(f".{target.stem}.float32-{os.getpid()}.onnx") if convert else target
-    try:
-        if args.head:
-            from .heads import load_head
-            from .models import load_model
-            from .segmentation import encoder_source
+    head = None
+    if args.head:
+        from .heads import load_head
+        from .models import load_model
+        from .segmentation import encoder_source
 
-            head = load_head(args.head)
-            model = load_model(args.model or encoder_source(head, args.head), num_heads=args.num_heads)
-            export_segmenter(head, model, raw, tile_size_px=args.tile_size_px)
-        else:
-            args.model = args.model or DEMO_MODEL
-            export_encoder(_load(args), raw, tile_size_px=args.tile_size_px or 224, sensor=args.sensor)
-        path = convert(raw, target) if convert else target
-    finally:
-        if convert:
-            raw.unlink(missing_ok=True)
+        head = load_head(args.head)
+        model = load_model(args.model or encoder_source(head, args.head), num_heads=args.num_heads)
+    else:
+        args.model = args.model or DEMO_MODEL
+        model = _load(args)
+    path = export(model, args.output, head=head, precision="int8" if args.int8 else "float16" if args.fp16 else
+                  "float32", tile_size_px=args.tile_size_px, sensor=args.sensor)
     meta = read_metadata(path)
     tile = meta["msfm_tile_size_px"]
     what = (f"{meta['msfm_head_card']['head_type']} head, classes {list(meta['class_names'].values())}; input image "

@@ -42,8 +42,11 @@ from .models.onnx_encoder import ONNX_FORMAT, read_metadata
 from .models.onnx_segmenter import SEGMENTER_FORMAT
 from .spectrum import NUM_BASE_PROJECTIONS, band_mix, spectral_ranges
 
-__all__ = ("EncoderGraph", "SegmenterGraph", "export_encoder", "export_segmenter", "quantize", "read_metadata",
-           "to_float16")
+__all__ = ("PRECISIONS", "EncoderGraph", "SegmenterGraph", "export", "export_encoder", "export_segmenter", "quantize",
+           "read_metadata", "to_float16")
+
+#: Precisions of :func:`export`: float32 as exported, int8 (:func:`quantize`, CPU), float16 (:func:`to_float16`, CUDA).
+PRECISIONS = ("float32", "int8", "float16")
 
 OPSET = 17
 
@@ -318,6 +321,40 @@ def export_segmenter(head: Any, model: Any, path: Union[str, Path], *, tile_size
     inputs = (torch.zeros(2, len(projections), tile_size_px, tile_size_px),)
     return _export(graph, inputs, Path(path), _segmenter_metadata(model, card, tile_size_px), opset, ["image"],
                    ["probabilities"], {"image": {0: "batch"}, "probabilities": {0: "batch"}})
+
+
+def export(model: Any, path: Union[str, Path], *, head: Any = None, precision: str = "float32",
+           tile_size_px: Optional[int] = None, sensor: Optional[str] = None) -> Path:
+    """Export an encoder (:func:`export_encoder`) or, with ``head``, an encoder and its head (:func:`export_segmenter`)
+    at a precision of :data:`PRECISIONS`. An int8/float16 copy is derived from a float32 export in a temporary file
+    beside ``path``, removed afterwards; nothing is left at ``path`` unless the whole export succeeds.
+
+    Args:
+        model: The SMARTIES encoder (for a head: the one it was trained on, :func:`engine.segmentation.encoder_source`).
+        path: Destination ``.onnx``.
+        head: A :class:`engine.heads.SegmentationHead`, or None for the encoder alone.
+        precision: ``"float32"``, ``"int8"`` or ``"float16"``.
+        tile_size_px: Tile side fixed in the graph (default 224, or the head's training chip size).
+        sensor: Sensor preset recorded in an encoder's metadata (ignored with a head: its card has the bands).
+
+    Raises:
+        ValueError: Unknown precision, or as the export functions.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    path = Path(path)
+    raw = path if precision == "float32" else path.with_name(f".{path.stem}.float32-{os.getpid()}.onnx")
+    try:
+        if head is not None:
+            export_segmenter(head, model, raw, tile_size_px=tile_size_px)
+        else:
+            export_encoder(model, raw, tile_size_px=tile_size_px or 224, sensor=sensor)
+        if precision != "float32":
+            (quantize if precision == "int8" else to_float16)(raw, path)
+    finally:
+        if raw != path:
+            raw.unlink(missing_ok=True)
+    return path
 
 
 def quantize(source: Union[str, Path], path: Union[str, Path], *, per_channel: bool = True) -> Path:

@@ -9,7 +9,6 @@ for the int8 and float16 copies). Parameter names (public contract): ``MODEL``, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from qgis.core import (
@@ -26,7 +25,8 @@ from qgis.core import (
 from .. import runtime
 from .base import AUTO_SENSOR, DEFAULT_MODEL, MsfmAlgorithm, load_model, model_names, sensor_ids
 
-#: ``PRECISION`` values: float32 as exported; int8 (ONNX Runtime dynamic quantization, for the CPU); float16 (CUDA).
+#: ``PRECISION`` values (``engine.onnx_export.PRECISIONS``): float32 as exported; int8 (ONNX Runtime dynamic
+#: quantization, for the CPU); float16 (CUDA). Kept here too: the dialog is built before the engine is imported.
 PRECISIONS = ("float32", "int8", "float16")
 NO_SENSOR = "none"
 
@@ -114,33 +114,23 @@ class ExportOnnx(MsfmAlgorithm):
         model_file = self.parameterAsFile(parameters, "MODEL_FILE", context)
         sensor = self.parameterAsEnumString(parameters, "SENSOR", context)
         sensor = None if sensor in ("", NO_SENSOR, AUTO_SENSOR) else sensor
-        # float32 goes straight to OUTPUT; int8/float16 are derived from a float32 file beside it, removed after
-        target = output if precision == "float32" else output.with_name(f".{output.stem}.float32-{os.getpid()}.onnx")
-        try:
-            if head_path:
-                if not Path(head_path).is_file():
-                    raise QgsProcessingException(f"The segmentation head file {head_path!r} does not exist.")
-                if sensor:
-                    feedback.pushWarning(f"Sensor preset {sensor} ignored: a segmenter records the head's bands and "
-                                         "statistics from its card.")
-                head = runtime.engine_module("heads").load_head(head_path)
-                name = model_file or runtime.engine_module("segmentation").encoder_source(head, head_path)
-                model = load_model(name)
-                feedback.pushInfo(f"Exporting the {head.card.head_type} head {Path(head_path).name} "
-                                  f"({head.card.num_classes} classes) with its encoder {name}")
-                onnx_export.export_segmenter(head, model, target, tile_size_px=tile)
-            else:
-                name = model_file or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
-                model = load_model(name)
-                feedback.pushInfo(f"Exporting the encoder {name}")
-                onnx_export.export_encoder(model, target, tile_size_px=tile or 224, sensor=sensor)
-            if precision == "int8":
-                onnx_export.quantize(target, output)
-            elif precision == "float16":
-                onnx_export.to_float16(target, output)
-        finally:  # the engine writes each file under a temporary name: a failed export leaves none behind
-            if target != output:
-                target.unlink(missing_ok=True)
+        head = None
+        if head_path:
+            if not Path(head_path).is_file():
+                raise QgsProcessingException(f"The segmentation head file {head_path!r} does not exist.")
+            if sensor:
+                feedback.pushWarning(f"Sensor preset {sensor} ignored: a segmenter records the head's bands and "
+                                     "statistics from its card.")
+            head = runtime.engine_module("heads").load_head(head_path)
+            name = model_file or runtime.engine_module("segmentation").encoder_source(head, head_path)
+            feedback.pushInfo(f"Exporting the {head.card.head_type} head {Path(head_path).name} "
+                              f"({head.card.num_classes} classes) with its encoder {name}")
+        else:
+            name = model_file or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
+            feedback.pushInfo(f"Exporting the encoder {name}")
+        # the engine writes every file under a temporary name: a failed export leaves none behind
+        onnx_export.export(load_model(name), output, head=head, precision=precision, tile_size_px=tile,
+                           sensor=sensor)
         meta = runtime.engine_module("models.onnx_encoder").read_metadata(output)
         size_mb = output.stat().st_size / 1e6
         tile_px = meta.get("msfm_tile_size_px")
