@@ -391,6 +391,15 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             "overrides": parse_overrides(self.parameterAsString(parameters, "BAND_OVERRIDES", context)),
         }
 
+    def check_onnx_tile(self, model: Any, parameters: dict, context: QgsProcessingContext, fix: str) -> None:
+        """Raise unless 'Tile size' is the tile size an ONNX model (encoder or segmenter) was exported for; ``fix``
+        (formatted with ``tile``) says how to export it again."""
+        tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
+        if tile != model.tile_size_px:
+            raise QgsProcessingException(
+                f"The ONNX model {Path(model.weights_path).name} was exported for {model.tile_size_px}-px tiles, but "
+                f"'Tile size' is {tile}. Set 'Tile size' to {model.tile_size_px}, or {fix.format(tile=tile)}.")
+
     def backend(self, parameters: dict, context: QgsProcessingContext) -> str:
         """``"torch"`` or ``"onnx"``: ``onnx`` for a ``.onnx`` ``MODEL_FILE``, else ``BACKEND`` (torch where the
         algorithm has none, e.g. segmentation, which refuses a ``.onnx`` file)."""
@@ -425,13 +434,8 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {depth} blocks; ONNX backend: ONNX Runtime "
                               f"on {model.device}{exported})")
             feedback.pushInfo(f"Devices: {runtime.onnxruntime_report()}")
-            tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
-            if tile != model.tile_size_px:
-                raise QgsProcessingException(
-                    f"The ONNX model {Path(model.weights_path).name} was exported for {model.tile_size_px}-px tiles, "
-                    f"but 'Tile size' is {tile}. Set 'Tile size' to {model.tile_size_px}, export the encoder again "
-                    f"for {tile}-px tiles (msfm export-onnx OUT.onnx --tile-size-px {tile}), or use the torch "
-                    "backend.")
+            self.check_onnx_tile(model, parameters, context, "export the encoder again for {tile}-px tiles "
+                                 "(msfm export-onnx OUT.onnx --tile-size-px {tile}), or use the torch backend")
         else:
             feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {depth} blocks; torch backend)")
             feedback.pushInfo(f"Devices: {runtime.device_report()}; {runtime.cpu_threads()}")

@@ -320,13 +320,9 @@ class SegmentWithHead(MsfmAlgorithm):
         if quantization == "float16" and segmenter.device == "cpu":
             feedback.pushWarning("This is a float16 export, made for CUDA: ONNX Runtime's CPU provider runs it slowly "
                                  "or not at all. On the CPU use the float32 or int8 export.")
-        tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
-        if tile != segmenter.tile_size_px:
-            raise QgsProcessingException(
-                f"The segmenter {Path(path).name} was exported for {segmenter.tile_size_px}-px tiles, but 'Tile size' "
-                f"is {tile}. Set 'Tile size' to {segmenter.tile_size_px}, or export it again for {tile}-px tiles "
-                f"('Export model to ONNX' with Tile size {tile}, or msfm export-onnx seg.onnx --head HEAD.safetensors "
-                f"--tile-size-px {tile}).")
+        self.check_onnx_tile(segmenter, parameters, context, "export it again for {tile}-px tiles ('Export model "
+                             "to ONNX' with Tile size {tile}, or msfm export-onnx seg.onnx --head HEAD.safetensors "
+                             "--tile-size-px {tile})")
         return segmenter
 
     def encoder(self, parameters, context, feedback, head: Any, head_path: str) -> Any:
