@@ -1,7 +1,7 @@
 """ONNX Runtime benchmark: torch eager vs ONNX fp32 vs ONNX int8, speed and embedding agreement, in one run.
 
-Run: ``.venv/bin/python bench/onnx_speed.py [--threads 2] [--alternatives]``. Prints tables and one JSON line. All figures of one run
-are comparable; compare runs only as ratios.
+Run: ``.venv/bin/python bench/onnx_speed.py [--threads 2] [--alternatives]``. Prints tables and one JSON line. All
+figures of one run are comparable; compare runs only as ratios.
 
 1. Encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights) in torch eager, ONNX
    Runtime fp32 and ONNX Runtime int8 (:func:`engine.onnx_export.quantize`, dynamic quantization), with the ratio to

@@ -83,9 +83,9 @@ def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(x, size)`` as two products with constant averaging matrices: ``[B, C, H, W]`` →
     ``[B, C, size, size]``.
 
-    Same bins as PyTorch (output row i averages input rows ⌊i·H/s⌋ to ⌈(i+1)·H/s⌉ − 1). Written this way because the
-    ONNX exporter supports adaptive pooling only for sizes dividing the input, and the pyramid pooling of a 224-px tile
-    pools a 7 × 7 grid to 2, 3 and 6.
+    Same bins as PyTorch (output row i averages input rows ⌊i·H/s⌋ to ⌈(i+1)·H/s⌉ − 1). Written this way because
+    the ONNX exporter supports adaptive pooling only for sizes dividing the input, and the pyramid pooling of a
+    224-px tile pools a 7 × 7 grid to 2, 3 and 6.
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
     return _bins(h, size, x) @ x @ _bins(w, size, x).T

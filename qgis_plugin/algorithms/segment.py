@@ -5,9 +5,10 @@ A head reads the encoder's patch tokens; its card (``NAME.json`` beside ``NAME.s
 the bands, their normalisation, the scale and the classes, so *Segment with a head* needs only the head and a raster
 with the same bands. ``HEAD`` may also be an exported segmenter (``.onnx``: the encoder and the head in one graph,
 the card in its metadata; ``msfm export-onnx OUT.onnx --head HEAD.safetensors`` or *Export model to ONNX*): it runs
-with ONNX Runtime alone, torch is never imported, and ``MODEL_FILE`` must stay empty. Parameter names (public contract, beside the shared ones of :mod:`.base`): ``POLYGONS``,
-``CLASS_FIELD``, ``HEAD_TYPE``, ``STEPS``, ``VAL_FRACTION``, ``FINETUNE`` (training), ``HEAD``, ``SHIFTS``,
-``OUTPUT_PROBABILITIES``, ``OUTPUT_POLYGONS`` (segmentation).
+with ONNX Runtime alone, torch is never imported, and ``MODEL_FILE`` must stay empty. Parameter names (public
+contract, beside the shared ones of :mod:`.base`): ``POLYGONS``, ``CLASS_FIELD``, ``HEAD_TYPE``, ``STEPS``,
+``VAL_FRACTION``, ``FINETUNE`` (training), ``HEAD``, ``SHIFTS``, ``OUTPUT_PROBABILITIES``, ``OUTPUT_POLYGONS``
+(segmentation).
 """
 
 from __future__ import annotations
