@@ -6,8 +6,10 @@ The graph (:class:`EncoderGraph`) takes two inputs:
 - ``band_mix`` ``[C, 17]`` float32, each band's weights over the 17 base projections times ``12 / C``
   (:func:`engine.spectrum.band_mix`).
 
-The 17 stacked base projections are constants of the graph; the per-band kernel is ``band_mix @ W`` computed inside it,
-so one file serves every band combination (any C, any mix of sensors). Outputs: ``cls`` ``[B, D]`` (after the final
+The 17 stacked base projections are constants of the graph; the bands are mixed into the 17 base channels by
+``band_mix`` inside it (:class:`ExportPatchEmbed`), so one file serves every band combination (any C, any mix of
+sensors). The exported copy of the encoder writes its attention as plain MatMul/Softmax (:class:`ExportAttention`);
+both choices are the eager encoder's function to float rounding and make the int8 copy faster. Outputs: ``cls`` ``[B, D]`` (after the final
 norm) and ``grid`` ``[B, D, H/16, W/16]`` (last block, before the norm, as ``encode(output="grid")``). Batch and band
 count are dynamic; the tile size is fixed at export (224 uses the stored 14 × 14 position table).
 
@@ -15,7 +17,7 @@ Metadata (ONNX ``metadata_props``, read back by :func:`read_metadata`): Deepness
 (``model_type`` = ``Recognition``, an embedding model; ``resolution`` in cm/px when a sensor preset is given;
 ``tile_size``; ``tiles_overlap`` in percent; ``standardization_mean``/``standardization_std`` of the preset's bands after
 the p1/p99 stretch), and ours under ``msfm_*``: format, encoder name, SHA-256 of the source checkpoint, D, depth,
-patch size, tile size, the 17 base range keys in projection order, the sensor presets (band keys and central
+attention heads, patch size, tile size, the 17 base range keys in projection order, the sensor presets (band keys and central
 wavelengths), the inputs and outputs.
 
 :func:`export_segmenter` exports an encoder with its segmentation head (:mod:`engine.heads`) as one graph: ``image``
