@@ -572,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile side fixed in the graph (default 224; with --head, the head's training chip size)")
     p.add_argument("--sensor", help="record this preset's resolution and standardisation (Deepness keys)")
     p.add_argument("--int8", action="store_true",
-                   help="quantize to int8 for the CPU (ONNX Runtime dynamic; ~2× faster, cosine 0.99999 on the demo "
-                   "scene)")
+                   help="quantize to int8 for the CPU (ONNX Runtime dynamic; ~2.5× torch on ViT-B, cosine 0.99999 on "
+                   "the demo scene)")
     p.add_argument("--fp16", action="store_true", help="convert to float16 for the CUDA execution provider")
     p.set_defaults(func=cmd_export_onnx)
 

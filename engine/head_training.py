@@ -40,7 +40,7 @@ import numpy as np
 from .errors import InferenceCancelled, InputRasterError
 from .heads import HeadType, SegmentationHead, build_head, card_path, require_block_grids, save_head
 from .models.registry import file_sha256
-from .inference import CancelFn, InferenceSettings, ProgressFn, RasterReader, open_reader, select_device
+from .inference import CancelFn, InferenceSettings, ProgressFn, RasterReader, batched, open_reader, torch_device
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
 from .readers import open_raster, pixel_size_m
 
@@ -334,9 +334,7 @@ def fit_head(
             card_fields = _card_fields(dataset, reader, mapping, model, settings, labels, grid, head_type)
             head = build_head(head_type, model, grid.classes, blocks=blocks, channels=channels,
                               encoder=card_fields.pop("encoder"), **card_fields)
-            device = select_device(settings.device)
-            if settings.threads:
-                torch.set_num_threads(settings.threads)
+            device = torch_device(settings)
             fitter = _Fitter(model, head, reader, mapping, size, device, finetune, settings.batch_size, is_canceled)
             train_lab = [_chip_labels(grid, r, c, size, keep_train) for r, c in train_at]
             turns = rng.integers(0, 8, len(train_at)) if augment else np.zeros(len(train_at), int)
@@ -446,13 +444,14 @@ class _Fitter:
         parts: list[list[Any]] = []
         images = []
         self.model.eval()
-        for i in range(0, len(origins), self.encode_batch):
+        batches = batched(list(zip(origins, turns)), self.encode_batch)
+        for b, batch in enumerate(batches):
             self._check_cancel("encoding training chips")
-            x = self._read(origins[i : i + self.encode_batch], turns[i : i + self.encode_batch])
-            report(min(1.0, (i + self.encode_batch) / len(origins)))
+            x = self._read(*zip(*batch))
+            report((b + 1) / len(batches))
             if self.finetune:
                 images.append(x)
-                if i:  # the encoder changes as it trains: the first batch's grids only set the standardisation
+                if b:  # the encoder changes as it trains: the first batch's grids only set the standardisation
                     continue
             with torch.inference_mode():
                 parts.append([g.to(torch.float16).cpu() for g in self._encode(x)])
@@ -524,12 +523,12 @@ class _Fitter:
         import torch
 
         cm = np.zeros((k, k), np.int64)
-        for i in range(0, len(origins), self.encode_batch):
+        for batch in batched(list(zip(origins, labels)), self.encode_batch):
             self._check_cancel("validating")
-            x = self._read(origins[i : i + self.encode_batch], [0] * len(origins[i : i + self.encode_batch]))
+            x = self._read([o for o, _ in batch], [0] * len(batch))
             with torch.inference_mode():
                 pred = self.head.pixel_logits(self._encode(x), (self.size, self.size)).argmax(1).cpu().numpy()
-            for p, lab in zip(pred, labels[i : i + self.encode_batch]):
+            for p, (_, lab) in zip(pred, batch):
                 ok = lab != IGNORE
                 cm += np.bincount(lab[ok].astype(np.int64) * k + p[ok], minlength=k * k).reshape(k, k)
         return cm

@@ -58,6 +58,7 @@ __all__ = (
     "InferenceSettings",
     "RasterReader",
     "band_statistics",
+    "batched",
     "default_scale",
     "embed_raster",
     "grid_encoder",
@@ -66,6 +67,7 @@ __all__ = (
     "prefetched",
     "provide_embeddings",
     "select_device",
+    "torch_device",
 )
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,16 @@ def select_device(device: str) -> str:
     return device
 
 
+def torch_device(settings: InferenceSettings) -> str:
+    """The torch device of ``settings.device`` (:func:`select_device`), after applying ``settings.threads`` to torch's
+    intra-op pool; what every torch pass (embeddings, head fitting, segmentation) starts with."""
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return select_device(settings.device)
+
+
 def check_onnx_model(model: Any, settings: InferenceSettings) -> None:
     """Raise :class:`InputRasterError` unless an ONNX Runtime model (encoder or segmenter) was exported for
     ``settings.tile_size_px`` and loaded for ``settings.device`` (its execution provider is chosen at load time)."""
@@ -212,9 +224,7 @@ def grid_encoder(model: Any, settings: InferenceSettings) -> tuple[Callable[[np.
         return (lambda x, projections: model.encode(x, projections, "grid")), f"onnxruntime {model.device}"
     import torch
 
-    device = select_device(settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    device = torch_device(settings)
     model = model.to(device).eval()
 
     def encode(x: np.ndarray, projections: list) -> np.ndarray:
@@ -447,9 +457,10 @@ def default_scale(mapping: BandMapping) -> float:
     return float(get_sensor(mapping.sensor).default_scale)
 
 
-def _batches(items: Sequence[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
+def batched(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """``items`` cut into consecutive lists of at most ``size`` (≥ 1) — the batches of every tile loop."""
+    size = max(1, size)
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def prefetched(
@@ -598,7 +609,7 @@ def _run(
             f"no pixel centre of {source} (window {reader.window} of the raster) lies inside the region's polygons; "
             "draw polygons that cover at least one pixel centre"
         )
-    batches = list(_batches(tiles, settings.batch_size))
+    batches = batched(tiles, settings.batch_size)
     valid_cells = 0
 
     def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:

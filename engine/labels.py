@@ -57,6 +57,8 @@ class PolygonLabels:
         field: Name of the class field (for messages and the card).
         source: Where they came from (file path or layer name).
         names: Optional ``{value: class name}`` (default: the value as text).
+        ids: Optional feature ids, one per geometry, named in error messages (default: positions 0…n−1; the QGIS
+            plugin passes the layer's feature ids).
     """
 
     geometries: Sequence[Mapping[str, Any]]
@@ -65,6 +67,7 @@ class PolygonLabels:
     field: str = "class"
     source: str = "polygons"
     names: Optional[Mapping[Any, str]] = None
+    ids: Optional[Sequence[Any]] = None
 
 
 @dataclass(frozen=True)
@@ -197,11 +200,14 @@ def _polygon_grid(labels: PolygonLabels, crs: Any, transform: Affine, shape: tup
     where = f"{labels.source} (field {labels.field!r})"
     if not labels.geometries:
         raise InputRasterError(f"{where} holds no polygon; draw at least one polygon per class")
-    empty = [i for i, v in enumerate(labels.values) if v is None or (isinstance(v, str) and not v.strip())]
+    ids = list(labels.ids) if labels.ids is not None else list(range(len(labels.values)))
+    empty = [i for i, v in zip(ids, labels.values) if v is None or (isinstance(v, str) and not v.strip())]
     if empty:
+        f = labels.field
         raise InputRasterError(
-            f"{len(empty)} of {len(labels.values)} polygons of {where} have an empty class value (features "
-            f"{empty[:10]}{'…' if len(empty) > 10 else ''}); fill the field or delete those polygons")
+            f"{len(empty)} of {len(labels.values)} polygons of {where} have an empty class value. Feature ids with "
+            f"an empty {f!r}: {empty[:20]}{'…' if len(empty) > 20 else ''} (select them with the expression "
+            f"\"{f}\" IS NULL OR trim(\"{f}\") = ''); fill the field or delete those polygons")
     kinds = sorted({g.get("type") for g in labels.geometries} - {"Polygon", "MultiPolygon"})
     if kinds:
         raise InputRasterError(f"{where} holds {kinds} geometries; training labels must be polygons")
@@ -296,14 +302,11 @@ def _raster_grid(labels: LabelRaster, crs: Any, transform: Affine, shape: tuple[
     if present.size == 0:
         raise InputRasterError(f"{labels.path} holds no labelled pixel over the image (check that both cover the "
                                "same area and the nodata/ignore values)")
-    classes = class_table(list(present), labels.names)
-    lut = {c.value: c.index for c in classes}
-    out = np.full(shape, IGNORE, np.uint8)
-    for v, i in lut.items():
-        out[(values.data == v) & ~ignore] = i
+    classes = class_table(list(present), labels.names)  # sorted as np.unique: class i is present[i]
+    out = np.where(ignore, IGNORE, np.searchsorted(present, values.data)).astype(np.uint8)  # one pass, any K
     b = max(16, int(labels.block_px))
-    rows, cols = np.indices(shape, dtype=np.int32)
-    groups = (rows // b) * ((width + b - 1) // b) + cols // b
+    groups = ((np.arange(height, dtype=np.int32) // b)[:, None] * ((width + b - 1) // b)
+              + (np.arange(width, dtype=np.int32) // b)[None, :])
     groups[out == IGNORE] = -1
     grid = LabelGrid(out, groups, Window(0, 0, width, height), classes, {}, str(labels.path))
     _check_classes(grid, grid.pixel_counts(), "pixels")

@@ -50,11 +50,12 @@ from .inference import (
     CancelFn,
     InferenceSettings,
     ProgressFn,
+    batched,
     check_onnx_model,
     gdal_cache_bytes,
     open_reader,
     prefetched,
-    select_device,
+    torch_device,
 )
 from .labels import IGNORE
 from .normalize import BandStats
@@ -251,9 +252,7 @@ def _predictor(head: Any, model: Any, settings: Optional[InferenceSettings]) -> 
     def make_predict(settings: InferenceSettings, projections: list[Any]) -> Any:
         import torch
 
-        device = select_device(settings.device)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        device = torch_device(settings)
         encoder, net = model.to(device).eval(), head.to(device).eval()
         size = (settings.tile_size_px, settings.tile_size_px)
 
@@ -297,7 +296,7 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
     }
     colors = {c.index: tuple(c.color) for c in card.classes}
     counts = np.zeros(k, np.int64)
-    batches = [origins[i : i + settings.batch_size] for i in range(0, len(origins), settings.batch_size)]
+    batches = batched(origins, settings.batch_size)
 
     def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         reads = [reader.read(r, c, size) for r, c in batch]

@@ -47,7 +47,7 @@ def gtiff_profile(
         "blockxsize": 256,
         "blockysize": _BLOCK_ROWS,
         "compress": "deflate",
-        "zlevel": 1,  # 1.7× faster than the default level 6 on embeddings, files < 1 % larger (bench/throughput.py)
+        "zlevel": 1,  # a 768-band float32 block wrote 1.7× faster than at the default level 6, file 0.7 % larger
         "interleave": "pixel",
         "BIGTIFF": "IF_SAFER",
     }

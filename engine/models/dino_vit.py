@@ -38,7 +38,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ..errors import BandResolutionError
 from ..spectrum import projection_for
-from .smarties import Attention, Mlp, check_blocks
+from .smarties import Attention, Mlp, block_grids, check_blocks
 
 __all__ = (
     "ARCHS",
@@ -309,14 +309,8 @@ class DinoViT(nn.Module):
         """
         check_blocks(blocks, len(self.blocks))
         self.check_bands(list(bands))
-        tokens = self._input_tokens(x)
         rows, cols = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
-        grids = []
-        for i, block in enumerate(self.blocks[: blocks[-1] + 1]):
-            tokens = block(tokens)
-            if i in blocks:
-                grids.append(tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], self.embed_dim, rows, cols))
-        return grids
+        return block_grids(self.blocks, self._input_tokens(x), blocks, rows, cols, self.embed_dim)
 
     # ------------------------------------------------------------------ engine interface
     def check_bands(self, bands: Sequence[Any]) -> None:

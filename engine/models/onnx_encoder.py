@@ -17,10 +17,22 @@ import numpy as np
 from ..errors import CheckpointError
 from ..spectrum import Projection, band_mix, projection_for
 
-__all__ = ("ONNX_FORMAT", "OnnxEncoder", "open_session", "read_metadata", "run_session")
+__all__ = ("ONNX_FORMAT", "SEGMENTER_FORMAT", "OnnxEncoder", "open_session", "read_metadata", "run_session")
 
 #: ``msfm_format`` of our exported encoders (:mod:`engine.onnx_export`).
 ONNX_FORMAT = "msfm-smarties-encoder-onnx/1"
+#: ``msfm_format`` of exported segmenters, encoder + head (:class:`engine.models.onnx_segmenter.OnnxSegmenter`).
+SEGMENTER_FORMAT = "msfm-segmenter-onnx/1"
+#: One kind of export given where the other is expected: ``{(expected, found): (what it is, the fix)}``.
+_WRONG_KIND = {
+    (SEGMENTER_FORMAT, ONNX_FORMAT): (
+        "an exported encoder, not a segmenter", "it has no segmentation head. Export the head with its encoder "
+        "(msfm export-onnx seg.onnx --head HEAD.safetensors, or 'Export model to ONNX' with the head file) and use "
+        "that file"),
+    (ONNX_FORMAT, SEGMENTER_FORMAT): (
+        "an exported segmenter (encoder + head), not an encoder", "use it as the head of msfm segment / 'Segment "
+        "with a head', or export the encoder alone"),
+}
 
 
 class OnnxEncoder:
@@ -110,9 +122,13 @@ def open_session(path: Union[str, Path], expected_format: str, device: str = "au
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=providers + ["CPUExecutionProvider"])
     metadata = _decode(session.get_modelmeta().custom_metadata_map)
-    if metadata.get("msfm_format") != expected_format:
-        raise CheckpointError(f"{path} is not an msfm export of the expected kind (msfm_format "
-                              f"{metadata.get('msfm_format')!r}, expected {expected_format!r})")
+    found = metadata.get("msfm_format")
+    if found != expected_format:
+        kind = f"msfm_format {found!r}, expected kind {expected_format!r}"
+        if (expected_format, found) in _WRONG_KIND:
+            what, fix = _WRONG_KIND[expected_format, found]
+            raise CheckpointError(f"{path} is {what} ({kind}): {fix}")
+        raise CheckpointError(f"{path} is not an msfm export of the expected kind ({kind})")
     return session, metadata, "cuda" if want_cuda else "cpu"
 
 

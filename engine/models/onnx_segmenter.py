@@ -15,12 +15,10 @@ from typing import Any, Union
 import numpy as np
 
 from ..head_card import HeadCard
-from .onnx_encoder import open_session, run_session
+from .onnx_encoder import SEGMENTER_FORMAT, open_session, run_session
 
 __all__ = ("SEGMENTER_FORMAT", "OnnxSegmenter")
 
-#: ``msfm_format`` of exported segmenters (encoder + head).
-SEGMENTER_FORMAT = "msfm-segmenter-onnx/1"
 
 
 class OnnxSegmenter:

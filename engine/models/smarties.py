@@ -106,6 +106,22 @@ def check_blocks(blocks: Sequence[int], depth: int) -> None:
         )
 
 
+def block_grids(blocks: Sequence[nn.Module], tokens: torch.Tensor, wanted: Sequence[int], h: int, w: int,
+                dim: int) -> list[torch.Tensor]:
+    """Run ``tokens`` ``[B, 1 + h·w, D]`` (CLS first, positions added) through ``blocks`` up to the last ``wanted``
+    one and return the patch tokens after each wanted block as a grid ``[B, D, h, w]`` (before any final norm).
+
+    ``wanted`` must be increasing (:func:`check_blocks`); ``dim`` is D as a Python int, so an ONNX trace keeps static
+    grid shapes. Shared by the SMARTIES and DINO encoders' ``encode_blocks``.
+    """
+    grids = []
+    for i, block in enumerate(blocks[: wanted[-1] + 1]):
+        tokens = block(tokens)
+        if i in wanted:
+            grids.append(tokens[:, 1:].transpose(1, 2).reshape(-1, dim, h, w))
+    return grids
+
+
 def dense_blocks(depth: int) -> tuple[int, int, int, int]:
     """The four blocks a multi-level dense head reads: ``(d/3, d/2, 2d/3, d) − 1``.
 
@@ -354,13 +370,7 @@ class SmartiesEncoder(nn.Module):
     def token_grids(self, tokens: torch.Tensor, h: int, w: int, blocks: Sequence[int]) -> list[torch.Tensor]:
         """:meth:`encode_blocks` from patch tokens ``[B, h·w, D]`` (:meth:`embed_mix`): one ``[B, D, h, w]`` grid per
         listed block (increasing, checked by the caller)."""
-        out = self._with_cls(tokens, h, w)
-        grids = []
-        for i, block in enumerate(self.blocks[: blocks[-1] + 1]):
-            out = block(out)
-            if i in blocks:
-                grids.append(out[:, 1:].transpose(1, 2).reshape(-1, self.embed_dim, h, w))
-        return grids
+        return block_grids(self.blocks, self._with_cls(tokens, h, w), blocks, h, w, self.embed_dim)
 
     def _patch_tokens(
         self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor]

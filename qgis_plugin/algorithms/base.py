@@ -133,18 +133,13 @@ def load_model(name_or_path: str, backend: str = "torch", device: str = "cpu") -
 
 
 def cached(key: tuple, load: Callable[[], Any]) -> Any:
-    """``load()``, kept for the next call with the same ``key`` (one entry: the last model loaded). Thread-safe."""
+    """``load()``, kept for the next call with the same ``key`` (one entry: the last model loaded). Thread-safe.
+    Exceptions of ``load()`` pass through and nothing is cached then."""
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()
             _MODEL_CACHE[key] = load()
         return _MODEL_CACHE[key]
-
-
-def model_depth(model: Any) -> int:
-    """Transformer blocks of an encoder (torch: ``len(model.blocks)``; ONNX Runtime: its recorded ``depth``)."""
-    depth = getattr(model, "depth", None)
-    return int(depth) if depth is not None else len(model.blocks)
 
 
 class MsfmAlgorithm(QgsProcessingAlgorithm):
@@ -392,8 +387,8 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         }
 
     def check_onnx_tile(self, model: Any, parameters: dict, context: QgsProcessingContext, fix: str) -> None:
-        """Raise unless 'Tile size' is the tile size an ONNX model (encoder or segmenter) was exported for; ``fix``
-        (formatted with ``tile``) says how to export it again."""
+        """Raise :class:`QgsProcessingException` unless 'Tile size' is the tile size an ONNX model (encoder or
+        segmenter) was exported for; ``fix`` (formatted with ``tile``) says how to export it again."""
         tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
         if tile != model.tile_size_px:
             raise QgsProcessingException(
@@ -401,25 +396,24 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                 f"'Tile size' is {tile}. Set 'Tile size' to {model.tile_size_px}, or {fix.format(tile=tile)}.")
 
     def backend(self, parameters: dict, context: QgsProcessingContext) -> str:
-        """``"torch"`` or ``"onnx"``: ``onnx`` for a ``.onnx`` ``MODEL_FILE``, else ``BACKEND`` (torch where the
-        algorithm has none, e.g. segmentation, which refuses a ``.onnx`` file)."""
+        """``"torch"`` or ``"onnx"``: ``onnx`` for a ``.onnx`` ``MODEL_FILE``, else ``BACKEND``; torch where the
+        algorithm has no ``BACKEND`` (its ``MODEL_FILE``, if any, takes ``.safetensors`` only, which QGIS checks)."""
         names = {p.name() for p in self.parameterDefinitions()}
-        if "MODEL_FILE" not in names:
+        if "BACKEND" not in names:
             return "torch"
         path = self.parameterAsFile(parameters, "MODEL_FILE", context)
-        if "BACKEND" not in names:
-            if is_onnx_file(path):
-                raise QgsProcessingException(
-                    f"{self.displayName()} needs the torch backend (it reads the encoder's blocks): {path} is an "
-                    "exported ONNX encoder. Pick the model's .safetensors file instead (and install torch).")
-            return "torch"
         if is_onnx_file(path):
             return "onnx"
         return self.parameterAsEnumString(parameters, "BACKEND", context) or "torch"
 
     def model(self, parameters: dict, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> Any:
         """Load the chosen model (``MODEL_FILE`` wins over ``MODEL``) with the chosen backend and report it with
-        the devices (ONNX Runtime's execution providers for the ``onnx`` backend: torch is not touched)."""
+        the devices (ONNX Runtime's execution providers for the ``onnx`` backend: torch is not touched).
+
+        Raises:
+            QgsProcessingException: The ONNX export of a checkpoint needs a missing package, or a tile-size mismatch.
+            engine.errors.EngineError: The engine's loading errors (unknown model, bad checkpoint).
+        """
         path = self.parameterAsFile(parameters, "MODEL_FILE", context)
         name = path or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
         backend = self.backend(parameters, context)
@@ -428,8 +422,8 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             model = self._export_onnx(name, device)
         else:
             model = load_model(name, backend=backend, device=device)
-        depth = model_depth(model)
-        if getattr(model, "backend", "torch") == "onnx":
+        depth = model.depth  # every engine encoder (SMARTIES, DINO, ONNX Runtime) records it
+        if backend == "onnx":
             exported = "" if is_onnx_file(name) else f", exported to {model.weights_path}"
             feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {depth} blocks; ONNX backend: ONNX Runtime "
                               f"on {model.device}{exported})")

@@ -96,6 +96,12 @@ class ExportOnnx(MsfmAlgorithm):
                 "with onnxruntime alone.")
 
     def compute(self, parameters, context, feedback) -> dict:
+        """Export (``engine.onnx_export.export``) and report the file's format, classes and size.
+
+        Raises:
+            QgsProcessingException: Bad output name or folder, or a missing head file.
+            qgis_plugin.runtime.DependencyError: onnxruntime missing for an int8/float16 copy.
+        """
         onnx_export = runtime.engine_module("onnx_export")
         precision = self.parameterAsEnumString(parameters, "PRECISION", context) or "float32"
         if precision != "float32":

@@ -103,8 +103,13 @@ class TrainSegmentationHead(MsfmAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("OVERALL_ACCURACY", "Validation overall accuracy"))
         self.addOutput(QgsProcessingOutputString("CLASSES", "Class names (JSON list, in class-index order)"))
 
-    def polygon_labels(self, parameters, context, feedback) -> tuple[Any, list[int]]:
-        """``PolygonLabels`` of ``POLYGONS`` in the layer's CRS, and the feature ids whose class value is empty."""
+    def polygon_labels(self, parameters, context, feedback) -> Any:
+        """``PolygonLabels`` of ``POLYGONS`` in the layer's CRS, with the layer's feature ids (named by the engine's
+        errors, e.g. empty class values).
+
+        Raises:
+            QgsProcessingException: No layer, no such field, or cancelled while reading.
+        """
         source = self.parameterAsSource(parameters, "POLYGONS", context)
         if source is None:
             raise QgsProcessingException("The training polygon layer is missing or invalid.")
@@ -113,49 +118,38 @@ class TrainSegmentationHead(MsfmAlgorithm):
         if field not in names:
             raise QgsProcessingException(f"The polygon layer has no field {field!r}; its fields are {names}. Pick "
                                          "the field that holds the class of each polygon.")
-        geometries, values, empty = [], [], []
+        geometries, values, ids = [], [], []
         for feature, geometry in iter_features(source, self.layer_crs, context, feedback, field):
-            value = _plain(feature[field])
-            if value is None or (isinstance(value, str) and not value.strip()):
-                empty.append(feature.id())
             geometries.append(geometry)
-            values.append(value)
+            values.append(_plain(feature[field]))
+            ids.append(feature.id())
         if feedback.isCanceled():
             raise QgsProcessingException("Cancelled while reading the polygons; no head written.")
         labels = runtime.engine_module("labels").PolygonLabels(
             geometries, values, self.layer_crs.toWkt() if source.sourceCrs().isValid() else None, field=field,
-            source=f"layer {source.sourceName()!r}" if source.sourceName() else "the polygon layer",
+            source=f"layer {source.sourceName()!r}" if source.sourceName() else "the polygon layer", ids=ids,
         )
-        return labels, empty
+        return labels
 
     def compute(self, parameters, context, feedback) -> dict:
         head_training = runtime.engine_module("head_training")
-        errors = runtime.engine_module("errors")
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if not output:
             raise QgsProcessingException("Choose a file for the segmentation head (.safetensors).")
         source = self.layer_path(parameters, context, feedback)
-        labels, empty = self.polygon_labels(parameters, context, feedback)
+        labels = self.polygon_labels(parameters, context, feedback)
         model = self.model(parameters, context, feedback)
         steps = self.parameterAsInt(parameters, "STEPS", context)
         finetune = self.parameterAsBoolean(parameters, "FINETUNE", context)
         head_type = self.parameterAsEnumString(parameters, "HEAD_TYPE", context) or "linear"
         feedback.pushInfo(f"{len(labels.geometries)} polygons, field {labels.field!r}; {head_type} head, "
                           f"{steps} steps{', fine-tuning the encoder' if finetune else ''}")
-        try:
-            result = head_training.fit_head(
-                source, labels, model, head_type=head_type, output=output,
-                settings=self.settings(parameters, context), steps=steps,
-                val_fraction=self.parameterAsDouble(parameters, "VAL_FRACTION", context), finetune=finetune,
-                **self.band_arguments(parameters, context), **self.progress(feedback),
-            )
-        except errors.InputRasterError as exc:
-            if empty:  # the engine counts polygons by position; QGIS users look for feature ids
-                raise QgsProcessingException(
-                    f"{exc}\nFeature ids with an empty {labels.field!r}: {empty[:20]}{'…' if len(empty) > 20 else ''}"
-                    f" (select them with the expression \"{labels.field}\" IS NULL OR trim(\"{labels.field}\") = '')."
-                ) from exc
-            raise
+        result = head_training.fit_head(
+            source, labels, model, head_type=head_type, output=output,
+            settings=self.settings(parameters, context), steps=steps,
+            val_fraction=self.parameterAsDouble(parameters, "VAL_FRACTION", context), finetune=finetune,
+            **self.band_arguments(parameters, context), **self.progress(feedback),
+        )
         card = result.head.card
         for note in result.notes:
             feedback.pushWarning(note)
@@ -264,7 +258,11 @@ class SegmentWithHead(MsfmAlgorithm):
         return ok, message
 
     def backend(self, parameters, context) -> str:
-        """``"onnx"`` for a ``.onnx`` ``HEAD`` (an exported segmenter: ONNX Runtime, no torch), else ``"torch"``."""
+        """``"onnx"`` for a ``.onnx`` ``HEAD`` (an exported segmenter: ONNX Runtime, no torch), else ``"torch"``.
+
+        Raises:
+            QgsProcessingException: A ``.onnx`` head with ``MODEL_FILE`` set (the file holds its encoder).
+        """
         message = self._refusal(parameters, context)
         if message:
             raise QgsProcessingException(message)
@@ -279,7 +277,11 @@ class SegmentWithHead(MsfmAlgorithm):
                 ".onnx file as the segmentation head: it runs with ONNX Runtime alone.")
 
     def head(self, parameters, context) -> tuple[Any, str]:
-        """The head of ``HEAD`` (loaded on the CPU) and its path."""
+        """The head of ``HEAD`` (loaded on the CPU) and its path.
+
+        Raises:
+            QgsProcessingException: No such file. engine.errors.CheckpointError: Not a head file.
+        """
         path = self._head_path(parameters, context)
         return runtime.engine_module("heads").load_head(path), path
 
@@ -292,26 +294,19 @@ class SegmentWithHead(MsfmAlgorithm):
         return path
 
     def segmenter(self, parameters, context, feedback) -> Any:
-        """The exported segmenter of a ``.onnx`` ``HEAD`` in ONNX Runtime (loaded once and reused; no torch)."""
+        """The exported segmenter of a ``.onnx`` ``HEAD`` in ONNX Runtime (loaded once and reused; no torch).
+
+        Raises:
+            QgsProcessingException: No such file, or a tile size other than the exported one.
+            engine.errors.CheckpointError: Not a segmenter (an exported encoder: the message says how to export the
+                head), or CUDA asked for without onnxruntime-gpu.
+        """
         path = self._head_path(parameters, context)
-        errors = runtime.engine_module("errors")
         onnx_segmenter = runtime.engine_module("models.onnx_segmenter")
         device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
-        try:
-            segmenter = cached((str(path), Path(path).stat().st_mtime, "segmenter", device),
-                               lambda: onnx_segmenter.OnnxSegmenter(path, device=device))
-        except errors.CheckpointError as exc:
-            fmt = None
-            try:
-                fmt = runtime.engine_module("models.onnx_encoder").read_metadata(path).get("msfm_format")
-            except Exception:  # not readable as ONNX at all: the engine's message says enough
-                pass
-            if fmt and fmt != onnx_segmenter.SEGMENTER_FORMAT:
-                raise QgsProcessingException(
-                    f"{Path(path).name} is an exported encoder ({fmt}), not a segmenter: it has no segmentation "
-                    "head. Export the head with its encoder ('Export model to ONNX' with the head file, or msfm "
-                    "export-onnx seg.onnx --head HEAD.safetensors) and pick that file.") from exc
-            raise
+        # an exported encoder picked by mistake: the engine's CheckpointError says so and how to export the head
+        segmenter = cached((str(path), Path(path).stat().st_mtime, "segmenter", device),
+                           lambda: onnx_segmenter.OnnxSegmenter(path, device=device))
         card = segmenter.card
         quantization = (segmenter.metadata.get("msfm_quantization") or {}).get("weights", "float32")
         feedback.pushInfo(f"Head: exported segmenter {Path(path).name} ({card.head_type}, {card.num_classes} classes "
