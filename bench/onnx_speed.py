@@ -44,11 +44,10 @@ def agreement(threads: int, folder: Path) -> dict:
     import rasterio
     from sklearn.metrics import adjusted_rand_score
 
-    from engine.cluster import cluster_raster
-    from engine.inference import InferenceSettings, embed_raster
-    from engine.models import load_model
-    from engine.models.onnx_encoder import OnnxEncoder
-    from engine.onnx_export import export_encoder, quantize
+    from engine.export import quantize
+    from engine.maps import ClusterSettings, cluster_raster, embed_raster
+    from engine.models import OnnxEncoder, export_encoder, load_model
+    from engine.settings import InferenceSettings
 
     torch_model = load_model("smarties-demo-tiny")
     fp32 = export_encoder(torch_model, folder / "demo.onnx")
@@ -66,8 +65,7 @@ def agreement(threads: int, folder: Path) -> dict:
         out[f"{name} embed Mpx/s"] = res.width * res.height * res.cell_size_px ** 2 / 1e6 / out[f"{name} embed s"]
         with rasterio.open(path) as ds:
             emb[name] = ds.read().reshape(ds.count, -1).T
-        cls = cluster_raster(SCENE, folder / f"{name.replace(' ', '_')}_k8.tif", embeddings=path, k=8,
-                             resolution="patch", seed=0)
+        cls = cluster_raster(SCENE, folder / f"{name.replace(' ', '_')}_k8.tif", clustering=ClusterSettings(k=8, resolution="patch", seed=0), embeddings=path)
         with rasterio.open(cls.path) as ds:
             classes[name] = ds.read(1).ravel()
     ok = np.isfinite(emb["torch"]).all(1)
@@ -87,8 +85,7 @@ def fused_int8(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from engine.models.onnx_encoder import read_metadata
-    from engine.onnx_export import _set_metadata
+    from engine.models import read_metadata, set_metadata
 
     meta = read_metadata(fp32)
     fused = optimize_model(str(fp32), model_type="vit", num_heads=meta["msfm_num_heads"],
@@ -98,7 +95,7 @@ def fused_int8(fp32: Path, out: Path) -> Path:
                      op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     proto = onnx.load(str(out))
-    _set_metadata(proto, meta)
+    set_metadata(proto, meta)
     onnx.save(proto, str(out))
     return out
 
@@ -109,11 +106,9 @@ def static_int8(fp32: Path, out: Path, batches: int = 4) -> Path:
     import rasterio
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from engine.inference import InferenceSettings, open_reader
-    from engine.models import load_model
-    from engine.models.onnx_encoder import read_metadata
-    from engine.onnx_export import _set_metadata
-    from engine.spectrum import band_mix
+    from engine.models import load_model, open_reader, read_metadata, set_metadata
+    from engine.settings import InferenceSettings
+    from engine.spectral import band_mix
 
     with rasterio.open(SCENE) as ds:
         reader, mapping = open_reader(ds, load_model("smarties-demo-tiny"), InferenceSettings())
@@ -131,7 +126,7 @@ def static_int8(fp32: Path, out: Path, batches: int = 4) -> Path:
     quantize_static(str(fp32), str(out), Tiles(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     proto = onnx.load(str(out))
-    _set_metadata(proto, read_metadata(fp32))
+    set_metadata(proto, read_metadata(fp32))
     onnx.save(proto, str(out))
     return out
 
@@ -142,7 +137,8 @@ def main() -> None:
     parser.add_argument("--alternatives", action="store_true",
                         help="also time int8 with ONNX Runtime's transformer fusions and static QDQ quantization")
     args = parser.parse_args()
-    from engine.onnx_export import export_encoder, quantize
+    from engine.export import quantize
+    from engine.models import export_encoder
 
     limit = matmul_gflops(args.threads)
     results: dict = {"threads": args.threads, "matmul_gflops": limit}

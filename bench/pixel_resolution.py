@@ -52,9 +52,8 @@ def score(labels: np.ndarray, water: np.ndarray) -> dict:
 def raw_kmeans(path: Path, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    from engine.bands import resolve_bands
-    from engine.inference import band_statistics
-    from engine.normalize import normalize
+    from engine.raster import band_statistics
+    from engine.spectral import normalize, resolve_bands
 
     with rasterio.open(path) as ds:
         mapping = resolve_bands(ds)
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from engine.cluster import cluster_raster
+    from engine.maps import ClusterSettings, cluster_raster
     from engine.models import load_model
 
     water = water_reference(SCENE)
@@ -90,9 +89,9 @@ def main() -> None:
             t = time.perf_counter()
             out = Path(tmp) / f"{name}.tif"
             if emb.exists():
-                res = cluster_raster(SCENE, out, k=args.k, embeddings=emb, seed=args.seed, **kwargs)
+                res = cluster_raster(SCENE, out, clustering=ClusterSettings(k=args.k, seed=args.seed), embeddings=emb, **kwargs)
             else:
-                res = cluster_raster(SCENE, out, model, k=args.k, embeddings_output=emb, seed=args.seed, **kwargs)
+                res = cluster_raster(SCENE, out, model, clustering=ClusterSettings(k=args.k, seed=args.seed), embeddings_output=emb, **kwargs)
             with rasterio.open(out) as ds:
                 labels = ds.read(1, out_shape=water.shape, resampling=rasterio.enums.Resampling.nearest)
             results[name] = score(labels, water) | {"seconds": time.perf_counter() - t}

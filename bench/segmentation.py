@@ -31,8 +31,8 @@ def child(args: argparse.Namespace) -> None:
     import rasterio
     import torch
 
-    from engine.inference import InferenceSettings
     from engine.segmentation import segment_raster
+    from engine.settings import InferenceSettings
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,16 +60,14 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from engine.head_training import fit_head
-    from engine.inference import InferenceSettings
-    from engine.labels import LabelRaster
     from engine.models import load_model
+    from engine.segmentation import HeadFitSettings, LabelRaster, fit_head
+    from engine.settings import InferenceSettings
 
     image = args.data / "spacenet3_vegas_pan_0.3m.tif"
     with tempfile.TemporaryDirectory(prefix="msfm-bench-seg-") as tmp:
         head = Path(tmp) / "head.safetensors"
-        fit_head(image, LabelRaster(args.data / "spacenet3_vegas_road_mask.tif"), load_model("smarties-demo-tiny"),
-                 head_type=args.head, output=head, steps=10, settings=InferenceSettings(threads=args.threads))
+        fit_head(image, LabelRaster(args.data / "spacenet3_vegas_road_mask.tif"), load_model("smarties-demo-tiny"), fit=HeadFitSettings(head_type=args.head, steps=10), output=head, settings=InferenceSettings(threads=args.threads))
         cases = [("raster", image), ("mosaic 2×2 (4×)", make_mosaic(image, Path(tmp) / "m4.tif", 2, 2)),
                  ("column 16×1 (16× taller)", make_mosaic(image, Path(tmp) / "t16.tif", 16, 1))]
         print(f"segment with a {args.head} head (smarties-demo-tiny), overlap {args.overlap_px} px, shifts "

@@ -49,7 +49,7 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
 
 
 def vit_b(seed: int = 0):
-    from engine.models.smarties import SmartiesEncoder, init_from_scratch
+    from engine.models import SmartiesEncoder, init_from_scratch
 
     return init_from_scratch(SmartiesEncoder(768, 12, 12), seed=seed).eval()
 
@@ -57,7 +57,7 @@ def vit_b(seed: int = 0):
 def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
     import torch
 
-    from engine.sensors import get_sensor
+    from engine.spectral import get_sensor
 
     torch.set_num_threads(threads)
     keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
@@ -75,8 +75,8 @@ def ort_tiles_per_s(path: Path, threads: int, batch: int = 8, bands: int = 12, b
     """ONNX Runtime tiles/s of an exported encoder (:func:`engine.onnx_export.export_encoder`), 12-band 224² tiles."""
     import numpy as np
 
-    from engine.models.onnx_encoder import OnnxEncoder
-    from engine.sensors import get_sensor
+    from engine.models import OnnxEncoder
+    from engine.spectral import get_sensor
 
     keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
     encoder = OnnxEncoder(path, device="cpu", threads=threads)
@@ -120,14 +120,15 @@ def run_embed_child(args: argparse.Namespace) -> None:
     """Child process: one end-to-end embed; prints a JSON line with seconds and peak RSS."""
     import torch
 
-    from engine.inference import InferenceSettings, embed_raster
+    from engine.maps import embed_raster
     from engine.models import load_model
+    from engine.settings import InferenceSettings
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, num_heads=None if args.model.endswith(".onnx") or "vit_b" not in args.model else 12)
     with torch.inference_mode():  # warm-up, as for the encoder-only figure (first calls initialise kernels)
         x = torch.zeros(8, 3, 224, 224)
-        model.encode(x.numpy() if getattr(model, "backend", "torch") == "onnx" else x, ["red_1", "green_1", "blue_3"],
+        model.encode(x.numpy() if model.backend == "onnx" else x, ["red_1", "green_1", "blue_3"],
                      "grid")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -180,7 +181,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         reference = tiles  # encoder-only tiles/s of the backend the end-to-end cases use
         try:
-            from engine.onnx_export import export_encoder, quantize
+            from engine.export import quantize
+            from engine.models import export_encoder
 
             fp32 = export_encoder(vit_b(), Path(tmp) / "vit_b.onnx")
             results["onnx_fp32_tiles_per_s"] = ort_tiles_per_s(fp32, args.threads)
@@ -193,7 +195,7 @@ def main() -> None:
             print(f"ONNX Runtime skipped: {exc}")
         model = args.model
         if model is None and args.backend == "torch":
-            from engine.models.checkpoint import save_encoder
+            from engine.models import save_encoder
 
             model = str(Path(tmp) / "vit_b_random.safetensors")
             save_encoder(vit_b(), model, {"num_heads": 12})

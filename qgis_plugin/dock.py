@@ -69,6 +69,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import runtime
 from .algorithms import base
+from .runtime import engine
 
 __all__ = ("MsfmDock",)
 
@@ -345,10 +346,9 @@ class MsfmDock(QgsDockWidget):
         self.mapping, self.error, self.descriptions = None, "", []
         if self.path is not None:
             try:
-                readers = runtime.engine_module("readers")
-                with readers.open_raster(self.path) as ds:
+                with engine.raster.open_raster(self.path) as ds:
                     self.descriptions = [d or "" for d in ds.descriptions]
-                    self.mapping = runtime.engine_module("bands").resolve_bands(
+                    self.mapping = engine.spectral.resolve_bands(
                         ds, sensor=None if self.sensor() == base.AUTO_SENSOR else self.sensor(),
                         overrides=dict(self.overrides) or None)
             except Exception as exc:  # BandResolutionError, unreadable file, missing dependency: say it in the dock
@@ -522,7 +522,7 @@ class MsfmDock(QgsDockWidget):
     def refresh_model_state(self) -> None:
         """The model's local state (bundled / cached / not downloaded + size) and the Download button."""
         try:
-            self.model_state = runtime.engine_module("models.registry").model_info(self.model_name())
+            self.model_state = engine.models.model_info(self.model_name())
         except Exception as exc:
             self.model_state = {"status": f"unknown: {exc}", "available": False}
         info = self.model_state
@@ -575,22 +575,22 @@ class MsfmDock(QgsDockWidget):
             return max(self.scale_spin.value(), 0.05)
         try:
             if self.mapping is not None:
-                return float(runtime.engine_module("inference").default_scale(self.mapping))
+                return float(self.mapping.default_scale)
             if self.sensor() != base.AUTO_SENSOR:
-                return float(runtime.engine_module("sensors").get_sensor(self.sensor()).default_scale)
+                return float(engine.spectral.get_sensor(self.sensor()).default_scale)
         except Exception:  # engine dependencies missing: the band table already says why
             pass
         return 1.0
 
     def tile_count(self) -> Optional[int]:
-        """Tiles the run will encode (engine.tiling over the layer's size × scale), or None when unknown/invalid."""
+        """Tiles the run will encode (engine.raster.tile_grid over the layer's size × scale), or None if unknown."""
         width, height = self.layer_size
         if not width or not height:
             return None
         scale = self.scale()
         patch = int(self.model_state.get("geometry", {}).get("patch_size") or self.model_state.get("patch_size", 16))
         try:
-            grid = runtime.engine_module("tiling").tile_grid(
+            grid = engine.raster.tile_grid(
                 max(1, round(height * scale)), max(1, round(width * scale)),
                 self.tile_spin.value(), self.overlap_spin.value(), patch)
         except ValueError:
@@ -910,7 +910,7 @@ def _select(combo: QComboBox, data: Any) -> None:
 
 def _sensor_names() -> dict[str, str]:
     try:
-        return {s.id: s.name for s in runtime.engine_module("sensors").list_sensors()}
+        return {s.id: s.name for s in engine.spectral.list_sensors()}
     except Exception:
         return {}
 
@@ -918,7 +918,7 @@ def _sensor_names() -> dict[str, str]:
 def _range_keys() -> list[str]:
     """Every SMARTIES range key a band can be mapped to (the disabled cirrus range excluded)."""
     try:
-        return [r.key for r in runtime.engine_module("spectrum").spectral_ranges() if not r.is_disabled]
+        return [r.key for r in engine.spectral.spectral_ranges() if not r.is_disabled]
     except Exception:
         return []
 

@@ -1,8 +1,11 @@
 """What the Python environment running QGIS provides to the plugin: the engine, its dependencies, devices, versions.
 
-- :func:`engine_module` imports a module of the model engine. The packaged plugin vendors the engine under its own
-  package (``msfm/engine``), so nothing named ``engine`` is put on QGIS's global ``sys.path``; a development
-  checkout (tests, ``qgis_process`` pointed at the repository) uses the repository's top-level ``engine`` package.
+- :data:`engine` is the model engine's package; the plugin uses its public API only (``engine.spectral.resolve_bands``,
+  ``engine.maps.cluster_raster``, …: names in the ``__all__`` of ``engine`` or of a subpackage). The packaged plugin
+  vendors the engine under its own package (``msfm/engine``), so nothing named ``engine`` is put on QGIS's global
+  ``sys.path``; a development checkout (tests, ``qgis_process`` pointed at the repository) uses the repository's
+  top-level ``engine`` package. Importing it is instant: the engine imports numpy, rasterio or torch only when a name
+  that needs them is first used.
 - :func:`missing_packages` / :func:`require` check the engine's Python dependencies without importing them, and
   explain exactly what to install. The plugin loads and lists its algorithms without torch; running one that needs a
   missing package stops with that explanation. Nothing is ever installed silently.
@@ -28,7 +31,7 @@ __all__ = (
     "REQUIREMENTS",
     "device_report",
     "diagnostics",
-    "engine_module",
+    "engine",
     "engine_version",
     "host_exports_blas",
     "import_torch",
@@ -41,35 +44,15 @@ __all__ = (
 )
 
 
-def _engine_package() -> str:
-    vendored = f"{__package__}.engine"
-    if importlib.util.find_spec(vendored) is not None:
-        return vendored
-    return "engine"
-
-
-#: Import name of the engine package: ``<plugin>.engine`` in the packaged plugin, ``engine`` in a checkout.
-ENGINE_PACKAGE = _engine_package()
+try:  # the packaged plugin: the engine vendored as <plugin>/engine
+    from . import engine
+except ImportError:  # a development checkout: the repository's top-level package
+    import engine  # type: ignore[no-redef]
 
 
 def engine_version() -> str:
     """The engine's version string (no heavy import)."""
-    return str(engine_module().__version__)
-
-
-def engine_module(name: str = "") -> ModuleType:
-    """Import the engine package or one of its modules (``engine_module("bands")`` → ``engine.bands``).
-
-    Raises:
-        DependencyError: The module needs a Python package that is not installed (the message says how to install).
-    """
-    full = ENGINE_PACKAGE + (f".{name}" if name else "")
-    try:
-        return importlib.import_module(full)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in _IMPORT_TO_PIP:
-            raise DependencyError([exc.name.split(".")[0]]) from exc
-        raise
+    return str(engine.__version__)
 
 
 #: Import name → pip requirement of the engine's dependencies (versions known to work with QGIS's GDAL/numpy).
@@ -268,7 +251,7 @@ def diagnostics(qgis_version: Optional[str] = None) -> str:
     lines += [
         f"- OS: {platform.platform()}",
         f"- Python: {platform.python_version()} ({sys.executable})",
-        f"- engine: {ENGINE_PACKAGE} {_version(ENGINE_PACKAGE)}",
+        f"- engine: {engine.__name__} {engine.__version__}",
     ]
     for module in ("numpy", "rasterio", "torch", "onnxruntime", "safetensors", "huggingface_hub", "sklearn"):
         lines.append(f"- {module}: {_version(module)}")
@@ -284,9 +267,8 @@ def diagnostics(qgis_version: Optional[str] = None) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface (default)"
     lines.append(f"- model cache: {cache}")
     try:
-        registry = engine_module("models.registry")
-        for spec in registry.list_models():
-            info = registry.model_info(spec.name)
+        for spec in engine.models.list_models():
+            info = engine.models.model_info(spec.name)
             if info.get("available"):
                 lines.append(f"  - {spec.name}: {info['status']}")
     except Exception as exc:  # the report must be produced whatever is broken

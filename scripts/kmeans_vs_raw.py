@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engine import cluster_raster, load_model
-    from engine.models.smarties import SmartiesEncoder, init_from_scratch
+    from engine.maps import ClusterSettings, cluster_raster
+    from engine.models import SmartiesEncoder, init_from_scratch, load_model
 
     data = Path(args.data)
     with rasterio.open(data / IMAGE) as ds:
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in args.k:
                 for seed in args.seeds:
                     with torch.inference_mode():  # the embeddings are computed once per model, then reused
-                        res = cluster_raster(data / IMAGE, out, model, k=k, seed=seed,
-                                             embeddings=None if first else emb, embeddings_output=emb if first else None)
+                        res = cluster_raster(data / IMAGE, out, model, clustering=ClusterSettings(k=k, seed=seed), embeddings=None if first else emb, embeddings_output=emb if first else None)
                     first = False
                     with rasterio.open(res.path) as ds:
                         classes = ds.read(1)

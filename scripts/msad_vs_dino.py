@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the table here")
     args = p.parse_args(argv)
 
-    from engine.models.torch_checkpoint import build_dino_model, read_dino_checkpoint
+    from engine.models import build_dino_model, read_dino_checkpoint
     from training.xstars.train import build_xstars_model, load_xstars_config, train_xstars
 
     torch.set_num_threads(args.threads)

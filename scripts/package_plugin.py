@@ -9,8 +9,9 @@ the engine vendored as the subpackage ``msfm/engine/`` (with its data files and 
 ``metadata.txt`` and ``LICENSE``. The build is deterministic — entries sorted, fixed timestamps and permissions,
 fixed compression level — so two builds of the same tree are byte-identical. It fails (exit 1, with the reason) when
 a listed path is missing, when two files would land on the same path, or when a shipped Python file imports a
-top-level ``engine`` or ``training`` (the plugin must reach its engine through relative imports or
-``runtime.engine_module``) or a Qt binding directly (``PyQt5``/``PyQt6``: Qt goes through ``qgis.PyQt``, so the
+top-level ``engine`` or ``training`` (the plugin reaches its engine through ``runtime.engine``: the vendored
+``from . import engine``, with ``import engine`` only as its ``except ImportError`` fallback for a development
+checkout) or a Qt binding directly (``PyQt5``/``PyQt6``: Qt goes through ``qgis.PyQt``, so the
 plugin runs on Qt5 and Qt6 builds of QGIS). Standard library only.
 """
 
@@ -134,10 +135,17 @@ def forbidden_imports(source: str, filename: str = "<source>") -> list[str]:
     """``"file:line: import engine"`` for each absolute import of a :data:`FORBIDDEN_IMPORTS` module in ``source``.
 
     Parsed with ``ast``, so docstrings and comments that show ``from engine import …`` do not count. String
-    arguments of ``importlib.import_module`` are checked too.
+    arguments of ``importlib.import_module`` are checked too. An ``import engine`` in the ``except ImportError``
+    handler of a ``try: from . import engine`` is the development-checkout fallback and is allowed: in the installed
+    plugin the vendored ``from . import engine`` succeeds.
     """
+    tree = ast.parse(source, filename)
+    fallbacks = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and _vendors_engine(t)
+                 for h in t.handlers for n in ast.walk(h) if isinstance(n, ast.Import)}
     found = []
-    for node in ast.walk(ast.parse(source, filename)):
+    for node in ast.walk(tree):
+        if id(node) in fallbacks:
+            continue
         modules: list[str] = []
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
@@ -151,6 +159,12 @@ def forbidden_imports(source: str, filename: str = "<source>") -> list[str]:
     return found
 
 
+def _vendors_engine(node: ast.Try) -> bool:
+    """``try: from . import engine`` (the vendored engine of the installed plugin)."""
+    return any(isinstance(n, ast.ImportFrom) and n.level == 1 and [a.name for a in n.names] == ["engine"]
+               for n in node.body)
+
+
 def _check_imports(entries: dict[str, Path]) -> None:
     problems = []
     for arc, path in entries.items():
@@ -159,7 +173,7 @@ def _check_imports(entries: dict[str, Path]) -> None:
     if problems:
         raise PackagingError(
             "shipped code imports modules that do not exist in the installed plugin (use relative imports or "
-            "runtime.engine_module):\n  " + "\n  ".join(problems)
+            "runtime.engine):\n  " + "\n  ".join(problems)
         )
 
 

@@ -41,11 +41,18 @@ import rasterio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import load_model  # noqa: E402
-from engine.head_training import fit_head, segmentation_scores, split_groups  # noqa: E402
-from engine.inference import InferenceSettings  # noqa: E402
-from engine.labels import IGNORE, LabelRaster, label_grid  # noqa: E402
-from engine.segmentation import segment_raster  # noqa: E402
+from engine.models import load_model  # noqa: E402
+from engine.segmentation import (  # noqa: E402
+    IGNORE,
+    HeadFitSettings,
+    LabelRaster,
+    fit_head,
+    label_grid,
+    segment_raster,
+    segmentation_scores,
+    split_groups,
+)
+from engine.settings import InferenceSettings  # noqa: E402
 
 IMAGE = "spacenet3_vegas_pan_0.3m.tif"
 LABEL = "spacenet3_vegas_road_mask.tif"
@@ -99,7 +106,7 @@ def main() -> int:
     model = load_model(args.model)
     encoders = {"": model}
     if args.random_init:
-        from engine.models.smarties import init_from_scratch
+        from engine.models import init_from_scratch
 
         encoders["random-init "] = init_from_scratch(copy.deepcopy(model), seed=0)
     with rasterio.open(image_path) as ds:
@@ -126,8 +133,7 @@ def main() -> int:
                     name = f"{prefix}{head_type}"
                     head = Path(tmp) / f"{name.replace(' ', '_')}-{seed}.safetensors"
                     t0 = time.perf_counter()
-                    fit = fit_head(image_path, LabelRaster(label_path, names=NAMES), encoder, head_type=head_type,
-                                   output=head, settings=settings, steps=args.steps, seed=seed)
+                    fit = fit_head(image_path, LabelRaster(label_path, names=NAMES), encoder, fit=HeadFitSettings(head_type=head_type, steps=args.steps, seed=seed), output=head, settings=settings)
                     fit_s = time.perf_counter() - t0
                     runs = [(112, 1)] if seed != args.tradeoff_seed or prefix else [(0, 1), (32, 1), (112, 1), (112, 2)]
                     for overlap, shifts in runs:

@@ -67,9 +67,9 @@ def test_class_factory_without_iface() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("qgis") is None, reason="QGIS Python bindings not installed")
 def test_class_factory_with_iface(qgis_iface) -> None:
     """Load and unload the plugin against pytest-qgis's stub QgisInterface."""
-    import qgis_plugin
-
     from qgis.core import QgsApplication
+
+    import qgis_plugin
 
     registry = QgsApplication.processingRegistry()
     registered_before = registry.providerById("msfm") is not None  # e.g. by the plugin tests' session fixture

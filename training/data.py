@@ -51,14 +51,10 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.enums import Resampling
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import from_bounds
 
-from engine.bands import BandMapping, ResolvedBand, resolve_bands
-from engine.inference import band_statistics, default_scale
-from engine.normalize import BandStats, normalize
-from engine.readers import read_valid
-from engine.sensors import get_sensor
-from engine.spectrum import get_range
+from engine.raster import band_statistics, read_valid
+from engine.spectral import BandMapping, BandStats, ResolvedBand, get_range, get_sensor, normalize, resolve_bands
 
 from .mae import PAD, patchify
 
@@ -421,7 +417,7 @@ def raster_source(name: str, path: os.PathLike | str, sensor: Optional[str] = No
             bands.append(BandRef(str(path), band.index, band.key))
         else:
             logger.info("%s: band %d (%s) not used for training: %s", name, band.index, band.description, why)
-    kw.setdefault("scale", default_scale(mapping))
+    kw.setdefault("scale", mapping.default_scale)
     return _with_vis_ir_split(RasterSource(name, bands, mapping=mapping, sensor=mapping.sensor, **kw))
 
 

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.cli import DEMO_MODEL, _add_band_options, _parse_band_overrides
+from engine.cli import DEMO_MODEL, add_band_options, band_overrides
 
 __all__ = ("add_eval_parser", "load_pairs", "register", "run_eval")
 
@@ -83,7 +83,7 @@ def _classifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nomenclature", type=int, choices=[19, 43], default=19,
                    help="BigEarthNet-MM folders: 19 classes (SMARTIES' probes) or the 43 stored CORINE classes "
                    "(default 19)")
-    _add_band_options(p)
+    add_band_options(p)
     _common_options(p)
 
 
@@ -202,8 +202,7 @@ def _features(model: Any, images: Any, args: argparse.Namespace, desc: str) -> t
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    from engine.inference import select_device
-    from engine.models import load_model
+    from engine.models import load_model, select_device
 
     if args.batch_size < 1 or args.size_px < 1:
         raise ValueError(f"--batch-size and --size-px must be >= 1, got {args.batch_size} and {args.size_px}")
@@ -213,13 +212,13 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 def _datasets(args: argparse.Namespace) -> tuple[Any, Any, Optional[Any], dict[str, Any]]:
     """``(train, test, whole or None, split description)`` from DATASET + --test-fraction or --train + --test."""
-    from engine.sensors import get_sensor
+    from engine.spectral import get_sensor
 
     from .labelled import load_labelled, split_patches, with_common_classes
 
     if args.sensor:
         get_sensor(args.sensor)  # unknown preset: fail before reading anything
-    options = dict(preset=args.sensor, overrides=_parse_band_overrides(args.band),
+    options = dict(preset=args.sensor, overrides=band_overrides(args.band),
                    bigearthnet_sensor=args.bigearthnet_sensor, nomenclature=args.nomenclature)
     if args.dataset and (args.train or args.test):
         raise ValueError("give either DATASET (split with --test-fraction) or --train and --test, not both")

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import CheckpointError
-from engine.models.smarties import Block, SmartiesEncoder, init_from_scratch, sincos_pos_embed
-from engine.spectrum import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, projection_for
+from engine.models import Block, SmartiesEncoder, init_from_scratch, sincos_pos_embed
+from engine.spectral import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, projection_for
 
 __all__ = ("PAD", "MAEOutput", "SmartiesMAE", "patchify", "norm_pix_loss")
 
@@ -296,20 +296,19 @@ class SmartiesMAE(nn.Module):
             engine.errors.CheckpointError: The file breaks the strict key rule, or carries a head instead of a
                 decoder, or ``decoder_heads`` does not divide the decoder width.
         """
-        from engine.models import load_model
-        from engine.models.checkpoint import read_checkpoint
+        from engine.models import load_model, read_checkpoint
 
         encoder = load_model(path_or_name, num_heads=num_heads, averaging=averaging)
-        layout = encoder.checkpoint_layout
+        layout = encoder.provenance.layout
         if layout not in ("encoder", "mae"):
-            raise CheckpointError(f"{encoder.weights_path}: layout {layout!r} holds a task head, not an MAE decoder; "
+            raise CheckpointError(f"{encoder.provenance.weights_path}: layout {layout!r} holds a task head, not an MAE decoder; "
                                   "continue pretraining from an encoder-only or full-MAE checkpoint")
         if getattr(encoder, "global_pool", False):
-            raise CheckpointError(f"{encoder.weights_path}: a global-pool (fc_norm) checkpoint is not an MAE encoder")
+            raise CheckpointError(f"{encoder.provenance.weights_path}: a global-pool (fc_norm) checkpoint is not an MAE encoder")
         extra: Mapping[str, torch.Tensor] = {}
         config: Mapping[str, Any] = {}
         if layout == "mae":
-            ckpt = read_checkpoint(encoder.weights_path)
+            ckpt = read_checkpoint(encoder.provenance.weights_path)
             extra, config = ckpt.extra_state, ckpt.config
             decoder_dim, decoder_depth = ckpt.decoder.embed_dim, ckpt.decoder.depth
             kwargs.setdefault("mlp_ratio", ckpt.decoder.mlp_hidden / ckpt.decoder.embed_dim)
@@ -343,7 +342,7 @@ class SmartiesMAE(nn.Module):
         Returns:
             The written path.
         """
-        from engine.models.checkpoint import save_encoder
+        from engine.models import save_encoder
 
         meta = {**(config or {}), "decoder_heads": self.decoder_heads, "decoder_dim": self.decoder_dim,
                 "decoder_depth": self.decoder_depth}

@@ -51,12 +51,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window, from_bounds
 
-from engine.bands import BandMapping, resolve_bands, select_band_families
 from engine.errors import InputRasterError
-from engine.inference import band_statistics, model_statistics
-from engine.normalize import BandStats
-from engine.readers import open_raster, read_valid
-from engine.spectrum import Projection
+from engine.models import model_statistics
+from engine.raster import band_statistics, open_raster, read_valid
+from engine.spectral import BandMapping, BandStats, Projection, resolve_bands, select_band_families
 
 from .data import NOT_TRAINED, PretrainSampler, RasterSource, raster_source
 
@@ -588,7 +586,7 @@ class PairedCropSampler:
         if both:
             raise ValueError(f"sensors {sorted(both)} are in both select and families; use one of them")
         self.model = model
-        model_families = getattr(model, "band_families", None)
+        model_families = model.band_families if model is not None else None
         if model_families:
             for s in self.sensors:
                 if s not in self.select and s not in self.families:

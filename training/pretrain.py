@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import queue
 import subprocess
@@ -54,10 +53,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.spectrum import get_range
+from engine.spectral import get_range
 
 from .config import ConfigError, config_to_dict, find_config, load_config, write_text_atomic
-from .mae import PAD, SmartiesMAE, patchify
+from .mae import SmartiesMAE, patchify
 from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 from .schedules import cosine_schedule, scaled_lr
 
@@ -557,7 +556,7 @@ def build_model(cfg: SmartiesMAEConfig) -> SmartiesMAE:
         training.config.ConfigError: The ``init`` checkpoint's geometry differs from ``cfg.model``.
         engine.errors.CheckpointError, engine.errors.ModelNotAvailableError: As :meth:`SmartiesMAE.from_checkpoint`.
     """
-    from engine.models.smarties import SmartiesEncoder
+    from engine.models import SmartiesEncoder
 
     m, mae = cfg.model, cfg.mae
     kw = dict(mask_ratio=mae.mask_ratio, mixup_ratio=mae.mixup_ratio, compat=mae.mixup == "compat")
@@ -640,7 +639,7 @@ def mae_exporter(name: str, export: ExportConfig,
     extra = dict(meta or {})
 
     def run(model: SmartiesMAE, folder: Path, step: int) -> list[Path]:
-        from engine.models.checkpoint import save_encoder
+        from engine.models import save_encoder
 
         assert isinstance(model, SmartiesMAE)
         info = {"model": name, "official": False, **extra, "steps": step}

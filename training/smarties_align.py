@@ -64,7 +64,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from engine.models.smarties import BandSpec, SmartiesEncoder
+from engine.models import SmartiesEncoder, safe_torch_load
+from engine.spectral import BandSpec
 
 from .config import ConfigError, find_config, load_config
 from .mae import SmartiesMAE
@@ -328,9 +329,7 @@ class SmartiesAlignModel(nn.Module):
 def _state_from_pickle(path: Path) -> dict[str, torch.Tensor]:
     """The flat state dict of a pickled checkpoint, unpickled safely by the engine's DINO reader
     (``torch.load(weights_only=True)`` under its allow-list; a refused global is named, never executed)."""
-    from engine.models.torch_checkpoint import _safe_load
-
-    obj = _safe_load(path)
+    obj = safe_torch_load(path)
     if isinstance(obj, Mapping) and ("student" in obj or "teacher" in obj):
         return dict(obj)  # a DINO / X-STARS training checkpoint: reported by the caller
     for key in _STATE_KEYS:
@@ -357,7 +356,7 @@ def _dino_error(init: str) -> ConfigError:
 def _load_student(cfg: SmartiesAlignConfig) -> SmartiesMAE:
     """``model.init`` as a :class:`SmartiesMAE` (decoder restored or fresh); pickles go through a temporary
     ``.safetensors`` so the engine's strict reader checks them like any other file."""
-    from engine.models.torch_checkpoint import is_dino_checkpoint
+    from engine.models import is_dino_checkpoint
 
     m = cfg.model
     kw = dict(num_heads=m.num_heads, averaging=m.averaging, decoder_dim=m.decoder_dim, decoder_depth=m.decoder_depth,
@@ -432,7 +431,7 @@ def _check_sensors(cfg: SmartiesAlignConfig, pairs: Sequence[Any]) -> None:
 
 
 def _mae_bands_ok(cfg: SmartiesAlignConfig, bands: Sequence[BandSpec]) -> None:
-    from engine.spectrum import get_range
+    from engine.spectral import get_range
 
     bad = [str(getattr(b, "label", b)) for b in bands if not isinstance(b, str) or get_range(b).is_disabled]
     if bad:

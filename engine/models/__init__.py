@@ -1,4 +1,4 @@
-"""Models: the SMARTIES encoder, the DINO / X-STARS ViT, strict checkpoint loading and the named-model registry.
+"""Models: the encoders, strict checkpoint reading and writing, the registry, ONNX Runtime runners and devices.
 
 Typical use::
 
@@ -7,337 +7,125 @@ Typical use::
     model = load_model("weights/my-run.safetensors")         # or a file, or a folder with one .safetensors
     emb = model.encode(x, ["red_2", "green_2", "blue_1"])    # x: float32 [B, C, H, W], normalised
     xstars = load_model("checkpoint.pth")                    # a DINO / X-STARS checkpoint: the teacher ViT (RGB)
+    onnx = load_model("encoder.onnx")                        # an export, run by ONNX Runtime without torch
 
-Sources: spec smarties.md §1.4–§1.8; spec xstars.md §1, §6 (DINO / X-STARS).
+Modules: :mod:`~engine.models.protocol` (the :class:`Encoder` contract, :class:`Provenance`),
+:mod:`~engine.models.vit` (the transformer block both families share), :mod:`~engine.models.smarties` and
+:mod:`~engine.models.dino` (the two torch families), :mod:`~engine.models.smarties_checkpoint` and
+:mod:`~engine.models.dino_checkpoint` (their files, read strictly), :mod:`~engine.models.registry` (named models, the
+Hub), :mod:`~engine.models.loading` (:func:`load_model`), :mod:`~engine.models.onnx_session`,
+:mod:`~engine.models.onnx_encoder` and :mod:`~engine.models.onnx_graph` (ONNX files, their runner and their writer),
+:mod:`~engine.models.device` and :mod:`~engine.models.inputs` (devices; from a raster to a model's input).
+
+Names whose modules import torch are imported on first access, so this package (the registry, the ONNX runner,
+:func:`load_model` of a ``.onnx`` file) works where torch is not installed.
+
+Sources: docs/smarties.md §1; docs/xstars.md §1, §6.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import logging
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING
 
-from ..errors import CheckpointError, ModelNotAvailableError
-from ..spectrum import Averaging
-from .registry import (
-    ModelSpec,
-    download_model,
-    get_model_spec,
-    list_models,
-    model_info,
-    resolve_weights,
-    snapshot_commit,
+from .._lazy import lazy_getattr
+from .device import select_device, torch_device
+from .dino_checkpoint import (
+    DinoCheckpoint,
+    build_dino_model,
+    dino_checkpoint_info,
+    dino_state_dict,
+    is_dino_checkpoint,
+    read_dino_checkpoint,
+    safe_torch_load,
+    save_dino_checkpoint,
+)
+from .inputs import model_statistics, open_reader
+from .loading import load_model, onnx_cache_dir
+from .onnx_encoder import OnnxEncoder
+from .onnx_session import (
+    ONNX_FORMAT,
+    SEGMENTER_FORMAT,
+    check_onnx_model,
+    open_session,
+    read_metadata,
+    run_session,
+    set_metadata,
+)
+from .protocol import Backend, BlockEncoder, Encoder, InputSpec, Provenance
+from .registry import ModelSpec, download_model, get_model_spec, list_models, model_info, resolve_weights
+from .smarties_checkpoint import (
+    Checkpoint,
+    EncoderGeometry,
+    inspect_checkpoint,
+    read_checkpoint,
+    save_encoder,
 )
 
-if TYPE_CHECKING:  # torch is imported on first use only, so the registry works where torch is not installed
-    import torch
+if TYPE_CHECKING:
+    from .dino import ARCHS, DINOHead, DinoViT, MultiCropWrapper, dino_vit, xstars_norm
+    from .onnx_graph import export_encoder
+    from .smarties import SmartiesEncoder, init_from_scratch, sincos_pos_embed
+    from .vit import Block, check_blocks, dense_blocks
 
-    from .checkpoint import Checkpoint
-    from .dino_vit import DinoViT
-    from .onnx_encoder import OnnxEncoder
-    from .smarties import SmartiesEncoder
-
-#: Names that need torch, imported on first access (PEP 562).
+#: Names that need torch, imported on first access.
 _TORCH_NAMES = {
-    "Checkpoint": ".checkpoint",
-    "read_checkpoint": ".checkpoint",
-    "save_encoder": ".checkpoint",
-    "SmartiesEncoder": ".smarties",
-    "DINOHead": ".dino_vit",
-    "DinoViT": ".dino_vit",
-    "MultiCropWrapper": ".dino_vit",
-    "build_dino_model": ".torch_checkpoint",
-    "read_dino_checkpoint": ".torch_checkpoint",
-    "save_dino_checkpoint": ".torch_checkpoint",
+    **dict.fromkeys(("ARCHS", "DINOHead", "DinoViT", "MultiCropWrapper", "dino_vit", "xstars_norm"), ".dino"),
+    "export_encoder": ".onnx_graph",
+    **dict.fromkeys(("SmartiesEncoder", "init_from_scratch", "sincos_pos_embed"), ".smarties"),
+    **dict.fromkeys(("Block", "check_blocks", "dense_blocks"), ".vit"),
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        return getattr(importlib.import_module(_TORCH_NAMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _TORCH_NAMES)
 
 __all__ = (
+    "ARCHS",
+    "Backend",
+    "Block",
+    "BlockEncoder",
     "Checkpoint",
     "DINOHead",
+    "DinoCheckpoint",
     "DinoViT",
+    "Encoder",
+    "EncoderGeometry",
+    "InputSpec",
     "ModelSpec",
     "MultiCropWrapper",
+    "ONNX_FORMAT",
+    "OnnxEncoder",
+    "Provenance",
+    "SEGMENTER_FORMAT",
     "SmartiesEncoder",
     "build_dino_model",
+    "check_blocks",
+    "check_onnx_model",
+    "dense_blocks",
+    "dino_checkpoint_info",
+    "dino_state_dict",
+    "dino_vit",
     "download_model",
+    "export_encoder",
     "get_model_spec",
+    "init_from_scratch",
+    "inspect_checkpoint",
+    "is_dino_checkpoint",
     "list_models",
     "load_model",
     "model_info",
+    "model_statistics",
+    "onnx_cache_dir",
+    "open_reader",
+    "open_session",
     "read_checkpoint",
     "read_dino_checkpoint",
+    "read_metadata",
     "resolve_weights",
+    "run_session",
+    "safe_torch_load",
     "save_dino_checkpoint",
     "save_encoder",
-    "snapshot_commit",
+    "select_device",
+    "set_metadata",
+    "sincos_pos_embed",
+    "torch_device",
+    "xstars_norm",
 )
-
-logger = logging.getLogger(__name__)
-
-_AVERAGING = ("linear", "reference")
-#: Config keys that must agree with the geometry read from the tensors.
-_GEOMETRY_FIELDS = ("embed_dim", "depth", "patch_size")
-
-
-def _spec_for(path_or_name: Union[str, "os.PathLike[str]"], path: Path, embed_dim: int) -> Optional[ModelSpec]:
-    """The registry entry behind a name, or the one whose file name (and D) matches a given path."""
-    if isinstance(path_or_name, str) and not Path(path_or_name).expanduser().exists():
-        try:
-            return get_model_spec(path_or_name)
-        except ModelNotAvailableError:
-            return None
-    matches = [
-        s for s in list_models() if path.name in (s.filename, s.bundled) and s.embed_dim == embed_dim
-    ]
-    return matches[0] if len(matches) == 1 else None
-
-
-def _read_config_json(path: Path) -> dict[str, Any]:
-    config_path = path.parent / "config.json"
-    if not config_path.is_file():
-        return {}
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{config_path} (next to {path.name}) cannot be read as JSON ({exc}); fix or remove it, or pass "
-            "num_heads explicitly"
-        ) from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
-    return config
-
-
-def _check_config(config: Mapping[str, Any], checkpoint: Checkpoint, source: str) -> None:
-    geometry = checkpoint.geometry
-    for name in _GEOMETRY_FIELDS:
-        if name in config and config[name] != getattr(geometry, name):
-            raise CheckpointError(
-                f"{source} says {name}={config[name]!r} but the tensors of {checkpoint.path} have "
-                f"{name}={getattr(geometry, name)}; the config belongs to another model. Fix or remove it, or "
-                "pass num_heads/averaging explicitly."
-            )
-
-
-def _heads_from(config: Mapping[str, Any]) -> Optional[Any]:
-    for key in ("num_heads", "num_attention_heads"):
-        if config.get(key) is not None:
-            return config[key]
-    return None
-
-
-def _resolve_num_heads(
-    num_heads: Optional[int],
-    checkpoint: Checkpoint,
-    config_json: Mapping[str, Any],
-    spec: Optional[ModelSpec],
-) -> tuple[int, str]:
-    from .checkpoint import _first_num_heads
-
-    dim = checkpoint.geometry.embed_dim
-    candidates = (
-        (num_heads, "the num_heads argument"),
-        (_heads_from(checkpoint.config), f"the config metadata of {checkpoint.path.name}"),
-        (_heads_from(config_json), f"config.json next to {checkpoint.path.name}"),
-        (spec.num_heads if spec else None, f"the registry entry {spec.name!r}" if spec else ""),
-    )
-    found = _first_num_heads(dim, candidates)
-    if found is not None:
-        return found
-    if dim % 64 == 0:
-        logger.warning(
-            "%s: no num_heads recorded; assuming D/64 = %d heads (head dim 64, true for ViT-Ti/S/B/L). "
-            "Pass num_heads= if the model was trained otherwise.", checkpoint.path, dim // 64,
-        )
-        return dim // 64, "D/64"
-    raise CheckpointError(
-        f"{checkpoint.path}: the number of attention heads is not stored in the tensors and no config records it "
-        f"(D={dim} is not a multiple of 64, so D/64 cannot be assumed). Pass num_heads= to load_model, or add "
-        '{"num_heads": N} to a config.json next to the file.'
-    )
-
-
-def _resolve_averaging(
-    averaging: Optional[str], checkpoint: Checkpoint, config_json: Mapping[str, Any]
-) -> Averaging:
-    if averaging is not None:
-        if averaging not in _AVERAGING:
-            raise ValueError(f"averaging must be one of {_AVERAGING}, got {averaging!r}")
-        return averaging  # type: ignore[return-value]
-    for config, source in ((checkpoint.config, "config metadata"), (config_json, "config.json")):
-        value = config.get("averaging")
-        if value is not None:
-            if value not in _AVERAGING:
-                raise CheckpointError(
-                    f"{checkpoint.path}: {source} has averaging={value!r}, expected one of {_AVERAGING}; pass "
-                    "averaging= explicitly"
-                )
-            return value  # type: ignore[no-any-return]
-    return "linear"
-
-
-def load_model(
-    path_or_name: Union[str, "os.PathLike[str]"],
-    num_heads: Optional[int] = None,
-    device: Union[str, torch.device] = "cpu",
-    averaging: Optional[Averaging] = None,
-    which: Optional[str] = None,
-    backend: str = "torch",
-) -> Union[SmartiesEncoder, DinoViT, OnnxEncoder]:
-    """Load a SMARTIES encoder or a DINO / X-STARS ViT from a registry name, a file or a folder, strictly.
-
-    A ``.pth`` file, or a ``.safetensors`` file with DINO key names (``patch_embed.proj.weight``), is read as a DINO /
-    X-STARS checkpoint (:func:`~engine.models.torch_checkpoint.read_dino_checkpoint`: safe unpickling, strict keys)
-    and gives a :class:`~engine.models.dino_vit.DinoViT` (backbone only; the DINO head is checked, not loaded) that
-    takes red, green, blue and normalises them with the checkpoint's ``args.mean/std`` (else the X-STARS
-    ``sentinel_landsat`` preset, spec xstars.md §5). Its number of heads comes from ``num_heads``, the file's
-    config, ``args.arch`` or D/64. Everything below describes SMARTIES files.
-
-    The geometry (D, depth, patch size, position grid, MLP width) is read from the tensors. The number of heads is
-    not stored in them; it is taken, in order, from ``num_heads``, the file's ``config`` metadata, a
-    ``config.json`` next to the file, the registry entry, or D/64 when D is a multiple of 64 (with a warning).
-    Head or MAE-decoder tensors in the file are checked (spec §1.6–§1.7) but not loaded into the encoder.
-
-    Args:
-        path_or_name: Registry name (``"smarties-vit-b"``, ``"smarties-demo-tiny"``; see
-            :func:`list_models`), a ``.safetensors`` file, or a folder with exactly one ``.safetensors`` file.
-        num_heads: Attention heads; overrides any recorded value.
-        device: Torch device for the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
-        averaging: Weights of the averaged ranges 17/18 (``"linear"`` or ``"reference"`` for bit-exact parity with
-            the reference code, see :mod:`engine.spectrum`); default from the file's config, else ``"linear"``.
-            SMARTIES only.
-        which: DINO / X-STARS only: the network to load, ``"teacher"`` (default, DINO's convention) or
-            ``"student"``.
-        backend: ``"torch"`` (default) or ``"onnx"``: an :class:`~engine.models.onnx_encoder.OnnxEncoder` run by ONNX
-            Runtime. A ``.onnx`` file always loads with ONNX Runtime (torch is then never imported); a SMARTIES
-            checkpoint with ``backend="onnx"`` is exported once (:func:`engine.onnx_export.export_encoder`) into
-            :func:`onnx_cache_dir` and reused while its SHA-256 is unchanged.
-
-    Returns:
-        The encoder in eval mode on ``device`` (float32). Extra attributes: ``weights_path`` (Path),
-        ``model_name`` (registry name or None), ``checkpoint_layout`` (``"encoder"``, ``"mae"``, ``"head:..."``,
-        ``"dino:teacher"``, ``"dino:student"``, ``"dino:state"``), ``global_pool`` (True when the file held
-        ``fc_norm`` instead of ``norm``).
-
-    Raises:
-        engine.errors.ModelNotAvailableError: Unknown name, missing path, or a Hub model that is not cached while
-            offline (the message gives ``msfm models download NAME``).
-        engine.errors.CheckpointError: The file is unreadable or breaks the strict key rule, a config contradicts
-            the tensors, or the number of heads cannot be determined or does not divide D.
-        ValueError: Invalid ``averaging``; ``averaging`` given for a DINO file or ``which`` for a SMARTIES file.
-    """
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-    path = resolve_weights(path_or_name)
-    if path.suffix.lower() == ".onnx":
-        from .onnx_encoder import OnnxEncoder
-
-        return OnnxEncoder(path, device=str(device))
-    if backend == "onnx":
-        return _load_onnx_export(path_or_name, path, num_heads, str(device))
-    import torch
-
-    from .checkpoint import read_checkpoint
-    from .smarties import SmartiesEncoder
-    from .torch_checkpoint import is_dino_checkpoint
-
-    if is_dino_checkpoint(path):
-        if averaging is not None:
-            raise ValueError(f"averaging applies to SMARTIES checkpoints; {path.name} is a DINO / X-STARS checkpoint")
-        return _load_dino(path, which or "teacher", num_heads, device)
-    if which is not None:
-        raise ValueError(f"which={which!r} applies to DINO / X-STARS checkpoints; {path.name} is a SMARTIES file")
-
-    checkpoint = read_checkpoint(path)
-    geometry = checkpoint.geometry
-    config_json = _read_config_json(path)
-    _check_config(checkpoint.config, checkpoint, f"the config metadata of {path.name}")
-    _check_config(config_json, checkpoint, f"config.json next to {path.name}")
-    spec = _spec_for(path_or_name, path, geometry.embed_dim)
-    heads, heads_source = _resolve_num_heads(num_heads, checkpoint, config_json, spec)
-    mode = _resolve_averaging(averaging, checkpoint, config_json)
-
-    with torch.device("meta"):
-        model = SmartiesEncoder(
-            embed_dim=geometry.embed_dim,
-            depth=geometry.depth,
-            num_heads=heads,
-            patch_size=geometry.patch_size,
-            grid_size=geometry.grid_size,
-            mlp_ratio=geometry.mlp_ratio,
-            averaging=mode,
-        )
-    try:
-        model.load_state_dict(checkpoint.encoder_state, strict=True, assign=True)
-    except RuntimeError as exc:  # cannot happen after classify_keys unless the two drift apart
-        raise CheckpointError(f"{path}: state dict does not fit the encoder: {exc}") from exc
-    model = model.to(torch.device(device)).eval()
-    model.weights_path = path
-    model.model_name = spec.name if spec else None
-    model.checkpoint_layout = checkpoint.layout
-    model.global_pool = checkpoint.global_pool
-    if checkpoint.global_pool:
-        logger.warning(
-            "%s was trained with global pooling (fc_norm): its norm is applied to the CLS token by encode('cls'); "
-            "for the trained pooled feature use encode(..., 'grid').mean((2, 3)) followed by model.norm.", path,
-        )
-    logger.info(
-        "loaded %s (%s, D=%d, depth %d, %d heads from %s, patch %d, grid %d, averaging %s) on %s",
-        path, checkpoint.layout, geometry.embed_dim, geometry.depth, heads, heads_source, geometry.patch_size,
-        geometry.grid_size, mode, device,
-    )
-    return model
-
-
-def onnx_cache_dir() -> Path:
-    """Where checkpoints exported for ``backend="onnx"`` are kept: ``$MSFM_ONNX_CACHE``, else
-    ``$XDG_CACHE_HOME/msfm/onnx`` (``~/.cache/msfm/onnx``)."""
-    if os.environ.get("MSFM_ONNX_CACHE"):
-        return Path(os.environ["MSFM_ONNX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msfm" / "onnx"
-
-
-def _load_onnx_export(path_or_name: Any, path: Path, num_heads: Optional[int], device: str) -> OnnxEncoder:
-    """The ONNX export of a SMARTIES checkpoint (made once per checkpoint content, then reused)."""
-    from .registry import file_sha256
-    from .onnx_encoder import OnnxEncoder
-
-    target = onnx_cache_dir() / f"{path.stem}-{file_sha256(path)[:16]}.onnx"
-    if not target.is_file():
-        from ..onnx_export import export_encoder
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        export_encoder(load_model(path_or_name, num_heads=num_heads), target)
-        logger.info("exported %s to %s for ONNX Runtime", path, target)
-    return OnnxEncoder(target, device=device)
-
-
-def _load_dino(path: Path, which: str, num_heads: Optional[int], device: Union[str, torch.device]) -> DinoViT:
-    """The backbone of a DINO / X-STARS checkpoint, ready for the engine (see :func:`load_model`)."""
-    import torch
-
-    from .torch_checkpoint import build_dino_model, read_dino_checkpoint
-
-    checkpoint = read_dino_checkpoint(path, which=which, with_head=False)
-    model = build_dino_model(checkpoint, num_heads=num_heads)
-    model = model.to(torch.device(device)).eval()
-    model.weights_path = path
-    model.model_name = None
-    model.checkpoint_layout = checkpoint.layout
-    model.global_pool = False
-    geometry = checkpoint.geometry
-    logger.info(
-        "loaded %s (%s, D=%d, depth %d, %d heads from %s, patch %d, grid %d, inputs R, G, B normalised with %s) on %s",
-        path, checkpoint.layout, geometry.embed_dim, geometry.depth, model.num_heads, model.num_heads_source,
-        geometry.patch_size, geometry.grid_size, model.input_norm.source, device,
-    )
-    return model  # type: ignore[no-any-return]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import logging
 import os
 import re
@@ -29,11 +28,12 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import CheckpointError, ModelNotAvailableError
+from .dino_checkpoint import dino_checkpoint_info, is_dino_checkpoint
+from .smarties_checkpoint import inspect_checkpoint
 
 __all__ = (
     "ModelSpec",
     "download_model",
-    "file_sha256",
     "get_model_spec",
     "list_models",
     "model_info",
@@ -428,8 +428,6 @@ def download_model(name: str) -> Path:
             download failed.
         engine.errors.CheckpointError: The downloaded file breaks the strict key rule.
     """
-    from .checkpoint import inspect_checkpoint
-
     spec = get_model_spec(name)
     if spec.is_bundled or _hub_offline():
         path = resolve_weights(spec.name, download=False)
@@ -457,15 +455,12 @@ def model_info(name: Union[str, PathLike]) -> dict[str, Any]:
         (``error`` instead when the file breaks the key rule). For a path: ``name``, ``local_path``, ``available``,
         ``status``, ``layout``, ``geometry``, ``config``; for a DINO / X-STARS file also ``family`` (``"dino"``),
         ``networks``, ``head``, ``epoch``, ``input_norm`` and ``args``
-        (:func:`engine.models.torch_checkpoint.dino_checkpoint_info`).
+        (:func:`engine.models.dino_checkpoint_info`).
 
     Raises:
         engine.errors.ModelNotAvailableError: Unknown name, or a path that does not exist.
         engine.errors.CheckpointError: A local file that cannot be read or breaks the strict key rule.
     """
-    from .checkpoint import inspect_checkpoint
-    from .torch_checkpoint import dino_checkpoint_info, is_dino_checkpoint
-
     text = os.fspath(name)
     local = Path(text).expanduser()
     if local.exists() or not isinstance(name, str) or (_looks_like_path(text) and not _is_repo_id(text)):
@@ -530,12 +525,3 @@ def _layout_fields(layout: Any) -> dict[str, Any]:
         },
         "num_classes": layout.num_classes,
     }
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    """Hex SHA-256 of a file (read in 1 MB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

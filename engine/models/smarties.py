@@ -17,61 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spectrum import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, Averaging, Projection, band_mix, projection_for
+from ..spectral import (
+    NUM_BASE_PROJECTIONS,
+    PROJECTION_SCALER,
+    Averaging,
+    BandSpec,
+    ChannelNorm,
+    Projection,
+    band_mix,
+    projection_for,
+)
+from .protocol import Provenance
+from .vit import LN_EPS, Block, block_grids, check_blocks
 
-__all__ = ("BandSpec", "SmartiesEncoder", "init_from_scratch", "sincos_pos_embed")
-
-#: What ``encode`` accepts for one band: a range key, a projection index 0..18, or a :class:`Projection`.
-BandSpec = Union[str, int, Projection]
-
-_LN_EPS = 1e-6
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv Linear (timm layout ``qkv``/``proj``)."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: [B, N, D] → [B, N, D]."""
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Module):
-    """``fc1`` → exact (erf) GELU → ``fc2``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x += attn(norm1(x)); x += mlp(norm2(x))``."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.mlp = Mlp(dim, mlp_hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+__all__ = ("SmartiesEncoder", "init_from_scratch", "sincos_pos_embed")
 
 
 class _RangeProjection(nn.Module):
@@ -95,42 +54,6 @@ class SpectrumProjection(nn.Module):
         bias = torch.stack([m.proj.bias for m in self.spectrum_embeds])
         return weight, bias
 
-
-
-def check_blocks(blocks: Sequence[int], depth: int) -> None:
-    """Raise ValueError unless ``blocks`` are strictly increasing 0-based block indices below ``depth``."""
-    if not blocks or list(blocks) != sorted(set(blocks)) or blocks[0] < 0 or blocks[-1] >= depth:
-        raise ValueError(
-            f"blocks must be increasing indices in 0..{depth - 1} (0-based; {depth - 1} = the last block), got "
-            f"{list(blocks)}"
-        )
-
-
-def block_grids(blocks: Sequence[nn.Module], tokens: torch.Tensor, wanted: Sequence[int], h: int, w: int,
-                dim: int) -> list[torch.Tensor]:
-    """Run ``tokens`` ``[B, 1 + h·w, D]`` (CLS first, positions added) through ``blocks`` up to the last ``wanted``
-    one and return the patch tokens after each wanted block as a grid ``[B, D, h, w]`` (before any final norm).
-
-    ``wanted`` must be increasing (:func:`check_blocks`); ``dim`` is D as a Python int, so an ONNX trace keeps static
-    grid shapes. Shared by the SMARTIES and DINO encoders' ``encode_blocks``.
-    """
-    grids = []
-    for i, block in enumerate(blocks[: wanted[-1] + 1]):
-        tokens = block(tokens)
-        if i in wanted:
-            grids.append(tokens[:, 1:].transpose(1, 2).reshape(-1, dim, h, w))
-    return grids
-
-
-def dense_blocks(depth: int) -> tuple[int, int, int, int]:
-    """The four blocks a multi-level dense head reads: ``(d/3, d/2, 2d/3, d) − 1``.
-
-    3/5/7/11 for a ViT-B (depth 12) and 7/11/15/23 for a ViT-L (24), the convention of UPerNet probing of ViTs
-    (spec smarties.md §6, PANGAEA); 1/2/3/5 for the 6-block demo model.
-    """
-    if depth < 4:
-        raise ValueError(f"a multi-level head needs at least 4 blocks, the encoder has {depth}")
-    return (max(0, depth // 3 - 1), depth // 2 - 1, 2 * depth // 3 - 1, depth - 1)
 
 
 def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
@@ -179,7 +102,16 @@ class SmartiesEncoder(nn.Module):
     Attributes:
         cls_token: ``[1, 1, D]``.
         pos_embed: ``[1, 1 + G², D]`` (read from the checkpoint; fixed sin-cos at init).
+        provenance: Where the weights come from (:class:`Provenance`; set by :func:`engine.models.load_model`).
+
+    The class implements :class:`engine.models.BlockEncoder`: it takes any bands (``band_families`` None) and
+    normalises with the bands' own statistics (``input_norm`` None).
     """
+
+    backend = "torch"
+    band_families: Optional[tuple[str, ...]] = None
+    input_norm: Optional[ChannelNorm] = None
+    grid_output = "last-block patch tokens before the final norm"
 
     def __init__(
         self,
@@ -203,8 +135,9 @@ class SmartiesEncoder(nn.Module):
         self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, grid_size), requires_grad=False)
         self.spectrum_projection = SpectrumProjection(patch_size * patch_size, embed_dim)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, self.mlp_hidden) for _ in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=_LN_EPS)
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.provenance = Provenance()
 
     # ------------------------------------------------------------------ token embedding
     def projections(self, bands: Sequence[BandSpec]) -> list[Projection]:

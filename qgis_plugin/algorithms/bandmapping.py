@@ -5,11 +5,10 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 
 from qgis.core import QgsProcessingParameterFileDestination
 
-from .. import runtime
+from ..runtime import engine
 from .base import MsfmAlgorithm
 
 
@@ -32,14 +31,11 @@ class BandMappingReport(MsfmAlgorithm):
             "OUTPUT", "Report", fileFilter="HTML files (*.html)", optional=True, createByDefault=True))
 
     def compute(self, parameters, context, feedback) -> dict:
-        bands = runtime.engine_module("bands")
-        inference = runtime.engine_module("inference")
-        readers = runtime.engine_module("readers")
         source = self.layer_path(parameters, context, feedback)
-        with readers.open_raster(source) as ds:
-            mapping = bands.resolve_bands(ds, **self.band_arguments(parameters, context))
-            mapping = mapping.with_stats(inference.band_statistics(ds, mapping))  # estimated ones included
-        text = bands.describe_mapping(mapping)
+        with engine.raster.open_raster(source) as ds:
+            mapping = engine.spectral.resolve_bands(ds, **self.band_arguments(parameters, context))
+            mapping = mapping.with_stats(engine.raster.band_statistics(ds, mapping))  # estimated ones included
+        text = engine.spectral.describe_mapping(mapping)
         feedback.pushInfo(text)
         outputs = {
             "SENSOR": mapping.sensor or "",
@@ -48,7 +44,7 @@ class BandMappingReport(MsfmAlgorithm):
         }
         path = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if path:
-            _write_atomic(path, _html(mapping, source))
+            engine.atomic.write_text(path, _html(mapping, source))
             outputs["OUTPUT"] = path
         return outputs
 
@@ -78,15 +74,3 @@ def _html(mapping, source: str) -> str:
         + (f"<h3>Dropped</h3><ul>{dropped}</ul>" if dropped else "")
         + "</body></html>"
     )
-
-
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".msfm-", suffix=".html", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

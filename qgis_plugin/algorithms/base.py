@@ -55,6 +55,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from .. import runtime
+from ..runtime import engine
 
 ICONS = Path(__file__).resolve().parents[1] / "icons"
 if not ICONS.is_dir():  # development checkout: icons/ sits at the repository root
@@ -88,7 +89,7 @@ def icon(name: str) -> QIcon:
 def sensor_ids() -> list[str]:
     """``"auto"`` followed by every sensor preset id of the engine (needs only numpy)."""
     try:
-        return [AUTO_SENSOR, *(s.id for s in runtime.engine_module("sensors").list_sensors())]
+        return [AUTO_SENSOR, *(s.id for s in engine.spectral.list_sensors())]
     except Exception:  # the plugin must load even where the engine cannot be imported; the run will explain
         return [AUTO_SENSOR]
 
@@ -96,7 +97,7 @@ def sensor_ids() -> list[str]:
 def model_names() -> list[str]:
     """Registry names of the models, the bundled default first (needs no torch)."""
     try:
-        names = [s.name for s in runtime.engine_module("models.registry").list_models()]
+        names = [s.name for s in engine.models.list_models()]
     except Exception:
         return [DEFAULT_MODEL]
     return sorted(names, key=lambda n: n != DEFAULT_MODEL)
@@ -106,7 +107,7 @@ def parse_overrides(text: Optional[str]) -> Optional[dict]:
     """The ``BAND_OVERRIDES`` string (``"4=red_2; 5=842.5"``) as the engine's override mapping (None if empty)."""
     if not text or not text.strip():
         return None
-    return runtime.engine_module("bands").parse_overrides(text) or None
+    return engine.spectral.parse_overrides(text) or None
 
 
 _MODEL_LOCK = threading.Lock()
@@ -124,12 +125,11 @@ def load_model(name_or_path: str, backend: str = "torch", device: str = "cpu") -
     ``backend="onnx"`` (implied by a ``.onnx`` file) gives the engine's ONNX Runtime encoder on ``device`` (its
     execution provider is chosen at load time); a torch model is loaded on the CPU and moved by the engine.
     """
-    models = runtime.engine_module("models")
-    path = models.resolve_weights(name_or_path)
+    path = engine.models.resolve_weights(name_or_path)
     backend = "onnx" if is_onnx_file(str(path)) else backend
     device = device if backend == "onnx" else "cpu"
     return cached((str(path), path.stat().st_mtime, backend, device),
-                  lambda: models.load_model(name_or_path, device=device, backend=backend))
+                  lambda: engine.models.load_model(name_or_path, device=device, backend=backend))
 
 
 def cached(key: tuple, load: Callable[[], Any]) -> Any:
@@ -364,12 +364,12 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException("The mask layer has no polygon (check 'Selected features only').")
         if bounds is None and not geometries:
             return None
-        return runtime.engine_module("region").Region(bounds=bounds, geometries=geometries)
+        return engine.raster.Region(bounds=bounds, geometries=geometries)
 
     def settings(self, parameters: dict, context: QgsProcessingContext, **extra: Any) -> Any:
         """The engine's ``InferenceSettings`` from the tiling parameters (plus ``extra`` fields)."""
         scale = parameters.get("SCALE")
-        return runtime.engine_module("inference").InferenceSettings(
+        return engine.InferenceSettings(
             tile_size_px=self.parameterAsInt(parameters, "TILE_SIZE", context),
             overlap_px=self.parameterAsInt(parameters, "OVERLAP", context),
             batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
@@ -392,7 +392,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         tile = self.parameterAsInt(parameters, "TILE_SIZE", context)
         if tile != model.tile_size_px:
             raise QgsProcessingException(
-                f"The ONNX model {Path(model.weights_path).name} was exported for {model.tile_size_px}-px tiles, but "
+                f"The ONNX model {Path(model.provenance.weights_path).name} was exported for {model.tile_size_px}-px tiles, but "
                 f"'Tile size' is {tile}. Set 'Tile size' to {model.tile_size_px}, or {fix.format(tile=tile)}.")
 
     def backend(self, parameters: dict, context: QgsProcessingContext) -> str:
@@ -424,7 +424,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             model = load_model(name, backend=backend, device=device)
         depth = model.depth  # every engine encoder (SMARTIES, DINO, ONNX Runtime) records it
         if backend == "onnx":
-            exported = "" if is_onnx_file(name) else f", exported to {model.weights_path}"
+            exported = "" if is_onnx_file(name) else f", exported to {model.provenance.weights_path}"
             feedback.pushInfo(f"Model: {name} (D={model.embed_dim}, {depth} blocks; ONNX backend: ONNX Runtime "
                               f"on {model.device}{exported})")
             feedback.pushInfo(f"Devices: {runtime.onnxruntime_report()}")
@@ -468,16 +468,15 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             runtime.require(kind)
             if "torch" in runtime.REQUIREMENTS[kind]:
                 runtime.import_torch()  # before the engine imports it: keeps torch's own BLAS inside QGIS
-            errors = runtime.engine_module("errors")
         except runtime.DependencyError as exc:
             raise QgsProcessingException(f"{exc}{self.dependency_hint(exc, parameters, context)}") from exc
         try:
             return self.compute(parameters, context, feedback)
-        except errors.InferenceCancelled as exc:
+        except engine.errors.InferenceCancelled as exc:
             raise QgsProcessingException(f"Cancelled: {exc}") from exc
-        except errors.BandResolutionError as exc:
+        except engine.errors.BandResolutionError as exc:
             raise QgsProcessingException(f"{exc}\n{_BAND_HINT}") from exc
-        except (errors.EngineError, ValueError, runtime.DependencyError) as exc:
+        except (engine.errors.EngineError, ValueError, runtime.DependencyError) as exc:
             raise QgsProcessingException(str(exc)) from exc
         finally:
             if self._tmp is not None:

@@ -9,7 +9,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .. import runtime
+from ..runtime import engine
 from ..styling import style_classes
 from .base import BACKEND_HELP, MsfmAlgorithm
 
@@ -53,16 +53,16 @@ class ClusterEmbeddings(MsfmAlgorithm):
             "OUTPUT_EMBEDDINGS", "Embeddings (kept)", optional=True, createByDefault=False))
 
     def compute(self, parameters, context, feedback) -> dict:
-        cluster = runtime.engine_module("cluster")
         source = self.layer_path(parameters, context, feedback)
         embeddings = embeddings_path(self, parameters, context)
         model = None if embeddings else self.model(parameters, context, feedback)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         kept = self.parameterAsOutputLayer(parameters, "OUTPUT_EMBEDDINGS", context) or None
         k = self.parameterAsInt(parameters, "K", context)
-        result = cluster.cluster_raster(
-            source, output, model, k=k, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
-            embeddings=embeddings, embeddings_output=kept, settings=self.settings(parameters, context),
+        clustering = engine.maps.ClusterSettings(
+            k=k, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context))
+        result = engine.maps.cluster_raster(
+            source, output, model, clustering=clustering, embeddings=embeddings, embeddings_output=kept, settings=self.settings(parameters, context),
             region=self.region(parameters, context, feedback), **self.band_arguments(parameters, context),
             **self.progress(feedback),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingOutputString, QgsProcessingParameterEnum
 
-from .. import runtime
+from ..runtime import engine
 from .base import DEFAULT_MODEL, MsfmAlgorithm, model_names
 
 
@@ -28,10 +28,9 @@ class DownloadModel(MsfmAlgorithm):
         self.addOutput(QgsProcessingOutputString("STATUS", "Status"))
 
     def compute(self, parameters, context, feedback) -> dict:
-        registry = runtime.engine_module("models.registry")
         name = self.parameterAsEnumString(parameters, "MODEL", context)
-        feedback.pushInfo(f"{name}: {registry.model_info(name)['status']}")
-        path = registry.download_model(name)
-        status = registry.model_info(name)["status"]
+        feedback.pushInfo(f"{name}: {engine.models.model_info(name)['status']}")
+        path = engine.models.download_model(name)
+        status = engine.models.model_info(name)["status"]
         feedback.pushInfo(status)
         return {"PATH": str(path), "STATUS": status}

@@ -6,7 +6,7 @@ import json
 
 from qgis.core import QgsProcessingParameterEnum, QgsProcessingParameterRasterDestination
 
-from .. import runtime
+from ..runtime import engine
 from ..styling import style_rgb
 from .base import BACKEND_HELP, MsfmAlgorithm
 
@@ -37,22 +37,18 @@ class ComputeEmbeddings(MsfmAlgorithm):
             "OUTPUT_PCA", "Principal components (RGB preview)", optional=True, createByDefault=False))
 
     def compute(self, parameters, context, feedback) -> dict:
-        import rasterio
-
-        inference = runtime.engine_module("inference")
-        pca = runtime.engine_module("pca")
         source = self.layer_path(parameters, context, feedback)
         region = self.region(parameters, context, feedback)
         model = self.model(parameters, context, feedback)
         settings = self.settings(parameters, context,
                                  output_dtype=self.parameterAsEnumString(parameters, "OUTPUT_DTYPE", context))
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        result = inference.embed_raster(source, output, model, settings=settings, region=region,
-                                        **self.band_arguments(parameters, context), **self.progress(feedback))
+        result = engine.maps.embed_raster(source, output, model, settings=settings, region=region,
+                                          **self.band_arguments(parameters, context), **self.progress(feedback))
         feedback.pushInfo(f"{result.tiles} tiles in {result.seconds:.1f} s → {result.width}×{result.height} cells "
                           f"of {result.cell_size_px:g} layer pixels, {result.embed_dim} bands")
-        with rasterio.open(output) as grid:
-            _, components = pca.principal_components(grid, 3)
+        with engine.raster.open_raster(output) as grid:
+            _, components = engine.maps.principal_components(grid, 3)
         bands = _loading_bands(components)
         self.style_output(output, lambda layer: style_rgb(layer, bands))
         outputs = {
@@ -61,7 +57,7 @@ class ComputeEmbeddings(MsfmAlgorithm):
         }
         pca_output = self.parameterAsOutputLayer(parameters, "OUTPUT_PCA", context)
         if pca_output:
-            pca.write_pca_raster(output, pca_output, 3)
+            engine.maps.write_pca_raster(output, pca_output, 3)
             self.style_output(pca_output, lambda layer: style_rgb(layer, (1, 2, 3)))
             outputs["OUTPUT_PCA"] = pca_output
         return outputs

@@ -23,6 +23,7 @@ from qgis.core import (
 )
 
 from .. import runtime
+from ..runtime import engine
 from .base import AUTO_SENSOR, DEFAULT_MODEL, MsfmAlgorithm, load_model, model_names, sensor_ids
 
 #: ``PRECISION`` values (``engine.onnx_export.PRECISIONS``): float32 as exported; int8 (ONNX Runtime dynamic
@@ -96,13 +97,12 @@ class ExportOnnx(MsfmAlgorithm):
                 "with onnxruntime alone.")
 
     def compute(self, parameters, context, feedback) -> dict:
-        """Export (``engine.onnx_export.export``) and report the file's format, classes and size.
+        """Export (``engine.export.export``) and report the file's format, classes and size.
 
         Raises:
             QgsProcessingException: Bad output name or folder, or a missing head file.
             qgis_plugin.runtime.DependencyError: onnxruntime missing for an int8/float16 copy.
         """
-        onnx_export = runtime.engine_module("onnx_export")
         precision = self.parameterAsEnumString(parameters, "PRECISION", context) or "float32"
         if precision != "float32":
             runtime.require("inference_onnx")  # quantize / to_float16 use ONNX Runtime's tools
@@ -127,17 +127,17 @@ class ExportOnnx(MsfmAlgorithm):
             if sensor:
                 feedback.pushWarning(f"Sensor preset {sensor} ignored: a segmenter records the head's bands and "
                                      "statistics from its card.")
-            head = runtime.engine_module("heads").load_head(head_path)
-            name = model_file or runtime.engine_module("segmentation").encoder_source(head, head_path)
+            head = engine.segmentation.load_head(head_path)
+            name = model_file or engine.segmentation.encoder_source(head.card, head_path)
             feedback.pushInfo(f"Exporting the {head.card.head_type} head {Path(head_path).name} "
                               f"({head.card.num_classes} classes) with its encoder {name}")
         else:
             name = model_file or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL
             feedback.pushInfo(f"Exporting the encoder {name}")
         # the engine writes every file under a temporary name: a failed export leaves none behind
-        onnx_export.export(load_model(name), output, head=head, precision=precision, tile_size_px=tile,
+        engine.export.export(load_model(name), output, head=head, precision=precision, tile_size_px=tile,
                            sensor=sensor)
-        meta = runtime.engine_module("models.onnx_encoder").read_metadata(output)
+        meta = engine.models.read_metadata(output)
         size_mb = output.stat().st_size / 1e6
         tile_px = meta.get("msfm_tile_size_px")
         card = meta.get("msfm_head_card")

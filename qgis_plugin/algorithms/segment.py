@@ -36,6 +36,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from .. import runtime
+from ..runtime import engine
 from ..styling import style_classes
 from .base import MsfmAlgorithm, cached, is_onnx_file, iter_features, load_model
 
@@ -125,14 +126,13 @@ class TrainSegmentationHead(MsfmAlgorithm):
             ids.append(feature.id())
         if feedback.isCanceled():
             raise QgsProcessingException("Cancelled while reading the polygons; no head written.")
-        labels = runtime.engine_module("labels").PolygonLabels(
+        labels = engine.segmentation.PolygonLabels(
             geometries, values, self.layer_crs.toWkt() if source.sourceCrs().isValid() else None, field=field,
             source=f"layer {source.sourceName()!r}" if source.sourceName() else "the polygon layer", ids=ids,
         )
         return labels
 
     def compute(self, parameters, context, feedback) -> dict:
-        head_training = runtime.engine_module("head_training")
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if not output:
             raise QgsProcessingException("Choose a file for the segmentation head (.safetensors).")
@@ -144,10 +144,11 @@ class TrainSegmentationHead(MsfmAlgorithm):
         head_type = self.parameterAsEnumString(parameters, "HEAD_TYPE", context) or "linear"
         feedback.pushInfo(f"{len(labels.geometries)} polygons, field {labels.field!r}; {head_type} head, "
                           f"{steps} steps{', fine-tuning the encoder' if finetune else ''}")
-        result = head_training.fit_head(
-            source, labels, model, head_type=head_type, output=output,
-            settings=self.settings(parameters, context), steps=steps,
-            val_fraction=self.parameterAsDouble(parameters, "VAL_FRACTION", context), finetune=finetune,
+        fit = engine.segmentation.HeadFitSettings(
+            head_type=head_type, steps=steps, finetune=finetune,
+            val_fraction=self.parameterAsDouble(parameters, "VAL_FRACTION", context))
+        result = engine.segmentation.fit_head(
+            source, labels, model, fit=fit, output=output, settings=self.settings(parameters, context),
             **self.band_arguments(parameters, context), **self.progress(feedback),
         )
         card = result.head.card
@@ -283,7 +284,7 @@ class SegmentWithHead(MsfmAlgorithm):
             QgsProcessingException: No such file. engine.errors.CheckpointError: Not a head file.
         """
         path = self._head_path(parameters, context)
-        return runtime.engine_module("heads").load_head(path), path
+        return engine.segmentation.load_head(path), path
 
     def _head_path(self, parameters, context) -> str:
         path = self.parameterAsFile(parameters, "HEAD", context)
@@ -302,11 +303,10 @@ class SegmentWithHead(MsfmAlgorithm):
                 head), or CUDA asked for without onnxruntime-gpu.
         """
         path = self._head_path(parameters, context)
-        onnx_segmenter = runtime.engine_module("models.onnx_segmenter")
         device = self.parameterAsEnumString(parameters, "DEVICE", context) or "auto"
         # an exported encoder picked by mistake: the engine's CheckpointError says so and how to export the head
         segmenter = cached((str(path), Path(path).stat().st_mtime, "segmenter", device),
-                           lambda: onnx_segmenter.OnnxSegmenter(path, device=device))
+                           lambda: engine.segmentation.OnnxSegmenter(path, device=device))
         card = segmenter.card
         quantization = (segmenter.metadata.get("msfm_quantization") or {}).get("weights", "float32")
         feedback.pushInfo(f"Head: exported segmenter {Path(path).name} ({card.head_type}, {card.num_classes} classes "
@@ -323,12 +323,11 @@ class SegmentWithHead(MsfmAlgorithm):
 
     def encoder(self, parameters, context, feedback, head: Any, head_path: str) -> Any:
         """The encoder the head belongs to (``MODEL_FILE`` when given, else its card's), loaded once and reused."""
-        errors = runtime.engine_module("errors")
         name = self.parameterAsFile(parameters, "MODEL_FILE", context) or \
-            runtime.engine_module("segmentation").encoder_source(head, head_path)
+            engine.segmentation.encoder_source(head.card, head_path)
         try:
             model = load_model(name)
-        except (errors.ModelNotAvailableError, errors.CheckpointError) as exc:
+        except (engine.errors.ModelNotAvailableError, engine.errors.CheckpointError) as exc:
             raise QgsProcessingException(
                 f"{exc}\nThe head was trained on the encoder {head.card.encoder.get('name')!r}; choose that model's "
                 "weights in 'Encoder weights'.") from exc
@@ -338,7 +337,6 @@ class SegmentWithHead(MsfmAlgorithm):
         return model
 
     def compute(self, parameters, context, feedback) -> dict:
-        segmentation = runtime.engine_module("segmentation")
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         probabilities = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or None
         polygons = self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context) or None
@@ -349,7 +347,7 @@ class SegmentWithHead(MsfmAlgorithm):
             model = self.encoder(parameters, context, feedback, head, head_path)
         source = self.layer_path(parameters, context, feedback)
         region = self.region(parameters, context, feedback)
-        result = segmentation.segment_raster(
+        result = engine.segmentation.segment_raster(
             source, output, head, model, settings=self.settings(parameters, context),
             shifts=self.parameterAsInt(parameters, "SHIFTS", context) or 1, region=region,
             probabilities_output=probabilities, polygons_output=polygons,

@@ -9,7 +9,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from .. import runtime
+from ..runtime import engine
 from ..styling import style_similarity
 from .base import BACKEND_HELP, MsfmAlgorithm, features_as_geojson
 from .cluster import add_reuse_parameters, embeddings_path
@@ -37,7 +37,6 @@ class SimilarityMap(MsfmAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Similarity"))
 
     def compute(self, parameters, context, feedback) -> dict:
-        similarity = runtime.engine_module("similarity")
         query_source = self.parameterAsSource(parameters, "QUERY", context)
         query = features_as_geojson(query_source, self.layer_crs, context, feedback) if query_source else []
         if not query:
@@ -46,7 +45,7 @@ class SimilarityMap(MsfmAlgorithm):
         embeddings = embeddings_path(self, parameters, context)
         model = None if embeddings else self.model(parameters, context, feedback)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        result = similarity.similarity_raster(
+        result = engine.maps.similarity_raster(
             source, output, model, query=query, embeddings=embeddings,
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
             settings=self.settings(parameters, context), region=self.region(parameters, context, feedback),

@@ -15,11 +15,22 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from engine.bands import BandMapping, DroppedBand, ResolvedBand, describe_mapping, parse_overrides, resolve_bands
 from engine.errors import BandResolutionError, InputRasterError
-from engine.normalize import BandStats
-from engine.sensors import get_sensor, list_sensors, normalize_band_name
-from engine.spectrum import get_range, interpolated_projection, projection_for
+from engine.spectral import (
+    BandMapping,
+    BandStats,
+    DroppedBand,
+    ResolvedBand,
+    describe_mapping,
+    get_range,
+    get_sensor,
+    interpolated_projection,
+    list_sensors,
+    normalize_band_name,
+    parse_overrides,
+    projection_for,
+    resolve_bands,
+)
 from tests.conftest import shared_file
 
 S2_L1C = ("data", "s2_l1c_13band_10m_virginia.tif")
@@ -507,7 +518,7 @@ def test_no_band_left() -> None:
 
 
 def test_sensor_disagreeing_with_the_data_is_flagged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="engine.bands"):
+    with caplog.at_level(logging.WARNING, logger="engine.spectral"):
         mapping = resolve_bands(shared_file(*S2_L1C), sensor="landsat8_oli_tirs")
     assert "looks like sentinel2_l1c" in mapping.sensor_reason
     b10 = _by_index(mapping)[11]  # S2 B10 (1373.5 nm) read as Landsat B10 (thermal): flagged
@@ -530,7 +541,7 @@ def test_open_dataset_is_accepted_and_left_open() -> None:
 
 
 def test_drops_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="engine.bands"):
+    with caplog.at_level(logging.INFO, logger="engine.spectral"):
         resolve_bands(shared_file(*S2_L1C))
     assert any("band 11 ('B10') dropped" in r.getMessage() for r in caplog.records)
 

@@ -9,7 +9,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from engine.cli import DEMO_RASTER, main
+from engine.cli import main
+from engine.cli.options import DEMO_RASTER
 from engine.models import resolve_weights
 from tests.conftest import shared_file
 

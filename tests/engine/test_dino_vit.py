@@ -21,17 +21,24 @@ from affine import Affine
 from rasterio.windows import Window
 from safetensors.torch import load_file, save_file
 
-from engine.bands import resolve_bands, select_band_families
 from engine.errors import BandResolutionError, CheckpointError
-from engine.inference import InferenceSettings, embed_raster
-from engine.models import load_model, model_info
-from engine.models.dino_vit import ARCHS, DINOHead, DinoViT, MultiCropWrapper, dino_vit, xstars_norm
-from engine.models.torch_checkpoint import (
+from engine.maps import embed_raster
+from engine.models import (
+    ARCHS,
+    DINOHead,
+    DinoViT,
+    MultiCropWrapper,
     build_dino_model,
+    dino_vit,
+    load_model,
+    model_info,
     read_dino_checkpoint,
     save_dino_checkpoint,
+    xstars_norm,
 )
-from engine.region import Region
+from engine.raster import Region
+from engine.settings import InferenceSettings
+from engine.spectral import resolve_bands, select_band_families
 from tests.conftest import shared_file
 
 ATOL = 1e-5  # fixtures README, "Tolerances": ViT/head outputs
@@ -273,7 +280,7 @@ def engine_model(ckpt_path: Path) -> DinoViT:
 def test_load_model_gives_the_teacher_backbone_for_the_engine(
     engine_model: DinoViT, ckpt_path: Path, io: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
-    assert engine_model.checkpoint_layout == "dino:teacher" and not engine_model.training
+    assert engine_model.provenance.layout == "dino:teacher" and not engine_model.training
     assert engine_model.input_norm.source == "checkpoint args"  # args.mean/std: the README's Sentinel+Landsat pool
     rgb = ["red_2", "green_2", "blue_1"]
     with torch.no_grad():

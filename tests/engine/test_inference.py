@@ -10,10 +10,10 @@ import pytest
 import rasterio
 from affine import Affine
 
-from engine.cluster import cluster_raster
-from engine.errors import BandResolutionError, InferenceCancelled, InputRasterError
-from engine.inference import InferenceSettings, embed_raster
-from engine.models.smarties import SmartiesEncoder, init_from_scratch
+from engine.errors import BandResolutionError, InferenceCancelled, InputRasterError, SettingsError
+from engine.maps import ClusterSettings, cluster_raster, embed_raster
+from engine.models import SmartiesEncoder, init_from_scratch
+from engine.settings import InferenceSettings
 from tests.conftest import shared_file
 
 FAST = InferenceSettings(batch_size=4, device="cpu", threads=2)
@@ -49,8 +49,7 @@ def test_embeddings_are_georeferenced_like_the_input(model: SmartiesEncoder, tmp
 
 def test_nodata_collar_is_carried_to_embeddings_and_classes(model: SmartiesEncoder, tmp_path: Path) -> None:
     src_path = shared_file("data", "landsat7_rgb_byte_bahamas.tif")  # rotated footprint, nodata 0 collar
-    res = cluster_raster(src_path, tmp_path / "classes.tif", model, k=4, resolution="pixel",
-                         embeddings_output=tmp_path / "emb.tif", settings=FAST)
+    res = cluster_raster(src_path, tmp_path / "classes.tif", model, clustering=ClusterSettings(k=4, resolution="pixel"), embeddings_output=tmp_path / "emb.tif", settings=FAST)
     with rasterio.open(src_path) as src, rasterio.open(res.path) as cls, rasterio.open(tmp_path / "emb.tif") as emb:
         nodata = ~(src.read_masks() > 0).all(axis=0)
         labels = cls.read(1)
@@ -68,7 +67,7 @@ def test_nodata_collar_is_carried_to_embeddings_and_classes(model: SmartiesEncod
 
 def test_geographic_crs_input_and_patch_resolution(model: SmartiesEncoder, tmp_path: Path) -> None:
     src_path = shared_file("data", "spacenet3_vegas_pan_0.3m.tif")  # EPSG:4326, 1300 × 1300, single pan band
-    res = cluster_raster(src_path, tmp_path / "classes.tif", model, k=3, resolution="patch", settings=FAST)
+    res = cluster_raster(src_path, tmp_path / "classes.tif", model, clustering=ClusterSettings(k=3, resolution="patch"), settings=FAST)
     with rasterio.open(src_path) as src, rasterio.open(res.path) as cls:
         assert cls.crs == src.crs and cls.crs.is_geographic
         assert cls.width == math.ceil(src.width / 16)
@@ -132,8 +131,7 @@ def test_cancel_mid_run_leaves_nothing(model: SmartiesEncoder, tmp_path: Path) -
         return len(calls) >= 3
 
     with pytest.raises(InferenceCancelled):
-        cluster_raster(src_path, tmp_path / "classes.tif", model, k=4, embeddings_output=tmp_path / "emb.tif",
-                       settings=FAST, is_canceled=cancel_on_third_batch)
+        cluster_raster(src_path, tmp_path / "classes.tif", model, clustering=ClusterSettings(k=4), embeddings_output=tmp_path / "emb.tif", settings=FAST, is_canceled=cancel_on_third_batch)
     assert len(calls) == 3
     assert leftovers(tmp_path) == []
 
@@ -164,19 +162,19 @@ def test_bad_inputs_give_clear_errors_and_no_output(model: SmartiesEncoder, tmp_
     with pytest.raises(InputRasterError, match="cannot read"):
         embed_raster(corrupt, out / "c.tif", model, settings=FAST)
     # Bad k.
-    with pytest.raises(InputRasterError, match="k must be"):
-        cluster_raster(empty, out / "d.tif", model, k=1)
+    with pytest.raises(SettingsError, match="k must be"):
+        cluster_raster(empty, out / "d.tif", model, clustering=ClusterSettings(k=1))
     assert leftovers(out) == []
 
 
 def test_pixel_resolution_outputs_follow_the_input_grid(model: SmartiesEncoder, tmp_path: Path) -> None:
-    from engine.upsample import write_pixel_embeddings
+    from engine.maps import write_pixel_embeddings
 
     src_path = shared_file("data", "landsat7_rgb_byte_bahamas.tif")
     emb = embed_raster(src_path, tmp_path / "emb.tif", model, settings=FAST)
     pix = write_pixel_embeddings(src_path, emb.path, tmp_path / "pix.tif", output_dtype="float16")
-    patch = cluster_raster(src_path, tmp_path / "patch.tif", k=5, resolution="patch", embeddings=emb.path)
-    guided = cluster_raster(src_path, tmp_path / "guided.tif", k=5, resolution="pixel", embeddings=emb.path)
+    patch = cluster_raster(src_path, tmp_path / "patch.tif", clustering=ClusterSettings(k=5, resolution="patch"), embeddings=emb.path)
+    guided = cluster_raster(src_path, tmp_path / "guided.tif", clustering=ClusterSettings(k=5, resolution="pixel"), embeddings=emb.path)
     with rasterio.open(src_path) as src, rasterio.open(pix) as p, rasterio.open(patch.path) as pc, \
             rasterio.open(guided.path) as gc, rasterio.open(emb.path) as e:
         nodata = ~(src.read_masks() > 0).all(axis=0)

@@ -28,11 +28,11 @@ from engine.models import (
     load_model,
     model_info,
     read_checkpoint,
+    registry,
     resolve_weights,
     save_encoder,
 )
-from engine.models import checkpoint as ckpt
-from engine.models import registry
+from engine.models import smarties_checkpoint as ckpt
 from tests.conftest import shared_file
 
 VITB_PARAMS = 88_563_456
@@ -132,7 +132,7 @@ def test_load_model_state(tiny_model: SmartiesEncoder, tiny_path: Path, tiny_sta
     assert not tiny_model.training
     assert tiny_model.num_heads == 4 and tiny_model.averaging == "reference"
     assert (tiny_model.patch_size, tiny_model.grid_size, tiny_model.depth) == (8, 4, 2)
-    assert tiny_model.weights_path == tiny_path and tiny_model.checkpoint_layout == "encoder"
+    assert tiny_model.provenance.weights_path == tiny_path and tiny_model.provenance.layout == "encoder"
     for key, value in tiny_model.state_dict().items():
         assert value.device.type == "cpu" and value.dtype == torch.float32
         torch.testing.assert_close(value, tiny_state[key], atol=0, rtol=0)
@@ -188,7 +188,7 @@ def test_vitb_file_loads_strictly(tmp_path: Path, key_shapes: dict[str, Any]) ->
     assert layout.layout == "encoder" and config == {}
     model = load_model(only)  # D/64 = 12 heads
     assert model.num_heads == 12 and model.num_parameters() == VITB_PARAMS
-    assert (model.embed_dim, model.depth, model.checkpoint_layout) == (768, 12, "encoder")
+    assert (model.embed_dim, model.depth, model.provenance.layout) == (768, 12, "encoder")
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_head_and_fc_norm_files_load(tmp_path: Path, tiny_state: dict[str, torch
     assert checkpoint.layout == "head:linprobe" and checkpoint.global_pool and checkpoint.num_classes == 5
     assert checkpoint.extra_state["head.0.num_batches_tracked"].dtype == torch.int64
     model = load_model(path, num_heads=4)
-    assert model.global_pool and model.checkpoint_layout == "head:linprobe"
+    assert model.provenance.global_pool and model.provenance.layout == "head:linprobe"
     torch.testing.assert_close(model.norm.weight.detach(), tiny_state["norm.weight"])
 
 
@@ -260,7 +260,7 @@ def test_tiny_mae_fixture_loads() -> None:
     assert checkpoint.layout == "mae"
     assert checkpoint.decoder == ckpt.DecoderGeometry(16, 1, 64)
     assert len(checkpoint.extra_state) == 52  # 4 + 12·1 + 2 + 34
-    assert load_model(path, num_heads=4).checkpoint_layout == "mae"
+    assert load_model(path, num_heads=4).provenance.layout == "mae"
 
 
 # ---------------------------------------------------------------------------------------------------- (c) bad files
@@ -460,7 +460,7 @@ def test_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_netwo
     assert info["available"] and info["local_path"] == str(path) and info["geometry"]["embed_dim"] == 192
     assert "bundled" in info["status"] and info["bundled_present"] and not info["cached"]
     model = load_model("smarties-demo-tiny")
-    assert model.num_heads == 3 and model.model_name == "smarties-demo-tiny"
+    assert model.num_heads == 3 and model.provenance.model_name == "smarties-demo-tiny"
     assert download_model("smarties-demo-tiny") == path
 
 
@@ -479,7 +479,7 @@ def test_fake_hub_cache_offline(tmp_path: Path, no_network: None) -> None:
     assert info["layout"] == "encoder" and info["config"]["num_heads"] == 4 and info["cached"]
     json.dumps(info)  # the CLI prints it
     model = load_model("smarties-vit-b")  # num_heads 4 from the metadata wins over the registry's 12
-    assert model.num_heads == 4 and model.model_name == "smarties-vit-b"
+    assert model.num_heads == 4 and model.provenance.model_name == "smarties-vit-b"
 
 
 def test_not_cached_offline(no_network: None) -> None:

@@ -14,12 +14,10 @@ import pytest
 import rasterio
 import torch
 
-from engine import load_model
-from engine.models.registry import file_sha256
-from engine.inference import InferenceSettings, open_reader
-from engine.models.onnx_encoder import OnnxEncoder, read_metadata
-from engine.onnx_export import export_encoder
-from engine.sensors import get_sensor
+from engine.models import OnnxEncoder, export_encoder, load_model, open_reader, read_metadata
+from engine.provenance import file_sha256
+from engine.settings import InferenceSettings
+from engine.spectral import get_sensor
 
 from ..conftest import run_without_torch, shared_file
 
@@ -50,7 +48,7 @@ def test_metadata_round_trip(exported, model):
     assert meta["model_type"] == "Recognition" and meta["tile_size"] == 224 and meta["tiles_overlap"] == 50
     assert meta["msfm_embed_dim"] == 192 and meta["msfm_depth"] == 6 and meta["msfm_patch_size"] == 16
     assert meta["msfm_encoder"] == "smarties-demo-tiny"
-    assert meta["msfm_source_sha256"] == file_sha256(model.weights_path)
+    assert meta["msfm_source_sha256"] == file_sha256(model.provenance.weights_path)
     assert len(meta["msfm_base_projections"]) == 17 and meta["msfm_base_projections"][0] == "aerosol"
     s2 = get_sensor("sentinel2_l1c")
     assert meta["msfm_presets"]["sentinel2_l1c"]["bands"] == [b.key for b in s2.bands]
@@ -90,7 +88,7 @@ def test_onnx_encoder_runs_with_torch_hidden(exported, tmp_path):
     """The ONNX encoder and the band registry need neither torch nor onnx: only onnxruntime and numpy."""
     script = f"""
 import numpy as np
-from engine.models.onnx_encoder import OnnxEncoder
+from engine.models import OnnxEncoder
 enc = OnnxEncoder({str(exported)!r}, device='cpu', threads=1)
 out = enc.encode(np.zeros((2, 2, 224, 224), np.float32), ['red_2', 'near_infrared_1'], 'grid')
 assert out.shape == (2, 192, 14, 14), out.shape
@@ -140,14 +138,14 @@ def test_export_command(tmp_path):
 
 def test_embed_with_the_onnx_backend_matches_torch(tmp_path, model, monkeypatch):
     """``load_model(..., backend="onnx")`` exports once into the ONNX cache; ``embed_raster`` gives torch's embeddings."""
-    from engine.inference import embed_raster
+    from engine.maps import embed_raster
 
     monkeypatch.setenv("MSFM_ONNX_CACHE", str(tmp_path / "cache"))
     onnx_model = load_model("smarties-demo-tiny", backend="onnx")
     cached = list((tmp_path / "cache").glob("*.onnx"))
-    assert len(cached) == 1 and onnx_model.weights_path == cached[0]
+    assert len(cached) == 1 and onnx_model.provenance.weights_path == cached[0]
     stamp = cached[0].stat().st_mtime_ns
-    assert load_model("smarties-demo-tiny", backend="onnx").weights_path == cached[0]
+    assert load_model("smarties-demo-tiny", backend="onnx").provenance.weights_path == cached[0]
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
     raster = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
     settings = InferenceSettings(threads=2)

@@ -14,18 +14,22 @@ import pytest
 import rasterio
 import torch
 
-from engine import load_model
-from engine.errors import CheckpointError, InputRasterError
-from engine.head_card import card_projections
-from engine.head_training import fit_head
-from engine.heads import build_head, load_head, save_head
-from engine.inference import InferenceSettings, open_reader
-from engine.labels import LabelRaster
-from engine.models.onnx_encoder import read_metadata
-from engine.models.onnx_segmenter import OnnxSegmenter
-from engine.normalize import BandStats
-from engine.onnx_export import export_encoder, export_segmenter, quantize, to_float16
-from engine.segmentation import segment_raster
+from engine.errors import CheckpointError, DeviceError, ModelMismatchError
+from engine.export import export_segmenter, quantize, to_float16
+from engine.models import export_encoder, load_model, open_reader, read_metadata
+from engine.segmentation import (
+    HeadFitSettings,
+    LabelRaster,
+    OnnxSegmenter,
+    build_head,
+    card_projections,
+    fit_head,
+    load_head,
+    save_head,
+    segment_raster,
+)
+from engine.settings import InferenceSettings
+from engine.spectral import BandStats
 
 from ..conftest import run_without_torch, shared_file
 
@@ -48,8 +52,7 @@ def roads(tmp_path_factory, model):
     """``(head file, exported segmenter)``: an UPerNet road head (3 steps) and its ONNX export."""
     folder = tmp_path_factory.mktemp("roads")
     labels = LabelRaster(shared_file(*ROADS), names={0: "background", 255: "road"})
-    res = fit_head(shared_file(*PAN), labels, model, output=folder / "roads.safetensors", head_type="upernet",
-                   steps=3, settings=FAST)
+    res = fit_head(shared_file(*PAN), labels, model, fit=HeadFitSettings(head_type="upernet", steps=3), output=folder / "roads.safetensors", settings=FAST)
     return res.path, export_segmenter(load_head(res.path), model, folder / "roads.onnx")
 
 
@@ -109,7 +112,7 @@ def test_linear_head_on_thirteen_bands_exports_with_its_band_mix(tmp_path, model
 
 
 def _classes(k: int):
-    from engine.head_card import ClassInfo
+    from engine.segmentation import ClassInfo
 
     return [ClassInfo(i, f"c{i}", (40 * i, 0, 0, 255), i) for i in range(k)]
 
@@ -159,16 +162,16 @@ def test_int8_and_float16_segmenters_agree_with_float32(roads, model, tmp_path):
 def test_segmenter_errors_name_the_fix(roads, model, tmp_path):
     head_file, exported = roads
     pan = shared_file(*PAN)
-    with pytest.raises(InputRasterError, match="holds its encoder"):
+    with pytest.raises(ModelMismatchError, match="holds its encoder"):
         segment_raster(pan, tmp_path / "a.tif", exported, model)
-    with pytest.raises(InputRasterError, match="exported for 224-px tiles"):
+    with pytest.raises(ModelMismatchError, match="exported for 224-px tiles"):
         segment_raster(pan, tmp_path / "a.tif", exported, settings=InferenceSettings(tile_size_px=256))
-    with pytest.raises(CheckpointError, match="install onnxruntime-gpu"):
+    with pytest.raises(DeviceError, match="install onnxruntime-gpu"):
         segment_raster(pan, tmp_path / "a.tif", exported, settings=InferenceSettings(device="cuda"))
     encoder = export_encoder(model, tmp_path / "encoder.onnx")
     with pytest.raises(CheckpointError, match="expected kind"):
         segment_raster(pan, tmp_path / "a.tif", encoder)
-    with pytest.raises(InputRasterError, match="export-onnx OUT.onnx --head"):
+    with pytest.raises(ModelMismatchError, match="export-onnx OUT.onnx --head"):
         segment_raster(pan, tmp_path / "a.tif", head_file, load_model(encoder))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.onnx"]
 

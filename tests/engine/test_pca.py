@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 
-import engine.pca as pca
 from engine.errors import InputRasterError
-from engine.inference import InferenceSettings, embed_raster
-from engine.models.smarties import SmartiesEncoder, init_from_scratch
-from engine.quicklook import embedding_quicklook
+from engine.maps import embed_raster, embedding_quicklook, pca
+from engine.models import SmartiesEncoder, init_from_scratch
+from engine.settings import InferenceSettings
 from tests.conftest import shared_file
 
 

@@ -12,12 +12,12 @@ from affine import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from engine.bands import resolve_bands
-from engine.cluster import cluster_raster
 from engine.errors import InputRasterError
-from engine.inference import InferenceSettings, RasterReader, band_statistics, embed_raster
-from engine.models.smarties import SmartiesEncoder, init_from_scratch
-from engine.region import Region
+from engine.maps import ClusterSettings, cluster_raster, embed_raster
+from engine.models import SmartiesEncoder, init_from_scratch
+from engine.raster import RasterReader, Region, band_statistics
+from engine.settings import InferenceSettings
+from engine.spectral import resolve_bands
 from tests.conftest import shared_file
 
 # Scale 1, abutting tiles: a region starting on a tile boundary of the full run sees exactly the same tiles.
@@ -139,8 +139,7 @@ def test_cluster_region_covers_the_window_and_masks_outside_polygons(model: Smar
     left, top = t * (100, 50)
     right, bottom = t * (400, 310)
     region = Region(bounds=(left, bottom, right, top), geometries=[quad])
-    res = cluster_raster(src_path, tmp_path / "c.tif", model, k=3, sensor="naip_rgbn", settings=SCALE1,
-                         region=region, embeddings_output=tmp_path / "emb.tif")
+    res = cluster_raster(src_path, tmp_path / "c.tif", model, clustering=ClusterSettings(k=3), sensor="naip_rgbn", settings=SCALE1, region=region, embeddings_output=tmp_path / "emb.tif")
     win = Window(120, 60, 261, 241)  # the quadrilateral's bounds, rounded outward, inside the box
     with rasterio.open(res.path) as cls, rasterio.open(src_path) as src:
         assert (cls.width, cls.height) == (win.width, win.height)
@@ -152,9 +151,8 @@ def test_cluster_region_covers_the_window_and_masks_outside_polygons(model: Smar
     # Existing embeddings of the whole raster + the same region → the same output grid; existing region embeddings
     # without a region → their footprint.
     whole = embed_raster(src_path, tmp_path / "whole.tif", model, sensor="naip_rgbn", settings=SCALE1)
-    again = cluster_raster(src_path, tmp_path / "c2.tif", k=3, embeddings=whole.path, region=region,
-                           pixel_method="bilinear")
-    footprint = cluster_raster(src_path, tmp_path / "c3.tif", k=3, embeddings=tmp_path / "emb.tif")
+    again = cluster_raster(src_path, tmp_path / "c2.tif", clustering=ClusterSettings(k=3, pixel_method="bilinear"), embeddings=whole.path, region=region)
+    footprint = cluster_raster(src_path, tmp_path / "c3.tif", clustering=ClusterSettings(k=3), embeddings=tmp_path / "emb.tif")
     with rasterio.open(again.path) as a, rasterio.open(footprint.path) as f, rasterio.open(tmp_path / "emb.tif") as e:
         assert (a.transform, a.shape) == (window_transform(win, t), (win.height, win.width))
         assert (a.read(1)[~inside] == 255).all()

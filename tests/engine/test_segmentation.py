@@ -16,13 +16,25 @@ import torch
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_geom
 from scipy.ndimage import minimum_filter
 
-from engine import load_model
 from engine.errors import BandResolutionError, CheckpointError, InferenceCancelled, InputRasterError
-from engine.head_training import fit_head, segmentation_scores
-from engine.heads import ClassInfo, build_head, load_head, save_head
-from engine.inference import InferenceSettings
-from engine.labels import IGNORE, LabelRaster, PolygonLabels, label_grid, read_polygons
-from engine.segmentation import encoder_source, segment_raster
+from engine.models import load_model
+from engine.segmentation import (
+    IGNORE,
+    ClassInfo,
+    HeadFitSettings,
+    LabelRaster,
+    PolygonLabels,
+    build_head,
+    encoder_source,
+    fit_head,
+    label_grid,
+    load_head,
+    read_polygons,
+    save_head,
+    segment_raster,
+    segmentation_scores,
+)
+from engine.settings import InferenceSettings
 
 from ..conftest import shared_file
 
@@ -163,7 +175,7 @@ def test_published_linear_head_layout_loads_strictly(tmp_path, model):
     """A SMARTIES checkpoint with the DFC2020 1×1-conv head (encoder keys + head.0.weight [K, D, 1, 1]) loads."""
     from safetensors.torch import load_file, save_file
 
-    encoder = load_file(str(model.weights_path))
+    encoder = load_file(str(model.provenance.weights_path))
     k = 8
     weight, bias = torch.randn(k, model.embed_dim, 1, 1) * 0.01, torch.randn(k)
     ckpt = tmp_path / "smarties-dfc2020-linprobe.safetensors"
@@ -217,7 +229,7 @@ def cover_head(tmp_path_factory, model, cover_boxes):
     boxes, _, _ = cover_boxes
     out = tmp_path_factory.mktemp("head") / "cover.safetensors"
     labels = _polygons(shared_file(*S2), boxes, crs_out="EPSG:4326")
-    return fit_head(shared_file(*S2), labels, model, output=out, settings=FAST, steps=60, seed=0)
+    return fit_head(shared_file(*S2), labels, model, fit=HeadFitSettings(steps=60, seed=0), output=out, settings=FAST)
 
 
 def test_head_from_a_few_polygons_separates_water_from_vegetation(tmp_path, cover_head, cover_boxes):
@@ -269,8 +281,7 @@ def test_cancel_leaves_nothing(tmp_path, model, cover_head, cover_boxes):
     calls.clear()
     boxes, _, _ = cover_boxes
     with pytest.raises(InferenceCancelled):
-        fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, output=tmp_path / "h.safetensors",
-                 settings=FAST, steps=5, is_canceled=cancel_second)
+        fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, fit=HeadFitSettings(steps=5), output=tmp_path / "h.safetensors", settings=FAST, is_canceled=cancel_second)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -296,16 +307,15 @@ def test_label_raster_head_and_shifted_pass_via_the_cli(tmp_path):
 def test_finetuned_encoder_is_saved_beside_the_head_and_used_to_segment(tmp_path, model, cover_boxes):
     boxes, _, _ = cover_boxes
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, output=tmp_path / "ft.safetensors",
-                   settings=FAST, steps=3, finetune=True, val_fraction=0)
+    res = fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, fit=HeadFitSettings(steps=3, finetune=True, val_fraction=0), output=tmp_path / "ft.safetensors", settings=FAST)
     encoder_file = tmp_path / "ft.encoder.safetensors"
     assert res.head.card.encoder["file"] == encoder_file.name and encoder_file.is_file()
-    assert encoder_source(load_head(res.path), res.path) == str(encoder_file)  # what segment_raster loads
+    assert encoder_source(load_head(res.path).card, res.path) == str(encoder_file)  # what segment_raster loads
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's encoder is untouched
     tuned = load_model(encoder_file)
     assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in before.items() if k != "pos_embed")
     window = rasterio.open(shared_file(*S2)).xy(300, 300), rasterio.open(shared_file(*S2)).xy(100, 500)
-    from engine.region import Region
+    from engine.raster import Region
 
     region = Region(bounds=(window[0][0], window[0][1], window[1][0], window[1][1]))
     out = segment_raster(shared_file(*S2), tmp_path / "ft.tif", res.path, settings=FAST, region=region)

@@ -11,12 +11,11 @@ from affine import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from engine import load_model
-from engine.errors import InferenceCancelled, InputRasterError
-from engine.inference import InferenceSettings, embed_raster
-from engine.models.smarties import SmartiesEncoder, init_from_scratch
-from engine.region import Region
-from engine.similarity import similarity_raster
+from engine.errors import InferenceCancelled, InputRasterError, SettingsError
+from engine.maps import embed_raster, similarity_raster
+from engine.models import SmartiesEncoder, init_from_scratch, load_model
+from engine.raster import Region
+from engine.settings import InferenceSettings
 from tests.conftest import shared_file
 
 SCALE1 = InferenceSettings(batch_size=4, device="cpu", threads=2, scale=1, overlap_px=0)
@@ -104,7 +103,7 @@ def test_bad_queries_and_cancel_give_clear_errors_and_no_output(naip_embeddings:
                           query=[{"type": "LineString", "coordinates": [[0, 0], [1, 1]]}])
     with pytest.raises(InputRasterError, match="query is empty"):
         similarity_raster(src_path, tmp_path / "c.tif", query=[], embeddings=naip_embeddings)
-    with pytest.raises(InputRasterError, match="resolution"):
+    with pytest.raises(SettingsError, match="resolution"):
         similarity_raster(src_path, tmp_path / "d.tif", query=[far], embeddings=naip_embeddings, resolution="cell")
     with rasterio.open(naip_embeddings) as emb:
         q = [point(emb.transform, 3.5, 3.5)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import BandResolutionError
-from engine.spectrum import (
+from engine.spectral import (
     NUM_BASE_PROJECTIONS,
     Projection,
     get_range,

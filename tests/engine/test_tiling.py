@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.blending import RowBlender, window_weights
-from engine.tiling import tile_grid
+from engine.raster import RowBlender, tile_grid, window_weights
 
 
 def coverage(grid) -> np.ndarray:

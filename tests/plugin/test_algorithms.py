@@ -7,11 +7,11 @@ BigEarthNet Sentinel-1 VV/VH patch. The bundled ``smarties-demo-tiny`` model (D 
 from __future__ import annotations
 
 import json
-from html import escape
 import os
 import subprocess
 import sys
 import textwrap
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider:
 
 
 def test_band_mapping_report_on_sentinel2(msfm_provider: Any, tmp_path: Path) -> None:
-    from engine.bands import resolve_bands
+    from engine.spectral import resolve_bands
 
     path = shared_file("data", *S2)
     result = run("bandmapping", {"INPUT": str(path), "OUTPUT": str(tmp_path / "bands.html")})

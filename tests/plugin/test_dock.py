@@ -70,9 +70,8 @@ def choose(dock: Any, band: int, data: str) -> None:
 
 
 def test_bands_tiles_and_estimate_of_a_sentinel2_layer(make_dock: Any) -> None:
-    from engine.bands import resolve_bands
-    from engine.inference import default_scale
-    from engine.tiling import tile_grid
+    from engine.raster import tile_grid
+    from engine.spectral import resolve_bands
 
     dock = make_dock()
     layer = raster(*S2)
@@ -91,7 +90,7 @@ def test_bands_tiles_and_estimate_of_a_sentinel2_layer(make_dock: Any) -> None:
 
     dock.tile_spin.setValue(224)
     dock.overlap_spin.setValue(32)
-    scale = default_scale(expected)
+    scale = expected.default_scale
     grid = tile_grid(round(layer.height() * scale), round(layer.width() * scale), 224, 32, 16)
     assert dock.tile_count() == len(grid)
     assert f"</b> {len(grid)} tiles of 224 px" in dock.tiles_label.text()
@@ -99,8 +98,7 @@ def test_bands_tiles_and_estimate_of_a_sentinel2_layer(make_dock: Any) -> None:
 
 
 def test_editing_a_range_sets_overrides_and_reresolves(make_dock: Any) -> None:
-    from engine.bands import resolve_bands
-
+    from engine.spectral import resolve_bands
     from qgis_plugin.algorithms.base import parse_overrides
 
     dock = make_dock()
@@ -133,8 +131,8 @@ def test_editing_a_range_sets_overrides_and_reresolves(make_dock: Any) -> None:
 
 
 def test_naip_without_sensor_names_the_band_then_the_preset_resolves_it(make_dock: Any) -> None:
-    from engine.bands import resolve_bands
     from engine.errors import BandResolutionError
+    from engine.spectral import resolve_bands
 
     dock = make_dock()
     dock.set_layer(raster(*NAIP))

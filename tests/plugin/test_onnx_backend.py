@@ -38,8 +38,7 @@ SEGMENT_FAST = {"OVERLAP": 32}  # with the head's scale (1.0 here): 2 × 2 tiles
 def onnx_file(tmp_path_factory: Any) -> Path:
     """``smarties-demo-tiny`` exported to ONNX (224-px tiles), as ``msfm export-onnx`` writes it."""
     pytest.importorskip("onnx")
-    from engine.models import load_model
-    from engine.onnx_export import export_encoder
+    from engine.models import export_encoder, load_model
 
     return export_encoder(load_model("smarties-demo-tiny"), tmp_path_factory.mktemp("onnx") / "demo-tiny.onnx")
 
@@ -49,18 +48,15 @@ def roads(tmp_path_factory: Any) -> dict:
     """A linear road head fitted for 3 steps on the Vegas pan image (``.safetensors`` + card) and its export as one
     ``.onnx`` segmenter (encoder + head, float32)."""
     pytest.importorskip("onnx")
-    from engine.head_training import fit_head
-    from engine.heads import load_head
-    from engine.inference import InferenceSettings
-    from engine.labels import LabelRaster
+    from engine.export import export_segmenter
     from engine.models import load_model
-    from engine.onnx_export import export_segmenter
+    from engine.segmentation import HeadFitSettings, LabelRaster, fit_head, load_head
+    from engine.settings import InferenceSettings
 
     folder = tmp_path_factory.mktemp("roads")
     model = load_model("smarties-demo-tiny")
     labels = LabelRaster(shared_file(*ROADS), names={0: "background", 255: "road"})
-    fit = fit_head(shared_file(*PAN), labels, model, output=folder / "roads.safetensors", head_type="linear", steps=3,
-                   settings=InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2))
+    fit = fit_head(shared_file(*PAN), labels, model, fit=HeadFitSettings(head_type="linear", steps=3), output=folder / "roads.safetensors", settings=InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2))
     return {"head": fit.path, "onnx": export_segmenter(load_head(fit.path), model, folder / "roads.onnx")}
 
 
@@ -338,7 +334,7 @@ def test_onnx_segmenter_refusals_name_the_fix(msfm_provider: Any, roads: dict, o
 def test_export_algorithm_writes_an_int8_encoder(msfm_provider: Any, tmp_path: Path) -> None:
     """*Export model to ONNX* without a head: the encoder, int8, with a sensor preset's metadata."""
     pytest.importorskip("onnx")
-    from engine.models.onnx_encoder import ONNX_FORMAT, read_metadata
+    from engine.models import ONNX_FORMAT, read_metadata
 
     out = tmp_path / "demo_int8.onnx"
     result, log = run_logged("export_onnx", {"MODEL": "smarties-demo-tiny", "PRECISION": "int8",
@@ -356,8 +352,7 @@ def test_export_algorithm_writes_a_segmenter_that_segments(msfm_provider: Any, r
                                                            torch_segmentation: dict, tmp_path: Path) -> None:
     """*Export model to ONNX* with the road head (float32; the encoder named in its card), then *Segment with a head*
     with the export gives the torch run's class map."""
-    from engine.models.onnx_encoder import read_metadata
-    from engine.models.onnx_segmenter import SEGMENTER_FORMAT
+    from engine.models import SEGMENTER_FORMAT, read_metadata
 
     out = tmp_path / "roads_export.onnx"
     result, log = run_logged("export_onnx", {"HEAD": str(roads["head"]), "OUTPUT": str(out)})

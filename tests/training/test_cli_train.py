@@ -8,8 +8,6 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import pytest
-
 from engine import cli as engine_cli
 from engine.models import load_model
 from tests.conftest import DATA, shared_file

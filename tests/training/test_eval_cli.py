@@ -17,10 +17,9 @@ import rasterio
 from rasterio.windows import Window
 
 from engine import cli as engine_cli
-from engine.bands import resolve_bands, select_band_families
-from engine.inference import band_statistics, model_statistics
-from engine.models import load_model
-from engine.normalize import normalize
+from engine.models import load_model, model_statistics
+from engine.raster import band_statistics
+from engine.spectral import normalize, resolve_bands, select_band_families
 from tests.conftest import shared_file
 from training.evaluate import cross_sensor_retrieval
 from training.labelled import labelled_folder, load_labelled, split_patches

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from engine import load_model
+from engine.models import load_model
 from tests.conftest import shared_file
 from training.evaluate import (
     classification_metric,

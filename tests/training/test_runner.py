@@ -17,10 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models import load_model
-from engine.models.checkpoint import read_checkpoint
-from tests.training.helpers import fit_recipe, read_log
+from engine.models import load_model, read_checkpoint
 from tests.conftest import DATA, shared_file
+from tests.training.helpers import fit_recipe, read_log
 from training.config import ConfigError, config_to_dict, dump_config, load_config
 from training.mae import SmartiesMAE
 from training.pretrain import SmartiesMAEConfig, load_mae_config, lr_schedule, mae_task
@@ -146,7 +145,7 @@ def test_exports_round_trip_into_engine_load_model(tiny_run) -> None:
     encoder_file, mae_file = result.exports
     assert encoder_file.name == "smarties-mae-tiny-cpu.safetensors"
     loaded = load_model(encoder_file)
-    assert loaded.checkpoint_layout == "encoder" and (loaded.embed_dim, loaded.depth, loaded.num_heads) == (64, 2, 2)
+    assert loaded.provenance.layout == "encoder" and (loaded.embed_dim, loaded.depth, loaded.num_heads) == (64, 2, 2)
     trained = model.encoder.state_dict()
     assert set(loaded.state_dict()) == set(trained)
     for k, v in loaded.state_dict().items():

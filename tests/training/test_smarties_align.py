@@ -15,10 +15,9 @@ import torch
 
 from engine import cli as engine_cli
 from engine.errors import CheckpointError
-from engine.models import load_model
-from engine.models.checkpoint import read_checkpoint
-from tests.training.helpers import fit_recipe, read_log
+from engine.models import load_model, read_checkpoint
 from tests.conftest import DATA, FIXTURES, shared_file
+from tests.training.helpers import fit_recipe, read_log
 from training.config import ConfigError
 from training.pairs import PairedCropSampler, bigearthnet_pairs, pan_ms_pairs
 from training.runner import LOG_COLUMNS, Runner, latest_checkpoint
@@ -113,7 +112,7 @@ def test_export_loads_in_the_engine_and_changes_s1_embeddings(demo_run) -> None:
     cfg, result, task, _ = demo_run
     encoder_file, mae_file, heads_file = result.exports
     aligned, initial = load_model(encoder_file), load_model("smarties-demo-tiny")
-    assert aligned.checkpoint_layout == "encoder" and read_checkpoint(mae_file).layout == "mae"
+    assert aligned.provenance.layout == "encoder" and read_checkpoint(mae_file).layout == "mae"
     geometry = lambda m: (m.embed_dim, m.depth, m.num_heads, m.grid_size)  # noqa: E731
     assert geometry(aligned) == geometry(initial)
     pairs = bigearthnet_pairs(BEN)

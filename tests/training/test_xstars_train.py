@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.models.torch_checkpoint import read_dino_checkpoint
+from engine.models import read_dino_checkpoint
 from tests.conftest import shared_file
 from training.config import load_config
 from training.runner import Runner

@@ -46,13 +46,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Literal, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from engine.models.dino_vit import ARCHS, ChannelNorm, DINOHead, DinoViT, MultiCropWrapper, xstars_norm
+from engine.models import ARCHS, DINOHead, DinoViT, MultiCropWrapper, xstars_norm
+from engine.spectral import ChannelNorm
 
 from ..config import ConfigError, config_to_dict, find_config, load_config
 from ..runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
@@ -503,7 +503,7 @@ def joint_norm(cfg: XStarsConfig) -> ChannelNorm:
     if d.norm is not None:
         return xstars_norm(d.norm)
     if cfg.continual is not None:
-        from engine.models.torch_checkpoint import read_dino_checkpoint
+        from engine.models import read_dino_checkpoint
 
         norm = read_dino_checkpoint(cfg.continual.pretrained, which=cfg.continual.student_from,
                                     with_head=False).input_norm
@@ -531,7 +531,7 @@ def _fresh_networks(cfg: XStarsConfig) -> tuple[MultiCropWrapper, MultiCropWrapp
 
 def _continual_networks(cfg: XStarsConfig) -> tuple[MultiCropWrapper, MultiCropWrapper, nn.Module]:
     """Student, EMA teacher (with DINO heads) and the frozen backbone, from the continual checkpoint (spec §4)."""
-    from engine.models.torch_checkpoint import build_dino_model, read_dino_checkpoint
+    from engine.models import build_dino_model, read_dino_checkpoint
 
     c, m = cfg.continual, cfg.model
     assert c is not None
@@ -713,7 +713,7 @@ def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -
     args = _flat_args(cfg, norm, eff_batch)
 
     def export(net: nn.Module, folder: Path, step: int) -> list[Path]:
-        from engine.models.torch_checkpoint import save_dino_checkpoint
+        from engine.models import save_dino_checkpoint
 
         assert isinstance(net, XStarsModel)
         extra: dict[str, Any] = {"dino_loss": {"center": net.dino_loss.center}}

@@ -1,0 +1,138 @@
+"""``msfm embed``, ``msfm cluster`` and ``msfm similarity``: embedding rasters and the maps made from them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..maps import (
+    ClusterSettings,
+    cluster_raster,
+    embed_raster,
+    embedding_quicklook,
+    read_tag,
+    similarity_raster,
+    write_pca_raster,
+    write_pixel_embeddings,
+)
+from ..raster import class_quicklook, open_raster
+from .options import (
+    Progress,
+    add_inference_options,
+    add_region_option,
+    band_overrides,
+    inference_settings,
+    load_model_from,
+    region_from,
+)
+
+__all__ = ("register",)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Write the embedding raster (and optional pixel-resolution embeddings, principal components, quicklook)."""
+    model = load_model_from(args)
+    bar = Progress("embed")
+    try:
+        res = embed_raster(
+            args.input, args.output, model, settings=inference_settings(args), sensor=args.sensor,
+            overrides=band_overrides(args.band), region=region_from(args), progress=bar,
+        )
+    finally:
+        bar.close()
+    print(f"{res.path}: {res.width}×{res.height} cells × {res.embed_dim} bands, {res.cell_size_px:g} native px per "
+          f"cell, {res.tiles} tiles in {res.seconds:.1f} s")
+    if args.pixel_output:
+        print(write_pixel_embeddings(args.input, res.path, args.pixel_output, output_dtype=args.dtype))
+    if args.pca:
+        path = write_pca_raster(res.path, args.pca, 3)
+        with open_raster(path) as ds:
+            explained = read_tag(ds.tags(), "pca_explained")
+        shares = ", ".join(f"{v:.0%}" for v in explained)
+        print(f"{path}: principal components 1–3 explain {shares} of the variance")
+    if args.quicklook:
+        print(embedding_quicklook(res.path, args.quicklook))
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Write the k-means class map (and its quicklook)."""
+    model = None if args.embeddings else load_model_from(args)
+    bar = Progress("cluster")
+    try:
+        res = cluster_raster(
+            args.input, args.output, model, clustering=ClusterSettings(k=args.k, resolution=args.resolution,
+                                                                     seed=args.seed),
+            embeddings=args.embeddings, embeddings_output=args.embeddings_output,
+            settings=None if args.embeddings else inference_settings(args), sensor=args.sensor,
+            overrides=band_overrides(args.band), region=region_from(args), progress=bar,
+        )
+    finally:
+        bar.close()
+    shares = ", ".join(f"{i}:{f:.0%}" for i, f in enumerate(res.class_fractions))
+    print(f"{res.path} ({res.resolution} resolution, k={res.k}; classes {shares}) + style {res.style}; "
+          f"{res.seconds:.1f} s")
+    if args.quicklook:
+        print(class_quicklook(res.path, args.quicklook))
+    return 0
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    """Write the similarity map to the embedding under the query points."""
+    model = None if args.embeddings else load_model_from(args)
+    query = [{"type": "Point", "coordinates": [x, y]} for x, y in args.point]
+    bar = Progress("similarity")
+    try:
+        res = similarity_raster(
+            args.input, args.output, model, query=query, embeddings=args.embeddings,
+            embeddings_output=args.embeddings_output, resolution=args.resolution,
+            settings=None if args.embeddings else inference_settings(args), sensor=args.sensor,
+            overrides=band_overrides(args.band), region=region_from(args), progress=bar,
+        )
+    finally:
+        bar.close()
+    lo, hi = res.value_range
+    print(f"{res.path} ({res.resolution} resolution): cosine similarity to the mean of {res.query_cells} cell(s), "
+          f"{lo:.3f}…{hi:.3f}; {res.seconds:.1f} s")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``embed``, ``cluster`` and ``similarity`` to the ``msfm`` sub-parsers."""
+    p = sub.add_parser("embed", help="write a patch-grid embedding raster (one pixel per 16×16 model patch)")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="output GeoTIFF (D float bands, NaN = nodata)")
+    add_inference_options(p)
+    add_region_option(p)
+    p.add_argument("--pixel-output", help="also write embeddings interpolated to the input's pixel grid (large!)")
+    p.add_argument("--pca", help="also write the first three principal components as a 3-band float32 GeoTIFF")
+    p.add_argument("--quicklook", help="PNG of the first three principal components")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("cluster", help="k-means class map of a raster's embeddings")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="output class GeoTIFF (uint8, nodata 255) + .qml style beside it")
+    p.add_argument("--k", type=int, default=8, help="number of classes, 2..254 (default 8)")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: one class per input pixel (embeddings interpolated); patch: one per model patch")
+    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
+    p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
+    p.add_argument("--seed", type=int, default=0, help="random seed of sampling and k-means")
+    p.add_argument("--quicklook", help="PNG of the class map")
+    add_inference_options(p)
+    add_region_option(p)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("similarity", help="cosine similarity of every location to the embedding under query points")
+    p.add_argument("input", help="input raster")
+    p.add_argument("output", help="output GeoTIFF (float32 cosine similarity in -1..1, NaN = nodata)")
+    p.add_argument("--point", nargs=2, type=float, action="append", required=True, metavar=("X", "Y"),
+                   help="query point in the raster's CRS (repeatable: the query is the mean of their cells)")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: the input's pixel grid (cell similarities interpolated bilinearly); patch: one value "
+                   "per model patch")
+    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
+    p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
+    add_inference_options(p)
+    add_region_option(p)
+    p.set_defaults(func=cmd_similarity)

@@ -1,0 +1,48 @@
+"""Maps from embeddings: embedding rasters, k-means class maps, similarity maps, principal components.
+
+- :mod:`~engine.maps.embeddings` — :func:`embed_raster`, a raster of any size → a georeferenced patch-grid embedding
+  raster, streamed tile by tile;
+- :mod:`~engine.maps.tags` — the provenance an embedding raster carries (:class:`EmbeddingTags`);
+- :mod:`~engine.maps.upsample` — from the patch grid to the input's pixels (bilinear embeddings, guided class maps);
+- :mod:`~engine.maps.clustering` — :func:`cluster_raster`, k-means class maps;
+- :mod:`~engine.maps.similarity` — :func:`similarity_raster`, cosine similarity to the embedding under a query;
+- :mod:`~engine.maps.pca` — principal components of an embedding raster (raster and RGB quicklook).
+"""
+
+from __future__ import annotations
+
+from .clustering import ClusterResult, ClusterSettings, cluster_raster, fit_kmeans, l2_normalize, sample_embeddings
+from .embeddings import EmbeddingResult, embed_raster, grid_encoder, provide_embeddings
+from .pca import embedding_quicklook, principal_components, project, write_pca_raster
+from .similarity import SimilarityResult, query_vector, similarity_raster
+from .tags import EmbeddingTags, product_tags, read_tag, recorded_bands
+from .upsample import GridInterpolator, GuidedClassUpsampler, pixel_row_bands, pixel_window, write_pixel_embeddings
+
+__all__ = (
+    "ClusterResult",
+    "ClusterSettings",
+    "EmbeddingResult",
+    "EmbeddingTags",
+    "GridInterpolator",
+    "GuidedClassUpsampler",
+    "SimilarityResult",
+    "cluster_raster",
+    "embed_raster",
+    "embedding_quicklook",
+    "fit_kmeans",
+    "grid_encoder",
+    "l2_normalize",
+    "pixel_row_bands",
+    "pixel_window",
+    "principal_components",
+    "product_tags",
+    "project",
+    "provide_embeddings",
+    "query_vector",
+    "read_tag",
+    "recorded_bands",
+    "sample_embeddings",
+    "similarity_raster",
+    "write_pca_raster",
+    "write_pixel_embeddings",
+)

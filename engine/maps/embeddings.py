@@ -1,0 +1,361 @@
+"""Streaming tiled inference: a raster of any size → a georeferenced patch-grid embedding raster.
+
+Pipeline (one pass, constant memory in the raster height):
+
+1. Resolve the raster's bands to SMARTIES projections (:func:`engine.spectral.resolve_bands`) and their
+   normalisation statistics (the sensor preset's, or estimated from a sample of the raster). A model with a
+   fixed input stem declares the range families it takes (``model.band_families``, e.g. red, green, blue for the
+   X-STARS ViT): the mapping is reduced to one band of each, in that order
+   (:func:`engine.spectral.select_band_families`), and its ``model.input_norm`` replaces the mean/std after the p1/p99
+   stretch to [0, 1] (:func:`engine.models.open_reader`).
+2. Optionally view the raster through a resampling :class:`rasterio.vrt.WarpedVRT` scaled by ``scale`` (SMARTIES
+   saw 10 m imagery upsampled ~2×: BigEarthNet 120→224 px, EuroSAT 64→224 px; presets carry the default).
+3. Plan tiles of ``tile_size_px`` on the patch grid (:mod:`engine.raster.tiling`), read them with rasterio windows in a
+   background thread (edge tiles padded by replication, nodata/NaN masked), normalise (docs/smarties.md §3–§4),
+   encode in batches (``output="grid"``), blend overlaps with window weights (:mod:`engine.raster.blending`).
+4. Write finished cell rows to a tiled, compressed GeoTIFF (one pixel per patch, D bands) through an atomic writer
+   (:mod:`engine.raster.writers`), with its provenance tags (:class:`engine.maps.EmbeddingTags`): cancelling or
+   failing leaves nothing behind.
+
+A cell is nodata (NaN) when less than ``min_valid_fraction`` of its pixels hold data.
+
+With a :class:`engine.raster.Region`, the reader covers only the region's window (one ``WarpedVRT`` on the window's
+grid: at scale 1 it reproduces the native pixels exactly), pixels outside the region's polygons count as nodata, and
+tiles without a pixel inside them are not encoded (their cells are NaN). The output grid starts at the window origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+from ..callbacks import CancelFn, ProgressFn, scaled
+from ..errors import InputRasterError, SettingsError
+from ..models import Encoder, check_onnx_model, open_reader, torch_device
+from ..raster import (
+    GeoTiffWriter,
+    RasterReader,
+    Region,
+    RowBlender,
+    TileGrid,
+    batched,
+    gdal_cache_bytes,
+    gtiff_profile,
+    open_raster,
+    prefetched,
+    tile_grid,
+)
+from ..settings import InferenceSettings
+from ..spectral import BandMapping, Overrides, Projection
+from .tags import EmbeddingTags
+
+__all__ = ("EmbeddingResult", "embed_raster", "grid_encoder", "provide_embeddings")
+
+log = logging.getLogger(__name__)
+
+#: A model as a function of normalised tiles: ``(x [B, C, H, W] float32, projections)`` → ``[B, D, H/p, W/p]``.
+GridEncodeFn = Callable[[np.ndarray, list[Projection]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """What :func:`embed_raster` wrote.
+
+    Attributes:
+        path: The embedding GeoTIFF (``embed_dim`` bands, one pixel per patch, NaN = nodata).
+        width: Columns (cells).
+        height: Rows (cells).
+        embed_dim: Number of bands D.
+        transform: Affine transform of the cell grid (same CRS as the input).
+        crs: CRS of the input, as WKT.
+        tiles: Number of tiles encoded.
+        seconds: Wall time.
+        scale: Resampling factor used.
+        cell_size_px: Native pixels per cell side (patch size / scale).
+        mapping: The band mapping used.
+    """
+
+    path: Path
+    width: int
+    height: int
+    embed_dim: int
+    transform: Affine
+    crs: Optional[str]
+    tiles: int
+    seconds: float
+    scale: float
+    cell_size_px: float
+    mapping: BandMapping = field(repr=False)
+
+
+def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncodeFn, str]:
+    """The model as a function of normalised numpy tiles, and the device it runs on.
+
+    A torch encoder is moved to ``settings.device`` (:func:`engine.models.torch_device`) with ``settings.threads``; an
+    ONNX Runtime encoder runs as loaded and torch is never imported.
+
+    Args:
+        model: The encoder.
+        settings: Device, threads and tile size of the run.
+
+    Returns:
+        ``(encode, device)``: ``encode(x [B, C, H, W] float32, projections)`` → patch-grid embeddings
+        ``[B, D, H/p, W/p]`` float32 numpy.
+
+    Raises:
+        engine.errors.ModelMismatchError: An ONNX encoder exported for another tile size, or loaded for another
+            device (:func:`engine.models.check_onnx_model`).
+        engine.errors.DeviceError: CUDA asked for but not available.
+    """
+    if model.backend == "onnx":
+        check_onnx_model(model, settings)
+        return (lambda x, projections: model.encode(x, projections, "grid")), f"onnxruntime {model.device}"  # type: ignore[attr-defined]
+    import torch  # a torch encoder: torch is installed (the ONNX path above never imports it)
+
+    device = torch_device(settings)
+    module = model.to(device).eval()  # type: ignore[attr-defined]
+
+    def encode(x: np.ndarray, projections: list[Projection]) -> np.ndarray:
+        with torch.inference_mode():
+            return module.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
+
+    return encode, device
+
+
+def embed_raster(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    model: Encoder,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    sensor: Optional[str] = None,
+    overrides: Optional[Overrides] = None,
+    mapping: Optional[BandMapping] = None,
+    region: Optional[Region] = None,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> EmbeddingResult:
+    """Encode a raster tile by tile and write its patch-grid embeddings as a GeoTIFF.
+
+    Args:
+        source: Input raster path (any GDAL-readable raster with a CRS, e.g. GeoTIFF).
+        output: Destination GeoTIFF; written atomically (nothing is left on failure or cancel).
+        model: A loaded encoder (:func:`engine.load_model`), used with ``output="grid"``.
+        settings: Tiling/device options; defaults to :class:`engine.InferenceSettings()`.
+        sensor: Sensor preset id (``"sentinel2_l1c"``…) for band mapping and statistics; guessed when None.
+        overrides: Band overrides, see :func:`engine.spectral.resolve_bands`.
+        mapping: A precomputed band mapping (then ``sensor``/``overrides`` are ignored).
+        region: Embed only this :class:`engine.raster.Region` (bounds and/or polygons in the raster's CRS): the
+            output grid starts at the region window's origin, pixels outside the polygons are nodata, tiles with no
+            pixel inside them are skipped (NaN cells), and the region is recorded in the tag ``MSFM_REGION``.
+            Normalisation statistics are still those of the whole raster, so the embeddings match a full run's.
+        progress: Called with the completed fraction (0..1) after every batch.
+        is_canceled: Polled before every batch; returning True stops within one batch.
+
+    Returns:
+        :class:`EmbeddingResult`. The raster has D float bands named ``emb_000``…, one pixel per patch
+        (``patch_size / scale`` native pixels), the input's CRS, and NaN for nodata cells.
+
+    Raises:
+        InputRasterError: Unreadable raster, all-nodata raster (or region), a region outside the raster.
+        engine.errors.BandResolutionError: A band cannot be mapped (the message says which and how to fix it).
+        engine.errors.SettingsError: Tile size or overlap that is not a multiple of the patch size, or an overlap as
+            large as the tile.
+        engine.errors.ModelMismatchError, engine.errors.DeviceError: As :func:`grid_encoder`.
+        engine.errors.InferenceCancelled: ``is_canceled`` returned True.
+    """
+    settings = settings or InferenceSettings()
+    started = time.perf_counter()
+    output = Path(output)
+    dataset = open_raster(source)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):
+            return _embed(dataset, output, model, settings, sensor, overrides, mapping, region, progress, is_canceled,
+                          started)
+    finally:
+        dataset.close()
+
+
+def _embed(
+    dataset: Any,
+    output: Path,
+    model: Encoder,
+    settings: InferenceSettings,
+    sensor: Optional[str],
+    overrides: Optional[Overrides],
+    mapping: Optional[BandMapping],
+    region: Optional[Region],
+    progress: Optional[ProgressFn],
+    is_canceled: Optional[CancelFn],
+    started: float,
+) -> EmbeddingResult:
+    reader, mapping = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides, mapping=mapping,
+                                  region=region)
+    with reader:
+        return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started)
+
+
+def _run(
+    model: Encoder,
+    reader: RasterReader,
+    mapping: BandMapping,
+    settings: InferenceSettings,
+    output: Path,
+    source: Union[str, Path],
+    progress: Optional[ProgressFn],
+    is_canceled: Optional[CancelFn],
+    started: float,
+) -> EmbeddingResult:
+    p = model.patch_size
+    grid: TileGrid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    encode, device = grid_encoder(model, settings)
+    projections = list(mapping.projections)
+    n, size = grid.tile_cells, settings.tile_size_px
+    padded_width = max(grid.width_cells, n)
+    blender = RowBlender(model.embed_dim, n, padded_width, settings.blend)
+    transform = reader.transform * Affine.scale(p)
+    profile = gtiff_profile(
+        width=grid.width_cells,
+        height=grid.height_cells,
+        count=model.embed_dim,
+        dtype=settings.output_dtype,
+        crs=reader.dataset.crs,
+        transform=transform,
+        nodata=float("nan"),
+    )
+    region_record = None
+    if reader.region is not None:
+        w = reader.window
+        region_record = {**reader.region.record(),
+                         "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)]}
+    tags = EmbeddingTags(
+        model=model.provenance.label,
+        source=str(source),
+        output="grid: " + model.grid_output,
+        band_indexes=tuple(mapping.indexes),
+        bands=tuple(b.projection.label for b in mapping.bands),
+        sensor=mapping.sensor,
+        scale=reader.scale,
+        patch_size_px=p,
+        settings=asdict(settings),
+        stats=tuple(reader.stats),
+        region=region_record,
+    ).to_tags()
+    descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)]
+    # Tiles without a pixel inside the region's geometries are never encoded: their cells stay NaN.
+    tiles = [(r, c) for r, c in grid if (inside := reader.inside(r * p, c * p, size)) is None or inside.any()]
+    if not tiles:
+        raise InputRasterError(
+            f"no pixel centre of {source} (window {reader.window} of the raster) lies inside the region's polygons; "
+            "draw polygons that cover at least one pixel centre"
+        )
+    batches = batched(tiles, settings.batch_size)
+    valid_cells = 0
+
+    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        reads = [reader.read(r * p, c * p, size) for r, c in batch]
+        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
+
+    def finish_rows(writer: GeoTiffWriter, until_row: int) -> None:
+        nonlocal valid_cells
+        for values, valid in blender.drain(until_row, grid.height_cells, grid.width_cells):
+            values[:, valid < settings.min_valid_fraction] = np.nan
+            valid_cells += int((valid >= settings.min_valid_fraction).sum())
+            writer.write_rows(values)
+
+    log.info(
+        "embedding %s: %d×%d px at scale %g → %d×%d cells, %d tiles of %d px on %s",
+        source, reader.width_px, reader.height_px, reader.scale, grid.width_cells, grid.height_cells,
+        len(tiles), size, device,
+    )
+    with GeoTiffWriter(output, profile, descriptions, tags) as writer:
+        for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
+            emb = encode(x, projections)
+            cell_valid = valid.reshape(len(batch), n, p, n, p).mean(axis=(2, 4))
+            for (r, c), e, v in zip(batch, emb, cell_valid):
+                if r > blender.top:
+                    finish_rows(writer, r)
+                blender.add(e, v, r, c)
+            if progress is not None:
+                progress((b + 1) / len(batches))
+        finish_rows(writer, max(grid.height_cells, blender.top + n))
+        if reader.region is not None and valid_cells == 0:
+            raise InputRasterError(
+                f"the region of {source} holds no valid pixel (all nodata, or outside the polygons); nothing written"
+            )
+    seconds = time.perf_counter() - started
+    log.info("wrote %s in %.1f s", output, seconds)
+    return EmbeddingResult(
+        path=output,
+        width=grid.width_cells,
+        height=grid.height_cells,
+        embed_dim=model.embed_dim,
+        transform=transform,
+        crs=reader.dataset.crs.to_wkt() if reader.dataset.crs else None,
+        tiles=len(tiles),
+        seconds=seconds,
+        scale=reader.scale,
+        cell_size_px=p / reader.scale,
+        mapping=mapping,
+    )
+
+
+@contextlib.contextmanager
+def provide_embeddings(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    model: Optional[Encoder] = None,
+    embeddings: Optional[Union[str, Path]] = None,
+    embeddings_output: Optional[Union[str, Path]] = None,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    sensor: Optional[str] = None,
+    overrides: Optional[Overrides] = None,
+    region: Optional[Region] = None,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> Iterator[tuple[Path, Optional[EmbeddingResult]]]:
+    """The embedding raster a derived product (class map, similarity map) reads, as a context manager.
+
+    ``embeddings`` when given (then nothing is computed); otherwise :func:`embed_raster` runs now (progress reported as
+    0..0.8) into ``embeddings_output``, or into a temporary folder beside ``output`` that is removed on exit.
+
+    Args:
+        source: Input raster.
+        output: The derived product's path (its folder holds the temporary embeddings).
+        model: Loaded encoder; needed unless ``embeddings`` is given.
+        embeddings: An existing embedding raster of ``source``.
+        embeddings_output: Keep computed embeddings at this path.
+        settings, sensor, overrides, region, is_canceled: Passed to :func:`embed_raster`.
+        progress: Called with 0.8 × the embedding progress.
+
+    Yields:
+        ``(embedding raster path, EmbeddingResult or None when existing embeddings were given)``.
+
+    Raises:
+        SettingsError: Neither a model nor embeddings.
+        engine.errors.EngineError: Whatever :func:`embed_raster` raises.
+    """
+    if embeddings is not None:
+        yield Path(embeddings), None
+        return
+    if model is None:
+        raise SettingsError("give a model (or existing embeddings of the raster) to compute embeddings with")
+    with contextlib.ExitStack() as stack:
+        if embeddings_output is None:
+            tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".msfm-", dir=Path(output).parent))
+            embeddings_output = Path(tmpdir) / "embeddings.tif"
+        result = embed_raster(
+            source, embeddings_output, model, settings=settings, sensor=sensor, overrides=overrides, region=region,
+            progress=scaled(progress, 0.0, 0.8), is_canceled=is_canceled,
+        )
+        yield result.path, result

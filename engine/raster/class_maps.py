@@ -1,0 +1,73 @@
+"""Class maps: the conventions every class raster of the engine follows, and its styling.
+
+A class map is a uint8 GeoTIFF with classes ``0..k−1`` in band 1, :data:`NODATA_CLASS` (255) for nodata, a GDAL
+colour table and a QGIS paletted style (``.qml``) beside it, so the classes show with the same colours and names in
+QGIS, GDAL and any viewer. Used by k-means maps (:func:`engine.maps.cluster_raster`), segmentation
+(:func:`engine.segmentation.segment_raster`) and the class tables of training labels.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from ..atomic import write_text
+
+__all__ = ("NODATA_CLASS", "class_colors", "write_qml")
+
+#: Value of nodata (and of unlabelled pixels in training labels) in uint8 class maps; classes are 0..254.
+NODATA_CLASS = 255
+
+# Colour-blind-friendly qualitative palette (Okabe–Ito + Tableau-like), extended by HSV steps beyond 16 classes.
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+]
+
+
+def class_colors(k: int) -> list[tuple[int, int, int, int]]:
+    """``k`` distinct RGBA colours ``(r, g, b, a)``, 0..255 (the palette first, then golden-ratio spaced hues)."""
+    colors = []
+    for i in range(k):
+        if i < len(_PALETTE):
+            h = _PALETTE[i].lstrip("#")
+            colors.append((int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 255))
+        else:
+            r, g, b = colorsys.hsv_to_rgb(((i - len(_PALETTE)) * 0.618034) % 1.0, 0.65, 0.9)
+            colors.append((int(r * 255), int(g * 255), int(b * 255), 255))
+    return colors
+
+
+def write_qml(path: Path, labels: list[str], colors: list[tuple[int, int, int, int]]) -> Path:
+    """Write a QGIS paletted-renderer style (``.qml``) for a class raster (values 0..k−1, band 1), atomically.
+
+    Args:
+        path: The ``.qml`` file (QGIS loads ``NAME.qml`` beside ``NAME.tif`` with the layer).
+        labels: Class names, index order.
+        colors: RGBA colours, index order (:func:`class_colors`).
+
+    Returns:
+        ``path``.
+    """
+    entries = "\n".join(
+        f'        <paletteEntry value="{i}" color="#{r:02x}{g:02x}{b:02x}" alpha="{a}" label="{escape(label)}"/>'
+        for i, (label, (r, g, b, a)) in enumerate(zip(labels, colors))
+    )
+    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22.16" styleCategories="AllStyleCategories">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>
+    <rasterresampler maxOversampling="2"/>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+    return write_text(path, text)

@@ -1,0 +1,323 @@
+"""Segmentation heads on a frozen (or fine-tuned) encoder, and the head file: safetensors + a JSON model card.
+
+Two heads read patch-token grids of the encoder's blocks (:meth:`SmartiesEncoder.encode_blocks`):
+
+- :class:`LinearHead` — a 1×1 convolution on the last block's tokens (before the final norm), logits on the patch
+  grid. Its parameters are ``head.0.weight`` ``[K, D, 1, 1]`` and ``head.0.bias`` ``[K]``: exactly the published
+  ``smarties-v1-vitb-dfc2020-linprobe`` layout (spec smarties.md §1.7, §6 "DFC2020 probing"), so that checkpoint's
+  head loads strictly.
+- :class:`UPerNetHead` — UPerNet (Xiao et al., ECCV 2018) on four blocks (3/5/7/11 of a ViT-B,
+  :func:`engine.models.smarties.dense_blocks`), made multi-scale as for plain ViTs (BEiT / ViTDet necks): the four
+  grids are resampled to 4×, 2×, 1× and ½× the patch grid, then a pyramid-pooling module on the coarsest level, a
+  top-down FPN, fusion of all levels at 4× and a 1×1 classifier: logits at 4 px per 16-px patch. This is the
+  convention of UPerNet probing (spec §6), not SMARTIES code.
+
+Either head's logits are upsampled bilinearly to the tile's pixels by :meth:`SegmentationHead.pixel_logits`.
+
+Head file (:func:`save_head` / :func:`load_head`): ``NAME.safetensors`` holds the head's tensors under ``head.``
+(plus the card as the ``msfm_head`` metadata entry) and ``NAME.json`` beside it is the model card (:class:`HeadCard`):
+encoder, blocks, bands, normalisation, classes with names and colours, GSD, validation metrics. A SMARTIES checkpoint
+with the published segmentation head (encoder keys + ``head.0.*``) is read too; its card is then built from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..atomic import atomic_output
+from ..errors import CheckpointError, SettingsError
+from ..models import check_blocks, dense_blocks, load_model
+from ..provenance import file_sha256
+from ..raster import class_colors
+from .card import ClassInfo, HeadCard, HeadType, card_path
+
+__all__ = (
+    "LinearHead",
+    "SegmentationHead",
+    "UPerNetHead",
+    "build_head",
+    "load_head",
+    "save_head",
+)
+
+_META_KEY = "msfm_head"
+
+
+class LinearHead(nn.Sequential):
+    """1×1 convolution on one patch-token grid: ``[B, D, h, w]`` → logits ``[B, K, h, w]``.
+
+    The convolution is ``self[0]``, so the state dict keys are ``0.weight`` ``[K, D, 1, 1]`` and ``0.bias`` ``[K]``,
+    i.e. ``head.0.*`` under the ``head.`` prefix: the published DFC2020 linear-probe layout (spec smarties.md §1.7).
+    Initialisation: weight trunc-normal std 0.01, bias 0 (SMARTIES' linear-probe init, spec §6).
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__(nn.Conv2d(embed_dim, num_classes, kernel_size=1))
+        nn.init.trunc_normal_(self[0].weight, std=0.01)
+        nn.init.zeros_(self[0].bias)
+
+    def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        return self[0](grids[-1])
+
+
+def _conv_norm_act(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    """Conv (no bias) → GroupNorm → ReLU. GroupNorm, not BatchNorm: few-shot heads train on batches of a few chips."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+        nn.GroupNorm(min(32, cout // 4) or 1, cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as two products with constant averaging matrices: ``[B, C, H, W]`` →
+    ``[B, C, size, size]``.
+
+    Same bins as PyTorch (output row i averages input rows ⌊i·H/s⌋ to ⌈(i+1)·H/s⌉ − 1). Written this way because
+    the ONNX exporter supports adaptive pooling only for sizes dividing the input, and the pyramid pooling of a
+    224-px tile pools a 7 × 7 grid to 2, 3 and 6.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    return _bins(h, size, x) @ x @ _bins(w, size, x).T
+
+
+def _bins(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """``[size, n]`` matrix whose row i averages the inputs of adaptive-pooling bin i."""
+    m = torch.zeros(size, n, dtype=like.dtype, device=like.device)
+    for i in range(size):
+        start, end = (i * n) // size, -((-(i + 1) * n) // size)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+class UPerNetHead(nn.Module):
+    """UPerNet (pyramid pooling + FPN) on four ViT block grids made multi-scale.
+
+    Args:
+        embed_dim: Token dimension D of the encoder.
+        num_classes: K.
+        channels: Width of the FPN / fusion convolutions (UPerNet's 512 for a ViT-B; 128 suits the demo model).
+        pool_scales: Pyramid-pooling bins (UPerNet: 1, 2, 3, 6).
+
+    Input: four grids ``[B, D, h, w]``; output: logits ``[B, K, 4h, 4w]``.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, channels: int = 256,
+                 pool_scales: Sequence[int] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        d = embed_dim
+        # ViT grids → 4×, 2×, 1×, ½× (the simple feature pyramid of ViTDet / BEiT's UPerNet neck)
+        self.rescale = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(d, d, 2, stride=2), nn.GroupNorm(min(32, d // 4) or 1, d), nn.GELU(),
+                          nn.ConvTranspose2d(d, d, 2, stride=2)),
+            nn.ConvTranspose2d(d, d, 2, stride=2),
+            nn.Identity(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ])
+        self.pool_scales = tuple(pool_scales)
+        self.ppm = nn.ModuleList(_conv_norm_act(d, channels, 1) for _ in self.pool_scales)
+        self.bottleneck = _conv_norm_act(d + len(self.pool_scales) * channels, channels, 3)
+        self.lateral = nn.ModuleList(_conv_norm_act(d, channels, 1) for _ in range(3))
+        self.fpn = nn.ModuleList(_conv_norm_act(channels, channels, 3) for _ in range(3))
+        self.fuse = _conv_norm_act(4 * channels, channels, 3)
+        self.dropout = nn.Dropout2d(0.1)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(grids) != 4:
+            raise ValueError(f"UPerNetHead takes 4 block grids, got {len(grids)}")
+        levels = [op(g) for op, g in zip(self.rescale, grids)]
+        top = levels[3]
+        pooled = [top]
+        for scale, conv in zip(self.pool_scales, self.ppm):
+            p = conv(adaptive_avg_pool(top, scale))
+            pooled.append(F.interpolate(p, size=top.shape[2:], mode="bilinear", align_corners=False))
+        feats = [lat(x) for lat, x in zip(self.lateral, levels[:3])] + [self.bottleneck(torch.cat(pooled, 1))]
+        for i in range(3, 0, -1):  # top-down pathway
+            feats[i - 1] = feats[i - 1] + F.interpolate(feats[i], size=feats[i - 1].shape[2:], mode="bilinear",
+                                                        align_corners=False)
+        outs = [self.fpn[i](feats[i]) for i in range(3)] + [feats[3]]
+        size = outs[0].shape[2:]
+        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
+        return self.classifier(self.dropout(self.fuse(torch.cat(outs, 1))))
+
+
+class SegmentationHead(nn.Module):
+    """A head with its card: encoder block grids → per-pixel class logits.
+
+    Attributes:
+        card: The :class:`HeadCard`.
+        net: :class:`LinearHead` or :class:`UPerNetHead` (its state dict is stored under ``head.``).
+    """
+
+    def __init__(self, card: HeadCard) -> None:
+        super().__init__()
+        self.card = card
+        d = int(card.encoder["embed_dim"])
+        if card.head_type == "linear":
+            if len(card.blocks) != 1:
+                raise CheckpointError(f"a linear head reads one block, the card lists {card.blocks}")
+            self.net: nn.Module = LinearHead(d, card.num_classes)
+        elif card.head_type == "upernet":
+            if len(card.blocks) != 4:
+                raise CheckpointError(f"an UPerNet head reads four blocks, the card lists {card.blocks}")
+            self.net = UPerNetHead(d, card.num_classes, channels=int(card.channels or 256))
+        else:
+            raise CheckpointError(f"unknown head type {card.head_type!r}; use 'linear' or 'upernet'")
+        check_blocks(card.blocks, int(card.encoder["depth"]))
+
+    @property
+    def blocks(self) -> list[int]:
+        return list(self.card.blocks)
+
+    def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits at the head's own resolution: ``[B, K, h, w]`` (linear) or ``[B, K, 4h, 4w]`` (UPerNet)."""
+        return self.net([g.to(next(self.parameters()).dtype) for g in grids])
+
+    def pixel_logits(self, grids: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Logits upsampled bilinearly to the tile's pixels: ``[B, K, size[0], size[1]]``.
+
+        Bilinear upsampling of logits (not of classes) keeps boundaries between patch centres smooth and is what the
+        DFC2020 probe does (×96/14, spec §6).
+        """
+        return F.interpolate(self(grids), size=size, mode="bilinear", align_corners=False)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The head's tensors under ``head.`` (file keys)."""
+        return {f"head.{k}": v.detach().cpu().float().contiguous() for k, v in self.net.state_dict().items()}
+
+
+def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,
+               blocks: Optional[Sequence[int]] = None, channels: Optional[int] = None,
+               encoder: Optional[Mapping[str, Any]] = None, **card_fields: Any) -> SegmentationHead:
+    """A new, randomly initialised head for ``model``.
+
+    Args:
+        head_type: ``"linear"`` (last block) or ``"upernet"`` (four blocks, :func:`dense_blocks`).
+        model: The encoder (``embed_dim``, ``blocks``, ``patch_size``).
+        classes: Output classes (≥ 2).
+        blocks: Override the blocks read.
+        channels: UPerNet width (default ``min(256, max(64, D // 2))`` — 96 for the demo model, 256 for ViT-B).
+        encoder: Extra encoder fields for the card (``name``, ``sha256``).
+        card_fields: Other :class:`HeadCard` fields (bands, stats, scale, ...).
+
+    Raises:
+        ValueError: Fewer than 2 classes, or bad blocks.
+    """
+    if len(classes) < 2:
+        raise ValueError(f"a segmentation head needs at least 2 classes, got {len(classes)}")
+    depth = len(model.blocks)
+    if blocks is None:
+        blocks = [depth - 1] if head_type == "linear" else list(dense_blocks(depth))
+    if head_type == "upernet" and channels is None:
+        channels = min(256, max(64, model.embed_dim // 2))
+    card = HeadCard(
+        head_type=head_type, blocks=list(blocks), classes=list(classes), channels=channels,
+        encoder={**dict(encoder or {}), "embed_dim": model.embed_dim, "depth": depth, "patch_size": model.patch_size},
+        **card_fields,
+    )
+    return SegmentationHead(card)
+
+
+def save_head(head: SegmentationHead, path: Union[str, Path]) -> Path:
+    """Write ``path`` (``.safetensors``: ``head.*`` tensors, card in the metadata) and the card ``NAME.json``.
+
+    Both files are written atomically (:func:`engine.atomic.atomic_output`); neither appears unless both were written.
+
+    Raises:
+        SettingsError: ``path`` does not end in ``.safetensors``, or its folder does not exist.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise SettingsError(f"a head file ends in .safetensors, got {path.name}")
+    text = head.card.to_json()
+    with atomic_output(path, sidecars=()) as tmp, atomic_output(card_path(path), sidecars=()) as tmp_card:
+        save_file(head.head_state(), str(tmp), metadata={_META_KEY: text, "format": "pt"})
+        tmp_card.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Any) -> HeadCard:
+    """Card of a SMARTIES checkpoint with the published ``head.0`` segmentation head (spec §1.7): the head reads the
+    checkpoint's own encoder, last block; the classes are unnamed (the file does not say)."""
+    k, d = int(shapes["head.0.weight"][0]), int(shapes["head.0.weight"][1])
+    colors = class_colors(k)
+    return HeadCard(
+        head_type="linear", blocks=[len(model.blocks) - 1],
+        classes=[ClassInfo(i, f"class {i}", colors[i], i) for i in range(k)],
+        encoder={"name": str(path), "sha256": file_sha256(path), "embed_dim": d, "depth": len(model.blocks),
+                 "patch_size": model.patch_size},
+        training={"source": "published SMARTIES checkpoint with a 1×1-conv segmentation head (spec §1.7)"},
+    )
+
+
+def load_head(path: Union[str, Path], model: Any = None) -> SegmentationHead:
+    """Read a head file strictly.
+
+    Accepts our head files (``head.*`` tensors + card) and SMARTIES checkpoints carrying the published segmentation
+    head (encoder keys + ``head.0.weight`` ``[K, D, 1, 1]``, ``head.0.bias`` ``[K]``); for those, pass the encoder
+    loaded from the same file as ``model`` (or it is loaded here) to build the card.
+
+    Args:
+        path: The ``.safetensors`` file.
+        model: The encoder, only needed for a published checkpoint (read from ``path`` when None).
+
+    Returns:
+        :class:`SegmentationHead` in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: No such file.
+        engine.errors.CheckpointError: Missing/unexpected keys or shapes (names them), a card that disagrees with the
+            tensors, or a file that is neither a head nor a checkpoint with a segmentation head.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"head file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = list(f.keys())
+            shapes = {k: f.get_slice(k).get_shape() for k in keys}
+            head_keys = [k for k in keys if k.startswith("head.")]
+            state = {k[len("head."):]: f.get_tensor(k) for k in head_keys}
+    except Exception as exc:  # safetensors' own errors: not a safetensors file, truncated header or data
+        raise CheckpointError(f"cannot read the head file {path}: {exc}") from exc
+    if _META_KEY in meta:
+        card = HeadCard.from_dict(json.loads(meta[_META_KEY]), str(path))
+        foreign = sorted(set(keys) - set(head_keys))
+        if foreign:
+            raise CheckpointError(f"{path} holds keys outside 'head.': {foreign[:5]}; a head file holds the head only")
+    elif set(head_keys) == {"head.0.weight", "head.0.bias"} and len(shapes["head.0.weight"]) == 4:
+        if model is None:
+            model = load_model(path, device="cpu")
+        card = _published_card(path, shapes, model)
+    else:
+        raise CheckpointError(
+            f"{path} is not a segmentation head: no '{_META_KEY}' card and no published 1×1-conv head "
+            f"(head.0.weight [K, D, 1, 1] + head.0.bias); head keys found: {head_keys[:6] or 'none'}"
+        )
+    head = SegmentationHead(card)
+    expected = {k: tuple(v.shape) for k, v in head.net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {['head.' + k for k in missing][:5]}" if missing else "",
+            f"unexpected {['head.' + k for k in unexpected][:5]}" if unexpected else "",
+            ", ".join(f"head.{k} {got[k]} (expected {expected[k]})" for k in wrong[:5]),
+        ]))
+        raise CheckpointError(f"{path}: the head tensors do not match its card ({card.head_type}, "
+                              f"{card.num_classes} classes, D={card.encoder['embed_dim']}): {detail}")
+    head.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return head.eval()

@@ -1,0 +1,334 @@
+"""Pixel-resolution class maps from a segmentation head: tiled, streamed, blended class probabilities.
+
+:func:`segment_raster` reads the raster tile by tile through the engine's normalising reader
+(:func:`engine.inference.open_reader`, with the bands, statistics and scale recorded in the head's card), encodes the
+tiles (:meth:`encode_blocks`), turns the head's logits into per-pixel class probabilities (logits upsampled
+bilinearly to the tile's pixels, then softmax) and blends overlapping tiles with a cosine window at pixel resolution
+(:class:`engine.blending.RowBlender` on pixels instead of cells). Finished pixel rows are written as they complete:
+
+- a class GeoTIFF (uint8 class indices, nodata 255, colour table and class names from the card) and its ``.qml``;
+- optionally the probabilities (float32, one band per class, NaN = nodata);
+- optionally polygons of the classes (GDAL polygonize of the class map into a GeoPackage, fields ``class`` and
+  ``name``).
+
+A 16-px-patch ViT sees the image through a 16-px grid, so a head's logits are coarse (one per patch for the linear
+head, one per 4 px for UPerNet). Two knobs refine them, at a cost (docs/segmentation.md has the measured trade-off):
+
+- ``overlap_px``: overlapping tiles average several contexts (cost ∝ ``(tile / (tile − overlap))²``);
+- ``shifts``: extra passes whose tiles are offset by half a patch diagonally (``shifts=2``: origins +8 px, doubling
+  the cost), so patch boundaries fall in different places and the blend has twice the resolution (test-time
+  shifting, as in dense-prediction ViT practice).
+
+The head runs on torch (a head file + its encoder) or on ONNX Runtime alone: an encoder and head exported together
+(:func:`engine.onnx_export.export_segmenter`, :class:`engine.models.onnx_segmenter.OnnxSegmenter`) are passed as the
+head, and torch is never imported.
+
+Memory: the blender holds ``K × tile × width`` float32 probabilities; nothing grows with the raster height. Cancel is
+polled every batch; a cancelled or failed run leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import rasterio
+
+from ..atomic import atomic_output
+from ..callbacks import CancelFn, ProgressFn
+from ..errors import BandResolutionError, DependencyError, InputRasterError, ModelMismatchError, SettingsError
+from ..models import Encoder, check_onnx_model, load_model, open_reader, torch_device
+from ..raster import (
+    NODATA_CLASS,
+    GeoTiffWriter,
+    RasterReader,
+    Region,
+    RowBlender,
+    batched,
+    gdal_cache_bytes,
+    gtiff_profile,
+    open_raster,
+    prefetched,
+    tile_grid,
+    write_qml,
+)
+from ..settings import InferenceSettings
+from ..spectral import Averaging, BandMapping, BandStats, Overrides, Projection, resolve_bands
+from .card import HeadCard, check_encoder, encoder_source
+from .onnx_segmenter import OnnxSegmenter
+
+__all__ = ("SegmentationResult", "polygonize", "segment_raster")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What :func:`segment_raster` wrote.
+
+    Attributes:
+        path: Class GeoTIFF (uint8 class indices, nodata 255).
+        style: Its ``.qml`` style.
+        probabilities: Probability GeoTIFF, or None.
+        polygons: GeoPackage of class polygons, or None.
+        class_names: Names in index order.
+        class_fractions: Share of valid pixels per class.
+        tiles: Tiles encoded (all passes).
+        seconds: Wall time.
+    """
+
+    path: Path
+    style: Path
+    probabilities: Optional[Path]
+    polygons: Optional[Path]
+    class_names: tuple[str, ...]
+    class_fractions: tuple[float, ...]
+    tiles: int
+    seconds: float
+
+
+def _head_mapping(dataset: Any, card: HeadCard, averaging: Averaging, sensor: Optional[str],
+                  overrides: Optional[Overrides]) -> BandMapping:
+    """The raster's bands resolved and checked against the head's: same ranges, same order."""
+    mapping = resolve_bands(dataset, sensor=sensor or card.sensor, overrides=overrides, averaging=averaging)
+    want = [b["projection"] for b in card.bands]
+    got = [b.projection.label for b in mapping.bands]
+    if want and got != want:
+        if len(got) > len(want) and all(k in got for k in want):  # a raster with extra bands: keep the head's
+            keep = [next(b for b in mapping.bands if b.projection.label == k) for k in want]
+            return replace(mapping, bands=tuple(keep))
+        example = "; ".join(f"{i + 1}={b.get('key') or b.get('wavelength_nm')}" for i, b in enumerate(card.bands))
+        raise BandResolutionError(
+            f"the head was trained on bands {want} but {dataset.name} maps to {got}; map the bands with overrides "
+            f"(e.g. {example}) or use a head trained on this sensor"
+        )
+    return mapping
+
+
+def segment_raster(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    head: Any,
+    model: Any = None,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    shifts: int = 1,
+    sensor: Optional[str] = None,
+    overrides: Any = None,
+    region: Optional[Region] = None,
+    probabilities_output: Optional[Union[str, Path]] = None,
+    polygons_output: Optional[Union[str, Path]] = None,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> SegmentationResult:
+    """Classify every pixel of a raster with a segmentation head.
+
+    Args:
+        source: Input raster with the bands the head was trained on.
+        output: Class GeoTIFF (uint8, nodata 255, colour table, class names); a ``.qml`` is written beside it.
+        head: A head file (``.safetensors`` + card), a loaded :class:`engine.heads.SegmentationHead`, or an exported
+            segmenter (``.onnx`` file or :class:`engine.models.onnx_segmenter.OnnxSegmenter`; ONNX Runtime, no torch).
+        model: The encoder; default: the one the head's card names (:func:`encoder_source`). Checked against the
+            card (:func:`check_encoder`). None for an exported segmenter, which holds its encoder.
+        settings: Tiling and device. The scale defaults to the card's (the head was trained at it); an exported
+            segmenter fixes the tile size.
+        shifts: 1 (plain tiles) or 2 (plus a pass offset by half a patch; 2× the cost, finer boundaries).
+        sensor, overrides: Band mapping (default: the card's sensor); the bands must map to the head's ranges.
+        region: Process only this :class:`engine.region.Region` (pixels outside its polygons are nodata).
+        probabilities_output: Also write class probabilities (float32, K bands) here.
+        polygons_output: Also polygonize the class map into this GeoPackage (``.gpkg``).
+        progress: Called with the completed fraction after every batch.
+        is_canceled: Polled before every batch; True stops with :class:`InferenceCancelled`, writing nothing.
+
+    Returns:
+        :class:`SegmentationResult`. Outputs are on the reader's grid: the raster's pixels (times ``scale``).
+
+    Raises:
+        InputRasterError: Unreadable input, bad settings, no valid pixel, a model passed with an exported segmenter.
+        engine.errors.BandResolutionError: The raster's bands do not match the head's.
+        InferenceCancelled: Cancelled.
+    """
+    started = time.perf_counter()
+    if shifts not in (1, 2):
+        raise SettingsError(f"shifts must be 1 or 2, got {shifts}")
+    output = Path(output)
+    for extra in (output, probabilities_output, polygons_output):
+        if extra is not None and not Path(extra).parent.is_dir():
+            raise SettingsError(f"output folder {Path(extra).parent} does not exist; create it first")
+    if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
+        raise SettingsError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
+    card, runner, predict = _predictor(head, model, settings)
+    onnx = isinstance(runner, OnnxSegmenter)
+    settings = settings or InferenceSettings(tile_size_px=runner.tile_size_px if onnx else card.tile_size_px)
+    if settings.scale is None:
+        settings = replace(settings, scale=card.scale)
+    if onnx:
+        check_onnx_model(runner, settings)
+    dataset = open_raster(source)
+    try:
+        mapping = _head_mapping(dataset, card, runner.averaging, sensor, overrides)
+        stats = [BandStats(*s, source="head card") for s in card.stats] if card.stats else None
+        reader, mapping = open_reader(dataset, runner, settings, mapping=mapping, stats=stats, region=region)
+        with reader, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
+            counts, tiles = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
+                                 settings, shifts, output, probabilities_output, str(source), progress, is_canceled)
+    finally:
+        dataset.close()
+    names = tuple(c.name for c in card.classes)
+    style = write_qml(output.with_suffix(".qml"), list(names), [tuple(c.color) for c in card.classes])
+    polygons = polygonize(output, Path(polygons_output), names) if polygons_output is not None else None
+    total = max(1, int(counts.sum()))
+    if progress is not None:
+        progress(1.0)
+    return SegmentationResult(
+        path=output, style=style, probabilities=Path(probabilities_output) if probabilities_output else None,
+        polygons=polygons, class_names=names, class_fractions=tuple(float(c) / total for c in counts), tiles=tiles,
+        seconds=time.perf_counter() - started,
+    )
+
+
+#: ``make_predict(settings, projections)`` → a function of normalised tiles ``[B, C, T, T]`` float32 → class
+#: probabilities ``[B, K, T, T]`` float32.
+MakePredict = Callable[[InferenceSettings, list[Projection]], Callable[[np.ndarray], np.ndarray]]
+
+
+def _predictor(head: Any, model: Optional[Encoder],
+               settings: Optional[InferenceSettings]) -> tuple[HeadCard, Union[Encoder, OnnxSegmenter], MakePredict]:
+    """``(card, runner, make_predict)``: the head's card, what runs it (the encoder, or the ONNX segmenter), and the
+    factory of the prediction function."""
+    if isinstance(head, (str, Path)) and Path(head).suffix.lower() == ".onnx":
+        device = settings.device if settings else "auto"
+        head = OnnxSegmenter(head, device=device, threads=settings.threads if settings else None)
+    if isinstance(head, OnnxSegmenter):
+        segmenter = head
+        if model is not None:
+            raise ModelMismatchError(f"{segmenter.provenance.weights_path.name} holds its encoder; do not pass a model "
+                                "with it")
+        return segmenter.card, segmenter, lambda settings, projections: segmenter.probabilities
+    # A head file or a loaded head runs on torch; imported here so that ONNX segmenters never import torch.
+    from .heads import SegmentationHead, load_head
+
+    head_path = None if isinstance(head, SegmentationHead) else Path(head)
+    head = head if isinstance(head, SegmentationHead) else load_head(head)
+    if model is None:
+        model = load_model(encoder_source(head.card, head_path), device="cpu")
+    encoder = check_encoder(head.card, model)
+
+    def make_predict(settings: InferenceSettings, projections: list[Projection]) -> Callable[[np.ndarray], np.ndarray]:
+        import torch
+
+        device = torch_device(settings)
+        encoder.to(device).eval()  # type: ignore[attr-defined]  # a torch encoder (check_encoder)
+        net = head.to(device).eval()
+        size = (settings.tile_size_px, settings.tile_size_px)
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                grids = encoder.encode_blocks(torch.from_numpy(x).to(device), projections, net.blocks)
+                return torch.softmax(net.pixel_logits(grids, size).float(), dim=1).cpu().numpy()
+
+        return predict
+
+    return head.card, model, make_predict
+
+
+def _origins(reader: RasterReader, settings: InferenceSettings, p: int, shifts: int) -> list[tuple[int, int]]:
+    """Tile origins in view pixels (the patch-grid plan, plus the half-patch-shifted pass), sorted by row."""
+    grid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    base = [(r * p, c * p) for r, c in grid]
+    if shifts == 2:
+        s = p // 2
+        base += [(r + s, c + s) for r, c in base]
+    size = settings.tile_size_px
+    keep = [(r, c) for r, c in base if (inside := reader.inside(r, c, size)) is None or inside.any()]
+    return sorted(keep)
+
+
+def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceSettings, shifts: int, output: Path,
+         prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
+         is_canceled: Optional[CancelFn]) -> tuple[np.ndarray, int]:
+    size, k = settings.tile_size_px, card.num_classes
+    origins = _origins(reader, settings, p, shifts)
+    if not origins:
+        raise InputRasterError(f"no pixel centre of {source} lies inside the region's polygons")
+    height, width = reader.height_px, reader.width_px
+    blender = RowBlender(k, size, max(width, max(c for _, c in origins) + size), settings.blend)
+    profile = dict(width=width, height=height, crs=reader.dataset.crs, transform=reader.transform)
+    tags = {
+        "MSFM_KIND": "segmentation", "MSFM_SOURCE": source, "MSFM_HEAD": card.head_type,
+        "MSFM_CLASSES": json.dumps([c.name for c in card.classes]), "MSFM_SCALE": repr(reader.scale),
+        "MSFM_SHIFTS": str(shifts), "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
+                                                                  "overlap_px": settings.overlap_px}),
+    }
+    colors = {c.index: tuple(c.color) for c in card.classes}
+    counts = np.zeros(k, np.int64)
+    batches = batched(origins, settings.batch_size)
+
+    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        reads = [reader.read(r, c, size) for r, c in batch]
+        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
+
+    def finish(until: int, writers: list[GeoTiffWriter]) -> None:
+        for probs, valid in blender.drain(until, height, width):
+            ok = valid >= 0.5
+            classes = np.where(ok, probs.argmax(0), NODATA_CLASS).astype(np.uint8)
+            counts[:] += np.bincount(classes[ok].ravel(), minlength=k)[:k]
+            writers[0].write_rows(classes[None])
+            if len(writers) > 1:
+                probs = probs.copy()
+                probs[:, ~ok] = np.nan
+                writers[1].write_rows(probs)
+
+    class_profile = gtiff_profile(count=1, dtype="uint8", nodata=NODATA_CLASS, **profile)
+    with GeoTiffWriter(output, class_profile, ["class"], tags, colors) as classes_out, \
+            (GeoTiffWriter(Path(prob_path), gtiff_profile(count=k, dtype="float32", nodata=float("nan"), **profile),
+                           [f"p_{c.name}" for c in card.classes], tags)
+             if prob_path is not None else contextlib.nullcontext()) as probs_out:
+        writers = [w for w in (classes_out, probs_out) if w is not None]
+        for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
+            for (r, c), pr, v in zip(batch, predict(x), valid):
+                if r > blender.top:
+                    finish(r, writers)
+                blender.add(pr, v.astype(np.float32), r, c)
+            if progress is not None:
+                progress(0.97 * (b + 1) / len(batches))
+        finish(max(height, blender.top + size), writers)
+        if counts.sum() == 0:
+            raise InputRasterError(f"{source}: no valid pixel to classify (all nodata)")
+    return counts, len(origins)
+
+
+def polygonize(classes: Path, output: Path, names: tuple[str, ...]) -> Path:
+    """Polygons of a class GeoTIFF into a GeoPackage layer ``classes``, written atomically.
+
+    GDAL ``Polygonize``, 8-connected, nodata excluded; fields ``class`` (index) and ``name``.
+
+    Raises:
+        DependencyError: GDAL's Python bindings are missing.
+    """
+    try:
+        from osgeo import gdal, ogr
+    except ImportError as exc:  # pragma: no cover - present with QGIS and python3-gdal
+        raise DependencyError("polygon output needs GDAL's Python bindings (osgeo): install python3-gdal") from exc
+    gdal.UseExceptions()
+    with atomic_output(output, sidecars=()) as tmp:
+        src = gdal.Open(str(classes))
+        band = src.GetRasterBand(1)
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+        layer = ds.CreateLayer("classes", srs=src.GetSpatialRef(), geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
+        layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+        gdal.Polygonize(band, band.GetMaskBand(), layer, 0, ["8CONNECTED=8"])
+        layer.StartTransaction()
+        for feature in layer:
+            feature.SetField("name", names[feature.GetField("class")])
+            layer.SetFeature(feature)
+        layer.CommitTransaction()
+        ds = layer = band = src = None  # close (GDAL flushes on release)
+    return output

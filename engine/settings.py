@@ -1,0 +1,74 @@
+"""How a raster is tiled and encoded: :class:`InferenceSettings`, shared by every pass of a model over a raster.
+
+Embeddings, clustering, similarity maps, head fitting and segmentation all read tiles through the same settings, so a
+tile size, an overlap or a device means the same thing everywhere (vocabulary: docs/glossary.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from rasterio.enums import Resampling
+
+from .errors import SettingsError
+
+__all__ = ("BlendKind", "InferenceSettings")
+
+#: Window of the overlap blending (:func:`engine.raster.window_weights`).
+BlendKind = Literal["cosine", "linear"]
+_BLENDS = ("cosine", "linear")
+_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a raster is tiled and encoded.
+
+    Attributes:
+        tile_size_px: Tile side in model-input pixels (after scaling); multiple of the patch size. 224 matches the
+            checkpoints' 14×14 position grid; other sizes use a resized grid.
+        overlap_px: Overlap between neighbouring tiles in model-input pixels; multiple of the patch size. Overlaps
+            are blended, never cut. Cost grows as ``(tile / (tile − overlap))²``: 4× at the default 112 px (half a
+            tile), 1.36× at 32 px. A ViT's patch tokens depend on the whole tile's content, so with small overlaps
+            k-means boundaries in homogeneous areas can snap to tile borders; half-tile overlaps average that out
+            (docs/inference.md).
+        batch_size: Tiles per forward pass. Memory ∝ ``batch_size · tile_size_px²``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
+        threads: CPU threads for torch (None keeps torch's default).
+        scale: Resampling factor from native to model-input pixels (2.0 = each native pixel becomes 2×2); None
+            uses the sensor preset's default (1.0 if no preset).
+        resampling: rasterio resampling used when ``scale != 1`` (``"bilinear"``, ``"cubic"``, ``"nearest"``…).
+        blend: Window of the overlap blending, ``"cosine"`` or ``"linear"``.
+        output_dtype: ``"float32"`` or ``"float16"`` (stored as 16-bit floats; half the disk).
+        min_valid_fraction: A cell with a smaller share of valid pixels is written as nodata.
+
+    Raises:
+        SettingsError: (on creation) a batch size below 1, a scale outside 0.05–20, an unknown output dtype,
+            resampling or blend window.
+    """
+
+    tile_size_px: int = 224
+    overlap_px: int = 112
+    batch_size: int = 8
+    device: str = "auto"
+    threads: Optional[int] = None
+    scale: Optional[float] = None
+    resampling: str = "bilinear"
+    blend: BlendKind = "cosine"
+    output_dtype: str = "float32"
+    min_valid_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise SettingsError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.scale is not None and not 0.05 <= self.scale <= 20:
+            raise SettingsError(f"scale must be between 0.05 and 20 (model pixels per native pixel), got {self.scale}")
+        if self.output_dtype not in _DTYPES:
+            raise SettingsError(f"output_dtype must be 'float32' or 'float16', got {self.output_dtype!r}")
+        if self.resampling not in Resampling.__members__:
+            raise SettingsError(
+                f"unknown resampling {self.resampling!r}; use one of {', '.join(Resampling.__members__)}"
+            )
+        if self.blend not in _BLENDS:
+            raise SettingsError(f"blend must be 'cosine' or 'linear', got {self.blend!r}")
