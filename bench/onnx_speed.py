@@ -5,7 +5,7 @@ figures of one run are comparable; compare runs only as ratios.
 
 1. Encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights) in torch eager, ONNX
    Runtime fp32 and ONNX Runtime int8 (:func:`engine.onnx_export.quantize`, dynamic quantization), with the ratio to
-   torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP, spec smarties.md §7); ``--alternatives`` adds
+   torch and to the measured fp32 matmul limit (a tile ≈ 35.3 GFLOP, docs/smarties.md §7); ``--alternatives`` adds
    two int8 variants we measured and did not ship: ONNX Runtime's transformer fusions before dynamic quantization,
    and static QDQ quantization calibrated on the demo scene.
 2. Agreement on a real scene (the demo's Sentinel-2 scene, 13 bands, the bundled ``smarties-demo-tiny`` weights):

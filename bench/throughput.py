@@ -7,7 +7,7 @@ Measures, in one process run (end-to-end cases in child processes so their peak 
 
 1. fp32 matmul GFLOP/s (2048³ ``torch.mm``), the practical FLOP limit of the machine;
 2. encoder-only tiles/s of the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights), and its ratio to
-   the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, spec smarties.md §7), in torch eager and in ONNX Runtime
+   the limit (a ViT-B/16 tile ≈ 35.3 GFLOP: 2 × 17.6 GMAC, docs/smarties.md §7), in torch eager and in ONNX Runtime
    fp32 (the same weights exported with the spectral projection in the graph; with ``--backend int8`` also int8);
 3. end-to-end ``embed_raster`` Mpx/s (input pixels per second, reading + normalising + encoding + blending +
    writing) and peak RSS on a real raster and on a 2×2 (4×) mosaic of it (``--mosaic16``: also a 4×4 mosaic and a

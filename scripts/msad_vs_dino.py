@@ -1,4 +1,4 @@
-"""Does MSAD improve cross-sensor retrieval over DINO alone, at equal steps? (issue 4, spec xstars.md §3).
+"""Does MSAD improve cross-sensor retrieval over DINO alone, at equal steps? (issue 4, docs/xstars.md §3).
 
 Real co-registered pair: the Landsat-8 Gulf-Coast scene of ``../shared/data`` seen by two "sensors" of different GSD
 and spectrum — ``MS`` = the 30 m false-colour composite NIR (B5) / SWIR-1 (B6) / red (B4), ``PAN`` = the 15 m

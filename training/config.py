@@ -1,4 +1,4 @@
-"""Recipe configurations: frozen dataclasses loaded from YAML, strictly (style guide §8 rule 12).
+"""Recipe configurations: frozen dataclasses loaded from YAML, strictly (docs/architecture.md, training).
 
 Every recipe (``smarties-mae``, ``xstars``, ...) describes its configuration as nested frozen dataclasses whose fields
 carry defaults and docstrings. :func:`load_config` reads a YAML file (``training/configs/*.yaml``) into such a class:

@@ -1,4 +1,4 @@
-"""Random-crop sampling of real rasters for SMARTIES MAE pretraining (spec smarties.md §3–§5).
+"""Random-crop sampling of real rasters for SMARTIES MAE pretraining (docs/smarties.md §3–§5).
 
 A :class:`RasterSource` is one scene: one multi-band GeoTIFF, or one file per band (a Sentinel-2 SAFE-like folder with
 10/20/60 m bands), with a SMARTIES range key and normalisation statistics per used band. Both come from the engine, so

@@ -1,7 +1,7 @@
 """Evaluation commands: ``msfm eval knn | linear-probe | retrieval`` (and ``python -m training eval ...``).
 
 Frozen-encoder evaluation on CLS features (the CLS token after the final norm, ``model.encode(x, bands,
-output="cls")``) with SMARTIES' protocols (spec smarties.md §6, :mod:`training.evaluate`):
+output="cls")``) with SMARTIES' protocols (docs/smarties.md §6, :mod:`training.evaluate`):
 
 - ``knn``: k = 20 nearest training patches by cosine similarity, votes weighted ``exp(sim / 0.07)``;
 - ``linear-probe``: ``BatchNorm1d(D, affine=False) → Linear(D, C)`` trained on the frozen features (100 epochs);
@@ -56,7 +56,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
                    f"(default {DEMO_MODEL})")
     p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
     p.add_argument("--size-px", type=int, default=224,
-                   help="side of the model input in pixels; each patch is resized to it (default 224, spec §6)")
+                   help="side of the model input in pixels; each patch is resized to it (default 224, docs/smarties.md §6)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int,
@@ -91,21 +91,21 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` command (``knn``, ``linear-probe``, ``retrieval``) to an ``argparse`` sub-parsers action."""
     p = subparsers.add_parser(
         "eval", help="evaluate a frozen encoder: kNN, linear probe, cross-sensor retrieval",
-        description="Frozen-encoder evaluation on CLS features (spec smarties.md §6): kNN and linear probe on "
+        description="Frozen-encoder evaluation on CLS features (docs/smarties.md §6): kNN and linear probe on "
         "labelled patches (top-1 %% single-label, micro mAP %% multi-label), cross-sensor retrieval among co-located "
         "pairs (top-1/top-5 %%, both ways).")
     esub = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     # Defaults of None are the spec's values in training.evaluate (KNN_K, KNN_T, LP_EPOCHS), read when the command
     # runs: that module imports torch, which building the parser must not.
-    q = esub.add_parser("knn", help="weighted kNN (k 20, T 0.07, spec §6) on labelled patches")
+    q = esub.add_parser("knn", help="weighted kNN (k 20, T 0.07, docs/smarties.md §6) on labelled patches")
     _classifier_options(q)
-    q.add_argument("--k", type=int, help="neighbours (default 20, spec §6)")
-    q.add_argument("--temperature", type=float, help="vote temperature (default 0.07, spec §6)")
+    q.add_argument("--k", type=int, help="neighbours (default 20, docs/smarties.md §6)")
+    q.add_argument("--temperature", type=float, help="vote temperature (default 0.07, docs/smarties.md §6)")
     q.set_defaults(func=run_eval)
     q = esub.add_parser("linear-probe", help="BatchNorm (no affine) + Linear head on frozen features")
     _classifier_options(q)
-    q.add_argument("--epochs", type=int, help="training epochs of the head (default 100, spec §6)")
-    q.add_argument("--lr", type=float, help="learning rate (default 1e-3 × 1024 / 256 = 4e-3, spec §6)")
+    q.add_argument("--epochs", type=int, help="training epochs of the head (default 100, docs/smarties.md §6)")
+    q.add_argument("--lr", type=float, help="learning rate (default 1e-3 × 1024 / 256 = 4e-3, docs/smarties.md §6)")
     q.set_defaults(func=run_eval)
     q = esub.add_parser("retrieval", help="cross-sensor retrieval among co-located pairs: A→B and B→A top-1/top-5")
     q.add_argument("pairs", help="pairs: a BigEarthNet-MM folder (index.csv; sensors s1, s2), a CSV with one path "

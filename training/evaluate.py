@@ -1,4 +1,4 @@
-"""Frozen-encoder evaluation on CLS features: kNN, linear probe, cross-sensor retrieval (spec smarties.md §6).
+"""Frozen-encoder evaluation on CLS features: kNN, linear probe, cross-sensor retrieval (docs/smarties.md §6).
 
 Works with any encoder exposing ``encode(x [B, C, H, W], bands, output="cls") → [B, D]`` (SMARTIES today,
 :mod:`engine.models.smarties`; the X-STARS DINO ViT later). Features are the CLS token after the final LayerNorm, as
@@ -41,10 +41,10 @@ __all__ = (
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 
-#: kNN neighbours and temperature (spec smarties.md §6, the DINO kNN protocol).
+#: kNN neighbours and temperature (docs/smarties.md §6, the DINO kNN protocol).
 KNN_K = 20
 KNN_T = 0.07
-#: Linear-probe recipe (spec §6): epochs, batch, base LR (lr = blr · batch / 256), milestones as fractions of the
+#: Linear-probe recipe (docs/smarties.md §6): epochs, batch, base LR (lr = blr · batch / 256), milestones as fractions of the
 #: steps (epochs 60 and 80 of 100) and their LR factors, AdamW betas, BatchNorm eps, head init std.
 LP_EPOCHS = 100
 LP_BATCH = 1024
@@ -172,7 +172,7 @@ def classification_metric(scores: ArrayLike, labels: ArrayLike) -> float:
 
     Returns:
         The metric in percent (0–100), a Python float. Micro AP is
-        ``sklearn.metrics.average_precision_score(labels, scores, average="micro")`` × 100 (spec §6, BigEarthNet).
+        ``sklearn.metrics.average_precision_score(labels, scores, average="micro")`` × 100 (docs/smarties.md §6, BigEarthNet).
 
     Raises:
         ValueError: Shapes disagree, or multi-label labels without any positive (AP undefined).
@@ -214,7 +214,7 @@ def knn_classify(
     T: float = KNN_T,
     num_classes: Optional[int] = None,
 ) -> np.ndarray:
-    """Weighted kNN class scores (spec smarties.md §6, DINO's kNN).
+    """Weighted kNN class scores (docs/smarties.md §6, DINO's kNN).
 
     Train and test features are L2-normalised; for each test row the k most cosine-similar training rows vote for
     their class(es) with weight ``exp(sim / T)``; votes are summed per class. Single-label: the top-1 prediction is
@@ -225,8 +225,8 @@ def knn_classify(
         train_feats: ``[N, D]`` features.
         train_labels: ``[N]`` int class indices or ``[N, C]`` multi-hot.
         test_feats: ``[M, D]`` features.
-        k: Neighbours (20, spec §6); ``min(k, N)`` are used.
-        T: Temperature of the vote weights (0.07, spec §6).
+        k: Neighbours (20, docs/smarties.md §6); ``min(k, N)`` are used.
+        T: Temperature of the vote weights (0.07, docs/smarties.md §6).
         num_classes: C for single-label labels (default: the largest index + 1).
 
     Returns:
@@ -274,7 +274,7 @@ def linear_probe(
     num_classes: Optional[int] = None,
     seed: int = 0,
 ) -> float:
-    """Train a linear head on frozen features and score it on the test features (spec smarties.md §6, "lp").
+    """Train a linear head on frozen features and score it on the test features (docs/smarties.md §6, "lp").
 
     Head: ``BatchNorm1d(D, affine=False, eps=1e-6) → Linear(D, C)``, weight trunc-normal std 0.01, bias 0. AdamW
     β = (0.9, 0.95), weight decay 0, ``lr = 1e-3 · batch_size / 256`` unless given, ``epochs`` × ⌈N / batch⌉

@@ -1,9 +1,9 @@
-"""SMARTIES masked-autoencoder pretraining model (spec smarties.md §1.5, §1.6, §5), written from the spec.
+"""SMARTIES masked-autoencoder pretraining model (docs/smarties.md §1.5, §1.6, §5), written from the paper and docs/smarties.md.
 
 :class:`SmartiesMAE` wraps an :class:`engine.models.smarties.SmartiesEncoder` and adds the MAE decoder. The encoder's
 modules are registered on the MAE module *under their own names* (``cls_token``, ``pos_embed``,
 ``spectrum_projection``, ``blocks``, ``norm``), so ``SmartiesMAE.state_dict()`` is exactly the encoder's key set at top
-level plus the MAE-only keys of spec §1.6 (``mask_token``, ``decoder_pos_embed``, ``decoder_embed``,
+level plus the MAE-only keys of docs/smarties.md §1.6 (``mask_token``, ``decoder_pos_embed``, ``decoder_embed``,
 ``decoder_blocks.{i}``, ``decoder_norm``, ``decoder_preds.{0..16}``). The parameters are *shared* with the wrapped
 encoder, so :attr:`SmartiesMAE.encoder` is always the trained encoder (for saving encoder-only files).
 
@@ -13,12 +13,12 @@ between tokens and samples: index :data:`PAD` (−1) marks an absent band slot (
 (12 · mean over the *present* bands), the prediction and the loss). With no padding the computation is exactly the
 reference's.
 
-Forward pass (spec §5):
+Forward pass (docs/smarties.md §5):
 
 1. optional cross-sensor token mixup of two co-registered views (``torch.rand(B, L)`` → argsort; the first
    ``int(L·(1−mixup_ratio))`` positions keep view-1 tokens, the rest take view-2 tokens; patches, targets and indices
    are mixed together). ``compat=False`` (default, the paper's intent) mixes symmetrically: view 2 gets the
-   complementary mix. ``compat=True`` reproduces the reference code (spec §8.1), where view 2 stays the pure second
+   complementary mix. ``compat=True`` reproduces the reference code (docs/smarties.md §8.1), where view 2 stays the pure second
    sensor;
 2. random masking with one noise ``torch.rand(B, L)`` shared by both views: keep ``int(L·(1−mask_ratio))`` tokens;
 3. encoder on the kept tokens only (equal to embedding everything and then masking, because the embedding is per
@@ -29,7 +29,7 @@ Forward pass (spec §5):
 5. norm-pix loss on masked tokens: per token, mean and unbiased variance over all its band-pixel values,
    ``(t − μ)/√(σ² + 1e-6)``, MSE averaged over the values, then over the masked tokens; two views → ½(L₁ + L₂).
 
-Checkpoints: ``SmartiesMAE.state_dict()`` *is* the official structure (spec §1.6: the 182/326 encoder keys + the 136
+Checkpoints: ``SmartiesMAE.state_dict()`` *is* the official structure (docs/smarties.md §1.6: the 182/326 encoder keys + the 136
 MAE keys for the published decoder), so :meth:`SmartiesMAE.from_checkpoint` loads the official
 ``smarties-v1-vit*.safetensors`` (or any encoder-only / full-MAE file the engine reads strictly) and
 :meth:`SmartiesMAE.save` writes a file the official code and :func:`engine.load_model` both read (layout ``"mae"``).
@@ -89,7 +89,7 @@ class MAEOutput:
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``[B, C, H, W]`` → ``[B, h, w, C, p, p]`` (patch (i, j) of band c holds rows i·p.., cols j·p..; spec §1.1)."""
+    """``[B, C, H, W]`` → ``[B, h, w, C, p, p]`` (patch (i, j) of band c holds rows i·p.., cols j·p..; docs/smarties.md §1.1)."""
     b, c, height, width = images.shape
     p = patch_size
     if height % p or width % p:
@@ -129,7 +129,7 @@ class SmartiesMAE(nn.Module):
         mlp_ratio: Decoder MLP ratio.
         mask_ratio: Fraction of masked tokens (0.75).
         mixup_ratio: Fraction of view-1 tokens replaced by view-2 tokens (0.5).
-        compat: Reproduce the reference's asymmetric mixup (view 2 never mixed, spec §8.1).
+        compat: Reproduce the reference's asymmetric mixup (view 2 never mixed, docs/smarties.md §8.1).
     """
 
     def __init__(
@@ -179,7 +179,7 @@ class SmartiesMAE(nn.Module):
         seed: Optional[int] = None,
         **kwargs,
     ) -> "SmartiesMAE":
-        """New encoder + decoder with MAE initialisation (spec §1.5); ``kwargs`` go to the constructor."""
+        """New encoder + decoder with MAE initialisation (docs/smarties.md §1.5); ``kwargs`` go to the constructor."""
         encoder = SmartiesEncoder(embed_dim, depth, num_heads, patch_size, grid_size, averaging=averaging)
         model = cls(encoder, **kwargs)
         model.init_weights(seed)
@@ -193,7 +193,7 @@ class SmartiesMAE(nn.Module):
         return self._init_decoder()
 
     def _init_decoder(self) -> "SmartiesMAE":
-        """MAE initialisation of the decoder only (spec §1.5), from torch's current RNG state."""
+        """MAE initialisation of the decoder only (docs/smarties.md §1.5), from torch's current RNG state."""
         for module in [self.decoder_embed, self.decoder_norm, *self.decoder_blocks.modules(), *self.decoder_preds]:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -272,17 +272,17 @@ class SmartiesMAE(nn.Module):
     ) -> "SmartiesMAE":
         """An MAE continued from a SMARTIES checkpoint: the official files, ours, encoder-only or full MAE.
 
-        The file is read strictly by the engine (:func:`engine.load_model`, spec §1.6). A full-MAE file (layout
+        The file is read strictly by the engine (:func:`engine.load_model`, docs/smarties.md §1.6). A full-MAE file (layout
         ``"mae"``: the official ``smarties-v1-vit*.safetensors`` when it carries the decoder, or one written by
         :meth:`save`) restores the decoder too, its width and depth read from the tensors; an encoder-only file gets a
-        freshly initialised decoder of ``decoder_dim``/``decoder_depth`` (MAE init, spec §1.5; seeded with ``seed``).
+        freshly initialised decoder of ``decoder_dim``/``decoder_depth`` (MAE init, docs/smarties.md §1.5; seeded with ``seed``).
 
         Args:
             path_or_name: ``.safetensors`` file, folder or registry name (``"smarties-vit-b"``).
             num_heads: Encoder heads (default: the file's config, the registry, or D/64 — see
                 :func:`engine.load_model`).
             averaging: Averaged-range weights (default: the file's config, else ``"linear"``).
-            decoder_dim: Width of a new decoder (encoder-only files; 512 in SMARTIES, spec §1.5).
+            decoder_dim: Width of a new decoder (encoder-only files; 512 in SMARTIES, docs/smarties.md §1.5).
             decoder_depth: Depth of a new decoder (8 in SMARTIES).
             decoder_heads: Decoder heads (default: the file's config ``decoder_heads``, else 16 as published).
             seed: Seed of a new decoder's initialisation.
@@ -328,7 +328,7 @@ class SmartiesMAE(nn.Module):
 
     def save(self, path: Union[str, "os.PathLike[str]"], config: Optional[Mapping[str, Any]] = None,
              dtype: Optional[torch.dtype] = None) -> Path:
-        """Write the full MAE (encoder + decoder, the official key layout of spec §1.6) as ``.safetensors``.
+        """Write the full MAE (encoder + decoder, the official key layout of docs/smarties.md §1.6) as ``.safetensors``.
 
         Written atomically and checked with the strict reader by :func:`engine.models.checkpoint.save_encoder`; the
         JSON ``config`` metadata records the encoder geometry, ``decoder_heads`` and ``config``. The file loads in

@@ -1,4 +1,4 @@
-"""Co-registered multi-sensor pairs and ground-aligned paired crops (spec smarties.md §5, xstars.md §5).
+"""Co-registered multi-sensor pairs and ground-aligned paired crops (docs/smarties.md §5, docs/xstars.md §5).
 
 A :class:`Pair` is one place seen by several sensors: one raster per sensor over (about) the same footprint, at each
 sensor's own GSD (BigEarthNet S1 10 m ↔ S2 10 m, Landsat-8 pan 15 m ↔ multispectral 30 m, SPOT 1.5 m ↔ Sentinel-2
@@ -6,7 +6,7 @@ sensor's own GSD (BigEarthNet S1 10 m ↔ S2 10 m, Landsat-8 pan 15 m ↔ multis
 
 - :func:`pairs_from_folder` — the MSC-France layout ``<root>/<Sensor>/<City>/<tile>``, paired on the tile's path
   below the sensor folder (``(city, filename)``), never by replacing sensor names in path strings (X-STARS bugs
-  B4–B6, xstars.md §7: any sensor folder names, extra top-level folders ignored, any path separator);
+  B4–B6, docs/xstars.md §7: any sensor folder names, extra top-level folders ignored, any path separator);
 - :func:`pairs_from_csv` — one path column per sensor plus optional label columns;
 - :func:`bigearthnet_pairs` — BigEarthNet-MM S1/S2 patches with their CORINE multi-labels;
 - :func:`pan_ms_pairs` — panchromatic / multispectral pairs of one scene.
@@ -86,7 +86,7 @@ Bounds = tuple[float, float, float, float]
 
 #: File suffixes :func:`pairs_from_folder` treats as raster tiles (GDAL-readable; MSC-France tiles are PIL images).
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
-#: SMARTIES paired random-resized crop: area fraction range and tries before the centre-crop fallback (spec §5).
+#: SMARTIES paired random-resized crop: area fraction range and tries before the centre-crop fallback (docs/smarties.md §5).
 CROP_SCALE = (0.25, 1.0)
 _CROP_TRIES = 10
 #: Window redraws when a crop has too few valid pixels (as :class:`training.data.PretrainSampler`).
@@ -110,7 +110,7 @@ BEN43_CLASSES: tuple[str, ...] = (
     "Intertidal flats", "Water courses", "Water bodies", "Coastal lagoons", "Estuaries", "Sea and ocean",
 )
 #: BigEarthNet 19-class nomenclature (Sumbul et al., "BigEarthNet-MM", IEEE GRSM 2021; ``BigEarthNet-19_labels`` of
-#: ``label_indices.json``), used by SMARTIES' BigEarthNet probes (spec smarties.md §6, ``Linear(2D, 19)``).
+#: ``label_indices.json``), used by SMARTIES' BigEarthNet probes (docs/smarties.md §6, ``Linear(2D, 19)``).
 BEN19_CLASSES: tuple[str, ...] = (
     "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
     "Complex cultivation patterns",
@@ -182,11 +182,11 @@ def pairs_from_folder(
     presets: Optional[Mapping[str, Optional[str]]] = None,
     strict: bool = True,
 ) -> list[Pair]:
-    """Pairs of an MSC-France-like folder ``<root>/<Sensor>/<City>/<tile>`` (xstars.md §5).
+    """Pairs of an MSC-France-like folder ``<root>/<Sensor>/<City>/<tile>`` (docs/xstars.md §5).
 
     Tiles are matched on their path below the sensor folder — ``(city, filename)`` in the MSC-France layout, also
     deeper or flatter layouts — compared as path parts, so sensor names may be anything (also substrings of each
-    other or of city names) and the OS path separator does not matter (fixes X-STARS B5/B6, xstars.md §7). Top-level
+    other or of city names) and the OS path separator does not matter (fixes X-STARS B5/B6, docs/xstars.md §7). Top-level
     folders not named in ``sensors`` are ignored. Files are those with a :data:`RASTER_SUFFIXES` suffix.
 
     Args:
@@ -519,10 +519,10 @@ class PairedCropSampler:
 
     Args:
         pairs: The pairs; every pair must list the same sensors.
-        size_px: Output side S in model-input pixels (224, spec smarties.md §5), or sensor → S.
-        scale: Range of the window's area as a fraction of the common footprint (U(0.25, 1), spec §5).
+        size_px: Output side S in model-input pixels (224, docs/smarties.md §5), or sensor → S.
+        scale: Range of the window's area as a fraction of the common footprint (U(0.25, 1), docs/smarties.md §5).
         flips: Apply a random v-flip (p 0.5), h-flip (p 0.5) and rot90·k (k uniform in 0..3), the same for every
-            sensor (spec §5).
+            sensor (docs/smarties.md §5).
         min_valid: Minimum fraction of valid pixels in every sensor's crop; windows are redrawn up to 20 times, then
             the best one is kept.
         select: Sensor → range keys to keep, in that order (e.g. ``{"s2": ["red_2", "green_2", "blue_1"]}``);
@@ -736,7 +736,7 @@ class PairedCropSampler:
         """A random square window of pair ``index``: area U(scale) of the footprint, torchvision-style retries.
 
         Up to 10 draws of an area fraction a ~ U(scale) give a square of side √(a·W·H); the first that fits in the
-        footprint (W × H) is placed uniformly; after 10 misses the largest centred square is used (spec §5).
+        footprint (W × H) is placed uniformly; after 10 misses the largest centred square is used (docs/smarties.md §5).
         """
         left, bottom, right, top = self.footprint(index)
         width, height = right - left, top - bottom
@@ -815,7 +815,7 @@ class PairImages:
     Args:
         pairs: The pairs.
         sensor: Which sensor's image to return.
-        size_px: Output side S (224, spec smarties.md §6).
+        size_px: Output side S (224, docs/smarties.md §6).
         classes: Class names, in label-vector order (e.g. :data:`BEN43_CLASSES`); ``None`` = no labels.
         multilabel: Multi-hot vectors (``True``) or one class index per pair (``False``).
         select: Range keys to keep for ``sensor`` (see :class:`PairedCropSampler`).

@@ -1,14 +1,14 @@
-"""SMARTIES MAE pretraining recipe (spec smarties.md §5) on :mod:`training.runner`, and the demo model's card.
+"""SMARTIES MAE pretraining recipe (docs/smarties.md §5) on :mod:`training.runner`, and the demo model's card.
 
-Recipe (spec §5): two co-registered views of one place → cross-sensor token mixup (ratio 0.5; ``symmetric`` by
+Recipe (docs/smarties.md §5): two co-registered views of one place → cross-sensor token mixup (ratio 0.5; ``symmetric`` by
 default, both views mixed with complementary token sets; ``compat`` reproduces the reference code, where view 2 stays
-the pure second sensor, spec §8.1) → 75 % random masking shared by both views → norm-pix MSE on the masked tokens,
+the pure second sensor, docs/smarties.md §8.1) → 75 % random masking shared by both views → norm-pix MSE on the masked tokens,
 ½(L₁ + L₂); single-view batches train on L₁. AdamW β = (0.9, 0.95), weight decay 0.05 on parameters with ``ndim ≥ 2``
 (CLS and mask tokens included), 0 on 1-D ones, the sin-cos position tables frozen; peak LR ``lr`` or
 ``blr · effective_batch / 256`` (scripts: blr 1.5e-4, batch 2048 → 1.2e-3); per-step linear warm-up then cosine to
 ``min_lr`` (Hugging Face ``get_cosine_schedule_with_warmup`` convention, :func:`training.schedules.cosine_schedule`).
-The model starts from scratch (MAE init, spec §1.5) or from a checkpoint (``model.init``: the official
-``smarties-vit-b``/``-l``, or any encoder-only / full-MAE ``.safetensors``; encoder and decoder keys of spec §1.6).
+The model starts from scratch (MAE init, docs/smarties.md §1.5) or from a checkpoint (``model.init``: the official
+``smarties-vit-b``/``-l``, or any encoder-only / full-MAE ``.safetensors``; encoder and decoder keys of docs/smarties.md §1.6).
 
 Everything about the loop — device, mixed precision, DDP, checkpoints/resume, logs — is :class:`training.runner.Runner`.
 
@@ -23,7 +23,7 @@ Everything about the loop — device, mixed precision, DDP, checkpoints/resume, 
 as attributes (:class:`training.data.Batch`) or mapping keys. :func:`images_to_mae_batch` builds one from
 ``[B, C, H, W]`` images and range keys. Configured streams (:class:`SamplerStream`, exact resume):
 
-- ``data.source: pairs`` — the reference's data (spec §5): co-registered sensor pairs (BigEarthNet-MM S2↔S1, a CSV
+- ``data.source: pairs`` — the reference's data (docs/smarties.md §5): co-registered sensor pairs (BigEarthNet-MM S2↔S1, a CSV
   such as fMoW RGB↔Sentinel-2, an MSC-France folder; :mod:`training.pairs`), one paired random-resized crop per
   sample in ground coordinates (area U(0.25, 1), same flips/rot90 for both sensors), view 1 = ``pairs.sensors[0]``,
   view 2 = ``pairs.sensors[1]`` (the one ``compat`` mixup leaves pure); band counts may differ (padding instead of
@@ -94,7 +94,7 @@ METRICS = ("loss1", "loss2", "paired")
 # ---------------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class ModelConfig:
-    """Geometry of the MAE (defaults: SMARTIES ViT-B/16 with the published decoder, spec §1.4–§1.5).
+    """Geometry of the MAE (defaults: SMARTIES ViT-B/16 with the published decoder, docs/smarties.md §1.4–§1.5).
 
     Attributes:
         name: Model name (export file names, metadata ``model``).
@@ -104,7 +104,7 @@ class ModelConfig:
         patch_size: Patch side p in pixels (16).
         grid_size: Tokens per side G (14 for 224-px inputs).
         mlp_ratio: Encoder MLP width / D (4).
-        averaging: Weights of the averaged ranges 17/18: ``linear`` (ours) or ``reference`` (as shipped, spec §8.2).
+        averaging: Weights of the averaged ranges 17/18: ``linear`` (ours) or ``reference`` (as shipped, docs/smarties.md §8.2).
         decoder_dim: Decoder width (512).
         decoder_depth: Decoder blocks (8).
         decoder_heads: Decoder heads (16).
@@ -129,13 +129,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MAEConfig:
-    """Masking and cross-sensor mixup (spec §5).
+    """Masking and cross-sensor mixup (docs/smarties.md §5).
 
     Attributes:
         mask_ratio: Fraction of masked tokens (0.75).
         mixup_ratio: Fraction of view-1 tokens taken from view 2 (0.5).
         mixup: ``symmetric`` (both views mixed, complementary token sets; the paper's description) or ``compat``
-            (the reference code: view 2 stays the pure second sensor, spec §8.1).
+            (the reference code: view 2 stays the pure second sensor, docs/smarties.md §8.1).
     """
 
     mask_ratio: float = 0.75
@@ -150,7 +150,7 @@ class MAEConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and its schedule (spec §5).
+    """AdamW and its schedule (docs/smarties.md §5).
 
     Attributes:
         lr: Peak learning rate; give ``lr`` or ``blr``.
@@ -199,7 +199,7 @@ class PairsConfig:
         sensors: ``[view 1, view 2]`` sensor names (BigEarthNet: ``s2``, ``s1`` as the reference; empty = the
             pairs' own order).
         presets: Sensor → engine preset id for files whose metadata does not tell (``csv``/``folder`` kinds).
-        scale: Area of the paired random-resized crop as a fraction of the common footprint (U(0.25, 1), spec §5).
+        scale: Area of the paired random-resized crop as a fraction of the common footprint (U(0.25, 1), docs/smarties.md §5).
     """
 
     kind: Literal["bigearthnet", "csv", "folder"] = "bigearthnet"
@@ -215,7 +215,7 @@ class DataConfig:
 
     Attributes:
         source: ``pairs``: paired random-resized crops of co-registered sensor pairs (``pairs``; the reference's
-            data, spec §5); ``sampler``: :class:`training.data.PretrainSampler` over the demo scenes of ``data_dir``
+            data, docs/smarties.md §5); ``sampler``: :class:`training.data.PretrainSampler` over the demo scenes of ``data_dir``
             (random ground windows, random band subsets, sensor pairs and spectral splits for mixup). Other streams
             are passed to :func:`train_smarties_mae` directly (see the batch contract in the module docstring).
         batch_size: Samples per batch per process (the reference: 256 per GPU × 8 GPUs).
@@ -269,7 +269,7 @@ class SmartiesMAEConfig:
     """The ``smarties-mae`` recipe: one YAML file (``training/configs/smarties-mae-*.yaml``).
 
     ``recipe``, ``run`` (:class:`training.runner.RunConfig`: out_dir, steps or epochs, precision, checkpoints, ...) and
-    ``optim.lr``/``optim.blr`` are required; the other sections default to the ViT-B values of spec §5.
+    ``optim.lr``/``optim.blr`` are required; the other sections default to the ViT-B values of docs/smarties.md §5.
     """
 
     recipe: Literal["smarties-mae"]
@@ -580,7 +580,7 @@ def build_model(cfg: SmartiesMAEConfig) -> SmartiesMAE:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups of spec §5: ``weight_decay`` on trainable parameters with ``ndim ≥ 2`` (weights, CLS and mask
+    """AdamW groups of docs/smarties.md §5: ``weight_decay`` on trainable parameters with ``ndim ≥ 2`` (weights, CLS and mask
     tokens), 0 on 1-D ones (biases, LayerNorms); frozen parameters (the sin-cos position tables) are left out."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -591,7 +591,7 @@ def lr_schedule(optim: OptimConfig, total_steps: int, effective_batch: int,
                 samples_per_epoch: Optional[int] = None) -> np.ndarray:
     """Per-step LR (float64 ``[total_steps]``): linear warm-up 0 → peak (HF convention), cosine to ``min_lr``.
 
-    Peak = ``optim.lr``, or ``scaled_lr(optim.blr, effective_batch)`` (spec §5). ``warmup_epochs`` is converted with
+    Peak = ``optim.lr``, or ``scaled_lr(optim.blr, effective_batch)`` (docs/smarties.md §5). ``warmup_epochs`` is converted with
     ``samples_per_epoch / effective_batch`` steps per epoch, ``warmup_frac`` with ``total_steps``.
 
     Raises:
@@ -683,7 +683,7 @@ def mae_task(cfg: SmartiesMAEConfig, runner: Runner, data: Optional[Any] = None)
         export=_exporter(cfg),
         metric_names=METRICS,
         samples_per_epoch=epoch_size,
-        find_unused_parameters=True,  # heads/projections of ranges absent from a batch get no gradient (spec §5)
+        find_unused_parameters=True,  # heads/projections of ranges absent from a batch get no gradient (docs/smarties.md §5)
         name=cfg.model.name,
     )
 
@@ -856,7 +856,7 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         "",
         "## What it is",
         f"- File: `{card['file']}` ({size / 1e6:.2f} MB, {card['dtype']} safetensors, encoder keys only — same key layout"
-        " as the SMARTIES encoder, spec §1.6; JSON `config` metadata holds the geometry)." if size
+        " as the SMARTIES encoder, docs/smarties.md §1.6; JSON `config` metadata holds the geometry)." if size
         else f"- File: `{card['file']}`",
         f"- Geometry: D={g['embed_dim']}, depth {g['depth']}, {g['num_heads']} heads, patch {g['patch_size']},"
         f" {g['grid_size']}×{g['grid_size']} tokens ({g['image_px']} px input), MLP ×{g['mlp_ratio']:g}, all 17 base"
@@ -914,7 +914,7 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         "  SMARTIES ViT-B/L and overfit to these places; use it for demos and tests, not for science.",
         "- Only the band families present in the data were trained (S2 L1C/L2A, Landsat-8 OLI, S1 VV/VH, RGB, NIR);",
         "  the `thermal_infrared_1` range and other projections saw little or no data.",
-        "- Normalisation: the engine's band resolver and statistics (`engine.inference.band_statistics`): spec §3",
+        "- Normalisation: the engine's band resolver and statistics (`engine.inference.band_statistics`): docs/smarties.md §3",
         "  presets for S2 L1C/L2A, S1, RGB and NAIP R/G/B, estimated per scene for the others (Landsat-8 DN, NAIP NIR,",
         "  WorldView-2) — the same convention `msfm embed` applies at inference.",
         "- Encoder only: the MAE decoder is not shipped.",

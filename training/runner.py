@@ -6,7 +6,7 @@ iterable of batches and a per-step learning-rate function — and :meth:`Runner.
 - **device** (:attr:`RunConfig.device`): CUDA when available (``auto``), else CPU;
 - **precision** (:attr:`RunConfig.mixed_precision`): ``auto`` = bf16 autocast on CUDA GPUs that support it, fp16
   autocast + gradient scaler on older GPUs, fp32 on CPU (bf16 matmuls are ~500× slower than fp32 on CPUs without
-  AMX, ``../shared/spec/platform.md``); the reference pretrained with fp16 (spec smarties.md §5);
+  AMX, measured on our build machines); the reference pretrained with fp16 (docs/smarties.md §5);
 - **distribution**: launched with ``accelerate launch`` (``--multi_gpu``, ``--num_machines``, ``--cpu`` for gloo)
   the model is wrapped in DDP, each process draws its own batches, gradients are averaged. Every collective of
   the loop (the per-step loss/stop reduction, barriers around checkpoints) is skipped when there is one process, so
@@ -108,7 +108,7 @@ class RunConfig:
         threads: torch CPU threads per process (``None`` = torch's default).
         grad_accum_steps: Micro-batches accumulated per optimiser step.
         checkpoint_every: Save the full training state every this many steps (and always at the end).
-        keep_checkpoints: Newest checkpoints kept (the reference keeps 2, spec smarties.md §5).
+        keep_checkpoints: Newest checkpoints kept (the reference keeps 2, docs/smarties.md §5).
         log_every: Write a ``log.csv`` row every this many steps.
         progress: Show a tqdm bar on the main process.
         resume: Continue from the newest checkpoint in ``out_dir`` (a fresh start when there is none).
@@ -188,7 +188,7 @@ class TrainTask:
         metric_names: Names of the extra metrics :attr:`StepOutput.metrics` may hold (``log.csv`` columns).
         samples_per_epoch: Samples in one pass over the data (all processes), needed only with ``run.epochs``.
         find_unused_parameters: DDP option: True when some parameters get no gradient in some steps (the MAE's
-            per-range projections and pixel heads of bands absent from a batch; the reference sets it, spec §5).
+            per-range projections and pixel heads of bands absent from a batch; the reference sets it, docs/smarties.md §5).
         name: Run name (TensorBoard, logs).
     """
 

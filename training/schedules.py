@@ -1,15 +1,15 @@
 """Per-iteration training schedules: one cosine implementation shared by every recipe (DINO/X-STARS, SMARTIES MAE).
 
 Every schedule is a float64 numpy array indexed by the global iteration (``epoch · iters_per_epoch + it``), as DINO
-precomputes its learning rate, weight decay and teacher momentum (spec xstars.md §2). The teacher temperature is the
-exception: it is indexed by *epoch* (xstars.md §2, DINO's ``DINOLoss``).
+precomputes its learning rate, weight decay and teacher momentum (docs/xstars.md §2). The teacher temperature is the
+exception: it is indexed by *epoch* (docs/xstars.md §2, DINO's ``DINOLoss``).
 
 The one mechanism is :func:`schedule_value`: an optional linear warm-up followed by a half-cosine from ``base`` to
 ``final``. Two warm-up conventions exist in the recipes we reproduce, and they differ only in the warm-up segment:
 
 * DINO (``warmup_endpoint=True``): ``numpy.linspace(warmup_start, base, warmup_steps)``, endpoint included, so the
   last warm-up step is already ``base`` (and so is the first cosine step).
-* Hugging Face ``get_cosine_schedule_with_warmup`` (SMARTIES, spec smarties.md §5; ``warmup_endpoint=False``):
+* Hugging Face ``get_cosine_schedule_with_warmup`` (SMARTIES, docs/smarties.md §5; ``warmup_endpoint=False``):
   ``base · step / warmup_steps``, so ``lr[warmup_steps - 1] = base · (w − 1)/w``.
 
 The cosine part is the same in both: at step ``s ≥ w`` the value is
@@ -101,7 +101,7 @@ def cosine_schedule(
 ) -> np.ndarray:
     """Per-iteration array of :func:`schedule_value` over ``range(total_steps)``.
 
-    With the defaults this is DINO's ``cosine_scheduler`` (xstars.md §2): ``v[0] = warmup_start`` (or ``base``
+    With the defaults this is DINO's ``cosine_scheduler`` (docs/xstars.md §2): ``v[0] = warmup_start`` (or ``base``
     without warm-up), ``v[warmup_steps] = base``, ``v[-1] ≈ final``.
 
     Args:
@@ -146,7 +146,7 @@ def dino_lr_schedule(
     min_lr: float = 1e-6,
     warmup_epochs: int = 10,
 ) -> np.ndarray:
-    """DINO / X-STARS learning rate (xstars.md §2): linear warm-up 0 → ``lr·batch/256``, then cosine to ``min_lr``.
+    """DINO / X-STARS learning rate (docs/xstars.md §2): linear warm-up 0 → ``lr·batch/256``, then cosine to ``min_lr``.
 
     Defaults are DINO's argparse values (lr 5e-4, min_lr 1e-6, 10 warm-up epochs). X-STARS README pretraining (batch
     4 on 1 GPU) gives a peak of 7.8125e-6.
@@ -163,7 +163,7 @@ def dino_lr_schedule(
 
 def dino_wd_schedule(epochs: int, iters_per_epoch: int, weight_decay: float = 0.04,
                      weight_decay_end: float = 0.4) -> np.ndarray:
-    """DINO / X-STARS weight decay: cosine from 0.04 *up to* 0.4 over the run, no warm-up (xstars.md §2).
+    """DINO / X-STARS weight decay: cosine from 0.04 *up to* 0.4 over the run, no warm-up (docs/xstars.md §2).
 
     Returns:
         float64 ``[epochs · iters_per_epoch]``.
@@ -173,7 +173,7 @@ def dino_wd_schedule(epochs: int, iters_per_epoch: int, weight_decay: float = 0.
 
 def teacher_momentum_schedule(epochs: int, iters_per_epoch: int, momentum_teacher: float = 0.996,
                               final: float = 1.0) -> np.ndarray:
-    """EMA teacher momentum: cosine from 0.996 to 1 over the run, no warm-up (xstars.md §2, DINO).
+    """EMA teacher momentum: cosine from 0.996 to 1 over the run, no warm-up (docs/xstars.md §2, DINO).
 
     Returns:
         float64 ``[epochs · iters_per_epoch]``; ``m[0] = 0.996``, ``m[-1] ≈ 1``.
@@ -188,7 +188,7 @@ def smarties_lr_schedule(
     blr: float = 1.5e-4,
     warmup_epochs: int = 20,
 ) -> np.ndarray:
-    """SMARTIES MAE learning rate (smarties.md §5): HF ``get_cosine_schedule_with_warmup`` stepped per iteration.
+    """SMARTIES MAE learning rate (docs/smarties.md §5): HF ``get_cosine_schedule_with_warmup`` stepped per iteration.
 
     ``lr = blr · batch_size_total / 256`` (scripts: blr 1.5e-4, batch 2048 → 1.2e-3), linear warm-up 0 → lr over
     ``warmup_epochs`` (20 of 300 in the scripts) with the HF convention (``lr[s] = lr · s / w``), then cosine to 0.
@@ -207,9 +207,9 @@ def smarties_lr_schedule(
 def teacher_temp_schedule(epochs: int, *, warmup_teacher_temp: float = 0.04, teacher_temp: float = 0.04,
                           warmup_epochs: int = 0) -> np.ndarray:
     """DINO teacher temperature, **indexed by epoch**: ``linspace(warmup_teacher_temp, teacher_temp, warmup_epochs)``
-    (endpoint included) then constant ``teacher_temp`` (xstars.md §2; X-STARS defaults 0.04 → 0.04 over 0 epochs).
+    (endpoint included) then constant ``teacher_temp`` (docs/xstars.md §2; X-STARS defaults 0.04 → 0.04 over 0 epochs).
 
-    Example (fixtures/xstars README §2): 0.04 → 0.07 over 30 epochs gives 0.0503448275862069 at epoch 10.
+    Example (the parity fixtures of the X-STARS code): 0.04 → 0.07 over 30 epochs gives 0.0503448275862069 at epoch 10.
 
     Returns:
         float64 ``[epochs]``.

@@ -1,7 +1,7 @@
 """Continual alignment of a SMARTIES encoder onto a new sensor with MSAD (recipe ``smarties-align``).
 
-Neither paper has this combination: SMARTIES (spec smarties.md) pretrains a spectrum-aware encoder with a masked
-autoencoder on sensor pairs; X-STARS (spec xstars.md §4) aligns a pretrained 3-channel DINO ViT onto a new sensor by
+Neither paper has this combination: SMARTIES (docs/smarties.md) pretrains a spectrum-aware encoder with a masked
+autoencoder on sensor pairs; X-STARS (docs/xstars.md §4) aligns a pretrained 3-channel DINO ViT onto a new sensor by
 distilling a frozen copy of itself through the dense MSAD loss (§3). This recipe does X-STARS' continual stage for a
 SMARTIES encoder, with SMARTIES' own objective in place of DINO:
 
@@ -19,23 +19,23 @@ SMARTIES encoder, with SMARTIES' own objective in place of DINO:
   sensors at their native GSDs, normalised with the engine's statistics, resized to the same ``p · G`` pixels
   (224 for a 14 × 14 grid) and flipped/rotated identically, so patch token ``t`` (row ``t // G``, column ``t % G``)
   covers the same ground in both views whatever the two GSDs are (X-STARS matches its views the same way, by
-  resizing both to 224 px, spec xstars.md §3.1; ``tests/training/test_smarties_align.py`` checks it on the Landsat-8
+  resizing both to 224 px, docs/xstars.md §3.1; ``tests/training/test_smarties_align.py`` checks it on the Landsat-8
   15 m pan ↔ 30 m multispectral pair).
 - **Loss** (one forward of :class:`SmartiesAlignModel`, so that DDP sees every parameter use, X-STARS B14)::
 
       L = mae_weight · L_MAE(student, new-sensor view) + alpha · L_MSAD(teacher(old view), student(new view))
 
-  ``L_MAE`` is the SMARTIES norm-pix MAE loss (spec smarties.md §5: 75 % masking, masked tokens only; one view, so no
+  ``L_MAE`` is the SMARTIES norm-pix MAE loss (docs/smarties.md §5: 75 % masking, masked tokens only; one view, so no
   token mixup) on the new sensor: it keeps the student's features grounded in the new sensor's own pixels
   (``mae_weight: 0`` turns it off; needed when the new sensor has bands without an MAE pixel head, e.g.
-  panchromatic). ``L_MSAD`` is :class:`training.xstars.msad.MSADLoss` in continual mode (spec xstars.md §3.3, §4:
+  panchromatic). ``L_MSAD`` is :class:`training.xstars.msad.MSADLoss` in continual mode (docs/xstars.md §3.3, §4:
   one pair, ``sat1`` = the teacher on the old sensor, ``sat2`` = the student on the new sensor, mean over token
   positions) on the all-token outputs *after the final LayerNorm* ``[B, 1 + G², D]`` (index 0 = CLS, kept with
   ``msad.include_cls``) of a full, unmasked forward (``encoder.encode(x, bands, "tokens")``) — what X-STARS feeds
   MSAD; the engine's ``"grid"`` output is SMARTIES' pre-norm ``all_tokens`` instead. ``msad.mode: paper`` keeps the graph, so the student and the
   MSAD heads ``P``, ``Q1``, ``Q2`` get gradients (heads in the optimiser, checkpoint and export); ``compat`` computes
   the same value without a graph, as the released X-STARS code (B1/B2), so only the MAE term trains.
-- **Optimisation** (as ``smarties-mae``, spec smarties.md §5): AdamW, weight decay on parameters with ``ndim ≥ 2``,
+- **Optimisation** (as ``smarties-mae``, docs/smarties.md §5): AdamW, weight decay on parameters with ``ndim ≥ 2``,
   per-step linear warm-up then cosine (:func:`training.pretrain.lr_schedule`); the heads' groups get
   ``msad.lr_scale``. With ``mae_weight: 0`` the decoder is frozen (it would get no gradient).
 - **Loop**: :class:`training.runner.Runner` (device, precision, DDP, resumable checkpoints holding the student,
@@ -44,7 +44,7 @@ SMARTIES encoder, with SMARTIES' own objective in place of DINO:
   :func:`engine.load_model`) and ``<model.name>-mae.safetensors`` (encoder + decoder, to continue from) through
   :func:`training.pretrain.mae_exporter`; in ``paper`` mode also ``<model.name>-msad-heads.safetensors`` (the heads,
   :func:`save_msad_heads` / :func:`load_msad_heads`; a separate file because the engine's strict key rule refuses
-  foreign keys next to an encoder, spec smarties.md §1.6).
+  foreign keys next to an encoder, docs/smarties.md §1.6).
 
 Config: :class:`SmartiesAlignConfig` (``training/configs/smarties-align-*.yaml``, read strictly)::
 
@@ -121,7 +121,7 @@ class AlignModelConfig:
         name: Name of the exported files (``export/<name>.safetensors``).
         num_heads: Encoder attention heads (default: the file's config, the registry, or D/64).
         averaging: Weights of the averaged ranges 17/18 (default: the file's config, else ``linear``).
-        decoder_dim: Width of a fresh MAE decoder, used when the checkpoint has none (512 in SMARTIES, spec §1.5).
+        decoder_dim: Width of a fresh MAE decoder, used when the checkpoint has none (512 in SMARTIES, docs/smarties.md §1.5).
         decoder_depth: Depth of a fresh decoder (8 in SMARTIES).
         decoder_heads: Decoder heads (default: the file's config, else 16).
     """
@@ -143,7 +143,7 @@ class AlignConfig:
         old_sensor: Sensor the frozen domain teacher sees (one the checkpoint knows, e.g. ``s2``); MSAD's ``sat1``.
         new_sensor: Sensor the student learns (e.g. ``s1``); MSAD's ``sat2`` and the MAE's input.
         mae_weight: Weight of the SMARTIES MAE loss on the new-sensor view (≥ 0; 0 = MSAD only).
-        mask_ratio: MAE masking ratio (0.75, spec smarties.md §5).
+        mask_ratio: MAE masking ratio (0.75, docs/smarties.md §5).
 
     Raises:
         training.config.ConfigError: Same sensor on both sides, a negative weight, a bad mask ratio.
@@ -167,7 +167,7 @@ class AlignConfig:
 
 @dataclass(frozen=True)
 class AlignMSADConfig:
-    """The MSAD term (spec xstars.md §3.5; X-STARS' values as defaults).
+    """The MSAD term (docs/xstars.md §3.5; X-STARS' values as defaults).
 
     Attributes:
         mode: ``paper`` (differentiable, heads trained and exported) or ``compat`` (value logged only, B1/B2).
@@ -193,7 +193,7 @@ class AlignMSADConfig:
         if self.alpha < 0:
             raise ConfigError(f"msad.alpha must be ≥ 0, got {self.alpha}")
         if not 0 < self.proj_dim <= 1024:
-            raise ConfigError(f"msad.proj_dim must lie in 1..1024 (spec xstars.md §3.2), got {self.proj_dim}")
+            raise ConfigError(f"msad.proj_dim must lie in 1..1024 (docs/xstars.md §3.2), got {self.proj_dim}")
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,19 @@
-"""DINO / X-STARS Vision Transformer, DINO projection head and multi-crop wrapper (spec xstars.md §1).
+"""DINO / X-STARS Vision Transformer, DINO projection head and multi-crop wrapper (docs/xstars.md §1).
 
 X-STARS (Marsocci et al., IEEE JSTARS 2025, arXiv 2405.09922) trains DINO's ViT on RGB images of several sensors.
-Written from the spec, not from the X-STARS or DINO code. Parameter names are DINO's, so a DINO/X-STARS state dict
+Written from the papers and docs/xstars.md, not from the X-STARS or DINO code. Parameter names are DINO's, so a DINO/X-STARS state dict
 (``backbone.*`` without the prefix) loads with ``load_state_dict(strict=True)``:
 
 - :class:`DinoViT`: ``cls_token`` [1, 1, D], ``pos_embed`` [1, 1 + G², D] (learned), ``patch_embed.proj``
   (Conv2d 3 → D, kernel = stride = p), ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``,
   ``norm``. Pre-norm blocks, qkv bias, LayerNorm eps 1e-6, exact GELU, MLP ratio 4, stochastic depth rising linearly
-  from 0 to ``drop_path_rate`` over the blocks, no dropout, trunc-normal(0.02) init (spec §1).
+  from 0 to ``drop_path_rate`` over the blocks, no dropout, trunc-normal(0.02) init (docs/xstars.md §1).
 - :class:`DINOHead`: ``mlp`` (Linear → GELU → … → Linear to the bottleneck) → L2-normalise → ``last_layer``
   (weight-normed Linear without bias). The weight norm uses :func:`torch.nn.utils.parametrizations.weight_norm`, so
   its tensors are ``last_layer.parametrizations.weight.original0`` (g, DINO's ``weight_g``) and ``.original1``
   (v, DINO's ``weight_v``); :mod:`engine.models.torch_checkpoint` maps the names both ways.
 - :class:`MultiCropWrapper`: ``backbone`` + ``head``; consecutive crops of equal width share one backbone forward,
-  the CLS features are concatenated and the head runs once (spec §1).
+  the CLS features are concatenated and the head runs once (docs/xstars.md §1).
 
 For the engine, :meth:`DinoViT.encode` has the signature of the SMARTIES encoder's ``encode``: the band list only
 checks that the channels are red, green and blue in that order (the model declares them in
@@ -48,7 +48,7 @@ __all__ = (
     "xstars_norm",
 )
 
-#: DINO architectures: name → (D, depth, heads); spec xstars.md §1 table. All use patch 16 and MLP ratio 4.
+#: DINO architectures: name → (D, depth, heads); docs/xstars.md §1 table. All use patch 16 and MLP ratio 4.
 ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
@@ -56,9 +56,9 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_large": (1024, 24, 16),
 }
 
-#: Input channels of every DINO/X-STARS backbone: RGB (spec §1, §5).
+#: Input channels of every DINO/X-STARS backbone: RGB (docs/xstars.md §1, §5).
 IN_CHANS = 3
-#: DINO's offset added to the target grid size before bicubic resizing of the position grid (spec §1).
+#: DINO's offset added to the target grid size before bicubic resizing of the position grid (docs/xstars.md §1).
 _POS_OFFSET = 0.1
 _STATS_FILE = Path(__file__).resolve().parent / "data" / "xstars_stats.json"
 
@@ -70,7 +70,7 @@ def _stats_table() -> dict[str, Any]:
 
 
 def xstars_norm(name: Optional[str] = None) -> ChannelNorm:
-    """An X-STARS normalisation preset (spec xstars.md §5, stored in ``engine/data/xstars_stats.json``).
+    """An X-STARS normalisation preset (docs/xstars.md §5, stored in ``engine/data/xstars_stats.json``).
 
     X-STARS normalises the RGB images of every sensor with one joint mean/std (the run's ``--mean/--std``); use the
     preset of the run that trained the weights when the checkpoint does not record it.
@@ -90,7 +90,7 @@ def xstars_norm(name: Optional[str] = None) -> ChannelNorm:
     preset = table["presets"].get(key)
     if preset is None:
         raise ValueError(f"unknown X-STARS normalisation preset {name!r}; use one of {', '.join(table['presets'])}")
-    return ChannelNorm(tuple(preset["mean"]), tuple(preset["std"]), f"preset {key} (spec xstars.md §5)")
+    return ChannelNorm(tuple(preset["mean"]), tuple(preset["std"]), f"preset {key} (docs/xstars.md §5)")
 
 
 # ---------------------------------------------------------------------------------------------------- layers
@@ -106,7 +106,7 @@ class PatchEmbed(nn.Module):
 
 
 def _init_linear_layernorm(module: nn.Module) -> None:
-    """DINO init (spec §1): Linear weights trunc-normal(0.02), biases 0; LayerNorm 1/0 (Conv2d keeps torch's)."""
+    """DINO init (docs/xstars.md §1): Linear weights trunc-normal(0.02), biases 0; LayerNorm 1/0 (Conv2d keeps torch's)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -121,7 +121,7 @@ _FAMILY_RE = re.compile(r"^(red|green|blue)_\d+$")
 
 # ---------------------------------------------------------------------------------------------------- backbone
 class DinoViT(nn.Module):
-    """DINO's Vision Transformer as used by X-STARS (spec xstars.md §1), with the exact DINO parameter names.
+    """DINO's Vision Transformer as used by X-STARS (docs/xstars.md §1), with the exact DINO parameter names.
 
     Args:
         embed_dim: Token dimension D (192 tiny, 384 small, 768 base, 1024 large).
@@ -192,7 +192,7 @@ class DinoViT(nn.Module):
         """Position table ``[1, 1 + rows·cols, D]`` for a token grid: the stored one, or DINO's bicubic resize.
 
         The patch part of the stored G × G table is resized with ``scale_factor = ((rows + 0.1) / G, (cols + 0.1) / G)``
-        (bicubic, align_corners False), as DINO does; a 96-px crop gives 6 × 6 + 1 = 37 positions (spec §1).
+        (bicubic, align_corners False), as DINO does; a 96-px crop gives 6 × 6 + 1 = 37 positions (docs/xstars.md §1).
         """
         g = self.grid_size
         if (rows, cols) == (g, g):
@@ -306,7 +306,7 @@ class DinoViT(nn.Module):
         return tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], self.embed_dim, rows, cols)
 
     def num_parameters(self) -> int:
-        """Number of parameters, position table included (spec §1 table: 5.52 M for vit_tiny)."""
+        """Number of parameters, position table included (docs/xstars.md §1 table: 5.52 M for vit_tiny)."""
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
@@ -317,7 +317,7 @@ class DinoViT(nn.Module):
 
 
 def dino_vit(arch: str, patch_size: int = 16, drop_path_rate: float = 0.0, img_size: int = 224) -> DinoViT:
-    """A DINO ViT by architecture name (spec xstars.md §1 table).
+    """A DINO ViT by architecture name (docs/xstars.md §1 table).
 
     Args:
         arch: ``"vit_tiny"`` (D 192, 12 blocks, 3 heads), ``"vit_small"`` (384, 12, 6), ``"vit_base"`` (768, 12, 12)
@@ -340,7 +340,7 @@ def dino_vit(arch: str, patch_size: int = 16, drop_path_rate: float = 0.0, img_s
 
 # ---------------------------------------------------------------------------------------------------- head, wrapper
 class DINOHead(nn.Module):
-    """DINO projection head (spec xstars.md §1): MLP → L2-normalise → weight-normed Linear without bias.
+    """DINO projection head (docs/xstars.md §1): MLP → L2-normalise → weight-normed Linear without bias.
 
     With the defaults: Linear(D, 2048) → GELU → Linear(2048, 2048) → GELU → Linear(2048, 256) → L2 → last_layer
     (256 → out_dim). ``nlayers = 1`` is a single Linear(D, bottleneck) (key ``mlp.weight``); otherwise the Linears
@@ -404,7 +404,7 @@ class DINOHead(nn.Module):
 
 
 class MultiCropWrapper(nn.Module):
-    """DINO's multi-crop wrapper: ``backbone`` then ``head`` over a list of crops (spec xstars.md §1).
+    """DINO's multi-crop wrapper: ``backbone`` then ``head`` over a list of crops (docs/xstars.md §1).
 
     Consecutive crops of equal width are concatenated and encoded in one backbone forward (2 globals, then the
     locals), the CLS features of all groups are concatenated in crop order, and the head runs once. Its state dict is

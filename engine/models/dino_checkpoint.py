@@ -1,14 +1,14 @@
-"""Safe reading and writing of DINO / X-STARS checkpoints: ``.pth`` pickles and ``.safetensors`` (spec xstars.md §6).
+"""Safe reading and writing of DINO / X-STARS checkpoints: ``.pth`` pickles and ``.safetensors`` (docs/xstars.md §6).
 
 **Reading a pickle safely.** ``.pth`` files are read with ``torch.load(map_location="cpu", weights_only=True)``
 inside ``torch.serialization.safe_globals`` with exactly the allow-list that the original X-STARS checkpoints need
-(fixtures README §3): ``argparse.Namespace`` (the pickled ``args``), the numpy scalar reconstructor under its numpy-2
+(docs/xstars.md §6): ``argparse.Namespace`` (the pickled ``args``), the numpy scalar reconstructor under its numpy-2
 name ``numpy._core.multiarray.scalar`` and its numpy-1 name ``numpy.core.multiarray.scalar`` (the optimiser's ``lr``
 and ``weight_decay`` are ``numpy.float64``), ``numpy.dtype`` and ``numpy.dtypes.Float64DType``. Before loading, the
 pickle is disassembled without running it (``torch.serialization.get_unsafe_globals_in_checkpoint``); any other
 global is refused with a :class:`~engine.errors.CheckpointError` naming it, and nothing in the file is executed.
 
-**Layout** (spec §6). A DINO checkpoint is a dict with ``student`` (keys ``module.backbone.*`` / ``module.head.*``,
+**Layout** (docs/xstars.md §6). A DINO checkpoint is a dict with ``student`` (keys ``module.backbone.*`` / ``module.head.*``,
 saved from DDP), ``teacher`` (``backbone.*`` / ``head.*``), ``optimizer``, ``epoch``, ``args``, ``dino_loss``,
 ``fp16_scaler``. A file holding one bare state dict (DINO's released backbones, or a teacher dict converted to
 safetensors) is read too. A ``.safetensors`` file uses the same key names, either flat or prefixed with ``teacher.``
@@ -85,7 +85,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 PICKLE_SUFFIXES = frozenset({".pth", ".pt", ".ckpt"})
 #: The two network dicts of a DINO checkpoint, in the order DINO saves them.
 DICTS = ("student", "teacher")
-#: DINO's weight-norm tensor names ↔ torch.nn.utils.parametrizations names (spec §6).
+#: DINO's weight-norm tensor names ↔ torch.nn.utils.parametrizations names (docs/xstars.md §6).
 _WN_NAMES = {
     "last_layer.weight_g": "last_layer.parametrizations.weight.original0",
     "last_layer.weight_v": "last_layer.parametrizations.weight.original1",
@@ -364,7 +364,7 @@ def _backbone_geometry(shapes: Mapping[str, tuple[int, ...]], source: str) -> En
 
 
 def _backbone_shapes(geometry: EncoderGeometry) -> dict[str, tuple[int, ...]]:
-    """Every DinoViT key and shape (4 + 12·depth + 2 keys; spec §6)."""
+    """Every DinoViT key and shape (4 + 12·depth + 2 keys; docs/xstars.md §6)."""
     d, p = geometry.embed_dim, geometry.patch_size
     shapes: dict[str, tuple[int, ...]] = {
         "cls_token": (1, 1, d),
@@ -450,7 +450,7 @@ def is_dino_checkpoint(path: PathLike) -> bool:
 
 
 def read_dino_checkpoint(path: PathLike, which: str = "teacher", with_head: bool = True) -> DinoCheckpoint:
-    """Read one network of a DINO / X-STARS checkpoint safely and strictly (spec xstars.md §6).
+    """Read one network of a DINO / X-STARS checkpoint safely and strictly (docs/xstars.md §6).
 
     Args:
         path: ``.pth`` / ``.pt`` / ``.ckpt`` (read with ``weights_only=True`` and the module's allow-list) or
@@ -527,7 +527,7 @@ def read_dino_checkpoint(path: PathLike, which: str = "teacher", with_head: bool
 
 
 def _num_heads(checkpoint: DinoCheckpoint, num_heads: Optional[int]) -> tuple[int, str]:
-    """Heads are not in the tensors: the argument, the file's config, ``args.arch`` (spec §1 table), else D/64."""
+    """Heads are not in the tensors: the argument, the file's config, ``args.arch`` (docs/xstars.md §1 table), else D/64."""
     from .dino import ARCHS  # torch: loaded only when a DINO network is built
 
     dim = checkpoint.geometry.embed_dim
@@ -535,7 +535,7 @@ def _num_heads(checkpoint: DinoCheckpoint, num_heads: Optional[int]) -> tuple[in
     candidates = [
         (num_heads, "the num_heads argument"),
         (checkpoint.config.get("num_heads"), f"the config of {checkpoint.path.name}"),
-        (ARCHS[arch][2] if arch in ARCHS else None, f"args.arch={arch!r} (spec xstars.md §1)"),
+        (ARCHS[arch][2] if arch in ARCHS else None, f"args.arch={arch!r} (docs/xstars.md §1)"),
         (dim // 64 if dim % 64 == 0 else None, "D/64 (head dim 64, as every DINO ViT)"),
     ]
     found = first_num_heads(dim, candidates)
@@ -557,7 +557,7 @@ def build_dino_model(
 
     Args:
         checkpoint: From :func:`read_dino_checkpoint`.
-        num_heads: Attention heads; default from the file's config, ``args.arch`` (spec §1 table: tiny 3, small 6,
+        num_heads: Attention heads; default from the file's config, ``args.arch`` (docs/xstars.md §1 table: tiny 3, small 6,
             base 12, large 16), else D/64.
         with_head: Return ``MultiCropWrapper(backbone, DINOHead)`` instead of the bare backbone.
         drop_path_rate: Stochastic depth of the backbone (0.1 for an X-STARS student in training; no effect in eval).

@@ -3,14 +3,14 @@
 Every function that takes a model name also takes a local ``.safetensors`` file or a folder holding exactly one
 ``.safetensors`` file (plus an optional ``config.json``), so an offline machine can always point at a file. A DINO /
 X-STARS ``.pth`` checkpoint (or a folder holding exactly one) works too; X-STARS weights are distributed outside the
-Hub (spec xstars.md §6), so they have no registry entry.
+Hub (docs/xstars.md §6), so they have no registry entry.
 
 Hub downloads go through :func:`huggingface_hub.hf_hub_download` and its cache. ``huggingface_hub`` reads its
 environment (``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``) once at import time; this module reads ``os.environ`` at call
 time instead and passes ``cache_dir=`` and ``local_files_only=True`` explicitly, so a setting changed after import
 (tests, the QGIS plugin) is honoured and an offline lookup never touches the network.
 
-Sources: spec smarties.md §1.4 (sizes), §1.7 (fine-tuned checkpoints), §1.8 (Hub repos); papers_results.md §2.1
+Sources: docs/smarties.md §1.4 (sizes), §1.7 (fine-tuned checkpoints), §1.8 (Hub repos)
 (licence apache-2.0 from the ViT-L model card). The Hub commit hashes could not be looked up offline, so every entry
 tracks ``revision="main"``; :func:`download_model` logs the commit it resolved and :func:`model_info` reports the
 commit of the cached snapshot.
@@ -109,7 +109,7 @@ class ModelSpec:
 
 
 def _encoder_mb(dim: int, depth: int, patch: int = 16, tokens: int = 197) -> float:
-    """fp32 size of an encoder in MB (spec §1.4 counts: 88,563,456 values for ViT-B)."""
+    """fp32 size of an encoder in MB (docs/smarties.md §1.4 counts: 88,563,456 values for ViT-B)."""
     per_block = 4 * dim + (3 * dim * dim + 3 * dim) + (dim * dim + dim) + 2 * (4 * dim * dim) + 4 * dim + dim
     values = dim + tokens * dim + 17 * (patch * patch * dim + dim) + depth * per_block + 2 * dim
     return round(values * 4 / 1e6, 1)

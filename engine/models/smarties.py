@@ -1,12 +1,12 @@
-"""SMARTIES spectrum-aware ViT encoder in plain PyTorch (spec smarties.md §1).
+"""SMARTIES spectrum-aware ViT encoder in plain PyTorch (docs/smarties.md §1).
 
 Sumbul et al., "SMARTIES: Spectrum-Aware Multi-Sensor Auto-Encoder for Remote Sensing Images", ICCV 2025
-(arXiv 2506.19585). Written from the spec, not from the reference code.
+(arXiv 2506.19585). Written from the paper and docs/smarties.md, not from the reference code.
 
-Data flow (spec §1.1): every band of a p×p patch is embedded by the projection of its spectral range
+Data flow (docs/smarties.md §1.1): every band of a p×p patch is embedded by the projection of its spectral range
 (:mod:`engine.spectrum`), the per-band embeddings are fused as ``12 · mean``, a CLS token is prepended, the fixed
 2-D sin-cos position table stored in the checkpoint is added, then pre-norm transformer blocks run
-(LayerNorm eps 1e-6, fused qkv, exact GELU MLP). Module attribute names are the checkpoint contract (spec §1.6).
+(LayerNorm eps 1e-6, fused qkv, exact GELU MLP). Module attribute names are the checkpoint contract (docs/smarties.md §1.6).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = ("SmartiesEncoder", "init_from_scratch", "sincos_pos_embed")
 
 
 class _RangeProjection(nn.Module):
-    """Holds one base projection so the key reads ``spectrum_embeds.{r}.proj.weight`` (spec §1.6)."""
+    """Holds one base projection so the key reads ``spectrum_embeds.{r}.proj.weight`` (docs/smarties.md §1.6)."""
 
     def __init__(self, patch_area: int, dim: int) -> None:
         super().__init__()
@@ -57,7 +57,7 @@ class SpectrumProjection(nn.Module):
 
 
 def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
-    """Fixed 2-D sin-cos position table of MAE/SMARTIES (spec smarties.md §1.3).
+    """Fixed 2-D sin-cos position table of MAE/SMARTIES (docs/smarties.md §1.3).
 
     The first half of each vector encodes the column, the second half the row; ``ω_k = 10000^(−k/(d/2))``; CLS row is
     zeros. Computed in float64, returned float32.
@@ -251,16 +251,16 @@ class SmartiesEncoder(nn.Module):
         """Encode normalised images.
 
         Args:
-            x: ``[B, C, H, W]`` float32 images already normalised (spec §4), H and W multiples of the patch size
+            x: ``[B, C, H, W]`` float32 images already normalised (docs/smarties.md §4), H and W multiples of the patch size
                 (224 = the stored 14×14 position grid; other sizes use a bicubically resized grid).
             bands: C band specs in channel order — range keys (``"red_2"``), projection indices (0..18) or
                 :class:`~engine.spectrum.Projection` objects — or an integer tensor ``[B, h, w, C]`` of per-token
                 projection indices.
             output: ``"cls"`` → ``[B, D]`` CLS token after the final LayerNorm; ``"grid"`` → ``[B, D, H/p, W/p]``
-                patch tokens of the last block *before* the final norm (the reference's ``all_tokens``, spec §1.1);
+                patch tokens of the last block *before* the final norm (the reference's ``all_tokens``, docs/smarties.md §1.1);
                 ``"tokens"`` → ``[B, 1 + (H/p)·(W/p), D]`` every token *after* the final norm, CLS first, patches in
                 row-major order (the X-STARS backbone's ``return_all_tokens`` output, what MSAD aligns, spec
-                xstars.md §3).
+                docs/xstars.md §3).
 
         Returns:
             The requested tensor (float32).
@@ -282,7 +282,7 @@ class SmartiesEncoder(nn.Module):
     def encode_blocks(
         self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor], blocks: Sequence[int]
     ) -> list[torch.Tensor]:
-        """Patch-token grids of several blocks, for dense heads (UPerNet on blocks 3/5/7/11 of a ViT-B, spec §6).
+        """Patch-token grids of several blocks, for dense heads (UPerNet on blocks 3/5/7/11 of a ViT-B, docs/smarties.md §6).
 
         Args:
             x: ``[B, C, H, W]`` normalised images, as :meth:`encode`.
@@ -328,7 +328,7 @@ class SmartiesEncoder(nn.Module):
         return self.encode(x, bands, "cls")
 
     def num_parameters(self) -> int:
-        """Number of parameters including the position table (spec §1.4 counts it)."""
+        """Number of parameters including the position table (docs/smarties.md §1.4 counts it)."""
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
@@ -348,7 +348,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def init_from_scratch(model: SmartiesEncoder, seed: Optional[int] = None) -> SmartiesEncoder:
-    """MAE-style initialisation (spec §1.5): xavier-uniform Linears, zero biases, LN 1/0, CLS ~ N(0, 0.02)."""
+    """MAE-style initialisation (docs/smarties.md §1.5): xavier-uniform Linears, zero biases, LN 1/0, CLS ~ N(0, 0.02)."""
     if seed is not None:
         torch.manual_seed(seed)
     model.apply(_init_weights)

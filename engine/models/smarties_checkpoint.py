@@ -1,4 +1,4 @@
-"""Strict reading and writing of SMARTIES ``.safetensors`` checkpoints (spec smarties.md §1.6–§1.7).
+"""Strict reading and writing of SMARTIES ``.safetensors`` checkpoints (docs/smarties.md §1.6–§1.7).
 
 A SMARTIES checkpoint is a flat state dict without prefix. Its geometry is read from the tensors themselves:
 
@@ -8,7 +8,7 @@ A SMARTIES checkpoint is a flat state dict without prefix. Its geometry is read 
 - position grid ``G`` from ``pos_embed`` ``[1, 1 + G², D]``;
 - MLP hidden size from ``blocks.0.mlp.fc1.weight`` ``[hidden, D]``.
 
-The loading rule is the spec's "strict" rule (§1.6): every encoder key must be present with its exact shape;
+The loading rule is the strict rule of docs/smarties.md §1.6: every encoder key must be present with its exact shape;
 keys left over are allowed only when they form *exactly* one known set:
 
 - ``"mae"``: the MAE pretraining extras (``mask_token``, ``decoder_pos_embed``, ``decoder_embed.*``,
@@ -20,7 +20,7 @@ keys left over are allowed only when they form *exactly* one known set:
 - ``"head:segmentation"``: ``head.0.weight`` ``[C, S·D, 1, 1]`` + ``head.0.bias`` ``[C]`` (1×1 convolution).
 
 ``S`` is the number of sources of a multi-modal head (1, or 2 for ``bigearthnetmm``). Independently of these, a
-global-pool checkpoint may carry ``fc_norm.*`` *instead of* ``norm.*`` (spec §1.1 step 6); it is loaded into the
+global-pool checkpoint may carry ``fc_norm.*`` *instead of* ``norm.*`` (docs/smarties.md §1.1 step 6); it is loaded into the
 encoder's ``norm`` and flagged with ``global_pool=True``. Anything else is refused with
 :class:`~engine.errors.CheckpointError` naming the keys.
 
@@ -120,7 +120,7 @@ class EncoderGeometry:
 
 @dataclass(frozen=True)
 class DecoderGeometry:
-    """Size of the MAE decoder stored next to the encoder of a pretraining checkpoint (spec §1.5).
+    """Size of the MAE decoder stored next to the encoder of a pretraining checkpoint (docs/smarties.md §1.5).
 
     Attributes:
         embed_dim: Decoder width (512 published).
@@ -191,7 +191,7 @@ class Checkpoint:
 
     @property
     def num_encoder_parameters(self) -> int:
-        """Number of encoder values, position table included (the count of spec §1.4)."""
+        """Number of encoder values, position table included (the count of docs/smarties.md §1.4)."""
         return sum(t.numel() for t in self.encoder_state.values())
 
 
@@ -215,7 +215,7 @@ def _block_shapes(prefix: str, dim: int, hidden: int) -> dict[str, Shape]:
 
 
 def encoder_key_shapes(geometry: EncoderGeometry) -> dict[str, Shape]:
-    """Every encoder key and its exact shape for a geometry (spec §1.6: 182 keys for ViT-B, 326 for ViT-L).
+    """Every encoder key and its exact shape for a geometry (docs/smarties.md §1.6: 182 keys for ViT-B, 326 for ViT-L).
 
     Args:
         geometry: Encoder geometry.
@@ -236,7 +236,7 @@ def encoder_key_shapes(geometry: EncoderGeometry) -> dict[str, Shape]:
 
 
 def mae_key_shapes(geometry: EncoderGeometry, decoder: DecoderGeometry) -> dict[str, Shape]:
-    """The MAE-only keys and shapes (spec §1.5–§1.6; 136 keys for the published 8-block decoder).
+    """The MAE-only keys and shapes (docs/smarties.md §1.5–§1.6; 136 keys for the published 8-block decoder).
 
     Args:
         geometry: Encoder geometry (D, p, G).
@@ -438,7 +438,7 @@ def _classify_head(
         known = "; ".join(f"{name}: {', '.join(sorted(names))}" for name, names in variants.items())
         raise CheckpointError(
             f"{source} has head keys that match no known head variant: {_fmt_keys(keys)}. Known variants "
-            f"(spec §1.7): {known}. Export the encoder only, or one of these heads."
+            f"(docs/smarties.md §1.7): {known}. Export the encoder only, or one of these heads."
         )
     weight_key = {"head:linear": "head.weight", "head:linprobe": "head.1.weight", "head:segmentation": "head.0.weight"}
     weight = shapes[weight_key[layout]]
@@ -499,7 +499,7 @@ def classify_keys(shapes: Mapping[str, Sequence[int]], source: str = "checkpoint
         raise CheckpointError(
             f"{source} has {len(other) or len(head_like)} unexpected key(s){blocks_hint}: "
             f"{_fmt_keys(other or head_like)}.{both} A SMARTIES checkpoint may hold the encoder keys plus exactly "
-            "the MAE decoder set or one known head (spec §1.6–§1.7); remove the other keys when exporting."
+            "the MAE decoder set or one known head (docs/smarties.md §1.6–§1.7); remove the other keys when exporting."
             + _foreign_hint(other)
         )
     # Encoder keys are checked after the leftovers so that a foreign file gets the more telling message first.
@@ -601,7 +601,7 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 
 
 def read_checkpoint(path: PathLike) -> Checkpoint:
-    """Read a SMARTIES checkpoint strictly (spec §1.6–§1.7).
+    """Read a SMARTIES checkpoint strictly (docs/smarties.md §1.6–§1.7).
 
     Floating tensors are returned as float32 (fp16/bf16/fp64 files are cast); integer tensors (a BatchNorm's
     ``num_batches_tracked``) keep their dtype.
@@ -690,7 +690,7 @@ def save_encoder(
 
     Args:
         model: A :class:`~engine.models.smarties.SmartiesEncoder` (optionally with a known head / MAE decoder under
-            the spec's key names).
+            the key names of docs/smarties.md §1.6–§1.7).
         path: Destination ``.safetensors`` file; parent folders are created.
         config: Extra JSON-serialisable settings to record (training recipe, data, ...). The model's geometry
             (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``grid_size``, ``mlp_ratio``, ``averaging``)

@@ -137,7 +137,7 @@ def dense_blocks(depth: int) -> tuple[int, int, int, int]:
     """The four blocks a multi-level dense head reads: ``(d/3, d/2, 2d/3, d) − 1``.
 
     3/5/7/11 for a ViT-B (depth 12) and 7/11/15/23 for a ViT-L (24), the convention of UPerNet probing of ViTs
-    (spec smarties.md §6, PANGAEA); 1/2/3/5 for the 6-block demo model.
+    (docs/smarties.md §6, PANGAEA); 1/2/3/5 for the 6-block demo model.
     """
     if depth < 4:
         raise ValueError(f"a multi-level head needs at least 4 blocks, the encoder has {depth}")

@@ -2,8 +2,8 @@
 
 Each tile's cell values are accumulated with a smooth window weight that is largest in the tile centre and small (never
 zero) at its border, then divided by the summed weights. Cells seen by one tile only keep that tile's value exactly;
-where tiles overlap, their border cells fade into each other instead of being cut (TerraTorch's cosine mask and the
-anchors' "seams" complaints, spec qgis_anchors.md §3.8).
+where tiles overlap, their border cells fade into each other instead of being cut (TerraTorch's cosine mask; visible tile
+seams are a common complaint about tiled inference in QGIS AI plugins).
 
 Memory: the accumulator holds one tile row of cells × the raster width (``[D, tile_cells, width_cells]``), so peak
 memory does not grow with the raster height.

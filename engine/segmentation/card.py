@@ -57,7 +57,7 @@ class HeadCard:
         bands: Per input channel: ``{"index": 1-based band of the training raster, "key": range key,
             "description": band description}``.
         sensor: Sensor preset id of the training raster (or None).
-        stats: Per channel ``[p1, p99, mean, std]`` used to normalise (spec smarties.md §3–§4).
+        stats: Per channel ``[p1, p99, mean, std]`` used to normalise (docs/smarties.md §3–§4).
         scale: Model-input pixels per native pixel used in training.
         gsd_m: Native pixel size of the training raster in metres (None when unknown).
         tile_size_px: Chip side used in training (model pixels).

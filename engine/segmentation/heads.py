@@ -4,13 +4,13 @@ Two heads read patch-token grids of the encoder's blocks (:meth:`SmartiesEncoder
 
 - :class:`LinearHead` — a 1×1 convolution on the last block's tokens (before the final norm), logits on the patch
   grid. Its parameters are ``head.0.weight`` ``[K, D, 1, 1]`` and ``head.0.bias`` ``[K]``: exactly the published
-  ``smarties-v1-vitb-dfc2020-linprobe`` layout (spec smarties.md §1.7, §6 "DFC2020 probing"), so that checkpoint's
+  ``smarties-v1-vitb-dfc2020-linprobe`` layout (docs/smarties.md §1.7, §6 "DFC2020 probing"), so that checkpoint's
   head loads strictly.
 - :class:`UPerNetHead` — UPerNet (Xiao et al., ECCV 2018) on four blocks (3/5/7/11 of a ViT-B,
   :func:`engine.models.smarties.dense_blocks`), made multi-scale as for plain ViTs (BEiT / ViTDet necks): the four
   grids are resampled to 4×, 2×, 1× and ½× the patch grid, then a pyramid-pooling module on the coarsest level, a
   top-down FPN, fusion of all levels at 4× and a 1×1 classifier: logits at 4 px per 16-px patch. This is the
-  convention of UPerNet probing (spec §6), not SMARTIES code.
+  convention of UPerNet probing (docs/smarties.md §6), not SMARTIES code.
 
 Either head's logits are upsampled bilinearly to the tile's pixels by :meth:`SegmentationHead.pixel_logits`.
 
@@ -53,8 +53,8 @@ class LinearHead(nn.Sequential):
     """1×1 convolution on one patch-token grid: ``[B, D, h, w]`` → logits ``[B, K, h, w]``.
 
     The convolution is ``self[0]``, so the state dict keys are ``0.weight`` ``[K, D, 1, 1]`` and ``0.bias`` ``[K]``,
-    i.e. ``head.0.*`` under the ``head.`` prefix: the published DFC2020 linear-probe layout (spec smarties.md §1.7).
-    Initialisation: weight trunc-normal std 0.01, bias 0 (SMARTIES' linear-probe init, spec §6).
+    i.e. ``head.0.*`` under the ``head.`` prefix: the published DFC2020 linear-probe layout (docs/smarties.md §1.7).
+    Initialisation: weight trunc-normal std 0.01, bias 0 (SMARTIES' linear-probe init, docs/smarties.md §6).
     """
 
     def __init__(self, embed_dim: int, num_classes: int) -> None:
@@ -184,7 +184,7 @@ class SegmentationHead(nn.Module):
         """Logits upsampled bilinearly to the tile's pixels: ``[B, K, size[0], size[1]]``.
 
         Bilinear upsampling of logits (not of classes) keeps boundaries between patch centres smooth and is what the
-        DFC2020 probe does (×96/14, spec §6).
+        DFC2020 probe does (×96/14, docs/smarties.md §6).
         """
         return F.interpolate(self(grids), size=size, mode="bilinear", align_corners=False)
 
@@ -246,7 +246,7 @@ def save_head(head: SegmentationHead, path: Union[str, Path]) -> Path:
 
 
 def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Any) -> HeadCard:
-    """Card of a SMARTIES checkpoint with the published ``head.0`` segmentation head (spec §1.7): the head reads the
+    """Card of a SMARTIES checkpoint with the published ``head.0`` segmentation head (docs/smarties.md §1.7): the head reads the
     checkpoint's own encoder, last block; the classes are unnamed (the file does not say)."""
     k, d = int(shapes["head.0.weight"][0]), int(shapes["head.0.weight"][1])
     colors = class_colors(k)
@@ -255,7 +255,7 @@ def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Any)
         classes=[ClassInfo(i, f"class {i}", colors[i], i) for i in range(k)],
         encoder={"name": str(path), "sha256": file_sha256(path), "embed_dim": d, "depth": len(model.blocks),
                  "patch_size": model.patch_size},
-        training={"source": "published SMARTIES checkpoint with a 1×1-conv segmentation head (spec §1.7)"},
+        training={"source": "published SMARTIES checkpoint with a 1×1-conv segmentation head (docs/smarties.md §1.7)"},
     )
 
 

@@ -1,4 +1,4 @@
-"""Per-band normalisation of raw raster values (spec smarties.md §3–§4).
+"""Per-band normalisation of raw raster values (docs/smarties.md §3–§4).
 
 SMARTIES normalises each band in two steps: ``x ← clip((x − p1) / (p99 − p1), 0, 1)`` then
 ``x ← (x − mean) / std``, where p1/p99 are in raw file units (reflectance ×10⁴, 0–255, dB…) and mean/std are in the
@@ -45,7 +45,7 @@ class BandStats:
 
 
 def normalize(x: np.ndarray, stats: Sequence[BandStats]) -> np.ndarray:
-    """Normalise raw values band by band (spec §4 step 3).
+    """Normalise raw values band by band (docs/smarties.md §4 step 3).
 
     Args:
         x: ``[C, H, W]`` or ``[B, C, H, W]`` raw values (any numeric dtype).

@@ -1,7 +1,7 @@
 """The SMARTIES spectral registry: 20 wavelength ranges and the projections that embed a band.
 
 SMARTIES embeds every band of a 16×16 patch with a linear projection chosen by the band's wavelength range
-(spec smarties.md §1.1–§1.2, table §2, shipped here as ``data/spectrum.json``). Of the 20 ranges, 17 own a
+(docs/smarties.md §1.1–§1.2, table §2, shipped here as ``data/spectrum.json``). Of the 20 ranges, 17 own a
 projection ``Linear(p², D)`` ("base" projections, indices 0..16), 2 are parameter-free weighted averages of base
 projections (17 ``thermal_infrared_1``, 18 ``blue_2``), and 1 is disabled (index −1, Sentinel-2 B10 cirrus).
 
@@ -10,7 +10,7 @@ Every way of embedding a band is expressed here as a :class:`Projection`: a shor
 projections are linear, ``Σ_k w_k (W_k x + b_k) = (Σ_k w_k W_k) x + Σ_k w_k b_k``, so the encoder folds the weights
 into one effective weight per band.
 
-Averaging weights (spec §1.2, bug §8.2):
+Averaging weights (docs/smarties.md §1.2, bug §8.2):
 
 - ``"linear"`` (default, the paper's intent): linear interpolation by central wavelength, the *nearer* range weighs
   more (``blue_2`` = 0.21·aerosol + 0.79·B02).
@@ -52,9 +52,9 @@ __all__ = (
     "spectral_ranges",
 )
 
-#: Number of projection Linears in every SMARTIES checkpoint (indices 0..16), spec §1.2.
+#: Number of projection Linears in every SMARTIES checkpoint (indices 0..16), docs/smarties.md §1.2.
 NUM_BASE_PROJECTIONS = 17
-#: Band fusion constant: token = 12 · mean over bands of the per-band embeddings (spec §1.1 step 3).
+#: Band fusion constant: token = 12 · mean over bands of the per-band embeddings (docs/smarties.md §1.1 step 3).
 PROJECTION_SCALER = 12.0
 
 Averaging = Literal["linear", "reference"]
@@ -66,7 +66,7 @@ MICROWAVE_MIN_NM = 1.0e6
 
 @dataclass(frozen=True)
 class SpectralRange:
-    """One entry of the SMARTIES spectrum table (spec smarties.md §2).
+    """One entry of the SMARTIES spectrum table (docs/smarties.md §2).
 
     Attributes:
         key: Stable identifier used everywhere (``"red_2"``, ``"microwave_1"``).
@@ -130,7 +130,7 @@ BandSpec = Union[str, int, Projection]
 
 @lru_cache(maxsize=1)
 def spectral_ranges() -> tuple[SpectralRange, ...]:
-    """Return the 20 SMARTIES ranges in table order (spec §2), loaded from the package data."""
+    """Return the 20 SMARTIES ranges in table order (docs/smarties.md §2), loaded from the package data."""
     text = resources.files(__package__).joinpath("data/spectrum.json").read_text(encoding="utf-8")
     raw = json.loads(text)
     return tuple(
@@ -203,11 +203,11 @@ def projection_for(band: BandSpec, averaging: Averaging = "linear") -> Projectio
     Args:
         band: A range key (``"red_2"``), a projection index (0..18), or an existing :class:`Projection`.
         averaging: Weights of the averaged ranges 17/18: ``"linear"`` (paper intent, default) or
-            ``"reference"`` (the reference code's inverted weights, spec §1.2 / §8.2).
+            ``"reference"`` (the reference code's inverted weights, docs/smarties.md §1.2 / §8.2).
 
     Raises:
         BandResolutionError: Unknown key, index outside 0..18, or the disabled range (−1, S2 B10 cirrus), which
-            the reference would silently alias to index 18 (spec §8.3).
+            the reference would silently alias to index 18 (docs/smarties.md §8.3).
     """
     if isinstance(band, Projection):
         return band
@@ -237,7 +237,7 @@ def interpolated_projection(wavelength_nm: float) -> Projection:
 
     The two base ranges whose central wavelengths are nearest below and above ``wavelength_nm`` are mixed with
     linear-interpolation weights (the nearer one weighs more); beyond the first/last centre the nearest range is used
-    alone. This is the project's own rule (spec smarties.md §2 allows averaged entries; the paper describes
+    alone. This is the project's own rule (docs/smarties.md §2 allows averaged entries; the paper describes
     interpolation for unseen bands), not part of the reference code.
 
     Args:
@@ -311,7 +311,7 @@ def _check_wavelength(wavelength_nm: float) -> None:
 def band_mix(projections: Sequence[Projection]) -> Any:
     """The spectral fusion as a matrix: ``[C, 17]`` float32, row c = band c's weights over the 17 base projections
     (one-hot for a range key, two or three terms for averaged/interpolated bands) times ``12 / C``, so that a token is
-    ``Σ_c Σ_k mix[c, k] (W_k · patch_c + b_k)`` = 12 × the mean of the per-band embeddings (spec smarties.md §1.2).
+    ``Σ_c Σ_k mix[c, k] (W_k · patch_c + b_k)`` = 12 × the mean of the per-band embeddings (docs/smarties.md §1.2).
 
     It is the projection's one input besides the pixels, in eager mode and in the exported ONNX graph
     (:mod:`engine.onnx_export`), where it lets one graph serve every band combination. Needs numpy only.

@@ -62,7 +62,7 @@ def _bigearthnet(suffix: str) -> list[Path]:
 
 
 def _spec_stats(sensor_title: str) -> dict[str, tuple[float, float, float, float]]:
-    """Parse a statistics table of spec smarties.md §3: key → (p1, p99, mean, std)."""
+    """Parse a statistics table of the SMARTIES spec in ../shared (docs/smarties.md §3 has the same numbers)."""
     text = shared_file("spec", "smarties.md").read_text(encoding="utf-8")
     section = text.split(f"**{sensor_title}**", 1)[1].split("\n\n**", 1)[0]
     out = {}

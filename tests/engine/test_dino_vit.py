@@ -320,7 +320,7 @@ def test_embed_raster_uses_red_green_blue_and_the_xstars_normalisation(engine_mo
         crs, transform = src.crs, src.transform
     assert res.mapping.indexes == [4, 3, 2] and res.tiles == 1
     assert {d.index for d in res.mapping.dropped} == set(range(1, 14)) - {2, 3, 4}
-    # Expected: the preset's p1/p99 stretch to [0, 1], then the checkpoint's args.mean/std (spec xstars.md §5).
+    # Expected: the preset's p1/p99 stretch to [0, 1], then the checkpoint's args.mean/std (docs/xstars.md §5).
     bands = [b.stats for b in res.mapping.bands]
     assert [s.p1 for s in bands] == pytest.approx([17.254247, 24.274742, 29.185595])
     mean, std = engine_model.input_norm.mean, engine_model.input_norm.std

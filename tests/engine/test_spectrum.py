@@ -1,4 +1,4 @@
-"""The SMARTIES spectral registry (spec smarties.md §1.2 and §2)."""
+"""The SMARTIES spectral registry (docs/smarties.md §1.2 and §2)."""
 
 from __future__ import annotations
 

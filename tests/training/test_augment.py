@@ -27,7 +27,7 @@ from training.xstars.augment import (
     to_grayscale,
 )
 
-MEAN, STD = (0.15590523, 0.15850738, 0.10111853), (0.14238988, 0.11567883, 0.09106720)  # xstars.md §5 README pool
+MEAN, STD = (0.15590523, 0.15850738, 0.10111853), (0.14238988, 0.11567883, 0.09106720)  # docs/xstars.md §5 README pool
 
 
 def _image(c: int = 3, h: int = 120, w: int = 150, seed: int = 0) -> torch.Tensor:

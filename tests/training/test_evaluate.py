@@ -18,7 +18,7 @@ from training.evaluate import (
 )
 from training.pairs import BEN43_CLASSES, PairImages, bigearthnet_pairs
 
-#: Image side for the real-data features: 224 = the model's native grid (spec smarties.md §6).
+#: Image side for the real-data features: 224 = the model's native grid (docs/smarties.md §6).
 SIZE = 224
 
 

@@ -1,4 +1,4 @@
-"""Tests of training/schedules.py: endpoints and lengths (xstars.md §9 item 6), HF/DINO warm-up conventions, and the
+"""Tests of training/schedules.py: endpoints and lengths (docs/xstars.md §9 item 6), HF/DINO warm-up conventions, and the
 values the original X-STARS run wrote into its checkpoint's optimiser (fixtures/xstars README §3)."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_dino_recipe_schedules() -> None:
     assert lr[-1] == pytest.approx(1e-6, abs=peak * 1e-3)
     assert wd[0] == pytest.approx(0.04) and wd[-1] == pytest.approx(0.4, abs=1e-3) and np.all(np.diff(wd) >= 0)
     assert m[0] == pytest.approx(0.996) and m[-1] == pytest.approx(1.0, abs=1e-5) and m.max() <= 1.0
-    assert scaled_lr(5e-4, 4) == 7.8125e-6  # X-STARS README run (xstars.md §2)
+    assert scaled_lr(5e-4, 4) == 7.8125e-6  # X-STARS README run (docs/xstars.md §2)
 
 
 def test_smarties_lr_is_hf_cosine_with_warmup() -> None:

@@ -72,7 +72,7 @@ def test_msad_matches_original(msad_io: dict[str, torch.Tensor], case: str) -> N
 
 
 def _loop_reference(heads: MSADHeads, feats: list[torch.Tensor], tau: float, eps: float) -> torch.Tensor:
-    """Straight from spec §3.3, one token and one pair at a time, with torch's own soft-target cross-entropy."""
+    """Straight from docs/xstars.md §3.3, one token and one pair at a time, with torch's own soft-target cross-entropy."""
     per_token = []
     for i in range(feats[0].shape[1]):
         total = torch.zeros(())

@@ -1,4 +1,4 @@
-"""X-STARS: cross-sensor DINO + MSAD pretraining (spec xstars.md), written from the spec.
+"""X-STARS: cross-sensor DINO + MSAD pretraining (docs/xstars.md), written from the paper.
 
 - :mod:`training.xstars.dino_loss` — :class:`DINOLoss` (centring, teacher-temperature schedule, guarded all-reduce).
 - :mod:`training.xstars.msad` — :class:`MSADLoss` (vectorised over tokens, modes ``paper``/``compat``).

@@ -1,4 +1,4 @@
-"""DINO multi-crop augmentation and the MSAD resize-only view (spec xstars.md §2, §3.1), in plain torch.
+"""DINO multi-crop augmentation and the MSAD resize-only view (docs/xstars.md §2, §3.1), in plain torch.
 
 Images are float tensors ``[C, H, W]`` with values in [0, 1] (8-bit images divided by 255; ``uint8`` input is
 converted that way). Every random draw comes from the ``torch.Generator`` passed in, so a view is a pure function of
@@ -6,7 +6,7 @@ converted that way). Every random draw comes from the ``torch.Generator`` passed
 ``random``, bug B11). :func:`sample_generator` derives one generator per (seed, epoch, sample index), which makes the
 crops independent of the number of data-loader workers.
 
-Per view (DINO, Caron et al. ICCV 2021; X-STARS uses it unchanged; spec §2):
+Per view (DINO, Caron et al. ICCV 2021; X-STARS uses it unchanged; docs/xstars.md §2):
 
 1. random resized crop: area fraction U(scale), log-uniform aspect ratio in (3/4, 4/3), up to 10 tries, then a
    centre crop; resized with bicubic, antialiased interpolation (PIL-like, cubic a = −0.5) and clipped to [0, 1];
@@ -125,7 +125,7 @@ def random_resized_crop_params(
     Args:
         height_px: Image height H.
         width_px: Image width W.
-        scale: Area fraction range, e.g. (0.4, 1.0) for global and (0.05, 0.4) for local views (spec §2).
+        scale: Area fraction range, e.g. (0.4, 1.0) for global and (0.05, 0.4) for local views (docs/xstars.md §2).
         generator: Source of randomness.
         ratio: Aspect-ratio range (3/4, 4/3).
     """
@@ -248,7 +248,7 @@ def color_jitter(
 ) -> torch.Tensor:
     """Brightness, contrast, saturation and hue in a random order, factors U(1 ± x), hue shift U(−hue, hue).
 
-    Defaults are DINO's ColorJitter(0.4, 0.4, 0.2, 0.1) (spec §2). The order is a random permutation of the four.
+    Defaults are DINO's ColorJitter(0.4, 0.4, 0.2, 0.1) (docs/xstars.md §2). The order is a random permutation of the four.
     """
     ops = (
         lambda x, g: adjust_brightness(x, _uniform(g, max(0.0, 1 - brightness), 1 + brightness)),
@@ -317,7 +317,7 @@ def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 # ---------------------------------------------------------------------------------------------------- pipelines
 @dataclass(frozen=True)
 class ViewAugmentation:
-    """Recipe of one augmented view (spec §2); every probability is drawn as one coin per view.
+    """Recipe of one augmented view (docs/xstars.md §2); every probability is drawn as one coin per view.
 
     Attributes:
         size_px: Output side (224 for globals, 96 for locals).
@@ -367,7 +367,7 @@ class DINOMultiCrop:
     """DINO multi-crop: 2 global views (224 px, scale (0.4, 1)) and N local views (96 px, scale (0.05, 0.4)).
 
     Global view 1 is always blurred; global view 2 is blurred with p 0.1 and solarised with p 0.2; locals are
-    blurred with p 0.5 (spec §2). Every view is normalised with the one joint ``mean``/``std`` shared by all sensors.
+    blurred with p 0.5 (docs/xstars.md §2). Every view is normalised with the one joint ``mean``/``std`` shared by all sensors.
 
     Attributes:
         mean: Per-channel mean on [0, 1] values (e.g. ``engine/data/xstars_stats.json`` presets).
@@ -428,7 +428,7 @@ def msad_view(
     sensor_mean: Optional[Sequence[float]] = None,
     sensor_std: Optional[Sequence[float]] = None,
 ) -> torch.Tensor:
-    """The un-augmented MSAD view (spec §3.1): the whole tile resized to ``size_px`` (bilinear, antialiased), normalised.
+    """The un-augmented MSAD view (docs/xstars.md §3.1): the whole tile resized to ``size_px`` (bilinear, antialiased), normalised.
 
     Resizing every sensor's tile of one footprint to the same size puts grid cell i of each sensor on the same ground.
 

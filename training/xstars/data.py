@@ -1,4 +1,4 @@
-"""X-STARS training samples and a resumable batch stream (spec xstars.md §2, §3.1, §4, §5).
+"""X-STARS training samples and a resumable batch stream (docs/xstars.md §2, §3.1, §4, §5).
 
 One sample is an *anchor* tile (one place seen by one sensor) turned into the DINO multi-crop views, plus the
 un-augmented MSAD view of the same place for every MSAD sensor (:func:`training.xstars.augment.msad_view`). Places
@@ -6,11 +6,11 @@ come from :func:`training.pairs.pairs_from_folder` (MSC-France layout ``<root>/<
 ``(city, filename)``; missing partners are reported, X-STARS bugs B4–B6 fixed there).
 
 - Pretraining: anchors = every tile of every selected sensor (each place once per sensor per epoch); MSAD views of
-  every selected sensor, in sensor order (spec §5).
+  every selected sensor, in sensor order (docs/xstars.md §5).
 - Continual pretraining: anchors = the tiles of the new sensor only; MSAD views ``(partner sensor, new sensor)``
-  (spec §4).
+  (docs/xstars.md §4).
 
-Tiles are read as 8-bit RGB and divided by 255, as X-STARS does with PIL (spec §5); other pixel types are refused.
+Tiles are read as 8-bit RGB and divided by 255, as X-STARS does with PIL (docs/xstars.md §5); other pixel types are refused.
 Randomness: sample ``i`` of epoch ``e`` is augmented with :func:`~training.xstars.augment.sample_generator`
 ``(seed, e, i)``, and the order of epoch ``e`` is a permutation seeded with ``(seed, e)``, so batch ``k`` of process
 ``r`` depends only on ``(seed, r, k)``: :class:`XStarsStream` is resumable exactly (its state is ``k``) and does not
@@ -53,7 +53,7 @@ def read_rgb(path: "Path | str") -> torch.Tensor:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             if ds.dtypes[0] != "uint8":
-                raise ValueError(f"{path} is {ds.dtypes[0]}; X-STARS tiles are 8-bit RGB (spec xstars.md §5): "
+                raise ValueError(f"{path} is {ds.dtypes[0]}; X-STARS tiles are 8-bit RGB (docs/xstars.md §5): "
                                  "convert it to uint8 first")
             bands = [1, 1, 1] if ds.count < 3 else [1, 2, 3]
             array = ds.read(bands)
@@ -71,7 +71,7 @@ class XStarsSamples(torch.utils.data.Dataset):
         mean: Joint per-channel mean (the DINO views and the ``joint`` MSAD views).
         std: Joint per-channel std.
         msad_size_px: Side of the MSAD views (224).
-        msad_normalization: ``joint`` | ``per_sensor`` | ``double`` (spec §3.5).
+        msad_normalization: ``joint`` | ``per_sensor`` | ``double`` (docs/xstars.md §3.5).
         sensor_stats: Sensor → (mean, std), needed by ``per_sensor`` and ``double``.
         seed: Augmentation seed.
 

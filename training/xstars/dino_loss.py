@@ -1,4 +1,4 @@
-"""The DINO self-distillation loss with centring (spec xstars.md §2), written from the spec.
+"""The DINO self-distillation loss with centring (docs/xstars.md §2), written from the paper and docs/xstars.md.
 
 DINO: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021 (Apache-2.0 reference
 code, facebookresearch/dino); X-STARS uses it unchanged. With ``n_crops = 2 + N`` views (2 globals, then N locals)
@@ -27,11 +27,11 @@ from training.schedules import teacher_temp_schedule
 
 __all__ = ("DINOLoss",)
 
-#: Student temperature (DINO/X-STARS default, spec §2).
+#: Student temperature (DINO/X-STARS default, docs/xstars.md §2).
 STUDENT_TEMP = 0.1
-#: Centre EMA momentum (spec §2).
+#: Centre EMA momentum (docs/xstars.md §2).
 CENTER_MOMENTUM = 0.9
-#: Teacher views: the two global crops (spec §2).
+#: Teacher views: the two global crops (docs/xstars.md §2).
 N_GLOBAL_CROPS = 2
 
 
@@ -49,7 +49,7 @@ class DINOLoss(nn.Module):
         center_momentum: Centre EMA momentum (0.9).
 
     Attributes:
-        center: Buffer ``[1, K]`` float32, zeros at start; saved as ``dino_loss.center`` in checkpoints (spec §6).
+        center: Buffer ``[1, K]`` float32, zeros at start; saved as ``dino_loss.center`` in checkpoints (docs/xstars.md §6).
         n_terms: Number of averaged (teacher view, student view) pairs, ``2 · n_crops − 2``.
 
     Raises:

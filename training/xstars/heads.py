@@ -1,4 +1,4 @@
-"""MSAD projection heads (spec xstars.md §3.2), written from the spec.
+"""MSAD projection heads (docs/xstars.md §3.2), written from the paper and docs/xstars.md.
 
 Three heads of one structure (a residual two-layer MLP with LayerNorm) sit on top of the backbone's tokens:
 
@@ -9,7 +9,7 @@ Three heads of one structure (a residual two-layer MLP with LayerNorm) sit on to
 
 :class:`MSADHeads` groups them under the attribute names of the original modules, so its state dict has the keys
 ``P.projection.*``, ``P.fc.*``, ``P.layer_norm.*`` and ``Q.sat{1,2}_projection.{projection,fc,layer_norm}.*`` of
-``fixtures/xstars/msad_io.safetensors`` and can be saved in a checkpoint under ``msad_heads`` (spec §3.5).
+``fixtures/xstars/msad_io.safetensors`` and can be saved in a checkpoint under ``msad_heads`` (docs/xstars.md §3.5).
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from torch import nn
 
 __all__ = ("MSADHeads", "MSADPairHeads", "MSADProjection")
 
-#: Width of the MSAD projections (spec §3.2: ``msad_proj_dim`` 1024; the pair heads are hard-coded at 1024).
+#: Width of the MSAD projections (docs/xstars.md §3.2: ``msad_proj_dim`` 1024; the pair heads are hard-coded at 1024).
 MSAD_PROJ_DIM = 1024
-#: Dropout inside every MSAD head (spec §3.2, B8).
+#: Dropout inside every MSAD head (docs/xstars.md §3.2, B8).
 MSAD_DROPOUT = 0.2
-#: LayerNorm eps of the MSAD heads: the PyTorch default 1e-5, not the ViT's 1e-6 (fixtures/xstars README §1).
+#: LayerNorm eps of the MSAD heads: the PyTorch default 1e-5, not the ViT's 1e-6 (docs/xstars.md §3.2).
 MSAD_LN_EPS = 1e-5
 
 
 class MSADProjection(nn.Module):
     """Residual projection head: ``u = W1 h``, ``x = Dropout(W2 GELU(u)) + u``, ``out = LayerNorm(x)``.
 
-    GELU is the exact (erf) form, every Linear has a bias and the LayerNorm has eps 1e-5 (spec §3.2, fixtures README
-    §1). Submodule names ``projection`` (W1), ``fc`` (W2) and ``layer_norm`` are the checkpoint contract.
+    GELU is the exact (erf) form, every Linear has a bias and the LayerNorm has eps 1e-5 (docs/xstars.md §3.2).
+    Submodule names ``projection`` (W1), ``fc`` (W2) and ``layer_norm`` are the checkpoint contract.
 
     Args:
         in_dim: Input width (the backbone width D for ``P``; 1024 for ``Q1``/``Q2``).
@@ -72,14 +72,14 @@ class MSADPairHeads(nn.Module):
         self.sat2_projection = MSADProjection(dim, dim, dropout)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Q1(z1), Q2(z2))``, each ``[..., dim]``; no L2 normalisation (spec §3.3)."""
+        """``(Q1(z1), Q2(z2))``, each ``[..., dim]``; no L2 normalisation (docs/xstars.md §3.3)."""
         return self.sat1_projection(z1), self.sat2_projection(z2)
 
 
 class MSADHeads(nn.Module):
     """``P`` (shared, ``embed_dim → proj_dim``) and ``Q`` (:class:`MSADPairHeads`): every trainable MSAD parameter.
 
-    Parameter counts (spec §3.2): ``P`` 1.25 M for D = 192; ``Q1 + Q2`` 4.20 M.
+    Parameter counts (docs/xstars.md §3.2): ``P`` 1.25 M for D = 192; ``Q1 + Q2`` 4.20 M.
 
     Args:
         embed_dim: Backbone token width D (the original's ``msad_embedding_dim``, which must equal D, B8).

@@ -1,9 +1,9 @@
-"""MSAD, the Multi-Sensor Alignment Dense loss of X-STARS (spec xstars.md §3), written from the spec.
+"""MSAD, the Multi-Sensor Alignment Dense loss of X-STARS (docs/xstars.md §3), written from the paper and docs/xstars.md.
 
 Token ``i`` of sensor ``a`` is contrasted with token ``i`` of sensor ``b`` (the same ground cell on the shared 14×14
 grid) across the local batch, with CLIP-style soft targets (X-STARS, Marsocci et al., arXiv 2405.09922; IEEE JSTARS 18,
 2025). For one token position and an ordered sensor pair ``(a, b)`` with embeddings ``e_a = Q1(P(h_a))``,
-``e_b = Q2(P(h_b))`` ``[B, E]`` (spec §3.3)::
+``e_b = Q2(P(h_b))`` ``[B, E]`` (docs/xstars.md §3.3)::
 
     L   = e_b e_aᵀ / τ                                   [B, B] rows: sensor-b samples, columns: sensor-a samples
     T   = row-softmax(τ (e_a e_aᵀ + e_b e_bᵀ) / 2)         soft targets; τ *multiplies* here (as the reference code)
@@ -13,10 +13,10 @@ grid) across the local batch, with CLIP-style soft targets (X-STARS, Marsocci et
 Pretraining sums ``l`` over the sensor pairs ``a < b`` (in sensor order) and averages over token positions; continual
 pretraining has a single pair (old sensor through the frozen network as ``a``, new sensor through the student as
 ``b``). Everything is vectorised over tokens: features are permuted to ``[N, B, D]`` token-major, the heads act on the
-last dimension and the ``[B, B]`` matrices come from batched matmuls ``[N, B, B]`` (spec §3.3, B9). Log-softmax keeps
+last dimension and the ``[B, B]`` matrices come from batched matmuls ``[N, B, B]`` (docs/xstars.md §3.3, B9). Log-softmax keeps
 the computation stable although the logits are in the hundreds (``‖e‖² ≈ 1024``).
 
-Modes (spec §3.4-§3.5): ``"paper"`` (default) keeps the graph, so the backbone and the heads ``P``, ``Q1``, ``Q2``
+Modes (docs/xstars.md §3.4-§3.5): ``"paper"`` (default) keeps the graph, so the backbone and the heads ``P``, ``Q1``, ``Q2``
 get gradients (the heads must be in the optimiser and the checkpoint); ``"compat"`` computes the same value under
 ``torch.no_grad`` like the released code (B1: its tensor-from-list detaches it), so MSAD is only logged.
 """
@@ -36,9 +36,9 @@ __all__ = ("MSADLoss", "msad_pair_loss", "soft_cross_entropy")
 MSADMode = Literal["paper", "compat"]
 PairAggregation = Literal["sum", "single"]
 
-#: Label smoothing of the MSAD cross-entropies (spec §3.3; hard-coded 0.3 in the released code, B8).
+#: Label smoothing of the MSAD cross-entropies (docs/xstars.md §3.3; hard-coded 0.3 in the released code, B8).
 MSAD_LABEL_SMOOTHING = 0.3
-#: MSAD temperature τ (spec §3.3; 1.0 in the released code).
+#: MSAD temperature τ (docs/xstars.md §3.3; 1.0 in the released code).
 MSAD_TAU = 1.0
 
 
@@ -47,7 +47,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smooth
 
     Same value as ``torch.nn.functional.cross_entropy(logits, targets, reduction="none", label_smoothing=ε)`` with
     probability targets: ``−Σ_k [(1 − ε) t_k + ε/K] log softmax(x)_k``. The targets are used as given (not
-    re-normalised), so a column-normalised matrix may be passed transposed (spec §3.3, ``Tᵀ``).
+    re-normalised), so a column-normalised matrix may be passed transposed (docs/xstars.md §3.3, ``Tᵀ``).
 
     Args:
         logits: ``[..., K]`` float.
@@ -65,7 +65,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smooth
 def msad_pair_loss(
     e1: torch.Tensor, e2: torch.Tensor, tau: float = MSAD_TAU, label_smoothing: float = MSAD_LABEL_SMOOTHING
 ) -> torch.Tensor:
-    """Symmetric soft-target contrastive loss of one sensor pair at every token position (spec §3.3).
+    """Symmetric soft-target contrastive loss of one sensor pair at every token position (docs/xstars.md §3.3).
 
     Args:
         e1: ``[..., B, E]`` embeddings of the ``sat1`` sensor (after ``Q1``), e.g. ``[N, B, E]`` token-major.
@@ -91,7 +91,7 @@ def msad_pair_loss(
 
 
 class MSADLoss(nn.Module):
-    """MSAD over all token positions and sensor pairs, with its trainable heads (spec §3.2-§3.5).
+    """MSAD over all token positions and sensor pairs, with its trainable heads (docs/xstars.md §3.2-§3.5).
 
     The heads are a registered submodule (``self.heads``, an :class:`~training.xstars.heads.MSADHeads`), so
     ``.to()``/``.train()`` reach them; save ``loss.heads.state_dict()`` under ``msad_heads`` and put

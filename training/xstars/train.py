@@ -1,4 +1,4 @@
-"""X-STARS pretraining and continual pretraining on :mod:`training.runner` (spec xstars.md §2-§4), from the spec.
+"""X-STARS pretraining and continual pretraining on :mod:`training.runner` (docs/xstars.md §2-§4).
 
 **Pretraining** (recipe ``xstars``): DINO on the tiles of every selected sensor plus ``alpha · L_MSAD`` between the
 student's all-token outputs on the un-augmented views of the same place in every sensor (sum over sensor pairs).
@@ -15,7 +15,7 @@ The step (:class:`XStarsModel`, one ``forward`` so that DDP sees every parameter
     student_out = student(globals + locals)                    [(2 + N)B, K]
     L = DINOLoss(student_out, teacher_out, epoch) + alpha · MSAD(tokens of the MSAD views)
 
-Around it (spec §2): AdamW with DINO's groups (biases and 1-D tensors undecayed; ``cls_token``/``pos_embed``
+Around it (docs/xstars.md §2): AdamW with DINO's groups (biases and 1-D tensors undecayed; ``cls_token``/``pos_embed``
 decayed; the MSAD heads in the same groups in ``paper`` mode, scaled by ``msad.lr_scale``), per-iteration schedules
 from :mod:`training.schedules` (LR: linear warm-up to ``lr · batch / 256`` then cosine to ``min_lr``; WD 0.04 → 0.4;
 teacher momentum 0.996 → 1, EMA after every step over all parameters), gradient clipping at 3.0 **per parameter
@@ -91,11 +91,11 @@ METRICS = ("dino_loss", "msad_loss", "wd", "momentum")
 # ---------------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class XStarsModelConfig:
-    """Networks (spec §1). In continual pretraining the geometry comes from the checkpoint and these are ignored.
+    """Networks (docs/xstars.md §1). In continual pretraining the geometry comes from the checkpoint and these are ignored.
 
     Attributes:
         name: Model name (export file ``export/<name>.pth``).
-        arch: DINO architecture (``vit_tiny`` in the X-STARS README; D/depth/heads from spec §1's table).
+        arch: DINO architecture (``vit_tiny`` in the X-STARS README; D/depth/heads from docs/xstars.md §1's table).
         embed_dim: Override D (small test models); ``null`` = the arch's.
         depth: Override the number of blocks.
         num_heads: Override the attention heads.
@@ -126,7 +126,7 @@ class XStarsModelConfig:
 
 @dataclass(frozen=True)
 class DinoConfig:
-    """DINO views, loss and teacher (spec §2; defaults are X-STARS').
+    """DINO views, loss and teacher (docs/xstars.md §2; defaults are X-STARS').
 
     Attributes:
         local_crops_number: Local views N (8).
@@ -137,7 +137,7 @@ class DinoConfig:
         teacher_temp: Teacher temperature (0.04).
         warmup_teacher_temp: Initial teacher temperature (0.04).
         warmup_teacher_temp_epochs: Epochs of the temperature warm-up (0).
-        momentum_teacher: Initial EMA momentum (0.996; DINO advises 0.9995 for small batches, spec B12).
+        momentum_teacher: Initial EMA momentum (0.996; DINO advises 0.9995 for small batches, docs/xstars.md B12).
         freeze_last_layer: Epochs during which the head's last layer gets no update (1).
     """
 
@@ -155,7 +155,7 @@ class DinoConfig:
 
 @dataclass(frozen=True)
 class MSADConfig:
-    """The MSAD term (spec §3.5).
+    """The MSAD term (docs/xstars.md §3.5).
 
     Attributes:
         enabled: Add ``alpha · L_MSAD`` (X-STARS ``--use_msad``).
@@ -187,7 +187,7 @@ class MSADConfig:
 
 @dataclass(frozen=True)
 class XStarsOptimConfig:
-    """AdamW and schedules (spec §2; DINO's defaults).
+    """AdamW and schedules (docs/xstars.md §2; DINO's defaults).
 
     Attributes:
         lr: LR for a batch of 256; peak = ``lr · effective_batch / 256`` (5e-4).
@@ -219,7 +219,7 @@ class XStarsOptimConfig:
 
 @dataclass(frozen=True)
 class XStarsDataConfig:
-    """Tiles and views (spec §5).
+    """Tiles and views (docs/xstars.md §5).
 
     Attributes:
         root: MSC-France-like folder ``<root>/<Sensor>/<City>/<tile>`` (8-bit RGB tiles).
@@ -256,7 +256,7 @@ class XStarsDataConfig:
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """Continual pretraining (spec §4).
+    """Continual pretraining (docs/xstars.md §4).
 
     Attributes:
         pretrained: DINO/X-STARS checkpoint (``.pth`` or DINO-layout ``.safetensors``; read safely and strictly).
@@ -401,7 +401,7 @@ class XStarsModel(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """EMA over all parameters (frozen weight-norm gain included): ``θ_t ← m θ_t + (1 − m) θ_s`` (spec §2)."""
+        """EMA over all parameters (frozen weight-norm gain included): ``θ_t ← m θ_t + (1 − m) θ_s`` (docs/xstars.md §2)."""
         teacher = dict(self.teacher.named_parameters())
         pairs = [(teacher[n], p.detach()) for n, p in self.student.named_parameters()]
         t_params, s_params = [t for t, _ in pairs], [s.to(t.dtype) for t, s in pairs]
@@ -411,7 +411,7 @@ class XStarsModel(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- optimisation
 def dino_param_groups(model: XStarsModel, weight_decay: float = 0.04, heads_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups (spec §2): decayed = trainable tensors that are not 1-D and whose name does not end in ``.bias``.
+    """AdamW groups (docs/xstars.md §2): decayed = trainable tensors that are not 1-D and whose name does not end in ``.bias``.
 
     Student groups first, then the MSAD heads' groups (``lr_scale`` = ``heads_lr_scale``) when they are trainable.
     Decayed groups start at ``weight_decay`` (> 0); the runner replaces it with the scheduled value every step
@@ -455,7 +455,7 @@ def clip_gradients_per_tensor(parameters: Iterable[nn.Parameter], max_norm: floa
 
 
 def cancel_last_layer_gradients(student: nn.Module, epoch: int, freeze_last_layer: int) -> bool:
-    """Drop the gradients of the student head's ``last_layer`` while ``epoch < freeze_last_layer`` (spec §2).
+    """Drop the gradients of the student head's ``last_layer`` while ``epoch < freeze_last_layer`` (docs/xstars.md §2).
 
     Returns:
         True when gradients were dropped (AdamW then leaves those parameters and their moments untouched).
@@ -470,7 +470,7 @@ def cancel_last_layer_gradients(student: nn.Module, epoch: int, freeze_last_laye
 
 def before_step(model: XStarsModel, step: int, iters_per_epoch: int, clip: Optional[float] = 3.0,
                 per_tensor: bool = True, freeze_last_layer: int = 1) -> None:
-    """What runs between the backward pass and the optimiser step (the runner's ``before_step``; spec §2).
+    """What runs between the backward pass and the optimiser step (the runner's ``before_step``; docs/xstars.md §2).
 
     Per-tensor clipping at ``clip`` (when ``per_tensor``; a global norm is the runner's ``clip_grad``), then the
     student's last-layer gradients are dropped during the first ``freeze_last_layer`` epochs.
@@ -491,7 +491,7 @@ def before_step(model: XStarsModel, step: int, iters_per_epoch: int, clip: Optio
 # ---------------------------------------------------------------------------------------------------- building
 def joint_norm(cfg: XStarsConfig) -> ChannelNorm:
     """The joint input normalisation of a run: ``data.mean/std``, else the ``data.norm`` preset, else (continual) the
-    checkpoint's ``args.mean/std``, else the ``sentinel_landsat`` preset (spec §5).
+    checkpoint's ``args.mean/std``, else the ``sentinel_landsat`` preset (docs/xstars.md §5).
 
     Raises:
         ValueError: Unknown preset.
@@ -530,7 +530,7 @@ def _fresh_networks(cfg: XStarsConfig) -> tuple[MultiCropWrapper, MultiCropWrapp
 
 
 def _continual_networks(cfg: XStarsConfig) -> tuple[MultiCropWrapper, MultiCropWrapper, nn.Module]:
-    """Student, EMA teacher (with DINO heads) and the frozen backbone, from the continual checkpoint (spec §4)."""
+    """Student, EMA teacher (with DINO heads) and the frozen backbone, from the continual checkpoint (docs/xstars.md §4)."""
     from engine.models import build_dino_model, read_dino_checkpoint
 
     c, m = cfg.continual, cfg.model
