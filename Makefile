@@ -1,8 +1,10 @@
 # msfm entry points. Everything runs in .venv (Debian's python3 + QGIS bindings); `make setup` builds it.
 #   make setup     apt packages (if missing), .venv, pinned requirements, msfm (editable); a no-op when up to date
-#   make demo      end-to-end demo on the shared rasters; outputs in out/demo/
-#   make test      fast tests (not marked slow); PYTEST_ARGS="-k foo -x" passes options through
-#   make test-all  all tests, slow ones included (what CI should run)
+#   make demo      end-to-end demo on the bundled scene (demo/) with the bundled model; outputs in out/demo/
+#   make test      the default tier: every test not marked slow (markers: pyproject.toml); PYTEST_ARGS="-k foo -x"
+#                  passes options through. Without ../shared the tests that need it skip and the spine still runs
+#                  on tests/data (tests/engine/test_spine.py)
+#   make test-all  all tests, slow ones included (what CI runs: .ci/run)
 #   make bench     throughput benchmark
 #   make package   installable plugin zip dist/msfm-<version>.zip (what ships: pb_tool.cfg); see scripts/package_plugin.py
 

@@ -7,7 +7,7 @@ so the toolbox, batch mode, the modeler, ``qgis_process`` and the dock share one
 What it shows, for the layer selected in the Layers panel:
 
 - one row per band: index, description, wavelength, the spectral range it maps to (a chooser per row: any range key,
-  a wavelength typed in nm, or drop), the rule and the reason — what ``engine.bands.resolve_bands`` decided. Edits
+  a wavelength typed in nm, or drop), the rule and the reason — what ``engine.spectral.resolve_bands`` decided. Edits
   become the ``BAND_OVERRIDES`` string; when no rule maps a band, the engine's message (naming the band and the fix)
   is shown and the bands are still listed so a range can be picked;
 - the model with its local state (bundled / cached / not downloaded) and a Download button, or a local model file

@@ -41,7 +41,7 @@ from rasterio.enums import Resampling
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.evaluate import cross_sensor_retrieval  # noqa: E402
+from training.evaluation.protocols import cross_sensor_retrieval  # noqa: E402
 
 MS_FILE = "l8_l1_10band_30m_gulfcoast.tif"
 PAN_FILE = "l8_l1_pan_b8_15m_gulfcoast.tif"
@@ -89,7 +89,7 @@ def build_tiles(data: Path, root: Path) -> dict[str, int]:
 
 
 def _read_folder(folder: Path) -> torch.Tensor:
-    from training.xstars.data import read_rgb
+    from training.data.xstars import read_rgb
 
     return torch.stack([read_rgb(p) for p in sorted(folder.glob("*.tif"))])
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from engine.models import build_dino_model, read_dino_checkpoint
-    from training.xstars.train import build_xstars_model, load_xstars_config, train_xstars
+    from training.recipes.xstars import build_xstars_model, load_xstars_config, train_xstars
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -49,14 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.models import load_model  # noqa: E402
-from training.evaluate import cross_sensor_retrieval  # noqa: E402
-from training.pairs import PairedCropSampler, bigearthnet_pairs, pairs_from_csv  # noqa: E402
-from training.smarties_align import (  # noqa: E402
-    load_align_config,
-    load_msad_heads,
-    train_smarties_align,
-)
-from training.xstars.heads import MSADHeads  # noqa: E402
+from training.data.pairs import PairedCropSampler, bigearthnet_pairs, pairs_from_csv  # noqa: E402
+from training.evaluation.protocols import cross_sensor_retrieval  # noqa: E402
+from training.export import load_msad_heads  # noqa: E402
+from training.models.msad_heads import MSADHeads  # noqa: E402
+from training.recipes.smarties_align import load_align_config, train_smarties_align  # noqa: E402
 
 INIT = "smarties-demo-tiny"
 
@@ -237,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs["mae-only control"] = ["msad.alpha=0"]
         rows += experiment("bigearthnet", ben, presets, "s2", "s1", "rows", 300.0, args.work, args, runs)
     if args.only in (None, "landsat"):
-        from training.pairs import pan_ms_pairs
+        from training.data.pairs import pan_ms_pairs
 
         l8 = pan_ms_pairs(args.data / "l8_l1_10band_30m_gulfcoast.tif", args.data / "l8_l1_pan_b8_15m_gulfcoast.tif",
                           "landsat8_oli_tirs", "landsat8_oli_tirs")

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engine.atomic import atomic_output
+from engine.errors import EngineError
+
 from .cli import add_train_parser
-from .eval_cli import add_eval_parser
+from .evaluation.cli import add_eval_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,14 +60,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_output(dst, sidecars=()) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _card(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .pretrain import SmartiesMAEConfig, config_sources, result_from_log, write_model_card
+    from .cards import result_from_log, write_model_card  # PyYAML (the [train] extra): not at start-up
+    from .config import load_config  # PyYAML (the [train] extra): not at start-up
+    from .recipes.smarties_mae import SmartiesMAEConfig, config_sources  # torch: not at start-up
 
     run = Path(args.run)
     if not (run / "config.yaml").exists() or not (run / "log.csv").exists():
@@ -80,11 +82,10 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _pretrain_demo(args: argparse.Namespace, argv: list[str]) -> int:
-    from engine.errors import EngineError
-
-    from .config import ConfigError
-    from .pretrain import config_sources, load_mae_config, result_from_log, train_smarties_mae, write_model_card
-    from .runner import NonFiniteLossError
+    from .cards import result_from_log, write_model_card  # PyYAML (the [train] extra): not at start-up
+    from .config import ConfigError  # PyYAML (the [train] extra): not at start-up
+    from .recipes.smarties_mae import config_sources, load_mae_config, train_smarties_mae  # torch: not at start-up
+    from .runner import NonFiniteLossError  # torch, accelerate: not at start-up
 
     flags = {"run.out_dir": args.run_dir, "run.max_minutes": args.minutes, "run.steps": args.steps,
              "data.batch_size": args.batch_size, "optim.lr": args.lr, "run.seed": args.seed,

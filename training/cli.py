@@ -4,9 +4,10 @@
 so the engine never imports this package. Importing this module imports nothing heavy; a recipe's module is imported
 when its command runs.
 
-Recipes (:data:`RECIPES`): a name → ``"module:load_function:train_function"``: ``load_function(path, overrides)``
-reads the YAML config strictly (:func:`training.config.load_config`), ``train_function(cfg)`` runs it on
-:class:`training.runner.Runner` and returns its :class:`~training.runner.RunResult`. A new recipe adds one line.
+Recipes (:data:`RECIPES`): a name → ``"module:load_function:train_function"`` of a module of
+:mod:`training.recipes`: ``load_function(path, overrides)`` reads the YAML config strictly
+(:func:`training.config.load_config`), ``train_function(cfg)`` runs it on :class:`training.runner.Runner` and returns
+its :class:`~training.runner.RunResult`. A new recipe adds one line (docs/training.md, "Adding a recipe").
 
 Examples::
 
@@ -25,14 +26,16 @@ import os
 import sys
 from typing import Any
 
+from engine.errors import EngineError
+
 __all__ = ("RECIPES", "add_train_parser", "register", "run_train")
 
 #: Recipe name → ``"module:load_config_function:train_function"``.
 RECIPES: dict[str, str] = {
-    "smarties-mae": "training.pretrain:load_mae_config:train_smarties_mae",
-    "xstars": "training.xstars.train:load_xstars_config:train_xstars",
-    "xstars-continual": "training.xstars.train:load_xstars_config:train_xstars",
-    "smarties-align": "training.smarties_align:load_align_config:train_smarties_align",
+    "smarties-mae": "training.recipes.smarties_mae:load_mae_config:train_smarties_mae",
+    "xstars": "training.recipes.xstars:load_xstars_config:train_xstars",
+    "xstars-continual": "training.recipes.xstars:load_xstars_config:train_xstars",
+    "smarties-align": "training.recipes.smarties_align:load_align_config:train_smarties_align",
 }
 _HELP = {
     "smarties-mae": "SMARTIES masked-autoencoder pretraining (docs/smarties.md §5): token mixup, 75 %% masking",
@@ -52,7 +55,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
     for name in RECIPES:
         q = rsub.add_parser(name, help=_HELP.get(name, name))
-        q.add_argument("config", help="YAML config: a path, or a name in training/configs/ (e.g. smarties-mae-tiny-cpu)")
+        q.add_argument("config",
+                       help="YAML config: a path, or a name in training/configs/ (e.g. smarties-mae-tiny-cpu)")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, YAML-parsed (repeatable), e.g. --set run.steps=3 "
                        "--set optim.lr=5e-4")
@@ -81,10 +85,8 @@ def _is_main_process() -> bool:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train RECIPE CONFIG``; returns the exit status (0 done, 1 diverged, 2 bad config/folder)."""
-    from engine.errors import EngineError
-
-    from .config import ConfigError
-    from .runner import NonFiniteLossError
+    from .config import ConfigError  # PyYAML (the [train] extra): not at msfm start-up
+    from .runner import NonFiniteLossError  # torch, accelerate: not at msfm start-up
 
     overrides = list(args.overrides)
     if args.out_dir:
@@ -115,7 +117,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"done: step {result.steps}/{result.total_steps} ({result.stopped_because}), "
               f"{result.steps - result.start_step} steps in {result.wall_s:.1f} s ({result.steps_per_s:.2f} steps/s), "
               f"loss (mean of the last {len(tail)}) {final}")
-        print(f"run folder: {result.out_dir} (log.csv, checkpoints/{result.checkpoint.name if result.checkpoint else ''})")
+        checkpoint = result.checkpoint.name if result.checkpoint else ""
+        print(f"run folder: {result.out_dir} (log.csv, checkpoints/{checkpoint})")
         for path in result.exports:
             print(f"exported: {path}")
     return 0

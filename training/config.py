@@ -1,7 +1,8 @@
 """Recipe configurations: frozen dataclasses loaded from YAML, strictly (docs/architecture.md, training).
 
 Every recipe (``smarties-mae``, ``xstars``, ...) describes its configuration as nested frozen dataclasses whose fields
-carry defaults and docstrings. :func:`load_config` reads a YAML file (``training/configs/*.yaml``) into such a class:
+carry defaults and docstrings. :func:`load_config` reads a YAML file (``training/configs/*.yaml``, :data:`CONFIG_DIR`;
+:func:`find_config` resolves a bare name there) into such a class:
 
 - an unknown key is an error that names the key, its place (``optim.wd``) and the valid keys (with the closest
   match: ``did you mean 'weight_decay'?``) — a typo never silently falls back to a default;
@@ -12,7 +13,8 @@ carry defaults and docstrings. :func:`load_config` reads a YAML file (``training
   YAML (``3`` → int, ``null`` → None, ``[0.9, 0.95]`` → list);
 - the dataclass's ``__post_init__`` may validate across fields (raise :class:`ConfigError`).
 
-:func:`config_to_dict` / :func:`dump_config` write a configuration back (the run folder keeps the resolved config).
+:func:`config_to_dict` / :func:`dump_config` write a configuration back (the run folder keeps the resolved config,
+written atomically by :func:`engine.atomic.write_text`).
 
 Example::
 
@@ -32,8 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -41,12 +43,17 @@ from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 import yaml
 
+from engine.atomic import write_text
+
 __all__ = (
-    "ConfigError", "apply_overrides", "config_from_dict", "config_to_dict", "dump_config", "find_config", "load_config",
-    "write_text_atomic",
+    "CONFIG_DIR", "ConfigError", "apply_overrides", "config_from_dict", "config_to_dict", "dump_config", "find_config",
+    "load_config",
 )
 
 T = TypeVar("T")
+
+#: The shipped recipe configs (``training/configs/<recipe>-*.yaml``), where :func:`find_config` looks up bare names.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -214,20 +221,26 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def find_config(path: Union[str, "os.PathLike[str]"], folder: Path, pattern: str = "*.yaml") -> Path:
+def find_config(path: Union[str, "os.PathLike[str]"], folder: Path = CONFIG_DIR, pattern: str = "*.yaml",
+                lookup: Optional[str] = None) -> Path:
     """A recipe config: ``path`` itself, else a bare name (``smarties-mae-tiny-cpu``) looked up in ``folder``.
 
     Args:
-        path: A YAML file, or the name of one in ``folder`` (with or without ``.yaml``).
-        folder: The recipe's shipped configs (e.g. ``training/configs``).
-        pattern: Which of ``folder``'s files the "not found" message lists (the recipe's own).
+        path: A YAML file, or the name of one of ``folder``'s files (with or without ``.yaml``).
+        folder: The shipped configs (:data:`CONFIG_DIR`).
+        pattern: The recipe's own configs in ``folder`` (``smarties-align`` → ``"smarties-align*.yaml"``), which the
+            "not found" message lists.
+        lookup: The configs a bare name may name (default: ``pattern``); the SMARTIES recipes look among each
+            other's (``"smarties-*.yaml"``), so a config of the other recipe is reported by what is wrong in it.
 
     Raises:
-        FileNotFoundError: Neither exists; the message lists the shipped configs.
+        FileNotFoundError: Neither exists; the message lists the recipe's shipped configs.
     """
     p = Path(path)
-    if not p.exists() and not p.is_absolute() and (folder / p.with_suffix(".yaml").name).exists():
-        p = folder / p.with_suffix(".yaml").name
+    shipped = folder / p.with_suffix(".yaml").name
+    if (not p.exists() and not p.is_absolute() and shipped.exists()
+            and fnmatch.fnmatch(shipped.name, lookup or pattern)):
+        p = shipped
     if not p.exists():
         names = ", ".join(sorted(x.stem for x in folder.glob(pattern)))
         raise FileNotFoundError(f"config {path} not found (a YAML path, or one of the shipped configs: {names})")
@@ -272,7 +285,7 @@ def load_config(
 
 
 def dump_config(obj: Any, path: Union[str, "os.PathLike[str]"], header: Optional[str] = None) -> Path:
-    """Write a config dataclass as YAML, atomically (temporary file + :func:`os.replace`).
+    """Write a config dataclass as YAML, atomically (:func:`engine.atomic.write_text`).
 
     Args:
         obj: Config dataclass instance.
@@ -287,29 +300,4 @@ def dump_config(obj: Any, path: Union[str, "os.PathLike[str]"], header: Optional
     text = yaml.safe_dump(config_to_dict(obj), sort_keys=False, default_flow_style=None)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
-    write_text_atomic(path, text)
-    return path
-
-
-def write_text_atomic(path: Union[str, "os.PathLike[str]"], text: str) -> Path:
-    """Write a UTF-8 text file (config, log summary, JSON report, model card) so readers never see it half-written.
-
-    The text goes to a temporary file in the same folder, then :func:`os.replace` moves it into place; on any error
-    the temporary file is removed and ``path`` keeps its old content.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        OSError: The folder does not exist or is not writable.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)

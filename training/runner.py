@@ -22,7 +22,7 @@ iterable of batches and a per-step learning-rate function — and :meth:`Runner.
   written into ``.tmp-step_NNNNNNN`` and renamed when every process has finished, so a folder named ``step_*`` is
   always complete; the newest ``keep_checkpoints`` are kept. ``resume=True`` restarts from the newest one and, on
   CPU, continues bit for bit (same batches, masks, losses and weights as an uninterrupted run);
-- **exports**: the task's ``export`` hook (e.g. :func:`engine.models.checkpoint.save_encoder`) runs on the main
+- **exports**: the task's ``export`` hook (e.g. :func:`engine.models.save_encoder`) runs on the main
   process with every checkpoint and at the end;
 - **logs**: ``out_dir/log.csv`` (``step, elapsed_s, lr, loss, grad_norm, samples`` + the task's metrics; means over
   processes), TensorBoard (``out_dir/tensorboard``) only when the ``tensorboard`` package is installed, a tqdm bar on
@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -48,17 +49,25 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
+import accelerate
 import torch
+import yaml
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch import nn
+from tqdm import tqdm
 
-from .config import ConfigError, config_to_dict, dump_config, write_text_atomic
+from engine.atomic import atomic_output, write_text
+from engine.provenance import git_sha
+
+from .config import ConfigError, config_to_dict, dump_config
 
 __all__ = (
     "LOG_COLUMNS",
@@ -188,7 +197,8 @@ class TrainTask:
         metric_names: Names of the extra metrics :attr:`StepOutput.metrics` may hold (``log.csv`` columns).
         samples_per_epoch: Samples in one pass over the data (all processes), needed only with ``run.epochs``.
         find_unused_parameters: DDP option: True when some parameters get no gradient in some steps (the MAE's
-            per-range projections and pixel heads of bands absent from a batch; the reference sets it, docs/smarties.md §5).
+            per-range projections and pixel heads of bands absent from a batch; the reference sets it,
+            docs/smarties.md §5).
         name: Run name (TensorBoard, logs).
     """
 
@@ -284,15 +294,6 @@ def latest_checkpoint(out_dir: Union[str, os.PathLike]) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
-def _git_sha() -> Optional[str]:
-    try:
-        repo = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _to_device(obj: Any, device: torch.device) -> Any:
     """Move tensors inside ``obj`` (tensor, dataclass, mapping, list/tuple, object with ``to``) to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -365,9 +366,6 @@ class Runner:
     """
 
     def __init__(self, cfg: RunConfig, config: Any = None) -> None:
-        from accelerate import PartialState
-        from accelerate.utils import set_seed
-
         self.cfg = cfg
         self.config = config if config is not None else cfg
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -445,7 +443,7 @@ class Runner:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for stale in (self.out_dir / "checkpoints").glob(_TMP_PREFIX + "*"):
                 shutil.rmtree(stale, ignore_errors=True)  # a checkpoint interrupted while being written
-            sha = _git_sha()
+            sha = git_sha()
             dump_config(self.config, config_path, header=f"resolved config; git {sha or 'unknown'}")
         self._barrier()
         if self.cfg.resume and ckpt is None:
@@ -453,8 +451,6 @@ class Runner:
         return ckpt if self.cfg.resume else None
 
     def _check_resumable(self, config_path: Path) -> None:
-        import yaml
-
         saved = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         now = config_to_dict(self.config)
         diffs = sorted(_diff(saved, now))
@@ -467,7 +463,8 @@ class Runner:
                 "out_dir")
 
     def _run_prefix(self) -> str:
-        """Dotted path of the :class:`RunConfig` inside the full config (``"run."``, or ``""`` when it is the config)."""
+        """Dotted path of the :class:`RunConfig` inside the full config (``"run."``, or ``""`` when it is the
+        config)."""
         if self.config is self.cfg:
             return ""
         if dataclasses.is_dataclass(self.config):
@@ -477,12 +474,10 @@ class Runner:
         return "run."
 
     def _write_run_info(self, task: TrainTask, total: int, start_step: int) -> None:
-        import accelerate
-
         info = {
             "name": task.name,
             "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "git_sha": _git_sha(),
+            "git_sha": git_sha(),
             "resumed_from_step": start_step,
             "total_steps": total,
             "device": str(self.device),
@@ -506,14 +501,10 @@ class Runner:
                 history = old.get("invocations", [old])
             except (ValueError, OSError):
                 history = []
-        write_text_atomic(path, json.dumps({**info, "invocations": history + [info]}, indent=2) + "\n")
+        write_text(path, json.dumps({**info, "invocations": history + [info]}, indent=2) + "\n")
 
     # ------------------------------------------------------------------ accelerator
     def _make_accelerator(self, task: TrainTask) -> Any:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState, GradientState
-        from accelerate.utils import DistributedDataParallelKwargs, DistributedType
-
         if AcceleratorState._shared_state and self.state.distributed_type == DistributedType.NO:
             # A previous run in this (single) process: allow other precision settings for this one.
             AcceleratorState._reset_state()
@@ -571,9 +562,6 @@ class Runner:
             ValueError: A metric key not declared in ``task.metric_names``; a trainable parameter missing from the
                 parameter groups.
         """
-        from accelerate.utils import set_seed
-        from tqdm import tqdm
-
         cfg = self.cfg
         total = self.total_steps(task.batch_size, task.samples_per_epoch)
         resume_from = self._prepare_out_dir()
@@ -766,8 +754,6 @@ def _cpu_name() -> str:
 
 
 def _tensorboard_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tensorboard") is not None
 
 
@@ -786,12 +772,10 @@ class _CsvLog:
                 old_header = next(reader, None)
                 if old_header == header:
                     rows = [r for r in reader if r and int(r[0]) <= start_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_output(path, sidecars=()) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows(rows)
-        os.replace(tmp, path)
         self.fh = open(path, "a", newline="")
         self.writer = csv.writer(self.fh)
 
@@ -814,7 +798,7 @@ def run_recipe(cfg: Any, build_task: Callable[[Any, "Runner", Optional[Any]], Tr
 
     Args:
         cfg: A recipe config with a ``run`` section (:class:`RunConfig`); saved with the run.
-        build_task: Makes the recipe's :class:`TrainTask` (e.g. :func:`training.pretrain.mae_task`).
+        build_task: Makes the recipe's :class:`TrainTask` (e.g. :func:`training.recipes.smarties_mae.mae_task`).
         data: Optional iterable of batches for this process, passed on; when None the task opens its own stream,
             which is closed when the run ends (also on an error).
 

@@ -75,7 +75,7 @@ def _entry_points(group: str) -> list[Any]:
     try:
         return list(entry_points(group=group))
     except TypeError:  # Python 3.9: entry_points() returns a dict of groups
-        return list(entry_points().get(group, []))  # type: ignore[attr-defined]
+        return list(entry_points().get(group, []))
 
 
 def add_plugin_commands(sub: Any) -> None:

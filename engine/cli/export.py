@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import export, segmentation
 from ..errors import SettingsError
-from ..models import load_model, read_metadata
+from ..models import Encoder, load_model, read_metadata
 from ..segmentation import encoder_source
 from .options import DEMO_MODEL, load_model_from
 
@@ -19,6 +19,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     if args.int8 and args.fp16:
         raise SettingsError("choose --int8 (CPU) or --fp16 (CUDA), not both")
     head = None
+    model: Encoder
     if args.head:
         head = segmentation.load_head(args.head)
         model = load_model(args.model or encoder_source(head.card, args.head), num_heads=args.num_heads)
@@ -40,7 +41,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``export-onnx`` to the ``msfm`` sub-parsers."""
-    p = sub.add_parser("export-onnx", help="export a SMARTIES encoder (spectral projection in the graph), or an encoder "
+    p = sub.add_parser("export-onnx",
+                       help="export a SMARTIES encoder (spectral projection in the graph), or an encoder "
                        "with its segmentation head, to ONNX for ONNX Runtime (no torch needed to run it)")
     p.add_argument("output", help="destination .onnx file")
     p.add_argument("--head", help="export this segmentation head (.safetensors) with its encoder: image → class "

@@ -120,7 +120,11 @@ def load_model_from(args: argparse.Namespace) -> Encoder:
 
 
 class Progress:
-    """A tqdm bar fed with completed fractions (the engine's ``progress`` callback)."""
+    """A tqdm bar fed with completed fractions (the engine's ``progress`` callback).
+
+    Args:
+        desc: The bar's label.
+    """
 
     def __init__(self, desc: str) -> None:
         self.bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")

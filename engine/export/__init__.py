@@ -1,5 +1,6 @@
-"""Export to ONNX for ONNX Runtime (and Deepness): an encoder, or an encoder with its segmentation head, at float32,
-int8 (CPU) or float16 (CUDA).
+"""Export to ONNX for ONNX Runtime (and Deepness).
+
+An encoder, or an encoder with its segmentation head, at float32, int8 (CPU) or float16 (CUDA):
 
 - :func:`export` — the one entry point (``msfm export-onnx``, QGIS *Export model to ONNX*);
 - :func:`export_segmenter` — encoder + head as one graph, image → class probabilities;

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SettingsError
-from ..models import SEGMENTER_FORMAT, Encoder, export_encoder
+from ..models import SEGMENTER_FORMAT, Encoder, SmartiesEncoder, export_encoder
 from ..models.onnx_graph import OPSET, ExportPatchEmbed, check_exportable, export_copy, model_metadata, write_graph
 from ..segmentation import HeadCard, SegmentationHead, card_projections, check_encoder
 from ..spectral import Projection, band_mix
@@ -34,10 +34,20 @@ PRECISIONS = ("float32", "int8", "float16")
 
 
 class SegmenterGraph(nn.Module):
-    """``image [B, C, H, W]`` → class ``probabilities [B, K, H, W]``: the encoder's block grids for the head's fixed
-    bands (:meth:`SmartiesEncoder.encode_blocks`), the head's pixel logits, softmax over classes."""
+    """Encoder + segmentation head as one module: ``image [B, C, H, W]`` → class ``probabilities [B, K, H, W]``.
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, projections: list[Projection], tile_size_px: int) -> None:
+    The encoder's block grids for the head's fixed bands (:meth:`SmartiesEncoder.encode_blocks`), the head's pixel
+    logits, softmax over classes.
+
+    Args:
+        encoder: The SMARTIES encoder the head was trained on.
+        head: The head's network (``[B, D, h, w]`` block grids → ``[B, K, H, W]`` logits).
+        projections: The head's bands, in channel order; their band mix ``[C, 17]`` becomes a constant buffer.
+        tile_size_px: Tile side fixed in the graph (model-input pixels).
+    """
+
+    def __init__(self, encoder: SmartiesEncoder, head: SegmentationHead, projections: list[Projection],
+                 tile_size_px: int) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
         self.register_buffer("mix", torch.from_numpy(band_mix(projections)))
@@ -46,6 +56,7 @@ class SegmenterGraph(nn.Module):
         self.embed = ExportPatchEmbed(encoder, self.cells)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``image [B, C, H, W]`` normalised tiles of the head's bands → ``probabilities [B, K, H, W]`` float32."""
         # static token-grid sizes (not read from the image's traced shape), so the head's pooling exports
         grids = self.encoder.token_grids(self.embed(image, self.mix), self.cells, self.cells, self.head.blocks)
         return torch.softmax(self.head.pixel_logits(grids, (self.tile_size_px, self.tile_size_px)), dim=1)
@@ -96,10 +107,10 @@ def export_segmenter(head: SegmentationHead, model: Encoder, path: Union[str, Pa
     """
     card = head.card
     tile_size_px = tile_size_px or card.tile_size_px
-    check_exportable(model, tile_size_px)
+    encoder = check_exportable(model, tile_size_px)
     check_encoder(head.card, model)
     projections = card_projections(card, model.averaging)
-    graph = SegmenterGraph(export_copy(model), copy.deepcopy(head).float().cpu().eval(), projections, tile_size_px)
+    graph = SegmenterGraph(export_copy(encoder), copy.deepcopy(head).float().cpu().eval(), projections, tile_size_px)
     inputs = (torch.zeros(2, len(projections), tile_size_px, tile_size_px),)
     return write_graph(graph, inputs, Path(path), _segmenter_metadata(model, card, tile_size_px), opset, ["image"],
                    ["probabilities"], {"image": {0: "batch"}, "probabilities": {0: "batch"}})
@@ -108,9 +119,11 @@ def export_segmenter(head: SegmentationHead, model: Encoder, path: Union[str, Pa
 def export(model: Encoder, path: Union[str, Path], *, head: Optional[SegmentationHead] = None,
            precision: str = "float32",
            tile_size_px: Optional[int] = None, sensor: Optional[str] = None) -> Path:
-    """Export an encoder (:func:`export_encoder`) or, with ``head``, an encoder and its head (:func:`export_segmenter`)
-    at a precision of :data:`PRECISIONS`. An int8/float16 copy is derived from a float32 export in a temporary file
-    beside ``path``, removed afterwards; nothing is left at ``path`` unless the whole export succeeds.
+    """Export an encoder, or an encoder and its segmentation head, at a precision of :data:`PRECISIONS`.
+
+    Without ``head`` this is :func:`export_encoder`, with it :func:`export_segmenter`. An int8/float16 copy is derived
+    from a float32 export in a temporary file beside ``path``, removed afterwards; nothing is left at ``path`` unless
+    the whole export succeeds.
 
     Args:
         model: The SMARTIES encoder (for a head: the one it was trained on, :func:`engine.segmentation.encoder_source`).

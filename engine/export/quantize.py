@@ -58,8 +58,9 @@ def to_float16(source: Union[str, Path], path: Union[str, Path]) -> Path:
     """Write a float16 copy of an export for the CUDA execution provider (half the size; tensor cores).
 
     Weights, activations, inputs and outputs become float16 (``onnxruntime.transformers.float16``); the engine's ONNX
-    models feed each input in the dtype the graph declares and return float32. ONNX Runtime's CPU provider lacks float16 kernels for much of the graph and runs it
-    slowly or not at all: use :func:`quantize` for the CPU. ``msfm_quantization`` says so.
+    models feed each input in the dtype the graph declares and return float32. ONNX Runtime's CPU provider lacks float16
+    kernels for much of the graph and runs it slowly or not at all: use :func:`quantize` for the CPU.
+    ``msfm_quantization`` says so.
 
     Args:
         source: A float32 export.

@@ -1,9 +1,9 @@
 """Unsupervised class maps: k-means on embeddings, fitted on a spatially spread sample, applied in streaming.
 
-Embeddings are L2-normalised before k-means (cosine geometry, as used by SMARTIES' kNN protocol, docs/smarties.md §6). The fit
-uses scikit-learn's ``KMeans`` (``MiniBatchKMeans`` above ``minibatch_above`` samples) on a regular grid of cells with
-a random offset, so every part of the raster is represented. Clusters are renumbered by decreasing size (class 0 is
-the most common) so colours are stable. Prediction streams over windows:
+Embeddings are L2-normalised before k-means (cosine geometry, as used by SMARTIES' kNN protocol, docs/smarties.md §6).
+The fit uses scikit-learn's ``KMeans`` (``MiniBatchKMeans`` above ``minibatch_above`` samples) on a regular grid of
+cells with a random offset, so every part of the raster is represented. Clusters are renumbered by decreasing size
+(class 0 is the most common) so colours are stable. Prediction streams over windows:
 
 - ``resolution="patch"``: one class per cell of the patch-grid embedding raster;
 - ``resolution="pixel"``: one class per input pixel. By default the cell classes are upsampled by joint bilateral

@@ -335,7 +335,11 @@ def provide_embeddings(
         model: Loaded encoder; needed unless ``embeddings`` is given.
         embeddings: An existing embedding raster of ``source``.
         embeddings_output: Keep computed embeddings at this path.
-        settings, sensor, overrides, region, is_canceled: Passed to :func:`embed_raster`.
+        settings: Tiling and device of :func:`embed_raster`.
+        sensor: Sensor preset for the band mapping, as :func:`embed_raster`.
+        overrides: Band mapping overrides, as :func:`embed_raster`.
+        region: Embed only this region, as :func:`embed_raster`.
+        is_canceled: Passed to :func:`embed_raster`.
         progress: Called with 0.8 × the embedding progress.
 
     Yields:

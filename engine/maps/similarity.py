@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
 import rasterio
@@ -98,9 +98,10 @@ def _cells_under(grid: Any, geometry: Mapping[str, Any]) -> np.ndarray:
         return np.zeros(0, np.int64)
     shape = (int(win.height), int(win.width))
     transform = window_transform(win, grid.transform)
-    inside = region.pixel_mask(transform, shape)
+    # a region with a geometry always gives a mask (None is for a region without geometries)
+    inside = cast(np.ndarray, region.pixel_mask(transform, shape))
     if not inside.any():  # a polygon smaller than a cell: take the cells it touches
-        inside = region.pixel_mask(transform, shape, all_touched=True)
+        inside = cast(np.ndarray, region.pixel_mask(transform, shape, all_touched=True))
     rows, cols = np.nonzero(inside)
     return (rows + int(win.row_off)) * grid.width + cols + int(win.col_off)
 
@@ -195,8 +196,8 @@ def similarity_raster(
             embeddings' footprint ∩ region; the cell similarities interpolated bilinearly, input nodata carried over).
         settings: Inference settings (tiles, device, scale…).
         sensor: Sensor preset id for band mapping; guessed when None.
-        overrides: Band overrides, see :func:`engine.bands.resolve_bands`.
-        region: Process only this :class:`engine.region.Region` (embeddings computed for it; the pixel output covers
+        overrides: Band overrides, see :func:`engine.spectral.resolve_bands`.
+        region: Process only this :class:`engine.raster.Region` (embeddings computed for it; the pixel output covers
             its window, pixels outside its polygons NaN). With existing ``embeddings`` it limits the pixel output only.
         progress: Called with the completed fraction 0..1 (embedding: 0..0.8).
         is_canceled: Polled every batch/row band; True stops with :class:`InferenceCancelled`, writing nothing.

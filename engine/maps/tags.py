@@ -90,7 +90,8 @@ def recorded_bands(tags: Mapping[str, str]) -> tuple[Optional[list[int]], Option
     indexes = json.loads(tags[_key("band_indexes")]) if _key("band_indexes") in tags else None
     stats = None
     if _key("stats") in tags:
-        stats = [BandStats(*row, source="recorded") for row in json.loads(tags[_key("stats")])]
+        # each row is [p1, p99, mean, std] (JSON: the length is not in the type)
+        stats = [BandStats(*row, source="recorded") for row in json.loads(tags[_key("stats")])]  # type: ignore[misc]
     return indexes, stats
 
 

@@ -1,8 +1,8 @@
 """DINO / X-STARS Vision Transformer, DINO projection head and multi-crop wrapper (docs/xstars.md §1).
 
 X-STARS (Marsocci et al., IEEE JSTARS 2025, arXiv 2405.09922) trains DINO's ViT on RGB images of several sensors.
-Written from the papers and docs/xstars.md, not from the X-STARS or DINO code. Parameter names are DINO's, so a DINO/X-STARS state dict
-(``backbone.*`` without the prefix) loads with ``load_state_dict(strict=True)``:
+Written from the papers and docs/xstars.md, not from the X-STARS or DINO code. Parameter names are DINO's, so a
+DINO/X-STARS state dict (``backbone.*`` without the prefix) loads with ``load_state_dict(strict=True)``:
 
 - :class:`DinoViT`: ``cls_token`` [1, 1, D], ``pos_embed`` [1, 1 + G², D] (learned), ``patch_embed.proj``
   (Conv2d 3 → D, kernel = stride = p), ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``,
@@ -11,13 +11,13 @@ Written from the papers and docs/xstars.md, not from the X-STARS or DINO code. P
 - :class:`DINOHead`: ``mlp`` (Linear → GELU → … → Linear to the bottleneck) → L2-normalise → ``last_layer``
   (weight-normed Linear without bias). The weight norm uses :func:`torch.nn.utils.parametrizations.weight_norm`, so
   its tensors are ``last_layer.parametrizations.weight.original0`` (g, DINO's ``weight_g``) and ``.original1``
-  (v, DINO's ``weight_v``); :mod:`engine.models.torch_checkpoint` maps the names both ways.
+  (v, DINO's ``weight_v``); :mod:`engine.models.dino_checkpoint` maps the names both ways.
 - :class:`MultiCropWrapper`: ``backbone`` + ``head``; consecutive crops of equal width share one backbone forward,
   the CLS features are concatenated and the head runs once (docs/xstars.md §1).
 
 For the engine, :meth:`DinoViT.encode` has the signature of the SMARTIES encoder's ``encode``: the band list only
 checks that the channels are red, green and blue in that order (the model declares them in
-:attr:`DinoViT.band_families`; :func:`engine.bands.select_band_families` reduces a raster's mapping to them), and the
+:attr:`DinoViT.band_families`; :func:`engine.spectral.select_band_families` reduces a raster's mapping to them), and the
 per-channel normalisation the model expects is :attr:`DinoViT.input_norm` (:class:`ChannelNorm`).
 """
 
@@ -27,7 +27,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ _STATS_FILE = Path(__file__).resolve().parent / "data" / "xstars_stats.json"
 # ---------------------------------------------------------------------------------------------------- normalisation
 @lru_cache(maxsize=1)
 def _stats_table() -> dict[str, Any]:
-    return json.loads(_STATS_FILE.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(_STATS_FILE.read_text(encoding="utf-8"))
 
 
 def xstars_norm(name: Optional[str] = None) -> ChannelNorm:
@@ -106,7 +106,10 @@ class PatchEmbed(nn.Module):
 
 
 def _init_linear_layernorm(module: nn.Module) -> None:
-    """DINO init (docs/xstars.md §1): Linear weights trunc-normal(0.02), biases 0; LayerNorm 1/0 (Conv2d keeps torch's)."""
+    """DINO init (docs/xstars.md §1): Linear weights trunc-normal(0.02), biases 0; LayerNorm 1/0.
+
+    Conv2d keeps torch's initialisation.
+    """
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -138,7 +141,7 @@ class DinoViT(nn.Module):
         cls_token: ``[1, 1, D]`` float32.
         pos_embed: ``[1, 1 + G², D]`` float32, learned, G = img_size / p.
         band_families: ``("red", "green", "blue")``: the range families of the 3 input channels, in order; the
-            engine selects one raster band of each (:func:`engine.bands.select_band_families`).
+            engine selects one raster band of each (:func:`engine.spectral.select_band_families`).
         input_norm: :class:`ChannelNorm` applied after scaling inputs to [0, 1] (the checkpoint's ``args.mean/std``
             once loaded; :func:`xstars_norm` ``("sentinel_landsat")`` until then).
         averaging: ``"linear"``; unused (no spectral projections), present so the engine's band resolver is called
@@ -153,6 +156,7 @@ class DinoViT(nn.Module):
     band_families: Optional[tuple[str, ...]] = ("red", "green", "blue")
     averaging: Averaging = "linear"
     grid_output = "last-block patch tokens after the final norm"
+    num_heads_source: str  # set by engine.models.build_dino_model
 
     def __init__(
         self,
@@ -239,8 +243,9 @@ class DinoViT(nn.Module):
         return tokens + self.pos_embed_for(x.shape[2] // p, x.shape[3] // p)
 
     def encode_blocks(self, x: torch.Tensor, bands: Sequence[Any], blocks: Sequence[int]) -> list[torch.Tensor]:
-        """Patch-token grids ``[B, D, H/p, W/p]`` of the listed 0-based blocks, before the final norm (the same
-        contract as :meth:`engine.models.smarties.SmartiesEncoder.encode_blocks`, for dense heads).
+        """Patch-token grids ``[B, D, H/p, W/p]`` of the listed 0-based blocks, before the final norm.
+
+        The same contract as :meth:`engine.models.smarties.SmartiesEncoder.encode_blocks`, for dense heads.
 
         Raises:
             ValueError: Bad shape or block indices. engine.errors.BandResolutionError: ``bands`` not red, green, blue.
@@ -255,18 +260,20 @@ class DinoViT(nn.Module):
         """Check that a band list is one red, one green and one blue band, in that order.
 
         Args:
-            bands: Range keys (``"red_2"``), projection indices or :class:`~engine.spectrum.Projection` objects, as
-                :func:`engine.inference.embed_raster` passes them.
+            bands: Range keys (``"red_2"``), projection indices or :class:`~engine.spectral.Projection` objects, as
+                :func:`engine.maps.embed_raster` passes them.
 
         Raises:
             engine.errors.BandResolutionError: Wrong count, order or family (interpolated bands have none).
         """
         labels = [projection_for(b).label for b in bands]
         families = [m.group(1) if (m := _FAMILY_RE.match(label)) else label for label in labels]
-        if tuple(families) != self.band_families:
+        # always set for this model; Optional only because the Encoder protocol declares it so
+        wanted = cast("tuple[str, ...]", self.band_families)
+        if tuple(families) != wanted:
             raise BandResolutionError(
-                f"this X-STARS/DINO model takes {len(self.band_families)} bands, "
-                f"{', '.join(self.band_families)} in that order (range keys red_*, green_*, blue_*), got "
+                f"this X-STARS/DINO model takes {len(wanted)} bands, "
+                f"{', '.join(wanted)} in that order (range keys red_*, green_*, blue_*), got "
                 f"{labels}; select them with engine.bands.select_band_families(mapping, model.band_families)"
             )
 
@@ -310,6 +317,7 @@ class DinoViT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
+        """The architecture, shown in the module's ``repr``."""
         return (
             f"embed_dim={self.embed_dim}, depth={self.depth}, num_heads={self.num_heads}, "
             f"patch_size={self.patch_size}, grid_size={self.grid_size}"
@@ -397,6 +405,7 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
 
     def extra_repr(self) -> str:
+        """The head's widths and options, shown in the module's ``repr``."""
         return (
             f"in_dim={self.in_dim}, out_dim={self.out_dim}, hidden_dim={self.hidden_dim}, "
             f"bottleneck_dim={self.bottleneck_dim}, nlayers={self.nlayers}, norm_last_layer={self.norm_last_layer}"
@@ -409,7 +418,7 @@ class MultiCropWrapper(nn.Module):
     Consecutive crops of equal width are concatenated and encoded in one backbone forward (2 globals, then the
     locals), the CLS features of all groups are concatenated in crop order, and the head runs once. Its state dict is
     the DINO layout ``backbone.*`` / ``head.*`` (with the new weight-norm names; see
-    :mod:`engine.models.torch_checkpoint`).
+    :mod:`engine.models.dino_checkpoint`).
 
     Args:
         backbone: A :class:`DinoViT` (any module mapping [B, 3, H, W] to [B, D]).

@@ -14,11 +14,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union, cast
 
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from ..provenance import file_sha256
-from ..spectral import Averaging
+from ..spectral import Averaging, ChannelNorm
 from .dino_checkpoint import build_dino_model, is_dino_checkpoint, read_dino_checkpoint
 from .onnx_encoder import OnnxEncoder
 from .protocol import Provenance
@@ -131,7 +131,7 @@ def _resolve_averaging(
                     f"{checkpoint.path}: {source} has averaging={value!r}, expected one of {_AVERAGING}; pass "
                     "averaging= explicitly"
                 )
-            return value  # type: ignore[no-any-return]
+            return value
     return "linear"
 
 
@@ -199,7 +199,9 @@ def load_model(
 
     if is_dino_checkpoint(path):
         if averaging is not None:
-            raise SettingsError(f"averaging applies to SMARTIES checkpoints; {path.name} is a DINO / X-STARS checkpoint")
+            raise SettingsError(
+                f"averaging applies to SMARTIES checkpoints; {path.name} is a DINO / X-STARS checkpoint"
+            )
         return _load_dino(path, which or "teacher", num_heads, device)
     if which is not None:
         raise SettingsError(f"which={which!r} applies to DINO / X-STARS checkpoints; {path.name} is a SMARTIES file")
@@ -276,6 +278,6 @@ def _load_dino(path: Path, which: str, num_heads: Optional[int], device: Union[s
     logger.info(
         "loaded %s (%s, D=%d, depth %d, %d heads from %s, patch %d, grid %d, inputs R, G, B normalised with %s) on %s",
         path, checkpoint.layout, geometry.embed_dim, geometry.depth, model.num_heads, model.num_heads_source,
-        geometry.patch_size, geometry.grid_size, model.input_norm.source, device,
+        geometry.patch_size, geometry.grid_size, cast(ChannelNorm, model.input_norm).source, device,  # set by build
     )
-    return model  # type: ignore[no-any-return]
+    return model

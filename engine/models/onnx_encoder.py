@@ -8,7 +8,7 @@ serves every band combination. Execution providers: CUDA when requested and avai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, cast
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class OnnxEncoder:
     """An exported SMARTIES encoder in an ONNX Runtime session (``backend = "onnx"``).
 
     Args:
-        path: The ``.onnx`` file written by :func:`engine.onnx_export.export_encoder`.
+        path: The ``.onnx`` file written by :func:`engine.export.export_encoder`.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA execution provider when onnxruntime has it).
         threads: Intra-op threads (None: onnxruntime's default).
 
@@ -72,5 +72,6 @@ class OnnxEncoder:
         return cls if output == "cls" else grid
 
     def __repr__(self) -> str:
-        return (f"OnnxEncoder({self.provenance.weights_path.name}, D={self.embed_dim}, depth {self.depth}, "
+        path = cast(Path, self.provenance.weights_path)  # always the .onnx file for an ONNX Runtime encoder
+        return (f"OnnxEncoder({path.name}, D={self.embed_dim}, depth {self.depth}, "
                 f"tile {self.tile_size_px} px, {self.device})")

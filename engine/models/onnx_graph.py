@@ -32,7 +32,7 @@ import copy
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from ..provenance import file_sha256
 from ..spectral import NUM_BASE_PROJECTIONS, get_sensor, list_sensors, spectral_ranges
 from .onnx_session import ONNX_FORMAT, set_metadata
 from .smarties import SmartiesEncoder
+from .vit import Attention
 
 __all__ = (
     "EncoderGraph",
@@ -60,13 +61,17 @@ OPSET = 17
 
 
 class ExportAttention(nn.Module):
-    """The encoder's attention written out for export: separate q/k/v projections (slices of the fused ``qkv``
-    weights) and ``softmax(q·kᵀ / √d_h)·v`` as plain MatMul/Div/Softmax. Same function as
-    :class:`engine.models.smarties.Attention` (which calls ``scaled_dot_product_attention``), to float rounding; its
-    int8 copy runs 11 % faster than that of the exported ``scaled_dot_product_attention`` (docs/onnx.md).
+    """The encoder's attention written out for export as plain MatMul/Div/Softmax.
+
+    Separate q/k/v projections (slices of the fused ``qkv`` weights) and ``softmax(q·kᵀ / √d_h)·v``. Same function as
+    :class:`engine.models.vit.Attention` (which calls ``scaled_dot_product_attention``), to float rounding; its int8
+    copy runs 11 % faster than that of the exported ``scaled_dot_product_attention`` (docs/onnx.md).
+
+    Args:
+        attn: The :class:`engine.models.vit.Attention` to rewrite (its q/k/v weights are copied, ``proj`` is reused).
     """
 
-    def __init__(self, attn: nn.Module) -> None:
+    def __init__(self, attn: Attention) -> None:
         super().__init__()
         d = attn.qkv.in_features
         self.num_heads, self.head_dim, self.dim = attn.num_heads, d // attn.num_heads, d
@@ -78,6 +83,7 @@ class ExportAttention(nn.Module):
         self.proj = attn.proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: [B, N, D] → [B, N, D]."""
         heads = x.size()[:-1] + (self.num_heads, self.head_dim)
         q = self.q(x).view(heads).permute(0, 2, 1, 3)
         k = self.k(x).view(heads).permute(0, 2, 3, 1)
@@ -88,15 +94,20 @@ class ExportAttention(nn.Module):
 
 
 class ExportPatchEmbed(nn.Module):
-    """The spectral projection of :meth:`SmartiesEncoder.embed_mix` written as matrix products for export:
+    """The spectral projection of :meth:`SmartiesEncoder.embed_mix` written as matrix products for export.
+
     ``image [B, C, H, W]`` and ``band_mix [C, 17]`` → patch tokens ``[B, h·w, D]``.
 
     The bands are mixed into the 17 base-projection channels (``[B, H, W, C] @ [C, 17]``), cut into p × p patches and
     projected by one ``[p²·17, D]`` MatMul with the stacked base weights — the convolution of ``embed_mix`` as a
-    MatMul, so that int8 quantization (:func:`quantize`) covers it too. Fixed tile size (``cells`` patches a side).
+    MatMul, so that int8 quantization (:func:`engine.export.quantize`) covers it too.
+
+    Args:
+        encoder: The :class:`engine.models.SmartiesEncoder` (its base projections are copied).
+        cells: Patches per tile side (the tile size is fixed in the graph).
     """
 
-    def __init__(self, encoder: nn.Module, cells: int) -> None:
+    def __init__(self, encoder: SmartiesEncoder, cells: int) -> None:
         super().__init__()
         weight, bias = encoder.spectrum_projection.stacked()  # [17, D, p²], [17, D]
         self.patch_size, self.cells, self.embed_dim = encoder.patch_size, cells, encoder.embed_dim
@@ -104,6 +115,7 @@ class ExportPatchEmbed(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone())
 
     def forward(self, image: torch.Tensor, band_mix: torch.Tensor) -> torch.Tensor:
+        """``image [B, C, H, W]``, ``band_mix [C, 17]`` → patch tokens ``[B, h·w, D]`` (H = W = cells · p)."""
         n, p = self.cells, self.patch_size
         mixed = torch.matmul(image.permute(0, 2, 3, 1), band_mix)  # [B, H, W, 17]
         patches = mixed.reshape(-1, n, p, n, p, NUM_BASE_PROJECTIONS).permute(0, 1, 3, 2, 4, 5)
@@ -111,24 +123,30 @@ class ExportPatchEmbed(nn.Module):
         return tokens + (band_mix.sum(0)[:, None] * self.bias).sum(0)  # not a MatMul: the bias stays float32
 
 
-def export_copy(model: nn.Module) -> nn.Module:
+def export_copy(model: SmartiesEncoder) -> SmartiesEncoder:
     """A float32 CPU copy of the encoder with :class:`ExportAttention` in every block."""
     copied = copy.deepcopy(model).float().cpu().eval()
     for block in copied.blocks:
-        block.attn = ExportAttention(block.attn)
+        block.attn = ExportAttention(cast(Attention, block.attn))  # nn.ModuleList is not generic: blocks are Blocks
     return copied
 
 
 class EncoderGraph(nn.Module):
-    """``(image [B, C, H, W], band_mix [C, 17])`` → ``(cls [B, D], grid [B, D, h, w])`` for a fixed tile size."""
+    """``(image [B, C, H, W], band_mix [C, 17])`` → ``(cls [B, D], grid [B, D, h, w])`` for a fixed tile size.
 
-    def __init__(self, encoder: nn.Module, tile_size_px: int) -> None:
+    Args:
+        encoder: The encoder to export (:func:`export_copy`).
+        tile_size_px: Tile side fixed in the graph (model-input pixels, a multiple of the patch size).
+    """
+
+    def __init__(self, encoder: SmartiesEncoder, tile_size_px: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.cells = tile_size_px // encoder.patch_size
         self.embed = ExportPatchEmbed(encoder, self.cells)
 
     def forward(self, image: torch.Tensor, band_mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised CLS token ``[B, D]`` and the patch-token grid ``[B, D, h, w]`` (before the final norm)."""
         enc, n = self.encoder, self.cells
         out = enc.forward_tokens(self.embed(image, band_mix), n, n)
         grid = out[:, 1:].transpose(1, 2).reshape(-1, enc.embed_dim, n, n)
@@ -176,8 +194,8 @@ def _encoder_metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> d
         meta["msfm_sensor"] = sensor
         if preset.gsd_m:
             meta["resolution"] = round(preset.gsd_m * 100 / preset.default_scale, 3)
-        stats = [b.stats for b in preset.bands]
-        if all(s is not None for s in stats):
+        stats = [b.stats for b in preset.bands if b.stats is not None]
+        if len(stats) == len(preset.bands):
             meta["standardization_mean"] = [s.mean for s in stats]
             meta["standardization_std"] = [s.std for s in stats]
     return meta
@@ -221,11 +239,21 @@ def write_graph(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Union[
     return Path(path)
 
 
-def check_exportable(model: Any, tile_size_px: int) -> None:
+def check_exportable(model: Any, tile_size_px: int) -> SmartiesEncoder:
+    """Check that ``model`` can be exported with ``tile_size_px``-pixel tiles.
+
+    Returns:
+        ``model``, known to be a :class:`SmartiesEncoder`.
+
+    Raises:
+        ValueError: Not a SMARTIES encoder (the X-STARS/DINO ViT has no spectral projection), or a tile size that is
+            not a multiple of the patch size.
+    """
     if not isinstance(model, SmartiesEncoder):
         raise ValueError(f"{type(model).__name__} has no spectral projection; only SMARTIES encoders are exported")
     if tile_size_px % model.patch_size:
         raise ValueError(f"tile_size_px {tile_size_px} is not a multiple of the patch size {model.patch_size}")
+    return model
 
 
 def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 224, sensor: Optional[str] = None,
@@ -246,8 +274,8 @@ def export_encoder(model: Any, path: Union[str, Path], *, tile_size_px: int = 22
         ValueError: A model without a spectral projection (the X-STARS/DINO ViT), or a bad tile size.
         onnx.checker.ValidationError: The exported graph is invalid.
     """
-    check_exportable(model, tile_size_px)
-    graph = EncoderGraph(export_copy(model), tile_size_px).eval()
+    encoder = check_exportable(model, tile_size_px)
+    graph = EncoderGraph(export_copy(encoder), tile_size_px).eval()
     inputs = (torch.zeros(2, 3, tile_size_px, tile_size_px), torch.zeros(3, NUM_BASE_PROJECTIONS))
     return write_graph(graph, inputs, Path(path), _encoder_metadata(model, tile_size_px, sensor), opset,
                    ["image", "band_mix"], ["cls", "grid"],

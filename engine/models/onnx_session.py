@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -28,12 +28,12 @@ __all__ = (
     "set_metadata",
 )
 
-#: ``msfm_format`` of our exported encoders (:mod:`engine.onnx_export`).
+#: ``msfm_format`` of our exported encoders (:mod:`engine.export`).
 ONNX_FORMAT = "msfm-smarties-encoder-onnx/1"
-#: ``msfm_format`` of exported segmenters, encoder + head (:class:`engine.models.onnx_segmenter.OnnxSegmenter`).
+#: ``msfm_format`` of exported segmenters, encoder + head (:class:`engine.segmentation.OnnxSegmenter`).
 SEGMENTER_FORMAT = "msfm-segmenter-onnx/1"
 #: One kind of export given where the other is expected: ``{(expected, found): (what it is, the fix)}``.
-_WRONG_KIND = {
+_WRONG_KIND: dict[tuple[str, Optional[str]], tuple[str, str]] = {
     (SEGMENTER_FORMAT, ONNX_FORMAT): (
         "an exported encoder, not a segmenter", "it has no segmentation head. Export the head with its encoder "
         "(msfm export-onnx seg.onnx --head HEAD.safetensors, or 'Export model to ONNX' with the head file) and use "
@@ -87,8 +87,18 @@ def open_session(path: Union[str, Path], expected_format: str, device: str = "au
 
 
 def run_session(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run ``session`` on float32 ``feeds``, each cast to the dtype its graph input declares (a float16 export,
-    :func:`engine.export.to_float16`, takes float16); outputs come back as float32."""
+    """Run ``session`` on float32 ``feeds``; outputs come back as float32.
+
+    Each feed is cast to the dtype its graph input declares (a float16 export, :func:`engine.export.to_float16`, takes
+    float16).
+
+    Args:
+        session: An ``onnxruntime.InferenceSession``.
+        feeds: Input name → float32 array.
+
+    Returns:
+        The session's outputs, in graph order, as float32 arrays.
+    """
     types = {i.name: i.type for i in session.get_inputs()}
     cast = {k: v.astype(np.float16) if types.get(k) == "tensor(float16)" else v for k, v in feeds.items()}
     return [np.asarray(out, dtype=np.float32) for out in session.run(None, cast)]

@@ -281,7 +281,7 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     try:
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # huggingface_hub < 0.23
-        from huggingface_hub.utils import LocalEntryNotFoundError  # type: ignore[no-redef]
+        from huggingface_hub.utils import LocalEntryNotFoundError
     return (LocalEntryNotFoundError, FileNotFoundError)
 
 
@@ -463,6 +463,7 @@ def model_info(name: Union[str, PathLike]) -> dict[str, Any]:
     """
     text = os.fspath(name)
     local = Path(text).expanduser()
+    path: Optional[Path]
     if local.exists() or not isinstance(name, str) or (_looks_like_path(text) and not _is_repo_id(text)):
         path = resolve_weights(local, download=False)
         if is_dino_checkpoint(path):
@@ -475,7 +476,6 @@ def model_info(name: Union[str, PathLike]) -> dict[str, Any]:
 
     spec = get_model_spec(text)
     info = dataclasses.asdict(spec)
-    path: Optional[Path]
     if spec.is_bundled:
         path = _bundled_path(spec)
         if path.is_file():

@@ -4,14 +4,14 @@ Sumbul et al., "SMARTIES: Spectrum-Aware Multi-Sensor Auto-Encoder for Remote Se
 (arXiv 2506.19585). Written from the paper and docs/smarties.md, not from the reference code.
 
 Data flow (docs/smarties.md §1.1): every band of a p×p patch is embedded by the projection of its spectral range
-(:mod:`engine.spectrum`), the per-band embeddings are fused as ``12 · mean``, a CLS token is prepended, the fixed
-2-D sin-cos position table stored in the checkpoint is added, then pre-norm transformer blocks run
-(LayerNorm eps 1e-6, fused qkv, exact GELU MLP). Module attribute names are the checkpoint contract (docs/smarties.md §1.6).
+(:mod:`engine.spectral.ranges`), the per-band embeddings are fused as ``12 · mean``, a CLS token is prepended, the fixed
+2-D sin-cos position table stored in the checkpoint is added, then pre-norm transformer blocks run (LayerNorm eps 1e-6,
+fused qkv, exact GELU MLP). Module attribute names are the checkpoint contract (docs/smarties.md §1.6).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,9 @@ class SpectrumProjection(nn.Module):
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return all base weights ``[17, D, p²]`` and biases ``[17, D]``."""
-        weight = torch.stack([m.proj.weight for m in self.spectrum_embeds])
-        bias = torch.stack([m.proj.bias for m in self.spectrum_embeds])
+        embeds = cast("Sequence[_RangeProjection]", self.spectrum_embeds)  # nn.ModuleList is not generic
+        weight = torch.stack([m.proj.weight for m in embeds])
+        bias = torch.stack([m.proj.bias for m in embeds])
         return weight, bias
 
 
@@ -97,7 +98,7 @@ class SmartiesEncoder(nn.Module):
         patch_size: Patch side p in pixels (16 for the published models).
         grid_size: Tokens per side of the position table G (14 for 224-px inputs).
         mlp_ratio: MLP hidden size as a multiple of D.
-        averaging: Weights of the averaged ranges 17/18, see :mod:`engine.spectrum` (``"reference"`` = compat).
+        averaging: Weights of the averaged ranges 17/18, see :mod:`engine.spectral.ranges` (``"reference"`` = compat).
 
     Attributes:
         cls_token: ``[1, 1, D]``.
@@ -166,11 +167,12 @@ class SmartiesEncoder(nn.Module):
         return self.embed_mix(x, torch.from_numpy(band_mix(self.projections(bands))).to(x.device))
 
     def embed_mix(self, x: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-        """The spectral projection of :meth:`embed_bands` from a band-mix matrix: ``x [B, C, H, W]``, ``mix [C, 17]``
-        → tokens ``[B, h·w, D]``.
+        """The spectral projection of :meth:`embed_bands` from a band-mix matrix.
 
-        ``Σ_c Σ_k m_ck (W_k·patch_c + b_k)`` is computed as ``Σ_k W_k·(Σ_c m_ck patch_c) + Σ_ck m_ck b_k``: the bands are
-        first mixed into the 17 base-projection channels, then one strided convolution with the stacked base weights
+        ``x [B, C, H, W]``, ``mix [C, 17]`` (:func:`engine.spectral.band_mix`) → tokens ``[B, h·w, D]``.
+
+        ``Σ_c Σ_k m_ck (W_k·patch_c + b_k)`` is computed as ``Σ_k W_k·(Σ_c m_ck patch_c) + Σ_ck m_ck b_k``: the bands
+        are first mixed into the 17 base-projection channels, then one strided convolution with the stacked base weights
         (a constant kernel) embeds them. No Python-side band logic, so it exports to ONNX with a dynamic band count.
         """
         p = self.patch_size
@@ -199,8 +201,9 @@ class SmartiesEncoder(nn.Module):
         for r in torch.unique(idx).tolist():
             projection = projection_for(int(r), self.averaging)
             sel = idx == r
-            w_r = sum(weight[k] * wk for k, wk in projection.terms)
-            b_r = sum(bias[k] * wk for k, wk in projection.terms)
+            # a projection has at least one term, so the sums are tensors (never the start value 0)
+            w_r = cast(torch.Tensor, sum(weight[k] * wk for k, wk in projection.terms))
+            b_r = cast(torch.Tensor, sum(bias[k] * wk for k, wk in projection.terms))
             out[sel] = F.linear(flat[sel].to(weight.dtype), w_r, b_r)
         return out.reshape(b, h * w, c, self.embed_dim).mean(2) * PROJECTION_SCALER
 
@@ -251,15 +254,15 @@ class SmartiesEncoder(nn.Module):
         """Encode normalised images.
 
         Args:
-            x: ``[B, C, H, W]`` float32 images already normalised (docs/smarties.md §4), H and W multiples of the patch size
-                (224 = the stored 14×14 position grid; other sizes use a bicubically resized grid).
+            x: ``[B, C, H, W]`` float32 images already normalised (docs/smarties.md §4), H and W multiples of the patch
+                size (224 = the stored 14×14 position grid; other sizes use a bicubically resized grid).
             bands: C band specs in channel order — range keys (``"red_2"``), projection indices (0..18) or
-                :class:`~engine.spectrum.Projection` objects — or an integer tensor ``[B, h, w, C]`` of per-token
+                :class:`~engine.spectral.Projection` objects — or an integer tensor ``[B, h, w, C]`` of per-token
                 projection indices.
-            output: ``"cls"`` → ``[B, D]`` CLS token after the final LayerNorm; ``"grid"`` → ``[B, D, H/p, W/p]``
-                patch tokens of the last block *before* the final norm (the reference's ``all_tokens``, docs/smarties.md §1.1);
-                ``"tokens"`` → ``[B, 1 + (H/p)·(W/p), D]`` every token *after* the final norm, CLS first, patches in
-                row-major order (the X-STARS backbone's ``return_all_tokens`` output, what MSAD aligns, spec
+            output: ``"cls"`` → ``[B, D]`` CLS token after the final LayerNorm; ``"grid"`` → ``[B, D, H/p, W/p]`` patch
+                tokens of the last block *before* the final norm (the reference's ``all_tokens``, docs/smarties.md
+                §1.1); ``"tokens"`` → ``[B, 1 + (H/p)·(W/p), D]`` every token *after* the final norm, CLS first, patches
+                in row-major order (the X-STARS backbone's ``return_all_tokens`` output, what MSAD aligns, spec
                 docs/xstars.md §3).
 
         Returns:
@@ -282,7 +285,9 @@ class SmartiesEncoder(nn.Module):
     def encode_blocks(
         self, x: torch.Tensor, bands: Union[Sequence[BandSpec], torch.Tensor], blocks: Sequence[int]
     ) -> list[torch.Tensor]:
-        """Patch-token grids of several blocks, for dense heads (UPerNet on blocks 3/5/7/11 of a ViT-B, docs/smarties.md §6).
+        """Patch-token grids of several blocks, for dense heads.
+
+        E.g. UPerNet on blocks 3/5/7/11 of a ViT-B (docs/smarties.md §6).
 
         Args:
             x: ``[B, C, H, W]`` normalised images, as :meth:`encode`.
@@ -301,8 +306,17 @@ class SmartiesEncoder(nn.Module):
         return self.token_grids(tokens, h, w, blocks)
 
     def token_grids(self, tokens: torch.Tensor, h: int, w: int, blocks: Sequence[int]) -> list[torch.Tensor]:
-        """:meth:`encode_blocks` from patch tokens ``[B, h·w, D]`` (:meth:`embed_mix`): one ``[B, D, h, w]`` grid per
-        listed block (increasing, checked by the caller)."""
+        """:meth:`encode_blocks` from patch tokens ``[B, h·w, D]`` (:meth:`embed_mix`).
+
+        Args:
+            tokens: Patch tokens ``[B, h·w, D]``, without CLS token or positions.
+            h: Patch-grid rows.
+            w: Patch-grid columns.
+            blocks: 0-based block indices, increasing (checked by the caller).
+
+        Returns:
+            One ``[B, D, h, w]`` grid per listed block.
+        """
         return block_grids(self.blocks, self._with_cls(tokens, h, w), blocks, h, w, self.embed_dim)
 
     def _patch_tokens(
@@ -318,7 +332,9 @@ class SmartiesEncoder(nn.Module):
             if x.shape[2] % p or x.shape[3] % p:
                 raise ValueError(f"image size {x.shape[2]}×{x.shape[3]} px is not a multiple of the patch size {p}")
             if tuple(bands.shape) != (b, h, w, c):
-                raise ValueError(f"per-token band indices must be [B, h, w, C] = {(b, h, w, c)}, got {tuple(bands.shape)}")
+                raise ValueError(
+                    f"per-token band indices must be [B, h, w, C] = {(b, h, w, c)}, got {tuple(bands.shape)}"
+                )
             patches = x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5)
             return self.embed_patches(patches, bands), h, w
         return self.embed_bands(x, list(bands)), h, w
@@ -332,6 +348,7 @@ class SmartiesEncoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
+        """The architecture and averaging, shown in the module's ``repr``."""
         return (
             f"embed_dim={self.embed_dim}, depth={self.depth}, num_heads={self.num_heads}, "
             f"patch_size={self.patch_size}, grid_size={self.grid_size}, averaging={self.averaging!r}"
@@ -348,7 +365,10 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def init_from_scratch(model: SmartiesEncoder, seed: Optional[int] = None) -> SmartiesEncoder:
-    """MAE-style initialisation (docs/smarties.md §1.5): xavier-uniform Linears, zero biases, LN 1/0, CLS ~ N(0, 0.02)."""
+    """MAE-style initialisation (docs/smarties.md §1.5).
+
+    Xavier-uniform Linears, zero biases, LayerNorm 1/0, CLS token ~ N(0, 0.02).
+    """
     if seed is not None:
         torch.manual_seed(seed)
     model.apply(_init_weights)

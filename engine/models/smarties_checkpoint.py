@@ -20,8 +20,8 @@ keys left over are allowed only when they form *exactly* one known set:
 - ``"head:segmentation"``: ``head.0.weight`` ``[C, S·D, 1, 1]`` + ``head.0.bias`` ``[C]`` (1×1 convolution).
 
 ``S`` is the number of sources of a multi-modal head (1, or 2 for ``bigearthnetmm``). Independently of these, a
-global-pool checkpoint may carry ``fc_norm.*`` *instead of* ``norm.*`` (docs/smarties.md §1.1 step 6); it is loaded into the
-encoder's ``norm`` and flagged with ``global_pool=True``. Anything else is refused with
+global-pool checkpoint may carry ``fc_norm.*`` *instead of* ``norm.*`` (docs/smarties.md §1.1 step 6); it is loaded into
+the encoder's ``norm`` and flagged with ``global_pool=True``. Anything else is refused with
 :class:`~engine.errors.CheckpointError` naming the keys.
 
 Pickle-based files (``.pth``/``.ckpt``) are refused on purpose: loading them can execute code.
@@ -339,8 +339,10 @@ def _infer_geometry(shapes: Mapping[str, Shape], source: str) -> EncoderGeometry
 def _shape_problems(
     expected: Mapping[str, Shape], shapes: Mapping[str, Shape], what: str, report_unexpected: bool = False
 ) -> list[str]:
-    """What is wrong with ``shapes`` against ``expected``: missing keys, mis-shaped keys and (when
-    ``report_unexpected``) keys that are not expected, one message part each; empty when they match."""
+    """What is wrong with ``shapes`` against ``expected``; empty when they match.
+
+    Missing keys, mis-shaped keys and (when ``report_unexpected``) keys that are not expected, one message part each.
+    """
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected] if report_unexpected else []
     bad = {k: (shapes[k], want) for k, want in expected.items() if k in shapes and shapes[k] != want}
@@ -670,7 +672,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def _geometry_config(model: nn.Module) -> dict[str, Any]:
+def _geometry_config(model: Any) -> dict[str, Any]:
     names = ("embed_dim", "depth", "num_heads", "patch_size", "grid_size", "averaging")
     out: dict[str, Any] = {n: getattr(model, n) for n in names if hasattr(model, n)}
     if hasattr(model, "mlp_hidden") and hasattr(model, "embed_dim"):
@@ -685,8 +687,8 @@ def save_encoder(
 
     The file is written to a temporary file in the destination folder, read back with the strict rule
     (:func:`inspect_checkpoint`), then moved into place (:func:`engine.atomic.atomic_output`), so readers never see a
-    partial file. Floating tensors are stored as ``dtype`` (float32 by default; float16 halves a release file and is read back
-    as float32 by :func:`read_checkpoint`); integer tensors keep their dtype.
+    partial file. Floating tensors are stored as ``dtype`` (float32 by default; float16 halves a release file and is
+    read back as float32 by :func:`read_checkpoint`); integer tensors keep their dtype.
 
     Args:
         model: A :class:`~engine.models.smarties.SmartiesEncoder` (optionally with a known head / MAE decoder under

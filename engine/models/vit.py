@@ -9,7 +9,7 @@ both families, so their state dicts load strictly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,15 @@ LN_EPS = 1e-6
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv Linear (timm layout ``qkv``/``proj``)."""
+    """Multi-head self-attention with a fused qkv Linear (timm layout ``qkv``/``proj``).
+
+    Args:
+        dim: Token dimension D.
+        num_heads: Attention heads (a divisor of D).
+
+    Raises:
+        ValueError: ``num_heads`` does not divide D.
+    """
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -50,7 +58,12 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """``fc1`` → exact (erf) GELU → ``fc2``."""
+    """``fc1`` → exact (erf) GELU → ``fc2``.
+
+    Args:
+        dim: Token dimension D (input and output width).
+        hidden: Hidden width.
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -59,6 +72,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: [..., D] → [..., D]."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -105,6 +119,7 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
 
     def extra_repr(self) -> str:
+        """The stochastic depth, shown in the module's ``repr``."""
         return f"drop_path_rate={self.drop_path_rate:g}"
 
 
@@ -117,13 +132,23 @@ def check_blocks(blocks: Sequence[int], depth: int) -> None:
         )
 
 
-def block_grids(blocks: Sequence[nn.Module], tokens: torch.Tensor, wanted: Sequence[int], h: int, w: int,
-                dim: int) -> list[torch.Tensor]:
-    """Run ``tokens`` ``[B, 1 + h·w, D]`` (CLS first, positions added) through ``blocks`` up to the last ``wanted``
-    one and return the patch tokens after each wanted block as a grid ``[B, D, h, w]`` (before any final norm).
+def block_grids(blocks: Union[nn.ModuleList, Sequence[nn.Module]], tokens: torch.Tensor, wanted: Sequence[int],
+                h: int, w: int, dim: int) -> list[torch.Tensor]:
+    """The patch tokens after each wanted block, as grids ``[B, D, h, w]`` (before any final norm).
 
-    ``wanted`` must be increasing (:func:`check_blocks`); ``dim`` is D as a Python int, so an ONNX trace keeps static
-    grid shapes. Shared by the SMARTIES and DINO encoders' ``encode_blocks``.
+    Runs ``tokens`` through ``blocks`` up to the last ``wanted`` one. Shared by the SMARTIES and DINO encoders'
+    ``encode_blocks``.
+
+    Args:
+        blocks: The encoder's transformer blocks.
+        tokens: ``[B, 1 + h·w, D]``, CLS token first, positions added.
+        wanted: 0-based block indices, increasing (:func:`check_blocks`).
+        h: Patch-grid rows.
+        w: Patch-grid columns.
+        dim: D as a Python int, so an ONNX trace keeps static grid shapes.
+
+    Returns:
+        One ``[B, D, h, w]`` grid per wanted block, in order.
     """
     grids = []
     for i, block in enumerate(blocks[: wanted[-1] + 1]):

@@ -2,8 +2,8 @@
 
 Each tile's cell values are accumulated with a smooth window weight that is largest in the tile centre and small (never
 zero) at its border, then divided by the summed weights. Cells seen by one tile only keep that tile's value exactly;
-where tiles overlap, their border cells fade into each other instead of being cut (TerraTorch's cosine mask; visible tile
-seams are a common complaint about tiled inference in QGIS AI plugins).
+where tiles overlap, their border cells fade into each other instead of being cut (TerraTorch's cosine mask; visible
+tile seams are a common complaint about tiled inference in QGIS AI plugins).
 
 Memory: the accumulator holds one tile row of cells × the raster width (``[D, tile_cells, width_cells]``), so peak
 memory does not grow with the raster height.
@@ -46,7 +46,7 @@ def window_weights(tile_cells: int, kind: BlendKind = "cosine") -> np.ndarray:
 class RowBlender:
     """Accumulates weighted tile outputs for the current tile row and releases finished cell rows.
 
-    Tiles must arrive in row-major order of their origins (as :class:`engine.tiling.TileGrid` yields them).
+    Tiles must arrive in row-major order of their origins (as :class:`engine.raster.TileGrid` yields them).
 
     Args:
         channels: Values per cell D.

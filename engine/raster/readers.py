@@ -70,8 +70,11 @@ def read_valid(
 
 
 def pixel_size_m(dataset: Any) -> Optional[float]:
-    """Native pixel size of an open raster in metres: the mean of its x and y sizes; for a geographic CRS a degree is
-    111 320 m of latitude and 111 320 · cos(latitude) m of longitude at the raster's centre. None without a CRS."""
+    """Native pixel size (GSD) of an open raster in metres: the mean of its x and y sizes; None without a CRS.
+
+    For a geographic CRS a degree is 111 320 m of latitude and 111 320 · cos(latitude) m of longitude at the raster's
+    centre.
+    """
     if dataset.crs is None:
         return None
     rx, ry = abs(dataset.transform.a), abs(dataset.transform.e)

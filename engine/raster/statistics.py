@@ -75,4 +75,6 @@ def band_statistics(dataset: Any, mapping: BandMapping) -> list[BandStats]:
         )
     missing = [i for i, b in enumerate(mapping.bands) if b.stats is None]
     estimated = estimate_stats(values[missing], valid) if missing else []
-    return [band.stats if band.stats is not None else estimated[missing.index(i)] for i, band in enumerate(mapping.bands)]
+    return [
+        band.stats if band.stats is not None else estimated[missing.index(i)] for i, band in enumerate(mapping.bands)
+    ]

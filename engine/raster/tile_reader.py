@@ -107,8 +107,16 @@ class RasterReader:
         return x, valid
 
     def inside(self, row_px: int, col_px: int, size_px: int) -> Optional[np.ndarray]:
-        """Pixels of the view's square at (row_px, col_px) (clipped to the view) whose centre is inside the region's
-        geometries: ``bool [h, w]``, or None when there are no geometries."""
+        """Pixels of a square of the view whose centre is inside the region's geometries.
+
+        Args:
+            row_px: First row of the square in the view (model-input pixels).
+            col_px: First column of the square.
+            size_px: Side of the square; it is clipped to the view.
+
+        Returns:
+            ``bool [h, w]`` (h, w: the clipped size), or None when there are no geometries.
+        """
         if self.region is None or not self.region.geometries:
             return None
         h = max(0, min(size_px, self.height_px - row_px))

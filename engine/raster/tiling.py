@@ -80,9 +80,13 @@ def tile_grid(height_px: int, width_px: int, tile_size_px: int, overlap_px: int,
     if height_px <= 0 or width_px <= 0:
         raise SettingsError(f"raster size must be positive, got {height_px}×{width_px} px")
     if tile_size_px <= 0 or tile_size_px % patch_size_px:
-        raise SettingsError(f"tile_size_px must be a positive multiple of the patch size {patch_size_px}, got {tile_size_px}")
+        raise SettingsError(
+            f"tile_size_px must be a positive multiple of the patch size {patch_size_px}, got {tile_size_px}"
+        )
     if overlap_px < 0 or overlap_px % patch_size_px:
-        raise SettingsError(f"overlap_px must be a multiple of the patch size {patch_size_px} (0 allowed), got {overlap_px}")
+        raise SettingsError(
+            f"overlap_px must be a multiple of the patch size {patch_size_px} (0 allowed), got {overlap_px}"
+        )
     if overlap_px >= tile_size_px:
         raise SettingsError(f"overlap_px ({overlap_px}) must be smaller than tile_size_px ({tile_size_px})")
     tile_cells = tile_size_px // patch_size_px

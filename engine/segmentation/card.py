@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union, cast
 
 from ..errors import CheckpointError, ModelMismatchError
 from ..models import BlockEncoder, Encoder
@@ -62,7 +62,7 @@ class HeadCard:
         gsd_m: Native pixel size of the training raster in metres (None when unknown).
         tile_size_px: Chip side used in training (model pixels).
         channels: UPerNet width (None for the linear head).
-        metrics: Validation metrics (:func:`engine.head_training.segmentation_scores`).
+        metrics: Validation metrics (:func:`engine.segmentation.segmentation_scores`).
         training: How it was trained (raster, labels, steps, learning rate, seconds, ...).
         format: :data:`HEAD_FORMAT`.
     """
@@ -84,9 +84,11 @@ class HeadCard:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes K."""
         return len(self.classes)
 
     def to_json(self) -> str:
+        """The card as indented JSON (the ``.json`` file written beside a head)."""
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
     @classmethod
@@ -100,9 +102,11 @@ class HeadCard:
         if unknown:
             raise CheckpointError(f"{source} has unknown card fields {unknown}; was it written by a newer msfm?")
         try:
-            classes = [ClassInfo(int(c["index"]), str(c["name"]), tuple(int(v) for v in c["color"]), c.get("value"))
+            # colours are RGBA (written by to_json); the JSON list's length is not in the type
+            classes = [ClassInfo(int(c["index"]), str(c["name"]),
+                                 cast("tuple[int, int, int, int]", tuple(int(v) for v in c["color"])), c.get("value"))
                        for c in data["classes"]]
-            return cls(**{**data, "classes": classes})  # type: ignore[arg-type]
+            return cls(**{**data, "classes": classes})
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: malformed head card ({exc})") from exc
 
@@ -113,8 +117,17 @@ def card_path(path: Union[str, Path]) -> Path:
 
 
 def card_projections(card: HeadCard, averaging: Averaging = "linear") -> list[Projection]:
-    """The :class:`engine.spectral.Projection` of each input channel the head was trained on, rebuilt from the card's
-    bands (range key, or central wavelength for an interpolated band) and checked against the recorded label.
+    """The :class:`engine.spectral.Projection` of each input channel the head was trained on.
+
+    Rebuilt from the card's bands (range key, or central wavelength for an interpolated band) and checked against the
+    recorded label.
+
+    Args:
+        card: The head's card.
+        averaging: Weights of the averaged ranges 17/18 (the encoder's ``averaging``).
+
+    Returns:
+        One projection per card band, in channel order.
 
     Raises:
         CheckpointError: A card without bands, or a band whose projection cannot be rebuilt as recorded.

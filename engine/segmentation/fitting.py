@@ -5,10 +5,10 @@ inference-scale work (minutes on a CPU), unlike the pretraining recipes of ``tra
 
 Procedure (:func:`fit_head`):
 
-1. Labels are burnt onto the raster's model-input grid (:func:`engine.labels.label_grid`) and their groups (polygons,
-   or blocks of a label raster) are split into train and validation **by group**, stratified by class: a class with
-   n ≥ 2 polygons gives ``max(1, round(n · val_fraction))`` of them to validation; a class with one polygon stays in
-   training (reported). Pixels are never split, so validation pixels are not neighbours of training pixels.
+1. Labels are burnt onto the raster's model-input grid (:func:`engine.segmentation.label_grid`) and their groups
+   (polygons, or blocks of a label raster) are split into train and validation **by group**, stratified by class: a
+   class with n ≥ 2 polygons gives ``max(1, round(n · val_fraction))`` of them to validation; a class with one polygon
+   stays in training (reported). Pixels are never split, so validation pixels are not neighbours of training pixels.
 2. Training chips (``tile_size_px`` squares) are centred on random labelled pixels of each training group, with a
    random flip/rotation each (dihedral group D4, applied to image and labels) when ``augment``; validation chips tile
    the validation groups without overlap, so each validation pixel is scored once.
@@ -17,8 +17,8 @@ Procedure (:func:`fit_head`):
    cross-entropy on logits upsampled to the chip's pixels, weighted by class (``class_weighting``: inverse class
    frequency by default — polygon areas reflect how the analyst drew, not how common a class is — so a rare class
    such as roads counts as much as the background) and ignoring unlabelled pixels
-   (:data:`engine.labels.IGNORE`). With ``finetune=True`` the encoder trains too (learning rate × 0.1) and is encoded
-   every step.
+   (:data:`engine.segmentation.IGNORE`). With ``finetune=True`` the encoder trains too (learning rate × 0.1) and is
+   encoded every step.
 4. The linear head learns on standardised grids (per-channel mean/std of the training grids), folded into its 1×1
    convolution afterwards, so the file keeps the published ``head.0`` layout and reads raw pre-norm tokens.
 5. Validation: confusion matrix over validation pixels → per-class IoU / F1, mIoU, macro F1, overall accuracy
@@ -33,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, cast
 
 import numpy as np
 from rasterio.windows import transform as window_transform
@@ -190,7 +190,9 @@ def split_groups(grid: LabelGrid, val_fraction: float, seed: int = 0) -> tuple[s
     """
     rng = np.random.default_rng(seed)
     present = set(np.unique(grid.groups[grid.groups >= 0]).tolist())
-    train, val, notes = set(), set(), []
+    train: set[int] = set()
+    val: set[int] = set()
+    notes: list[str] = []
     if val_fraction <= 0:
         return present, set(), notes
     if grid.group_class:  # polygons: stratify by class
@@ -285,8 +287,10 @@ def _d4(a: np.ndarray, k: int) -> np.ndarray:
 
 
 def _class_weights(counts: np.ndarray, kind: ClassWeighting) -> np.ndarray:
-    """Cross-entropy class weights from training pixel counts: ``N / (K · n_c)`` ("balanced", scikit-learn's
-    formula), its square root ("sqrt-balanced") or ones; 0 for classes without training pixels."""
+    """Cross-entropy class weights from training pixel counts; 0 for classes without training pixels.
+
+    ``N / (K · n_c)`` ("balanced", scikit-learn's formula), its square root ("sqrt-balanced") or ones.
+    """
     present = counts > 0
     balanced = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
     if kind == "balanced":
@@ -318,13 +322,14 @@ def fit_head(
 
     Args:
         source: The image raster.
-        labels: :class:`engine.labels.PolygonLabels` (polygons + class values + CRS) or
-            :class:`engine.labels.LabelRaster`.
+        labels: :class:`engine.segmentation.PolygonLabels` (polygons + class values + CRS) or
+            :class:`engine.segmentation.LabelRaster`.
         model: A loaded encoder (:func:`engine.load_model`).
         fit: How the head is trained (:class:`HeadFitSettings`; defaults when None).
         output: Head file (``.safetensors``; the card ``.json`` is written beside it), written only on success.
         settings: ``tile_size_px`` (chip side), ``batch_size`` (encoding), ``device``, ``threads``, ``scale``.
-        sensor, overrides: Band mapping, as :func:`engine.spectral.resolve_bands`.
+        sensor: Sensor preset for the band mapping, as :func:`engine.spectral.resolve_bands`.
+        overrides: Band mapping overrides, as :func:`engine.spectral.resolve_bands`.
         region: Train only on the labels inside this :class:`engine.raster.Region` (the raster is read over its
             window; pixels outside its polygons are left out of training and validation).
         progress: Called with the completed fraction.
@@ -425,7 +430,8 @@ def _keep_inside(grid: LabelGrid, region: Region, reader: RasterReader) -> None:
     Raises:
         LabelError: No labelled pixel is left.
     """
-    inside = region.pixel_mask(window_transform(grid.window, reader.transform), grid.labels.shape)
+    shape = cast("tuple[int, int]", grid.labels.shape)  # [h, w]; numpy's types do not carry the rank
+    inside = region.pixel_mask(window_transform(grid.window, reader.transform), shape)
     if inside is None:
         return
     grid.labels[~inside] = IGNORE
@@ -466,9 +472,10 @@ def _card_fields(dataset: Any, reader: RasterReader, mapping: BandMapping, model
 class _Fitter:
     """Encodes chips (once, when the encoder is frozen) and trains the head on them."""
 
-    def __init__(self, model: BlockEncoder, head: SegmentationHead, reader: RasterReader, mapping: BandMapping, size: int,
-                 device: str, finetune: bool, encode_batch: int, is_canceled: Optional[CancelFn]) -> None:
-        self.model = (copy.deepcopy(model) if finetune else model).to(device)  # never alter a shared encoder
+    def __init__(self, model: BlockEncoder, head: SegmentationHead, reader: RasterReader, mapping: BandMapping,
+                 size: int, device: str, finetune: bool, encode_batch: int, is_canceled: Optional[CancelFn]) -> None:
+        # never alter a shared encoder; a torch encoder (require_block_grids), which the protocol does not say
+        self.model = (copy.deepcopy(model) if finetune else model).to(device)  # type: ignore[attr-defined]
         self.head = head.to(device)
         self.reader = reader
         self.projections = list(mapping.projections)
@@ -485,7 +492,7 @@ class _Fitter:
     def _check_cancel(self, what: str) -> None:
         check_canceled(self.is_canceled, f"while {what}", "no head written")
 
-    def _read(self, origins: Sequence[tuple[int, int]], turns: Sequence[int]) -> np.ndarray:
+    def _read(self, origins: Sequence[tuple[int, int]], turns: Union[Sequence[int], np.ndarray]) -> np.ndarray:
         return np.stack([_d4(self.reader.read(r, c, self.size)[0], int(k)) for (r, c), k in zip(origins, turns)])
 
     def _encode(self, x: np.ndarray) -> list[Any]:
@@ -493,7 +500,8 @@ class _Fitter:
 
         return self.model.encode_blocks(torch.from_numpy(x).to(self.device), self.projections, self.head.blocks)
 
-    def cache(self, origins: Sequence[tuple[int, int]], turns: Sequence[int], report: ProgressFn) -> None:
+    def cache(self, origins: Sequence[tuple[int, int]], turns: Union[Sequence[int], np.ndarray],
+              report: ProgressFn) -> None:
         """Read (and, for a frozen encoder, encode) the training chips; compute the grid standardisation."""
         import torch
 
@@ -542,12 +550,15 @@ class _Fitter:
         losses = []
         for step in range(steps):
             self._check_cancel(f"training (step {step} of {steps})")
-            f = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+            if step < warmup:
+                f = (step + 1) / warmup
+            else:
+                f = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * f
             idx = rng.choice(n, size=min(batch_size, n), replace=False)
             if self.finetune:
-                grids = self._encode(self.images[idx])
+                grids = self._encode(cast(np.ndarray, self.images)[idx])  # kept by cache() when fine-tuning
             else:
                 grids = [g[torch.from_numpy(idx)].to(self.device).float() for g in self.grids]
             logits = self.head.pixel_logits(self._standardise(grids), (self.size, self.size))
@@ -568,7 +579,7 @@ class _Fitter:
         """``W·(x − μ)/σ + b`` = ``(W/σ)·x + (b − W·μ/σ)``: the head reads raw grids again."""
         import torch
 
-        conv = self.head.net[0]
+        conv = self.head.net[0]  # type: ignore[index]  # a linear head's net is a LinearHead (nn.Sequential)
         with torch.no_grad():
             w = conv.weight[:, :, 0, 0] / self.std[None, :]
             conv.bias.sub_(w @ self.mean)

@@ -7,7 +7,7 @@ Two heads read patch-token grids of the encoder's blocks (:meth:`SmartiesEncoder
   ``smarties-v1-vitb-dfc2020-linprobe`` layout (docs/smarties.md §1.7, §6 "DFC2020 probing"), so that checkpoint's
   head loads strictly.
 - :class:`UPerNetHead` — UPerNet (Xiao et al., ECCV 2018) on four blocks (3/5/7/11 of a ViT-B,
-  :func:`engine.models.smarties.dense_blocks`), made multi-scale as for plain ViTs (BEiT / ViTDet necks): the four
+  :func:`engine.models.vit.dense_blocks`), made multi-scale as for plain ViTs (BEiT / ViTDet necks): the four
   grids are resampled to 4×, 2×, 1× and ½× the patch grid, then a pyramid-pooling module on the coarsest level, a
   top-down FPN, fusion of all levels at 4× and a 1×1 classifier: logits at 4 px per 16-px patch. This is the
   convention of UPerNet probing (docs/smarties.md §6), not SMARTIES code.
@@ -55,14 +55,20 @@ class LinearHead(nn.Sequential):
     The convolution is ``self[0]``, so the state dict keys are ``0.weight`` ``[K, D, 1, 1]`` and ``0.bias`` ``[K]``,
     i.e. ``head.0.*`` under the ``head.`` prefix: the published DFC2020 linear-probe layout (docs/smarties.md §1.7).
     Initialisation: weight trunc-normal std 0.01, bias 0 (SMARTIES' linear-probe init, docs/smarties.md §6).
+
+    Args:
+        embed_dim: Token dimension D of the encoder.
+        num_classes: K.
     """
 
     def __init__(self, embed_dim: int, num_classes: int) -> None:
-        super().__init__(nn.Conv2d(embed_dim, num_classes, kernel_size=1))
-        nn.init.trunc_normal_(self[0].weight, std=0.01)
-        nn.init.zeros_(self[0].bias)
+        conv = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
+        super().__init__(conv)
+        nn.init.trunc_normal_(conv.weight, std=0.01)
+        nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # Optional in torch's types; the conv has a bias
 
-    def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, K, h, w]`` of the last grid ``[B, D, h, w]`` (a linear head reads one block)."""
         return self[0](grids[-1])
 
 
@@ -76,12 +82,11 @@ def _conv_norm_act(cin: int, cout: int, kernel: int) -> nn.Sequential:
 
 
 def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d(x, size)`` as two products with constant averaging matrices: ``[B, C, H, W]`` →
-    ``[B, C, size, size]``.
+    """``F.adaptive_avg_pool2d(x, size)`` as two products with constant averaging matrices.
 
-    Same bins as PyTorch (output row i averages input rows ⌊i·H/s⌋ to ⌈(i+1)·H/s⌉ − 1). Written this way because
-    the ONNX exporter supports adaptive pooling only for sizes dividing the input, and the pyramid pooling of a
-    224-px tile pools a 7 × 7 grid to 2, 3 and 6.
+    ``[B, C, H, W]`` → ``[B, C, size, size]``. Same bins as PyTorch (output row i averages input rows ⌊i·H/s⌋ to
+    ⌈(i+1)·H/s⌉ − 1). Written this way because the ONNX exporter supports adaptive pooling only for sizes dividing the
+    input, and the pyramid pooling of a 224-px tile pools a 7 × 7 grid to 2, 3 and 6.
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
     return _bins(h, size, x) @ x @ _bins(w, size, x).T
@@ -130,6 +135,11 @@ class UPerNetHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Four grids ``[B, D, h, w]`` (shallow to deep) → logits ``[B, K, 4h, 4w]``.
+
+        Raises:
+            ValueError: Not four grids.
+        """
         if len(grids) != 4:
             raise ValueError(f"UPerNetHead takes 4 block grids, got {len(grids)}")
         levels = [op(g) for op, g in zip(self.rescale, grids)]
@@ -150,6 +160,12 @@ class UPerNetHead(nn.Module):
 
 class SegmentationHead(nn.Module):
     """A head with its card: encoder block grids → per-pixel class logits.
+
+    Args:
+        card: The head's :class:`HeadCard` (head type, blocks, classes, encoder width and depth).
+
+    Raises:
+        CheckpointError: A card whose head type or block list does not describe a head.
 
     Attributes:
         card: The :class:`HeadCard`.
@@ -174,6 +190,7 @@ class SegmentationHead(nn.Module):
 
     @property
     def blocks(self) -> list[int]:
+        """The 0-based encoder blocks the head reads, increasing."""
         return list(self.card.blocks)
 
     def forward(self, grids: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -246,8 +263,10 @@ def save_head(head: SegmentationHead, path: Union[str, Path]) -> Path:
 
 
 def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Any) -> HeadCard:
-    """Card of a SMARTIES checkpoint with the published ``head.0`` segmentation head (docs/smarties.md §1.7): the head reads the
-    checkpoint's own encoder, last block; the classes are unnamed (the file does not say)."""
+    """Card of a SMARTIES checkpoint with the published ``head.0`` segmentation head (docs/smarties.md §1.7).
+
+    The head reads the checkpoint's own encoder, last block; the classes are unnamed (the file does not say).
+    """
     k, d = int(shapes["head.0.weight"][0]), int(shapes["head.0.weight"][1])
     colors = class_colors(k)
     return HeadCard(

@@ -10,10 +10,10 @@ Two sources:
 - :class:`LabelRaster` — a raster of class values (any CRS/grid: resampled with nearest neighbour onto the image's
   grid). Groups are square blocks of ``block_px`` pixels, so the split takes whole blocks.
 
-:func:`label_grid` returns a :class:`LabelGrid`: class indices (``IGNORE`` = unlabelled) and group ids over the
-labelled window of the image grid, with the class table (:class:`engine.head_card.ClassInfo`). Everything that would make a
-useless head fails early with a message naming the problem and the fix: a missing or empty class field, polygons
-without a CRS or that do not overlap the raster (usually a wrong layer CRS), a class that covers no pixel.
+:func:`label_grid` returns a :class:`LabelGrid`: class indices (``IGNORE`` = unlabelled) and group ids over the labelled
+window of the image grid, with the class table (:class:`engine.segmentation.ClassInfo`). Everything that would make a
+useless head fails early with a message naming the problem and the fix: a missing or empty class field, polygons without
+a CRS or that do not overlap the raster (usually a wrong layer CRS), a class that covers no pixel.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def _polygon_grid(labels: PolygonLabels, crs: Any, transform: Affine, shape: tup
             f"{len(empty)} of {len(labels.values)} polygons of {where} have an empty class value. Feature ids with "
             f"an empty {f!r}: {empty[:20]}{'…' if len(empty) > 20 else ''} (select them with the expression "
             f"\"{f}\" IS NULL OR trim(\"{f}\") = ''); fill the field or delete those polygons")
-    kinds = sorted({g.get("type") for g in labels.geometries} - {"Polygon", "MultiPolygon"})
+    # a geometry without "type" (not GeoJSON) gives None, which sorts only if it is the one other kind
+    kinds = sorted({g.get("type") for g in labels.geometries} - {"Polygon", "MultiPolygon"})  # type: ignore[type-var]
     if kinds:
         raise LabelError(f"{where} holds {kinds} geometries; training labels must be polygons")
     if labels.crs is None and crs is not None:

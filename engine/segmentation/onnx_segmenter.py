@@ -1,5 +1,6 @@
-"""An encoder and its segmentation head exported as one ONNX graph (:func:`engine.export.export_segmenter`), run
-with ONNX Runtime — no torch needed.
+"""An encoder and its segmentation head exported as one ONNX graph, run with ONNX Runtime — no torch needed.
+
+The graph is written by :func:`engine.export.export_segmenter`.
 
 The graph takes normalised tiles of the head's bands in the head's order (the band mix is a constant of the graph) and
 gives per-pixel class probabilities; the head's card (:class:`engine.segmentation.HeadCard`: classes, bands, statistics,
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class OnnxSegmenter:
     statistics), the head's bands in the card's order.
 
     Args:
-        path: The ``.onnx`` file written by :func:`engine.onnx_export.export_segmenter`.
+        path: The ``.onnx`` file written by :func:`engine.export.export_segmenter`.
         device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``"auto"`` (:func:`engine.models.onnx_encoder.open_session`).
         threads: Intra-op threads (None: onnxruntime's default).
 
@@ -73,5 +74,6 @@ class OnnxSegmenter:
         return run_session(self.session, {"image": x})[0]
 
     def __repr__(self) -> str:
-        return (f"OnnxSegmenter({self.provenance.weights_path.name}, {self.card.head_type}, {self.card.num_classes} classes, "
-                f"tile {self.tile_size_px} px, {self.device})")
+        path = cast(Path, self.provenance.weights_path)  # always the .onnx file for an exported segmenter
+        return (f"OnnxSegmenter({path.name}, {self.card.head_type}, "
+                f"{self.card.num_classes} classes, tile {self.tile_size_px} px, {self.device})")

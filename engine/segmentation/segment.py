@@ -1,10 +1,10 @@
 """Pixel-resolution class maps from a segmentation head: tiled, streamed, blended class probabilities.
 
 :func:`segment_raster` reads the raster tile by tile through the engine's normalising reader
-(:func:`engine.inference.open_reader`, with the bands, statistics and scale recorded in the head's card), encodes the
+(:func:`engine.models.open_reader`, with the bands, statistics and scale recorded in the head's card), encodes the
 tiles (:meth:`encode_blocks`), turns the head's logits into per-pixel class probabilities (logits upsampled
 bilinearly to the tile's pixels, then softmax) and blends overlapping tiles with a cosine window at pixel resolution
-(:class:`engine.blending.RowBlender` on pixels instead of cells). Finished pixel rows are written as they complete:
+(:class:`engine.raster.RowBlender` on pixels instead of cells). Finished pixel rows are written as they complete:
 
 - a class GeoTIFF (uint8 class indices, nodata 255, colour table and class names from the card) and its ``.qml``;
 - optionally the probabilities (float32, one band per class, NaN = nodata);
@@ -20,7 +20,7 @@ head, one per 4 px for UPerNet). Two knobs refine them, at a cost (docs/segmenta
   shifting, as in dense-prediction ViT practice).
 
 The head runs on torch (a head file + its encoder) or on ONNX Runtime alone: an encoder and head exported together
-(:func:`engine.onnx_export.export_segmenter`, :class:`engine.models.onnx_segmenter.OnnxSegmenter`) are passed as the
+(:func:`engine.export.export_segmenter`, :class:`engine.segmentation.OnnxSegmenter`) are passed as the
 head, and torch is never imported.
 
 Memory: the blender holds ``K × tile × width`` float32 probabilities; nothing grows with the raster height. Cancel is
@@ -35,7 +35,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
 import rasterio
@@ -132,15 +132,16 @@ def segment_raster(
     Args:
         source: Input raster with the bands the head was trained on.
         output: Class GeoTIFF (uint8, nodata 255, colour table, class names); a ``.qml`` is written beside it.
-        head: A head file (``.safetensors`` + card), a loaded :class:`engine.heads.SegmentationHead`, or an exported
-            segmenter (``.onnx`` file or :class:`engine.models.onnx_segmenter.OnnxSegmenter`; ONNX Runtime, no torch).
+        head: A head file (``.safetensors`` + card), a loaded :class:`engine.segmentation.SegmentationHead`, or an
+            exported segmenter (``.onnx`` file or :class:`engine.segmentation.OnnxSegmenter`; ONNX Runtime, no torch).
         model: The encoder; default: the one the head's card names (:func:`encoder_source`). Checked against the
             card (:func:`check_encoder`). None for an exported segmenter, which holds its encoder.
         settings: Tiling and device. The scale defaults to the card's (the head was trained at it); an exported
             segmenter fixes the tile size.
         shifts: 1 (plain tiles) or 2 (plus a pass offset by half a patch; 2× the cost, finer boundaries).
-        sensor, overrides: Band mapping (default: the card's sensor); the bands must map to the head's ranges.
-        region: Process only this :class:`engine.region.Region` (pixels outside its polygons are nodata).
+        sensor: Sensor preset for the band mapping (default: the card's sensor).
+        overrides: Band mapping overrides; the bands must map to the head's ranges.
+        region: Process only this :class:`engine.raster.Region` (pixels outside its polygons are nodata).
         probabilities_output: Also write class probabilities (float32, K bands) here.
         polygons_output: Also polygonize the class map into this GeoPackage (``.gpkg``).
         progress: Called with the completed fraction after every batch.
@@ -165,7 +166,9 @@ def segment_raster(
         raise SettingsError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
     card, runner, predict = _predictor(head, model, settings)
     onnx = isinstance(runner, OnnxSegmenter)
-    settings = settings or InferenceSettings(tile_size_px=runner.tile_size_px if onnx else card.tile_size_px)
+    settings = settings or InferenceSettings(
+        tile_size_px=runner.tile_size_px if isinstance(runner, OnnxSegmenter) else card.tile_size_px
+    )
     if settings.scale is None:
         settings = replace(settings, scale=card.scale)
     if onnx:
@@ -173,7 +176,11 @@ def segment_raster(
     dataset = open_raster(source)
     try:
         mapping = _head_mapping(dataset, card, runner.averaging, sensor, overrides)
-        stats = [BandStats(*s, source="head card") for s in card.stats] if card.stats else None
+        # each row is [p1, p99, mean, std] (the card's JSON: the length is not in the type)
+        stats = (
+            [BandStats(*s, source="head card") for s in card.stats]  # type: ignore[misc, arg-type]
+            if card.stats else None
+        )
         reader, mapping = open_reader(dataset, runner, settings, mapping=mapping, stats=stats, region=region)
         with reader, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
             counts, tiles = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
@@ -181,7 +188,7 @@ def segment_raster(
     finally:
         dataset.close()
     names = tuple(c.name for c in card.classes)
-    style = write_qml(output.with_suffix(".qml"), list(names), [tuple(c.color) for c in card.classes])
+    style = write_qml(output.with_suffix(".qml"), list(names), [c.color for c in card.classes])
     polygons = polygonize(output, Path(polygons_output), names) if polygons_output is not None else None
     total = max(1, int(counts.sum()))
     if progress is not None:
@@ -200,16 +207,18 @@ MakePredict = Callable[[InferenceSettings, list[Projection]], Callable[[np.ndarr
 
 def _predictor(head: Any, model: Optional[Encoder],
                settings: Optional[InferenceSettings]) -> tuple[HeadCard, Union[Encoder, OnnxSegmenter], MakePredict]:
-    """``(card, runner, make_predict)``: the head's card, what runs it (the encoder, or the ONNX segmenter), and the
-    factory of the prediction function."""
+    """What runs a head: ``(card, runner, make_predict)``.
+
+    The head's card, what runs it (the encoder, or the ONNX segmenter), and the factory of the prediction function.
+    """
     if isinstance(head, (str, Path)) and Path(head).suffix.lower() == ".onnx":
         device = settings.device if settings else "auto"
         head = OnnxSegmenter(head, device=device, threads=settings.threads if settings else None)
     if isinstance(head, OnnxSegmenter):
         segmenter = head
         if model is not None:
-            raise ModelMismatchError(f"{segmenter.provenance.weights_path.name} holds its encoder; do not pass a model "
-                                "with it")
+            path = cast(Path, segmenter.provenance.weights_path)  # always the .onnx file of an exported segmenter
+            raise ModelMismatchError(f"{path.name} holds its encoder; do not pass a model with it")
         return segmenter.card, segmenter, lambda settings, projections: segmenter.probabilities
     # A head file or a loaded head runs on torch; imported here so that ONNX segmenters never import torch.
     from .heads import SegmentationHead, load_head
@@ -266,7 +275,7 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
         "MSFM_SHIFTS": str(shifts), "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
                                                                   "overlap_px": settings.overlap_px}),
     }
-    colors = {c.index: tuple(c.color) for c in card.classes}
+    colors = {c.index: c.color for c in card.classes}
     counts = np.zeros(k, np.int64)
     batches = batched(origins, settings.batch_size)
 

@@ -106,6 +106,14 @@ def read_band_info(ds: Any) -> list[BandInfo]:
 
 
 def parse_number(text: Any) -> float | None:
+    """A number in a metadata value, optionally followed by ``nm`` (``"842"``, ``" 842.5 nm"``, ``"8.4e2"``).
+
+    Args:
+        text: A metadata value (any type; it is read as ``str(text)``), or None.
+
+    Returns:
+        The number as a float (no unit conversion), or None when ``text`` is None or not a plain number.
+    """
     if text is None:
         return None
     match = re.fullmatch(r"\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*(nm)?\s*", str(text))

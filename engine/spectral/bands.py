@@ -1,6 +1,6 @@
 """Band resolver: which SMARTIES projection embeds each band of a raster, and with which statistics.
 
-:func:`resolve_bands` maps every band of a raster to a :class:`engine.spectrum.Projection` with four rules, in this
+:func:`resolve_bands` maps every band of a raster to a :class:`engine.spectral.Projection` with four rules, in this
 order of trust (a band takes the first rule that resolves it):
 
 1. ``override`` — the caller's explicit mapping (``--band 3=red_2`` on the CLI, ``overrides={3: "red_2"}`` in
@@ -11,7 +11,7 @@ order of trust (a band takes the first rule that resolves it):
    ``NIR``, ``SWIR1``, ``VV``/``VH``, ``Pan``, range keys).
 3. ``wavelength`` — per-band wavelength metadata: the tags ``central_wavelength_nm`` (+ ``bandwidth_nm`` or
    ``fwhm_nm``), GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``/``FWHM_UM``, or ENVI's ``wavelength`` +
-   ``wavelength_units``; matched with :func:`engine.spectrum.match_wavelength`, interpolated when in no range.
+   ``wavelength_units``; matched with :func:`engine.spectral.match_wavelength`, interpolated when in no range.
 4. ``preset`` — the band order of the sensor preset, when the raster has exactly as many (non-alpha) bands.
 
 The sensor is the caller's, or guessed from the band descriptions (``B8A`` → Sentinel-2, ``VV``/``VH`` →
@@ -158,10 +158,11 @@ class BandMapping:
         return 1.0 if self.sensor is None else float(get_sensor(self.sensor).default_scale)
 
     def with_stats(self, stats: Sequence[BandStats]) -> BandMapping:
-        """A copy whose bands carry ``stats`` (one per band, e.g. :func:`engine.inference.band_statistics`)."""
+        """A copy whose bands carry ``stats`` (one per band, e.g. :func:`engine.raster.band_statistics`)."""
         if len(stats) != len(self.bands):
             raise ValueError(f"expected {len(self.bands)} statistics (one per band), got {len(stats)}")
-        return dataclasses.replace(self, bands=tuple(dataclasses.replace(b, stats=s) for b, s in zip(self.bands, stats)))
+        bands = tuple(dataclasses.replace(b, stats=s) for b, s in zip(self.bands, stats))
+        return dataclasses.replace(self, bands=bands)
 
 
 def resolve_bands(
@@ -174,12 +175,12 @@ def resolve_bands(
 
     Args:
         source: A raster path (``str``/``Path``) or an open rasterio dataset (left open).
-        sensor: Sensor preset id (``"sentinel2_l2a"``, ``"naip_rgbn"``…, see :func:`engine.sensors.list_sensors`);
+        sensor: Sensor preset id (``"sentinel2_l2a"``, ``"naip_rgbn"``…, see :func:`engine.spectral.list_sensors`);
             guessed from descriptions and metadata when ``None``.
         overrides: Explicit mappings that win over every other rule. Either a sequence with one entry per raster
             band (or per non-alpha band), or a mapping ``{1-based index or band description: value}``. A value is a
             range key (``"red_2"``), a central wavelength in nm (``665.0``, ``"665"``, ``"665nm"``), or ``"drop"``.
-        averaging: Weights of the averaged ranges (``"linear"`` or ``"reference"``, see :mod:`engine.spectrum`).
+        averaging: Weights of the averaged ranges (``"linear"`` or ``"reference"``, see :mod:`engine.spectral.ranges`).
 
     Returns:
         The :class:`BandMapping`: embedded bands in raster order, dropped bands, sensor and why.
@@ -209,6 +210,7 @@ def resolve_bands(
             logger.info("%s dropped: %s", info.label, info.alpha_reason)
             continue
         position = candidates.index(info)
+        outcome: ResolvedBand | DroppedBand | None
         if info.index in overridden:
             outcome = _from_override(info, overridden[info.index], chosen, averaging)
         else:
@@ -305,9 +307,9 @@ def select_band_families(mapping: BandMapping, families: Sequence[str]) -> BandM
     dropped = list(mapping.dropped)
     for band in mapping.bands:
         if band not in chosen:
-            family = _family_of(band.key)
-            why = (f"the model takes one {family} band and band {chosen[wanted.index(family)].index} is used"
-                   if family in wanted else f"the model takes only {names} bands")
+            band_family = _family_of(band.key)
+            why = (f"the model takes one {band_family} band and band {chosen[wanted.index(band_family)].index} is used"
+                   if band_family in wanted else f"the model takes only {names} bands")
             dropped.append(DroppedBand(band.index, band.description, f"not used: {why}"))
     dropped.sort(key=lambda d: d.index)
     return dataclasses.replace(mapping, bands=tuple(chosen), dropped=tuple(dropped))
@@ -437,7 +439,8 @@ def _from_description(info: BandInfo, sensor: Sensor | None, averaging: Averagin
         preset_band = sensor.find_band(info.name)
         if preset_band is not None:
             reason = f"{what} is {sensor.id} band {preset_band.name}"
-            if not wavelengths_agree(info, preset_band) and info.wavelength_nm is not None and preset_band.wavelength_nm:
+            disagree = not wavelengths_agree(info, preset_band)
+            if disagree and info.wavelength_nm is not None and preset_band.wavelength_nm:
                 note = (f"its {info.wavelength_source} ({info.wavelength_nm:g} nm) disagrees with {preset_band.name} "
                         f"({preset_band.wavelength_nm:g} nm): check the sensor, or override the band")
                 logger.warning("%s: %s", info.label, note)
@@ -514,7 +517,9 @@ def _generic_names() -> dict[str, tuple[str | None, float | None]]:
     return names
 
 
-def _unresolved_message(where: str, unresolved: list[BandInfo], candidates: list[BandInfo], sensor: Sensor | None) -> str:
+def _unresolved_message(
+    where: str, unresolved: list[BandInfo], candidates: list[BandInfo], sensor: Sensor | None
+) -> str:
     lines = [f"{where}: {len(unresolved)} band(s) could not be mapped to a SMARTIES spectral range:"]
     for info in unresolved:
         clues = []

@@ -309,12 +309,14 @@ def _check_wavelength(wavelength_nm: float) -> None:
 
 
 def band_mix(projections: Sequence[Projection]) -> Any:
-    """The spectral fusion as a matrix: ``[C, 17]`` float32, row c = band c's weights over the 17 base projections
-    (one-hot for a range key, two or three terms for averaged/interpolated bands) times ``12 / C``, so that a token is
-    ``Σ_c Σ_k mix[c, k] (W_k · patch_c + b_k)`` = 12 × the mean of the per-band embeddings (docs/smarties.md §1.2).
+    """The spectral fusion as a matrix: ``[C, 17]`` float32.
+
+    Row c = band c's weights over the 17 base projections (one-hot for a range key, two or three terms for
+    averaged/interpolated bands) times ``12 / C``, so that a token is ``Σ_c Σ_k mix[c, k] (W_k · patch_c + b_k)`` = 12 ×
+    the mean of the per-band embeddings (docs/smarties.md §1.2).
 
     It is the projection's one input besides the pixels, in eager mode and in the exported ONNX graph
-    (:mod:`engine.onnx_export`), where it lets one graph serve every band combination. Needs numpy only.
+    (:mod:`engine.export`), where it lets one graph serve every band combination. Needs numpy only.
     """
     mix = np.zeros((len(projections), NUM_BASE_PROJECTIONS), np.float32)
     for c, projection in enumerate(projections):

@@ -97,9 +97,9 @@ def _guess_sensor(ds: Any, infos: list[BandInfo]) -> tuple[str | None, str]:
     # 2. Dataset metadata.
     for patterns, family in _FAMILY_PATTERNS:
         if any(p in meta for p in patterns):
-            sensor_id = _family_preset(family, meta, names, count)
-            if sensor_id is not None:
-                return sensor_id, f"the dataset's sensor/level tags name {family} ({sensor_id})"
+            preset_id = _family_preset(family, meta, names, count)
+            if preset_id is not None:
+                return preset_id, f"the dataset's sensor/level tags name {family} ({preset_id})"
     # 3. Band numbers: Sentinel-2 zero-pads them (B02) and has B12; Landsat 8 has B1..B11 unpadded.
     numbered = {n for n in names if _NUMBERED.match(n)}
     if len(numbered) >= 2:

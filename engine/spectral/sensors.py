@@ -1,24 +1,24 @@
 """Sensor presets: band names, SMARTIES range keys, wavelengths and normalisation statistics of common sensors.
 
-A preset (shipped as ``data/sensors.json``) tells the band resolver (:mod:`engine.bands`) what each band of a known
-sensor is: its usual names, the SMARTIES range key that embeds it (docs/smarties.md §2), its central wavelength and
-bandwidth in nm (public band tables of each sensor) and, where SMARTIES was pretrained on the sensor, the
-normalisation statistics of docs/smarties.md §3 (``p1``/``p99`` in raw file units, ``mean``/``std`` in the clipped [0, 1] domain).
-``stats=None`` means "no pretraining statistics: estimate them from the raster at run time".
+A preset (shipped as ``data/sensors.json``) tells the band resolver (:mod:`engine.spectral.bands`) what each band of a
+known sensor is: its usual names, the SMARTIES range key that embeds it (docs/smarties.md §2), its central wavelength
+and bandwidth in nm (public band tables of each sensor) and, where SMARTIES was pretrained on the sensor, the
+normalisation statistics of docs/smarties.md §3 (``p1``/``p99`` in raw file units, ``mean``/``std`` in the clipped
+[0, 1] domain). ``stats=None`` means "no pretraining statistics: estimate them from the raster at run time".
 
 Band keys in the JSON are either a range key, ``null`` (the band lies in no range and gets an interpolated
 projection, e.g. Landsat B8 pan, Landsat B11 TIRS-2, a generic panchromatic band), or ``"auto"``: the key is chosen
-from ``wavelength_nm`` with :func:`engine.spectrum.match_wavelength` when the presets are loaded (WorldView,
+from ``wavelength_nm`` with :func:`engine.spectral.match_wavelength` when the presets are loaded (WorldView,
 PlanetScope), so those presets always agree with the spectral registry. A key naming the disabled range
 (``short_wave_infrared_2``: Sentinel-2 B10 and Landsat B9 cirrus) means the resolver drops the band with a notice.
 
 ``default_scale`` is the resampling factor the tiler applies to the raster before cutting 224-px model inputs.
 SMARTIES never saw 10 m satellite imagery at its native pixel size: BigEarthNet patches (120 px at 10 m) and EuroSAT
-patches (64 px at 10 m) were both resized to 224 px (docs/smarties.md §4 step 4), i.e. up-sampled about 2× (1.87× and 3.5×), so
-a 16-px token covered ≈ 80 m of ground. Satellite sensors at 10–30 m (Sentinel-2, Sentinel-1, Landsat) therefore use
-2.0, which puts tokens at the pretraining scale. Very-high-resolution and aerial imagery (RGB, NAIP, WorldView,
-PlanetScope, panchromatic) is already much finer than anything the model saw; up-sampling it would only make tokens
-cover less ground, so those use 1.0.
+patches (64 px at 10 m) were both resized to 224 px (docs/smarties.md §4 step 4), i.e. up-sampled about 2× (1.87× and
+3.5×), so a 16-px token covered ≈ 80 m of ground. Satellite sensors at 10–30 m (Sentinel-2, Sentinel-1, Landsat)
+therefore use 2.0, which puts tokens at the pretraining scale. Very-high-resolution and aerial imagery (RGB, NAIP,
+WorldView, PlanetScope, panchromatic) is already much finer than anything the model saw; up-sampling it would only make
+tokens cover less ground, so those use 1.0.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from .. import runtime
 from ..runtime import engine
 from .base import AUTO_SENSOR, DEFAULT_MODEL, MsfmAlgorithm, load_model, model_names, sensor_ids
 
-#: ``PRECISION`` values (``engine.onnx_export.PRECISIONS``): float32 as exported; int8 (ONNX Runtime dynamic
+#: ``PRECISION`` values (``engine.export.PRECISIONS``): float32 as exported; int8 (ONNX Runtime dynamic
 #: quantization, for the CPU); float16 (CUDA). Kept here too: the dialog is built before the engine is imported.
 PRECISIONS = ("float32", "int8", "float16")
 NO_SENSOR = "none"

@@ -31,18 +31,19 @@ from engine.spectral import (
     projection_for,
     resolve_bands,
 )
-from tests.conftest import shared_file
-
-S2_L1C = ("data", "s2_l1c_13band_10m_virginia.tif")
-L8 = ("data", "l8_l1_10band_30m_gulfcoast.tif")
-L8_PAN = ("data", "l8_l1_pan_b8_15m_gulfcoast.tif")
-NAIP = ("data", "naip_rgbn_5m_north_dakota_2020.tif")
-WV2_BGRN = ("data", "spacenet6_rotterdam_wv2_bgrn_1m.tif")
-WV2_PAN = ("data", "spacenet6_rotterdam_wv2_pan_0.5m.tif")
-VEGAS_PAN = ("data", "spacenet3_vegas_pan_0.3m.tif")
-DRONE = ("data", "drone_ortho_rgba_2cm_poland.tif")
-LANDSAT7 = ("data", "landsat7_rgb_byte_bahamas.tif")
-ROAD_MASK = ("data", "spacenet3_vegas_road_mask.tif")
+from tests.conftest import (
+    DRONE,
+    L8,
+    L8_PAN,
+    LANDSAT7,
+    NAIP,
+    S2_L1C,
+    VEGAS_PAN,
+    VEGAS_ROADS,
+    WV2_BGRN,
+    WV2_PAN,
+    shared_file,
+)
 
 # Spec §3: the band keys of the pretraining sensors, in file order.
 S2_L1C_KEYS = [
@@ -506,7 +507,7 @@ def test_bad_overrides(overrides: Any, pattern: str) -> None:
 
 def test_unresolvable_band_names_band_and_override() -> None:
     with pytest.raises(BandResolutionError) as err:
-        resolve_bands(shared_file(*ROAD_MASK))
+        resolve_bands(shared_file(*VEGAS_ROADS))
     message = str(err.value)
     assert "band 1 ('road (255) / background (0)')" in message
     assert "--band 1=red_2" in message and "overrides={1: 'red_2'}" in message

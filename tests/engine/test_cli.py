@@ -12,18 +12,10 @@ from affine import Affine
 from engine.cli import main
 from engine.cli.options import DEMO_RASTER
 from engine.models import resolve_weights
-from tests.conftest import shared_file
+from tests.conftest import L8, NAIP, S2_L1C, shared_file, water_iou
 
 
-def water_iou(classes: np.ndarray, water: np.ndarray) -> float:
-    """IoU of water when every class is named water or land by majority vote."""
-    valid = classes != 255
-    pred = np.zeros(water.shape, bool)
-    for c in np.unique(classes[valid]):
-        pred[classes == c] = water[classes == c].mean() > 0.5
-    return float((pred & water & valid).sum() / ((pred | water) & valid).sum())
-
-
+@pytest.mark.slow  # the 1024² demo scene at pixel resolution, ~12 s; test_spine.py is its fast twin
 def test_demo_writes_a_georeferenced_class_map_that_separates_water_from_land(tmp_path: Path, capsys) -> None:
     try:
         resolve_weights("smarties-demo-tiny")
@@ -52,13 +44,13 @@ def test_demo_writes_a_georeferenced_class_map_that_separates_water_from_land(tm
 
 
 def test_bands_command_reports_every_band_and_the_override_hint(capsys) -> None:
-    assert main(["bands", str(shared_file("data", "l8_l1_10band_30m_gulfcoast.tif"))]) == 0
+    assert main(["bands", str(shared_file(*L8))]) == 0
     out = capsys.readouterr().out
     assert "landsat8_oli_tirs" in out and "thermal_infrared_1" in out and "B9" in out
-    assert main(["bands", str(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif"))]) == 2
+    assert main(["bands", str(shared_file(*NAIP))]) == 2
     err = capsys.readouterr().err
     assert "--sensor naip_rgbn" in err and "band 1" in err
-    assert main(["bands", str(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")), "--sensor", "naip_rgbn"]) == 0
+    assert main(["bands", str(shared_file(*NAIP)), "--sensor", "naip_rgbn"]) == 0
     assert "near_infrared_1" in capsys.readouterr().out
 
 
@@ -70,8 +62,9 @@ def test_models_commands_work_offline(capsys) -> None:
     assert "msfm models download smarties-vit-b" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the whole NAIP tile at the default scale
 def test_cluster_command_with_overrides_and_patch_resolution(tmp_path: Path, capsys) -> None:
-    src = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    src = shared_file(*NAIP)
     args = ["cluster", str(src), str(tmp_path / "c.tif"), "--k", "3", "--resolution", "patch",
             "--band", "1=red_1", "--band", "2=green_1", "--band", "3=blue_3", "--band", "4=near_infrared_1",
             "--quicklook", str(tmp_path / "c.png"), "--batch-size", "4"]
@@ -81,7 +74,6 @@ def test_cluster_command_with_overrides_and_patch_resolution(tmp_path: Path, cap
     assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "c.qml").exists()
 
 
-S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
 FAST = ["--scale", "1", "--overlap-px", "0", "--batch-size", "4", "--threads", "2"]
 
 
@@ -94,7 +86,7 @@ def bounds_args(path: Path, col: int, row: int, width: int, height: int) -> list
 
 
 def test_embed_command_with_bounds_and_pca(tmp_path: Path, capsys) -> None:
-    src = shared_file(*S2)
+    src = shared_file(*S2_L1C)
     args = ["embed", str(src), str(tmp_path / "e.tif"), *FAST, *bounds_args(src, 100, 200, 224, 224),
             "--pca", str(tmp_path / "pca.tif")]
     assert main(args) == 0
@@ -109,7 +101,7 @@ def test_embed_command_with_bounds_and_pca(tmp_path: Path, capsys) -> None:
 
 
 def test_cluster_command_with_bounds(tmp_path: Path) -> None:
-    src = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    src = shared_file(*NAIP)
     args = ["cluster", str(src), str(tmp_path / "c.tif"), "--k", "3", "--sensor", "naip_rgbn", *FAST,
             *bounds_args(src, 300, 100, 250, 180)]
     assert main(args) == 0
@@ -119,7 +111,7 @@ def test_cluster_command_with_bounds(tmp_path: Path) -> None:
 
 
 def test_similarity_command_with_points(tmp_path: Path, capsys) -> None:
-    src = shared_file(*S2)
+    src = shared_file(*S2_L1C)
     with rasterio.open(src) as ds:
         water = [str(v) for v in ds.transform * (400.5, 600.5)]  # open water
         lagoon = [str(v) for v in ds.transform * (600.5, 300.5)]

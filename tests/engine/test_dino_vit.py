@@ -39,7 +39,7 @@ from engine.models import (
 from engine.raster import Region
 from engine.settings import InferenceSettings
 from engine.spectral import resolve_bands, select_band_families
-from tests.conftest import shared_file
+from tests.conftest import BEN_S1, NAIP, S2_L1C, shared_file
 
 ATOL = 1e-5  # fixtures README, "Tolerances": ViT/head outputs
 
@@ -310,7 +310,7 @@ def test_load_model_gives_the_teacher_backbone_for_the_engine(
 
 
 def test_embed_raster_uses_red_green_blue_and_the_xstars_normalisation(engine_model: DinoViT, tmp_path: Path) -> None:
-    src_path = shared_file("data", "s2_l1c_13band_10m_virginia.tif")
+    src_path = shared_file(*S2_L1C)
     with rasterio.open(src_path) as src:
         left, top = src.bounds.left, src.bounds.top
         region = Region(bounds=(left, top - 2240, left + 2240, top))  # 224 × 224 native pixels: one tile at scale 1
@@ -336,7 +336,7 @@ def test_embed_raster_uses_red_green_blue_and_the_xstars_normalisation(engine_mo
 
 
 def test_rgb_selection_on_naip_and_a_clear_error_without_rgb(engine_model: DinoViT, tmp_path: Path) -> None:
-    naip = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    naip = shared_file(*NAIP)
     with rasterio.open(naip) as src:
         left, top = src.bounds.left, src.bounds.top
     res = embed_raster(naip, tmp_path / "naip.tif", engine_model, sensor="naip_rgbn",
@@ -344,14 +344,14 @@ def test_rgb_selection_on_naip_and_a_clear_error_without_rgb(engine_model: DinoV
                        settings=InferenceSettings(overlap_px=0, device="cpu"))
     assert res.mapping.indexes == [1, 2, 3] and res.mapping.keys == ["red_1", "green_1", "blue_3"]
     assert [d.index for d in res.mapping.dropped] == [4] and res.embed_dim == 48
-    s1 = shared_file("data", "bigearthnet_mm", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_s1_vv_vh.tif")
+    s1 = shared_file(*BEN_S1)
     with pytest.raises(BandResolutionError, match=r"no red and no green and no blue band.*VV\) → microwave_1"):
         embed_raster(s1, tmp_path / "s1.tif", engine_model, settings=InferenceSettings(device="cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["naip.tif"]
 
 
 def test_select_band_families_prefers_the_band_nearest_the_family_centre() -> None:
-    s2 = shared_file("data", "s2_l1c_13band_10m_virginia.tif")
+    s2 = shared_file(*S2_L1C)
     mapping = resolve_bands(s2, overrides={5: "red_1"})  # B05 (704 nm) now competes with B04 (665 nm) for red
     rgb = select_band_families(mapping, ("red", "green", "blue"))
     assert rgb.indexes == [4, 3, 2] and select_band_families(rgb, ("red", "green", "blue")) == rgb

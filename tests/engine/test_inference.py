@@ -12,26 +12,20 @@ from affine import Affine
 
 from engine.errors import BandResolutionError, InferenceCancelled, InputRasterError, SettingsError
 from engine.maps import ClusterSettings, cluster_raster, embed_raster
-from engine.models import SmartiesEncoder, init_from_scratch
+from engine.models import SmartiesEncoder
 from engine.settings import InferenceSettings
-from tests.conftest import shared_file
+from tests.conftest import L8, LANDSAT7, NAIP, S2_L1C, VEGAS_PAN, WV2_BGRN, shared_file
 
 FAST = InferenceSettings(batch_size=4, device="cpu", threads=2)
-
-
-@pytest.fixture(scope="module")
-def model() -> SmartiesEncoder:
-    """A small random SMARTIES encoder: the pipeline is under test, not the weights."""
-    return init_from_scratch(SmartiesEncoder(64, 2, 2), seed=0).eval()
 
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_embeddings_are_georeferenced_like_the_input(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "l8_l1_10band_30m_gulfcoast.tif")  # 627 × 603: no multiple of anything
-    res = embed_raster(src_path, tmp_path / "emb.tif", model, settings=FAST)
+def test_embeddings_are_georeferenced_like_the_input(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
+    src_path = shared_file(*L8)  # 627 × 603: no multiple of anything
+    res = embed_raster(src_path, tmp_path / "emb.tif", random_encoder, settings=FAST)
     with rasterio.open(src_path) as src, rasterio.open(res.path) as emb:
         assert emb.crs == src.crs
         cell = 16 / res.scale  # native pixels per cell (scale 2 for Landsat → 8)
@@ -47,9 +41,9 @@ def test_embeddings_are_georeferenced_like_the_input(model: SmartiesEncoder, tmp
     assert leftovers(tmp_path) == ["emb.tif"]
 
 
-def test_nodata_collar_is_carried_to_embeddings_and_classes(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "landsat7_rgb_byte_bahamas.tif")  # rotated footprint, nodata 0 collar
-    res = cluster_raster(src_path, tmp_path / "classes.tif", model, clustering=ClusterSettings(k=4, resolution="pixel"), embeddings_output=tmp_path / "emb.tif", settings=FAST)
+def test_nodata_collar_is_carried_to_embeddings_and_classes(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
+    src_path = shared_file(*LANDSAT7)  # rotated footprint, nodata 0 collar
+    res = cluster_raster(src_path, tmp_path / "classes.tif", random_encoder, clustering=ClusterSettings(k=4, resolution="pixel"), embeddings_output=tmp_path / "emb.tif", settings=FAST)
     with rasterio.open(src_path) as src, rasterio.open(res.path) as cls, rasterio.open(tmp_path / "emb.tif") as emb:
         nodata = ~(src.read_masks() > 0).all(axis=0)
         labels = cls.read(1)
@@ -65,9 +59,9 @@ def test_nodata_collar_is_carried_to_embeddings_and_classes(model: SmartiesEncod
     assert sum(res.class_fractions) == pytest.approx(1.0)
 
 
-def test_geographic_crs_input_and_patch_resolution(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "spacenet3_vegas_pan_0.3m.tif")  # EPSG:4326, 1300 × 1300, single pan band
-    res = cluster_raster(src_path, tmp_path / "classes.tif", model, clustering=ClusterSettings(k=3, resolution="patch"), settings=FAST)
+def test_geographic_crs_input_and_patch_resolution(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
+    src_path = shared_file(*VEGAS_PAN)  # EPSG:4326, 1300 × 1300, single pan band
+    res = cluster_raster(src_path, tmp_path / "classes.tif", random_encoder, clustering=ClusterSettings(k=3, resolution="patch"), settings=FAST)
     with rasterio.open(src_path) as src, rasterio.open(res.path) as cls:
         assert cls.crs == src.crs and cls.crs.is_geographic
         assert cls.width == math.ceil(src.width / 16)
@@ -93,11 +87,12 @@ def boundary_jump_ratio(grid: np.ndarray, boundaries: list[int]) -> float:
     return float(diffs[at].mean() / diffs[~at].mean())
 
 
-def test_blending_leaves_no_seams_on_a_constant_input(model: SmartiesEncoder, tmp_path: Path) -> None:
+def test_blending_leaves_no_seams_on_a_constant_input(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
     src = constant_raster(tmp_path / "const.tif", 120, size=448)  # 28 cells: tiles at 0 and 14 abut
     # Position embeddings make tokens vary inside a tile; a tile border must not add a jump on top of that.
-    blended = embed_raster(src, tmp_path / "blend.tif", model, settings=InferenceSettings(overlap_px=96, device="cpu"))
-    cut = embed_raster(src, tmp_path / "cut.tif", model, settings=InferenceSettings(overlap_px=0, device="cpu"))
+    blended = embed_raster(src, tmp_path / "blend.tif", random_encoder,
+                           settings=InferenceSettings(overlap_px=96, device="cpu"))
+    cut = embed_raster(src, tmp_path / "cut.tif", random_encoder, settings=InferenceSettings(overlap_px=0, device="cpu"))
     with rasterio.open(blended.path) as b, rasterio.open(cut.path) as c:
         ratio_blend = boundary_jump_ratio(b.read(), [8, 14, 22])  # tiles at 0, 8, 14 (96 px overlap)
         ratio_cut = boundary_jump_ratio(c.read(), [14])  # abutting tiles
@@ -105,8 +100,8 @@ def test_blending_leaves_no_seams_on_a_constant_input(model: SmartiesEncoder, tm
     assert ratio_blend < 1.5  # … blending removes it
 
 
-def test_raster_smaller_than_a_tile_is_padded(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "spacenet6_rotterdam_wv2_bgrn_1m.tif")  # 300 × 300 at scale 1 < …
+def test_raster_smaller_than_a_tile_is_padded(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
+    src_path = shared_file(*WV2_BGRN)  # 300 × 300 at scale 1 < …
     small = tmp_path / "small.tif"
     with rasterio.open(src_path) as src:
         profile = src.profile | dict(width=100, height=70, tiled=False)
@@ -116,14 +111,14 @@ def test_raster_smaller_than_a_tile_is_padded(model: SmartiesEncoder, tmp_path: 
             dst.descriptions = src.descriptions
             for i in range(1, src.count + 1):
                 dst.update_tags(i, **src.tags(i))
-    res = embed_raster(small, tmp_path / "emb.tif", model, settings=FAST)
+    res = embed_raster(small, tmp_path / "emb.tif", random_encoder, settings=FAST)
     assert (res.width, res.height, res.tiles) == (7, 5, 1)
     with rasterio.open(res.path) as emb:
         assert np.isfinite(emb.read()).all()
 
 
-def test_cancel_mid_run_leaves_nothing(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "s2_l1c_13band_10m_virginia.tif")
+def test_cancel_mid_run_leaves_nothing(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
+    src_path = shared_file(*S2_L1C)
     calls = []
 
     def cancel_on_third_batch() -> bool:
@@ -131,47 +126,48 @@ def test_cancel_mid_run_leaves_nothing(model: SmartiesEncoder, tmp_path: Path) -
         return len(calls) >= 3
 
     with pytest.raises(InferenceCancelled):
-        cluster_raster(src_path, tmp_path / "classes.tif", model, clustering=ClusterSettings(k=4), embeddings_output=tmp_path / "emb.tif", settings=FAST, is_canceled=cancel_on_third_batch)
+        cluster_raster(src_path, tmp_path / "classes.tif", random_encoder, clustering=ClusterSettings(k=4), embeddings_output=tmp_path / "emb.tif", settings=FAST, is_canceled=cancel_on_third_batch)
     assert len(calls) == 3
     assert leftovers(tmp_path) == []
 
 
-def test_progress_reaches_one_and_is_monotonic(model: SmartiesEncoder, tmp_path: Path) -> None:
+def test_progress_reaches_one_and_is_monotonic(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
     seen: list[float] = []
-    embed_raster(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif"), tmp_path / "e.tif", model,
+    embed_raster(shared_file(*NAIP), tmp_path / "e.tif", random_encoder,
                  sensor="naip_rgbn", settings=FAST, progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 1
 
 
-def test_bad_inputs_give_clear_errors_and_no_output(model: SmartiesEncoder, tmp_path: Path) -> None:
+def test_bad_inputs_give_clear_errors_and_no_output(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     # Unresolvable bands (NAIP has no descriptions or wavelengths): the message names the band and the fix.
     with pytest.raises(BandResolutionError, match=r"band 1.*--sensor naip_rgbn"):
-        embed_raster(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif"), out / "a.tif", model, settings=FAST)
+        embed_raster(shared_file(*NAIP), out / "a.tif", random_encoder, settings=FAST)
     # All nodata.
     empty = constant_raster(tmp_path / "empty.tif", 0, 64)
     with rasterio.open(empty, "r+") as ds:
         ds.nodata = 0
     with pytest.raises(InputRasterError, match="nodata"):
-        embed_raster(empty, out / "b.tif", model, settings=FAST)
+        embed_raster(empty, out / "b.tif", random_encoder, settings=FAST)
     # Corrupt file.
     corrupt = tmp_path / "corrupt.tif"
-    whole = shared_file("data", "s2_l1c_13band_10m_virginia.tif").read_bytes()
+    whole = shared_file(*S2_L1C).read_bytes()
     corrupt.write_bytes(whole[: len(whole) // 2])  # truncated download
     with pytest.raises(InputRasterError, match="cannot read"):
-        embed_raster(corrupt, out / "c.tif", model, settings=FAST)
+        embed_raster(corrupt, out / "c.tif", random_encoder, settings=FAST)
     # Bad k.
     with pytest.raises(SettingsError, match="k must be"):
-        cluster_raster(empty, out / "d.tif", model, clustering=ClusterSettings(k=1))
+        cluster_raster(empty, out / "d.tif", random_encoder, clustering=ClusterSettings(k=1))
     assert leftovers(out) == []
 
 
-def test_pixel_resolution_outputs_follow_the_input_grid(model: SmartiesEncoder, tmp_path: Path) -> None:
+@pytest.mark.slow  # pixel-resolution embeddings and two class maps of the Landsat-7 scene: ~3 s
+def test_pixel_resolution_outputs_follow_the_input_grid(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
     from engine.maps import write_pixel_embeddings
 
-    src_path = shared_file("data", "landsat7_rgb_byte_bahamas.tif")
-    emb = embed_raster(src_path, tmp_path / "emb.tif", model, settings=FAST)
+    src_path = shared_file(*LANDSAT7)
+    emb = embed_raster(src_path, tmp_path / "emb.tif", random_encoder, settings=FAST)
     pix = write_pixel_embeddings(src_path, emb.path, tmp_path / "pix.tif", output_dtype="float16")
     patch = cluster_raster(src_path, tmp_path / "patch.tif", clustering=ClusterSettings(k=5, resolution="patch"), embeddings=emb.path)
     guided = cluster_raster(src_path, tmp_path / "guided.tif", clustering=ClusterSettings(k=5, resolution="pixel"), embeddings=emb.path)

@@ -19,20 +19,15 @@ from engine.provenance import file_sha256
 from engine.settings import InferenceSettings
 from engine.spectral import get_sensor
 
-from ..conftest import run_without_torch, shared_file
+from ..conftest import NAIP, S2_L1C, run_without_torch, shared_file
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("smarties-demo-tiny")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, model):
-    return export_encoder(model, tmp_path_factory.mktemp("onnx") / "demo.onnx", sensor="sentinel2_l1c")
+def exported(tmp_path_factory, demo_model):
+    return export_encoder(demo_model, tmp_path_factory.mktemp("onnx") / "demo.onnx", sensor="sentinel2_l1c")
 
 
 def test_exported_graph_is_valid_and_has_dynamic_batch_and_bands(exported):
@@ -43,12 +38,12 @@ def test_exported_graph_is_valid_and_has_dynamic_batch_and_bands(exported):
     assert [o.name for o in proto.graph.output] == ["cls", "grid"]
 
 
-def test_metadata_round_trip(exported, model):
+def test_metadata_round_trip(exported, demo_model):
     meta = read_metadata(exported)
     assert meta["model_type"] == "Recognition" and meta["tile_size"] == 224 and meta["tiles_overlap"] == 50
     assert meta["msfm_embed_dim"] == 192 and meta["msfm_depth"] == 6 and meta["msfm_patch_size"] == 16
     assert meta["msfm_encoder"] == "smarties-demo-tiny"
-    assert meta["msfm_source_sha256"] == file_sha256(model.provenance.weights_path)
+    assert meta["msfm_source_sha256"] == file_sha256(demo_model.provenance.weights_path)
     assert len(meta["msfm_base_projections"]) == 17 and meta["msfm_base_projections"][0] == "aerosol"
     s2 = get_sensor("sentinel2_l1c")
     assert meta["msfm_presets"]["sentinel2_l1c"]["bands"] == [b.key for b in s2.bands]
@@ -74,12 +69,12 @@ def _tile(path: Path, sensor: str | None, model) -> tuple[np.ndarray, list]:
     (("data", "naip_rgbn_5m_north_dakota_2020.tif"), "naip_rgbn"),
     (("data", "spacenet3_vegas_pan_0.3m.tif"), None),
 ])
-def test_onnx_matches_torch_on_real_tiles(exported, model, parts, sensor):
-    x, projections = _tile(shared_file(*parts), sensor, model)
+def test_onnx_matches_torch_on_real_tiles(exported, demo_model, parts, sensor):
+    x, projections = _tile(shared_file(*parts), sensor, demo_model)
     encoder = OnnxEncoder(exported, device="cpu")
     with torch.inference_mode():
-        cls = model.encode(torch.from_numpy(x), projections, output="cls").numpy()
-        grid = model.encode(torch.from_numpy(x), projections, output="grid").numpy()
+        cls = demo_model.encode(torch.from_numpy(x), projections, output="cls").numpy()
+        grid = demo_model.encode(torch.from_numpy(x), projections, output="grid").numpy()
     assert np.abs(encoder.encode(x, projections, "cls") - cls).max() <= 1e-4
     assert np.abs(encoder.encode(x, projections, "grid") - grid).max() <= 1e-4 * max(1.0, np.abs(grid).max())
 
@@ -117,7 +112,8 @@ def test_bad_inputs_are_refused(exported, tmp_path):
     assert json.loads(json.dumps(read_metadata(other))) == {}
 
 
-def test_export_command(tmp_path):
+@pytest.mark.slow  # exports twice and quantizes to int8
+def test_export_command(tmp_path, demo_model):
     from engine.cli import main
 
     out = tmp_path / "cli.onnx"
@@ -130,13 +126,14 @@ def test_export_command(tmp_path):
     # int8 products: the patch embedding, then q, k, v, attention output, fc1, fc2 of each of the 6 blocks
     assert sum(n.op_type == "MatMulInteger" for n in onnx.load(str(int8)).graph.node) == 1 + 6 * 6
     assert int8.stat().st_size < 0.5 * out.stat().st_size
-    x, projections = _tile(shared_file("data", "s2_l1c_13band_10m_virginia.tif"), None, load_model("smarties-demo-tiny"))
+    x, projections = _tile(shared_file(*S2_L1C), None, demo_model)
     a, b = OnnxEncoder(out).encode(x, projections, "grid"), OnnxEncoder(int8).encode(x, projections, "grid")
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.99  # int8 embeddings of a real tile stay within the issue's bound
 
 
-def test_embed_with_the_onnx_backend_matches_torch(tmp_path, model, monkeypatch):
+@pytest.mark.slow  # embeds the NAIP tile twice (torch and ONNX Runtime)
+def test_embed_with_the_onnx_backend_matches_torch(tmp_path, demo_model, monkeypatch):
     """``load_model(..., backend="onnx")`` exports once into the ONNX cache; ``embed_raster`` gives torch's embeddings."""
     from engine.maps import embed_raster
 
@@ -147,9 +144,9 @@ def test_embed_with_the_onnx_backend_matches_torch(tmp_path, model, monkeypatch)
     stamp = cached[0].stat().st_mtime_ns
     assert load_model("smarties-demo-tiny", backend="onnx").provenance.weights_path == cached[0]
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
-    raster = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    raster = shared_file(*NAIP)
     settings = InferenceSettings(threads=2)
-    embed_raster(raster, tmp_path / "torch.tif", model, settings=settings, sensor="naip_rgbn")
+    embed_raster(raster, tmp_path / "torch.tif", demo_model, settings=settings, sensor="naip_rgbn")
     embed_raster(raster, tmp_path / "onnx.tif", onnx_model, settings=settings, sensor="naip_rgbn")
     a, b = rasterio.open(tmp_path / "torch.tif").read(), rasterio.open(tmp_path / "onnx.tif").read()
     assert a.shape == b.shape and np.nanmax(np.abs(a - b)) <= 1e-4 * np.nanmax(np.abs(a))
@@ -158,9 +155,10 @@ def test_embed_with_the_onnx_backend_matches_torch(tmp_path, model, monkeypatch)
                      sensor="naip_rgbn")
 
 
+@pytest.mark.slow  # a subprocess that imports the engine
 def test_cluster_command_runs_on_onnxruntime_alone(exported, tmp_path):
     """``msfm cluster --model X.onnx`` with torch and onnx hidden from the import system: the torch-free install."""
-    raster = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    raster = shared_file(*NAIP)
     out = tmp_path / "classes.tif"
     script = f"""
 from engine.cli import main
@@ -176,6 +174,7 @@ sys.exit(code)
     assert set(np.unique(classes)) <= {0, 1, 2, 3, 255} and (classes != 255).mean() > 0.9
 
 
+@pytest.mark.slow  # a subprocess that imports the engine
 def test_cached_export_of_a_registry_model_loads_without_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("MSFM_ONNX_CACHE", str(tmp_path))
     load_model("smarties-demo-tiny", backend="onnx")  # exported once, with torch

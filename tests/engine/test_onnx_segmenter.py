@@ -31,29 +31,21 @@ from engine.segmentation import (
 from engine.settings import InferenceSettings
 from engine.spectral import BandStats
 
-from ..conftest import run_without_torch, shared_file
+from ..conftest import S2_L1C, VEGAS_PAN, VEGAS_ROADS, run_without_torch, shared_file
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-PAN = ("data", "spacenet3_vegas_pan_0.3m.tif")
-ROADS = ("data", "spacenet3_vegas_road_mask.tif")
-S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
 FAST = InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2)
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("smarties-demo-tiny")
-
-
-@pytest.fixture(scope="module")
-def roads(tmp_path_factory, model):
+def roads(tmp_path_factory, demo_model):
     """``(head file, exported segmenter)``: an UPerNet road head (3 steps) and its ONNX export."""
     folder = tmp_path_factory.mktemp("roads")
-    labels = LabelRaster(shared_file(*ROADS), names={0: "background", 255: "road"})
-    res = fit_head(shared_file(*PAN), labels, model, fit=HeadFitSettings(head_type="upernet", steps=3), output=folder / "roads.safetensors", settings=FAST)
-    return res.path, export_segmenter(load_head(res.path), model, folder / "roads.onnx")
+    labels = LabelRaster(shared_file(*VEGAS_ROADS), names={0: "background", 255: "road"})
+    res = fit_head(shared_file(*VEGAS_PAN), labels, demo_model, fit=HeadFitSettings(head_type="upernet", steps=3), output=folder / "roads.safetensors", settings=FAST)
+    return res.path, export_segmenter(load_head(res.path), demo_model, folder / "roads.onnx")
 
 
 def _tiles(path, card, model, n: int = 3) -> np.ndarray:
@@ -67,7 +59,8 @@ def _tiles(path, card, model, n: int = 3) -> np.ndarray:
             reader.close()
 
 
-def test_segmenter_graph_matches_torch_and_carries_the_card(roads, model):
+@pytest.mark.slow  # `roads`: an UPerNet head fitted on the 1300-px pan image and exported (~6 s)
+def test_segmenter_graph_matches_torch_and_carries_the_card(roads, demo_model):
     head_file, exported = roads
     head = load_head(head_file)
     proto = onnx.load(str(exported))
@@ -83,30 +76,30 @@ def test_segmenter_graph_matches_torch_and_carries_the_card(roads, model):
 
     segmenter = OnnxSegmenter(exported, device="cpu")
     assert segmenter.card.classes == head.card.classes and segmenter.tile_size_px == 224
-    x = _tiles(shared_file(*PAN), head.card, model)
+    x = _tiles(shared_file(*VEGAS_PAN), head.card, demo_model)
     with torch.inference_mode():
-        grids = model.encode_blocks(torch.from_numpy(x), card_projections(head.card), head.blocks)
+        grids = demo_model.encode_blocks(torch.from_numpy(x), card_projections(head.card), head.blocks)
         expected = torch.softmax(head.pixel_logits(grids, (224, 224)), 1).numpy()
     got = segmenter.probabilities(x)
     assert got.shape == (3, 2, 224, 224) and np.abs(got - expected).max() <= 1e-4
     assert np.abs(segmenter.probabilities(x[:1]) - expected[:1]).max() <= 1e-4  # dynamic batch
 
 
-def test_linear_head_on_thirteen_bands_exports_with_its_band_mix(tmp_path, model):
+def test_linear_head_on_thirteen_bands_exports_with_its_band_mix(tmp_path, demo_model):
     """A linear head on all 13 Sentinel-2 bands (an interpolated band included if any): the band mix is baked in."""
-    with rasterio.open(shared_file(*S2)) as ds:
-        reader, mapping = open_reader(ds, model, FAST)
+    with rasterio.open(shared_file(*S2_L1C)) as ds:
+        reader, mapping = open_reader(ds, demo_model, FAST)
         x = np.stack([reader.read(0, 0, 224)[0], reader.read(300, 500, 224)[0]])
         stats = [[s.p1, s.p99, s.mean, s.std] for s in reader.stats]
         reader.close()
     bands = [{"index": b.index, "projection": b.projection.label, "key": b.key, "wavelength_nm": b.wavelength_nm}
              for b in mapping.bands]
-    head = build_head("linear", model, _classes(3), encoder={"name": "smarties-demo-tiny"}, bands=bands,
+    head = build_head("linear", demo_model, _classes(3), encoder={"name": "smarties-demo-tiny"}, bands=bands,
                       stats=stats, scale=1.0).eval()
     torch.nn.init.normal_(head.net[0].weight, std=0.2)  # a random head still has to match
-    path = export_segmenter(load_head(save_head(head, tmp_path / "lin.safetensors")), model, tmp_path / "lin.onnx")
+    path = export_segmenter(load_head(save_head(head, tmp_path / "lin.safetensors")), demo_model, tmp_path / "lin.onnx")
     with torch.inference_mode():
-        grids = model.encode_blocks(torch.from_numpy(x), list(mapping.projections), head.blocks)
+        grids = demo_model.encode_blocks(torch.from_numpy(x), list(mapping.projections), head.blocks)
         expected = torch.softmax(head.pixel_logits(grids, (224, 224)), 1).numpy()
     assert np.abs(OnnxSegmenter(path).probabilities(x) - expected).max() <= 1e-4
 
@@ -117,10 +110,11 @@ def _classes(k: int):
     return [ClassInfo(i, f"c{i}", (40 * i, 0, 0, 255), i) for i in range(k)]
 
 
+@pytest.mark.slow  # `roads`: an UPerNet head fitted on the 1300-px pan image and exported (~6 s)
 def test_segment_with_the_export_gives_torch_class_map_without_torch(roads, tmp_path):
     """``msfm segment scene.tif roads.onnx`` with torch and onnx hidden equals the torch head's class map."""
     head_file, exported = roads
-    pan = shared_file(*PAN)
+    pan = shared_file(*VEGAS_PAN)
     with rasterio.open(pan) as ds:
         bounds = [*ds.xy(700, 100), *ds.xy(300, 600)]
     region = ["--bounds", *map(str, bounds), "--overlap-px", "32", "--scale", "1", "--threads", "2"]
@@ -144,10 +138,11 @@ sys.exit(code)
     assert "road" in (tmp_path / "onnx.qml").read_text()
 
 
-def test_int8_and_float16_segmenters_agree_with_float32(roads, model, tmp_path):
+@pytest.mark.slow  # `roads`: an UPerNet head fitted on the 1300-px pan image and exported (~6 s)
+def test_int8_and_float16_segmenters_agree_with_float32(roads, demo_model, tmp_path):
     head_file, exported = roads
     card = load_head(head_file).card
-    x = _tiles(shared_file(*PAN), card, model, n=2)
+    x = _tiles(shared_file(*VEGAS_PAN), card, demo_model, n=2)
     reference = OnnxSegmenter(exported).probabilities(x)
     for derive, name in ((quantize, "int8"), (to_float16, "float16")):
         path = derive(exported, tmp_path / f"roads_{name}.onnx")
@@ -159,16 +154,17 @@ def test_int8_and_float16_segmenters_agree_with_float32(roads, model, tmp_path):
         assert (got.argmax(1) == reference.argmax(1)).mean() > 0.99 and np.abs(got - reference).max() < 0.05
 
 
-def test_segmenter_errors_name_the_fix(roads, model, tmp_path):
+@pytest.mark.slow  # `roads`: an UPerNet head fitted on the 1300-px pan image and exported (~6 s)
+def test_segmenter_errors_name_the_fix(roads, demo_model, tmp_path):
     head_file, exported = roads
-    pan = shared_file(*PAN)
+    pan = shared_file(*VEGAS_PAN)
     with pytest.raises(ModelMismatchError, match="holds its encoder"):
-        segment_raster(pan, tmp_path / "a.tif", exported, model)
+        segment_raster(pan, tmp_path / "a.tif", exported, demo_model)
     with pytest.raises(ModelMismatchError, match="exported for 224-px tiles"):
         segment_raster(pan, tmp_path / "a.tif", exported, settings=InferenceSettings(tile_size_px=256))
     with pytest.raises(DeviceError, match="install onnxruntime-gpu"):
         segment_raster(pan, tmp_path / "a.tif", exported, settings=InferenceSettings(device="cuda"))
-    encoder = export_encoder(model, tmp_path / "encoder.onnx")
+    encoder = export_encoder(demo_model, tmp_path / "encoder.onnx")
     with pytest.raises(CheckpointError, match="expected kind"):
         segment_raster(pan, tmp_path / "a.tif", encoder)
     with pytest.raises(ModelMismatchError, match="export-onnx OUT.onnx --head"):
@@ -176,6 +172,7 @@ def test_segmenter_errors_name_the_fix(roads, model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.onnx"]
 
 
+@pytest.mark.slow  # `roads`: an UPerNet head fitted on the 1300-px pan image and exported (~6 s)
 def test_export_command_with_a_head(roads, tmp_path):
     from engine.cli import main
 

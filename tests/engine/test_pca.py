@@ -11,18 +11,17 @@ import rasterio
 
 from engine.errors import InputRasterError
 from engine.maps import embed_raster, embedding_quicklook, pca
-from engine.models import SmartiesEncoder, init_from_scratch
+from engine.models import SmartiesEncoder
 from engine.settings import InferenceSettings
-from tests.conftest import shared_file
+from tests.conftest import LANDSAT7, shared_file
 
 
 @pytest.fixture(scope="module")
-def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def embeddings(tmp_path_factory: pytest.TempPathFactory, random_encoder: SmartiesEncoder) -> Path:
     """Embeddings of a raster with a nodata collar (NaN corner cells)."""
-    model = init_from_scratch(SmartiesEncoder(64, 2, 2), seed=0).eval()
     out = tmp_path_factory.mktemp("emb") / "emb.tif"
     settings = InferenceSettings(batch_size=4, device="cpu", threads=2, scale=1, overlap_px=32)
-    return embed_raster(shared_file("data", "landsat7_rgb_byte_bahamas.tif"), out, model, settings=settings).path
+    return embed_raster(shared_file(*LANDSAT7), out, random_encoder, settings=settings).path
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # reading the PNG back

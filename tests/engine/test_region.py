@@ -14,19 +14,14 @@ from rasterio.windows import transform as window_transform
 
 from engine.errors import InputRasterError
 from engine.maps import ClusterSettings, cluster_raster, embed_raster
-from engine.models import SmartiesEncoder, init_from_scratch
+from engine.models import SmartiesEncoder
 from engine.raster import RasterReader, Region, band_statistics
 from engine.settings import InferenceSettings
 from engine.spectral import resolve_bands
-from tests.conftest import shared_file
+from tests.conftest import LANDSAT7, NAIP, S2_L1C, shared_file
 
 # Scale 1, abutting tiles: a region starting on a tile boundary of the full run sees exactly the same tiles.
 SCALE1 = InferenceSettings(batch_size=4, device="cpu", threads=2, scale=1, overlap_px=0)
-
-
-@pytest.fixture(scope="module")
-def model() -> SmartiesEncoder:
-    return init_from_scratch(SmartiesEncoder(64, 2, 2), seed=0).eval()
 
 
 def pixel_polygon(transform: Affine, corners: list[tuple[float, float]]) -> dict:
@@ -36,7 +31,7 @@ def pixel_polygon(transform: Affine, corners: list[tuple[float, float]]) -> dict
 
 
 def test_region_window_mask_and_validation() -> None:
-    with rasterio.open(shared_file("data", "s2_l1c_13band_10m_virginia.tif")) as ds:  # 10 m pixels, 1024 × 1024
+    with rasterio.open(shared_file(*S2_L1C)) as ds:  # 10 m pixels, 1024 × 1024
         t, (left, bottom, right, top) = ds.transform, ds.bounds
         # Bounds inside pixels are rounded outward; bounds on pixel edges are kept.
         assert Region(bounds=(left + 15, top - 2995, left + 2001, top - 995)).window(ds) == Window(1, 99, 200, 201)
@@ -72,9 +67,9 @@ def test_region_window_mask_and_validation() -> None:
 
 
 def test_region_embeddings_read_the_window_exactly_and_skip_tiles_outside_polygons(
-    model: SmartiesEncoder, tmp_path: Path
+    random_encoder: SmartiesEncoder, tmp_path: Path
 ) -> None:
-    src_path = shared_file("data", "s2_l1c_13band_10m_virginia.tif")
+    src_path = shared_file(*S2_L1C)
     with rasterio.open(src_path) as ds:
         t = ds.transform
         left, top = t * (224, 224)
@@ -90,8 +85,8 @@ def test_region_embeddings_read_the_window_exactly_and_skip_tiles_outside_polygo
             np.testing.assert_array_equal(reader.view.read_masks(1), ds.read_masks(1, window=reader.window))
         finally:
             reader.close()
-    full = embed_raster(src_path, tmp_path / "full.tif", model, settings=SCALE1)
-    part = embed_raster(src_path, tmp_path / "part.tif", model, settings=SCALE1, region=box)
+    full = embed_raster(src_path, tmp_path / "full.tif", random_encoder, settings=SCALE1)
+    part = embed_raster(src_path, tmp_path / "part.tif", random_encoder, settings=SCALE1, region=box)
     assert (part.width, part.height, part.tiles) == (28, 28, 4)
     assert part.transform == t * Affine.translation(224, 224) * Affine.scale(16)
     with rasterio.open(full.path) as f, rasterio.open(part.path) as p:
@@ -105,7 +100,8 @@ def test_region_embeddings_read_the_window_exactly_and_skip_tiles_outside_polygo
     tri = pixel_polygon(t, [(224, 224), (224 + 150.5, 224), (224, 224 + 150.5)])
     square = pixel_polygon(t, [(524.25, 524.25), (672, 524.25), (672, 672), (524.25, 672)])
     both = {"type": "MultiPolygon", "coordinates": [tri["coordinates"], square["coordinates"]]}
-    shaped = embed_raster(src_path, tmp_path / "tri.tif", model, settings=SCALE1, region=Region(geometries=[both]))
+    shaped = embed_raster(src_path, tmp_path / "tri.tif", random_encoder, settings=SCALE1,
+                          region=Region(geometries=[both]))
     assert shaped.tiles == 2 and (shaped.width, shaped.height) == (28, 28) and shaped.transform == part.transform
     with rasterio.open(shaped.path) as s:
         cells = np.isfinite(s.read()).all(axis=0)
@@ -116,22 +112,25 @@ def test_region_embeddings_read_the_window_exactly_and_skip_tiles_outside_polygo
     assert sorted(x.name for x in tmp_path.iterdir()) == ["full.tif", "part.tif", "tri.tif"]
 
 
-def test_region_errors_leave_nothing(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "landsat7_rgb_byte_bahamas.tif")  # nodata collar in the corners
+def test_region_errors_leave_nothing(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
+    src_path = shared_file(*LANDSAT7)  # nodata collar in the corners
     with rasterio.open(src_path) as ds:
         t = ds.transform
         left, top = t * (0, 0)
         right, bottom = t * (40, 40)
     with pytest.raises(InputRasterError, match="does not overlap the raster"):
-        embed_raster(src_path, tmp_path / "a.tif", model, settings=SCALE1, region=Region(bounds=(0, 0, 10, 10)))
+        embed_raster(src_path, tmp_path / "a.tif", random_encoder, settings=SCALE1,
+                     region=Region(bounds=(0, 0, 10, 10)))
     with pytest.raises(InputRasterError, match="holds no valid pixel"):
-        embed_raster(src_path, tmp_path / "b.tif", model, settings=SCALE1,
+        embed_raster(src_path, tmp_path / "b.tif", random_encoder, settings=SCALE1,
                      region=Region(bounds=(left, bottom, right, top)))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cluster_region_covers_the_window_and_masks_outside_polygons(model: SmartiesEncoder, tmp_path: Path) -> None:
-    src_path = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")  # 934 × 723, 5 m
+def test_cluster_region_covers_the_window_and_masks_outside_polygons(
+    random_encoder: SmartiesEncoder, tmp_path: Path
+) -> None:
+    src_path = shared_file(*NAIP)  # 934 × 723, 5 m
     with rasterio.open(src_path) as ds:
         t = ds.transform
     # A quadrilateral well inside the box; the box's window is 300 × 260 pixels from (100, 50).
@@ -139,7 +138,7 @@ def test_cluster_region_covers_the_window_and_masks_outside_polygons(model: Smar
     left, top = t * (100, 50)
     right, bottom = t * (400, 310)
     region = Region(bounds=(left, bottom, right, top), geometries=[quad])
-    res = cluster_raster(src_path, tmp_path / "c.tif", model, clustering=ClusterSettings(k=3), sensor="naip_rgbn", settings=SCALE1, region=region, embeddings_output=tmp_path / "emb.tif")
+    res = cluster_raster(src_path, tmp_path / "c.tif", random_encoder, clustering=ClusterSettings(k=3), sensor="naip_rgbn", settings=SCALE1, region=region, embeddings_output=tmp_path / "emb.tif")
     win = Window(120, 60, 261, 241)  # the quadrilateral's bounds, rounded outward, inside the box
     with rasterio.open(res.path) as cls, rasterio.open(src_path) as src:
         assert (cls.width, cls.height) == (win.width, win.height)
@@ -150,7 +149,7 @@ def test_cluster_region_covers_the_window_and_masks_outside_polygons(model: Smar
         assert (labels[inside] != 255).mean() > 0.95 and set(np.unique(labels[inside])) <= {0, 1, 2, 255}
     # Existing embeddings of the whole raster + the same region → the same output grid; existing region embeddings
     # without a region → their footprint.
-    whole = embed_raster(src_path, tmp_path / "whole.tif", model, sensor="naip_rgbn", settings=SCALE1)
+    whole = embed_raster(src_path, tmp_path / "whole.tif", random_encoder, sensor="naip_rgbn", settings=SCALE1)
     again = cluster_raster(src_path, tmp_path / "c2.tif", clustering=ClusterSettings(k=3, pixel_method="bilinear"), embeddings=whole.path, region=region)
     footprint = cluster_raster(src_path, tmp_path / "c3.tif", clustering=ClusterSettings(k=3), embeddings=tmp_path / "emb.tif")
     with rasterio.open(again.path) as a, rasterio.open(footprint.path) as f, rasterio.open(tmp_path / "emb.tif") as e:

@@ -36,17 +36,9 @@ from engine.segmentation import (
 )
 from engine.settings import InferenceSettings
 
-from ..conftest import shared_file
+from ..conftest import S2_L1C, VEGAS_PAN, VEGAS_ROADS, shared_file
 
-S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
-PAN = ("data", "spacenet3_vegas_pan_0.3m.tif")
-ROADS = ("data", "spacenet3_vegas_road_mask.tif")
 FAST = InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("smarties-demo-tiny")
 
 
 def _box(transform, row: int, col: int, half: int) -> dict:
@@ -63,7 +55,7 @@ def cover_boxes():
     Returns ``(boxes [(row, col, cover)], water mask, vegetation mask)`` with the masks of *clear* water
     (NDWI > 0.2 over a 9×9 neighbourhood) and *clear* vegetation (NDVI > 0.5 likewise).
     """
-    path = shared_file(*S2)
+    path = shared_file(*S2_L1C)
     with rasterio.open(path) as ds:
         g, r, n = ds.read([3, 4, 8]).astype(np.float64)
     ndwi, ndvi = (g - n) / (g + n + 1e-6), (n - r) / (n + r + 1e-6)
@@ -91,7 +83,7 @@ def _polygons(path: Path, boxes, half: int = 4, crs_out: str | None = None) -> P
 
 # ---------------------------------------------------------------------------------------------------- labels
 def test_polygon_labels_land_on_the_pixels_they_cover_in_any_crs():
-    path = shared_file(*S2)
+    path = shared_file(*S2_L1C)
     boxes = [(100, 200, "a"), (600, 700, "b"), (900, 120, "a")]
     with rasterio.open(path) as ds:
         transform, shape, crs = ds.transform, ds.shape, ds.crs
@@ -115,7 +107,7 @@ def test_polygon_labels_land_on_the_pixels_they_cover_in_any_crs():
 
 
 def test_label_raster_in_another_crs_is_resampled_onto_the_image_grid(tmp_path):
-    pan, roads = shared_file(*PAN), shared_file(*ROADS)
+    pan, roads = shared_file(*VEGAS_PAN), shared_file(*VEGAS_ROADS)
     with rasterio.open(roads) as src:
         original = src.read(1)
         transform, width, height = calculate_default_transform(src.crs, "EPSG:32611", src.width, src.height,
@@ -137,7 +129,7 @@ def test_label_raster_in_another_crs_is_resampled_onto_the_image_grid(tmp_path):
 
 
 def test_label_errors_name_the_problem(tmp_path):
-    path = shared_file(*S2)
+    path = shared_file(*S2_L1C)
     with rasterio.open(path) as ds:
         transform, shape, crs = ds.transform, ds.shape, ds.crs
     boxes = [(100, 200, "water"), (600, 700, "forest")]
@@ -171,31 +163,32 @@ def test_label_errors_name_the_problem(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- heads
-def test_published_linear_head_layout_loads_strictly(tmp_path, model):
+def test_published_linear_head_layout_loads_strictly(tmp_path, demo_model):
     """A SMARTIES checkpoint with the DFC2020 1×1-conv head (encoder keys + head.0.weight [K, D, 1, 1]) loads."""
     from safetensors.torch import load_file, save_file
 
-    encoder = load_file(str(model.provenance.weights_path))
+    encoder = load_file(str(demo_model.provenance.weights_path))
     k = 8
-    weight, bias = torch.randn(k, model.embed_dim, 1, 1) * 0.01, torch.randn(k)
+    weight, bias = torch.randn(k, demo_model.embed_dim, 1, 1) * 0.01, torch.randn(k)
     ckpt = tmp_path / "smarties-dfc2020-linprobe.safetensors"
     save_file({**encoder, "head.0.weight": weight, "head.0.bias": bias}, str(ckpt),
-              metadata={"config": json.dumps({"num_heads": model.num_heads})})
+              metadata={"config": json.dumps({"num_heads": demo_model.num_heads})})
     head = load_head(ckpt)
-    assert head.card.head_type == "linear" and head.card.num_classes == k and head.blocks == [len(model.blocks) - 1]
+    assert head.card.head_type == "linear" and head.card.num_classes == k
+    assert head.blocks == [len(demo_model.blocks) - 1]
     torch.testing.assert_close(head.net[0].weight, weight)
     x = torch.randn(1, 3, 64, 64)
-    grid = model.encode(x, ["red_2", "green_2", "blue_1"], output="grid")
+    grid = demo_model.encode(x, ["red_2", "green_2", "blue_1"], output="grid")
     expected = torch.nn.functional.conv2d(grid, weight, bias)
     torch.testing.assert_close(head([grid]), expected)
     # our own linear head file holds exactly the published keys
     classes = [ClassInfo(i, f"c{i}", (i, i, i, 255), i) for i in range(3)]
-    ours = build_head("linear", model, classes, encoder={"name": "smarties-demo-tiny"})
+    ours = build_head("linear", demo_model, classes, encoder={"name": "smarties-demo-tiny"})
     path = save_head(ours, tmp_path / "ours.safetensors")
     assert sorted(load_file(str(path))) == ["head.0.bias", "head.0.weight"]
     assert json.loads(path.with_suffix(".json").read_text())["classes"][2]["name"] == "c2"
     # strictness: a wrong shape, or a foreign key, is refused with the key named
-    bad = {"head.0.weight": torch.zeros(k, model.embed_dim + 1, 1, 1), "head.0.bias": bias}
+    bad = {"head.0.weight": torch.zeros(k, demo_model.embed_dim + 1, 1, 1), "head.0.bias": bias}
     bad_path = tmp_path / "bad.safetensors"
     save_file(bad, str(bad_path), metadata={"msfm_head": ours.card.to_json()})
     with pytest.raises(CheckpointError, match=r"head\.0\.weight"):
@@ -206,11 +199,11 @@ def test_published_linear_head_layout_loads_strictly(tmp_path, model):
         load_head(bad_path)
 
 
-def test_upernet_reads_four_blocks_and_round_trips(tmp_path, model):
+def test_upernet_reads_four_blocks_and_round_trips(tmp_path, demo_model):
     classes = [ClassInfo(i, f"c{i}", (i, i, i, 255), i) for i in range(4)]
-    head = build_head("upernet", model, classes, encoder={"name": "smarties-demo-tiny"}).eval()
+    head = build_head("upernet", demo_model, classes, encoder={"name": "smarties-demo-tiny"}).eval()
     assert head.blocks == [1, 2, 3, 5]
-    grids = model.encode_blocks(torch.randn(2, 3, 224, 224), ["red_2", "green_2", "blue_1"], head.blocks)
+    grids = demo_model.encode_blocks(torch.randn(2, 3, 224, 224), ["red_2", "green_2", "blue_1"], head.blocks)
     assert head(grids).shape == (2, 4, 56, 56)
     assert head.pixel_logits(grids, (224, 224)).shape == (2, 4, 224, 224)
     again = load_head(save_head(head, tmp_path / "u.safetensors"))
@@ -225,11 +218,12 @@ def test_segmentation_scores_from_a_confusion_matrix():
 
 # ---------------------------------------------------------------------------------------------------- fitting
 @pytest.fixture(scope="module")
-def cover_head(tmp_path_factory, model, cover_boxes):
+def cover_head(tmp_path_factory, demo_model, cover_boxes):
     boxes, _, _ = cover_boxes
     out = tmp_path_factory.mktemp("head") / "cover.safetensors"
-    labels = _polygons(shared_file(*S2), boxes, crs_out="EPSG:4326")
-    return fit_head(shared_file(*S2), labels, model, fit=HeadFitSettings(steps=60, seed=0), output=out, settings=FAST)
+    labels = _polygons(shared_file(*S2_L1C), boxes, crs_out="EPSG:4326")
+    return fit_head(shared_file(*S2_L1C), labels, demo_model, fit=HeadFitSettings(steps=60, seed=0), output=out,
+                    settings=FAST)
 
 
 def test_head_from_a_few_polygons_separates_water_from_vegetation(tmp_path, cover_head, cover_boxes):
@@ -242,7 +236,7 @@ def test_head_from_a_few_polygons_separates_water_from_vegetation(tmp_path, cove
     assert card["metrics"]["miou"] > 0.8  # held-out polygons
     assert res.losses[-1] < res.losses[0]
     out = tmp_path / "cover.tif"
-    seg = segment_raster(shared_file(*S2), out, res.path, settings=FAST, probabilities_output=tmp_path / "p.tif",
+    seg = segment_raster(shared_file(*S2_L1C), out, res.path, settings=FAST, probabilities_output=tmp_path / "p.tif",
                          polygons_output=tmp_path / "cover.gpkg")
     classes = rasterio.open(out).read(1)
     # every clear-water / clear-vegetation pixel of the scene, not only the 8 boxes it was trained on
@@ -264,11 +258,11 @@ def test_head_from_a_few_polygons_separates_water_from_vegetation(tmp_path, cove
 
 def test_raster_with_other_bands_is_refused_with_a_fix(tmp_path, cover_head):
     with pytest.raises(BandResolutionError, match="trained on bands"):
-        segment_raster(shared_file(*PAN), tmp_path / "x.tif", cover_head.path, settings=FAST)
+        segment_raster(shared_file(*VEGAS_PAN), tmp_path / "x.tif", cover_head.path, settings=FAST)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cancel_leaves_nothing(tmp_path, model, cover_head, cover_boxes):
+def test_cancel_leaves_nothing(tmp_path, demo_model, cover_head, cover_boxes):
     calls = []
 
     def cancel_second() -> bool:
@@ -276,20 +270,21 @@ def test_cancel_leaves_nothing(tmp_path, model, cover_head, cover_boxes):
         return len(calls) > 1
 
     with pytest.raises(InferenceCancelled):
-        segment_raster(shared_file(*S2), tmp_path / "c.tif", cover_head.path, settings=FAST,
+        segment_raster(shared_file(*S2_L1C), tmp_path / "c.tif", cover_head.path, settings=FAST,
                        probabilities_output=tmp_path / "p.tif", is_canceled=cancel_second)
     calls.clear()
     boxes, _, _ = cover_boxes
     with pytest.raises(InferenceCancelled):
-        fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, fit=HeadFitSettings(steps=5), output=tmp_path / "h.safetensors", settings=FAST, is_canceled=cancel_second)
+        fit_head(shared_file(*S2_L1C), _polygons(shared_file(*S2_L1C), boxes), demo_model, fit=HeadFitSettings(steps=5), output=tmp_path / "h.safetensors", settings=FAST, is_canceled=cancel_second)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # an UPerNet head fitted through the CLI, then a shifted segmentation pass: ~5 s
 def test_label_raster_head_and_shifted_pass_via_the_cli(tmp_path):
     """``msfm train-head`` with a label raster (split by blocks) and ``msfm segment --shifts 2`` end to end."""
     from engine.cli import main
 
-    pan, roads = shared_file(*PAN), shared_file(*ROADS)
+    pan, roads = shared_file(*VEGAS_PAN), shared_file(*VEGAS_ROADS)
     head = tmp_path / "roads.safetensors"
     assert main(["train-head", str(pan), str(head), "--label-raster", str(roads), "--class-name", "0=background",
                  "--class-name", "255=road", "--head", "upernet", "--steps", "4", "--threads", "2"]) == 0
@@ -304,19 +299,21 @@ def test_label_raster_head_and_shifted_pass_via_the_cli(tmp_path):
         assert ds.tags()["MSFM_SHIFTS"] == "2" and 380 <= ds.width <= 420 and 280 <= ds.height <= 320
 
 
-def test_finetuned_encoder_is_saved_beside_the_head_and_used_to_segment(tmp_path, model, cover_boxes):
+@pytest.mark.slow  # fine-tunes the encoder
+def test_finetuned_encoder_is_saved_beside_the_head_and_used_to_segment(tmp_path, demo_model_copy, cover_boxes):
     boxes, _, _ = cover_boxes
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = fit_head(shared_file(*S2), _polygons(shared_file(*S2), boxes), model, fit=HeadFitSettings(steps=3, finetune=True, val_fraction=0), output=tmp_path / "ft.safetensors", settings=FAST)
+    before = {k: v.clone() for k, v in demo_model_copy.state_dict().items()}
+    res = fit_head(shared_file(*S2_L1C), _polygons(shared_file(*S2_L1C), boxes), demo_model_copy, fit=HeadFitSettings(steps=3, finetune=True, val_fraction=0), output=tmp_path / "ft.safetensors", settings=FAST)
     encoder_file = tmp_path / "ft.encoder.safetensors"
     assert res.head.card.encoder["file"] == encoder_file.name and encoder_file.is_file()
     assert encoder_source(load_head(res.path).card, res.path) == str(encoder_file)  # what segment_raster loads
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's encoder is untouched
+    # the caller's encoder is untouched
+    assert all(torch.equal(v, demo_model_copy.state_dict()[k]) for k, v in before.items())
     tuned = load_model(encoder_file)
     assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in before.items() if k != "pos_embed")
-    window = rasterio.open(shared_file(*S2)).xy(300, 300), rasterio.open(shared_file(*S2)).xy(100, 500)
+    window = rasterio.open(shared_file(*S2_L1C)).xy(300, 300), rasterio.open(shared_file(*S2_L1C)).xy(100, 500)
     from engine.raster import Region
 
     region = Region(bounds=(window[0][0], window[0][1], window[1][0], window[1][1]))
-    out = segment_raster(shared_file(*S2), tmp_path / "ft.tif", res.path, settings=FAST, region=region)
+    out = segment_raster(shared_file(*S2_L1C), tmp_path / "ft.tif", res.path, settings=FAST, region=region)
     assert out.path.is_file() and sum(out.class_fractions) == pytest.approx(1.0)

@@ -13,10 +13,10 @@ from rasterio.windows import transform as window_transform
 
 from engine.errors import InferenceCancelled, InputRasterError, SettingsError
 from engine.maps import embed_raster, similarity_raster
-from engine.models import SmartiesEncoder, init_from_scratch, load_model
+from engine.models import SmartiesEncoder
 from engine.raster import Region
 from engine.settings import InferenceSettings
-from tests.conftest import shared_file
+from tests.conftest import NAIP, S2_L1C, shared_file
 
 SCALE1 = InferenceSettings(batch_size=4, device="cpu", threads=2, scale=1, overlap_px=0)
 
@@ -29,8 +29,10 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_a_point_on_water_is_more_similar_to_other_water_than_to_land(tmp_path: Path) -> None:
-    src_path = shared_file("data", "s2_l1c_13band_10m_virginia.tif")  # lagoon, barrier island, ocean, farmland
+def test_a_point_on_water_is_more_similar_to_other_water_than_to_land(
+    demo_model: SmartiesEncoder, tmp_path: Path
+) -> None:
+    src_path = shared_file(*S2_L1C)  # lagoon, barrier island, ocean, farmland
     with rasterio.open(src_path) as ds:
         t = ds.transform
         win = Window(128, 256, 448, 448)  # 40 % water: 4 tiles at scale 1
@@ -41,7 +43,7 @@ def test_a_point_on_water_is_more_similar_to_other_water_than_to_land(tmp_path: 
     (left, top), (right, bottom) = t * (128, 256), t * (576, 704)
     seen: list[float] = []
     res = similarity_raster(
-        src_path, tmp_path / "sim.tif", load_model("smarties-demo-tiny"), query=[point(t, 128 + 416, 256 + 200)],
+        src_path, tmp_path / "sim.tif", demo_model, query=[point(t, 128 + 416, 256 + 200)],
         settings=SCALE1, region=Region(bounds=(left, bottom, right, top)), progress=seen.append,
     )
     assert res.query_cells == 1 and res.resolution == "pixel" and res.embeddings is not None
@@ -61,15 +63,14 @@ def test_a_point_on_water_is_more_similar_to_other_water_than_to_land(tmp_path: 
 
 
 @pytest.fixture(scope="module")
-def naip_embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = init_from_scratch(SmartiesEncoder(64, 2, 2), seed=0).eval()
+def naip_embeddings(tmp_path_factory: pytest.TempPathFactory, random_encoder: SmartiesEncoder) -> Path:
     out = tmp_path_factory.mktemp("emb") / "emb.tif"
-    return embed_raster(shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif"), out, model, sensor="naip_rgbn",
+    return embed_raster(shared_file(*NAIP), out, random_encoder, sensor="naip_rgbn",
                         settings=SCALE1).path
 
 
 def test_polygon_query_on_existing_embeddings_at_patch_resolution(naip_embeddings: Path, tmp_path: Path) -> None:
-    src_path = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    src_path = shared_file(*NAIP)
     with rasterio.open(naip_embeddings) as emb:
         g, gt, crs = emb.read(), emb.transform, emb.crs
     # Cells 2..4 × 5..6 have their centres inside this rectangle; a tiny polygon inside cell (10, 20) is smaller
@@ -94,7 +95,7 @@ def test_polygon_query_on_existing_embeddings_at_patch_resolution(naip_embedding
 
 
 def test_bad_queries_and_cancel_give_clear_errors_and_no_output(naip_embeddings: Path, tmp_path: Path) -> None:
-    src_path = shared_file("data", "naip_rgbn_5m_north_dakota_2020.tif")
+    src_path = shared_file(*NAIP)
     far = {"type": "Point", "coordinates": [0.0, 0.0]}
     with pytest.raises(InputRasterError, match=r"outside the raster or on nodata.*1: Point \[0\.0, 0\.0\].*cover \("):
         similarity_raster(src_path, tmp_path / "a.tif", query=[far], embeddings=naip_embeddings)

@@ -6,8 +6,6 @@ from typing import Any, Iterator
 
 import pytest
 
-pytestmark = pytest.mark.qgis
-
 
 @pytest.fixture(scope="session")
 def msfm_provider(qgis_app: Any, qgis_processing: Any) -> Iterator[Any]:

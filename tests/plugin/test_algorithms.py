@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,13 +20,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import REPO, shared_file
+from tests.conftest import BEN_S1, NAIP, REPO, S2_L1C, TINY_S2, ndwi_water, shared_file, water_iou
 
 pytestmark = pytest.mark.qgis
 
-S2 = ("s2_l1c_13band_10m_virginia.tif",)
-NAIP = ("naip_rgbn_5m_north_dakota_2020.tif",)
-S1 = ("bigearthnet_mm", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_s1_vv_vh.tif")
 D_DEMO = 192
 FAST = {"OVERLAP": 0}
 
@@ -74,7 +72,7 @@ def s2_window_extent(ds: Any, rows: slice, cols: slice) -> str:
 @pytest.fixture()
 def s2_water_point(tmp_path: Path) -> tuple[Path, Any, tuple[float, float]]:
     """A GeoPackage with one point on open water of the S2 scene (max NDWI, band 3 vs band 8), and its window."""
-    path = shared_file("data", *S2)
+    path = shared_file(*S2_L1C)
     rows, cols = slice(256, 512), slice(0, 512)
     with rasterio.open(path) as ds:
         green, nir = ds.read([3, 8], window=((rows.start, rows.stop), (cols.start, cols.stop))).astype(np.float32)
@@ -109,7 +107,7 @@ def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider:
 def test_band_mapping_report_on_sentinel2(msfm_provider: Any, tmp_path: Path) -> None:
     from engine.spectral import resolve_bands
 
-    path = shared_file("data", *S2)
+    path = shared_file(*S2_L1C)
     result = run("bandmapping", {"INPUT": str(path), "OUTPUT": str(tmp_path / "bands.html")})
     expected = resolve_bands(path)
     assert result["SENSOR"] == expected.sensor == "sentinel2_l1c"
@@ -123,7 +121,7 @@ def test_band_mapping_report_on_sentinel2(msfm_provider: Any, tmp_path: Path) ->
 def test_unresolvable_band_names_the_band_and_the_fix(msfm_provider: Any) -> None:
     from qgis.core import QgsProcessingException
 
-    path = shared_file("data", *NAIP)  # 4 bands without descriptions or wavelengths
+    path = shared_file(*NAIP)  # 4 bands without descriptions or wavelengths
     with pytest.raises(QgsProcessingException) as err:
         run("bandmapping", {"INPUT": str(path)})
     message = str(err.value)
@@ -139,7 +137,7 @@ def test_unresolvable_band_names_the_band_and_the_fix(msfm_provider: Any) -> Non
 def test_embed_sentinel1_is_georeferenced_and_styled(msfm_provider: Any, tmp_path: Path) -> None:
     from qgis.core import QgsMultiBandColorRenderer
 
-    path = shared_file("data", *S1)
+    path = shared_file(*BEN_S1)
     out = str(tmp_path / "s1_embeddings.tif")
     result, project = run_and_load("embed", {"INPUT": str(path), "SENSOR": "sentinel1_grd_db", "OUTPUT": out, **FAST})
     assert result["OUTPUT"] == out and result["EMBED_DIM"] == D_DEMO
@@ -155,10 +153,27 @@ def test_embed_sentinel1_is_georeferenced_and_styled(msfm_provider: Any, tmp_pat
     project.clear()
 
 
+def test_cluster_the_committed_tiny_raster_separates_water_from_land(msfm_provider: Any, tmp_path: Path) -> None:
+    """``msfm:cluster`` on tests/data's crop (no ../shared needed): the input's grid, classes nameable water/land."""
+    raster = tmp_path / "input" / TINY_S2.name  # a copy: QGIS writes .aux.xml statistics beside what it opens
+    raster.parent.mkdir()
+    shutil.copyfile(TINY_S2, raster)
+    out = str(tmp_path / "classes.tif")
+    result = run("cluster", {"INPUT": str(raster), "K": 3, "RESOLUTION": "pixel", "OUTPUT": out})
+    assert result["OUTPUT"] == out and result["K"] == 3
+    with rasterio.open(TINY_S2) as src, rasterio.open(out) as classes:
+        assert (classes.crs, classes.transform, classes.shape) == (src.crs, src.transform, src.shape)
+        labels = classes.read(1)
+        green, nir = src.read([3, 8])  # B03, B08
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert water_iou(labels, ndwi_water(green, nir)) > 0.9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.qml", "classes.tif", "input"]
+
+
 def test_cluster_sentinel2_extent_pixel_classes_with_legend(msfm_provider: Any, tmp_path: Path) -> None:
     from qgis.core import QgsPalettedRasterRenderer
 
-    path = shared_file("data", *S2)
+    path = shared_file(*S2_L1C)
     with rasterio.open(path) as ds:
         rows, cols = slice(128, 384), slice(256, 512)
         extent = s2_window_extent(ds, rows, cols)
@@ -185,7 +200,7 @@ def test_similarity_to_a_water_point_is_highest_on_water(msfm_provider: Any, tmp
 
     query, extent, (rows, cols, ndwi) = s2_water_point
     out = str(tmp_path / "similarity.tif")
-    params = {"INPUT": str(shared_file("data", *S2)), "QUERY": str(query), "EXTENT": extent, "RESOLUTION": "pixel",
+    params = {"INPUT": str(shared_file(*S2_L1C)), "QUERY": str(query), "EXTENT": extent, "RESOLUTION": "pixel",
               "OUTPUT": out, "SCALE": 1, **FAST}
     result, project = run_and_load("similarity", params)
     assert result["QUERY_CELLS"] == 1
@@ -202,7 +217,7 @@ def test_similarity_to_a_water_point_is_highest_on_water(msfm_provider: Any, tmp
 def test_mask_polygon_limits_the_output(msfm_provider: Any, tmp_path: Path) -> None:
     from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
 
-    path = shared_file("data", *NAIP)
+    path = shared_file(*NAIP)
     with rasterio.open(path) as ds:
         crs, t = ds.crs.to_string(), ds.transform
     # A triangle over the upper-left part of the tile.
@@ -275,12 +290,13 @@ def test_cancelled_run_leaves_no_output(msfm_provider: Any, tmp_path: Path) -> N
     out = tmp_path / "cancelled.tif"
     feedback = CancelAfterFirstBatch()
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        run("embed", {"INPUT": str(shared_file("data", *S2)), "OUTPUT": str(out), "BATCH_SIZE": 2, "SCALE": 1,
+        run("embed", {"INPUT": str(shared_file(*S2_L1C)), "OUTPUT": str(out), "BATCH_SIZE": 2, "SCALE": 1,
                       **FAST}, feedback=feedback)
     assert feedback.progress() < 100
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file left behind
 
 
+@pytest.mark.slow  # a QGIS Python in a subprocess
 def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None:
     """QGIS's Python without torch: the provider loads; running a model explains what to install."""
     script = textwrap.dedent(f"""
@@ -304,9 +320,10 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None
         plugin.initProcessing()
         import processing
         print("ALGS", len(QgsApplication.processingRegistry().providerById("msfm").algorithms()))
-        print("BANDS", processing.run("msfm:bandmapping", {{"INPUT": {str(shared_file("data", *S2))!r}}})["SENSOR"])
+        print("BANDS", processing.run("msfm:bandmapping", {{"INPUT": {str(shared_file(*S2_L1C))!r}}})["SENSOR"])
         try:
-            processing.run("msfm:embed", {{"INPUT": {str(shared_file("data", *S1))!r}, "OUTPUT": {str(tmp_path / "x.tif")!r}}})
+            processing.run("msfm:embed", {{"INPUT": {str(shared_file(*BEN_S1))!r},
+                                           "OUTPUT": {str(tmp_path / "x.tif")!r}}})
         except QgsProcessingException as exc:
             print("ERROR", exc)
         print("TORCH_IMPORTED", "torch" in sys.modules)
@@ -358,7 +375,7 @@ def test_non_file_layer_is_read_through_a_cloned_provider(msfm_provider: Any, tm
     """A layer QGIS computes (virtual raster: the S1 VV band by formula) is read through its provider, not a path."""
     from qgis.core import QgsRasterLayer
 
-    path = shared_file("data", *S1)
+    path = shared_file(*BEN_S1)
     src = QgsRasterLayer(str(path), "s1")
     e = src.extent()
     uri = (f"?crs={src.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"

@@ -11,13 +11,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import shared_file
+from tests.conftest import BEN_S2, NAIP, S2_L1C, shared_file
 
 pytestmark = pytest.mark.qgis
 
-S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
-NAIP = ("data", "naip_rgbn_5m_north_dakota_2020.tif")
-BEN_S2 = ("data", "bigearthnet_mm", "S2A_MSIL2A_20170613T101031_87_48_s2_12band.tif")
 
 
 def _clear_settings() -> None:
@@ -74,7 +71,7 @@ def test_bands_tiles_and_estimate_of_a_sentinel2_layer(make_dock: Any) -> None:
     from engine.spectral import resolve_bands
 
     dock = make_dock()
-    layer = raster(*S2)
+    layer = raster(*S2_L1C)
     dock.set_layer(layer)
     expected = resolve_bands(layer.source())
     assert dock.table.rowCount() == layer.bandCount() == 13
@@ -102,7 +99,7 @@ def test_editing_a_range_sets_overrides_and_reresolves(make_dock: Any) -> None:
     from qgis_plugin.algorithms.base import parse_overrides
 
     dock = make_dock()
-    dock.set_layer(raster(*S2))
+    dock.set_layer(raster(*S2_L1C))
     choose(dock, 8, "near_infrared_2")
     assert dock.overrides_text() == "8=near_infrared_2"
     assert cell(dock, 8, "Rule") == "override"
@@ -116,7 +113,7 @@ def test_editing_a_range_sets_overrides_and_reresolves(make_dock: Any) -> None:
     assert dock.overrides_text() == text
     assert dock.overrides_edit.text() == text
     assert dock.parameters("msfm:embed")["BAND_OVERRIDES"] == text
-    expected = resolve_bands(str(shared_file(*S2)), overrides=parse_overrides(text))
+    expected = resolve_bands(str(shared_file(*S2_L1C)), overrides=parse_overrides(text))
     band5 = next(b for b in expected.bands if b.index == 5)
     assert dock.range_combo(5).currentText() == (band5.key or band5.projection.label)
     assert cell(dock, 5, "Rule") == "override"
@@ -178,7 +175,7 @@ def test_settings_persist_across_two_docks(make_dock: Any) -> None:
     params = second.parameters("msfm:embed")
     assert {k: params[k] for k in ("MODEL", "DEVICE", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "SCALE")} == {
         "MODEL": "smarties-vit-b", "DEVICE": "cpu", "TILE_SIZE": 256, "OVERLAP": 32, "BATCH_SIZE": 4, "SCALE": 1.5}
-    second.set_layer(raster(*S2))  # another file: its own (default) choices
+    second.set_layer(raster(*S2_L1C))  # another file: its own (default) choices
     assert second.sensor() == "auto" and second.overrides_text() == ""
 
 
@@ -196,7 +193,7 @@ def test_non_raster_and_no_layer_clear_the_dock(make_dock: Any, qgis_iface: Any)
     from qgis.core import QgsVectorLayer
 
     dock = make_dock()
-    dock.set_layer(raster(*S2))
+    dock.set_layer(raster(*S2_L1C))
     assert dock.table.rowCount() == 13 and dock.run_button.isEnabled()
     vector = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
     qgis_iface.currentLayerChanged.emit(vector)  # follows the iface's current layer
@@ -207,7 +204,7 @@ def test_non_raster_and_no_layer_clear_the_dock(make_dock: Any, qgis_iface: Any)
     dock.set_layer(None)
     assert "Select a raster layer" in dock.layer_label.text() and dock.table.rowCount() == 0
     dock.close_dock()  # disconnected: the iface no longer drives it
-    qgis_iface.currentLayerChanged.emit(raster(*S2))
+    qgis_iface.currentLayerChanged.emit(raster(*S2_L1C))
     assert dock.layer is None
 
 
@@ -222,7 +219,7 @@ def test_dialog_buttons_prefill_the_processing_dialog(make_dock: Any, monkeypatc
 
     monkeypatch.setattr(processing, "execAlgorithmDialog", fake_dialog)
     dock = make_dock()
-    layer = raster(*S2)
+    layer = raster(*S2_L1C)
     dock.set_layer(layer)
     dock.k_spin.setValue(6)
     for button in dock.dialog_buttons.values():
@@ -244,7 +241,7 @@ def test_backend_and_model_file_reach_the_algorithm_parameters(make_dock: Any, m
     calls: list = []
     monkeypatch.setattr(processing, "execAlgorithmDialog", lambda alg_id, params: calls.append((alg_id, params)) or {})
     dock = make_dock()
-    dock.set_layer(raster(*S2))
+    dock.set_layer(raster(*S2_L1C))
     assert dock.backend() == "torch" and dock.parameters("msfm:embed")["BACKEND"] == "torch"
     dock.backend_combo.setCurrentIndex(dock.backend_combo.findData("onnx"))
     for button in dock.dialog_buttons.values():
@@ -317,7 +314,7 @@ def wait_for(dock: Any, seconds: float) -> None:
 def test_cancel_stops_the_background_run(make_dock: Any, qgis_new_project: Any) -> None:
     from qgis.core import QgsApplication, QgsProject
 
-    layer = raster(*S2)  # 1024 × 1024 at scale 2: 324 tiles, far longer than the cancellation
+    layer = raster(*S2_L1C)  # 1024 × 1024 at scale 2: 324 tiles, far longer than the cancellation
     QgsProject.instance().addMapLayer(layer)
     dock = make_dock()
     dock.set_layer(layer)
@@ -340,7 +337,7 @@ def test_screenshot_of_the_dock_is_not_blank(make_dock: Any, tmp_path: Path) -> 
     from qgis.PyQt.QtGui import QImage
 
     dock = make_dock()
-    dock.set_layer(raster(*S2))
+    dock.set_layer(raster(*S2_L1C))
     dock.resize(480, 900)
     dock.show()
     QgsApplication.processEvents()
@@ -367,6 +364,6 @@ def test_plugin_creates_the_dock_and_unload_disconnects_it(qgis_iface: Any, msfm
     assert dock.objectName() == "MsfmDock" and not dock.isVisible()
     plugin.unload()
     assert plugin.dock is None and dock.layer is None
-    qgis_iface.currentLayerChanged.emit(raster(*S2))  # the unloaded dock no longer follows the iface
+    qgis_iface.currentLayerChanged.emit(raster(*S2_L1C))  # the unloaded dock no longer follows the iface
     assert dock.layer is None
     assert QgsApplication.processingRegistry().providerById("msfm") is msfm_provider

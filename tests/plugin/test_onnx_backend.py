@@ -20,14 +20,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import run_without_torch, shared_file
+from tests.conftest import NAIP, VEGAS_PAN, VEGAS_ROADS, run_without_torch, shared_file
 
 pytestmark = pytest.mark.qgis
 pytest.importorskip("onnxruntime")
 
-NAIP = ("data", "naip_rgbn_5m_north_dakota_2020.tif")
-PAN = ("data", "spacenet3_vegas_pan_0.3m.tif")
-ROADS = ("data", "spacenet3_vegas_road_mask.tif")
 D_DEMO = 192
 #: The segmented window of the pan image: (row, col) origin and side, in pixels.
 WINDOW = (450, 300, 400)
@@ -35,35 +32,33 @@ SEGMENT_FAST = {"OVERLAP": 32}  # with the head's scale (1.0 here): 2 × 2 tiles
 
 
 @pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory: Any) -> Path:
+def onnx_file(tmp_path_factory: Any, demo_model: Any) -> Path:
     """``smarties-demo-tiny`` exported to ONNX (224-px tiles), as ``msfm export-onnx`` writes it."""
     pytest.importorskip("onnx")
-    from engine.models import export_encoder, load_model
+    from engine.models import export_encoder
 
-    return export_encoder(load_model("smarties-demo-tiny"), tmp_path_factory.mktemp("onnx") / "demo-tiny.onnx")
+    return export_encoder(demo_model, tmp_path_factory.mktemp("onnx") / "demo-tiny.onnx")
 
 
 @pytest.fixture(scope="module")
-def roads(tmp_path_factory: Any) -> dict:
+def roads(tmp_path_factory: Any, demo_model: Any) -> dict:
     """A linear road head fitted for 3 steps on the Vegas pan image (``.safetensors`` + card) and its export as one
     ``.onnx`` segmenter (encoder + head, float32)."""
     pytest.importorskip("onnx")
     from engine.export import export_segmenter
-    from engine.models import load_model
     from engine.segmentation import HeadFitSettings, LabelRaster, fit_head, load_head
     from engine.settings import InferenceSettings
 
     folder = tmp_path_factory.mktemp("roads")
-    model = load_model("smarties-demo-tiny")
-    labels = LabelRaster(shared_file(*ROADS), names={0: "background", 255: "road"})
-    fit = fit_head(shared_file(*PAN), labels, model, fit=HeadFitSettings(head_type="linear", steps=3), output=folder / "roads.safetensors", settings=InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2))
-    return {"head": fit.path, "onnx": export_segmenter(load_head(fit.path), model, folder / "roads.onnx")}
+    labels = LabelRaster(shared_file(*VEGAS_ROADS), names={0: "background", 255: "road"})
+    fit = fit_head(shared_file(*VEGAS_PAN), labels, demo_model, fit=HeadFitSettings(head_type="linear", steps=3), output=folder / "roads.safetensors", settings=InferenceSettings(tile_size_px=224, overlap_px=32, batch_size=8, scale=1.0, threads=2))
+    return {"head": fit.path, "onnx": export_segmenter(load_head(fit.path), demo_model, folder / "roads.onnx")}
 
 
 def pan_extent() -> str:
     """``WINDOW`` of the pan image as a Processing extent string (in the raster's CRS)."""
     row, col, side = WINDOW
-    with rasterio.open(shared_file(*PAN)) as ds:
+    with rasterio.open(shared_file(*VEGAS_PAN)) as ds:
         left, top = ds.transform * (col, row)
         right, bottom = ds.transform * (col + side, row + side)
         return f"{left},{right},{bottom},{top} [{ds.crs.to_string()}]"
@@ -74,7 +69,7 @@ def torch_segmentation(msfm_provider: Any, roads: dict, tmp_path_factory: Any) -
     """``msfm:segment`` of the road head's ``.safetensors`` (torch) on ``WINDOW``: results, classes, probabilities."""
     folder = tmp_path_factory.mktemp("torch-segment")
     classes, probabilities = folder / "classes.tif", folder / "probabilities.tif"
-    result, log = run_logged("segment", {"INPUT": str(shared_file(*PAN)), "HEAD": str(roads["head"]),
+    result, log = run_logged("segment", {"INPUT": str(shared_file(*VEGAS_PAN)), "HEAD": str(roads["head"]),
                                          "EXTENT": pan_extent(), "OUTPUT": str(classes),
                                          "OUTPUT_PROBABILITIES": str(probabilities), **SEGMENT_FAST})
     assert "torch" in log and "ONNX Runtime" not in log
@@ -234,6 +229,7 @@ def run_hidden(body: str, keys: tuple[str, ...], tmp_path: Path) -> dict[str, di
     return {key: json.loads(value) for key, value in reports.items()}
 
 
+@pytest.mark.slow  # a QGIS Python in a subprocess
 def test_embed_runs_with_onnxruntime_while_torch_is_hidden(onnx_file: Path, tmp_path: Path) -> None:
     """QGIS's Python without torch and onnx: a .onnx model embeds with ONNX Runtime and torch is never imported;
     the torch backend, and the ONNX export of a registry model, explain what to install or pick instead."""
@@ -269,13 +265,14 @@ report("EXPORT", "embed", dict(common, BACKEND="onnx", MODEL="smarties-demo-tiny
         assert not run["torch"] and not run["onnx"]
 
 
+@pytest.mark.slow  # `roads` and a QGIS Python in a subprocess
 def test_segment_with_an_onnx_segmenter_while_torch_is_hidden(roads: dict, torch_segmentation: dict,
                                                               tmp_path: Path) -> None:
     """QGIS's Python without torch and onnx: ``msfm:segment`` with the exported segmenter writes the styled class map
     (class names from the ONNX card) equal to the torch run's, and torch is never imported; a .safetensors head
     explains how to go without torch."""
     classes, probabilities = tmp_path / "classes.tif", tmp_path / "probabilities.tif"
-    common = {"INPUT": str(shared_file(*PAN)), "EXTENT": pan_extent(), **SEGMENT_FAST}
+    common = {"INPUT": str(shared_file(*VEGAS_PAN)), "EXTENT": pan_extent(), **SEGMENT_FAST}
     body = f"""
 common = {common!r}
 report("SEGMENT", "segment", dict(common, HEAD={str(roads["onnx"])!r}, OUTPUT={str(classes)!r},
@@ -308,12 +305,13 @@ report("EXPORT", "export_onnx", dict(HEAD={str(roads["head"])!r}, OUTPUT={str(tm
         assert not run["torch"] and not run["onnx"]
 
 
+@pytest.mark.slow  # `roads`: a head fitted on the 1300-px pan image and exported
 def test_onnx_segmenter_refusals_name_the_fix(msfm_provider: Any, roads: dict, onnx_file: Path,
                                              tmp_path: Path) -> None:
     """Encoder weights with a segmenter, an exported encoder as the head, another tile size: each says what to do."""
     from qgis.core import QgsProcessingException
 
-    common = {"INPUT": str(shared_file(*PAN)), "EXTENT": pan_extent(), "OUTPUT": str(tmp_path / "c.tif"),
+    common = {"INPUT": str(shared_file(*VEGAS_PAN)), "EXTENT": pan_extent(), "OUTPUT": str(tmp_path / "c.tif"),
               **SEGMENT_FAST}
     cases = [
         ({"HEAD": str(roads["onnx"]), "MODEL_FILE": str(roads["head"])},
@@ -331,6 +329,7 @@ def test_onnx_segmenter_refusals_name_the_fix(msfm_provider: Any, roads: dict, o
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # export and int8 quantization
 def test_export_algorithm_writes_an_int8_encoder(msfm_provider: Any, tmp_path: Path) -> None:
     """*Export model to ONNX* without a head: the encoder, int8, with a sensor preset's metadata."""
     pytest.importorskip("onnx")
@@ -348,6 +347,7 @@ def test_export_algorithm_writes_an_int8_encoder(msfm_provider: Any, tmp_path: P
     assert list(tmp_path.iterdir()) == [out]  # the float32 file it was derived from is gone
 
 
+@pytest.mark.slow  # `roads` and the torch segmentation it is compared with
 def test_export_algorithm_writes_a_segmenter_that_segments(msfm_provider: Any, roads: dict,
                                                            torch_segmentation: dict, tmp_path: Path) -> None:
     """*Export model to ONNX* with the road head (float32; the encoder named in its card), then *Segment with a head*
@@ -363,9 +363,9 @@ def test_export_algorithm_writes_a_segmenter_that_segments(msfm_provider: Any, r
     assert "float32; encoder smarties-demo-tiny" in log and "linear head, 2 classes (background, road)" in log
 
     classes, probabilities = tmp_path / "classes.tif", tmp_path / "probabilities.tif"
-    result, log = run_logged("segment", {"INPUT": str(shared_file(*PAN)), "HEAD": str(out), "EXTENT": pan_extent(),
-                                         "OUTPUT": str(classes), "OUTPUT_PROBABILITIES": str(probabilities),
-                                         **SEGMENT_FAST})
+    result, log = run_logged("segment", {"INPUT": str(shared_file(*VEGAS_PAN)), "HEAD": str(out),
+                                         "EXTENT": pan_extent(), "OUTPUT": str(classes),
+                                         "OUTPUT_PROBABILITIES": str(probabilities), **SEGMENT_FAST})
     assert result["CLASS_NAMES"] == ["background", "road"]
     assert "Head: exported segmenter roads_export.onnx (linear, 2 classes" in log and "float32" in log
     assert_same_segmentation(torch_segmentation, classes, probabilities)

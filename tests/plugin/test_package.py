@@ -20,11 +20,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import REPO, shared_file
+from tests.conftest import BEN_S1, NAIP, REPO, shared_file
 
 SCRIPT = REPO / "scripts" / "package_plugin.py"
-S1 = ("data", "bigearthnet_mm", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48_s1_vv_vh.tif")
-NAIP = ("data", "naip_rgbn_5m_north_dakota_2020.tif")
 D_DEMO = 192  # embedding width of the bundled smarties-demo-tiny
 NEVER_SHIPPED = {"training", "tests", "bench", "__pycache__"}
 
@@ -172,6 +170,8 @@ def _json(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{"):])
 
 
+@pytest.mark.slow  # four qgis_process runs: ~10 s
+@pytest.mark.qgis
 def test_installed_zip_runs_in_qgis_process(plugin_zip: Path, tmp_path: Path) -> None:
     """Unzip into a plugins folder, fresh profile, enable, run msfm:embed and msfm:bandmapping headless."""
     qgis_process = _qgis_process()
@@ -179,7 +179,7 @@ def test_installed_zip_runs_in_qgis_process(plugin_zip: Path, tmp_path: Path) ->
     work.mkdir()
     s1 = work / "s1.tif"  # copies: GDAL may write .aux.xml statistics beside its input
     naip = work / "naip.tif"
-    shutil.copyfile(shared_file(*S1), s1)
+    shutil.copyfile(shared_file(*BEN_S1), s1)
     shutil.copyfile(shared_file(*NAIP), naip)
     plugins = tmp_path / "plugins"
     with zipfile.ZipFile(plugin_zip) as zf:

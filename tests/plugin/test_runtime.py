@@ -34,6 +34,7 @@ def product(export_blas: bool, fix: bool) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
+@pytest.mark.slow  # three Python subprocesses that import torch: ~5 s
 @pytest.mark.skipif(not SYSTEM_BLAS.exists(), reason=f"no system BLAS at {SYSTEM_BLAS}")
 def test_import_torch_keeps_torchs_own_blas_when_the_host_exports_one() -> None:
     plain = product(export_blas=False, fix=False)

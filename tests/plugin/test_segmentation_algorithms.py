@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import shared_file
+from tests.conftest import S2_L1C, shared_file
 from tests.plugin.test_algorithms import write_gpkg
 
 pytestmark = pytest.mark.qgis
 
-S2 = ("data", "s2_l1c_13band_10m_virginia.tif")
 WINDOW = 256  # native pixels of the window that is segmented
 BOX = 6  # native pixels per side of a training box
 DECIMATION = 4  # of the read that looks for clear pixels
@@ -67,7 +66,7 @@ def find_boxes() -> tuple[tuple[int, int], dict[str, list[tuple[int, int]]]]:
     is high and the other index low, so a box lies well inside one cover type. Returns the window's (row, col)
     origin and, per class, the boxes' (row, col) origins in native pixels.
     """
-    path = shared_file(*S2)
+    path = shared_file(*S2_L1C)
     with rasterio.open(path) as ds:
         shape = (ds.height // DECIMATION, ds.width // DECIMATION)
         green, red, nir = ds.read([3, 4, 8], out_shape=(3, *shape)).astype(np.float32)
@@ -110,7 +109,7 @@ def box_polygons_4326(boxes: dict[str, list[tuple[int, int]]], values: Any = Non
     )
     from qgis.PyQt.QtCore import QVariant
 
-    with rasterio.open(shared_file(*S2)) as ds:
+    with rasterio.open(shared_file(*S2_L1C)) as ds:
         transform, crs = ds.transform, ds.crs.to_string()
     to_4326 = QgsCoordinateTransform(QgsCoordinateReferenceSystem(crs), QgsCoordinateReferenceSystem("EPSG:4326"),
                                      QgsProject.instance())
@@ -135,7 +134,7 @@ def box_polygons_4326(boxes: dict[str, list[tuple[int, int]]], values: Any = Non
 
 
 def window_extent(origin: tuple[int, int]) -> str:
-    with rasterio.open(shared_file(*S2)) as ds:
+    with rasterio.open(shared_file(*S2_L1C)) as ds:
         left, top = ds.transform * (origin[1], origin[0])
         right, bottom = ds.transform * (origin[1] + WINDOW, origin[0] + WINDOW)
         return f"{left},{right},{bottom},{top} [{ds.crs.to_string()}]"
@@ -149,7 +148,7 @@ def trained(msfm_provider: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         origin, boxes = find_boxes()
         polygons = box_polygons_4326(boxes)
         out = tmp_path_factory.mktemp("head") / "cover.safetensors"
-        result = run("train_head", {"INPUT": str(shared_file(*S2)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
+        result = run("train_head", {"INPUT": str(shared_file(*S2_L1C)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
                                     "STEPS": STEPS, "OUTPUT": str(out)})
         yield {"result": result, "head": out, "origin": origin, "boxes": boxes}
 
@@ -171,7 +170,7 @@ def test_provider_lists_the_segmentation_algorithms(msfm_provider: Any) -> None:
     assert not segment.parameterDefinition("OUTPUT_POLYGONS").createByDefault()
     # The shared tile checks still apply to both parameter sets (training has no overlap).
     context = QgsProcessingContext()
-    path = str(shared_file(*S2))
+    path = str(shared_file(*S2_L1C))
     polygons = box_polygons_4326({"water": [(0, 0)]})
     ok, message = train.checkParameterValues({"INPUT": path, "POLYGONS": polygons, "CLASS_FIELD": "cover",
                                               "TILE_SIZE": 200, "OUTPUT": "x.safetensors"}, context)
@@ -208,13 +207,13 @@ def test_segment_classifies_the_boxes_and_styles_the_classes(trained: dict, tmp_
     from qgis.core import QgsPalettedRasterRenderer, QgsProject, QgsVectorLayer
 
     out, polygons = tmp_path / "cover.tif", tmp_path / "cover.gpkg"
-    params = {"INPUT": str(shared_file(*S2)), "HEAD": str(trained["head"]), "EXTENT": window_extent(trained["origin"]),
-              "OUTPUT": str(out), "OUTPUT_POLYGONS": str(polygons), **FAST}
+    params = {"INPUT": str(shared_file(*S2_L1C)), "HEAD": str(trained["head"]),
+              "EXTENT": window_extent(trained["origin"]), "OUTPUT": str(out), "OUTPUT_POLYGONS": str(polygons), **FAST}
     project = QgsProject.instance()
     project.clear()
     result = processing.runAndLoadResults("msfm:segment", params)
     assert result["CLASS_NAMES"] == CLASSES and abs(sum(result["CLASS_FRACTIONS"]) - 1) < 1e-6
-    with rasterio.open(shared_file(*S2)) as src, rasterio.open(out) as classes:
+    with rasterio.open(shared_file(*S2_L1C)) as src, rasterio.open(out) as classes:
         assert classes.crs == src.crs
         assert classes.transform.a == pytest.approx(src.transform.a / 2)  # the head's scale (2.0) from its card
         labels = classes.read(1)
@@ -246,7 +245,7 @@ def test_empty_class_value_is_named(msfm_provider: Any, tmp_path: Path) -> None:
     polygons = box_polygons_4326(boxes, values)
     out = tmp_path / "head.safetensors"
     with pytest.raises(QgsProcessingException) as err:
-        run("train_head", {"INPUT": str(shared_file(*S2)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
+        run("train_head", {"INPUT": str(shared_file(*S2_L1C)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
                            "STEPS": 2, "OUTPUT": str(out)})
     message = str(err.value)
     assert "empty class value" in message and "'cover'" in message
@@ -265,13 +264,13 @@ def test_cancel_leaves_no_output(trained: dict, tmp_path: Path) -> None:
     polygons = box_polygons_4326(trained["boxes"])
     feedback = CancelAfterFirstProgress()
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        run("train_head", {"INPUT": str(shared_file(*S2)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
+        run("train_head", {"INPUT": str(shared_file(*S2_L1C)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
                            "STEPS": STEPS, "BATCH_SIZE": 1, "OUTPUT": str(tmp_path / "head.safetensors")},
             feedback=feedback)
     assert list(tmp_path.iterdir()) == []
     feedback = CancelAfterFirstProgress()
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        run("segment", {"INPUT": str(shared_file(*S2)), "HEAD": str(trained["head"]),
+        run("segment", {"INPUT": str(shared_file(*S2_L1C)), "HEAD": str(trained["head"]),
                         "EXTENT": window_extent(trained["origin"]), "BATCH_SIZE": 1, "OUTPUT": str(tmp_path / "c.tif"),
                         "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif"), "OUTPUT_POLYGONS": str(tmp_path / "c.gpkg"),
                         **FAST}, feedback=feedback)
@@ -321,7 +320,7 @@ def test_graphical_model_trains_then_segments(msfm_provider: Any, tmp_path: Path
     model.addChildAlgorithm(segment)
     gpkg = write_gpkg(box_polygons_4326(boxes), tmp_path / "boxes.gpkg")
     out = str(tmp_path / "model_classes.tif")
-    result = processing.run(model, {"raster": str(shared_file(*S2)), "boxes": str(gpkg), "segment:classes": out})
+    result = processing.run(model, {"raster": str(shared_file(*S2_L1C)), "boxes": str(gpkg), "segment:classes": out})
     assert result["segment:classes"] == out
     with rasterio.open(out) as classes:
         assert classes.width == classes.height == 2 * WINDOW  # the head's scale 2.0

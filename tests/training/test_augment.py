@@ -1,4 +1,4 @@
-"""Tests of training/xstars/augment.py: multi-crop shapes, reproducibility, ranges, and each op on constructed images."""
+"""Tests of training/data/augment.py: multi-crop shapes, reproducibility, ranges, and each op on constructed images."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.xstars.augment import (
+from training.data.augment import (
     DINOMultiCrop,
     ViewAugmentation,
     adjust_brightness,

@@ -23,7 +23,8 @@ def test_msfm_train_runs_the_tiny_config(tmp_path, capsys) -> None:
             "--set", "run.steps=2", "--set", f"data.data_dir={DATA}", "--set", "data.prefetch=0"]
     assert engine_cli.main(args) == 0
     text = capsys.readouterr().out
-    assert "done: step 2/2 (steps)" in text and f"exported: {out / 'export' / 'smarties-mae-tiny-cpu.safetensors'}" in text
+    exported = out / "export" / "smarties-mae-tiny-cpu.safetensors"
+    assert "done: step 2/2 (steps)" in text and f"exported: {exported}" in text
     with open(out / "log.csv", newline="") as fh:
         assert [row["step"] for row in csv.DictReader(fh)] == ["1", "2"]
     model = load_model(out / "export" / "smarties-mae-tiny-cpu.safetensors")

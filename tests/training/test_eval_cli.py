@@ -1,6 +1,6 @@
-"""`msfm eval knn | linear-probe | retrieval` (training/eval_cli.py) and the labelled-patch reader
-(training/labelled.py) on real data: the 6 BigEarthNet-MM pairs, and water / vegetation / shore patches cut from the
-Virginia Sentinel-2 scene with labels from its own NDWI and NDVI."""
+"""`msfm eval knn | linear-probe | retrieval` (training/evaluation/cli.py) and the labelled-patch reader
+(training/evaluation/datasets.py) on real data: the 6 BigEarthNet-MM pairs, and water / vegetation / shore patches cut
+from the Virginia Sentinel-2 scene with labels from its own NDWI and NDVI."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from engine.models import load_model, model_statistics
 from engine.raster import band_statistics
 from engine.spectral import normalize, resolve_bands, select_band_families
 from tests.conftest import shared_file
-from training.evaluate import cross_sensor_retrieval
-from training.labelled import labelled_folder, load_labelled, split_patches
-from training.pairs import BEN43_CLASSES, PairImages, bigearthnet_pairs
+from training.data.pairs import BEN43_CLASSES, PairImages, bigearthnet_pairs
+from training.evaluation.datasets import labelled_folder, load_labelled, split_patches
+from training.evaluation.protocols import cross_sensor_retrieval
 
 REPO = Path(__file__).resolve().parents[2]
 #: Side of the Virginia patches in native 10 m pixels (320 m), and patches per class.
@@ -83,7 +83,7 @@ def virginia(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------------------------------------------- wiring
 def test_eval_is_registered_as_an_msfm_command() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group="msfm.commands")}
-    assert eps.get("eval") == "training.eval_cli:register"
+    assert eps.get("eval") == "training.evaluation.cli:register"
     assert "eval" in engine_cli.PLUGIN_COMMANDS
     # building the parser imports no torch (every msfm command builds it)
     code = "import sys, engine.cli; engine.cli.build_parser(); print('torch' in sys.modules)"

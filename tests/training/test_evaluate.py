@@ -1,4 +1,5 @@
-"""Tests of training/evaluate.py: frozen CLS features of real BigEarthNet-MM pairs, kNN, linear probe, retrieval."""
+"""Tests of training/evaluation/protocols.py: frozen CLS features of real BigEarthNet-MM pairs, kNN, linear probe,
+retrieval."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from sklearn.metrics import average_precision_score
 
 from engine.models import load_model
 from tests.conftest import shared_file
-from training.evaluate import (
+from training.data.pairs import BEN43_CLASSES, PairImages, bigearthnet_pairs
+from training.evaluation.protocols import (
     classification_metric,
     cross_sensor_retrieval,
     extract_features,
     knn_classify,
     linear_probe,
 )
-from training.pairs import BEN43_CLASSES, PairImages, bigearthnet_pairs
 
 #: Image side for the real-data features: 224 = the model's native grid (docs/smarties.md §6).
 SIZE = 224

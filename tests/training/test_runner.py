@@ -21,8 +21,9 @@ from engine.models import load_model, read_checkpoint
 from tests.conftest import DATA, shared_file
 from tests.training.helpers import fit_recipe, read_log
 from training.config import ConfigError, config_to_dict, dump_config, load_config
-from training.mae import SmartiesMAE
-from training.pretrain import SmartiesMAEConfig, load_mae_config, lr_schedule, mae_task
+from training.models.mae import SmartiesMAE
+from training.optim import lr_schedule
+from training.recipes.smarties_mae import SmartiesMAEConfig, load_mae_config, mae_task
 from training.runner import (
     LOG_COLUMNS,
     NonFiniteLossError,
@@ -106,7 +107,7 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-# ---------------------------------------------------------------------------------------------------- recipe on real data
+# ------------------------------------------------------------------------------------------ recipe on real data
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SmartiesMAEConfig, Any, TrainTask]:
     """12 steps of the tiny config overfitting one fixed batch of real crops (4 S2 + S1 pairs / spectral splits)."""
@@ -177,7 +178,7 @@ def test_resume_continues_bit_for_bit(tmp_path) -> None:
 
 def test_pairs_source_feeds_ground_aligned_sensor_pairs(tmp_path) -> None:
     """data.source: pairs — BigEarthNet S2 (view 1) ↔ S1 (view 2) paired crops; an epoch is one crop per pair."""
-    from training.pretrain import _pairs_stream, samples_per_epoch
+    from training.recipes.smarties_mae import _pairs_stream, samples_per_epoch
 
     cfg = tiny_cfg(tmp_path, "data.source=pairs", f"data.pairs.path={DATA / 'bigearthnet_mm'}",
                    "data.pairs.sensors=[s2, s1]", "data.batch_size=2", "run.steps=null", "run.epochs=1")
@@ -345,7 +346,8 @@ def test_config_loading_is_strict(tmp_path) -> None:
 def test_shipped_configs_load() -> None:
     vitb = load_mae_config("smarties-mae-vitb")
     m, o = vitb.model, vitb.optim
-    assert (m.embed_dim, m.depth, m.num_heads, m.decoder_dim, m.decoder_depth, m.decoder_heads) == (768, 12, 12, 512, 8, 16)
+    geometry = (m.embed_dim, m.depth, m.num_heads, m.decoder_dim, m.decoder_depth, m.decoder_heads)
+    assert geometry == (768, 12, 12, 512, 8, 16)
     assert (o.blr, o.betas, o.weight_decay, o.warmup_epochs, vitb.run.epochs) == (1.5e-4, (0.9, 0.95), 0.05, 20, 300)
     assert vitb.mae.mask_ratio == 0.75 and vitb.mae.mixup_ratio == 0.5
     with pytest.raises(ConfigError, match="samples_per_epoch"):  # epochs need the data size, which we do not have
@@ -355,6 +357,7 @@ def test_shipped_configs_load() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow  # two torchrun processes: about 8 s
 def test_two_process_cpu_ddp_keeps_replicas_identical(tmp_path) -> None:
     """torchrun, 2 processes, gloo: `python -m training train` end to end; both ranks end with identical weights."""
     shared_file("data", "s2_l1c_13band_10m_virginia.tif")

@@ -1,5 +1,5 @@
-"""Tests of training/schedules.py: endpoints and lengths (docs/xstars.md §9 item 6), HF/DINO warm-up conventions, and the
-values the original X-STARS run wrote into its checkpoint's optimiser (fixtures/xstars README §3)."""
+"""Tests of training/schedules.py: endpoints and lengths (docs/xstars.md §9 item 6), HF/DINO warm-up conventions, and
+the values the original X-STARS run wrote into its checkpoint's optimiser (fixtures/xstars README §3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Tests of training/smarties_align.py (recipe ``smarties-align``): SMARTIES continual alignment onto a new sensor
-with MAE + MSAD to a frozen domain teacher, on the real BigEarthNet-MM S1/S2 pairs and Landsat-8 pan/MS scene.
+"""Tests of training/recipes/smarties_align.py (recipe ``smarties-align``): SMARTIES continual alignment onto a new
+sensor with MAE + MSAD to a frozen domain teacher, on the real BigEarthNet-MM S1/S2 pairs and Landsat-8 pan/MS scene.
 
 The 20-step run uses the bundled demo encoder (224-px inputs); the other runs use the original SMARTIES code's tiny
 full-MAE fixture (``fixtures/smarties/tiny_mae.safetensors``: D 32, patch 8, 4 × 4 tokens) to stay fast."""
@@ -19,18 +19,18 @@ from engine.models import load_model, read_checkpoint
 from tests.conftest import DATA, FIXTURES, shared_file
 from tests.training.helpers import fit_recipe, read_log
 from training.config import ConfigError
-from training.pairs import PairedCropSampler, bigearthnet_pairs, pan_ms_pairs
-from training.runner import LOG_COLUMNS, Runner, latest_checkpoint
-from training.smarties_align import (
+from training.data.pairs import PairedCropSampler, bigearthnet_pairs, pan_ms_pairs
+from training.export import load_msad_heads
+from training.models.smarties_align import SmartiesAlignModel
+from training.recipes.smarties_align import (
     SmartiesAlignConfig,
-    SmartiesAlignModel,
     align_param_groups,
     align_task,
     build_align_model,
     build_stream,
     load_align_config,
-    load_msad_heads,
 )
+from training.runner import LOG_COLUMNS, Runner, latest_checkpoint
 
 BEN = DATA / "bigearthnet_mm"
 TINY_MAE = FIXTURES / "smarties" / "tiny_mae.safetensors"
@@ -75,6 +75,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SmartiesAlignCon
     return cfg, result, task, initial
 
 
+@pytest.mark.slow  # the demo_run fixture: 20 steps of the demo encoder, about 12 s
 def test_tiny_config_aligns_s1_onto_s2_and_the_losses_fall(demo_run) -> None:
     cfg, result, task, _ = demo_run
     rows = read_log(result.log_csv)
@@ -92,6 +93,7 @@ def test_tiny_config_aligns_s1_onto_s2_and_the_losses_fall(demo_run) -> None:
         "smarties-demo-tiny-s1-msad-heads.safetensors"]
 
 
+@pytest.mark.slow  # demo_run
 def test_domain_teacher_is_frozen_bit_identical_and_outside_the_optimiser(demo_run) -> None:
     cfg, _, task, initial = demo_run
     model: SmartiesAlignModel = task.model
@@ -108,6 +110,7 @@ def test_domain_teacher_is_frozen_bit_identical_and_outside_the_optimiser(demo_r
     assert not torch.equal(student["blocks.0.attn.qkv.weight"], original["blocks.0.attn.qkv.weight"])
 
 
+@pytest.mark.slow  # demo_run
 def test_export_loads_in_the_engine_and_changes_s1_embeddings(demo_run) -> None:
     cfg, result, task, _ = demo_run
     encoder_file, mae_file, heads_file = result.exports

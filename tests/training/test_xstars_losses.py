@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests.conftest import shared_file
-from training.xstars import DINOLoss, MSADHeads, MSADLoss
+from training.losses.dino import DINOLoss
+from training.losses.msad import MSADLoss
+from training.models.msad_heads import MSADHeads
 
 MSAD_CASES = {
     # name: (soft weights, tau, label smoothing, expected-key prefix, per-token rtol, per-token atol)
@@ -34,7 +36,8 @@ def dino_io() -> dict[str, torch.Tensor]:
 
 
 def _decode_2bit(packed: torch.Tensor) -> torch.Tensor:
-    """fixtures README §1: byte j of row o holds the codes of columns 4j..4j+3 in bit pairs 0-1 .. 6-7; w = (2c−3)/128."""
+    """fixtures README §1: byte j of row o holds the codes of columns 4j..4j+3 in bit pairs 0-1 .. 6-7;
+    w = (2c−3)/128."""
     codes = torch.stack([(packed >> (2 * k)) & 3 for k in range(4)], dim=-1).reshape(packed.shape[0], -1)
     return (2.0 * codes.float() - 3.0) / 128.0
 
@@ -63,7 +66,10 @@ def test_msad_heads_keys_and_sizes(msad_io: dict[str, torch.Tensor]) -> None:
 @pytest.mark.parametrize("case", list(MSAD_CASES))
 def test_msad_matches_original(msad_io: dict[str, torch.Tensor], case: str) -> None:
     soft, tau, eps, prefix, rtol, atol = MSAD_CASES[case]
-    key_tok, key_mean = (f"loss_per_token{prefix}", f"loss{prefix}") if not soft else (f"{prefix}loss_per_token", f"{prefix}loss")
+    if not soft:
+        key_tok, key_mean = f"loss_per_token{prefix}", f"loss{prefix}"
+    else:
+        key_tok, key_mean = f"{prefix}loss_per_token", f"{prefix}loss"
     loss = MSADLoss(32, tau=tau, label_smoothing=eps, heads=_fixture_heads(msad_io, soft)).eval()
     per_token = loss.per_token([msad_io["feat_a"], msad_io["feat_b"]])
     assert per_token.shape == (197,)
@@ -72,7 +78,8 @@ def test_msad_matches_original(msad_io: dict[str, torch.Tensor], case: str) -> N
 
 
 def _loop_reference(heads: MSADHeads, feats: list[torch.Tensor], tau: float, eps: float) -> torch.Tensor:
-    """Straight from docs/xstars.md §3.3, one token and one pair at a time, with torch's own soft-target cross-entropy."""
+    """Straight from docs/xstars.md §3.3, one token and one pair at a time, with torch's own soft-target
+    cross-entropy."""
     per_token = []
     for i in range(feats[0].shape[1]):
         total = torch.zeros(())

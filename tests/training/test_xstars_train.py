@@ -1,5 +1,6 @@
-"""Tests of training/xstars/train.py and data.py: DINO optimiser rules, EMA, clipping, last-layer freeze, a tiny
-pretraining run on the runner, and continual pretraining from the original X-STARS checkpoint (fixtures README §3)."""
+"""Tests of training/recipes/xstars.py and training/data/xstars.py: DINO optimiser rules, EMA, clipping, last-layer
+freeze, a tiny pretraining run on the runner, and continual pretraining from the original X-STARS checkpoint (fixtures
+README §3)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import torch
 from engine.models import read_dino_checkpoint
 from tests.conftest import shared_file
 from training.config import load_config
-from training.runner import Runner
-from training.xstars.data import XStarsStream
-from training.xstars.train import (
+from training.data.xstars import XStarsStream
+from training.models.xstars import XStarsModel
+from training.recipes.xstars import (
     XStarsConfig,
-    XStarsModel,
     before_step,
     build_samples,
     build_xstars_model,
@@ -28,6 +28,7 @@ from training.xstars.train import (
     train_xstars,
     xstars_task,
 )
+from training.runner import Runner
 
 TINY_MODEL = {"name": "tiny", "embed_dim": 48, "depth": 2, "num_heads": 3, "out_dim": 64, "head_hidden_dim": 32,
               "head_bottleneck_dim": 16}
@@ -218,7 +219,7 @@ def test_continual_from_original_checkpoint(msc_root: Path, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("name", ["xstars-vit-tiny", "xstars-continual-vit-tiny", "xstars-tiny-cpu"])
 def test_shipped_configs_load(name: str) -> None:
-    from training.xstars.train import load_xstars_config
+    from training.recipes.xstars import load_xstars_config
 
     cfg = load_xstars_config(name, ["run.out_dir=/tmp/unused"])
     assert cfg.recipe.startswith("xstars") and cfg.optim.clip_mode == "per_tensor" and cfg.msad.alpha == 0.1

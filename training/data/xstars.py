@@ -1,8 +1,8 @@
 """X-STARS training samples and a resumable batch stream (docs/xstars.md §2, §3.1, §4, §5).
 
 One sample is an *anchor* tile (one place seen by one sensor) turned into the DINO multi-crop views, plus the
-un-augmented MSAD view of the same place for every MSAD sensor (:func:`training.xstars.augment.msad_view`). Places
-come from :func:`training.pairs.pairs_from_folder` (MSC-France layout ``<root>/<Sensor>/<City>/<tile>``, paired on
+un-augmented MSAD view of the same place for every MSAD sensor (:func:`training.data.augment.msad_view`). Places
+come from :func:`training.data.pairs.pairs_from_folder` (MSC-France layout ``<root>/<Sensor>/<City>/<tile>``, paired on
 ``(city, filename)``; missing partners are reported, X-STARS bugs B4–B6 fixed there).
 
 - Pretraining: anchors = every tile of every selected sensor (each place once per sensor per epoch); MSAD views of
@@ -10,8 +10,8 @@ come from :func:`training.pairs.pairs_from_folder` (MSC-France layout ``<root>/<
 - Continual pretraining: anchors = the tiles of the new sensor only; MSAD views ``(partner sensor, new sensor)``
   (docs/xstars.md §4).
 
-Tiles are read as 8-bit RGB and divided by 255, as X-STARS does with PIL (docs/xstars.md §5); other pixel types are refused.
-Randomness: sample ``i`` of epoch ``e`` is augmented with :func:`~training.xstars.augment.sample_generator`
+Tiles are read as 8-bit RGB and divided by 255, as X-STARS does with PIL (docs/xstars.md §5); other pixel types are
+refused. Randomness: sample ``i`` of epoch ``e`` is augmented with :func:`~training.data.augment.sample_generator`
 ``(seed, e, i)``, and the order of epoch ``e`` is a permutation seeded with ``(seed, e)``, so batch ``k`` of process
 ``r`` depends only on ``(seed, r, k)``: :class:`XStarsStream` is resumable exactly (its state is ``k``) and does not
 depend on the number of loader workers.
@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+import rasterio
 import torch
+from rasterio.errors import NotGeoreferencedWarning
 
-from .augment import DINOMultiCrop, MSADNormalization, msad_view
+from .augment import DINOMultiCrop, MSADNormalization, msad_view, sample_generator
 
 __all__ = ("XStarsSamples", "XStarsStream", "collate_samples", "read_rgb")
 
@@ -46,9 +48,6 @@ def read_rgb(path: "Path | str") -> torch.Tensor:
         ValueError: The raster is not 8-bit (X-STARS trains on 8-bit RGB tiles; convert or stretch it first).
         rasterio.errors.RasterioIOError: Unreadable file.
     """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
@@ -64,7 +63,7 @@ class XStarsSamples(torch.utils.data.Dataset):
     """Map-style samples addressed by ``(epoch, index)`` keys (so a worker needs no shared RNG).
 
     Args:
-        pairs: Places (:class:`training.pairs.Pair`) holding a tile of every sensor used below.
+        pairs: Places (:class:`training.data.pairs.Pair`) holding a tile of every sensor used below.
         anchor_sensors: Sensors whose tiles are samples (all selected sensors, or the new sensor in continual).
         msad_sensors: Sensors whose MSAD views each sample carries, in MSAD order (empty = no MSAD views).
         multicrop: The DINO multi-crop transform.
@@ -117,9 +116,11 @@ class XStarsSamples(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, list[torch.Tensor]]:
-        """Sample ``index`` of ``epoch``: ``{"crops": [2 + N views [3, S, S]], "msad": [per MSAD sensor [3, M, M]]}``."""
-        from .augment import sample_generator
+        """Sample ``index`` of ``epoch``.
 
+        Returns:
+            ``{"crops": [2 + N views [3, S, S]], "msad": [per MSAD sensor [3, M, M]]}``.
+        """
         epoch, index = key
         pair_index, sensor = self.items[index]
         pair = self.pairs[pair_index]

@@ -1,4 +1,5 @@
-"""MSAD, the Multi-Sensor Alignment Dense loss of X-STARS (docs/xstars.md §3), written from the paper and docs/xstars.md.
+"""MSAD, the Multi-Sensor Alignment Dense loss of X-STARS (docs/xstars.md §3), written from the paper and
+docs/xstars.md.
 
 Token ``i`` of sensor ``a`` is contrasted with token ``i`` of sensor ``b`` (the same ground cell on the shared 14×14
 grid) across the local batch, with CLIP-style soft targets (X-STARS, Marsocci et al., arXiv 2405.09922; IEEE JSTARS 18,
@@ -13,11 +14,11 @@ grid) across the local batch, with CLIP-style soft targets (X-STARS, Marsocci et
 Pretraining sums ``l`` over the sensor pairs ``a < b`` (in sensor order) and averages over token positions; continual
 pretraining has a single pair (old sensor through the frozen network as ``a``, new sensor through the student as
 ``b``). Everything is vectorised over tokens: features are permuted to ``[N, B, D]`` token-major, the heads act on the
-last dimension and the ``[B, B]`` matrices come from batched matmuls ``[N, B, B]`` (docs/xstars.md §3.3, B9). Log-softmax keeps
-the computation stable although the logits are in the hundreds (``‖e‖² ≈ 1024``).
+last dimension and the ``[B, B]`` matrices come from batched matmuls ``[N, B, B]`` (docs/xstars.md §3.3, B9).
+Log-softmax keeps the computation stable although the logits are in the hundreds (``‖e‖² ≈ 1024``).
 
-Modes (docs/xstars.md §3.4-§3.5): ``"paper"`` (default) keeps the graph, so the backbone and the heads ``P``, ``Q1``, ``Q2``
-get gradients (the heads must be in the optimiser and the checkpoint); ``"compat"`` computes the same value under
+Modes (docs/xstars.md §3.4-§3.5): ``"paper"`` (default) keeps the graph, so the backbone and the heads ``P``, ``Q1``,
+``Q2`` get gradients (the heads must be in the optimiser and the checkpoint); ``"compat"`` computes the same value under
 ``torch.no_grad`` like the released code (B1: its tensor-from-list detaches it), so MSAD is only logged.
 """
 
@@ -29,7 +30,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from .heads import MSAD_DROPOUT, MSAD_PROJ_DIM, MSADHeads
+from ..models.msad_heads import MSAD_DROPOUT, MSAD_PROJ_DIM, MSADHeads
 
 __all__ = ("MSADLoss", "msad_pair_loss", "soft_cross_entropy")
 
@@ -93,7 +94,7 @@ def msad_pair_loss(
 class MSADLoss(nn.Module):
     """MSAD over all token positions and sensor pairs, with its trainable heads (docs/xstars.md §3.2-§3.5).
 
-    The heads are a registered submodule (``self.heads``, an :class:`~training.xstars.heads.MSADHeads`), so
+    The heads are a registered submodule (``self.heads``, an :class:`~training.models.msad_heads.MSADHeads`), so
     ``.to()``/``.train()`` reach them; save ``loss.heads.state_dict()`` under ``msad_heads`` and put
     ``loss.heads.parameters()`` in the optimiser in ``"paper"`` mode.
 
@@ -171,7 +172,8 @@ class MSADLoss(nn.Module):
         shape = features[0].shape
         for f in features:
             if f.ndim != 3 or f.shape != shape:
-                raise ValueError(f"MSAD features must all be [B, N, D] of one shape, got {[tuple(x.shape) for x in features]}")
+                raise ValueError("MSAD features must all be [B, N, D] of one shape, got "
+                                 f"{[tuple(x.shape) for x in features]}")
         start = 0 if self.include_cls else 1
         # token-major [N, B, D]: one contrastive problem per position, batched
         z = [self.heads.P(f[:, start:].transpose(0, 1)) for f in features]

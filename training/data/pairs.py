@@ -9,24 +9,27 @@ sensor's own GSD (BigEarthNet S1 10 m ↔ S2 10 m, Landsat-8 pan 15 m ↔ multis
   B4–B6, docs/xstars.md §7: any sensor folder names, extra top-level folders ignored, any path separator);
 - :func:`pairs_from_csv` — one path column per sensor plus optional label columns;
 - :func:`bigearthnet_pairs` — BigEarthNet-MM S1/S2 patches with their CORINE multi-labels;
-- :func:`pan_ms_pairs` — panchromatic / multispectral pairs of one scene.
+- :func:`pan_ms_pairs` — panchromatic / multispectral pairs of one scene;
+- :func:`pairs_from_config` — one of the above, as a recipe config's ``data.pairs`` section (:class:`PairsConfig`)
+  names it.
 
 :class:`PairedCropSampler` draws SMARTIES' paired random-resized crop (§5) *in ground coordinates*: a square window
 covering a random fraction U(0.25, 1) of the pair's common footprint, read from every sensor at its own resolution
 (rasterio window from bounds; fractional offsets honoured with cubic resampling; parts outside a raster are read as
 invalid), normalised with the engine's statistics for the sensor's resolved bands
-(:func:`engine.bands.resolve_bands`, :func:`engine.inference.band_statistics`, :func:`engine.normalize.normalize`;
-invalid pixels → 0 = the band mean, as :class:`training.data.PretrainSampler`), resized to the model input size
+(:func:`engine.spectral.resolve_bands`, :func:`engine.raster.band_statistics`, :func:`engine.spectral.normalize`;
+invalid pixels → 0 = the band mean, as :class:`training.data.rasters.PretrainSampler`), resized to the model input size
 (bicubic, anti-aliased, ``torch.nn.functional.interpolate``) and flipped/rotated identically for all sensors. The
 reference maps the crop position proportionally between the two images' pixel grids (§5); with georeferenced rasters
 the same ground window is the exact equivalent, and it stays exact when the footprints differ by a few pixels.
 Rasters without a CRS (PNG/JPEG tiles, as MSC-France ships) are taken to cover the same footprint by construction:
 their frame is the image itself scaled to the unit square, which is the reference's proportional mapping.
 
-Why not :class:`training.data.RasterSource`: it drops bands with an interpolated projection (panchromatic bands
+Why not :class:`training.data.rasters.RasterSource`: it drops bands with an interpolated projection (panchromatic bands
 have no MAE range), resamples bilinearly straight to the output size (no anti-aliasing when a 1000-px pan window
 becomes 224 px) on the grid of its first file, and keeps every file open. :func:`folder_sources` still builds
-:class:`~training.data.RasterSource` s for single-sensor tiles, through its public :func:`training.data.raster_source`.
+:class:`~training.data.rasters.RasterSource` s for single-sensor tiles, through its public
+:func:`training.data.rasters.raster_source`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -56,7 +59,8 @@ from engine.models import model_statistics
 from engine.raster import band_statistics, open_raster, read_valid
 from engine.spectral import BandMapping, BandStats, Projection, resolve_bands, select_band_families
 
-from .data import NOT_TRAINED, PretrainSampler, RasterSource, raster_source
+from ..config import ConfigError
+from .rasters import NOT_TRAINED, PretrainSampler, RasterSource, raster_source
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +73,18 @@ __all__ = (
     "PairedBatch",
     "PairedCrop",
     "PairedCropSampler",
+    "PairsConfig",
     "bigearthnet_pairs",
     "collate_crops",
     "folder_sources",
+    "pairs_from_config",
     "pairs_from_csv",
     "pairs_from_folder",
     "pan_ms_pairs",
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: What a band is embedded with: its SMARTIES range key, or the interpolated :class:`~engine.spectrum.Projection`
+#: What a band is embedded with: its SMARTIES range key, or the interpolated :class:`~engine.spectral.Projection`
 #: for bands in no range (panchromatic, Landsat B11); both are accepted by ``SmartiesEncoder.encode``.
 BandSpec = Union[str, Projection]
 #: (left, bottom, right, top) of a window in a pair's frame (CRS units, or image fractions for unreferenced rasters).
@@ -86,10 +92,11 @@ Bounds = tuple[float, float, float, float]
 
 #: File suffixes :func:`pairs_from_folder` treats as raster tiles (GDAL-readable; MSC-France tiles are PIL images).
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
-#: SMARTIES paired random-resized crop: area fraction range and tries before the centre-crop fallback (docs/smarties.md §5).
+#: SMARTIES paired random-resized crop (docs/smarties.md §5): area fraction range and tries before the centre-crop
+#: fallback.
 CROP_SCALE = (0.25, 1.0)
 _CROP_TRIES = 10
-#: Window redraws when a crop has too few valid pixels (as :class:`training.data.PretrainSampler`).
+#: Window redraws when a crop has too few valid pixels (as :class:`training.data.rasters.PretrainSampler`).
 _VALID_TRIES = 20
 
 # ---------------------------------------------------------------------------------------------------- labels
@@ -140,7 +147,7 @@ class Pair:
             does not tell the bands (see ``msfm sensors``); a missing entry or ``None`` lets the resolver guess.
         labels: Class names of the place (one for single-label datasets, several for multi-label ones, none when
             unlabelled).
-        overrides: Sensor name → band overrides for :func:`engine.bands.resolve_bands` (``{4: "red_2", "B8":
+        overrides: Sensor name → band overrides for :func:`engine.spectral.resolve_bands` (``{4: "red_2", "B8":
             842.5}``, as ``msfm embed --band``), for files whose metadata and preset do not tell the bands.
 
     Raises:
@@ -186,8 +193,8 @@ def pairs_from_folder(
 
     Tiles are matched on their path below the sensor folder — ``(city, filename)`` in the MSC-France layout, also
     deeper or flatter layouts — compared as path parts, so sensor names may be anything (also substrings of each
-    other or of city names) and the OS path separator does not matter (fixes X-STARS B5/B6, docs/xstars.md §7). Top-level
-    folders not named in ``sensors`` are ignored. Files are those with a :data:`RASTER_SUFFIXES` suffix.
+    other or of city names) and the OS path separator does not matter (fixes X-STARS B5/B6, docs/xstars.md §7).
+    Top-level folders not named in ``sensors`` are ignored. Files are those with a :data:`RASTER_SUFFIXES` suffix.
 
     Args:
         root: Dataset root.
@@ -397,20 +404,70 @@ def pan_ms_pairs(
     return [Pair(Path(m).stem, {"ms": Path(m), "pan": Path(p)}, dict(presets)) for m, p in zip(ms_list, pan_list)]
 
 
+# ---------------------------------------------------------------------------------------------------- configured pairs
+@dataclass(frozen=True)
+class PairsConfig:
+    """The ``data.pairs`` section of a recipe config: co-registered pairs (``smarties-mae`` with ``data.source: pairs``,
+    ``smarties-align``), read by :func:`pairs_from_config`.
+
+    Attributes:
+        kind: ``bigearthnet`` (a folder with ``index.csv``, :func:`bigearthnet_pairs`), ``csv`` (one path column per
+            sensor, :func:`pairs_from_csv`) or ``folder`` (``<root>/<Sensor>/<City>/<tile>``,
+            :func:`pairs_from_folder`).
+        path: The folder or CSV file (relative to the working directory).
+        sensors: ``[view 1, view 2]`` sensor names (BigEarthNet: ``s2``, ``s1`` as the reference; empty = the
+            pairs' own order).
+        presets: Sensor → engine preset id for files whose metadata does not tell (``csv``/``folder`` kinds).
+        scale: Area of the paired random-resized crop as a fraction of the common footprint (U(0.25, 1),
+            docs/smarties.md §5).
+    """
+
+    kind: Literal["bigearthnet", "csv", "folder"] = "bigearthnet"
+    path: Optional[str] = None
+    sensors: tuple[str, ...] = ()
+    presets: dict[str, str] = field(default_factory=dict)
+    scale: tuple[float, float] = (0.25, 1.0)
+
+
+def pairs_from_config(pc: PairsConfig) -> list[Pair]:
+    """The :class:`Pair` s of a ``data.pairs`` config section.
+
+    Raises:
+        training.config.ConfigError: ``data.pairs.path`` is missing, or the pairs do not have the named sensors.
+        FileNotFoundError: As the constructors (:func:`bigearthnet_pairs`, :func:`pairs_from_csv`,
+            :func:`pairs_from_folder`).
+    """
+    if pc.path is None:
+        raise ConfigError("data.source is 'pairs' but data.pairs.path is not set")
+    presets = dict(pc.presets) or None
+    if pc.kind == "bigearthnet":
+        found = bigearthnet_pairs(pc.path)
+    elif pc.kind == "csv":
+        found = pairs_from_csv(pc.path, sensors=list(pc.sensors) or None, presets=presets)
+    else:
+        found = pairs_from_folder(pc.path, sensors=list(pc.sensors) or None, presets=presets)
+    if not found:
+        raise ConfigError(f"data.pairs: no pair found in {pc.path}")
+    sensors = list(found[0].sensors)
+    if pc.sensors and not set(pc.sensors) <= set(sensors):
+        raise ConfigError(f"data.pairs.sensors {list(pc.sensors)}: the pairs have {sensors}")
+    return found
+
+
 def folder_sources(folder: PathLike, sensor: Optional[str] = None, pattern: str = "*.tif",
                    **kw: object) -> list[RasterSource]:
-    """Single-sensor sources for :class:`training.data.PretrainSampler` from every GeoTIFF of a folder.
+    """Single-sensor sources for :class:`training.data.rasters.PretrainSampler` from every GeoTIFF of a folder.
 
-    Each file becomes :func:`training.data.raster_source` (bands resolved by the engine, statistics of the preset or
-    estimated per file when the sampler opens it). Files without a trainable band (a panchromatic-only file: its
-    projection is interpolated, see :mod:`training.data`) are skipped with a warning. The sampler keeps every file
-    open: meant for tens of files, not thousands.
+    Each file becomes :func:`training.data.rasters.raster_source` (bands resolved by the engine, statistics of the
+    preset or estimated per file when the sampler opens it). Files without a trainable band (a panchromatic-only file:
+    its projection is interpolated, see :mod:`training.data.rasters`) are skipped with a warning. The sampler keeps
+    every file open: meant for tens of files, not thousands.
 
     Args:
         folder: Folder searched recursively with ``pattern``.
         sensor: Engine sensor preset id for files without band metadata; ``None`` = guessed per file.
         pattern: Glob pattern (``"*.tif"``).
-        **kw: Other :class:`~training.data.RasterSource` fields (``weight``, ``license``, ``scale``…).
+        **kw: Other :class:`~training.data.rasters.RasterSource` fields (``weight``, ``license``, ``scale``…).
 
     Returns:
         Sources named by the file's path relative to ``folder``, sorted.
@@ -456,7 +513,7 @@ class _FileInfo:
 
 @contextmanager
 def _open(path: Path) -> Iterator[Any]:
-    """:func:`engine.readers.open_raster`, quiet about rasters without georeferencing (they are expected here)."""
+    """:func:`engine.raster.open_raster`, quiet about rasters without georeferencing (they are expected here)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         ds = open_raster(path)
@@ -480,7 +537,7 @@ class PairedCrop:
             rasters without a CRS), before flips.
         images: Sensor → ``[C, S, S]`` float32 normalised image (invalid pixels 0).
         valid: Sensor → ``[S, S]`` bool, True where the pixel holds data.
-        bands: Sensor → C band specs for ``encode`` (range key, or :class:`~engine.spectrum.Projection` for an
+        bands: Sensor → C band specs for ``encode`` (range key, or :class:`~engine.spectral.Projection` for an
             interpolated band such as panchromatic).
         labels: The pair's labels.
         flips: ``(vertical flip, horizontal flip, k)`` applied to every image (then ``rot90`` k times).
@@ -528,13 +585,13 @@ class PairedCropSampler:
         select: Sensor → range keys to keep, in that order (e.g. ``{"s2": ["red_2", "green_2", "blue_1"]}``);
             other sensors keep every band the resolver embeds.
         families: Sensor → range families to keep, one band each, in that order, chosen by
-            :func:`engine.bands.select_band_families` (``{"Sentinel": ("red", "green", "blue")}`` for a 3-channel
+            :func:`engine.spectral.select_band_families` (``{"Sentinel": ("red", "green", "blue")}`` for a 3-channel
             RGB model such as X-STARS'); a sensor is in ``select`` or ``families``, not both.
         seed: Seed of the sampler's own RNG (independent of torch's): same seed, same crops.
-        model: An encoder whose input conventions the crops follow, as :func:`engine.inference.embed_raster` does:
+        model: An encoder whose input conventions the crops follow, as :func:`engine.maps.embed_raster` does:
             bands resolved with its ``averaging``; a model with fixed input channels (``band_families``, the
             X-STARS RGB ViT) gets one band of each family for every sensor not in ``select``/``families``; its
-            ``input_norm`` replaces the mean/std after the p1/p99 stretch (:func:`engine.inference.model_statistics`).
+            ``input_norm`` replaces the mean/std after the p1/p99 stretch (:func:`engine.models.model_statistics`).
             ``None`` (training crops): every band the resolver embeds, normalised with the bands' own statistics.
 
     Raises:
@@ -602,7 +659,7 @@ class PairedCropSampler:
     def file_info(self, path: Path, preset: Optional[str], overrides: Any = None) -> _FileInfo:
         """Resolved bands, statistics and frame transform of one raster (computed once, then cached).
 
-        ``preset`` and ``overrides`` go to :func:`engine.bands.resolve_bands` (with the model's ``averaging``).
+        ``preset`` and ``overrides`` go to :func:`engine.spectral.resolve_bands` (with the model's ``averaging``).
         """
         path = Path(path)
         if path not in self._files:
@@ -668,7 +725,7 @@ class PairedCropSampler:
     @staticmethod
     def _read_boundless(ds: Any, indexes: list[int], win: Window,
                         shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`engine.readers.read_valid` of a fractional window; parts outside the raster are invalid zeros."""
+        """:func:`engine.raster.read_valid` of a fractional window; parts outside the raster are invalid zeros."""
         c0, r0 = max(win.col_off, 0.0), max(win.row_off, 0.0)
         c1, r1 = min(win.col_off + win.width, ds.width), min(win.row_off + win.height, ds.height)
         eps = 1e-6 * max(1.0, win.width, win.height)
@@ -694,9 +751,9 @@ class PairedCropSampler:
 
         The window is read at the sensor's native resolution (``round(side / GSD)`` pixels, fractional offsets
         resampled cubically by GDAL), normalised with the statistics of the resolved bands
-        (:func:`engine.normalize.normalize`; invalid pixels 0), then resized to ``size_px`` with bicubic
+        (:func:`engine.spectral.normalize`; invalid pixels 0), then resized to ``size_px`` with bicubic
         anti-aliased interpolation; the validity mask is resized by area (valid where ≥ 50 % of the area is). With a
-        ``model``, its ``input_norm`` mean/std replace the bands' (:func:`engine.inference.model_statistics`).
+        ``model``, its ``input_norm`` mean/std replace the bands' (:func:`engine.models.model_statistics`).
 
         Args:
             index: Pair index.
@@ -810,7 +867,7 @@ class PairImages:
     Item ``i`` is ``(image [C, S, S] float32, band specs, label)``: pair ``i``'s common footprint (the largest centred
     square of it when it is not square) read by :meth:`PairedCropSampler.read` — no random crop, no flips — and the
     label as a multi-hot float32 vector ``[len(classes)]`` (``multilabel=True``), the class index (int, single-label),
-    or ``None`` without ``classes``. This is the input :func:`training.evaluate.extract_features` takes.
+    or ``None`` without ``classes``. This is the input :func:`training.evaluation.protocols.extract_features` takes.
 
     Args:
         pairs: The pairs.

@@ -248,7 +248,8 @@ def color_jitter(
 ) -> torch.Tensor:
     """Brightness, contrast, saturation and hue in a random order, factors U(1 ± x), hue shift U(−hue, hue).
 
-    Defaults are DINO's ColorJitter(0.4, 0.4, 0.2, 0.1) (docs/xstars.md §2). The order is a random permutation of the four.
+    Defaults are DINO's ColorJitter(0.4, 0.4, 0.2, 0.1) (docs/xstars.md §2). The order is a random permutation of the
+    four.
     """
     ops = (
         lambda x, g: adjust_brightness(x, _uniform(g, max(0.0, 1 - brightness), 1 + brightness)),
@@ -367,7 +368,8 @@ class DINOMultiCrop:
     """DINO multi-crop: 2 global views (224 px, scale (0.4, 1)) and N local views (96 px, scale (0.05, 0.4)).
 
     Global view 1 is always blurred; global view 2 is blurred with p 0.1 and solarised with p 0.2; locals are
-    blurred with p 0.5 (docs/xstars.md §2). Every view is normalised with the one joint ``mean``/``std`` shared by all sensors.
+    blurred with p 0.5 (docs/xstars.md §2). Every view is normalised with the one joint ``mean``/``std`` shared by all
+    sensors.
 
     Attributes:
         mean: Per-channel mean on [0, 1] values (e.g. ``engine/data/xstars_stats.json`` presets).
@@ -428,7 +430,8 @@ def msad_view(
     sensor_mean: Optional[Sequence[float]] = None,
     sensor_std: Optional[Sequence[float]] = None,
 ) -> torch.Tensor:
-    """The un-augmented MSAD view (docs/xstars.md §3.1): the whole tile resized to ``size_px`` (bilinear, antialiased), normalised.
+    """The un-augmented MSAD view (docs/xstars.md §3.1): the whole tile resized to ``size_px`` (bilinear, antialiased),
+    normalised.
 
     Resizing every sensor's tile of one footprint to the same size puts grid cell i of each sensor on the same ground.
 

@@ -1,4 +1,5 @@
-"""X-STARS pretraining and continual pretraining on :mod:`training.runner` (docs/xstars.md §2-§4).
+"""Recipes ``xstars`` and ``xstars-continual``: X-STARS pretraining and continual pretraining on
+:mod:`training.runner` (docs/xstars.md §2-§4).
 
 **Pretraining** (recipe ``xstars``): DINO on the tiles of every selected sensor plus ``alpha · L_MSAD`` between the
 student's all-token outputs on the un-augmented views of the same place in every sensor (sum over sensor pairs).
@@ -9,7 +10,7 @@ new sensor (``sat2``) with the frozen network on the partner (old) sensor (``sat
 code (B7), the domain teacher runs in eval mode under ``torch.no_grad`` (no drop-path noise in its targets), and the
 EMA teacher starts from the checkpoint's *teacher* (``continual.teacher_from: student`` reproduces the original).
 
-The step (:class:`XStarsModel`, one ``forward`` so that DDP sees every parameter use, B14)::
+The step (:class:`training.models.xstars.XStarsModel`, one ``forward`` so that DDP sees every parameter use, B14)::
 
     teacher_out = teacher(globals)            no grad          [2B, K]
     student_out = student(globals + locals)                    [(2 + N)B, K]
@@ -24,17 +25,23 @@ dropped during the first ``dino.freeze_last_layer`` epochs.
 
 **Backbone contract** (what a SMARTIES spectrum-aware encoder must offer to be plugged in later): ``backbone(x,
 return_all_tokens=False)`` → ``[B, D]`` CLS after the final norm, or ``[B, 1 + n, D]`` all tokens (index 0 = CLS)
-with ``True``; attribute ``embed_dim``. The student/teacher are :class:`engine.models.dino_vit.MultiCropWrapper`
+with ``True``; attribute ``embed_dim``. The student/teacher are :class:`engine.models.MultiCropWrapper`
 (backbone + DINO head), the domain teacher a bare backbone. A SMARTIES adapter would bind each view's band list.
 
 Outputs (``run.out_dir``): the runner's resumable checkpoints (student, teacher, MSAD heads, DINO centre, optimiser,
 scaler, RNG, data position), ``log.csv`` (runner columns + ``dino_loss, msad_loss, wd, momentum``) and
-``export/<model.name>.pth`` in the DINO/X-STARS layout (:func:`engine.models.torch_checkpoint.save_dino_checkpoint`:
+``export/<model.name>.pth`` in the DINO/X-STARS layout (:func:`engine.models.save_dino_checkpoint`:
 ``student``, ``teacher``, ``epoch``, flat X-STARS-style ``args`` with ``mean``/``std``, ``dino_loss.center`` and the
 new key ``msad_heads``), loadable by :func:`engine.load_model`.
 
 Per-tensor clipping and the last-layer freeze run in the runner's ``before_step`` hook, which sees the accumulated,
 DDP-averaged and (under fp16) unscaled gradients: the point where DINO clips.
+
+Data: :mod:`training.data.xstars` (multi-crop samples of an MSC-France-like folder, :mod:`training.data.augment`);
+losses: :mod:`training.losses.dino`, :mod:`training.losses.msad`. Config: :class:`XStarsConfig`
+(``training/configs/xstars-*.yaml``, read strictly)::
+
+    msfm train xstars xstars-tiny-cpu --set run.out_dir=/tmp/xstars
 """
 
 from __future__ import annotations
@@ -51,15 +58,27 @@ from typing import Any, Iterable, Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from engine.models import ARCHS, DINOHead, DinoViT, MultiCropWrapper, xstars_norm
+from engine.models import (
+    ARCHS,
+    DINOHead,
+    DinoViT,
+    MultiCropWrapper,
+    build_dino_model,
+    read_dino_checkpoint,
+    save_dino_checkpoint,
+    xstars_norm,
+)
 from engine.spectral import ChannelNorm
 
-from ..config import ConfigError, config_to_dict, find_config, load_config
+from ..config import CONFIG_DIR, ConfigError, config_to_dict, find_config, load_config
+from ..data.augment import DINOMultiCrop
+from ..data.pairs import pairs_from_folder
+from ..data.xstars import XStarsSamples, XStarsStream
+from ..losses.dino import DINOLoss
+from ..losses.msad import MSADLoss
+from ..models.xstars import XStarsModel
 from ..runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 from ..schedules import cosine_schedule, scaled_lr
-from .augment import DINOMultiCrop
-from .dino_loss import DINOLoss
-from .msad import MSADLoss
 
 __all__ = (
     "ContinualConfig",
@@ -67,7 +86,6 @@ __all__ = (
     "MSADConfig",
     "XStarsConfig",
     "XStarsDataConfig",
-    "XStarsModel",
     "XStarsModelConfig",
     "XStarsOptimConfig",
     "before_step",
@@ -78,20 +96,21 @@ __all__ = (
     "dino_param_groups",
     "joint_norm",
     "load_xstars_config",
+    "main",
     "train_xstars",
     "xstars_task",
 )
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 METRICS = ("dino_loss", "msad_loss", "wd", "momentum")
 
 
 # ---------------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class XStarsModelConfig:
-    """Networks (docs/xstars.md §1). In continual pretraining the geometry comes from the checkpoint and these are ignored.
+    """Networks (docs/xstars.md §1). In continual pretraining the geometry comes from the checkpoint and these are
+    ignored.
 
     Attributes:
         name: Model name (export file ``export/<name>.pth``).
@@ -278,7 +297,7 @@ class ContinualConfig:
 
 @dataclass(frozen=True)
 class XStarsConfig:
-    """An X-STARS recipe: one YAML file (``training/xstars/configs/*.yaml``).
+    """An X-STARS recipe: one YAML file (``training/configs/xstars*.yaml``).
 
     ``recipe`` ``xstars`` (pretraining) needs no ``continual`` section; ``xstars-continual`` requires it.
     """
@@ -310,113 +329,25 @@ class XStarsConfig:
 
 
 def load_xstars_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence[str] = ()) -> XStarsConfig:
-    """Read an X-STARS YAML config (a bare name is looked up in ``training/xstars/configs/``).
+    """Read an X-STARS YAML config (a bare name is one of ``training/configs/xstars*.yaml``).
 
     Raises:
         FileNotFoundError: No such file.
         training.config.ConfigError: Unknown key, wrong type, inconsistent values.
     """
-    return load_config(XStarsConfig, find_config(path, CONFIG_DIR), overrides)
-
-
-# ---------------------------------------------------------------------------------------------------- the model
-class XStarsModel(nn.Module):
-    """Student, EMA teacher, losses, MSAD heads and (continual) the frozen domain teacher, in one module.
-
-    Args:
-        student: Backbone + DINO head (:class:`~engine.models.dino_vit.MultiCropWrapper`); trained.
-        teacher: Same architecture; updated only by :meth:`update_teacher` (its parameters are frozen here).
-        dino_loss: The DINO loss (holds the centre buffer).
-        msad: The MSAD loss with its heads, or ``None`` (DINO only).
-        alpha: Weight of MSAD.
-        frozen: Continual pretraining's domain teacher (a bare backbone), or ``None`` in pretraining. Frozen, and
-            always in eval mode.
-
-    Raises:
-        ValueError: Student and teacher parameters differ in names or shapes, or the teacher or domain teacher
-            shares parameter storage with the student.
-    """
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss, msad: Optional[MSADLoss] = None,
-                 alpha: float = 0.1, frozen: Optional[nn.Module] = None) -> None:
-        super().__init__()
-        s_shapes = {n: p.shape for n, p in student.named_parameters()}
-        t_shapes = {n: p.shape for n, p in teacher.named_parameters()}
-        if s_shapes != t_shapes:
-            raise ValueError("student and teacher must have the same parameters (names and shapes)")
-        trained = {p.data_ptr() for p in student.parameters()}
-        for name, other in (("teacher", teacher), ("frozen", frozen)):
-            if other is not None and any(p.data_ptr() in trained for p in other.parameters()):
-                raise ValueError(f"the {name} network shares parameter storage with the student; give it a copy")
-        self.student = student
-        self.teacher = teacher.requires_grad_(False)
-        self.dino_loss = dino_loss
-        self.msad = msad
-        self.alpha = alpha
-        self.frozen = frozen.requires_grad_(False).eval() if frozen is not None else None
-
-    def train(self, mode: bool = True) -> "XStarsModel":
-        """Train mode for the student and the MSAD heads; the teacher and the domain teacher stay in eval mode."""
-        super().train(mode)
-        self.teacher.eval()
-        if self.frozen is not None:
-            self.frozen.eval()
-        return self
-
-    def forward(self, crops: Sequence[torch.Tensor], msad_views: Sequence[torch.Tensor],
-                epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One X-STARS step's loss.
-
-        Args:
-            crops: ``2 + N`` views ``[B, 3, S, S]``: the two globals first, then the locals.
-            msad_views: Un-augmented views ``[B, 3, M, M]``, one per MSAD sensor in MSAD order (pretraining), or
-                ``(partner sensor, new sensor)`` in continual pretraining; ignored without MSAD.
-            epoch: Current epoch (teacher-temperature schedule).
-
-        Returns:
-            ``(loss, dino_loss, msad_loss)`` float32 scalars; the last two detached (``msad_loss`` is 0 without MSAD).
-        """
-        crops = list(crops)
-        with torch.no_grad():
-            teacher_out = self.teacher(crops[:2])
-        student_out = self.student(crops)
-        dino = self.dino_loss(student_out, teacher_out, epoch)
-        if self.msad is None:
-            return dino, dino.detach(), torch.zeros((), device=dino.device)
-        grad = self.msad.mode == "paper"
-        if self.frozen is not None:
-            if len(msad_views) != 2:
-                raise ValueError(f"continual MSAD takes 2 views (partner, new sensor), got {len(msad_views)}")
-            with torch.no_grad():
-                old = self.frozen(msad_views[0], return_all_tokens=True)
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                new = self.student.backbone(msad_views[1], return_all_tokens=True)
-            features = [old, new]
-        else:
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                tokens = self.student.backbone(torch.cat(list(msad_views)), return_all_tokens=True)
-            features = list(tokens.chunk(len(msad_views)))
-        msad = self.msad(features)
-        return dino + self.alpha * msad, dino.detach(), msad.detach()
-
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA over all parameters (frozen weight-norm gain included): ``θ_t ← m θ_t + (1 − m) θ_s`` (docs/xstars.md §2)."""
-        teacher = dict(self.teacher.named_parameters())
-        pairs = [(teacher[n], p.detach()) for n, p in self.student.named_parameters()]
-        t_params, s_params = [t for t, _ in pairs], [s.to(t.dtype) for t, s in pairs]
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    return load_config(XStarsConfig, find_config(path, CONFIG_DIR, "xstars*.yaml"), overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- optimisation
-def dino_param_groups(model: XStarsModel, weight_decay: float = 0.04, heads_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups (docs/xstars.md §2): decayed = trainable tensors that are not 1-D and whose name does not end in ``.bias``.
+def dino_param_groups(model: XStarsModel, weight_decay: float = 0.04,
+                      heads_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups (docs/xstars.md §2): decayed = trainable tensors that are not 1-D and whose name does not end in
+    ``.bias``.
 
     Student groups first, then the MSAD heads' groups (``lr_scale`` = ``heads_lr_scale``) when they are trainable.
     Decayed groups start at ``weight_decay`` (> 0); the runner replaces it with the scheduled value every step
-    (``TrainTask.wd_at`` acts on the groups created with a positive weight decay). Frozen parameters (the teacher, the domain teacher, the student's weight-norm gain, the
-    heads in ``compat`` mode) are left out.
+    (``TrainTask.wd_at`` acts on the groups created with a positive weight decay). Frozen parameters (the teacher, the
+    domain teacher, the student's weight-norm gain, the heads in ``compat`` mode) are left out.
 
     Returns:
         Non-empty groups, each ``{"params", "weight_decay", "lr_scale", "name"}``.
@@ -503,8 +434,6 @@ def joint_norm(cfg: XStarsConfig) -> ChannelNorm:
     if d.norm is not None:
         return xstars_norm(d.norm)
     if cfg.continual is not None:
-        from engine.models import read_dino_checkpoint
-
         norm = read_dino_checkpoint(cfg.continual.pretrained, which=cfg.continual.student_from,
                                     with_head=False).input_norm
         if norm is not None:
@@ -530,9 +459,8 @@ def _fresh_networks(cfg: XStarsConfig) -> tuple[MultiCropWrapper, MultiCropWrapp
 
 
 def _continual_networks(cfg: XStarsConfig) -> tuple[MultiCropWrapper, MultiCropWrapper, nn.Module]:
-    """Student, EMA teacher (with DINO heads) and the frozen backbone, from the continual checkpoint (docs/xstars.md §4)."""
-    from engine.models import build_dino_model, read_dino_checkpoint
-
+    """Student, EMA teacher (with DINO heads) and the frozen backbone, from the continual checkpoint
+    (docs/xstars.md §4)."""
     c, m = cfg.continual, cfg.model
     assert c is not None
     checkpoints = {which: read_dino_checkpoint(c.pretrained, which=which)
@@ -614,14 +542,11 @@ def _partner(cfg: XStarsConfig) -> str:
 
 
 def build_samples(cfg: XStarsConfig, norm: ChannelNorm) -> Any:
-    """The :class:`~training.xstars.data.XStarsSamples` of ``cfg.data`` (anchors and MSAD sensors by recipe).
+    """The :class:`~training.data.xstars.XStarsSamples` of ``cfg.data`` (anchors and MSAD sensors by recipe).
 
     Raises:
-        FileNotFoundError, ValueError: As :func:`training.pairs.pairs_from_folder`.
+        FileNotFoundError, ValueError: As :func:`training.data.pairs.pairs_from_folder`.
     """
-    from ..pairs import pairs_from_folder
-    from .data import XStarsSamples
-
     d, dino = cfg.data, cfg.dino
     if cfg.continual is None:
         anchors, msad_sensors = list(d.sensors), list(d.sensors) if cfg.msad.enabled else []
@@ -639,7 +564,8 @@ def build_samples(cfg: XStarsConfig, norm: ChannelNorm) -> Any:
 
 
 def _flat_args(cfg: XStarsConfig, norm: ChannelNorm, batch_size_total: int) -> dict[str, Any]:
-    """X-STARS-style flat ``args`` (DINO tooling and :mod:`engine.models.torch_checkpoint` read ``mean``/``std``)."""
+    """X-STARS-style flat ``args`` (DINO tooling and :func:`engine.models.read_dino_checkpoint` read
+    ``mean``/``std``)."""
     m, d, s, o = cfg.model, cfg.dino, cfg.msad, cfg.optim
     args = {
         "recipe": cfg.recipe, "arch": m.arch, "patch_size": m.patch_size, "out_dim": m.out_dim,
@@ -670,13 +596,11 @@ def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -
         cfg: The recipe config.
         runner: The runner that will fit the task (build it first: it seeds the model init).
         data: Iterable of batches ``{"crops": [...], "msad": [...]}`` for this process; default: the samples of
-            ``cfg.data`` in an :class:`~training.xstars.data.XStarsStream`.
+            ``cfg.data`` in an :class:`~training.data.xstars.XStarsStream`.
 
     Raises:
         training.config.ConfigError: More warm-up than run.
     """
-    from .data import XStarsStream
-
     eff_batch = runner.effective_batch(cfg.data.batch_size)
     norm = joint_norm(cfg)
     samples = build_samples(cfg, norm) if data is None else None
@@ -713,8 +637,6 @@ def xstars_task(cfg: XStarsConfig, runner: Runner, data: Optional[Any] = None) -
     args = _flat_args(cfg, norm, eff_batch)
 
     def export(net: nn.Module, folder: Path, step: int) -> list[Path]:
-        from engine.models import save_dino_checkpoint
-
         assert isinstance(net, XStarsModel)
         extra: dict[str, Any] = {"dino_loss": {"center": net.dino_loss.center}}
         if net.msad is not None and net.msad.mode == "paper":
@@ -761,3 +683,12 @@ def train_xstars(cfg: XStarsConfig, data: Optional[Any] = None) -> RunResult:
         training.config.ConfigError, FileNotFoundError, engine.errors.CheckpointError: Bad config, data or weights.
     """
     return run_recipe(cfg, xstars_task, data)
+
+
+def main(config: Union[str, "os.PathLike[str]"], overrides: Sequence[str] = ()) -> RunResult:
+    """Load an X-STARS config (a path or a shipped name, with ``KEY=VALUE`` overrides) and run it (= ``msfm train``).
+
+    Raises:
+        As :func:`load_xstars_config` and :func:`train_xstars`.
+    """
+    return train_xstars(load_xstars_config(config, overrides))

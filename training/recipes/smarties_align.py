@@ -1,4 +1,4 @@
-"""Continual alignment of a SMARTIES encoder onto a new sensor with MSAD (recipe ``smarties-align``).
+"""Recipe ``smarties-align``: continual alignment of a SMARTIES encoder onto a new sensor with MSAD.
 
 Neither paper has this combination: SMARTIES (docs/smarties.md) pretrains a spectrum-aware encoder with a masked
 autoencoder on sensor pairs; X-STARS (docs/xstars.md §4) aligns a pretrained 3-channel DINO ViT onto a new sensor by
@@ -8,43 +8,45 @@ SMARTIES encoder, with SMARTIES' own objective in place of DINO:
 - **Networks.** One SMARTIES checkpoint (``model.init``: the bundled ``smarties-demo-tiny``, the official
   ``smarties-vit-b``/``-l``, any encoder-only or full-MAE ``.safetensors``, or a pickled state dict ``.pth``/``.pt``/
   ``.bin``/``.ckpt`` read with ``weights_only=True``) is copied into the trainable *student* (a
-  :class:`training.mae.SmartiesMAE`: the encoder plus the checkpoint's MAE decoder when it has one, a fresh one
-  otherwise, :meth:`~training.mae.SmartiesMAE.from_checkpoint`) and a frozen *domain teacher* (an
-  :class:`engine.models.smarties.SmartiesEncoder`: eval mode, ``requires_grad`` False, run under ``torch.no_grad``,
+  :class:`training.models.mae.SmartiesMAE`: the encoder plus the checkpoint's MAE decoder when it has one, a fresh
+  one otherwise, :meth:`~training.models.mae.SmartiesMAE.from_checkpoint`) and a frozen *domain teacher* (an
+  :class:`engine.models.SmartiesEncoder`: eval mode, ``requires_grad`` False, run under ``torch.no_grad``,
   never in the optimiser — the fix of X-STARS bug B7, whose frozen copy ran in train mode with drop-path).
-- **Data.** Co-registered pairs (:mod:`training.pairs`: a BigEarthNet-MM folder, a pairs CSV — also pan/MS pairs —
-  or an MSC-France-like folder) through :class:`training.pairs.PairedCropSampler`, in the resumable
-  :class:`training.pretrain.SamplerStream`. ``align.old_sensor`` is what the teacher sees (e.g. Sentinel-2),
+- **Data.** Co-registered pairs (:mod:`training.data.pairs`: a BigEarthNet-MM folder, a pairs CSV — also pan/MS
+  pairs — or an MSC-France-like folder) through :class:`training.data.pairs.PairedCropSampler`, in the resumable
+  :class:`training.data.stream.SamplerStream`. ``align.old_sensor`` is what the teacher sees (e.g. Sentinel-2),
   ``align.new_sensor`` what the student learns (e.g. Sentinel-1). Each sample is one ground window read from both
   sensors at their native GSDs, normalised with the engine's statistics, resized to the same ``p · G`` pixels
   (224 for a 14 × 14 grid) and flipped/rotated identically, so patch token ``t`` (row ``t // G``, column ``t % G``)
   covers the same ground in both views whatever the two GSDs are (X-STARS matches its views the same way, by
   resizing both to 224 px, docs/xstars.md §3.1; ``tests/training/test_smarties_align.py`` checks it on the Landsat-8
   15 m pan ↔ 30 m multispectral pair).
-- **Loss** (one forward of :class:`SmartiesAlignModel`, so that DDP sees every parameter use, X-STARS B14)::
+- **Loss** (one forward of :class:`training.models.smarties_align.SmartiesAlignModel`, so that DDP sees every
+  parameter use, X-STARS B14)::
 
       L = mae_weight · L_MAE(student, new-sensor view) + alpha · L_MSAD(teacher(old view), student(new view))
 
   ``L_MAE`` is the SMARTIES norm-pix MAE loss (docs/smarties.md §5: 75 % masking, masked tokens only; one view, so no
   token mixup) on the new sensor: it keeps the student's features grounded in the new sensor's own pixels
   (``mae_weight: 0`` turns it off; needed when the new sensor has bands without an MAE pixel head, e.g.
-  panchromatic). ``L_MSAD`` is :class:`training.xstars.msad.MSADLoss` in continual mode (docs/xstars.md §3.3, §4:
+  panchromatic). ``L_MSAD`` is :class:`training.losses.msad.MSADLoss` in continual mode (docs/xstars.md §3.3, §4:
   one pair, ``sat1`` = the teacher on the old sensor, ``sat2`` = the student on the new sensor, mean over token
   positions) on the all-token outputs *after the final LayerNorm* ``[B, 1 + G², D]`` (index 0 = CLS, kept with
   ``msad.include_cls``) of a full, unmasked forward (``encoder.encode(x, bands, "tokens")``) — what X-STARS feeds
-  MSAD; the engine's ``"grid"`` output is SMARTIES' pre-norm ``all_tokens`` instead. ``msad.mode: paper`` keeps the graph, so the student and the
-  MSAD heads ``P``, ``Q1``, ``Q2`` get gradients (heads in the optimiser, checkpoint and export); ``compat`` computes
-  the same value without a graph, as the released X-STARS code (B1/B2), so only the MAE term trains.
+  MSAD; the engine's ``"grid"`` output is SMARTIES' pre-norm ``all_tokens`` instead. ``msad.mode: paper`` keeps the
+  graph, so the student and the MSAD heads ``P``, ``Q1``, ``Q2`` get gradients (heads in the optimiser, checkpoint and
+  export); ``compat`` computes the same value without a graph, as the released X-STARS code (B1/B2), so only the MAE
+  term trains.
 - **Optimisation** (as ``smarties-mae``, docs/smarties.md §5): AdamW, weight decay on parameters with ``ndim ≥ 2``,
-  per-step linear warm-up then cosine (:func:`training.pretrain.lr_schedule`); the heads' groups get
+  per-step linear warm-up then cosine (:func:`training.optim.lr_schedule`); the heads' groups get
   ``msad.lr_scale``. With ``mae_weight: 0`` the decoder is frozen (it would get no gradient).
 - **Loop**: :class:`training.runner.Runner` (device, precision, DDP, resumable checkpoints holding the student,
   decoder, MSAD heads, teacher, optimiser, RNG and data position; ``log.csv`` with ``mae_loss`` and ``msad_loss``).
 - **Exports** (``run.out_dir/export/``): ``<model.name>.safetensors`` (the aligned encoder, loads in
   :func:`engine.load_model`) and ``<model.name>-mae.safetensors`` (encoder + decoder, to continue from) through
-  :func:`training.pretrain.mae_exporter`; in ``paper`` mode also ``<model.name>-msad-heads.safetensors`` (the heads,
-  :func:`save_msad_heads` / :func:`load_msad_heads`; a separate file because the engine's strict key rule refuses
-  foreign keys next to an encoder, docs/smarties.md §1.6).
+  :func:`training.export.mae_exporter`; in ``paper`` mode also ``<model.name>-msad-heads.safetensors`` (the heads,
+  :func:`training.export.save_msad_heads` / :func:`training.export.load_msad_heads`; a separate file because the
+  engine's strict key rule refuses foreign keys next to an encoder, docs/smarties.md §1.6).
 
 Config: :class:`SmartiesAlignConfig` (``training/configs/smarties-align-*.yaml``, read strictly)::
 
@@ -54,7 +56,6 @@ Config: :class:`SmartiesAlignConfig` (``training/configs/smarties-align-*.yaml``
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -62,27 +63,21 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from engine.models import SmartiesEncoder, safe_torch_load
-from engine.spectral import BandSpec
+from engine.models import is_dino_checkpoint, safe_torch_load
+from engine.spectral import BandSpec, get_range
 
-from .config import ConfigError, find_config, load_config
-from .mae import SmartiesMAE
-from .pretrain import (
-    ExportConfig,
-    OptimConfig,
-    PairsConfig,
-    SamplerStream,
-    config_pairs,
-    images_to_mae_batch,
-    lr_schedule,
-    mae_exporter,
-    param_groups,
-)
-from .runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
-from .xstars.heads import MSADHeads
-from .xstars.msad import MSADLoss
+from ..config import CONFIG_DIR, ConfigError, find_config, load_config
+from ..data.pairs import PairedCropSampler, PairsConfig, pairs_from_config
+from ..data.stream import SamplerStream
+from ..export import ExportConfig, mae_exporter, save_msad_heads
+from ..losses.msad import MSADLoss
+from ..models.mae import SmartiesMAE, images_to_mae_batch
+from ..models.smarties_align import SmartiesAlignModel
+from ..optim import OptimConfig, lr_schedule, param_groups
+from ..runner import RunConfig, Runner, RunResult, StepOutput, TrainTask, run_recipe
 
 __all__ = (
     "AlignConfig",
@@ -90,17 +85,15 @@ __all__ = (
     "AlignModelConfig",
     "AlignMSADConfig",
     "SmartiesAlignConfig",
-    "SmartiesAlignModel",
     "align_param_groups",
     "align_task",
     "build_align_model",
+    "build_stream",
     "load_align_config",
-    "load_msad_heads",
-    "save_msad_heads",
+    "main",
     "train_smarties_align",
 )
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 METRICS = ("mae_loss", "msad_loss")
 #: Suffixes read as pickled state dicts (``torch.load(weights_only=True)``: tensors and containers only).
 PICKLE_SUFFIXES = frozenset({".pth", ".pt", ".bin", ".ckpt"})
@@ -121,7 +114,8 @@ class AlignModelConfig:
         name: Name of the exported files (``export/<name>.safetensors``).
         num_heads: Encoder attention heads (default: the file's config, the registry, or D/64).
         averaging: Weights of the averaged ranges 17/18 (default: the file's config, else ``linear``).
-        decoder_dim: Width of a fresh MAE decoder, used when the checkpoint has none (512 in SMARTIES, docs/smarties.md §1.5).
+        decoder_dim: Width of a fresh MAE decoder, used when the checkpoint has none (512 in SMARTIES,
+            docs/smarties.md §1.5).
         decoder_depth: Depth of a fresh decoder (8 in SMARTIES).
         decoder_heads: Decoder heads (default: the file's config, else 16).
     """
@@ -198,10 +192,10 @@ class AlignMSADConfig:
 
 @dataclass(frozen=True)
 class AlignDataConfig:
-    """Co-registered pairs (:mod:`training.pairs`).
+    """Co-registered pairs (:mod:`training.data.pairs`).
 
     Attributes:
-        pairs: Where the pairs are (:class:`training.pretrain.PairsConfig`: ``kind`` bigearthnet/csv/folder,
+        pairs: Where the pairs are (:class:`training.data.pairs.PairsConfig`: ``kind`` bigearthnet/csv/folder,
             ``path``, ``sensors`` = the CSV columns / folders to read, ``presets``, crop ``scale``).
         batch_size: Samples per batch per process.
         prefetch: Batches built ahead in a background thread (0 = in the loop).
@@ -248,81 +242,14 @@ class SmartiesAlignConfig:
 
 
 def load_align_config(path: Union[str, "os.PathLike[str]"], overrides: Sequence[str] = ()) -> SmartiesAlignConfig:
-    """Read a ``smarties-align`` YAML config (a bare name is looked up in ``training/configs/``).
+    """Read a ``smarties-align`` YAML config (a bare name is one of ``training/configs/smarties-*.yaml``).
 
     Raises:
         FileNotFoundError: No such file.
         training.config.ConfigError: Unknown key, wrong type, inconsistent values.
     """
-    return load_config(SmartiesAlignConfig, find_config(path, CONFIG_DIR, "smarties-align*.yaml"), overrides)
-
-
-# ---------------------------------------------------------------------------------------------------- the model
-class SmartiesAlignModel(nn.Module):
-    """Student MAE, frozen domain teacher and MSAD loss (with its heads), in one module (see the module docstring).
-
-    Args:
-        student: The trainable SMARTIES MAE (encoder + decoder).
-        teacher: The domain teacher, a copy of the initial encoder: set frozen and kept in eval mode here.
-        msad: MSAD loss with ``aggregation="single"`` (its heads are trained in ``paper`` mode).
-        alpha: Weight of MSAD.
-        mae_weight: Weight of the MAE loss (0 = not computed).
-
-    Raises:
-        ValueError: The teacher shares parameter storage with the student, its width differs, or ``msad`` does not
-            aggregate a single pair.
-    """
-
-    def __init__(self, student: SmartiesMAE, teacher: SmartiesEncoder, msad: MSADLoss, alpha: float = 0.1,
-                 mae_weight: float = 1.0) -> None:
-        super().__init__()
-        trained = {p.data_ptr() for p in student.parameters()}
-        if any(p.data_ptr() in trained for p in teacher.parameters()):
-            raise ValueError("the domain teacher shares parameter storage with the student; give it a copy "
-                             "(copy.deepcopy(student.encoder))")
-        if teacher.embed_dim != student.embed_dim or msad.heads.embed_dim != student.embed_dim:
-            raise ValueError(f"widths differ: student {student.embed_dim}, teacher {teacher.embed_dim}, MSAD heads "
-                             f"{msad.heads.embed_dim}")
-        if msad.aggregation != "single":
-            raise ValueError("continual MSAD aligns one pair (teacher on the old sensor, student on the new one): "
-                             "build MSADLoss(..., aggregation='single')")
-        self.student = student
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.msad = msad
-        self.alpha = float(alpha)
-        self.mae_weight = float(mae_weight)
-
-    def train(self, mode: bool = True) -> "SmartiesAlignModel":
-        """Train mode for the student and the MSAD heads (dropout); the domain teacher stays in eval mode."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step's loss.
-
-        Args:
-            batch: ``old`` ``[B, C_old, S, S]`` and ``new`` ``[B, C_new, S, S]`` float32 normalised images of the
-                same ground windows (S = patch · grid), ``old_bands`` / ``new_bands`` their band specs, and (when
-                ``mae_weight > 0``) ``patches`` ``[B, G, G, C_new, p, p]`` / ``indices`` ``[B, G, G, C_new]`` of the new
-                view (:func:`training.pretrain.images_to_mae_batch`).
-
-        Returns:
-            ``(loss, mae_loss, msad_loss)`` float32 scalars, the last two detached (``mae_loss`` NaN when
-            ``mae_weight`` is 0). ``loss = mae_weight · mae_loss + alpha · msad_loss``.
-        """
-        with torch.no_grad():
-            old = self.teacher.encode(batch["old"], batch["old_bands"], "tokens")
-        paper = self.msad.mode == "paper"
-        with torch.set_grad_enabled(paper and torch.is_grad_enabled()):
-            new = self.student.encoder.encode(batch["new"], batch["new_bands"], "tokens")
-        msad = self.msad([old, new])
-        loss = self.alpha * msad
-        mae = torch.full((), float("nan"), device=msad.device)
-        if self.mae_weight > 0:
-            mae = self.student(batch["patches"], batch["indices"], all_preds=False).loss
-            loss = loss + self.mae_weight * mae
-        return loss, mae.detach(), msad.detach()
+    return load_config(SmartiesAlignConfig, find_config(path, CONFIG_DIR, "smarties-align*.yaml", "smarties-*.yaml"),
+                       overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -356,8 +283,6 @@ def _dino_error(init: str) -> ConfigError:
 def _load_student(cfg: SmartiesAlignConfig) -> SmartiesMAE:
     """``model.init`` as a :class:`SmartiesMAE` (decoder restored or fresh); pickles go through a temporary
     ``.safetensors`` so the engine's strict reader checks them like any other file."""
-    from engine.models import is_dino_checkpoint
-
     m = cfg.model
     kw = dict(num_heads=m.num_heads, averaging=m.averaging, decoder_dim=m.decoder_dim, decoder_depth=m.decoder_depth,
               decoder_heads=m.decoder_heads, mask_ratio=cfg.align.mask_ratio)
@@ -368,8 +293,6 @@ def _load_student(cfg: SmartiesAlignConfig) -> SmartiesMAE:
         state = _state_from_pickle(path)
         if _is_dino(list(state)):
             raise _dino_error(m.init)
-        from safetensors.torch import save_file
-
         with tempfile.TemporaryDirectory(prefix="smarties-align-init-") as tmp:
             converted = Path(tmp) / f"{path.stem}.safetensors"
             save_file({k: v.contiguous() for k, v in state.items()}, str(converted))
@@ -385,7 +308,7 @@ def build_align_model(cfg: SmartiesAlignConfig) -> SmartiesAlignModel:
     Raises:
         training.config.ConfigError: ``model.init`` is a DINO/X-STARS file, or a pickle without a state dict.
         engine.errors.CheckpointError, engine.errors.ModelNotAvailableError: As
-            :meth:`training.mae.SmartiesMAE.from_checkpoint` (unknown name, strict key rule, a task head), or a
+            :meth:`training.models.mae.SmartiesMAE.from_checkpoint` (unknown name, strict key rule, a task head), or a
             pickle that is damaged or calls a global outside the engine's allow-list (named, never executed).
         FileNotFoundError: A pickle path that does not exist.
     """
@@ -405,7 +328,7 @@ def build_align_model(cfg: SmartiesAlignConfig) -> SmartiesAlignModel:
 
 def align_param_groups(model: SmartiesAlignModel, weight_decay: float,
                        heads_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups: the student's (:func:`training.pretrain.param_groups`: ``weight_decay`` on ``ndim ≥ 2``, 0 on
+    """AdamW groups: the student's (:func:`training.optim.param_groups`: ``weight_decay`` on ``ndim ≥ 2``, 0 on
     1-D), then the MSAD heads' (same rule, ``lr_scale = heads_lr_scale``) when they train. Frozen parameters (the
     teacher, the position tables, a frozen decoder, compat heads) are left out; empty groups are dropped.
 
@@ -431,8 +354,6 @@ def _check_sensors(cfg: SmartiesAlignConfig, pairs: Sequence[Any]) -> None:
 
 
 def _mae_bands_ok(cfg: SmartiesAlignConfig, bands: Sequence[BandSpec]) -> None:
-    from engine.spectral import get_range
-
     bad = [str(getattr(b, "label", b)) for b in bands if not isinstance(b, str) or get_range(b).is_disabled]
     if bad:
         raise ConfigError(f"align.new_sensor {cfg.align.new_sensor!r} has bands without an MAE pixel head ({bad}: "
@@ -448,14 +369,12 @@ def build_stream(cfg: SmartiesAlignConfig, patch_size: int, grid_size: int, rank
     Raises:
         training.config.ConfigError: ``data.pairs.path`` unset, no pair, sensors not in the pairs, new-sensor bands
             without an MAE head while ``mae_weight > 0``.
-        FileNotFoundError: As the :mod:`training.pairs` constructors (missing folder, index.csv or raster).
+        FileNotFoundError: As the :mod:`training.data.pairs` constructors (missing folder, index.csv or raster).
     """
-    from .pairs import PairedCropSampler
-
     if cfg.data.pairs.path is None:
         raise ConfigError("data.pairs.path is not set: give the pairs folder (BigEarthNet-MM: the folder holding "
                           "index.csv) or CSV file")
-    found = config_pairs(cfg)
+    found = pairs_from_config(cfg.data.pairs)
     _check_sensors(cfg, found)
     old, new = cfg.align.old_sensor, cfg.align.new_sensor
     sampler = PairedCropSampler(found, size_px=patch_size * grid_size, scale=tuple(cfg.data.pairs.scale),
@@ -476,81 +395,6 @@ def build_stream(cfg: SmartiesAlignConfig, patch_size: int, grid_size: int, rank
     stream = SamplerStream(sampler, d.batch_size, seed=cfg.run.seed, rank=rank, prefetch=d.prefetch,
                            overfit_one_batch=d.overfit_one_batch, transform=to_batch)
     return stream, len(found)
-
-
-# ---------------------------------------------------------------------------------------------------- heads file
-def save_msad_heads(heads: MSADHeads, path: Union[str, "os.PathLike[str]"],
-                    config: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write MSAD heads as ``.safetensors`` (keys of :class:`~training.xstars.heads.MSADHeads`: ``P.*``, ``Q.*``).
-
-    Written atomically (temporary file + :func:`os.replace`) with a JSON ``config`` metadata entry holding
-    ``embed_dim``, ``proj_dim`` and ``config``.
-
-    Args:
-        heads: The heads.
-        path: Destination ``.safetensors``.
-        config: Extra JSON-serialisable metadata (sensors of ``sat1``/``sat2``, recipe, steps).
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: ``path`` does not end with ``.safetensors``; ``config`` not JSON-serialisable.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"MSAD heads path must end with .safetensors, got {path}")
-    meta = {**(config or {}), "embed_dim": heads.embed_dim, "proj_dim": heads.P.projection.out_features,
-            "dropout": heads.P.dropout.p}
-    try:
-        text = json.dumps(meta, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config must be JSON-serialisable: {exc}") from exc
-    state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in heads.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "config": text})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; follow the user's umask like the encoder export
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_msad_heads(path: Union[str, "os.PathLike[str]"]) -> tuple[MSADHeads, dict[str, Any]]:
-    """Read a file of :func:`save_msad_heads` strictly.
-
-    Returns:
-        ``(heads, config)``: the heads (float32, CPU, eval mode; width and dropout from the file) and its metadata.
-
-    Raises:
-        FileNotFoundError: No such file.
-        ValueError: Missing/unexpected keys or shapes that are not MSAD heads.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MSAD heads file {path} does not exist")
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
-        config = json.loads((fh.metadata() or {}).get("config", "{}"))
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
-    if "P.projection.weight" not in state:
-        raise ValueError(f"{path} holds no MSAD heads (no P.projection.weight); its keys: {sorted(state)[:8]}")
-    proj_dim, embed_dim = state["P.projection.weight"].shape
-    heads = MSADHeads(embed_dim, proj_dim, float(config.get("dropout", 0.2)))
-    try:
-        heads.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not an MSAD heads file ({exc})") from exc
-    return heads.eval(), config
 
 
 # ---------------------------------------------------------------------------------------------------- the task
@@ -629,3 +473,13 @@ def train_smarties_align(cfg: SmartiesAlignConfig, data: Optional[Any] = None) -
         training.config.ConfigError, FileNotFoundError, engine.errors.EngineError: Bad config, data or weights.
     """
     return run_recipe(cfg, align_task, data)
+
+
+def main(config: Union[str, "os.PathLike[str]"], overrides: Sequence[str] = ()) -> RunResult:
+    """Load a ``smarties-align`` config (a path or a shipped name, with ``KEY=VALUE`` overrides) and run it
+    (= ``msfm train smarties-align``).
+
+    Raises:
+        As :func:`load_align_config` and :func:`train_smarties_align`.
+    """
+    return train_smarties_align(load_align_config(config, overrides))

@@ -1,23 +1,24 @@
 """Evaluation commands: ``msfm eval knn | linear-probe | retrieval`` (and ``python -m training eval ...``).
 
 Frozen-encoder evaluation on CLS features (the CLS token after the final norm, ``model.encode(x, bands,
-output="cls")``) with SMARTIES' protocols (docs/smarties.md §6, :mod:`training.evaluate`):
+output="cls")``) with SMARTIES' protocols (docs/smarties.md §6, :mod:`training.evaluation.protocols`):
 
 - ``knn``: k = 20 nearest training patches by cosine similarity, votes weighted ``exp(sim / 0.07)``;
 - ``linear-probe``: ``BatchNorm1d(D, affine=False) → Linear(D, C)`` trained on the frozen features (100 epochs);
 - ``retrieval``: cross-sensor retrieval among co-located pairs, A → B and B → A top-1 / top-5.
 
 Both classifiers print top-1 accuracy (%) for single-label data and micro-averaged average precision (%) for
-multi-label data (:func:`training.evaluate.classification_metric`). Labelled patches are read by
-:mod:`training.labelled` (a folder of class sub-folders, a ``path,label``/``path,labels`` CSV, or one side of a
-BigEarthNet-MM folder); pairs by :mod:`training.pairs` (a BigEarthNet-MM folder, a CSV with one path column per
+multi-label data (:func:`training.evaluation.protocols.classification_metric`). Labelled patches are read by
+:mod:`training.evaluation.datasets` (a folder of class sub-folders, a ``path,label``/``path,labels`` CSV, or one side of
+a BigEarthNet-MM folder); pairs by :mod:`training.data.pairs` (a BigEarthNet-MM folder, a CSV with one path column per
 sensor, or an MSC-France-like ``<root>/<Sensor>/<City>/<tile>`` folder). Bands are resolved by the engine as for
 ``msfm embed`` (band descriptions / wavelength tags, ``--sensor`` preset, ``--band`` overrides), images are the whole
 patch resized to ``--size-px`` (224) and normalised with the engine's statistics, or with the model's own input
 normalisation and RGB bands for an X-STARS / DINO ViT.
 
-``msfm`` finds the command through the ``msfm.commands`` entry point ``eval = "training.eval_cli:register"``
-(``pyproject.toml``). Importing this module imports nothing heavy (no torch).
+``msfm`` finds the command through the ``msfm.commands`` entry point ``eval = "training.evaluation.cli:register"``
+(``pyproject.toml``). Importing this module imports nothing heavy (no torch, no scikit-learn): the protocols and the
+datasets are imported when a command runs.
 
 Examples::
 
@@ -35,6 +36,7 @@ that cannot be found or loaded, bands the model cannot take), with the reason on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -42,7 +44,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+from tqdm import tqdm
+
+from engine.atomic import write_text
 from engine.cli import DEMO_MODEL, add_band_options, band_overrides
+from engine.errors import EngineError
+from engine.models import load_model, select_device
+from engine.spectral import get_sensor
 
 __all__ = ("add_eval_parser", "load_pairs", "register", "run_eval")
 
@@ -56,7 +65,8 @@ def _common_options(p: argparse.ArgumentParser) -> None:
                    f"(default {DEMO_MODEL})")
     p.add_argument("--num-heads", type=int, help="attention heads, if the checkpoint does not say")
     p.add_argument("--size-px", type=int, default=224,
-                   help="side of the model input in pixels; each patch is resized to it (default 224, docs/smarties.md §6)")
+                   help="side of the model input in pixels; each patch is resized to it (default 224, "
+                   "docs/smarties.md §6)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int,
@@ -95,8 +105,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "labelled patches (top-1 %% single-label, micro mAP %% multi-label), cross-sensor retrieval among co-located "
         "pairs (top-1/top-5 %%, both ways).")
     esub = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    # Defaults of None are the spec's values in training.evaluate (KNN_K, KNN_T, LP_EPOCHS), read when the command
-    # runs: that module imports torch, which building the parser must not.
+    # Defaults of None are the spec's values in training.evaluation.protocols (KNN_K, KNN_T, LP_EPOCHS), read when
+    # the command runs: that module imports torch, which building the parser must not.
     q = esub.add_parser("knn", help="weighted kNN (k 20, T 0.07, docs/smarties.md §6) on labelled patches")
     _classifier_options(q)
     q.add_argument("--k", type=int, help="neighbours (default 20, docs/smarties.md §6)")
@@ -131,9 +141,9 @@ def load_pairs(source: os.PathLike[str] | str, sensors: Optional[list[str]] = No
     """Co-located pairs for retrieval, and the two sensors to compare.
 
     Args:
-        source: A BigEarthNet-MM folder (:func:`training.pairs.bigearthnet_pairs`, sensors ``s1``/``s2``), a CSV
-            with one path column per sensor (:func:`training.pairs.pairs_from_csv`), or an MSC-France-like folder
-            (:func:`training.pairs.pairs_from_folder`; tiles without a partner in both sensors are an error).
+        source: A BigEarthNet-MM folder (:func:`training.data.pairs.bigearthnet_pairs`, sensors ``s1``/``s2``), a CSV
+            with one path column per sensor (:func:`training.data.pairs.pairs_from_csv`), or an MSC-France-like folder
+            (:func:`training.data.pairs.pairs_from_folder`; tiles without a partner in both sensors are an error).
         sensors: The two sensors, A then B; default ``("s1", "s2")`` for BigEarthNet, else the source's sensors
             when it has exactly two.
         presets: Sensor → engine sensor preset id (replaces BigEarthNet's defaults).
@@ -145,10 +155,8 @@ def load_pairs(source: os.PathLike[str] | str, sensors: Optional[list[str]] = No
         FileNotFoundError: ``source`` or files it names do not exist.
         ValueError: Not two sensors, an unknown sensor, fewer than 2 pairs, a file that is not a CSV.
     """
-    from dataclasses import replace
-
-    from .labelled import is_bigearthnet_folder
-    from .pairs import bigearthnet_pairs, pairs_from_csv, pairs_from_folder
+    from ..data.pairs import bigearthnet_pairs, pairs_from_csv, pairs_from_folder  # torch: not at start-up
+    from .datasets import is_bigearthnet_folder  # torch, scikit-learn: not at start-up
 
     path = Path(source)
     presets = dict(presets or {})
@@ -166,7 +174,7 @@ def load_pairs(source: os.PathLike[str] | str, sensors: Optional[list[str]] = No
             unknown = sorted(set(presets) - {"s1", "s2"})
             if unknown:
                 raise ValueError(f"--preset names {unknown}; BigEarthNet's sensors are s1 and s2")
-            pairs = [replace(p, presets={**p.presets, **presets}) for p in pairs]
+            pairs = [dataclasses.replace(p, presets={**p.presets, **presets}) for p in pairs]
     else:
         pairs = pairs_from_folder(path, sensors, presets)
     available = list(pairs[0].sensors) if pairs else []
@@ -192,18 +200,14 @@ def _parse_presets(items: list[str]) -> dict[str, str]:
 
 
 def _features(model: Any, images: Any, args: argparse.Namespace, desc: str) -> tuple[Any, Any]:
-    """:func:`training.evaluate.extract_features` over ``images`` with a progress bar."""
-    from tqdm import tqdm
-
-    from .evaluate import extract_features
+    """:func:`training.evaluation.protocols.extract_features` over ``images`` with a progress bar."""
+    from .protocols import extract_features  # torch: not at start-up (every msfm command builds this parser)
 
     items = tqdm(images, total=len(images), desc=desc, unit="img", leave=False, disable=args.no_progress)
     return extract_features(model, items, batch_size=args.batch_size)
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    from engine.models import load_model, select_device
-
     if args.batch_size < 1 or args.size_px < 1:
         raise ValueError(f"--batch-size and --size-px must be >= 1, got {args.batch_size} and {args.size_px}")
     device = select_device(args.device)
@@ -212,9 +216,7 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 def _datasets(args: argparse.Namespace) -> tuple[Any, Any, Optional[Any], dict[str, Any]]:
     """``(train, test, whole or None, split description)`` from DATASET + --test-fraction or --train + --test."""
-    from engine.spectral import get_sensor
-
-    from .labelled import load_labelled, split_patches, with_common_classes
+    from .datasets import load_labelled, split_patches, with_common_classes  # torch, scikit-learn: not at start-up
 
     if args.sensor:
         get_sensor(args.sensor)  # unknown preset: fail before reading anything
@@ -237,9 +239,14 @@ def _datasets(args: argparse.Namespace) -> tuple[Any, Any, Optional[Any], dict[s
 
 
 def _classify(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
-    from .evaluate import KNN_K, KNN_T, LP_EPOCHS, classification_metric, knn_classify, linear_probe
+    from .protocols import (  # torch: not at start-up
+        KNN_K,
+        KNN_T,
+        LP_EPOCHS,
+        classification_metric,
+        knn_classify,
+        linear_probe,
+    )
 
     if args.protocol == "knn":
         k = KNN_K if args.k is None else args.k
@@ -286,8 +293,8 @@ def _classify(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _retrieval(args: argparse.Namespace) -> dict[str, Any]:
-    from .evaluate import cross_sensor_retrieval
-    from .pairs import PairImages
+    from ..data.pairs import PairImages  # torch: not at start-up
+    from .protocols import cross_sensor_retrieval  # torch: not at start-up
 
     pairs, (a, b) = load_pairs(args.pairs, args.sensors, _parse_presets(args.preset))
     print(f"data: {len(pairs)} pairs of {args.pairs}, sensors {a} and {b}")
@@ -309,15 +316,13 @@ def _retrieval(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``eval knn | linear-probe | retrieval``; returns the exit status (0 done, 2 bad input)."""
-    from engine.errors import EngineError
-
     started = time.perf_counter()
     threads = None
     try:
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            import torch
+            import torch  # only with --threads: not at start-up
 
             threads = torch.get_num_threads()
             torch.set_num_threads(args.threads)
@@ -329,16 +334,14 @@ def run_eval(args: argparse.Namespace) -> int:
         report = _retrieval(args) if args.protocol == "retrieval" else _classify(args)
         report.update(model=str(args.model), size_px=args.size_px, seconds=round(time.perf_counter() - started, 2))
         if args.json:
-            from .config import write_text_atomic
-
-            written = write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+            written = write_text(args.json, json.dumps(report, indent=2) + "\n")
             print(f"wrote {written}")
     except (EngineError, ValueError, OSError) as exc:  # OSError: missing files, unwritable --json folder
         print(f"msfm eval {args.protocol}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if threads is not None:  # (in-process callers keep their setting)
-            import torch
+            import torch  # imported above when threads is set
 
             torch.set_num_threads(threads)
     return 0

@@ -46,7 +46,8 @@ class MSADProjection(nn.Module):
     def __init__(self, in_dim: int, proj_dim: int = MSAD_PROJ_DIM, dropout: float = MSAD_DROPOUT) -> None:
         super().__init__()
         if proj_dim > MSAD_PROJ_DIM:
-            raise ValueError(f"proj_dim > {MSAD_PROJ_DIM} (a two-layer W1 in the original) is not supported, got {proj_dim}")
+            raise ValueError(f"proj_dim > {MSAD_PROJ_DIM} (a two-layer W1 in the original) is not supported, "
+                             f"got {proj_dim}")
         self.projection = nn.Linear(in_dim, proj_dim)
         self.fc = nn.Linear(proj_dim, proj_dim)
         self.dropout = nn.Dropout(dropout)

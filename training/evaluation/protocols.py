@@ -5,7 +5,7 @@ Works with any encoder exposing ``encode(x [B, C, H, W], bands, output="cls") �
 SMARTIES' downstream protocols use (global pooling off, §6).
 
 - :func:`extract_features` — ``[N, D]`` float32 features and the labels of a dataset of ``(image, bands, label)``
-  items (e.g. :class:`training.pairs.PairImages`).
+  items (e.g. :class:`training.data.pairs.PairImages`).
 - :func:`knn_classify` — the §6 kNN: L2-normalised features, cosine similarity, the k = 20 nearest training samples
   vote with weight ``exp(sim / 0.07)``, votes summed per class → ``[M, C]`` class scores.
 - :func:`linear_probe` — the §6 linear probe: ``BatchNorm1d(D, affine=False, eps=1e-6) → Linear(D, C)`` on frozen
@@ -44,8 +44,8 @@ ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 #: kNN neighbours and temperature (docs/smarties.md §6, the DINO kNN protocol).
 KNN_K = 20
 KNN_T = 0.07
-#: Linear-probe recipe (docs/smarties.md §6): epochs, batch, base LR (lr = blr · batch / 256), milestones as fractions of the
-#: steps (epochs 60 and 80 of 100) and their LR factors, AdamW betas, BatchNorm eps, head init std.
+#: Linear-probe recipe (docs/smarties.md §6): epochs, batch, base LR (lr = blr · batch / 256), milestones as fractions
+#: of the steps (epochs 60 and 80 of 100) and their LR factors, AdamW betas, BatchNorm eps, head init std.
 LP_EPOCHS = 100
 LP_BATCH = 1024
 LP_BLR = 1e-3
@@ -110,8 +110,8 @@ def extract_features(
             device (that of its first parameter, CPU if it has none) and is put back in its previous train/eval mode.
         dataset: Iterable of ``(image, bands, label)``: image ``[C, H, W]`` float32 normalised (tensor or array),
             ``bands`` the C band specs ``encode`` takes (range keys / projections), ``label`` a class index, a
-            multi-hot vector or ``None`` (:class:`training.pairs.PairImages`). Consecutive items with the same bands
-            and size are batched together.
+            multi-hot vector or ``None`` (:class:`training.data.pairs.PairImages`). Consecutive items with the same
+            bands and size are batched together.
         batch_size: Images per ``encode`` call.
 
     Returns:
@@ -172,7 +172,8 @@ def classification_metric(scores: ArrayLike, labels: ArrayLike) -> float:
 
     Returns:
         The metric in percent (0–100), a Python float. Micro AP is
-        ``sklearn.metrics.average_precision_score(labels, scores, average="micro")`` × 100 (docs/smarties.md §6, BigEarthNet).
+        ``sklearn.metrics.average_precision_score(labels, scores, average="micro")`` × 100 (docs/smarties.md §6,
+        BigEarthNet).
 
     Raises:
         ValueError: Shapes disagree, or multi-label labels without any positive (AP undefined).

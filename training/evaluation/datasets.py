@@ -1,20 +1,20 @@
 """Labelled image patches for frozen-encoder evaluation (``msfm eval knn | linear-probe``).
 
-A :class:`LabelledPatches` is a list of one-sensor :class:`training.pairs.Pair` s (one raster patch each, with its
+A :class:`LabelledPatches` is a list of one-sensor :class:`training.data.pairs.Pair` s (one raster patch each, with its
 class names), the class list that fixes the label order, and whether the labels are multi-label. Images come from
-:class:`training.pairs.PairImages` (the whole patch, normalised with the engine's statistics for its resolved bands,
-resized to the model's input side), so bands are resolved exactly as ``msfm embed`` resolves them: band descriptions
-and wavelength tags through :func:`engine.bands.resolve_bands`, a sensor preset, and band overrides.
+:class:`training.data.pairs.PairImages` (the whole patch, normalised with the engine's statistics for its resolved
+bands, resized to the model's input side), so bands are resolved exactly as ``msfm embed`` resolves them: band
+descriptions and wavelength tags through :func:`engine.spectral.resolve_bands`, a sensor preset, and band overrides.
 
 Sources (:func:`load_labelled` tells them apart):
 
 - a **folder with one sub-folder per class**, ``<root>/<class>/*.tif`` (any suffix of
-  :data:`training.pairs.RASTER_SUFFIXES`, searched recursively below the class folder): single-label;
+  :data:`training.data.pairs.RASTER_SUFFIXES`, searched recursively below the class folder): single-label;
 - a **CSV** with a ``path`` column and a ``label`` column (single-label) or a ``labels`` column holding
   ``;``-separated class names (multi-label); relative paths are resolved against the CSV's folder
-  (:func:`training.pairs.pairs_from_csv`);
+  (:func:`training.data.pairs.pairs_from_csv`);
 - a **BigEarthNet-MM folder** (``index.csv`` with ``s2_patch``/``s1_patch`` columns,
-  :func:`training.pairs.bigearthnet_pairs`): the S2 or the S1 patches, multi-label, 43 or 19 classes.
+  :func:`training.data.pairs.bigearthnet_pairs`): the S2 or the S1 patches, multi-label, 43 or 19 classes.
 
 :func:`split_patches` makes a deterministic train/test split: stratified by class for single-label data
 (:func:`sklearn.model_selection.train_test_split`), a plain seeded random split for multi-label data (each label
@@ -31,8 +31,17 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
-from .pairs import BEN19_CLASSES, BEN43_CLASSES, RASTER_SUFFIXES, Pair, PairImages, bigearthnet_pairs, pairs_from_csv
+from ..data.pairs import (
+    BEN19_CLASSES,
+    BEN43_CLASSES,
+    RASTER_SUFFIXES,
+    Pair,
+    PairImages,
+    bigearthnet_pairs,
+    pairs_from_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +68,8 @@ class LabelledPatches:
     """Labelled raster patches.
 
     Attributes:
-        pairs: One :class:`~training.pairs.Pair` per patch, each with the single sensor :attr:`sensor` and its class
-            names in ``labels``.
+        pairs: One :class:`~training.data.pairs.Pair` per patch, each with the single sensor :attr:`sensor` and its
+            class names in ``labels``.
         sensor: The sensor name of the pairs (``"image"``, or ``"s2"``/``"s1"`` for BigEarthNet).
         classes: Class names; a label's index is its position here.
         multilabel: Multi-hot labels ``[N, C]`` (True) or one class index per patch ``[N]`` (False).
@@ -92,8 +101,8 @@ class LabelledPatches:
 
     def images(self, size_px: int = 224, model: Any = None) -> PairImages:
         """The patches as ``(image [C, S, S] float32, band specs, label)`` items for
-        :func:`training.evaluate.extract_features`, prepared for ``model`` (its band families and input
-        normalisation, see :class:`training.pairs.PairedCropSampler`)."""
+        :func:`training.evaluation.protocols.extract_features`, prepared for ``model`` (its band families and input
+        normalisation, see :class:`training.data.pairs.PairedCropSampler`)."""
         return PairImages(self.pairs, self.sensor, size_px, self.classes, self.multilabel, model=model)
 
 
@@ -118,10 +127,10 @@ def labelled_folder(root: PathLike, preset: Optional[str] = None, overrides: Any
 
     Args:
         root: The dataset folder. Every sub-folder is a class (its name is the class name); its raster files (any
-            :data:`~training.pairs.RASTER_SUFFIXES` suffix, searched recursively) are its patches. Files directly in
-            ``root`` are ignored.
+            :data:`~training.data.pairs.RASTER_SUFFIXES` suffix, searched recursively) are its patches. Files directly
+            in ``root`` are ignored.
         preset: Engine sensor preset id for files whose metadata does not tell the bands (``msfm sensors``).
-        overrides: Band overrides for :func:`engine.bands.resolve_bands` (``{4: "red_2"}``, as ``--band``).
+        overrides: Band overrides for :func:`engine.spectral.resolve_bands` (``{4: "red_2"}``, as ``--band``).
 
     Returns:
         The patches, sorted by class then path; classes sorted by name.
@@ -201,13 +210,13 @@ def is_bigearthnet_folder(path: PathLike) -> bool:
 
 def labelled_bigearthnet(folder: PathLike, sensor: str = "s2", nomenclature: int = 19,
                          preset: Optional[str] = None, overrides: Any = None) -> LabelledPatches:
-    """One side of BigEarthNet-MM pairs (:func:`training.pairs.bigearthnet_pairs`) as multi-label patches.
+    """One side of BigEarthNet-MM pairs (:func:`training.data.pairs.bigearthnet_pairs`) as multi-label patches.
 
     Args:
         folder: Folder with ``index.csv`` (e.g. ``../shared/data/bigearthnet_mm``).
         sensor: ``"s2"`` (Sentinel-2 L2A, 12 bands) or ``"s1"`` (Sentinel-1 VV, VH in dB).
-        nomenclature: 19 (SMARTIES' probes, :data:`~training.pairs.BEN19_CLASSES`) or 43 (as stored,
-            :data:`~training.pairs.BEN43_CLASSES`).
+        nomenclature: 19 (SMARTIES' probes, :data:`~training.data.pairs.BEN19_CLASSES`) or 43 (as stored,
+            :data:`~training.data.pairs.BEN43_CLASSES`).
         preset: Replaces the pair's preset (``sentinel2_l2a`` / ``sentinel1_grd_db``) when given.
         overrides: Band overrides for the chosen side.
 
@@ -292,8 +301,6 @@ def split_patches(patches: LabelledPatches, test_fraction: float,
             than 2 patches (cannot be stratified), or fewer test/train patches than classes (the message names the
             fix).
     """
-    from sklearn.model_selection import train_test_split
-
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction:g}")
     n = len(patches)

@@ -1,6 +1,7 @@
-"""SMARTIES masked-autoencoder pretraining model (docs/smarties.md §1.5, §1.6, §5), written from the paper and docs/smarties.md.
+"""SMARTIES masked-autoencoder pretraining model (docs/smarties.md §1.5, §1.6, §5), written from the paper and
+docs/smarties.md.
 
-:class:`SmartiesMAE` wraps an :class:`engine.models.smarties.SmartiesEncoder` and adds the MAE decoder. The encoder's
+:class:`SmartiesMAE` wraps an :class:`engine.models.SmartiesEncoder` and adds the MAE decoder. The encoder's
 modules are registered on the MAE module *under their own names* (``cls_token``, ``pos_embed``,
 ``spectrum_projection``, ``blocks``, ``norm``), so ``SmartiesMAE.state_dict()`` is exactly the encoder's key set at top
 level plus the MAE-only keys of docs/smarties.md §1.6 (``mask_token``, ``decoder_pos_embed``, ``decoder_embed``,
@@ -11,15 +12,16 @@ Inputs are pre-patchified like the reference: ``patches [B, h, w, C, p, p]`` wit
 ``[B, h, w, C]`` (``[B, L, C, p²]`` / ``[B, L, C]`` also accepted). Unlike the reference, the band count may differ
 between tokens and samples: index :data:`PAD` (−1) marks an absent band slot (its pixels are ignored by the embedding
 (12 · mean over the *present* bands), the prediction and the loss). With no padding the computation is exactly the
-reference's.
+reference's. :func:`images_to_mae_batch` builds these inputs from ``[B, C, H, W]`` images and range keys
+(:class:`MAEBatch`, the batch contract of the SMARTIES recipes).
 
 Forward pass (docs/smarties.md §5):
 
 1. optional cross-sensor token mixup of two co-registered views (``torch.rand(B, L)`` → argsort; the first
    ``int(L·(1−mixup_ratio))`` positions keep view-1 tokens, the rest take view-2 tokens; patches, targets and indices
    are mixed together). ``compat=False`` (default, the paper's intent) mixes symmetrically: view 2 gets the
-   complementary mix. ``compat=True`` reproduces the reference code (docs/smarties.md §8.1), where view 2 stays the pure second
-   sensor;
+   complementary mix. ``compat=True`` reproduces the reference code (docs/smarties.md §8.1), where view 2 stays the pure
+   second sensor;
 2. random masking with one noise ``torch.rand(B, L)`` shared by both views: keep ``int(L·(1−mask_ratio))`` tokens;
 3. encoder on the kept tokens only (equal to embedding everything and then masking, because the embedding is per
    token; it saves ~75 % of the spectral-projection cost);
@@ -29,8 +31,12 @@ Forward pass (docs/smarties.md §5):
 5. norm-pix loss on masked tokens: per token, mean and unbiased variance over all its band-pixel values,
    ``(t − μ)/√(σ² + 1e-6)``, MSE averaged over the values, then over the masked tokens; two views → ½(L₁ + L₂).
 
-Checkpoints: ``SmartiesMAE.state_dict()`` *is* the official structure (docs/smarties.md §1.6: the 182/326 encoder keys + the 136
-MAE keys for the published decoder), so :meth:`SmartiesMAE.from_checkpoint` loads the official
+The loss (:func:`norm_pix_loss`) lives here, not in :mod:`training.losses`: it is part of the forward pass — it needs
+the mask, the mixed targets and the padded band slots that only the forward knows, and the reference (and its parity
+fixtures) returns it from ``forward``.
+
+Checkpoints: ``SmartiesMAE.state_dict()`` *is* the official structure (docs/smarties.md §1.6: the 182/326 encoder keys +
+the 136 MAE keys for the published decoder), so :meth:`SmartiesMAE.from_checkpoint` loads the official
 ``smarties-v1-vit*.safetensors`` (or any encoder-only / full-MAE file the engine reads strictly) and
 :meth:`SmartiesMAE.save` writes a file the official code and :func:`engine.load_model` both read (layout ``"mae"``).
 
@@ -44,17 +50,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import CheckpointError
-from engine.models import Block, SmartiesEncoder, init_from_scratch, sincos_pos_embed
-from engine.spectral import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, projection_for
+from engine.models import (
+    Block,
+    SmartiesEncoder,
+    init_from_scratch,
+    load_model,
+    read_checkpoint,
+    save_encoder,
+    sincos_pos_embed,
+)
+from engine.spectral import NUM_BASE_PROJECTIONS, PROJECTION_SCALER, get_range, projection_for
 
-__all__ = ("PAD", "MAEOutput", "SmartiesMAE", "patchify", "norm_pix_loss")
+__all__ = ("PAD", "MAEBatch", "MAEOutput", "SmartiesMAE", "images_to_mae_batch", "norm_pix_loss", "patchify")
 
 #: Projection index marking an absent band slot (padding) in MAE inputs.
 PAD = -1
@@ -89,7 +103,8 @@ class MAEOutput:
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``[B, C, H, W]`` → ``[B, h, w, C, p, p]`` (patch (i, j) of band c holds rows i·p.., cols j·p..; docs/smarties.md §1.1)."""
+    """``[B, C, H, W]`` → ``[B, h, w, C, p, p]``: patch (i, j) of band c holds rows i·p.., cols j·p..
+    (docs/smarties.md §1.1)."""
     b, c, height, width = images.shape
     p = patch_size
     if height % p or width % p:
@@ -116,6 +131,66 @@ def norm_pix_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor)
     var = (centred**2).sum(dim=(1, 2)) / (n - 1).clamp_min(1)
     normed = centred / (var[:, None, None] + 1e-6).sqrt()
     return (((pred - normed) * w) ** 2).sum(dim=(1, 2)) / n
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+class MAEBatch(Protocol):
+    """What the SMARTIES recipes train on (:mod:`training.recipes.smarties_mae`, the batch contract): the inputs of
+    :meth:`SmartiesMAE.forward` as attributes (:class:`training.data.rasters.Batch`) or mapping keys
+    (:func:`images_to_mae_batch`)."""
+
+    patches: torch.Tensor
+    indices: torch.Tensor
+    second_patches: Optional[torch.Tensor]
+    second_indices: Optional[torch.Tensor]
+
+
+def images_to_mae_batch(
+    images: torch.Tensor,
+    keys: Sequence[str],
+    patch_size: int,
+    second_images: Optional[torch.Tensor] = None,
+    second_keys: Optional[Sequence[str]] = None,
+) -> dict[str, Optional[torch.Tensor]]:
+    """``[B, C, H, W]`` images + their SMARTIES range keys → a batch of the recipe's contract.
+
+    Args:
+        images: View 1, float32 normalised, ``H`` and ``W`` multiples of ``patch_size``.
+        keys: C range keys of view 1 (``"red_2"``, ``"microwave_1"``, …), shared by the batch.
+        patch_size: Patch side p.
+        second_images: Optional view 2 of the same windows (same ``H``, ``W``).
+        second_keys: Its range keys.
+
+    Returns:
+        ``{"patches", "indices", "second_patches", "second_indices"}`` (``[B, h, w, C, p, p]`` / ``[B, h, w, C]``).
+
+    Raises:
+        ValueError: A key is not a trainable range (an interpolated projection or a disabled range has no MAE head),
+            the counts differ, or only one of ``second_images``/``second_keys`` is given.
+    """
+
+    def one(x: torch.Tensor, ks: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != len(ks):
+            raise ValueError(f"images {tuple(x.shape)} do not match {len(ks)} band keys (expected [B, C, H, W])")
+        idx = []
+        for k in ks:
+            if not isinstance(k, str):
+                raise ValueError(f"band {k!r} is not a SMARTIES range key: the MAE has no pixel head for it")
+            r = get_range(k)
+            if r.is_disabled:
+                raise ValueError(f"range {k} is disabled in SMARTIES")
+            idx.append(r.projection_idx)
+        patches = patchify(x.float(), patch_size)
+        b, h, w, c = patches.shape[:4]
+        return patches, torch.tensor(idx, dtype=torch.long).expand(b, h, w, c).contiguous()
+
+    if (second_images is None) != (second_keys is None):
+        raise ValueError("give both second_images and second_keys, or neither")
+    p1, i1 = one(images, keys)
+    p2 = i2 = None
+    if second_images is not None:
+        p2, i2 = one(second_images, second_keys)
+    return {"patches": p1, "indices": i1, "second_patches": p2, "second_indices": i2}
 
 
 class SmartiesMAE(nn.Module):
@@ -211,7 +286,7 @@ class SmartiesMAE(nn.Module):
         """The wrapped encoder (shares its parameters with this module)."""
         return self.__dict__["_encoder"]
 
-    # Encoder geometry, so that engine.models.checkpoint.save_encoder records it for a full-MAE file too.
+    # Encoder geometry, so that engine.models.save_encoder records it for a full-MAE file too.
     @property
     def embed_dim(self) -> int:
         """Encoder token dimension D."""
@@ -244,7 +319,7 @@ class SmartiesMAE(nn.Module):
 
     @property
     def averaging(self) -> str:
-        """Weights of the averaged ranges 17/18 (:mod:`engine.spectrum`)."""
+        """Weights of the averaged ranges 17/18 (:mod:`engine.spectral`)."""
         return self.encoder.averaging
 
     @property
@@ -272,10 +347,11 @@ class SmartiesMAE(nn.Module):
     ) -> "SmartiesMAE":
         """An MAE continued from a SMARTIES checkpoint: the official files, ours, encoder-only or full MAE.
 
-        The file is read strictly by the engine (:func:`engine.load_model`, docs/smarties.md §1.6). A full-MAE file (layout
-        ``"mae"``: the official ``smarties-v1-vit*.safetensors`` when it carries the decoder, or one written by
+        The file is read strictly by the engine (:func:`engine.load_model`, docs/smarties.md §1.6). A full-MAE file
+        (layout ``"mae"``: the official ``smarties-v1-vit*.safetensors`` when it carries the decoder, or one written by
         :meth:`save`) restores the decoder too, its width and depth read from the tensors; an encoder-only file gets a
-        freshly initialised decoder of ``decoder_dim``/``decoder_depth`` (MAE init, docs/smarties.md §1.5; seeded with ``seed``).
+        freshly initialised decoder of ``decoder_dim``/``decoder_depth`` (MAE init, docs/smarties.md §1.5; seeded with
+        ``seed``).
 
         Args:
             path_or_name: ``.safetensors`` file, folder or registry name (``"smarties-vit-b"``).
@@ -296,15 +372,14 @@ class SmartiesMAE(nn.Module):
             engine.errors.CheckpointError: The file breaks the strict key rule, or carries a head instead of a
                 decoder, or ``decoder_heads`` does not divide the decoder width.
         """
-        from engine.models import load_model, read_checkpoint
-
         encoder = load_model(path_or_name, num_heads=num_heads, averaging=averaging)
         layout = encoder.provenance.layout
         if layout not in ("encoder", "mae"):
-            raise CheckpointError(f"{encoder.provenance.weights_path}: layout {layout!r} holds a task head, not an MAE decoder; "
-                                  "continue pretraining from an encoder-only or full-MAE checkpoint")
+            raise CheckpointError(f"{encoder.provenance.weights_path}: layout {layout!r} holds a task head, not an MAE "
+                                  "decoder; continue pretraining from an encoder-only or full-MAE checkpoint")
         if getattr(encoder, "global_pool", False):
-            raise CheckpointError(f"{encoder.provenance.weights_path}: a global-pool (fc_norm) checkpoint is not an MAE encoder")
+            raise CheckpointError(f"{encoder.provenance.weights_path}: a global-pool (fc_norm) checkpoint is not an "
+                                  "MAE encoder")
         extra: Mapping[str, torch.Tensor] = {}
         config: Mapping[str, Any] = {}
         if layout == "mae":
@@ -330,7 +405,7 @@ class SmartiesMAE(nn.Module):
              dtype: Optional[torch.dtype] = None) -> Path:
         """Write the full MAE (encoder + decoder, the official key layout of docs/smarties.md §1.6) as ``.safetensors``.
 
-        Written atomically and checked with the strict reader by :func:`engine.models.checkpoint.save_encoder`; the
+        Written atomically and checked with the strict reader by :func:`engine.models.save_encoder`; the
         JSON ``config`` metadata records the encoder geometry, ``decoder_heads`` and ``config``. The file loads in
         :func:`engine.load_model` (encoder) and :meth:`from_checkpoint` (everything).
 
@@ -342,8 +417,6 @@ class SmartiesMAE(nn.Module):
         Returns:
             The written path.
         """
-        from engine.models import save_encoder
-
         meta = {**(config or {}), "decoder_heads": self.decoder_heads, "decoder_dim": self.decoder_dim,
                 "decoder_depth": self.decoder_depth}
         return save_encoder(self, path, meta, dtype=dtype)
@@ -440,7 +513,8 @@ class SmartiesMAE(nn.Module):
             return patches, indices
         return F.pad(patches, (0, 0, 0, extra)), F.pad(indices, (0, extra), value=PAD)
 
-    def random_masking(self, b: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def random_masking(self, b: int, length: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One ``torch.rand(B, L)`` → ``(ids_keep [B, keep], ids_restore [B, L], mask [B, L])`` (1 = masked)."""
         keep = int(length * (1 - self.mask_ratio))
         noise = torch.rand(b, length, device=device)
