@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +39,8 @@ from sklearn.metrics import adjusted_mutual_info_score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from engine.atomic import write_text  # noqa: E402
 
 IMAGE = "spacenet3_vegas_pan_0.3m.tif"
 LABEL = "spacenet3_vegas_road_mask.tif"
@@ -149,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                      for m, w, d in (("strict_f1", 5, 1), ("relaxed_f1", 5, 1), ("ami", 5, 3))]
             print(f"{method[:45]:45s} {k:3d}  " + "  ".join(cells))
     if args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1, default=float))
-        os.replace(tmp, args.json)
+        write_text(args.json, json.dumps(rows, indent=1, default=float))
     return 0
 
 

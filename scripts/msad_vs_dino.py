@@ -9,9 +9,9 @@ a place differ in more than resolution.
    the MSC-France layout ``<root>/<Sensor>/<City>/<tile>.tif``. Training tiles come from the northern 2/3 of the
    scene (stride 16 MS px); held-out test tiles (no overlap) from the southern 1/3, so no test ground is seen in
    training.
-2. The same X-STARS recipe (:mod:`training.xstars.train`, from scratch) is trained at equal steps, batch and seed
+2. The same X-STARS recipe (:mod:`training.recipes.xstars`, from scratch) is trained at equal steps, batch and seed
    with MSAD off (DINO only), with alpha = 0.1 (the X-STARS default) and with alpha = 1.0.
-3. Retrieval (:func:`training.evaluate.cross_sensor_retrieval`) among the test tiles, MS → PAN and PAN → MS top-1 /
+3. Retrieval (:func:`training.evaluation.protocols.cross_sensor_retrieval`) among the test tiles, MS → PAN and PAN → MS top-1 /
    top-5, on the EMA teacher's CLS token and on its mean patch token (both after the final norm), plus two
    references measured the same way: the randomly initialised network and raw pixels (each tile's 3-band mean image at
    8 × 8, standardised).
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from rasterio.enums import Resampling
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine.atomic import write_text  # noqa: E402
 from training.evaluation.protocols import cross_sensor_retrieval  # noqa: E402
 
 MS_FILE = "l8_l1_10band_30m_gulfcoast.tif"
@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:28s} {r['feature']:11s} {seed:>4s}  {r['a_to_b@1']:8.1f} {r['a_to_b@5']:8.1f} "
               f"{r['b_to_a@1']:8.1f} {r['b_to_a@5']:8.1f}")
     if args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps({"places": n, "steps": args.steps, "lr": args.lr, "rows": rows}, indent=1))
-        os.replace(tmp, args.json)
+        write_text(args.json, json.dumps({"places": n, "steps": args.steps, "lr": args.lr, "rows": rows}, indent=1))
     return 0
 
 

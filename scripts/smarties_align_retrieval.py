@@ -13,10 +13,10 @@ sensors' features of the same ground find each other, on ground the run never sa
   ``mae_weight 0``, MSAD only).
 
 The areas are written as GeoTIFF subsets (same CRS, bands, presets), so every crop goes through the recipe's own
-reader (:class:`training.pairs.PairedCropSampler`: same ground window for both sensors, engine normalisation,
+reader (:class:`training.data.pairs.PairedCropSampler`: same ground window for both sensors, engine normalisation,
 224 px). Test windows are read without flips. Features are the CLS token and the mean patch token, both after the
 final LayerNorm (``encode(..., "tokens")``); retrieval is
-:func:`training.evaluate.cross_sensor_retrieval` (top-1/top-5 of the co-located partner among all test places, both
+:func:`training.evaluation.protocols.cross_sensor_retrieval` (top-1/top-5 of the co-located partner among all test places, both
 directions). Rows: the initial model on both sensors; the aligned student on the new sensor against the frozen
 initial model on the old one (the pairing MSAD trains); the aligned student on both; the same pairing in the MSAD
 embedding space (tokens through ``Q2 ∘ P`` for the student, ``Q1 ∘ P`` for the teacher: what the loss actually

@@ -232,7 +232,7 @@ def _markdown(card: Mapping[str, Any], table: Sequence[tuple[int, float]], every
         "  SMARTIES ViT-B/L and overfit to these places; use it for demos and tests, not for science.",
         "- Only the band families present in the data were trained (S2 L1C/L2A, Landsat-8 OLI, S1 VV/VH, RGB, NIR);",
         "  the `thermal_infrared_1` range and other projections saw little or no data.",
-        "- Normalisation: the engine's band resolver and statistics (`engine.inference.band_statistics`): "
+        "- Normalisation: the engine's band resolver and statistics (`engine.raster.band_statistics`): "
         "docs/smarties.md §3",
         "  presets for S2 L1C/L2A, S1, RGB and NAIP R/G/B, estimated per scene for the others (Landsat-8 DN, NAIP NIR,",
         "  WorldView-2) — the same convention `msfm embed` applies at inference.",

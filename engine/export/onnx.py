@@ -62,7 +62,7 @@ class SegmenterGraph(nn.Module):
         return torch.softmax(self.head.pixel_logits(grids, (self.tile_size_px, self.tile_size_px)), dim=1)
 
 
-def _segmenter_metadata(model: Encoder, card: HeadCard, tile_size_px: int) -> dict[str, Any]:
+def _segmenter_metadata(model: SmartiesEncoder, card: HeadCard, tile_size_px: int) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "model_type": "Segmentor",
         "class_names": {str(c.index): c.name for c in card.classes},
@@ -112,7 +112,7 @@ def export_segmenter(head: SegmentationHead, model: Encoder, path: Union[str, Pa
     projections = card_projections(card, model.averaging)
     graph = SegmenterGraph(export_copy(encoder), copy.deepcopy(head).float().cpu().eval(), projections, tile_size_px)
     inputs = (torch.zeros(2, len(projections), tile_size_px, tile_size_px),)
-    return write_graph(graph, inputs, Path(path), _segmenter_metadata(model, card, tile_size_px), opset, ["image"],
+    return write_graph(graph, inputs, Path(path), _segmenter_metadata(encoder, card, tile_size_px), opset, ["image"],
                    ["probabilities"], {"image": {0: "batch"}, "probabilities": {0: "batch"}})
 
 

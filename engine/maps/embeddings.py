@@ -40,7 +40,7 @@ from affine import Affine
 
 from ..callbacks import CancelFn, ProgressFn, scaled
 from ..errors import InputRasterError, SettingsError
-from ..models import Encoder, check_onnx_model, open_reader, torch_device
+from ..models import Encoder, OnnxEncoder, check_onnx_model, open_reader, torch_device
 from ..raster import (
     GeoTiffWriter,
     RasterReader,
@@ -116,9 +116,10 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
             device (:func:`engine.models.check_onnx_model`).
         engine.errors.DeviceError: CUDA asked for but not available.
     """
-    if model.backend == "onnx":
+    if isinstance(model, OnnxEncoder):
         check_onnx_model(model, settings)
-        return (lambda x, projections: model.encode(x, projections, "grid")), f"onnxruntime {model.device}"  # type: ignore[attr-defined]
+        onnx = model
+        return (lambda x, projections: onnx.encode(x, projections, "grid")), f"onnxruntime {onnx.device}"
     import torch  # a torch encoder: torch is installed (the ONNX path above never imports it)
 
     device = torch_device(settings)

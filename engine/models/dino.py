@@ -274,7 +274,7 @@ class DinoViT(nn.Module):
             raise BandResolutionError(
                 f"this X-STARS/DINO model takes {len(wanted)} bands, "
                 f"{', '.join(wanted)} in that order (range keys red_*, green_*, blue_*), got "
-                f"{labels}; select them with engine.bands.select_band_families(mapping, model.band_families)"
+                f"{labels}; select them with engine.spectral.select_band_families(mapping, model.band_families)"
             )
 
     def encode(

@@ -753,11 +753,9 @@ def _network_config(network: Any) -> dict[str, Any]:
         config.update(
             embed_dim=backbone.embed_dim, depth=backbone.depth, num_heads=backbone.num_heads,
             patch_size=backbone.patch_size, grid_size=backbone.grid_size,
-            # A backbone whose input_norm was set to None raises AttributeError here: a latent bug the type checker
-            # found, reported and left as is (the lint pass changes no behaviour).
-            input_norm={"mean": list(backbone.input_norm.mean),  # type: ignore[union-attr]
-                        "std": list(backbone.input_norm.std)},  # type: ignore[union-attr]
         )
+        if backbone.input_norm is not None:  # a backbone without its own normalisation records none
+            config["input_norm"] = {"mean": list(backbone.input_norm.mean), "std": list(backbone.input_norm.std)}
     if isinstance(head, DINOHead):
         config["head"] = {"out_dim": head.out_dim, "hidden_dim": head.hidden_dim,
                           "bottleneck_dim": head.bottleneck_dim, "nlayers": head.nlayers}

@@ -41,6 +41,7 @@ from ..atomic import atomic_output
 from ..provenance import file_sha256
 from ..spectral import NUM_BASE_PROJECTIONS, get_sensor, list_sensors, spectral_ranges
 from .onnx_session import ONNX_FORMAT, set_metadata
+from .protocol import Encoder
 from .smarties import SmartiesEncoder
 from .vit import Attention
 
@@ -159,7 +160,7 @@ def _base_keys() -> list[str]:
     return [keys[i] for i in range(NUM_BASE_PROJECTIONS)]
 
 
-def model_metadata(model: Any, tile_size_px: int) -> dict[str, Any]:
+def model_metadata(model: SmartiesEncoder, tile_size_px: int) -> dict[str, Any]:
     """Keys shared by both exports: Deepness's tile keys and the encoder's ``msfm_*`` description."""
     weights = model.provenance.weights_path
     return {
@@ -169,21 +170,21 @@ def model_metadata(model: Any, tile_size_px: int) -> dict[str, Any]:
         "msfm_source_sha256": file_sha256(weights) if weights and Path(weights).is_file() else "unknown",
         "msfm_embed_dim": model.embed_dim,
         "msfm_depth": len(model.blocks),
-        "msfm_num_heads": model.blocks[0].attn.num_heads,
+        "msfm_num_heads": model.num_heads,
         "msfm_patch_size": model.patch_size,
         "msfm_tile_size_px": tile_size_px,
         "msfm_averaging": model.averaging,
     }
 
 
-def _encoder_metadata(model: Any, tile_size_px: int, sensor: Optional[str]) -> dict[str, Any]:
+def _encoder_metadata(model: SmartiesEncoder, tile_size_px: int, sensor: Optional[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "model_type": "Recognition",
         "msfm_format": ONNX_FORMAT,
         **model_metadata(model, tile_size_px),
         "msfm_base_projections": _base_keys(),
-        "msfm_inputs": {"image": "[B, C, H, W] float32, normalised (engine.normalize)",
-                        "band_mix": "[C, 17] float32, engine.spectrum.band_mix(projections)"},
+        "msfm_inputs": {"image": "[B, C, H, W] float32, normalised (engine.spectral.normalize)",
+                        "band_mix": "[C, 17] float32, engine.spectral.band_mix(projections)"},
         "msfm_outputs": {"cls": "[B, D] CLS token after the final norm",
                          "grid": "[B, D, H/p, W/p] last-block patch tokens before the final norm"},
         "msfm_presets": {s.id: {"bands": [b.key for b in s.bands], "wavelengths_nm": [b.wavelength_nm for b in s.bands]}
@@ -239,7 +240,7 @@ def write_graph(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Union[
     return Path(path)
 
 
-def check_exportable(model: Any, tile_size_px: int) -> SmartiesEncoder:
+def check_exportable(model: Encoder, tile_size_px: int) -> SmartiesEncoder:
     """Check that ``model`` can be exported with ``tile_size_px``-pixel tiles.
 
     Returns:

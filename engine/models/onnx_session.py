@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 
 from ..errors import CheckpointError, DeviceError, ModelMismatchError
 from ..settings import InferenceSettings
+from .protocol import Provenance
 
 __all__ = (
     "ONNX_FORMAT",
@@ -127,7 +128,15 @@ def _decode(props: Any) -> dict[str, Any]:
     return out
 
 
-def check_onnx_model(model: Any, settings: InferenceSettings) -> None:
+class OnnxModel(Protocol):
+    """What :func:`check_onnx_model` reads of an ONNX Runtime runner (encoder or segmenter)."""
+
+    tile_size_px: int
+    device: str
+    provenance: Provenance
+
+
+def check_onnx_model(model: OnnxModel, settings: InferenceSettings) -> None:
     """Check that an ONNX Runtime model (encoder or segmenter) fits the run's settings.
 
     The tile size is fixed in the graph at export, and the execution provider is chosen when the file is loaded.
@@ -139,7 +148,7 @@ def check_onnx_model(model: Any, settings: InferenceSettings) -> None:
     Raises:
         ModelMismatchError: The model was exported for another tile size, or loaded for another device.
     """
-    name = model.provenance.weights_path.name
+    name = model.provenance.weights_path.name if model.provenance.weights_path else "the ONNX model"
     if settings.tile_size_px != model.tile_size_px:
         raise ModelMismatchError(
             f"{name} was exported for {model.tile_size_px}-px tiles; use tile_size_px={model.tile_size_px} or export "

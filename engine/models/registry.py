@@ -166,7 +166,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         filename="smarties-demo-tiny.safetensors",
         num_heads=3,
         embed_dim=192,
-        depth=6,  # the training recipe's default (training/pretrain.py); model_info reads the real file's geometry
+        depth=6,  # the recipe default (training/recipes/smarties_mae.py); model_info reads the file
         description="Small SMARTIES-architecture ViT-Tiny-like encoder (D=192, patch 16) trained by this project, "
         "bundled (float16) for demos and CPU tests; not the paper's weights",
         bundled="smarties-demo-tiny.safetensors",

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..atomic import atomic_output
 from ..errors import CheckpointError, SettingsError
-from ..models import check_blocks, dense_blocks, load_model
+from ..models import BlockEncoder, Encoder, check_blocks, dense_blocks, load_model
 from ..provenance import file_sha256
 from ..raster import class_colors
 from .card import ClassInfo, HeadCard, HeadType, card_path
@@ -210,14 +210,14 @@ class SegmentationHead(nn.Module):
         return {f"head.{k}": v.detach().cpu().float().contiguous() for k, v in self.net.state_dict().items()}
 
 
-def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,
+def build_head(head_type: HeadType, model: BlockEncoder, classes: Sequence[ClassInfo], *,
                blocks: Optional[Sequence[int]] = None, channels: Optional[int] = None,
                encoder: Optional[Mapping[str, Any]] = None, **card_fields: Any) -> SegmentationHead:
     """A new, randomly initialised head for ``model``.
 
     Args:
         head_type: ``"linear"`` (last block) or ``"upernet"`` (four blocks, :func:`dense_blocks`).
-        model: The encoder (``embed_dim``, ``blocks``, ``patch_size``).
+        model: The encoder (its ``embed_dim``, ``depth`` and ``patch_size`` go into the card).
         classes: Output classes (≥ 2).
         blocks: Override the blocks read.
         channels: UPerNet width (default ``min(256, max(64, D // 2))`` — 96 for the demo model, 256 for ViT-B).
@@ -229,7 +229,7 @@ def build_head(head_type: HeadType, model: Any, classes: Sequence[ClassInfo], *,
     """
     if len(classes) < 2:
         raise ValueError(f"a segmentation head needs at least 2 classes, got {len(classes)}")
-    depth = len(model.blocks)
+    depth = model.depth
     if blocks is None:
         blocks = [depth - 1] if head_type == "linear" else list(dense_blocks(depth))
     if head_type == "upernet" and channels is None:
@@ -262,7 +262,7 @@ def save_head(head: SegmentationHead, path: Union[str, Path]) -> Path:
     return path
 
 
-def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Any) -> HeadCard:
+def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Encoder) -> HeadCard:
     """Card of a SMARTIES checkpoint with the published ``head.0`` segmentation head (docs/smarties.md §1.7).
 
     The head reads the checkpoint's own encoder, last block; the classes are unnamed (the file does not say).
@@ -270,15 +270,15 @@ def _published_card(path: Path, shapes: Mapping[str, Sequence[int]], model: Any)
     k, d = int(shapes["head.0.weight"][0]), int(shapes["head.0.weight"][1])
     colors = class_colors(k)
     return HeadCard(
-        head_type="linear", blocks=[len(model.blocks) - 1],
+        head_type="linear", blocks=[model.depth - 1],
         classes=[ClassInfo(i, f"class {i}", colors[i], i) for i in range(k)],
-        encoder={"name": str(path), "sha256": file_sha256(path), "embed_dim": d, "depth": len(model.blocks),
+        encoder={"name": str(path), "sha256": file_sha256(path), "embed_dim": d, "depth": model.depth,
                  "patch_size": model.patch_size},
         training={"source": "published SMARTIES checkpoint with a 1×1-conv segmentation head (docs/smarties.md §1.7)"},
     )
 
 
-def load_head(path: Union[str, Path], model: Any = None) -> SegmentationHead:
+def load_head(path: Union[str, Path], model: Optional[Encoder] = None) -> SegmentationHead:
     """Read a head file strictly.
 
     Accepts our head files (``head.*`` tensors + card) and SMARTIES checkpoints carrying the published segmentation

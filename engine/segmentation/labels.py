@@ -207,8 +207,8 @@ def _polygon_grid(labels: PolygonLabels, crs: Any, transform: Affine, shape: tup
             f"{len(empty)} of {len(labels.values)} polygons of {where} have an empty class value. Feature ids with "
             f"an empty {f!r}: {empty[:20]}{'…' if len(empty) > 20 else ''} (select them with the expression "
             f"\"{f}\" IS NULL OR trim(\"{f}\") = ''); fill the field or delete those polygons")
-    # a geometry without "type" (not GeoJSON) gives None, which sorts only if it is the one other kind
-    kinds = sorted({g.get("type") for g in labels.geometries} - {"Polygon", "MultiPolygon"})  # type: ignore[type-var]
+    # a geometry without "type" (not GeoJSON) gives None: sorted as text beside the other kinds
+    kinds = sorted({g.get("type") for g in labels.geometries} - {"Polygon", "MultiPolygon"}, key=str)
     if kinds:
         raise LabelError(f"{where} holds {kinds} geometries; training labels must be polygons")
     if labels.crs is None and crs is not None:

@@ -165,13 +165,12 @@ def segment_raster(
     if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
         raise SettingsError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
     card, runner, predict = _predictor(head, model, settings)
-    onnx = isinstance(runner, OnnxSegmenter)
     settings = settings or InferenceSettings(
         tile_size_px=runner.tile_size_px if isinstance(runner, OnnxSegmenter) else card.tile_size_px
     )
     if settings.scale is None:
         settings = replace(settings, scale=card.scale)
-    if onnx:
+    if isinstance(runner, OnnxSegmenter):
         check_onnx_model(runner, settings)
     dataset = open_raster(source)
     try:
