@@ -58,6 +58,7 @@ from .smarties_checkpoint import (
     _read_header,
     _shape_problems,
     first_num_heads,
+    json_metadata,
 )
 
 if TYPE_CHECKING:
@@ -246,19 +247,6 @@ def _plain_args(value: Any) -> dict[str, Any]:
     return {}
 
 
-def _json_metadata(metadata: Mapping[str, str], key: str, path: Path) -> dict[str, Any]:
-    raw = metadata.get(key)
-    if raw is None:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the '{key}' metadata is not valid JSON ({exc}); re-export the file") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: the '{key}' metadata must be a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _split_prefixed(keys: list[str]) -> Optional[dict[str, list[str]]]:
     """``teacher.*`` / ``student.*`` keys of a flat file grouped by network, or None for a single state dict."""
     groups: dict[str, list[str]] = {}
@@ -289,8 +277,8 @@ def _read_networks(path: Path) -> tuple[dict[str, Mapping[str, Any]], dict[str, 
         epoch = metadata.get("epoch")
         return (
             networks,
-            _json_metadata(metadata, "args", path),
-            _json_metadata(metadata, "config", path),
+            json_metadata(metadata, "args", path),
+            json_metadata(metadata, "config", path),
             int(epoch) if epoch is not None and str(epoch).lstrip("-").isdigit() else None,
         )
     obj = safe_torch_load(path)

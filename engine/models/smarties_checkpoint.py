@@ -539,22 +539,29 @@ def _check_path(path: Path) -> None:
         )
 
 
-def _parse_config(metadata: Mapping[str, str], path: Path) -> dict[str, Any]:
-    raw = metadata.get(CONFIG_METADATA_KEY)
+def json_metadata(metadata: Mapping[str, str], key: str, path: Path, fix: str = "re-export the file") -> dict[str, Any]:
+    """The JSON object stored under ``key`` in a safetensors file's metadata (``{}`` when absent).
+
+    Shared by the SMARTIES and the DINO / X-STARS readers.
+
+    Raises:
+        CheckpointError: The value is not valid JSON, or not a JSON object (the message ends with ``fix``).
+    """
+    raw = metadata.get(key)
     if raw is None:
         return {}
     try:
-        config = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path}: the '{CONFIG_METADATA_KEY}' metadata is not valid JSON ({exc}); re-export the file with "
-            "engine.models.checkpoint.save_encoder"
-        ) from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"{path}: the '{CONFIG_METADATA_KEY}' metadata must be a JSON object, got {type(config).__name__}"
-        )
-    return config
+        raise CheckpointError(f"{path}: the '{key}' metadata is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: the '{key}' metadata must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _config(metadata: Mapping[str, str], path: Path) -> dict[str, Any]:
+    return json_metadata(metadata, CONFIG_METADATA_KEY, path,
+                         "re-export the file with engine.models.save_encoder")
 
 
 def _read_header(path: Path) -> tuple[dict[str, Shape], dict[str, str], dict[str, str]]:
@@ -589,7 +596,7 @@ def inspect_checkpoint(path: PathLike) -> tuple[KeyLayout, dict[str, Any]]:
     path = Path(path)
     _check_path(path)
     shapes, _, metadata = _read_header(path)
-    return classify_keys(shapes, str(path)), _parse_config(metadata, path)
+    return classify_keys(shapes, str(path)), _config(metadata, path)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -627,7 +634,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
     _check_path(path)
     shapes, dtypes, metadata = _read_header(path)
     layout = classify_keys(shapes, str(path))
-    config = _parse_config(metadata, path)
+    config = _config(metadata, path)
 
     not_float = [k for k in layout.encoder_keys if dtypes[k] not in _FLOAT_DTYPES]
     if not_float:
