@@ -3,6 +3,9 @@
 Both run as ``make test`` and CI run them, from the repository root with the settings in pyproject.toml
 (``[tool.ruff*]``, ``[tool.mypy*]``) and the versions pinned in requirements.txt. mypy keeps its cache in
 ``.mypy_cache`` (ignored by git): about 20 s from a cold cache, under a second warm.
+
+bandit (the security linter plugins.qgis.org runs on uploads) checks engine/, qgis_plugin/ and training/ with its
+default settings: no finding of medium or high severity, of any confidence (a few seconds).
 """
 
 from __future__ import annotations
@@ -38,3 +41,9 @@ def test_ruff_engine() -> None:
 def test_mypy_engine() -> None:
     result = _run([str(_tool("mypy")), "engine"], timeout=600)
     assert result.returncode == 0, f"mypy engine failed:\n{result.stdout}{result.stderr}"
+
+
+def test_bandit_medium_and_high() -> None:
+    # -ll: severity medium and up; confidence any. -q: no banner, only the findings and the summary.
+    result = _run([str(_tool("bandit")), "-r", "-q", "-ll", "engine", "qgis_plugin", "training"], timeout=300)
+    assert result.returncode == 0, f"bandit found medium/high severity issues:\n{result.stdout}{result.stderr}"
