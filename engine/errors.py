@@ -7,6 +7,8 @@ Which class to raise:
 
 - :class:`SettingsError` — an argument or setting outside its valid values (``k``, tile sizes, ``shifts``, an output
   path that cannot be written);
+- :class:`OutputError` — an output path that would replace an input, another output of the same run or (without
+  ``overwrite``) an existing file, or that cannot be written (its folder is missing or read-only);
 - :class:`DeviceError` — the requested compute device (CUDA, an ONNX Runtime provider) is not available;
 - :class:`CheckpointError` — a weights file is unreadable, or its keys or shapes break the strict rules;
 - :class:`ModelMismatchError` — a model that loads fine but does not fit the task: another encoder than the head's,
@@ -32,6 +34,7 @@ __all__ = (
     "LabelError",
     "ModelMismatchError",
     "ModelNotAvailableError",
+    "OutputError",
     "SettingsError",
 )
 
@@ -42,6 +45,10 @@ class EngineError(Exception):
 
 class SettingsError(EngineError, ValueError):
     """An argument or setting is outside its valid values, or an output path cannot be written."""
+
+
+class OutputError(SettingsError):
+    """An output path would replace an input, another output or an existing file, or cannot be written."""
 
 
 class DeviceError(EngineError, RuntimeError):

@@ -6,6 +6,7 @@ tile size, an overlap or a device means the same thing everywhere (vocabulary: d
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -19,6 +20,10 @@ __all__ = ("BlendKind", "InferenceSettings")
 BlendKind = Literal["cosine", "linear"]
 _BLENDS = ("cosine", "linear")
 _DTYPES = ("float32", "float16")
+#: Device strings a run accepts (torch device names; ONNX Runtime maps cuda to its CUDA provider).
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+#: Largest tile side: attention memory and time grow with the square of the tokens per tile (1024 px = 4096 tokens).
+_MAX_TILE_SIZE_PX = 1024
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,10 @@ class InferenceSettings:
     """How a raster is tiled and encoded.
 
     Attributes:
-        tile_size_px: Tile side in model-input pixels (after scaling); multiple of the patch size. 224 matches the
-            checkpoints' 14×14 position grid; other sizes use a resized grid.
+        tile_size_px: Tile side in model-input pixels (after scaling); multiple of the patch size (checked when
+            tiles are planned, :func:`engine.raster.tile_grid`, which knows the model's patch), at most 1024:
+            attention memory grows with the square of the tokens per tile, and 1024 px are already 4096 tokens of
+            16 px. 224 matches the checkpoints' 14×14 position grid; other sizes use a resized grid.
         overlap_px: Overlap between neighbouring tiles in model-input pixels; multiple of the patch size. Overlaps
             are blended, never cut. Cost grows as ``(tile / (tile − overlap))²``: 4× at the default 112 px (half a
             tile), 1.36× at 32 px. A ViT's patch tokens depend on the whole tile's content, so with small overlaps
@@ -42,10 +49,16 @@ class InferenceSettings:
         blend: Window of the overlap blending, ``"cosine"`` or ``"linear"``.
         output_dtype: ``"float32"`` or ``"float16"`` (stored as 16-bit floats; half the disk).
         min_valid_fraction: A cell with a smaller share of valid pixels is written as nodata.
+        max_tiles: The most tiles one pass may plan; a larger run is refused (:class:`SettingsError`) before any
+            tile is read, so a mistyped scale or a continent-sized raster fails at once instead of running for days.
+            100 000 tiles take about an hour at 30 tiles/s. Counted on the tile grid, before tiles without a valid
+            pixel are skipped. None: no limit (``--yes`` on the command line; the QGIS plugin, which shows progress
+            and can cancel).
 
     Raises:
-        SettingsError: (on creation) a batch size below 1, a scale outside 0.05–20, an unknown output dtype,
-            resampling or blend window.
+        SettingsError: (on creation) an unknown device, threads below 1, a batch size below 1, a tile size above
+            1024 px, a scale outside 0.05–20, an unknown output dtype, resampling or blend window, a ``max_tiles``
+            below 1.
     """
 
     tile_size_px: int = 224
@@ -58,10 +71,23 @@ class InferenceSettings:
     blend: BlendKind = "cosine"
     output_dtype: str = "float32"
     min_valid_fraction: float = 0.5
+    max_tiles: Optional[int] = 100_000
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not _DEVICE.fullmatch(self.device):
+            raise SettingsError(f"unknown device {self.device!r}; use auto, cpu, cuda, cuda:N (N = GPU index) or mps")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError(f"threads must be ≥ 1 (or None for the default), got {self.threads}")
+        if self.tile_size_px > _MAX_TILE_SIZE_PX:
+            raise SettingsError(
+                f"tile_size_px must be at most {_MAX_TILE_SIZE_PX}, got {self.tile_size_px}: attention memory grows "
+                f"with the square of the tokens per tile ({_MAX_TILE_SIZE_PX} px = "
+                f"{(_MAX_TILE_SIZE_PX // 16) ** 2} tokens of 16 px); use a larger batch_size for throughput instead"
+            )
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise SettingsError(f"max_tiles must be ≥ 1 or None (no limit), got {self.max_tiles}")
         if self.scale is not None and not 0.05 <= self.scale <= 20:
             raise SettingsError(f"scale must be between 0.05 and 20 (model pixels per native pixel), got {self.scale}")
         if self.output_dtype not in _DTYPES:

@@ -218,8 +218,8 @@ class MsfmDock(QgsDockWidget):
         self.device_label = _wrapped_label(small=True)
         self.device_label.setText("devices: detected when the dock is first shown")
         layout.addWidget(self.device_label)
-        self.tile_spin = _spin(16, 4096, 16, 224, " px")
-        self.overlap_spin = _spin(0, 4080, 16, 112, " px")
+        self.tile_spin = _spin(16, 1024, 16, 224, " px")  # the engine's limit (InferenceSettings)
+        self.overlap_spin = _spin(0, 1008, 16, 112, " px")
         self.batch_spin = _spin(1, 1024, 1, 8, "")
         self.scale_spin = QDoubleSpinBox()
         self.scale_spin.setRange(0.0, 20.0)
@@ -815,7 +815,9 @@ class MsfmDock(QgsDockWidget):
         if self.layer is None:
             return None
         source = self.path or self.layer.source()
-        return f"{SETTINGS}/layers/{hashlib.sha1(source.encode('utf-8')).hexdigest()[:16]}"
+        # A settings key, not a security use: the digest (and so the key of settings saved before) is unchanged.
+        digest = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()[:16]
+        return f"{SETTINGS}/layers/{digest}"
 
     def _load_layer_settings(self) -> None:
         """Sensor preset and overrides of this raster file (kept per file across projects)."""

@@ -29,10 +29,15 @@ msfm's own ``training`` package registers ``train`` and ``eval`` that way, so th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
+import os
+import signal
 import sys
+import traceback
 from importlib.metadata import entry_points
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from .. import __version__
 from ..errors import EngineError
@@ -110,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msfm", description="Multi-sensor foundation models for GIS rasters.")
     parser.add_argument("--version", action="version", version=f"msfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    parser.add_argument("--debug", action="store_true", help="print the Python traceback of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in _GROUPS:
         group.register(sub)
@@ -117,16 +123,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stopped(BaseException):
+    """A termination signal (``SIGTERM``, ``SIGHUP``) raised as an exception, so that partial outputs are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_cleanly() -> Iterator[None]:
+    """Turn ``SIGTERM``/``SIGHUP`` (``kill``, ``timeout``, SLURM, systemd, a closed terminal) into :class:`_Stopped`.
+
+    The exception unwinds like Ctrl-C does, through every :func:`engine.atomic.atomic_output`, so nothing half-written
+    stays behind. A second signal during that clean-up is ignored. Handlers are restored on exit.
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signum, signal.SIG_IGN)
+        raise _Stopped(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)  # (Windows has no SIGHUP)
+        if signum is not None:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals to the host
+                previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _user_error(exc: BaseException) -> Optional[str]:
+    """The one-line message of an error the user can cause and fix, or None for a bug."""
+    if isinstance(exc, EngineError):
+        return str(exc)
+    text = str(exc)
+    chain: list[BaseException] = []
+    link: Optional[BaseException] = exc
+    while link is not None and link not in chain:  # GDAL reports ENOSPC in the exception before "Write failed"
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e) for e in chain):
+        return ("no space left on the device; free some space or write the outputs to another disk (partial outputs "
+                "were removed)")
+    if isinstance(exc, OSError):
+        what = exc.strerror or text
+        return f"{what}: {exc.filename}" if exc.filename else what
+    if type(exc).__module__.partition(".")[0] == "rasterio":  # RasterioError and GDAL's CPLE_* errors
+        return f"GDAL could not read or write a raster: {text}"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``msfm`` console script; returns the exit status."""
+    """Entry point of the ``msfm`` console script; returns the exit status.
+
+    Exit status: 0 success; 2 an error the user can fix (bad option, input or output; one line on stderr, the
+    traceback only with ``--debug``); 1 an internal error (a bug: please report it with the ``--debug`` output);
+    130 Ctrl-C, 128 + N a termination signal N (partial outputs removed in both cases); 141 the reader of the output
+    went away (``msfm bands x | head``).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
-    except (EngineError, FileNotFoundError) as exc:
-        print(f"msfm: error: {exc}", file=sys.stderr)
-        return 2
+        with _signals_stop_cleanly():
+            return int(args.func(args))
     except KeyboardInterrupt:
         print("msfm: interrupted; partial outputs were removed", file=sys.stderr)
         return 130
+    except _Stopped as stop:
+        print(f"msfm: stopped by {signal.Signals(stop.signum).name}; partial outputs were removed", file=sys.stderr)
+        return 128 + stop.signum
+    except BrokenPipeError:
+        # the reader stopped reading (`| head`): silence the final flush of stdout, exit as a SIGPIPE'd tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = _user_error(exc)
+        if message is not None:
+            print(f"msfm: error: {message}", file=sys.stderr)
+            return 2
+        print(f"msfm: internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback and please "
+              "report it", file=sys.stderr)
+        return 1

@@ -32,6 +32,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         res = cluster_raster(
             DEMO_RASTER, out / "classes.tif", model, clustering=ClusterSettings(k=args.k, resolution="pixel"),
             embeddings_output=out / "embeddings.tif", settings=InferenceSettings(threads=args.threads), progress=bar,
+            overwrite=True,  # the demo's own folder: a second run replaces the first one's files
         )
     finally:
         bar.close()
@@ -39,9 +40,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     assert emb is not None
     red, green, blue = (mapping.indexes[mapping.keys.index(k)] for k in ("red_2", "green_2", "blue_1"))
     looks = [
-        rgb_quicklook(DEMO_RASTER, out / "input_truecolor.png", (red, green, blue)),
-        embedding_quicklook(emb.path, out / "embeddings_pca.png"),
-        class_quicklook(res.path, out / "classes.png"),
+        rgb_quicklook(DEMO_RASTER, out / "input_truecolor.png", (red, green, blue), overwrite=True),
+        embedding_quicklook(emb.path, out / "embeddings_pca.png", overwrite=True),
+        class_quicklook(res.path, out / "classes.png", overwrite=True),
     ]
     print(f"embeddings: {emb.path} ({emb.width}×{emb.height} cells × {emb.embed_dim}, {emb.tiles} tiles, "
           f"{emb.seconds:.1f} s)")

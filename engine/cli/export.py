@@ -9,7 +9,8 @@ from .. import export, segmentation
 from ..errors import SettingsError
 from ..models import Encoder, load_model, read_metadata
 from ..segmentation import encoder_source
-from .options import DEMO_MODEL, load_model_from
+from ..settings import InferenceSettings
+from .options import DEMO_MODEL, add_overwrite_option, check_cli_outputs, load_model_from
 
 __all__ = ("register",)
 
@@ -18,6 +19,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     """Export, then print what the file holds."""
     if args.int8 and args.fp16:
         raise SettingsError("choose --int8 (CPU) or --fp16 (CUDA), not both")
+    check_cli_outputs(args, {"output": args.output}, {"--head": args.head}, {"output": (".onnx",)})
+    if args.tile_size_px is not None:
+        InferenceSettings(tile_size_px=args.tile_size_px, overlap_px=0)  # the tile-size limits of every run
     head = None
     model: Encoder
     if args.head:
@@ -27,7 +31,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         args.model = args.model or DEMO_MODEL
         model = load_model_from(args)
     path = export.export(model, args.output, head=head, precision="int8" if args.int8 else "float16" if args.fp16
-                         else "float32", tile_size_px=args.tile_size_px, sensor=args.sensor)
+                         else "float32", tile_size_px=args.tile_size_px, sensor=args.sensor, overwrite=args.overwrite)
     meta = read_metadata(path)
     tile = meta["msfm_tile_size_px"]
     what = (f"{meta['msfm_head_card']['head_type']} head, classes {list(meta['class_names'].values())}; input image "
@@ -57,4 +61,5 @@ def register(sub: Any) -> None:
                    help="quantize to int8 for the CPU (ONNX Runtime dynamic; ~2.5× torch on ViT-B, cosine 0.99999 on "
                    "the demo scene)")
     p.add_argument("--fp16", action="store_true", help="convert to float16 for the CUDA execution provider")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_export_onnx)

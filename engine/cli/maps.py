@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 from ..maps import (
     ClusterSettings,
@@ -15,12 +15,15 @@ from ..maps import (
     write_pca_raster,
     write_pixel_embeddings,
 )
+from ..outputs import GEOTIFF
 from ..raster import class_quicklook, open_raster
 from .options import (
     Progress,
     add_inference_options,
+    add_overwrite_option,
     add_region_option,
     band_overrides,
+    check_cli_outputs,
     inference_settings,
     load_model_from,
     region_from,
@@ -29,43 +32,59 @@ from .options import (
 __all__ = ("register",)
 
 
+def _check_map_outputs(args: argparse.Namespace, extra: dict[str, Optional[str]]) -> None:
+    """:func:`check_cli_outputs` of ``cluster`` / ``similarity``: the output, kept embeddings and ``extra``."""
+    outputs = {"output": args.output, "--embeddings-output": args.embeddings_output, **extra}
+    suffixes = {name: (".png",) if name == "--quicklook" else GEOTIFF for name in outputs}
+    check_cli_outputs(args, outputs, {"input": args.input, "--embeddings": args.embeddings}, suffixes)
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     """Write the embedding raster (and optional pixel-resolution embeddings, principal components, quicklook)."""
+    check_cli_outputs(
+        args, {"output": args.output, "--pixel-output": args.pixel_output, "--pca": args.pca,
+               "--quicklook": args.quicklook}, {"input": args.input},
+        {"output": GEOTIFF, "--pixel-output": GEOTIFF, "--pca": GEOTIFF, "--quicklook": (".png",)},
+    )
+    settings = inference_settings(args)
     model = load_model_from(args)
     bar = Progress("embed")
     try:
         res = embed_raster(
-            args.input, args.output, model, settings=inference_settings(args), sensor=args.sensor,
-            overrides=band_overrides(args.band), region=region_from(args), progress=bar,
+            args.input, args.output, model, settings=settings, sensor=args.sensor,
+            overrides=band_overrides(args.band), region=region_from(args), progress=bar, overwrite=args.overwrite,
         )
     finally:
         bar.close()
     print(f"{res.path}: {res.width}×{res.height} cells × {res.embed_dim} bands, {res.cell_size_px:g} native px per "
-          f"cell, {res.tiles} tiles in {res.seconds:.1f} s")
+          f"cell, {res.tiles} tiles ({res.skipped_tiles} nodata skipped) in {res.seconds:.1f} s")
     if args.pixel_output:
-        print(write_pixel_embeddings(args.input, res.path, args.pixel_output, output_dtype=args.dtype))
+        print(write_pixel_embeddings(args.input, res.path, args.pixel_output, output_dtype=args.dtype,
+                                     overwrite=args.overwrite))
     if args.pca:
-        path = write_pca_raster(res.path, args.pca, 3)
+        path = write_pca_raster(res.path, args.pca, 3, overwrite=args.overwrite)
         with open_raster(path) as ds:
             explained = read_tag(ds.tags(), "pca_explained")
         shares = ", ".join(f"{v:.0%}" for v in explained)
         print(f"{path}: principal components 1–3 explain {shares} of the variance")
     if args.quicklook:
-        print(embedding_quicklook(res.path, args.quicklook))
+        print(embedding_quicklook(res.path, args.quicklook, overwrite=args.overwrite))
     return 0
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     """Write the k-means class map (and its quicklook)."""
+    _check_map_outputs(args, {"--quicklook": args.quicklook})
+    clustering = ClusterSettings(k=args.k, resolution=args.resolution, seed=args.seed)
+    settings = None if args.embeddings else inference_settings(args)
     model = None if args.embeddings else load_model_from(args)
     bar = Progress("cluster")
     try:
         res = cluster_raster(
-            args.input, args.output, model, clustering=ClusterSettings(k=args.k, resolution=args.resolution,
-                                                                     seed=args.seed),
+            args.input, args.output, model, clustering=clustering,
             embeddings=args.embeddings, embeddings_output=args.embeddings_output,
-            settings=None if args.embeddings else inference_settings(args), sensor=args.sensor,
-            overrides=band_overrides(args.band), region=region_from(args), progress=bar,
+            settings=settings, sensor=args.sensor,
+            overrides=band_overrides(args.band), region=region_from(args), progress=bar, overwrite=args.overwrite,
         )
     finally:
         bar.close()
@@ -73,12 +92,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     print(f"{res.path} ({res.resolution} resolution, k={res.k}; classes {shares}) + style {res.style}; "
           f"{res.seconds:.1f} s")
     if args.quicklook:
-        print(class_quicklook(res.path, args.quicklook))
+        print(class_quicklook(res.path, args.quicklook, overwrite=args.overwrite))
     return 0
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     """Write the similarity map to the embedding under the query points."""
+    _check_map_outputs(args, {})
+    settings = None if args.embeddings else inference_settings(args)
     model = None if args.embeddings else load_model_from(args)
     query = [{"type": "Point", "coordinates": [x, y]} for x, y in args.point]
     bar = Progress("similarity")
@@ -86,8 +107,8 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         res = similarity_raster(
             args.input, args.output, model, query=query, embeddings=args.embeddings,
             embeddings_output=args.embeddings_output, resolution=args.resolution,
-            settings=None if args.embeddings else inference_settings(args), sensor=args.sensor,
-            overrides=band_overrides(args.band), region=region_from(args), progress=bar,
+            settings=settings, sensor=args.sensor,
+            overrides=band_overrides(args.band), region=region_from(args), progress=bar, overwrite=args.overwrite,
         )
     finally:
         bar.close()
@@ -107,6 +128,7 @@ def register(sub: Any) -> None:
     p.add_argument("--pixel-output", help="also write embeddings interpolated to the input's pixel grid (large!)")
     p.add_argument("--pca", help="also write the first three principal components as a 3-band float32 GeoTIFF")
     p.add_argument("--quicklook", help="PNG of the first three principal components")
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("cluster", help="k-means class map of a raster's embeddings")
@@ -121,6 +143,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quicklook", help="PNG of the class map")
     add_inference_options(p)
     add_region_option(p)
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("similarity", help="cosine similarity of every location to the embedding under query points")
@@ -135,4 +158,5 @@ def register(sub: Any) -> None:
     p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
     add_inference_options(p)
     add_region_option(p)
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_similarity)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
 from ..models import Encoder, load_model
+from ..outputs import check_outputs
 from ..raster import Region
 from ..settings import InferenceSettings
 from ..spectral import Overrides, parse_overrides
@@ -19,8 +21,10 @@ __all__ = (
     "Progress",
     "add_band_options",
     "add_inference_options",
+    "add_overwrite_option",
     "add_region_option",
     "band_overrides",
+    "check_cli_outputs",
     "inference_settings",
     "load_model_from",
     "region_from",
@@ -55,6 +59,33 @@ def add_band_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--overwrite`` (read by :func:`check_cli_outputs` and passed to the engine's ``overwrite=``)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that already exist (an input is never replaced, whatever this says)")
+
+
+def check_cli_outputs(args: argparse.Namespace, outputs: Mapping[str, Optional[str]],
+                      inputs: Mapping[str, Optional[str]], suffixes: Mapping[str, Sequence[str]]) -> None:
+    """Check every output of a command at once, before a model is loaded (:func:`engine.outputs.check_outputs`).
+
+    The engine functions check their own outputs again; this call also catches two outputs of one command that are
+    the same file (``--pca`` equal to the output). A ``--model`` that is a file counts as an input.
+
+    Args:
+        args: The parsed options (``--overwrite``, ``--model``).
+        outputs: Option name (``"output"``, ``"--pca"``) → path or None.
+        inputs: Option name → path or None.
+        suffixes: Option name → the suffixes its format accepts.
+
+    Raises:
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs`.
+    """
+    model = getattr(args, "model", None)
+    model_file = {"--model": model} if model and Path(model).is_file() else {}
+    check_outputs(outputs, {**inputs, **model_file}, overwrite=args.overwrite, suffixes=suffixes)
+
+
 def add_region_option(p: argparse.ArgumentParser) -> None:
     """Add ``--bounds`` (read with :func:`region_from`)."""
     p.add_argument(
@@ -79,7 +110,7 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
                    help="torch, or onnx: ONNX Runtime (a .onnx --model always uses it; a checkpoint is exported once "
                    "into the ONNX cache)")
     p.add_argument("--tile-size-px", type=int, default=224,
-                   help="tile side in model-input pixels, multiple of 16 (default 224)")
+                   help="tile side in model-input pixels, multiple of 16, at most 1024 (default 224)")
     p.add_argument(
         "--overlap-px", type=int, default=112,
         help="overlap of neighbouring tiles in model-input pixels, multiple of 16 (default 112 = half a tile: tile "
@@ -94,18 +125,22 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
         "(2 for Sentinel-1/2 and Landsat, as SMARTIES was pretrained on upsampled 10 m imagery; 1 otherwise)",
     )
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding raster data type")
+    p.add_argument("--yes", action="store_true",
+                   help="run even when the pre-flight estimate exceeds the limit (100 000 tiles, about 1 h at 30 "
+                   "tiles/s)")
 
 
 def inference_settings(args: argparse.Namespace) -> InferenceSettings:
-    """The :class:`engine.InferenceSettings` of the inference options.
+    """The :class:`engine.InferenceSettings` of the inference options (``--yes``: no tile limit, ``max_tiles=None``).
 
     Raises:
         engine.errors.SettingsError: A value the settings reject.
     """
-    return InferenceSettings(
+    settings = InferenceSettings(
         tile_size_px=args.tile_size_px, overlap_px=args.overlap_px, batch_size=args.batch_size,
         device=args.device, threads=args.threads, scale=args.scale, output_dtype=args.dtype,
     )
+    return replace(settings, max_tiles=None) if getattr(args, "yes", False) else settings
 
 
 def load_model_from(args: argparse.Namespace) -> Encoder:
@@ -127,12 +162,16 @@ class Progress:
     """
 
     def __init__(self, desc: str) -> None:
-        self.bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        self.desc = desc
+        self.bar: Optional[tqdm] = None  # shown at the first report, so errors found before any work print alone
 
     def __call__(self, fraction: float) -> None:
         """Move the bar to ``fraction`` (0..1)."""
+        if self.bar is None:
+            self.bar = tqdm(total=100, desc=self.desc, unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
         self.bar.update(round(fraction * 100) - self.bar.n)
 
     def close(self) -> None:
         """Close the bar."""
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

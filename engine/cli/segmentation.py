@@ -7,12 +7,15 @@ from typing import Any, Optional, Sequence, Union
 
 from .. import segmentation
 from ..errors import SettingsError
-from ..segmentation import LabelRaster, PolygonLabels, read_polygons, segment_raster
+from ..outputs import GEOTIFF
+from ..segmentation import LabelRaster, PolygonLabels, card_path, read_polygons, segment_raster
 from .options import (
     Progress,
     add_inference_options,
+    add_overwrite_option,
     add_region_option,
     band_overrides,
+    check_cli_outputs,
     inference_settings,
     load_model_from,
     region_from,
@@ -34,6 +37,9 @@ def _class_names(items: Optional[Sequence[str]]) -> Optional[dict[str, str]]:
 
 def cmd_train_head(args: argparse.Namespace) -> int:
     """Train a head, write it with its card, print its validation scores."""
+    check_cli_outputs(args, {"output": args.output, "head card": str(card_path(args.output))},
+                      {"input": args.input, "--polygons": args.polygons, "--label-raster": args.label_raster},
+                      {"output": (".safetensors",)})
     names = _class_names(args.class_name)
     if bool(args.polygons) == bool(args.label_raster):
         raise SettingsError("give either --polygons FILE --class-field NAME or --label-raster FILE")
@@ -46,12 +52,13 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         labels = LabelRaster(args.label_raster, ignore_values=args.ignore_value or (), names=names)
     fit = segmentation.HeadFitSettings(head_type=args.head, steps=args.steps, lr=args.lr,
                                        val_fraction=args.val_fraction, finetune=args.finetune, seed=args.seed)
+    settings = inference_settings(args)
     model = load_model_from(args)
     bar = Progress("train head")
     try:
         res = segmentation.fit_head(
-            args.input, labels, model, fit=fit, output=args.output, settings=inference_settings(args),
-            sensor=args.sensor, overrides=band_overrides(args.band), progress=bar,
+            args.input, labels, model, fit=fit, output=args.output, settings=settings,
+            sensor=args.sensor, overrides=band_overrides(args.band), progress=bar, overwrite=args.overwrite,
         )
     finally:
         bar.close()
@@ -69,18 +76,27 @@ def cmd_train_head(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Write the class map (and optional probabilities and polygons)."""
+    head_card = card_path(args.head) if not args.head.lower().endswith(".onnx") else None
+    check_cli_outputs(
+        args, {"output": args.output, "--probabilities": args.probabilities, "--polygons": args.polygons},
+        {"input": args.input, "head": args.head, "head card": str(head_card) if head_card else None},
+        {"output": GEOTIFF, "--probabilities": GEOTIFF, "--polygons": (".gpkg",)},
+    )
+    settings = inference_settings(args)
     model = load_model_from(args) if args.model else None
     bar = Progress("segment")
     try:
         res = segment_raster(
-            args.input, args.output, args.head, model, settings=inference_settings(args), shifts=args.shifts,
+            args.input, args.output, args.head, model, settings=settings, shifts=args.shifts,
             sensor=args.sensor, overrides=band_overrides(args.band), region=region_from(args),
             probabilities_output=args.probabilities, polygons_output=args.polygons, progress=bar,
+            overwrite=args.overwrite,
         )
     finally:
         bar.close()
     shares = ", ".join(f"{n} {f:.0%}" for n, f in zip(res.class_names, res.class_fractions))
-    print(f"{res.path} + style {res.style}: {shares}; {res.tiles} tiles in {res.seconds:.1f} s")
+    print(f"{res.path} + style {res.style}: {shares}; {res.tiles} tiles ({res.skipped_tiles} nodata skipped) in "
+          f"{res.seconds:.1f} s")
     for extra in (res.probabilities, res.polygons):
         if extra:
             print(extra)
@@ -106,6 +122,7 @@ def register(sub: Any) -> None:
     p.add_argument("--finetune", action="store_true", help="train the encoder too (slow; saved beside the head)")
     p.add_argument("--seed", type=int, default=0)
     add_inference_options(p)
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_train_head)
 
     p = sub.add_parser("segment", help="classify every pixel of a raster with a trained segmentation head "
@@ -120,4 +137,5 @@ def register(sub: Any) -> None:
                    help="2 = add a pass shifted by half a patch: finer boundaries, twice the time")
     add_inference_options(p, model_default=None, model_help="(default: the encoder named in the head's card)")
     add_region_option(p)
+    add_overwrite_option(p)
     p.set_defaults(func=cmd_segment)

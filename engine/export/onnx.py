@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
+from ..atomic import scratch_folder
 from ..errors import SettingsError
 from ..models import SEGMENTER_FORMAT, Encoder, SmartiesEncoder, export_encoder
 from ..models.onnx_graph import OPSET, ExportPatchEmbed, check_exportable, export_copy, model_metadata, write_graph
+from ..outputs import check_outputs
 from ..segmentation import HeadCard, SegmentationHead, card_projections, check_encoder
 from ..spectral import Projection, band_mix
 from .quantize import quantize, to_float16
@@ -117,13 +118,13 @@ def export_segmenter(head: SegmentationHead, model: Encoder, path: Union[str, Pa
 
 
 def export(model: Encoder, path: Union[str, Path], *, head: Optional[SegmentationHead] = None,
-           precision: str = "float32",
-           tile_size_px: Optional[int] = None, sensor: Optional[str] = None) -> Path:
+           precision: str = "float32", tile_size_px: Optional[int] = None, sensor: Optional[str] = None,
+           overwrite: bool = False) -> Path:
     """Export an encoder, or an encoder and its segmentation head, at a precision of :data:`PRECISIONS`.
 
     Without ``head`` this is :func:`export_encoder`, with it :func:`export_segmenter`. An int8/float16 copy is derived
-    from a float32 export in a temporary file beside ``path``, removed afterwards; nothing is left at ``path`` unless
-    the whole export succeeds.
+    from a float32 export in a scratch folder beside ``path`` (:func:`engine.atomic.scratch_folder`), removed
+    afterwards; nothing is left at ``path`` unless the whole export succeeds.
 
     Args:
         model: The SMARTIES encoder (for a head: the one it was trained on, :func:`engine.segmentation.encoder_source`).
@@ -132,23 +133,25 @@ def export(model: Encoder, path: Union[str, Path], *, head: Optional[Segmentatio
         precision: ``"float32"``, ``"int8"`` or ``"float16"``.
         tile_size_px: Tile side fixed in the graph (default 224, or the head's training chip size).
         sensor: Sensor preset recorded in an encoder's metadata (ignored with a head: its card has the bands).
+        overwrite: Replace ``path`` when it exists.
 
     Raises:
         SettingsError: Unknown precision.
+        engine.errors.OutputError: ``path`` is the model's weights file, exists (without ``overwrite``), is not
+            ``.onnx`` or cannot be written (:func:`engine.outputs.check_outputs`).
         ValueError: As the export functions.
     """
     if precision not in PRECISIONS:
         raise SettingsError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_outputs({"ONNX file": path}, {"model": model.provenance.weights_path}, overwrite=overwrite,
+                  suffixes={"ONNX file": (".onnx",)})
     path = Path(path)
-    raw = path if precision == "float32" else path.with_name(f".{path.stem}.float32-{os.getpid()}.onnx")
-    try:
+    with scratch_folder(path) as scratch:
+        raw = path if precision == "float32" else scratch / "float32.onnx"
         if head is not None:
             export_segmenter(head, model, raw, tile_size_px=tile_size_px)
         else:
             export_encoder(model, raw, tile_size_px=tile_size_px or 224, sensor=sensor)
         if precision != "float32":
             (quantize if precision == "int8" else to_float16)(raw, path)
-    finally:
-        if raw != path:
-            raw.unlink(missing_ok=True)
     return path

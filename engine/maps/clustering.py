@@ -32,12 +32,20 @@ from rasterio.windows import transform as window_transform
 from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import InputRasterError, SettingsError
 from ..models import Encoder
+from ..outputs import GEOTIFF, check_outputs
 from ..raster import NODATA_CLASS, GeoTiffWriter, Region, class_colors, gtiff_profile, iter_windows, write_qml
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .embeddings import EmbeddingResult, provide_embeddings
 from .tags import product_tags
-from .upsample import GridInterpolator, GuidedClassUpsampler, interpolation_cols, pixel_row_bands, pixel_window
+from .upsample import (
+    GridInterpolator,
+    GuidedClassUpsampler,
+    check_pixel_grid,
+    interpolation_cols,
+    pixel_row_bands,
+    pixel_window,
+)
 
 __all__ = ("ClusterResult", "ClusterSettings", "cluster_raster", "fit_kmeans", "l2_normalize", "sample_embeddings")
 
@@ -82,6 +90,8 @@ class ClusterSettings:
             raise SettingsError(f"pixel_method must be 'guided' or 'bilinear', got {self.pixel_method!r}")
         if self.max_samples < 1:
             raise SettingsError(f"max_samples must be at least 1, got {self.max_samples}")
+        if not 0 <= self.seed < 2**32:
+            raise SettingsError(f"seed must be between 0 and 2**32 - 1 (numpy and scikit-learn seeds), got {self.seed}")
 
 @dataclass(frozen=True)
 class ClusterResult:
@@ -174,6 +184,7 @@ def cluster_raster(
     region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
+    overwrite: bool = False,
 ) -> ClusterResult:
     """Cluster a raster's embeddings into ``k`` classes and write a styled class GeoTIFF.
 
@@ -196,6 +207,7 @@ def cluster_raster(
         progress: Called with the completed fraction 0..1.
         is_canceled: Polled every batch/window; True stops with :class:`engine.errors.InferenceCancelled`, writing
             nothing.
+        overwrite: Replace ``output`` (and ``embeddings_output``) when they exist.
 
     Returns:
         :class:`ClusterResult`.
@@ -204,15 +216,22 @@ def cluster_raster(
         InputRasterError: No valid pixel, unreadable input, a region outside the raster/embeddings.
         SettingsError: Neither a model nor embeddings.
         engine.errors.InferenceCancelled: Cancelled by the caller.
+        engine.errors.OutputError: An output is an input or exists (without ``overwrite``), as
+            :func:`engine.outputs.check_outputs`.
     """
+    check_outputs({"output": output, "embeddings output": embeddings_output},
+                  {"input raster": source, "embeddings": embeddings}, overwrite=overwrite,
+                  suffixes={"output": GEOTIFF, "embeddings output": GEOTIFF})
     clustering = clustering or ClusterSettings()
+    if clustering.resolution == "pixel":
+        check_pixel_grid(source)
     k = clustering.k
     started = time.perf_counter()
     output = Path(output)
     report = progress or (lambda f: None)
     with provide_embeddings(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
-        region=region, progress=report, is_canceled=is_canceled,
+        region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
     ) as (path, result), rasterio.open(path) as grid:
         samples = sample_embeddings(grid, clustering.max_samples, clustering.seed)
         km = fit_kmeans(samples, k, clustering.seed)

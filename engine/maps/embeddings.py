@@ -10,9 +10,11 @@ Pipeline (one pass, constant memory in the raster height):
    stretch to [0, 1] (:func:`engine.models.open_reader`).
 2. Optionally view the raster through a resampling :class:`rasterio.vrt.WarpedVRT` scaled by ``scale`` (SMARTIES
    saw 10 m imagery upsampled ~2×: BigEarthNet 120→224 px, EuroSAT 64→224 px; presets carry the default).
-3. Plan tiles of ``tile_size_px`` on the patch grid (:mod:`engine.raster.tiling`), read them with rasterio windows in a
-   background thread (edge tiles padded by replication, nodata/NaN masked), normalise (docs/smarties.md §3–§4),
-   encode in batches (``output="grid"``), blend overlaps with window weights (:mod:`engine.raster.blending`).
+3. Plan tiles of ``tile_size_px`` on the patch grid (:mod:`engine.raster.tiling`; more than
+   ``settings.max_tiles`` is refused before any tile is read), read them with rasterio windows in a background thread
+   (edge tiles padded by replication, nodata/NaN masked), normalise (docs/smarties.md §3–§4), encode in batches
+   (``output="grid"``) the tiles that hold a valid pixel (:class:`engine.raster.TileBatches`: tiles of nodata only are
+   skipped, their cells stay NaN), blend overlaps with window weights (:mod:`engine.raster.blending`).
 4. Write finished cell rows to a tiled, compressed GeoTIFF (one pixel per patch, D bands) through an atomic writer
    (:mod:`engine.raster.writers`), with its provenance tags (:class:`engine.maps.EmbeddingTags`): cancelling or
    failing leaves nothing behind.
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,20 +39,22 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from ..atomic import scratch_folder
 from ..callbacks import CancelFn, ProgressFn, scaled
 from ..errors import InputRasterError, SettingsError
 from ..models import Encoder, OnnxEncoder, check_onnx_model, open_reader, torch_device
+from ..outputs import GEOTIFF, check_outputs
 from ..raster import (
     GeoTiffWriter,
     RasterReader,
     Region,
     RowBlender,
+    TileBatches,
     TileGrid,
-    batched,
     gdal_cache_bytes,
     gtiff_profile,
     open_raster,
-    prefetched,
+    preflight,
     tile_grid,
 )
 from ..settings import InferenceSettings
@@ -82,6 +85,8 @@ class EmbeddingResult:
         scale: Resampling factor used.
         cell_size_px: Native pixels per cell side (patch size / scale).
         mapping: The band mapping used.
+        skipped_tiles: Tiles of the grid not encoded: without a valid pixel (all nodata), or outside the region's
+            polygons. ``tiles + skipped_tiles`` is the grid's tile count.
     """
 
     path: Path
@@ -95,6 +100,7 @@ class EmbeddingResult:
     scale: float
     cell_size_px: float
     mapping: BandMapping = field(repr=False)
+    skipped_tiles: int = 0
 
 
 def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncodeFn, str]:
@@ -144,6 +150,7 @@ def embed_raster(
     region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
+    overwrite: bool = False,
 ) -> EmbeddingResult:
     """Encode a raster tile by tile and write its patch-grid embeddings as a GeoTIFF.
 
@@ -161,6 +168,7 @@ def embed_raster(
             Normalisation statistics are still those of the whole raster, so the embeddings match a full run's.
         progress: Called with the completed fraction (0..1) after every batch.
         is_canceled: Polled before every batch; returning True stops within one batch.
+        overwrite: Replace ``output`` when it exists (else :class:`~engine.errors.OutputError`).
 
     Returns:
         :class:`EmbeddingResult`. The raster has D float bands named ``emb_000``…, one pixel per patch
@@ -169,11 +177,14 @@ def embed_raster(
     Raises:
         InputRasterError: Unreadable raster, all-nodata raster (or region), a region outside the raster.
         engine.errors.BandResolutionError: A band cannot be mapped (the message says which and how to fix it).
-        engine.errors.SettingsError: Tile size or overlap that is not a multiple of the patch size, or an overlap as
-            large as the tile.
+        engine.errors.SettingsError: Tile size or overlap that is not a multiple of the patch size, an overlap as
+            large as the tile, or more tiles than ``settings.max_tiles`` (raised before any tile is read).
         engine.errors.ModelMismatchError, engine.errors.DeviceError: As :func:`grid_encoder`.
         engine.errors.InferenceCancelled: ``is_canceled`` returned True.
+        engine.errors.OutputError: ``output`` is the input, exists (without ``overwrite``) or cannot be written
+            (:func:`engine.outputs.check_outputs`).
     """
+    check_outputs({"output": output}, {"input raster": source}, overwrite=overwrite, suffixes={"output": GEOTIFF})
     settings = settings or InferenceSettings()
     started = time.perf_counter()
     output = Path(output)
@@ -218,6 +229,9 @@ def _run(
 ) -> EmbeddingResult:
     p = model.patch_size
     grid: TileGrid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    itemsize = np.dtype(settings.output_dtype).itemsize
+    preflight(f"embedding {source}", len(grid), reader.height_px, reader.width_px, settings.tile_size_px,
+              grid.width_cells * grid.height_cells * model.embed_dim * itemsize, settings.max_tiles)
     encode, device = grid_encoder(model, settings)
     projections = list(mapping.projections)
     n, size = grid.tile_cells, settings.tile_size_px
@@ -259,12 +273,9 @@ def _run(
             f"no pixel centre of {source} (window {reader.window} of the raster) lies inside the region's polygons; "
             "draw polygons that cover at least one pixel centre"
         )
-    batches = batched(tiles, settings.batch_size)
+    stream = TileBatches(tiles, settings.batch_size, lambda t: reader.read(t[0] * p, t[1] * p, size), is_canceled,
+                         progress)
     valid_cells = 0
-
-    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        reads = [reader.read(r * p, c * p, size) for r, c in batch]
-        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
 
     def finish_rows(writer: GeoTiffWriter, until_row: int) -> None:
         nonlocal valid_cells
@@ -279,22 +290,21 @@ def _run(
         len(tiles), size, device,
     )
     with GeoTiffWriter(output, profile, descriptions, tags) as writer:
-        for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
+        for batch, x, valid in stream:  # tiles without a valid pixel are never added: their cells stay NaN
             emb = encode(x, projections)
             cell_valid = valid.reshape(len(batch), n, p, n, p).mean(axis=(2, 4))
             for (r, c), e, v in zip(batch, emb, cell_valid):
                 if r > blender.top:
                     finish_rows(writer, r)
                 blender.add(e, v, r, c)
-            if progress is not None:
-                progress((b + 1) / len(batches))
         finish_rows(writer, max(grid.height_cells, blender.top + n))
         if reader.region is not None and valid_cells == 0:
             raise InputRasterError(
                 f"the region of {source} holds no valid pixel (all nodata, or outside the polygons); nothing written"
             )
     seconds = time.perf_counter() - started
-    log.info("wrote %s in %.1f s", output, seconds)
+    log.info("wrote %s in %.1f s: %d tiles encoded, %d of the grid's %d skipped (nodata or outside the region)",
+             output, seconds, stream.encoded, len(grid) - stream.encoded, len(grid))
     return EmbeddingResult(
         path=output,
         width=grid.width_cells,
@@ -302,11 +312,12 @@ def _run(
         embed_dim=model.embed_dim,
         transform=transform,
         crs=reader.dataset.crs.to_wkt() if reader.dataset.crs else None,
-        tiles=len(tiles),
+        tiles=stream.encoded,
         seconds=seconds,
         scale=reader.scale,
         cell_size_px=p / reader.scale,
         mapping=mapping,
+        skipped_tiles=len(grid) - stream.encoded,
     )
 
 
@@ -324,11 +335,13 @@ def provide_embeddings(
     region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
+    overwrite: bool = False,
 ) -> Iterator[tuple[Path, Optional[EmbeddingResult]]]:
     """The embedding raster a derived product (class map, similarity map) reads, as a context manager.
 
     ``embeddings`` when given (then nothing is computed); otherwise :func:`embed_raster` runs now (progress reported as
-    0..0.8) into ``embeddings_output``, or into a temporary folder beside ``output`` that is removed on exit.
+    0..0.8) into ``embeddings_output``, or into a scratch folder beside ``output`` that is removed on exit
+    (:func:`engine.atomic.scratch_folder`). The caller has checked the outputs (:func:`engine.outputs.check_outputs`).
 
     Args:
         source: Input raster.
@@ -342,6 +355,7 @@ def provide_embeddings(
         region: Embed only this region, as :func:`embed_raster`.
         is_canceled: Passed to :func:`embed_raster`.
         progress: Called with 0.8 × the embedding progress.
+        overwrite: Replace an existing ``embeddings_output``.
 
     Yields:
         ``(embedding raster path, EmbeddingResult or None when existing embeddings were given)``.
@@ -357,10 +371,9 @@ def provide_embeddings(
         raise SettingsError("give a model (or existing embeddings of the raster) to compute embeddings with")
     with contextlib.ExitStack() as stack:
         if embeddings_output is None:
-            tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=".msfm-", dir=Path(output).parent))
-            embeddings_output = Path(tmpdir) / "embeddings.tif"
+            embeddings_output = stack.enter_context(scratch_folder(output)) / "embeddings.tif"
         result = embed_raster(
             source, embeddings_output, model, settings=settings, sensor=sensor, overrides=overrides, region=region,
-            progress=scaled(progress, 0.0, 0.8), is_canceled=is_canceled,
+            progress=scaled(progress, 0.0, 0.8), is_canceled=is_canceled, overwrite=overwrite,
         )
         yield result.path, result

@@ -16,7 +16,8 @@ import rasterio
 from rasterio.enums import Resampling
 
 from ..errors import InputRasterError
-from ..raster import GeoTiffWriter, decimated_shape, gtiff_profile, iter_windows, stretch, write_png
+from ..outputs import GEOTIFF, check_outputs
+from ..raster import GeoTiffWriter, check_png, decimated_shape, gtiff_profile, iter_windows, stretch, write_png
 from .clustering import sample_embeddings
 from .tags import product_tags
 
@@ -82,7 +83,8 @@ def project(values: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.
     return out.reshape(len(components), *values.shape[1:])
 
 
-def write_pca_raster(embeddings: Union[str, Path], output: Union[str, Path], n: int = 3) -> Path:
+def write_pca_raster(embeddings: Union[str, Path], output: Union[str, Path], n: int = 3, *,
+                     overwrite: bool = False) -> Path:
     """Write the first ``n`` principal components of an embedding raster as an ``n``-band GeoTIFF.
 
     The raster is streamed row band by row band (memory bounded by ~64 MB of embeddings whatever its size) and written
@@ -93,13 +95,16 @@ def write_pca_raster(embeddings: Union[str, Path], output: Union[str, Path], n: 
         output: Destination GeoTIFF: ``n`` float32 bands ``pc1``…``pcN`` (NaN = nodata), tags ``MSFM_KIND=pca`` and
             ``MSFM_PCA_EXPLAINED`` (JSON list of the explained variance ratios, 0..1) besides the embeddings' tags.
         n: Number of components, 1..D.
+        overwrite: Replace ``output`` when it exists.
 
     Returns:
         ``output`` as a Path.
 
     Raises:
         InputRasterError: ``n`` outside 1..D, fewer than 2 valid cells, or an unreadable raster.
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs`.
     """
+    check_outputs({"output": output}, {"embeddings": embeddings}, overwrite=overwrite, suffixes={"output": GEOTIFF})
     output = Path(output)
     with rasterio.open(embeddings) as grid:
         mean, components, ratio = _fit(grid, n, 50000, 0)
@@ -114,7 +119,8 @@ def write_pca_raster(embeddings: Union[str, Path], output: Union[str, Path], n: 
     return output
 
 
-def embedding_quicklook(embeddings: Union[str, Path], png: Union[str, Path], max_size_px: int = 1024) -> Path:
+def embedding_quicklook(embeddings: Union[str, Path], png: Union[str, Path], max_size_px: int = 1024, *,
+                        overwrite: bool = False) -> Path:
     """Project an embedding raster on its first three principal components and save them as an RGB PNG.
 
     The components are :func:`principal_components` (fitted on a spread sample of the full-resolution cells); a
@@ -124,10 +130,15 @@ def embedding_quicklook(embeddings: Union[str, Path], png: Union[str, Path], max
         embeddings: Embedding raster.
         png: Destination PNG (written atomically).
         max_size_px: Longest side of the picture in pixels.
+        overwrite: Replace ``png`` when it exists.
 
     Returns:
         ``png`` as a Path.
+
+    Raises:
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs`.
     """
+    check_png(png, {"embeddings": embeddings}, overwrite)
     with rasterio.open(embeddings) as ds:
         data = ds.read(out_shape=(ds.count, *decimated_shape(ds, max_size_px)), resampling=Resampling.nearest)
         try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +29,18 @@ import rasterio
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from ..atomic import scratch_folder
 from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import InputRasterError, SettingsError
 from ..models import Encoder
+from ..outputs import GEOTIFF, check_outputs
 from ..raster import GeoTiffWriter, Region, as_geometry, gtiff_profile, iter_windows
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .clustering import Resolution, l2_normalize
 from .embeddings import EmbeddingResult, provide_embeddings
 from .tags import product_tags
-from .upsample import GridInterpolator, interpolation_cols, pixel_row_bands, pixel_window
+from .upsample import GridInterpolator, check_pixel_grid, interpolation_cols, pixel_row_bands, pixel_window
 
 __all__ = ("SimilarityResult", "query_vector", "similarity_raster")
 
@@ -180,6 +181,7 @@ def similarity_raster(
     region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
+    overwrite: bool = False,
 ) -> SimilarityResult:
     """Map the cosine similarity of every location to the embedding under query points or polygons.
 
@@ -201,6 +203,7 @@ def similarity_raster(
             its window, pixels outside its polygons NaN). With existing ``embeddings`` it limits the pixel output only.
         progress: Called with the completed fraction 0..1 (embedding: 0..0.8).
         is_canceled: Polled every batch/row band; True stops with :class:`InferenceCancelled`, writing nothing.
+        overwrite: Replace ``output`` (and ``embeddings_output``) when they exist.
 
     Returns:
         :class:`SimilarityResult`.
@@ -209,16 +212,23 @@ def similarity_raster(
         InputRasterError: Bad resolution or query, no valid cell under the query, unreadable input, a region outside
             the raster.
         InferenceCancelled: Cancelled by the caller.
+        engine.errors.OutputError: An output is an input or exists (without ``overwrite``), as
+            :func:`engine.outputs.check_outputs`.
     """
     if resolution not in ("patch", "pixel"):
         raise SettingsError(f"resolution must be 'patch' or 'pixel', got {resolution!r}")
+    check_outputs({"output": output, "embeddings output": embeddings_output},
+                  {"input raster": source, "embeddings": embeddings}, overwrite=overwrite,
+                  suffixes={"output": GEOTIFF, "embeddings output": GEOTIFF})
+    if resolution == "pixel":
+        check_pixel_grid(source)
     geometries = _validate_query(query)
     started = time.perf_counter()
     output = Path(output)
     report = progress or (lambda f: None)
     with provide_embeddings(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
-        region=region, progress=report, is_canceled=is_canceled,
+        region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
     ) as (path, result), rasterio.open(path) as grid:
         q, cells = query_vector(grid, geometries)
         log.info("similarity to the mean of %d cell(s) of %s", cells, path)
@@ -232,8 +242,8 @@ def similarity_raster(
         if resolution == "patch":
             value_range = _write_cells(grid, q, output, tags, lambda f: report(0.8 + 0.2 * f), is_canceled)
         else:
-            with tempfile.TemporaryDirectory(prefix=".msfm-", dir=output.parent) as tmp:
-                cells_path = Path(tmp) / "similarity_cells.tif"
+            with scratch_folder(output) as tmp:
+                cells_path = tmp / "similarity_cells.tif"
                 _write_cells(grid, q, cells_path, tags, lambda f: report(0.8 + 0.05 * f), is_canceled)
                 with rasterio.open(cells_path) as sim, rasterio.open(source) as src:
                     value_range = _write_pixels(sim, src, pixel_window(grid, src, region), region, output, tags,

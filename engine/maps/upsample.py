@@ -17,28 +17,66 @@ outputs cover the embedding grid's footprint on the input, intersected with a re
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window, WindowError
 from rasterio.windows import intersection as window_intersection
 from rasterio.windows import transform as window_transform
 
 from ..errors import InputRasterError
-from ..raster import NODATA_CLASS, GeoTiffWriter, Region, gtiff_profile, iter_windows, read_valid
+from ..outputs import GEOTIFF, check_outputs
+from ..raster import NODATA_CLASS, GeoTiffWriter, Region, gtiff_profile, iter_windows, open_raster, read_valid
 from ..spectral import BandStats, normalize
 from .tags import product_tags, recorded_bands
 
 __all__ = (
     "GridInterpolator",
     "GuidedClassUpsampler",
+    "check_pixel_grid",
     "pixel_row_bands",
     "pixel_window",
     "write_pixel_embeddings",
 )
+
+
+def check_pixel_grid(source: Union[str, Path]) -> None:
+    """Refuse, before any work, a raster whose pixel grid a pixel-resolution product cannot follow.
+
+    Pixel-resolution class and similarity maps interpolate the patch grid onto the input's pixels by their map
+    coordinates, which needs a north-up geotransform (no rotation or shear terms; x growing east, y south). Rasters
+    with a rotated or sheared transform, or with none at all (an image without georeferencing), work at patch
+    resolution.
+
+    Args:
+        source: The input raster.
+
+    Raises:
+        InputRasterError: The raster is rotated, sheared, flipped or not georeferenced; the message says to use patch
+            resolution or to warp the raster north-up.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(source) as ds:
+            t, crs = ds.transform, ds.crs
+    if crs is None and t.is_identity:
+        problem = "is not georeferenced (no CRS, no geotransform)"
+    elif t.b or t.d:
+        problem = f"has a rotated or sheared geotransform {tuple(t)[:6]}"
+    elif t.a <= 0 or t.e >= 0:
+        problem = f"has a flipped geotransform {tuple(t)[:6]} (pixel size x {t.a:g}, y {t.e:g})"
+    else:
+        return
+    raise InputRasterError(
+        f"{source} {problem}; pixel-resolution outputs need a north-up raster: use patch resolution "
+        "(--resolution patch on the command line, resolution='patch' in Python, Resolution: patch in QGIS), or warp "
+        "the raster north-up first (gdalwarp, or Raster ▸ Projections ▸ Warp in QGIS)"
+    )
 
 
 def pixel_window(grid: Any, source: Any, region: Optional[Region] = None) -> Window:
@@ -187,7 +225,8 @@ class GridInterpolator:
 
 
 def write_pixel_embeddings(
-    source: Union[str, Path], embeddings: Union[str, Path], output: Union[str, Path], output_dtype: str = "float32"
+    source: Union[str, Path], embeddings: Union[str, Path], output: Union[str, Path], output_dtype: str = "float32",
+    *, overwrite: bool = False,
 ) -> Path:
     """Write embeddings at the input's pixel resolution (the input's grid and CRS over the embeddings' footprint).
 
@@ -197,13 +236,19 @@ def write_pixel_embeddings(
             is written (:func:`pixel_window`).
         output: Destination GeoTIFF (D bands; ``D × height × width`` values — can be large).
         output_dtype: ``"float32"`` or ``"float16"``.
+        overwrite: Replace ``output`` when it exists.
 
     Returns:
         ``output``.
 
     Raises:
-        InputRasterError: The embeddings do not belong to ``source`` (other CRS, no overlap).
+        InputRasterError: The embeddings do not belong to ``source`` (other CRS, no overlap), or ``source`` is not
+            north-up (:func:`check_pixel_grid`).
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs`.
     """
+    check_outputs({"output": output}, {"input raster": source, "embeddings": embeddings}, overwrite=overwrite,
+                  suffixes={"output": GEOTIFF})
+    check_pixel_grid(source)
     with rasterio.open(source) as src, rasterio.open(embeddings) as grid:
         interp = GridInterpolator(grid, src.transform, src)
         target = pixel_window(grid, src)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_output
+from ..errors import ModelMismatchError, SettingsError
 from ..provenance import file_sha256
 from ..spectral import NUM_BASE_PROJECTIONS, get_sensor, list_sensors, spectral_ranges
 from .onnx_session import ONNX_FORMAT, set_metadata
@@ -247,13 +248,18 @@ def check_exportable(model: Encoder, tile_size_px: int) -> SmartiesEncoder:
         ``model``, known to be a :class:`SmartiesEncoder`.
 
     Raises:
-        ValueError: Not a SMARTIES encoder (the X-STARS/DINO ViT has no spectral projection), or a tile size that is
-            not a multiple of the patch size.
+        engine.errors.ModelMismatchError: Not a SMARTIES encoder (the X-STARS/DINO ViT has no spectral projection).
+        engine.errors.SettingsError: A tile size that is not a multiple of the patch size.
     """
     if not isinstance(model, SmartiesEncoder):
-        raise ValueError(f"{type(model).__name__} has no spectral projection; only SMARTIES encoders are exported")
+        raise ModelMismatchError(
+            f"{type(model).__name__} has no spectral projection; only SMARTIES encoders are exported"
+        )
     if tile_size_px % model.patch_size:
-        raise ValueError(f"tile_size_px {tile_size_px} is not a multiple of the patch size {model.patch_size}")
+        raise SettingsError(
+            f"tile_size_px {tile_size_px} is not a multiple of the patch size {model.patch_size}; use e.g. "
+            f"{max(1, round(tile_size_px / model.patch_size)) * model.patch_size}"
+        )
     return model
 
 

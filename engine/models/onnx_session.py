@@ -75,7 +75,15 @@ def open_session(path: Union[str, Path], expected_format: str, device: str = "au
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=providers + ["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers + ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail…), not OSError/ValueError
+        if not Path(path).is_file():
+            raise
+        raise CheckpointError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "re-export it (`msfm export-onnx`, or Export to ONNX in QGIS) or download it again"
+        ) from exc
     metadata = _decode(session.get_modelmeta().custom_metadata_map)
     found = metadata.get("msfm_format")
     if found != expected_format:

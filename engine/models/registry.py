@@ -354,6 +354,10 @@ def resolve_weights(name_or_path: Union[str, PathLike], download: bool = True) -
             or a failed download.
     """
     text = os.fspath(name_or_path)
+    if not text.strip():
+        raise ModelNotAvailableError(
+            "the model is empty; give a name from `msfm models list` (e.g. smarties-demo-tiny) or a weights file"
+        )
     candidate = Path(text).expanduser()
     if candidate.exists():
         return _resolve_local(candidate)

@@ -4,8 +4,9 @@
   pixel), GDAL's block cache;
 - :mod:`~engine.raster.statistics` — normalisation statistics of a raster's bands (preset or estimated);
 - :mod:`~engine.raster.tile_reader` — :class:`RasterReader`, normalised tiles through a scaled/windowed view, and the
-  prefetching batch loop;
-- :mod:`~engine.raster.tiling` — the tile grid on the patch grid, and windows covering a raster;
+  prefetching batch loop that skips tiles without a valid pixel;
+- :mod:`~engine.raster.tiling` — the tile grid on the patch grid, the pre-flight estimate and tile limit, and
+  windows covering a raster;
 - :mod:`~engine.raster.blending` — seam-free blending of overlapping tiles, streamed row band by row band;
 - :mod:`~engine.raster.region` — processing regions (bounds and/or polygons);
 - :mod:`~engine.raster.writers` — the atomic, row-ordered GeoTIFF writer and the output profile;
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 from .blending import RowBlender, window_weights
 from .class_maps import NODATA_CLASS, class_colors, write_qml
-from .quicklook import class_quicklook, decimated_shape, rgb_quicklook, stretch, write_png
+from .quicklook import check_png, class_quicklook, decimated_shape, rgb_quicklook, stretch, write_png
 from .readers import gdal_cache_bytes, open_raster, pixel_size_m, read_valid
 from .region import Region, as_geometry
 from .statistics import band_statistics
-from .tile_reader import RasterReader, batched, prefetched
-from .tiling import TileGrid, iter_windows, tile_grid
+from .tile_reader import RasterReader, TileBatches, batched, has_valid_pixel, prefetched
+from .tiling import TileGrid, iter_windows, preflight, tile_grid
 from .writers import GeoTiffWriter, gtiff_profile
 
 __all__ = (
@@ -31,19 +32,23 @@ __all__ = (
     "RasterReader",
     "Region",
     "RowBlender",
+    "TileBatches",
     "TileGrid",
     "as_geometry",
     "band_statistics",
     "batched",
+    "check_png",
     "class_colors",
     "class_quicklook",
     "decimated_shape",
     "gdal_cache_bytes",
     "gtiff_profile",
+    "has_valid_pixel",
     "iter_windows",
     "open_raster",
     "pixel_size_m",
     "prefetched",
+    "preflight",
     "read_valid",
     "rgb_quicklook",
     "stretch",

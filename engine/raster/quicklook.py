@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import rasterio
@@ -20,10 +20,11 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..atomic import atomic_output
+from ..outputs import check_outputs
 from .class_maps import NODATA_CLASS
 from .readers import read_valid
 
-__all__ = ("class_quicklook", "decimated_shape", "rgb_quicklook", "stretch", "write_png")
+__all__ = ("check_png", "class_quicklook", "decimated_shape", "rgb_quicklook", "stretch", "write_png")
 
 PathLike = Union[str, Path]
 
@@ -59,8 +60,22 @@ def stretch(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def class_quicklook(classes: PathLike, png: PathLike, max_size_px: int = 1024) -> Path:
-    """Colour a class GeoTIFF with its colour table (nodata black) and save it as PNG."""
+def check_png(png: PathLike, inputs: Mapping[str, PathLike], overwrite: bool) -> None:
+    """:func:`engine.outputs.check_outputs` for a quicklook ``png`` made from ``inputs`` (role → path).
+
+    Raises:
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs`.
+    """
+    check_outputs({"quicklook": png}, inputs, overwrite=overwrite, suffixes={"quicklook": (".png",)})
+
+
+def class_quicklook(classes: PathLike, png: PathLike, max_size_px: int = 1024, *, overwrite: bool = False) -> Path:
+    """Colour a class GeoTIFF with its colour table (nodata black) and save it as PNG.
+
+    Raises:
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs` (``png`` exists without ``overwrite``…).
+    """
+    check_png(png, {"class raster": classes}, overwrite)
     with rasterio.open(classes) as ds:
         labels = ds.read(1, out_shape=decimated_shape(ds, max_size_px), resampling=Resampling.nearest)
         cmap = ds.colormap(1)
@@ -71,8 +86,14 @@ def class_quicklook(classes: PathLike, png: PathLike, max_size_px: int = 1024) -
     return write_png(png, lut[labels].transpose(2, 0, 1))
 
 
-def rgb_quicklook(source: PathLike, png: PathLike, bands: Sequence[int], max_size_px: int = 1024) -> Path:
-    """Stretch three bands (1-based indexes, red/green/blue order) of a raster and save them as PNG."""
+def rgb_quicklook(source: PathLike, png: PathLike, bands: Sequence[int], max_size_px: int = 1024, *,
+                  overwrite: bool = False) -> Path:
+    """Stretch three bands (1-based indexes, red/green/blue order) of a raster and save them as PNG.
+
+    Raises:
+        engine.errors.OutputError: As :func:`engine.outputs.check_outputs` (``png`` exists without ``overwrite``…).
+    """
+    check_png(png, {"input raster": source}, overwrite)
     with rasterio.open(source) as ds:
         data, valid = read_valid(ds, bands, out_shape=decimated_shape(ds, max_size_px), resampling=Resampling.average)
     return write_png(png, stretch(data.astype(np.float32), valid))

@@ -18,19 +18,63 @@ from rasterio.windows import Window
 
 from ..errors import InputRasterError
 
-__all__ = ("gdal_cache_bytes", "open_raster", "pixel_size_m", "read_valid")
+__all__ = ("gdal_cache_bytes", "open_raster", "pixel_size_m", "read_valid", "refuse_complex")
 
 
 def open_raster(source: Union[str, Path]) -> Any:
     """Open a raster with rasterio.
 
     Raises:
-        InputRasterError: The file is missing, truncated or not a GDAL raster (the message names it).
+        InputRasterError: The file is missing, truncated or not a GDAL raster, or it holds complex values (the
+            message names it and the fix, :func:`refuse_complex`).
     """
     try:
-        return rasterio.open(source)
+        dataset = rasterio.open(source)
     except RasterioIOError as exc:
         raise InputRasterError(f"cannot read raster {source}: {exc}. Is it a valid GeoTIFF/GDAL raster?") from exc
+    try:
+        refuse_complex(dataset)
+        _refuse_missing_sources(dataset)
+    except InputRasterError:
+        dataset.close()
+        raise
+    return dataset
+
+
+def _refuse_missing_sources(dataset: Any) -> None:
+    """Name the missing source files of a VRT (GDAL opens it anyway; reading would fail, or yield nodata, later)."""
+    if dataset.driver != "VRT":
+        return
+    missing = [f for f in dataset.files[1:] if not f.startswith("/vsi") and not Path(f).exists()]
+    if missing:
+        raise InputRasterError(
+            f"the VRT {dataset.name} refers to {len(missing)} missing source file(s): {', '.join(missing[:3])}"
+            f"{' …' if len(missing) > 3 else ''}; restore them, or rebuild the VRT (gdalbuildvrt, or Raster ▸ "
+            "Miscellaneous ▸ Build Virtual Raster in QGIS)"
+        )
+
+
+def refuse_complex(dataset: Any, indexes: Optional[Sequence[int]] = None) -> None:
+    """Refuse a raster of complex values (SAR SLC: ``complex64``, ``complex_int16``…): the models take real values.
+
+    Reading it as real would keep the real part and silently drop the imaginary part (and the phase with it).
+
+    Args:
+        dataset: Open rasterio dataset.
+        indexes: 1-based bands to check (None: every band).
+
+    Raises:
+        InputRasterError: A checked band is complex; the message names the dtype and how to convert it.
+    """
+    dtypes = list(dataset.dtypes) if indexes is None else [dataset.dtypes[i - 1] for i in indexes]
+    found = sorted({str(d) for d in dtypes if "complex" in str(d).lower()})
+    if found:
+        raise InputRasterError(
+            f"{dataset.name} holds complex values ({', '.join(found)}, e.g. a SAR SLC product): the model takes real "
+            "values, and reading them would silently drop the imaginary part. Convert the raster to amplitude or "
+            "to intensity in dB first, e.g. gdal_calc.py -A input.tif --outfile input_db.tif --type=Float32 "
+            '--calc="10*log10(abs(A)**2)" (or the QGIS Raster calculator / SNAP), and use that raster.'
+        )
 
 
 def read_valid(

@@ -4,11 +4,15 @@
 pixel) and/or cut to a region's window — and reads ``size_px`` squares of the mapped bands, normalised
 (:func:`engine.spectral.normalize`), with their validity (nodata, NaN, outside the region's polygons). Tiles are
 read in batches (:func:`batched`) in a background thread while the model encodes the previous batch
-(:func:`prefetched`), which also polls the caller's cancel callback once per batch.
+(:func:`prefetched`), which also polls the caller's cancel callback once per batch. :class:`TileBatches` puts the
+two together for a pass over a raster: tiles without a valid pixel are dropped after reading and the others
+regrouped into full batches for the model.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -19,13 +23,15 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from ..callbacks import CancelFn
+from ..callbacks import CancelFn, ProgressFn
 from ..errors import InferenceCancelled
 from ..spectral import BandMapping, BandStats, normalize
 from .readers import read_valid
 from .region import Region
 
-__all__ = ("RasterReader", "batched", "prefetched")
+__all__ = ("RasterReader", "TileBatches", "batched", "has_valid_pixel", "prefetched")
+
+log = logging.getLogger(__name__)
 
 
 class RasterReader:
@@ -159,3 +165,90 @@ def prefetched(
             if b + 1 < len(batches):
                 pending = pool.submit(load, batches[b + 1])
             yield batch, data
+
+
+def has_valid_pixel(valid: np.ndarray) -> np.ndarray:
+    """Which tiles of a batch hold at least one valid pixel: ``valid [B, H, W]`` bool → ``[B]`` bool."""
+    return valid.reshape(len(valid), -1).any(axis=1)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+class TileBatches:
+    """The tiles of one pass over a raster, read in the background, as full batches of the tiles worth encoding.
+
+    Tiles are read in batches of ``batch_size`` (:func:`prefetched`, which polls ``is_canceled`` before each). A tile
+    without a valid pixel (nodata, NaN, outside a region's polygons; :func:`has_valid_pixel`) is dropped: it is never
+    encoded and its cells stay nodata, as the blender leaves cells that no tile was added to. The other tiles are
+    regrouped, in their order, so that every batch sent to the model is full (the last one excepted). After the first
+    batch the projected remaining time is logged.
+
+    Args:
+        tiles: Tile keys (origins), in the row-major order the blender needs.
+        batch_size: Tiles per forward pass.
+        read: ``read(tile)`` → ``(x [C, T, T] float32, valid [T, T] bool)`` (:meth:`RasterReader.read`).
+        is_canceled: Polled before every batch is read.
+        progress: Called with the fraction of tiles read, after each batch read (once its tiles are handled).
+
+    Attributes:
+        total: Tiles planned.
+        read_tiles: Tiles read so far.
+        encoded: Tiles yielded for encoding so far.
+    """
+
+    def __init__(self, tiles: Sequence[Any], batch_size: int,
+                 read: Callable[[Any], tuple[np.ndarray, np.ndarray]], is_canceled: Optional[CancelFn] = None,
+                 progress: Optional[ProgressFn] = None) -> None:
+        self.tiles = tiles
+        self.batch_size = max(1, batch_size)
+        self.read = read
+        self.is_canceled = is_canceled
+        self.progress = progress
+        self.total = len(tiles)
+        self.read_tiles = 0
+        self.encoded = 0
+
+    @property
+    def skipped(self) -> int:
+        """Tiles read and not encoded (no valid pixel)."""
+        return self.read_tiles - self.encoded
+
+    def _load(self, batch: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        reads = [self.read(tile) for tile in batch]
+        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
+
+    def __iter__(self) -> Iterator[tuple[list[Any], np.ndarray, np.ndarray]]:
+        """Yield ``(tiles, x [B, C, T, T], valid [B, T, T])`` batches of tiles with at least one valid pixel."""
+        started = time.perf_counter()
+        pending: list[tuple[Any, np.ndarray, np.ndarray]] = []
+        size = self.batch_size
+
+        def take(n: int) -> tuple[list[Any], np.ndarray, np.ndarray]:
+            chunk, pending[:] = pending[:n], pending[n:]
+            self.encoded += len(chunk)
+            return [t for t, _, _ in chunk], np.stack([x for _, x, _ in chunk]), np.stack([v for _, _, v in chunk])
+
+        for batch, (x, valid) in prefetched(batched(self.tiles, size), self._load, self.is_canceled):
+            self.read_tiles += len(batch)
+            keep = has_valid_pixel(valid)
+            first = self.encoded == 0
+            if not pending and keep.all():  # the common case: a whole batch of tiles with data, passed as read
+                self.encoded += len(batch)
+                yield batch, x, valid
+            else:
+                pending += [(t, x[i], valid[i]) for i, t in enumerate(batch) if keep[i]]
+                while len(pending) >= size:
+                    yield take(size)
+            if first and self.encoded:
+                seconds = time.perf_counter() - started
+                rate = self.read_tiles / max(seconds, 1e-9)
+                log.info("first batch: %d tiles read (%d encoded) in %.1f s, %.1f tiles/s: ~%s left for %d tiles",
+                         self.read_tiles, self.encoded, seconds, rate, _duration((self.total - self.read_tiles) / rate),
+                         self.total - self.read_tiles)
+            if self.progress is not None:
+                self.progress(self.read_tiles / max(self.total, 1))
+        if pending:
+            yield take(len(pending))

@@ -7,19 +7,25 @@ grid and overlapping tiles can be blended cell by cell without resampling.
 
 The last tile row/column is shifted back so it ends on the last cell (TorchGeo-style ceil coverage) — no tile reads far
 outside the raster. A raster smaller than one tile gets a single tile whose outside part is padded by the reader.
+
+Before a pass reads its first tile, :func:`preflight` logs what it will cost and refuses a pass over more tiles than
+``InferenceSettings.max_tiles``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 from rasterio.windows import Window
 
 from ..errors import SettingsError
 
-__all__ = ("TileGrid", "iter_windows", "tile_grid")
+__all__ = ("TileGrid", "iter_windows", "preflight", "tile_grid")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,3 +114,43 @@ def iter_windows(height: int, width: int, rows: int, cols: int) -> Iterator[Wind
     for r in range(0, height, rows):
         for c in range(0, width, cols):
             yield Window(c, r, min(cols, width - c), min(rows, height - r))
+
+
+def preflight(
+    what: str,
+    tiles: int,
+    height_px: int,
+    width_px: int,
+    tile_size_px: int,
+    output_bytes: int,
+    max_tiles: Optional[int],
+) -> None:
+    """Log the estimate of a pass over a raster and refuse one with more tiles than ``max_tiles``.
+
+    Called with the tile grid's count, before any tile is read (tiles without a valid pixel, skipped later, are
+    counted: the estimate is cheap and an upper bound).
+
+    Args:
+        what: The pass and its raster, for the messages (``"embedding scene.tif"``).
+        tiles: Tiles the pass plans.
+        height_px: Height of the raster in model-input pixels (after scaling).
+        width_px: Width in model-input pixels.
+        tile_size_px: Tile side.
+        output_bytes: Size of the uncompressed outputs (cells × bands × bytes per value).
+        max_tiles: The limit (:attr:`engine.InferenceSettings.max_tiles`); None: no limit.
+
+    Raises:
+        SettingsError: More tiles than ``max_tiles``; the one-line message names the count, the raster size, the
+            limit and how to go ahead.
+    """
+    log.info(
+        "pre-flight of %s: %d tiles of %d px to read over %d×%d px, outputs ≈ %s uncompressed",
+        what, tiles, tile_size_px, width_px, height_px,
+        f"{output_bytes / 1e9:.1f} GB" if output_bytes >= 1e9 else f"{output_bytes / 1e6:.1f} MB",
+    )
+    if max_tiles is not None and tiles > max_tiles:
+        raise SettingsError(
+            f"{what}: {tiles:,} tiles of {tile_size_px} px over {width_px:,}×{height_px:,} model-input px exceed the "
+            f"limit of {max_tiles:,} tiles (about {max_tiles / 30 / 3600:.1g} h at 30 tiles/s); confirm with --yes on "
+            "the command line, or max_tiles=None in Python, or process a --bounds region / a coarser --scale"
+        )

@@ -41,6 +41,7 @@ from rasterio.windows import transform as window_transform
 from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import LabelError, SettingsError
 from ..models import BlockEncoder, Encoder, open_reader, save_encoder, torch_device
+from ..outputs import check_outputs
 from ..provenance import file_sha256
 from ..raster import RasterReader, Region, batched, open_raster, pixel_size_m
 from ..settings import InferenceSettings
@@ -110,6 +111,8 @@ class HeadFitSettings:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise SettingsError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise SettingsError(f"seed must be between 0 and 2**32 - 1 (numpy and scikit-learn seeds), got {self.seed}")
         if self.blocks is not None:
             object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
 
@@ -317,6 +320,7 @@ def fit_head(
     region: Optional[Region] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train a segmentation head for ``model`` on a raster and its labels, validate it, write the head file.
 
@@ -334,6 +338,7 @@ def fit_head(
             window; pixels outside its polygons are left out of training and validation).
         progress: Called with the completed fraction.
         is_canceled: Polled every batch/step; True stops with :class:`InferenceCancelled`, writing nothing.
+        overwrite: Replace an existing head file (and card).
 
     Returns:
         :class:`FitResult`.
@@ -342,7 +347,8 @@ def fit_head(
         engine.errors.LabelError: Label problems (:func:`engine.segmentation.label_grid`), no training chip.
         engine.errors.BandResolutionError: A band cannot be mapped.
         engine.errors.ModelMismatchError: An encoder without block grids (the ONNX encoder).
-        SettingsError: An output that is not ``.safetensors`` or whose folder does not exist.
+        engine.errors.OutputError: An output that is not ``.safetensors``, is an input, exists (without
+            ``overwrite``) or cannot be written (:func:`engine.outputs.check_outputs`).
         engine.errors.InferenceCancelled: Cancelled.
     """
     import torch  # the ONNX Runtime path of the engine never reaches here; keep torch out of its imports
@@ -351,10 +357,13 @@ def fit_head(
     fit = fit or HeadFitSettings()
     settings = settings or InferenceSettings()
     report = progress or (lambda f: None)
-    if output is not None and Path(output).suffix != ".safetensors":
-        raise SettingsError(f"the head file must end in .safetensors, got {output}")
-    if output is not None and not Path(output).parent.is_dir():
-        raise SettingsError(f"output folder {Path(output).parent} does not exist; create it first")
+    if output is not None:
+        fine_tuned = _encoder_path(Path(output)) if fit.finetune else None
+        check_outputs(
+            {"head file": output, "head card": card_path(output), "fine-tuned encoder": fine_tuned},
+            {"input raster": source, "labels": labels.source if isinstance(labels, PolygonLabels) else labels.path},
+            overwrite=overwrite, suffixes={"head file": (".safetensors",)},
+        )
     encoder = require_block_grids(model)
     torch.manual_seed(fit.seed)
     rng = np.random.default_rng(fit.seed)
@@ -416,12 +425,17 @@ def fit_head(
     if output is not None:
         path = Path(output)
         if fit.finetune:
-            enc = path.with_name(path.stem + ".encoder.safetensors")
+            enc = _encoder_path(path)
             save_encoder(fitter.model.cpu(), enc)
             head.card.encoder.update({"file": enc.name, "sha256": file_sha256(enc)})
         save_head(head, path)
     return FitResult(head, path, metrics, len(train_at), len(val_at), losses, time.perf_counter() - started,
                      tuple(notes))
+
+
+def _encoder_path(head: Path) -> Path:
+    """Where a head trained with ``finetune`` keeps its fine-tuned encoder (beside the head file)."""
+    return head.with_name(head.stem + ".encoder.safetensors")
 
 
 def _keep_inside(grid: LabelGrid, region: Region, reader: RasterReader) -> None:

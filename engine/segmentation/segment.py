@@ -23,6 +23,9 @@ The head runs on torch (a head file + its encoder) or on ONNX Runtime alone: an 
 (:func:`engine.export.export_segmenter`, :class:`engine.segmentation.OnnxSegmenter`) are passed as the
 head, and torch is never imported.
 
+Tiles without a valid pixel (all nodata) are read but not encoded (:class:`engine.raster.TileBatches`): their pixels
+stay nodata. A pass over more tiles than ``settings.max_tiles`` is refused before any tile is read.
+
 Memory: the blender holds ``K × tile × width`` float32 probabilities; nothing grows with the raster height. Cancel is
 polled every batch; a cancelled or failed run leaves no file behind.
 """
@@ -41,26 +44,27 @@ import numpy as np
 import rasterio
 
 from ..atomic import atomic_output
-from ..callbacks import CancelFn, ProgressFn
+from ..callbacks import CancelFn, ProgressFn, scaled
 from ..errors import BandResolutionError, DependencyError, InputRasterError, ModelMismatchError, SettingsError
 from ..models import Encoder, check_onnx_model, load_model, open_reader, torch_device
+from ..outputs import GEOTIFF, check_outputs
 from ..raster import (
     NODATA_CLASS,
     GeoTiffWriter,
     RasterReader,
     Region,
     RowBlender,
-    batched,
+    TileBatches,
     gdal_cache_bytes,
     gtiff_profile,
     open_raster,
-    prefetched,
+    preflight,
     tile_grid,
     write_qml,
 )
 from ..settings import InferenceSettings
 from ..spectral import Averaging, BandMapping, BandStats, Overrides, Projection, resolve_bands
-from .card import HeadCard, check_encoder, encoder_source
+from .card import HeadCard, card_path, check_encoder, encoder_source
 from .onnx_segmenter import OnnxSegmenter
 
 __all__ = ("SegmentationResult", "polygonize", "segment_raster")
@@ -81,6 +85,8 @@ class SegmentationResult:
         class_fractions: Share of valid pixels per class.
         tiles: Tiles encoded (all passes).
         seconds: Wall time.
+        skipped_tiles: Tiles planned but not encoded: without a valid pixel (all nodata) or outside the region's
+            polygons; ``tiles + skipped_tiles`` is the plan's count (grid tiles × shifts).
     """
 
     path: Path
@@ -91,6 +97,7 @@ class SegmentationResult:
     class_fractions: tuple[float, ...]
     tiles: int
     seconds: float
+    skipped_tiles: int = 0
 
 
 def _head_mapping(dataset: Any, card: HeadCard, averaging: Averaging, sensor: Optional[str],
@@ -126,6 +133,7 @@ def segment_raster(
     polygons_output: Optional[Union[str, Path]] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
+    overwrite: bool = False,
 ) -> SegmentationResult:
     """Classify every pixel of a raster with a segmentation head.
 
@@ -146,24 +154,32 @@ def segment_raster(
         polygons_output: Also polygonize the class map into this GeoPackage (``.gpkg``).
         progress: Called with the completed fraction after every batch.
         is_canceled: Polled before every batch; True stops with :class:`InferenceCancelled`, writing nothing.
+        overwrite: Replace existing outputs.
 
     Returns:
         :class:`SegmentationResult`. Outputs are on the reader's grid: the raster's pixels (times ``scale``).
 
     Raises:
         InputRasterError: Unreadable input, bad settings, no valid pixel, a model passed with an exported segmenter.
+        SettingsError: More tiles than ``settings.max_tiles`` (before any tile is read), or other bad settings.
         engine.errors.BandResolutionError: The raster's bands do not match the head's.
         InferenceCancelled: Cancelled.
+        engine.errors.OutputError: An output is an input (the raster, the head file or its card) or another output,
+            exists (without ``overwrite``), cannot be written or has the wrong suffix
+            (:func:`engine.outputs.check_outputs`).
     """
     started = time.perf_counter()
     if shifts not in (1, 2):
         raise SettingsError(f"shifts must be 1 or 2, got {shifts}")
+    head_file = Path(head) if isinstance(head, (str, Path)) else None
+    check_outputs(
+        {"output": output, "probabilities output": probabilities_output, "polygons output": polygons_output},
+        {"input raster": source, "head file": head_file,
+         "head card": card_path(head_file) if head_file is not None and head_file.suffix != ".onnx" else None},
+        overwrite=overwrite,
+        suffixes={"output": GEOTIFF, "probabilities output": GEOTIFF, "polygons output": (".gpkg",)},
+    )
     output = Path(output)
-    for extra in (output, probabilities_output, polygons_output):
-        if extra is not None and not Path(extra).parent.is_dir():
-            raise SettingsError(f"output folder {Path(extra).parent} does not exist; create it first")
-    if polygons_output is not None and Path(polygons_output).suffix.lower() != ".gpkg":
-        raise SettingsError(f"polygons are written as a GeoPackage; name the file .gpkg, got {polygons_output}")
     card, runner, predict = _predictor(head, model, settings)
     settings = settings or InferenceSettings(
         tile_size_px=runner.tile_size_px if isinstance(runner, OnnxSegmenter) else card.tile_size_px
@@ -182,7 +198,7 @@ def segment_raster(
         )
         reader, mapping = open_reader(dataset, runner, settings, mapping=mapping, stats=stats, region=region)
         with reader, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
-            counts, tiles = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
+            counts, tiles, skipped = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
                                  settings, shifts, output, probabilities_output, str(source), progress, is_canceled)
     finally:
         dataset.close()
@@ -195,7 +211,7 @@ def segment_raster(
     return SegmentationResult(
         path=output, style=style, probabilities=Path(probabilities_output) if probabilities_output else None,
         polygons=polygons, class_names=names, class_fractions=tuple(float(c) / total for c in counts), tiles=tiles,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, skipped_tiles=skipped,
     )
 
 
@@ -246,23 +262,32 @@ def _predictor(head: Any, model: Optional[Encoder],
     return head.card, model, make_predict
 
 
-def _origins(reader: RasterReader, settings: InferenceSettings, p: int, shifts: int) -> list[tuple[int, int]]:
-    """Tile origins in view pixels (the patch-grid plan, plus the half-patch-shifted pass), sorted by row."""
+def _origins(reader: RasterReader, settings: InferenceSettings, p: int, shifts: int, what: str,
+             output_bytes: int) -> tuple[list[tuple[int, int]], int]:
+    """Tile origins in view pixels (the patch-grid plan, plus the half-patch-shifted pass) sorted by row, and the count.
+
+    The count is checked against ``max_tiles`` (:func:`engine.raster.preflight`) before the region's polygons are
+    rasterised for every tile.
+    """
     grid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    preflight(what, len(grid) * shifts, reader.height_px, reader.width_px, settings.tile_size_px, output_bytes,
+              settings.max_tiles)
     base = [(r * p, c * p) for r, c in grid]
     if shifts == 2:
         s = p // 2
         base += [(r + s, c + s) for r, c in base]
     size = settings.tile_size_px
     keep = [(r, c) for r, c in base if (inside := reader.inside(r, c, size)) is None or inside.any()]
-    return sorted(keep)
+    return sorted(keep), len(base)
 
 
 def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceSettings, shifts: int, output: Path,
          prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
-         is_canceled: Optional[CancelFn]) -> tuple[np.ndarray, int]:
+         is_canceled: Optional[CancelFn]) -> tuple[np.ndarray, int, int]:
     size, k = settings.tile_size_px, card.num_classes
-    origins = _origins(reader, settings, p, shifts)
+    pixels = reader.height_px * reader.width_px
+    origins, planned = _origins(reader, settings, p, shifts, f"segmenting {source}",
+                                pixels * (1 + (4 * k if prob_path is not None else 0)))
     if not origins:
         raise InputRasterError(f"no pixel centre of {source} lies inside the region's polygons")
     height, width = reader.height_px, reader.width_px
@@ -276,11 +301,8 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
     }
     colors = {c.index: c.color for c in card.classes}
     counts = np.zeros(k, np.int64)
-    batches = batched(origins, settings.batch_size)
-
-    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        reads = [reader.read(r, c, size) for r, c in batch]
-        return np.stack([x for x, _ in reads]), np.stack([v for _, v in reads])
+    stream = TileBatches(origins, settings.batch_size, lambda t: reader.read(t[0], t[1], size), is_canceled,
+                         scaled(progress, 0.0, 0.97))
 
     def finish(until: int, writers: list[GeoTiffWriter]) -> None:
         for probs, valid in blender.drain(until, height, width):
@@ -299,17 +321,17 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
                            [f"p_{c.name}" for c in card.classes], tags)
              if prob_path is not None else contextlib.nullcontext()) as probs_out:
         writers = [w for w in (classes_out, probs_out) if w is not None]
-        for b, (batch, (x, valid)) in enumerate(prefetched(batches, load, is_canceled)):
+        for batch, x, valid in stream:  # tiles without a valid pixel are never added: their pixels stay nodata
             for (r, c), pr, v in zip(batch, predict(x), valid):
                 if r > blender.top:
                     finish(r, writers)
                 blender.add(pr, v.astype(np.float32), r, c)
-            if progress is not None:
-                progress(0.97 * (b + 1) / len(batches))
         finish(max(height, blender.top + size), writers)
         if counts.sum() == 0:
             raise InputRasterError(f"{source}: no valid pixel to classify (all nodata)")
-    return counts, len(origins)
+    log.info("segmented %s: %d tiles encoded, %d of %d planned skipped (nodata or outside the region)", source,
+             stream.encoded, planned - stream.encoded, planned)
+    return counts, stream.encoded, planned - stream.encoded
 
 
 def polygonize(classes: Path, output: Path, names: tuple[str, ...]) -> Path:

@@ -253,9 +253,9 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         )
         advanced = [
             QgsProcessingParameterNumber("TILE_SIZE", f"{tile_label} (model pixels, multiple of 16)",
-                                         QgsProcessingParameterNumber.Integer, 224, minValue=16, maxValue=4096),
+                                         QgsProcessingParameterNumber.Integer, 224, minValue=16, maxValue=1024),
             QgsProcessingParameterNumber("OVERLAP", "Tile overlap (model pixels, multiple of 16)",
-                                         QgsProcessingParameterNumber.Integer, 112, minValue=0, maxValue=4080),
+                                         QgsProcessingParameterNumber.Integer, 112, minValue=0, maxValue=1008),
             QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per forward pass)",
                                          QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=1024),
             QgsProcessingParameterNumber("SCALE", f"Scale (model pixels per layer pixel; empty: {scale_default})",
@@ -367,8 +367,12 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         return engine.raster.Region(bounds=bounds, geometries=geometries)
 
     def settings(self, parameters: dict, context: QgsProcessingContext, **extra: Any) -> Any:
-        """The engine's ``InferenceSettings`` from the tiling parameters (plus ``extra`` fields)."""
+        """The engine's ``InferenceSettings`` from the tiling parameters (plus ``extra`` fields).
+
+        No tile limit (``max_tiles=None``): QGIS shows the progress and the user can cancel, so a large run is the
+        user's call (the command line asks for ``--yes`` instead)."""
         scale = parameters.get("SCALE")
+        extra.setdefault("max_tiles", None)
         return engine.InferenceSettings(
             tile_size_px=self.parameterAsInt(parameters, "TILE_SIZE", context),
             overlap_px=self.parameterAsInt(parameters, "OVERLAP", context),
@@ -456,7 +460,11 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
 
     @staticmethod
     def progress(feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        """``progress``/``is_canceled`` callbacks for the engine (called once per batch or window)."""
+        """``progress``/``is_canceled`` callbacks for the engine (called once per batch or window).
+
+        (Engine calls also pass ``overwrite=True``: QGIS's output widgets ask the user before an existing file is
+        chosen, and the engine still refuses an output that is an input.)
+        """
         return {"progress": lambda f: feedback.setProgress(100.0 * f), "is_canceled": feedback.isCanceled}
 
     # --- run ---------------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class ClusterEmbeddings(MsfmAlgorithm):
         result = engine.maps.cluster_raster(
             source, output, model, clustering=clustering, embeddings=embeddings, embeddings_output=kept, settings=self.settings(parameters, context),
             region=self.region(parameters, context, feedback), **self.band_arguments(parameters, context),
-            **self.progress(feedback),
+            **self.progress(feedback), overwrite=True,
         )
         shares = ", ".join(f"{i}: {100 * f:.1f} %" for i, f in enumerate(result.class_fractions))
         feedback.pushInfo(f"k-means on {result.samples} embeddings, {result.seconds:.1f} s; class shares {shares}")

@@ -44,7 +44,8 @@ class ComputeEmbeddings(MsfmAlgorithm):
                                  output_dtype=self.parameterAsEnumString(parameters, "OUTPUT_DTYPE", context))
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         result = engine.maps.embed_raster(source, output, model, settings=settings, region=region,
-                                          **self.band_arguments(parameters, context), **self.progress(feedback))
+                                          **self.band_arguments(parameters, context), **self.progress(feedback),
+                                          overwrite=True)
         feedback.pushInfo(f"{result.tiles} tiles in {result.seconds:.1f} s → {result.width}×{result.height} cells "
                           f"of {result.cell_size_px:g} layer pixels, {result.embed_dim} bands")
         with engine.raster.open_raster(output) as grid:
@@ -57,7 +58,7 @@ class ComputeEmbeddings(MsfmAlgorithm):
         }
         pca_output = self.parameterAsOutputLayer(parameters, "OUTPUT_PCA", context)
         if pca_output:
-            engine.maps.write_pca_raster(output, pca_output, 3)
+            engine.maps.write_pca_raster(output, pca_output, 3, overwrite=True)
             self.style_output(pca_output, lambda layer: style_rgb(layer, (1, 2, 3)))
             outputs["OUTPUT_PCA"] = pca_output
         return outputs

@@ -136,7 +136,7 @@ class ExportOnnx(MsfmAlgorithm):
             feedback.pushInfo(f"Exporting the encoder {name}")
         # the engine writes every file under a temporary name: a failed export leaves none behind
         engine.export.export(load_model(name), output, head=head, precision=precision, tile_size_px=tile,
-                           sensor=sensor)
+                           sensor=sensor, overwrite=True)
         meta = engine.models.read_metadata(output)
         size_mb = output.stat().st_size / 1e6
         tile_px = meta.get("msfm_tile_size_px")

@@ -149,7 +149,7 @@ class TrainSegmentationHead(MsfmAlgorithm):
             val_fraction=self.parameterAsDouble(parameters, "VAL_FRACTION", context))
         result = engine.segmentation.fit_head(
             source, labels, model, fit=fit, output=output, settings=self.settings(parameters, context),
-            **self.band_arguments(parameters, context), **self.progress(feedback),
+            **self.band_arguments(parameters, context), **self.progress(feedback), overwrite=True,
         )
         card = result.head.card
         for note in result.notes:
@@ -351,7 +351,7 @@ class SegmentWithHead(MsfmAlgorithm):
             source, output, head, model, settings=self.settings(parameters, context),
             shifts=self.parameterAsInt(parameters, "SHIFTS", context) or 1, region=region,
             probabilities_output=probabilities, polygons_output=polygons,
-            **self.band_arguments(parameters, context), **self.progress(feedback),
+            **self.band_arguments(parameters, context), **self.progress(feedback), overwrite=True,
         )
         names = list(result.class_names)
         shares = ", ".join(f"{n}: {100 * f:.1f} %" for n, f in zip(names, result.class_fractions))

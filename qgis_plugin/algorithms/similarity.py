@@ -49,7 +49,7 @@ class SimilarityMap(MsfmAlgorithm):
             source, output, model, query=query, embeddings=embeddings,
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
             settings=self.settings(parameters, context), region=self.region(parameters, context, feedback),
-            **self.band_arguments(parameters, context), **self.progress(feedback),
+            **self.band_arguments(parameters, context), **self.progress(feedback), overwrite=True,
         )
         feedback.pushInfo(f"query = mean of {result.query_cells} patch embedding(s); {result.seconds:.1f} s")
         self.style_output(output, style_similarity)
