@@ -4,7 +4,8 @@
 segmentation): it resolves the bands (:func:`engine.spectral.resolve_bands`), reduces them to a fixed-stem model's
 families (:func:`engine.spectral.select_band_families`), takes the statistics (the preset's or the raster's,
 :func:`engine.raster.band_statistics`, with the model's own mean/std where it declares them, :func:`model_statistics`)
-and the scale, and returns the normalising tile reader (:class:`engine.raster.RasterReader`).
+and the scale, and returns the normalising tile reader (:class:`engine.raster.RasterReader`). The raster is checked
+against the statistics it will be normalised with, given ones included (:func:`engine.raster.band_statistics`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def open_reader(
         sensor: Sensor preset id for :func:`engine.spectral.resolve_bands`; guessed when None.
         overrides: Band overrides for :func:`engine.spectral.resolve_bands`.
         mapping: A band mapping to use instead of resolving one.
-        stats: Statistics to use instead of the preset's/raster's (e.g. those recorded in a head card).
+        stats: Statistics to use instead of the preset's/raster's (e.g. those recorded in a head card); the raster is
+            still checked against them.
         region: Read only this region.
 
     Returns:
@@ -85,7 +87,8 @@ def open_reader(
 
     Raises:
         engine.errors.BandResolutionError: A band cannot be mapped, or the model's band families are missing.
-        engine.errors.InputRasterError: No valid pixel, or a region outside the raster.
+        engine.errors.InputRasterError: No valid pixel, a region outside the raster, complex values, only constant
+            bands, or values that cannot be in the units of the statistics (:func:`engine.raster.band_statistics`).
         ModelMismatchError: The model's normalisation does not fit the selected bands.
     """
     if dataset.crs is None:
@@ -95,5 +98,7 @@ def open_reader(
         mapping = select_band_families(mapping, model.band_families)
     if stats is None:
         stats = model_statistics(model, band_statistics(dataset, mapping))
+    else:
+        stats = band_statistics(dataset, mapping, stats)  # the given ones, once the raster is checked against them
     scale = settings.scale if settings.scale is not None else mapping.default_scale
     return RasterReader(dataset, mapping, stats, scale, settings.resampling, region), mapping

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
-from ..errors import BandResolutionError
+from ..errors import BandResolutionError, InputRasterError
 from .band_info import BandInfo, open_bands, read_band_info
 from .normalize import BandStats
 from .overrides import Overrides, override_map
@@ -190,6 +190,8 @@ def resolve_bands(
         BandResolutionError: Unknown sensor id or override key, an override that names no band, a wavelength tag in
             µm, a band no rule resolves (the message names the band and the override that fixes it), or no band
             left to embed.
+        InputRasterError: The caller's sensor preset has fewer bands than the raster has to embed, and the raster
+            looks like another sensor (bands mapped by overrides do not count).
     """
     if averaging not in ("linear", "reference"):
         raise BandResolutionError(f"averaging must be 'linear' or 'reference', got {averaging!r}")
@@ -197,6 +199,10 @@ def resolve_bands(
         infos = read_band_info(ds)
         chosen, sensor_reason = choose_sensor(ds, infos, sensor)
         where = str(getattr(ds, "name", source))
+        # The caller's preset has fewer bands than the raster: what the raster looks like decides (_check_band_count).
+        usable = sum(not b.alpha_reason for b in infos)
+        surplus = sensor is not None and chosen is not None and usable > len(chosen.bands)
+        looks_like = choose_sensor(ds, infos, None) if surplus else None
     overridden = override_map(overrides, infos)
 
     candidates = [b for b in infos if not b.alpha_reason or b.index in overridden]
@@ -241,7 +247,37 @@ def resolve_bands(
             f"{where}: no band left to embed ({reasons}). Keep a band by mapping it explicitly, e.g. "
             f"--band 1=red_1 on the command line or overrides={{1: 'red_1'}} in Python."
         )
+    if looks_like is not None and chosen is not None:
+        _check_band_count(where, chosen, looks_like, [b for b in resolved if b.rule != "override"])
     return BandMapping(tuple(resolved), tuple(dropped), chosen.id if chosen else None, sensor_reason)
+
+
+def _check_band_count(
+    where: str, chosen: Sensor, looks_like: tuple[Sensor | None, str], embedded: list[ResolvedBand]
+) -> None:
+    """Refuse the caller's preset when the raster has more bands to embed than it and looks like another sensor.
+
+    A raster of a sensor cannot have more bands than the sensor; bands mapped by an override do not count, and a raster
+    that looks like the preset itself keeps its extra bands (a stack of another sensor's bands, named as such).
+
+    Raises:
+        InputRasterError: The counts disagree; the message names both and the fix.
+    """
+    guessed, why = looks_like
+    if len(embedded) <= len(chosen.bands) or (guessed is not None and guessed.id == chosen.id):
+        return
+    if guessed is not None:
+        match = f"--sensor {guessed.id}: the raster looks like it ({why.removeprefix('guessed: ')})"
+    else:
+        match = "leave the sensor out ('auto' in QGIS) to map the bands by their descriptions and wavelengths"
+    raise InputRasterError(
+        f"{where}: the sensor preset {chosen.id} (--sensor / sensor= in Python / Sensor preset in QGIS) has "
+        f"{len(chosen.bands)} band(s) ({', '.join(b.name for b in chosen.bands)}) but the raster has {len(embedded)} "
+        "bands to embed: it cannot be a raster of that sensor, and the preset's band names and statistics would be "
+        f"applied to bands of another. Fix: choose the preset that matches the raster ({match}), or map or drop "
+        "the extra bands explicitly (--band N=range_key or --band N=drop; 'Band overrides' in QGIS, overrides= in "
+        "Python)."
+    )
 
 
 def _family_of(key: str | None) -> str | None:

@@ -519,8 +519,11 @@ def test_no_band_left() -> None:
 
 
 def test_sensor_disagreeing_with_the_data_is_flagged(caplog: pytest.LogCaptureFixture) -> None:
+    # 13 Sentinel-2 bands cannot be Landsat 8 (11 bands): refused (issue 14), unless the extra bands are overridden.
+    with pytest.raises(InputRasterError, match=r"landsat8_oli_tirs .* has 11 band\(s\) .* 12 bands to embed"):
+        resolve_bands(shared_file(*S2_L1C), sensor="landsat8_oli_tirs")
     with caplog.at_level(logging.WARNING, logger="engine.spectral"):
-        mapping = resolve_bands(shared_file(*S2_L1C), sensor="landsat8_oli_tirs")
+        mapping = resolve_bands(shared_file(*S2_L1C), sensor="landsat8_oli_tirs", overrides={12: "drop", 13: "drop"})
     assert "looks like sentinel2_l1c" in mapping.sensor_reason
     b10 = _by_index(mapping)[11]  # S2 B10 (1373.5 nm) read as Landsat B10 (thermal): flagged
     assert b10.key == "thermal_infrared_1" and "disagrees" in b10.reason

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.windows import Window
 
 from engine.errors import BandResolutionError, InferenceCancelled, InputRasterError, SettingsError
 from engine.maps import ClusterSettings, cluster_raster, embed_raster
@@ -89,6 +90,10 @@ def boundary_jump_ratio(grid: np.ndarray, boundaries: list[int]) -> float:
 
 def test_blending_leaves_no_seams_on_a_constant_input(random_encoder: SmartiesEncoder, tmp_path: Path) -> None:
     src = constant_raster(tmp_path / "const.tif", 120, size=448)  # 28 cells: tiles at 0 and 14 abut
+    # A constant raster is refused (nothing to map, issue 14): the bottom half is 121, so the content still does not
+    # change along x, the direction the seams are measured in (and each tile of the hard cut is still constant).
+    with rasterio.open(src, "r+") as ds:
+        ds.write(np.full((3, 224, 448), 121, np.uint8), window=Window(0, 224, 448, 224))
     # Position embeddings make tokens vary inside a tile; a tile border must not add a jump on top of that.
     blended = embed_raster(src, tmp_path / "blend.tif", random_encoder,
                            settings=InferenceSettings(overlap_px=96, device="cpu"))
