@@ -75,7 +75,7 @@ class ExportOnnx(MsfmAlgorithm):
         tile = QgsProcessingParameterNumber(
             "TILE_SIZE", "Tile size fixed in the graph (model pixels, multiple of 16; empty: 224, or the head's "
             "training chip size)", QgsProcessingParameterNumber.Integer, None, optional=True, minValue=16,
-            maxValue=4096)
+            maxValue=1024)  # the engine's tile limit (InferenceSettings)
         tile.setFlags(tile.flags() | QgsProcessingParameterNumber.FlagAdvanced)
         self.addParameter(tile)
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "ONNX file", "ONNX model (*.onnx)"))

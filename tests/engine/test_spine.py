@@ -33,7 +33,7 @@ CELL = 8
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Every file in ``folder`` (hidden ones too: a temporary ``.name.part-…`` file would show here)."""
+    """Every file in ``folder`` (hidden ones too: a ``.name.msfm-partial-…`` folder would show here)."""
     return sorted(p.name for p in folder.iterdir())
 
 

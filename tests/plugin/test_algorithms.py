@@ -296,6 +296,20 @@ def test_cancelled_run_leaves_no_output(msfm_provider: Any, tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file left behind
 
 
+def test_an_output_that_is_the_input_is_refused_in_qgis(msfm_provider: Any, tmp_path: Path) -> None:
+    """QGIS replaces existing outputs after asking, but never the input layer's file (issue 14)."""
+    from qgis.core import QgsProcessingException
+
+    raster = tmp_path / TINY_S2.name
+    shutil.copyfile(TINY_S2, raster)
+    before = raster.read_bytes()
+    for alg, extra in (("embed", {}), ("cluster", {"K": 3})):
+        with pytest.raises(QgsProcessingException, match="is the input raster.*would destroy"):
+            run(alg, {"INPUT": str(raster), "OUTPUT": str(tmp_path / "." / raster.name), **extra})
+    assert raster.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".aux.xml")) == [raster.name]
+
+
 @pytest.mark.slow  # a QGIS Python in a subprocess
 def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None:
     """QGIS's Python without torch: the provider loads; running a model explains what to install."""
