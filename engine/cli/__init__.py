@@ -10,6 +10,7 @@ Examples::
     msfm similarity scene.tif sim.tif --point 444345 4168545 --embeddings emb.tif
     msfm train-head scene.tif head.safetensors --polygons labels.gpkg --class-field cover --head upernet
     msfm segment scene.tif head.safetensors classes.tif --polygons classes.gpkg
+    msfm classify scene.tif classes.tif --polygons labels.gpkg --class-field cover   # random forest, no model file
     msfm export-onnx demo.onnx --model smarties-demo-tiny   # one graph for every band combination
     msfm export-onnx classes.onnx --head head.safetensors    # encoder + head: segment with onnxruntime alone
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
@@ -41,7 +42,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from .. import __version__
 from ..errors import EngineError
-from . import bands, demo, export, maps, models, segmentation
+from . import bands, classify, demo, export, maps, models, segmentation
 from .options import DEMO_MODEL, add_band_options, band_overrides
 
 __all__ = ("DEMO_MODEL", "PLUGIN_COMMANDS", "PLUGIN_GROUP", "add_band_options", "add_plugin_commands",
@@ -59,7 +60,7 @@ _INSTALL_HINT = (
     "`pip install -r requirements.txt && pip install -e '.[train]'`"
 )
 #: The command groups, in the order ``msfm --help`` lists them.
-_GROUPS = (bands, models, maps, segmentation, export, demo)
+_GROUPS = (bands, models, maps, segmentation, classify, export, demo)
 
 
 def _unavailable(sub: Any, name: str, message: str) -> None:

@@ -6,6 +6,7 @@
 - :mod:`~engine.segmentation.labels` — polygons or a label raster burnt onto the image grid;
 - :mod:`~engine.segmentation.fitting` — :func:`fit_head`, training a head from a dozen polygons (torch);
 - :mod:`~engine.segmentation.segment` — :func:`segment_raster`, tiled, blended class probabilities → class map;
+- :mod:`~engine.segmentation.forest` — :func:`classify_raster`, a random forest on bands ⊕ embeddings, fit + map;
 - :mod:`~engine.segmentation.onnx_segmenter` — an encoder + head exported as one graph, run by ONNX Runtime.
 
 Names whose modules import torch are imported on first access: segmenting with an exported ``.onnx`` segmenter never
@@ -28,6 +29,7 @@ from .card import (
     encoder_source,
     require_block_grids,
 )
+from .forest import ClassifyResult, ForestSettings, classify_raster
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, class_table, label_grid, read_polygons
 from .onnx_segmenter import OnnxSegmenter
 from .segment import SegmentationResult, polygonize, segment_raster
@@ -46,7 +48,9 @@ __getattr__ = lazy_getattr(__name__, _TORCH_NAMES)
 
 __all__ = (
     "ClassInfo",
+    "ClassifyResult",
     "FitResult",
+    "ForestSettings",
     "HEAD_FORMAT",
     "HeadCard",
     "HeadFitSettings",
@@ -65,6 +69,7 @@ __all__ = (
     "card_projections",
     "check_encoder",
     "class_table",
+    "classify_raster",
     "encoder_source",
     "fit_head",
     "label_grid",

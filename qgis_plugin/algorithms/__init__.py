@@ -1,6 +1,7 @@
 """The msfm Processing algorithms (one module each); :data:`ALGORITHMS` lists them in toolbox order."""
 
 from .bandmapping import BandMappingReport
+from .classify import ClassifyPixels
 from .cluster import ClusterEmbeddings
 from .download import DownloadModel
 from .embed import ComputeEmbeddings
@@ -9,6 +10,6 @@ from .segment import SegmentWithHead, TrainSegmentationHead
 from .similarity import SimilarityMap
 
 ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, TrainSegmentationHead, SegmentWithHead,
-              BandMappingReport, DownloadModel, ExportOnnx)
+              ClassifyPixels, BandMappingReport, DownloadModel, ExportOnnx)
 
 __all__ = ("ALGORITHMS",)
