@@ -75,7 +75,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     """Write the k-means class map (and its quicklook)."""
     _check_map_outputs(args, {"--quicklook": args.quicklook})
-    clustering = ClusterSettings(k=args.k, resolution=args.resolution, seed=args.seed)
+    clustering = ClusterSettings(k=args.k, resolution=args.resolution, seed=args.seed,
+                                 spectral_weight=args.spectral_weight, suggest_k=args.suggest_k)
     settings = None if args.embeddings else inference_settings(args)
     model = None if args.embeddings else load_model_from(args)
     bar = Progress("cluster")
@@ -91,6 +92,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     shares = ", ".join(f"{i}:{f:.0%}" for i, f in enumerate(res.class_fractions))
     print(f"{res.path} ({res.resolution} resolution, k={res.k}; classes {shares}) + style {res.style}; "
           f"{res.seconds:.1f} s")
+    if res.k_scores:
+        print("k  silhouette (on the sample; higher is better)")
+        for k, score in res.k_scores.items():
+            notes = [note for note, c in (("used", res.k), ("suggested", res.suggested_k)) if c == k]
+            print(f"{k:<3d}{score:7.3f}" + "".join(f"  <- {note}" for note in notes))
+        print(res.k_report())
     if args.quicklook:
         print(class_quicklook(res.path, args.quicklook, overwrite=args.overwrite))
     return 0
@@ -140,6 +147,11 @@ def register(sub: Any) -> None:
     p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
     p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
     p.add_argument("--seed", type=int, default=0, help="random seed of sampling and k-means")
+    p.add_argument("--spectral-weight", type=float, default=0.0, metavar="W",
+                   help="pixel resolution: cluster each pixel's embedding together with its own normalised bands, "
+                   "weighted W (1 = as much weight as the embedding; default 0 = embeddings only)")
+    p.add_argument("--suggest-k", action="store_true",
+                   help="also print the silhouette of k = 2..10 on the sample (a report: the map keeps --k)")
     p.add_argument("--quicklook", help="PNG of the class map")
     add_inference_options(p)
     add_region_option(p)

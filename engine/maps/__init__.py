@@ -4,16 +4,27 @@
   raster, streamed tile by tile;
 - :mod:`~engine.maps.tags` — the provenance an embedding raster carries (:class:`EmbeddingTags`);
 - :mod:`~engine.maps.upsample` — from the patch grid to the input's pixels (bilinear embeddings, guided class maps);
-- :mod:`~engine.maps.clustering` — :func:`cluster_raster`, k-means class maps;
+- :mod:`~engine.maps.pixel_features` — per-pixel features, interpolated embedding ⊕ weighted spectra
+  (:class:`PixelFeatures`);
+- :mod:`~engine.maps.clustering` — :func:`cluster_raster`, k-means class maps; :func:`suggest_k`, silhouette per k;
 - :mod:`~engine.maps.similarity` — :func:`similarity_raster`, cosine similarity to the embedding under a query;
 - :mod:`~engine.maps.pca` — principal components of an embedding raster (raster and RGB quicklook).
 """
 
 from __future__ import annotations
 
-from .clustering import ClusterResult, ClusterSettings, cluster_raster, fit_kmeans, l2_normalize, sample_embeddings
+from .clustering import (
+    ClusterResult,
+    ClusterSettings,
+    cluster_raster,
+    fit_kmeans,
+    l2_normalize,
+    sample_embeddings,
+    suggest_k,
+)
 from .embeddings import EmbeddingResult, embed_raster, grid_encoder, provide_embeddings
 from .pca import embedding_quicklook, principal_components, project, write_pca_raster
+from .pixel_features import PixelFeatures
 from .similarity import SimilarityResult, query_vector, similarity_raster
 from .tags import EmbeddingTags, product_tags, read_tag, recorded_bands
 from .upsample import GridInterpolator, GuidedClassUpsampler, pixel_row_bands, pixel_window, write_pixel_embeddings
@@ -25,6 +36,7 @@ __all__ = (
     "EmbeddingTags",
     "GridInterpolator",
     "GuidedClassUpsampler",
+    "PixelFeatures",
     "SimilarityResult",
     "cluster_raster",
     "embed_raster",
@@ -43,6 +55,7 @@ __all__ = (
     "recorded_bands",
     "sample_embeddings",
     "similarity_raster",
+    "suggest_k",
     "write_pca_raster",
     "write_pixel_embeddings",
 )

@@ -12,6 +12,16 @@ cells with a random offset, so every part of the raster is represented. Clusters
   over either way. The output covers the embeddings' footprint on the input (the region's window for a region run);
   pixels outside a region's polygons are nodata.
 
+With ``spectral_weight`` w > 0 (pixel resolution only) the k-means runs on pixels instead of cells: every pixel's
+feature is its bilinearly interpolated, L2-normalised embedding followed by its own normalised bands scaled by
+``w / √C`` (:class:`~engine.maps.pixel_features.PixelFeatures`); k-means is fitted on a spatially spread sample of
+pixels and applied per pixel in streaming windows.
+
+``suggest_k=True`` scores k = 2..10 (and the k used) by the silhouette (Rousseeuw 1987,
+:func:`sklearn.metrics.silhouette_score`) of k-means on a subsample of the same features (:func:`suggest_k`). The
+scores are reported (:attr:`ClusterResult.k_scores`, the log, ``msfm cluster --suggest-k``), never applied: the class
+map always has the k asked for.
+
 Outputs: a uint8 GeoTIFF (nodata 255, colour table, class names as category names) and a QGIS ``.qml`` style beside it.
 """
 
@@ -22,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
 import numpy as np
 import rasterio
@@ -37,6 +47,7 @@ from ..raster import NODATA_CLASS, GeoTiffWriter, Region, class_colors, gtiff_pr
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .embeddings import EmbeddingResult, provide_embeddings
+from .pixel_features import PixelFeatures
 from .tags import product_tags
 from .upsample import (
     GridInterpolator,
@@ -47,13 +58,25 @@ from .upsample import (
     pixel_window,
 )
 
-__all__ = ("ClusterResult", "ClusterSettings", "cluster_raster", "fit_kmeans", "l2_normalize", "sample_embeddings")
+__all__ = (
+    "ClusterResult",
+    "ClusterSettings",
+    "cluster_raster",
+    "fit_kmeans",
+    "l2_normalize",
+    "sample_embeddings",
+    "suggest_k",
+)
 
 log = logging.getLogger(__name__)
 
 #: ``"patch"``: one value per cell of the embedding raster; ``"pixel"``: one per pixel of the input.
 Resolution = Literal["patch", "pixel"]
 PixelMethod = Literal["guided", "bilinear"]
+#: Candidate k of :func:`suggest_k` when ``ClusterSettings.suggest_k`` is set (the k used is always added).
+SUGGEST_KS = range(2, 11)
+#: Most points :func:`suggest_k` scores (the silhouette needs all pairwise distances: N² values).
+SUGGEST_MAX_POINTS = 5000
 
 
 @dataclass(frozen=True)
@@ -66,13 +89,19 @@ class ClusterSettings:
             pixel, over the embeddings' footprint on the input: the region's window, or the whole raster).
         pixel_method: For pixel resolution: ``"guided"`` (joint bilateral upsampling of cell classes guided by
             the input pixels; boundaries follow image edges) or ``"bilinear"`` (embeddings interpolated bilinearly,
-            then classified; smooth boundaries).
-        max_samples: Embeddings used to fit k-means.
+            then classified; smooth boundaries). Not used when ``spectral_weight`` > 0.
+        max_samples: Embeddings (pixels, with ``spectral_weight`` > 0) used to fit k-means.
         seed: Random seed of sampling and k-means.
+        spectral_weight: w ≥ 0. 0 (default): k-means on the embeddings alone. w > 0 (pixel resolution only): k-means
+            on per-pixel features ``[e / ‖e‖, w · z / √C]``, the interpolated embedding and the pixel's C bands
+            normalised with the embeddings' statistics, fitted on a sample of pixels; w = 1 gives the spectra the
+            same total weight as the embedding (:mod:`engine.maps.pixel_features`).
+        suggest_k: Also score k = 2..10 and the k used by the silhouette on a subsample of the clustering's features
+            (:func:`suggest_k`), reported in :attr:`ClusterResult.k_scores` and the log, never applied.
 
     Raises:
         SettingsError: (on creation) ``k`` outside 2..254, an unknown resolution or pixel method, ``max_samples``
-            below 1.
+            below 1, a negative or non-finite ``spectral_weight``, or ``spectral_weight`` > 0 at patch resolution.
     """
 
     k: int = 8
@@ -80,6 +109,8 @@ class ClusterSettings:
     pixel_method: PixelMethod = "guided"
     max_samples: int = 50000
     seed: int = 0
+    spectral_weight: float = 0.0
+    suggest_k: bool = False
 
     def __post_init__(self) -> None:
         if not 2 <= self.k <= 254:
@@ -92,6 +123,15 @@ class ClusterSettings:
             raise SettingsError(f"max_samples must be at least 1, got {self.max_samples}")
         if not 0 <= self.seed < 2**32:
             raise SettingsError(f"seed must be between 0 and 2**32 - 1 (numpy and scikit-learn seeds), got {self.seed}")
+        if not (math.isfinite(self.spectral_weight) and self.spectral_weight >= 0):
+            raise SettingsError(f"spectral_weight must be a finite number ≥ 0 (0 = embeddings only), got "
+                                f"{self.spectral_weight}")
+        if self.spectral_weight > 0 and self.resolution != "pixel":
+            raise SettingsError(
+                f"spectral_weight {self.spectral_weight} needs pixel resolution (the spectra are per pixel); use "
+                "resolution='pixel' (--resolution pixel, Resolution: pixel in QGIS) or spectral_weight 0"
+            )
+
 
 @dataclass(frozen=True)
 class ClusterResult:
@@ -103,9 +143,13 @@ class ClusterResult:
         k: Number of clusters.
         resolution: ``"patch"`` or ``"pixel"``.
         class_fractions: Share of valid output pixels per class.
-        samples: Number of embeddings the k-means was fitted on.
+        samples: Number of embeddings (pixels, with a spectral weight) the k-means was fitted on.
         embeddings: The embedding run (None when existing embeddings were given).
         seconds: Wall time.
+        spectral_weight: The spectral weight used (0 = embeddings only).
+        k_scores: With ``suggest_k``: silhouette (−1..1, higher is better) per k, from :func:`suggest_k`; else None.
+        suggested_k: The k with the highest silhouette (reported only: the map has ``k`` classes); None without
+            ``suggest_k``.
     """
 
     path: Path
@@ -116,6 +160,76 @@ class ClusterResult:
     samples: int
     embeddings: Optional[EmbeddingResult]
     seconds: float
+    spectral_weight: float = 0.0
+    k_scores: Optional[dict[int, float]] = None
+    suggested_k: Optional[int] = None
+
+    def k_report(self) -> str:
+        """One line on the k used and the silhouette's suggestion (empty without ``k_scores``).
+
+        Example: ``"k = 8 was used; the silhouette on the sample suggests k = 3 (0.41 vs 0.22)"``.
+        """
+        return k_report(self.k, self.k_scores) if self.k_scores else ""
+
+
+def k_report(k: int, scores: dict[int, float]) -> str:
+    """The sentence :meth:`ClusterResult.k_report` returns, from the k used and :func:`suggest_k`'s scores."""
+    best = max(scores, key=lambda c: (scores[c], -c))
+    used = f"{scores[k]:.2f}" if k in scores else "not scored"
+    if best == k:
+        return f"k = {k} was used; the silhouette on the sample also suggests k = {k} ({used})"
+    return f"k = {k} was used; the silhouette on the sample suggests k = {best} ({scores[best]:.2f} vs {used})"
+
+
+def suggest_k(samples: np.ndarray, ks: Iterable[int] = SUGGEST_KS, seed: int = 0) -> dict[int, float]:
+    """Silhouette of k-means for each candidate k, on a subsample of clustering features (a report, not a choice).
+
+    For each k, :class:`sklearn.cluster.KMeans` (``n_init=2``) is fitted on a random subsample of at most
+    :data:`SUGGEST_MAX_POINTS` (5000) rows of ``samples`` and scored with the mean silhouette
+    ``s = (b − a) / max(a, b)`` (a: mean distance to the own cluster, b: to the nearest other cluster; Rousseeuw,
+    "Silhouettes", J. Comput. Appl. Math. 1987) by :func:`sklearn.metrics.silhouette_score` on Euclidean distances,
+    computed once for all k. Pass the features the clustering uses: L2-normalised embeddings
+    (:func:`l2_normalize`), or :class:`~engine.maps.pixel_features.PixelFeatures` samples.
+
+    Args:
+        samples: ``[N, D]`` float features (finite).
+        ks: Candidate numbers of clusters, each ≥ 2 (default 2..10).
+        seed: Seed of the subsample and of k-means; equal inputs and seed give equal scores.
+
+    Returns:
+        ``{k: silhouette in −1..1}`` in increasing k (higher is better).
+
+    Raises:
+        SettingsError: No candidate, or a candidate below 2.
+        InputRasterError: Too few samples: the subsample must hold more points than the largest k.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import pairwise_distances, silhouette_score
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's own dependency
+
+    candidates = sorted({int(k) for k in ks})
+    if not candidates or candidates[0] < 2:
+        raise SettingsError(f"suggest_k needs candidate k values of at least 2, got {candidates}")
+    rng = np.random.default_rng(seed)
+    x = np.asarray(samples, np.float32)
+    if len(x) > SUGGEST_MAX_POINTS:
+        x = x[np.sort(rng.choice(len(x), SUGGEST_MAX_POINTS, replace=False))]
+    if len(x) <= candidates[-1]:
+        raise InputRasterError(
+            f"only {len(x)} samples to score k up to {candidates[-1]}; use a larger area or smaller k candidates"
+        )
+    scores = {}
+    # One thread: on a few thousand points OpenMP's threads only add waiting, and on a busy CPU they spin (measured on
+    # 2 shared cores: 9 fits of k = 2..10 on 4096 points took 11.8 s with the default threads, 0.5 s with one).
+    with threadpool_limits(limits=1):
+        distances = pairwise_distances(x)
+        for k in candidates:
+            labels = KMeans(n_clusters=k, random_state=seed, n_init=2).fit_predict(x)
+            if len(np.unique(labels)) < 2:  # identical points: the silhouette is undefined
+                scores[k] = -1.0
+                continue
+            scores[k] = float(silhouette_score(distances, labels, metric="precomputed"))
+    return scores
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -138,8 +252,21 @@ def sample_embeddings(grid: Any, max_samples: int, seed: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, grid.count), np.float32)
 
 
-def fit_kmeans(samples: np.ndarray, k: int, seed: int = 0, minibatch_above: int = 20000) -> Any:
-    """Fit k-means on L2-normalised ``[N, D]`` samples; centroids renumbered by decreasing cluster size.
+def fit_kmeans(
+    samples: np.ndarray, k: int, seed: int = 0, minibatch_above: int = 20000, normalize: bool = True
+) -> Any:
+    """Fit k-means on ``[N, D]`` samples; centroids renumbered by decreasing cluster size.
+
+    Args:
+        samples: ``[N, D]`` float features.
+        k: Number of clusters.
+        seed: Seed of k-means.
+        minibatch_above: Above this many samples ``MiniBatchKMeans`` (batches of 4096) replaces ``KMeans``.
+        normalize: L2-normalise the rows first (embeddings); False for features that are already scaled
+            (:class:`~engine.maps.pixel_features.PixelFeatures`).
+
+    Returns:
+        The fitted scikit-learn estimator (``cluster_centers_`` in decreasing cluster size).
 
     Raises:
         InputRasterError: Fewer valid samples than clusters.
@@ -148,7 +275,7 @@ def fit_kmeans(samples: np.ndarray, k: int, seed: int = 0, minibatch_above: int 
 
     if len(samples) < k:
         raise InputRasterError(f"only {len(samples)} valid embeddings for k={k} clusters; lower k or use a larger area")
-    x = l2_normalize(samples.astype(np.float32))
+    x = l2_normalize(samples.astype(np.float32)) if normalize else samples.astype(np.float32)
     if len(x) > minibatch_above:
         km = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3).fit(x)
     else:
@@ -159,13 +286,14 @@ def fit_kmeans(samples: np.ndarray, k: int, seed: int = 0, minibatch_above: int 
     return km
 
 
-def _predict(km: Any, vectors: np.ndarray) -> np.ndarray:
-    """Class per row of ``[N, D]`` (NaN rows → 255)."""
+def _predict(km: Any, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Class per row of ``[N, D]`` (NaN rows → 255); rows L2-normalised first unless ``normalize`` is False."""
     labels = np.full(len(vectors), NODATA_CLASS, np.uint8)
     ok = np.isfinite(vectors).all(axis=1)
     if ok.any():
         centers = km.cluster_centers_.astype(np.float32)
-        x = l2_normalize(vectors[ok].astype(np.float32))
+        x = vectors[ok].astype(np.float32)
+        x = l2_normalize(x) if normalize else x
         labels[ok] = np.argmax(x @ centers.T - 0.5 * (centers * centers).sum(1), axis=1).astype(np.uint8)
     return labels
 
@@ -192,8 +320,8 @@ def cluster_raster(
         source: Input raster.
         output: Class GeoTIFF to write (uint8, nodata 255); a ``.qml`` style is written beside it.
         model: Loaded encoder; needed unless ``embeddings`` is given.
-        clustering: ``k``, resolution, pixel method, sample size and seed (:class:`ClusterSettings`; defaults: k = 8
-            at pixel resolution, guided).
+        clustering: ``k``, resolution, pixel method, sample size, seed, spectral weight and whether to score k
+            (:class:`ClusterSettings`; defaults: k = 8 at pixel resolution, guided, embeddings only, no scores).
         embeddings: Reuse an existing embedding raster of ``source`` instead of running the model.
         embeddings_output: Keep the embeddings computed on the way at this path (else a temporary file).
         settings: Inference settings (tiles, device, scale…).
@@ -213,7 +341,8 @@ def cluster_raster(
         :class:`ClusterResult`.
 
     Raises:
-        InputRasterError: No valid pixel, unreadable input, a region outside the raster/embeddings.
+        InputRasterError: No valid pixel, unreadable input, a region outside the raster/embeddings, embeddings
+            without normalisation statistics with ``spectral_weight`` > 0, too few samples for ``suggest_k``.
         SettingsError: Neither a model nor embeddings.
         engine.errors.InferenceCancelled: Cancelled by the caller.
         engine.errors.OutputError: An output is an input or exists (without ``overwrite``), as
@@ -233,11 +362,23 @@ def cluster_raster(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
         region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
     ) as (path, result), rasterio.open(path) as grid:
-        samples = sample_embeddings(grid, clustering.max_samples, clustering.seed)
-        km = fit_kmeans(samples, k, clustering.seed)
-        check_canceled(is_canceled, "after fitting k-means")
-        counts = _write_classes(grid, source, output, km, k, clustering.resolution, clustering.pixel_method, region,
-                                report, is_canceled)
+        if clustering.spectral_weight > 0:
+            with rasterio.open(source) as src:
+                features = PixelFeatures(grid, src, clustering.spectral_weight)
+                samples = features.sample(pixel_window(grid, src, region), clustering.max_samples, clustering.seed,
+                                          region, is_canceled)
+                km = fit_kmeans(samples, k, clustering.seed, normalize=False)
+                scores = _k_scores(samples, k, clustering, is_canceled)
+                check_canceled(is_canceled, "after fitting k-means")
+                counts = _write_classes(grid, source, output, km, k, clustering.resolution, clustering.pixel_method,
+                                        region, report, is_canceled, features)
+        else:
+            samples = sample_embeddings(grid, clustering.max_samples, clustering.seed)
+            km = fit_kmeans(samples, k, clustering.seed)
+            scores = _k_scores(l2_normalize(samples.astype(np.float32)), k, clustering, is_canceled)
+            check_canceled(is_canceled, "after fitting k-means")
+            counts = _write_classes(grid, source, output, km, k, clustering.resolution, clustering.pixel_method,
+                                    region, report, is_canceled)
     labels = [f"class {i}" for i in range(k)]
     style = write_qml(output.with_suffix(".qml"), labels, class_colors(k))
     total = max(1, int(counts.sum()))
@@ -251,7 +392,24 @@ def cluster_raster(
         samples=len(samples),
         embeddings=result,
         seconds=time.perf_counter() - started,
+        spectral_weight=clustering.spectral_weight,
+        k_scores=scores,
+        suggested_k=None if scores is None else max(scores, key=lambda c: (scores[c], -c)),
     )
+
+
+def _k_scores(
+    features: np.ndarray, k: int, clustering: ClusterSettings, is_canceled: Optional[CancelFn]
+) -> Optional[dict[int, float]]:
+    """:func:`suggest_k` on the clustering's features when ``clustering.suggest_k`` (logged), else None."""
+    if not clustering.suggest_k:
+        return None
+    check_canceled(is_canceled, "before scoring k")
+    n = min(len(features), SUGGEST_MAX_POINTS)
+    ks = [c for c in sorted({*SUGGEST_KS, k}) if c < n]
+    scores = suggest_k(features, ks, clustering.seed)
+    log.info("%s", k_report(k, scores))
+    return scores
 
 
 def _write_classes(
@@ -265,12 +423,14 @@ def _write_classes(
     region: Optional[Region],
     report: ProgressFn,
     is_canceled: Optional[CancelFn],
+    features: Optional[PixelFeatures] = None,
 ) -> np.ndarray:
     colors = {i: c for i, c in enumerate(class_colors(k))}
     counts = np.zeros(k, np.int64)
-    tags = product_tags({}, "classes", k=str(k), resolution=resolution, embeddings=grid.name)
+    extra = {} if features is None else {"spectral_weight": str(features.spectral_weight)}
+    tags = product_tags({}, "classes", k=str(k), resolution=resolution, embeddings=grid.name, **extra)
     d = grid.count
-    src = grid if resolution == "patch" else rasterio.open(source)
+    src = grid if resolution == "patch" else features.source if features else rasterio.open(source)
     try:
         if resolution == "patch":
             target, band_rows, cols = Window(0, 0, grid.width, grid.height), 16, grid.width
@@ -278,6 +438,15 @@ def _write_classes(
 
             def labels_of(win: Window) -> np.ndarray:
                 return _predict(km, grid.read(window=win).reshape(d, -1).T).reshape(1, int(win.height), int(win.width))
+
+        elif features is not None:
+            target = pixel_window(grid, src, region)
+            band_rows, cols = 16, features.window_cols()
+
+            def labels_of(win: Window) -> np.ndarray:
+                vec = features.features(win)
+                return _predict(km, vec.reshape(features.dim, -1).T, normalize=False).reshape(
+                    1, int(win.height), int(win.width))
 
         else:
             target = pixel_window(grid, src, region)
@@ -310,6 +479,6 @@ def _write_classes(
             if counts.sum() == 0:
                 raise InputRasterError("no valid pixel to classify (all nodata)")
     finally:
-        if src is not grid:
+        if src is not grid and features is None:
             src.close()
     return counts

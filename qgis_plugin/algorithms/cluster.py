@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -38,7 +39,10 @@ class ClusterEmbeddings(MsfmAlgorithm):
         "k-means on L2-normalised vectors. At <i>pixel</i> resolution class boundaries follow the image's edges "
         "(joint bilateral upsampling of the patch classes guided by the layer's pixels); at <i>patch</i> resolution "
         "there is one class per 16×16-pixel patch. The output is a paletted GeoTIFF (classes 0…k−1, nodata 255) "
-        "with its legend."
+        "with its legend.<br><br><i>Spectral weight</i> (pixel resolution): above 0, every pixel is clustered on its "
+        "interpolated embedding together with its own normalised bands, the bands weighted by this value (1 = as "
+        "much weight as the embedding; 0 = embeddings only). <i>Suggest k (report only)</i> scores k = 2…10 by the "
+        "silhouette on the sample and writes the table to the log; the map keeps the k chosen above."
     ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
@@ -46,6 +50,10 @@ class ClusterEmbeddings(MsfmAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "K", "Number of classes (k)", QgsProcessingParameterNumber.Integer, 8, minValue=2, maxValue=254))
         add_reuse_parameters(self)
+        self.addParameter(QgsProcessingParameterNumber(
+            "SPECTRAL_WEIGHT", "Spectral weight", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0,
+            maxValue=100.0))
+        self.addParameter(QgsProcessingParameterBoolean("SUGGEST_K", "Suggest k (report only)", defaultValue=False))
         self.add_model_parameters()
         self.add_region_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
@@ -60,17 +68,27 @@ class ClusterEmbeddings(MsfmAlgorithm):
         kept = self.parameterAsOutputLayer(parameters, "OUTPUT_EMBEDDINGS", context) or None
         k = self.parameterAsInt(parameters, "K", context)
         clustering = engine.maps.ClusterSettings(
-            k=k, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context))
+            k=k, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
+            spectral_weight=self.parameterAsDouble(parameters, "SPECTRAL_WEIGHT", context),
+            suggest_k=self.parameterAsBoolean(parameters, "SUGGEST_K", context))
         result = engine.maps.cluster_raster(
-            source, output, model, clustering=clustering, embeddings=embeddings, embeddings_output=kept, settings=self.settings(parameters, context),
+            source, output, model, clustering=clustering, embeddings=embeddings, embeddings_output=kept,
+            settings=self.settings(parameters, context),
             region=self.region(parameters, context, feedback), **self.band_arguments(parameters, context),
             **self.progress(feedback), overwrite=True,
         )
         shares = ", ".join(f"{i}: {100 * f:.1f} %" for i, f in enumerate(result.class_fractions))
-        feedback.pushInfo(f"k-means on {result.samples} embeddings, {result.seconds:.1f} s; class shares {shares}")
+        what = "embeddings" if result.spectral_weight == 0 else f"pixels (spectral weight {result.spectral_weight:g})"
+        feedback.pushInfo(f"k-means on {result.samples} {what}, {result.seconds:.1f} s; class shares {shares}")
+        if result.k_scores:
+            feedback.pushInfo("Silhouette on the sample (higher is better): " + ", ".join(
+                f"k = {c}: {score:.3f}" for c, score in result.k_scores.items()))
+            feedback.pushInfo(result.k_report())
         labels = [f"class {i}" for i in range(k)]
         self.style_output(output, lambda layer: style_classes(layer, labels))
         outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions)}
+        if result.k_scores:
+            outputs["SUGGESTED_K"] = result.suggested_k
         if kept:
             outputs["OUTPUT_EMBEDDINGS"] = kept
         return outputs
