@@ -34,6 +34,10 @@ Methods (:data:`METHODS`, one registry entry each):
   on the squares' pixels;
 - ``linear head`` / ``UPerNet head``: :func:`engine.fit_head` (``val_fraction=0``: all squares train) then
   :func:`engine.segment_raster`;
+- ``pixel head``: the same with ``head_type="pixel"`` (two blocks ⊕ the input bands at full resolution);
+- ``random forest, bands + embeddings``: :func:`engine.segmentation.classify_raster` (200 trees, bands ⊕ 16
+  principal components of the embeddings, no validation split) on the squares;
+- ``k-means, embeddings + spectra (weight 1)``: :func:`engine.cluster_raster` with ``spectral_weight=1``;
 - every encoder method also runs with a randomly initialised encoder of the same geometry
   (:func:`engine.models.init_from_scratch`, seed 0): "… (random init)". Is pretraining worth anything?
 
@@ -249,6 +253,20 @@ def head(task: Task, head_type: str, encoder: str = "pretrained", **fit: Any) ->
     return Output(classes=_on_label_grid(res.path, task.labels.shape), fit_s=t1 - t0, predict_s=t2 - t1)
 
 
+def forest_with_embeddings(task: Task, encoder: str = "pretrained") -> Output:
+    """engine.segmentation.classify_raster: a random forest on bands ⊕ embeddings (computed once per raster)."""
+    from engine import InferenceSettings
+    from engine.segmentation import ForestSettings, classify_raster
+
+    emb, emb_s = _embeddings(task, encoder)
+    out = task.tmp / f"forest-{encoder}-{task.seed}.tif"
+    res = classify_raster(task.image, task.polygons, out, embeddings=emb, overwrite=True,
+                          forest=ForestSettings(val_fraction=0, seed=task.seed),
+                          settings=InferenceSettings(threads=task.threads))
+    return Output(classes=_on_label_grid(res.path, task.labels.shape), fit_s=res.fit_seconds,
+                  predict_s=emb_s + res.predict_seconds)
+
+
 def _on_label_grid(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A class map read onto the label grid: as it is when it is on it, else nearest resampling (same bounds).
 
@@ -278,10 +296,11 @@ METHODS: dict[str, Method] = {
     "linear head (random init)": Method(partial(head, head_type="linear", encoder="random"), True),
     "UPerNet head": Method(partial(head, head_type="upernet"), True),
     "UPerNet head (random init)": Method(partial(head, head_type="upernet", encoder="random"), True),
-    # ---- to be added by others, one line each (and its "(random init)" twin), when their APIs land:
-    # "pixel head": Method(partial(head, head_type="pixel"), True),
-    # "random forest, bands + embeddings": Method(<a function calling engine.segmentation.classify_raster>, True),
-    # "k-means, embeddings + spectra": Method(partial(kmeans_embeddings, spectral_weight=...), False),
+    "pixel head": Method(partial(head, head_type="pixel"), True),
+    "pixel head (random init)": Method(partial(head, head_type="pixel", encoder="random"), True),
+    "random forest, bands + embeddings": Method(forest_with_embeddings, True),
+    "random forest, bands + embeddings (random init)": Method(partial(forest_with_embeddings, encoder="random"), True),
+    "k-means, embeddings + spectra (weight 1)": Method(partial(kmeans_embeddings, spectral_weight=1.0), False),
 }
 
 

@@ -90,7 +90,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             args.input, args.output, args.head, model, settings=settings, shifts=args.shifts,
             sensor=args.sensor, overrides=band_overrides(args.band), region=region_from(args),
             probabilities_output=args.probabilities, polygons_output=args.polygons, progress=bar,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, grid=args.grid,
         )
     finally:
         bar.close()
@@ -113,10 +113,11 @@ def register(sub: Any) -> None:
     p.add_argument("--label-raster", help="raster of class values instead of polygons (any CRS/grid)")
     p.add_argument("--ignore-value", type=float, action="append", help="label-raster value meaning unlabelled")
     p.add_argument("--class-name", action="append", metavar="VALUE=NAME", help="name a class value (repeatable)")
-    p.add_argument("--head", choices=["linear", "upernet"], default="linear",
-                   help="linear: 1×1 conv on the last block (fast); upernet: four blocks, finer boundaries")
+    p.add_argument("--head", choices=["linear", "upernet", "pixel"], default="linear",
+                   help="linear: 1×1 conv on the last block (fast); upernet: four blocks, finer boundaries; pixel: "
+                   "two blocks + the input bands at full resolution (boundaries inside a patch)")
     p.add_argument("--steps", type=int, default=300, help="optimisation steps (default 300)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3 linear, 1e-3 UPerNet)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3 linear and pixel, 1e-3 UPerNet)")
     p.add_argument("--val-fraction", type=float, default=0.25,
                    help="share of each class's polygons (or label blocks) held out for validation (default 0.25)")
     p.add_argument("--finetune", action="store_true", help="train the encoder too (slow; saved beside the head)")
@@ -135,6 +136,9 @@ def register(sub: Any) -> None:
     p.add_argument("--polygons", help="also write class polygons (GeoPackage .gpkg)")
     p.add_argument("--shifts", type=int, choices=[1, 2], default=1,
                    help="2 = add a pass shifted by half a patch: finer boundaries, twice the time")
+    p.add_argument("--grid", choices=["input", "model"], default="input",
+                   help="input (default): the outputs on the input raster's pixel grid; model: on the grid the head "
+                   "reads (scale × finer, e.g. 2× for Sentinel-1/-2)")
     add_inference_options(p, model_default=None, model_help="(default: the encoder named in the head's card)")
     add_region_option(p)
     add_overwrite_option(p)

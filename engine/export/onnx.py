@@ -60,7 +60,7 @@ class SegmenterGraph(nn.Module):
         """``image [B, C, H, W]`` normalised tiles of the head's bands → ``probabilities [B, K, H, W]`` float32."""
         # static token-grid sizes (not read from the image's traced shape), so the head's pooling exports
         grids = self.encoder.token_grids(self.embed(image, self.mix), self.cells, self.cells, self.head.blocks)
-        return torch.softmax(self.head.pixel_logits(grids, (self.tile_size_px, self.tile_size_px)), dim=1)
+        return torch.softmax(self.head.pixel_logits(grids, (self.tile_size_px, self.tile_size_px), image), dim=1)
 
 
 def _segmenter_metadata(model: SmartiesEncoder, card: HeadCard, tile_size_px: int) -> dict[str, Any]:

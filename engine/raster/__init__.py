@@ -21,6 +21,7 @@ from .class_maps import NODATA_CLASS, class_colors, write_qml
 from .quicklook import check_png, class_quicklook, decimated_shape, rgb_quicklook, stretch, write_png
 from .readers import gdal_cache_bytes, open_raster, pixel_size_m, read_valid
 from .region import Region, as_geometry
+from .resample import RowAreaResampler
 from .statistics import band_statistics
 from .tile_reader import RasterReader, TileBatches, batched, has_valid_pixel, prefetched
 from .tiling import TileGrid, iter_windows, preflight, tile_grid
@@ -31,6 +32,7 @@ __all__ = (
     "NODATA_CLASS",
     "RasterReader",
     "Region",
+    "RowAreaResampler",
     "RowBlender",
     "TileBatches",
     "TileGrid",

@@ -29,7 +29,7 @@ __all__ = (
     "require_block_grids",
 )
 
-HeadType = Literal["linear", "upernet"]
+HeadType = Literal["linear", "upernet", "pixel"]
 #: ``format`` field of our head cards.
 HEAD_FORMAT = "msfm-segmentation-head/1"
 
@@ -49,7 +49,7 @@ class HeadCard:
     """The model card of a segmentation head (the JSON file beside the weights).
 
     Attributes:
-        head_type: ``"linear"`` or ``"upernet"``.
+        head_type: ``"linear"``, ``"upernet"`` or ``"pixel"``.
         blocks: 0-based encoder blocks the head reads.
         classes: The output classes, in index order.
         encoder: ``{"name": registry name or file, "sha256": of the weights file, "embed_dim", "depth",
@@ -61,7 +61,7 @@ class HeadCard:
         scale: Model-input pixels per native pixel used in training.
         gsd_m: Native pixel size of the training raster in metres (None when unknown).
         tile_size_px: Chip side used in training (model pixels).
-        channels: UPerNet width (None for the linear head).
+        channels: UPerNet or pixel-head width (None for the linear head).
         metrics: Validation metrics (:func:`engine.segmentation.segmentation_scores`).
         training: How it was trained (raster, labels, steps, learning rate, seconds, ...).
         format: :data:`HEAD_FORMAT`.

@@ -63,12 +63,13 @@ class HeadFitSettings:
     """How :func:`fit_head` trains a head (the raster is read with :class:`engine.InferenceSettings`).
 
     Attributes:
-        head_type: ``"linear"`` (1×1 conv, last block) or ``"upernet"`` (four blocks).
+        head_type: ``"linear"`` (1×1 conv, last block), ``"upernet"`` (four blocks) or ``"pixel"`` (two blocks and
+            the input bands at full resolution; :class:`engine.segmentation.PixelHead`).
         blocks: Encoder blocks read (default: last for linear, :func:`engine.models.dense_blocks` for UPerNet).
-        channels: UPerNet width (default ``min(256, max(64, D // 2))``).
+        channels: UPerNet width (default ``min(256, max(64, D // 2))``), pixel-head width (default 32).
         steps: Optimisation steps (≥ 1).
         batch_size: Chips per step (≥ 1).
-        lr: Peak learning rate (default 3e-3 linear, 1e-3 UPerNet).
+        lr: Peak learning rate (default 3e-3 linear and pixel, 1e-3 UPerNet).
         weight_decay: AdamW weight decay.
         val_fraction: Share of each class's polygons (or of label-raster blocks) kept for validation, in [0, 1);
             0 = none.
@@ -100,8 +101,8 @@ class HeadFitSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.head_type not in ("linear", "upernet"):
-            raise SettingsError(f"head_type must be 'linear' or 'upernet', got {self.head_type!r}")
+        if self.head_type not in ("linear", "upernet", "pixel"):
+            raise SettingsError(f"head_type must be 'linear', 'upernet' or 'pixel', got {self.head_type!r}")
         if not 0 <= self.val_fraction < 1:
             raise SettingsError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.class_weighting not in _WEIGHTINGS:
@@ -283,6 +284,17 @@ def _val_origins(grid: LabelGrid, keep: np.ndarray, size: int) -> list[tuple[int
     return origins
 
 
+#: A pixel head trains on ``_CROP_PX`` squares drawn inside the central ``_STORE_PX`` square of each chip.
+_STORE_PX, _CROP_PX = 128, 96
+
+
+def _stored_span(size: int) -> tuple[int, int]:
+    """``(first, end)`` pixel of the central square of a ``size`` chip that a pixel head keeps."""
+    keep = min(size, _STORE_PX)
+    lo = (size - keep) // 2
+    return lo, lo + keep
+
+
 def _d4(a: np.ndarray, k: int) -> np.ndarray:
     """Dihedral transform ``k`` (0..7) of the last two axes: k % 4 quarter turns, then a flip if k ≥ 4."""
     a = np.rot90(a, k % 4, axes=(-2, -1))
@@ -398,7 +410,7 @@ def fit_head(
             counts = np.bincount(np.concatenate([lab[lab != IGNORE] for lab in train_lab]),
                                  minlength=len(grid.classes))[: len(grid.classes)]
             weights = _class_weights(counts, fit.class_weighting)
-            lr = fit.lr if fit.lr is not None else (3e-3 if fit.head_type == "linear" else 1e-3)
+            lr = fit.lr if fit.lr is not None else (1e-3 if fit.head_type == "upernet" else 3e-3)
             losses = fitter.train(train_lab, weights, fit.steps, fit.batch_size, lr, fit.weight_decay, rng,
                                   lambda f: report(0.4 + 0.5 * f))
             metrics: dict[str, Any] = {}
@@ -500,6 +512,7 @@ class _Fitter:
         self.is_canceled = is_canceled
         self.images: Optional[np.ndarray] = None  # training chips, kept only when the encoder is fine-tuned
         self.grids: list[Any] = []  # cached block grids, one float16 tensor [N, D, h, w] per block
+        self.pixels: Any = None  # a pixel head's cached bands, float16 [N, C, s, s] (the central square of chips)
         self.mean: Any = None
         self.std: Any = None
 
@@ -516,17 +529,25 @@ class _Fitter:
 
     def cache(self, origins: Sequence[tuple[int, int]], turns: Union[Sequence[int], np.ndarray],
               report: ProgressFn) -> None:
-        """Read (and, for a frozen encoder, encode) the training chips; compute the grid standardisation."""
+        """Read (and, for a frozen encoder, encode) the training chips; compute the grid standardisation.
+
+        A pixel head also keeps the chips' normalised bands (float16), only the central ``_STORE_PX`` square where
+        its training crops fall.
+        """
         import torch
 
         parts: list[list[Any]] = []
         images = []
+        pixels = []
+        lo, hi = _stored_span(self.size)
         self.model.eval()
         batches = batched(list(zip(origins, turns)), self.encode_batch)
         for b, batch in enumerate(batches):
             self._check_cancel("encoding training chips")
             x = self._read(*zip(*batch))
             report((b + 1) / len(batches))
+            if self.head.reads_image and not self.finetune:
+                pixels.append(torch.from_numpy(x[:, :, lo:hi, lo:hi]).to(torch.float16))
             if self.finetune:
                 images.append(x)
                 if b:  # the encoder changes as it trains: the first batch's grids only set the standardisation
@@ -534,6 +555,7 @@ class _Fitter:
             with torch.inference_mode():
                 parts.append([g.to(torch.float16).cpu() for g in self._encode(x)])
         self.images = np.concatenate(images) if self.finetune else None
+        self.pixels = torch.cat(pixels) if pixels else None
         stacked = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
         last = stacked[-1].float()
         self.mean = last.mean(dim=(0, 2, 3)).to(self.device)
@@ -571,13 +593,22 @@ class _Fitter:
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * f
             idx = rng.choice(n, size=min(batch_size, n), replace=False)
+            labels_b = target[torch.from_numpy(idx)].to(self.device).long()
             if self.finetune:
-                grids = self._encode(cast(np.ndarray, self.images)[idx])  # kept by cache() when fine-tuning
+                x = cast(np.ndarray, self.images)[idx]  # kept by cache() when fine-tuning
+                grids = self._encode(x)
+                logits = self.head.pixel_logits(self._standardise(grids), (self.size, self.size),
+                                                torch.from_numpy(x).to(self.device))
             else:
                 grids = [g[torch.from_numpy(idx)].to(self.device).float() for g in self.grids]
-            logits = self.head.pixel_logits(self._standardise(grids), (self.size, self.size))
-            loss = F.cross_entropy(logits, target[torch.from_numpy(idx)].to(self.device).long(), weight=weight,
-                                   ignore_index=IGNORE)
+                if self.head.reads_image:
+                    logits, labels_b = self._pixel_crop(grids, idx, labels_b, rng)
+                else:
+                    logits = self.head.pixel_logits(self._standardise(grids), (self.size, self.size))
+            if not bool((labels_b != IGNORE).any()):  # a crop beside the labels (chips clamped at the raster's edge)
+                report((step + 1) / steps)
+                continue
+            loss = F.cross_entropy(logits, labels_b, weight=weight, ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -588,6 +619,21 @@ class _Fitter:
         if self.head.card.head_type == "linear":
             self._fold_standardisation()
         return losses
+
+    def _pixel_crop(self, grids: list[Any], idx: np.ndarray, labels: Any, rng: np.random.Generator) -> tuple[Any, Any]:
+        """A pixel head's logits and labels on one random ``_CROP_PX`` square of the cached central bands.
+
+        Training on crops keeps the full-resolution convolutions affordable on a CPU; the crops hold the chips'
+        labelled centre (chips are centred on labelled pixels ± size/8).
+        """
+        import torch
+
+        lo, hi = _stored_span(self.size)
+        crop = min(_CROP_PX, hi - lo)
+        r, c = (int(v) for v in rng.integers(0, hi - lo - crop + 1, size=2))
+        image = self.pixels[torch.from_numpy(idx)][:, :, r : r + crop, c : c + crop].to(self.device).float()
+        logits = self.head.net(grids, image, tile_px=self.size, offset=(lo + r, lo + c))
+        return logits, labels[:, lo + r : lo + r + crop, lo + c : lo + c + crop]
 
     def _fold_standardisation(self) -> None:
         """``W·(x − μ)/σ + b`` = ``(W/σ)·x + (b − W·μ/σ)``: the head reads raw grids again."""
@@ -608,7 +654,8 @@ class _Fitter:
             self._check_cancel("validating")
             x = self._read([o for o, _ in batch], [0] * len(batch))
             with torch.inference_mode():
-                pred = self.head.pixel_logits(self._encode(x), (self.size, self.size)).argmax(1).cpu().numpy()
+                image = torch.from_numpy(x).to(self.device)
+                pred = self.head.pixel_logits(self._encode(x), (self.size, self.size), image).argmax(1).cpu().numpy()
             for p, (_, lab) in zip(pred, batch):
                 ok = lab != IGNORE
                 cm += np.bincount(lab[ok].astype(np.int64) * k + p[ok], minlength=k * k).reshape(k, k)

@@ -26,6 +26,11 @@ head, and torch is never imported.
 Tiles without a valid pixel (all nodata) are read but not encoded (:class:`engine.raster.TileBatches`): their pixels
 stay nodata. A pass over more tiles than ``settings.max_tiles`` is refused before any tile is read.
 
+The maps come out on the input's pixel grid (same CRS, transform, width and height as the raster, or as the region's
+window of it) whatever the scale the head reads the raster at: probabilities computed on the model-pixel grid (twice
+as fine for the Sentinel-1/-2 and Landsat presets) are area-averaged onto the input's pixels before the argmax
+(:class:`engine.raster.RowAreaResampler`). ``grid="model"`` keeps the model-pixel grid.
+
 Memory: the blender holds ``K × tile × width`` float32 probabilities; nothing grows with the raster height. Cancel is
 polled every batch; a cancelled or failed run leaves no file behind.
 """
@@ -38,10 +43,11 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Union, cast
+from typing import Any, Callable, Iterator, Literal, Optional, Union, cast
 
 import numpy as np
 import rasterio
+from rasterio.windows import transform as window_transform
 
 from ..atomic import atomic_output
 from ..callbacks import CancelFn, ProgressFn, scaled
@@ -53,6 +59,7 @@ from ..raster import (
     GeoTiffWriter,
     RasterReader,
     Region,
+    RowAreaResampler,
     RowBlender,
     TileBatches,
     gdal_cache_bytes,
@@ -66,6 +73,9 @@ from ..settings import InferenceSettings
 from ..spectral import Averaging, BandMapping, BandStats, Overrides, Projection, resolve_bands
 from .card import HeadCard, card_path, check_encoder, encoder_source
 from .onnx_segmenter import OnnxSegmenter
+
+#: ``"input"``: the input raster's pixel grid (default); ``"model"``: the grid the head reads (``scale`` × finer).
+OutputGrid = Literal["input", "model"]
 
 __all__ = ("SegmentationResult", "polygonize", "segment_raster")
 
@@ -134,6 +144,7 @@ def segment_raster(
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
     overwrite: bool = False,
+    grid: OutputGrid = "input",
 ) -> SegmentationResult:
     """Classify every pixel of a raster with a segmentation head.
 
@@ -155,9 +166,12 @@ def segment_raster(
         progress: Called with the completed fraction after every batch.
         is_canceled: Polled before every batch; True stops with :class:`InferenceCancelled`, writing nothing.
         overwrite: Replace existing outputs.
+        grid: ``"input"`` (default): outputs on the raster's own pixel grid (the region's window of it), the
+            model-pixel probabilities area-averaged onto it before the argmax; ``"model"``: on the grid the head
+            reads, ``scale`` times finer than the input.
 
     Returns:
-        :class:`SegmentationResult`. Outputs are on the reader's grid: the raster's pixels (times ``scale``).
+        :class:`SegmentationResult`.
 
     Raises:
         InputRasterError: Unreadable input, bad settings, no valid pixel, a model passed with an exported segmenter.
@@ -171,6 +185,8 @@ def segment_raster(
     started = time.perf_counter()
     if shifts not in (1, 2):
         raise SettingsError(f"shifts must be 1 or 2, got {shifts}")
+    if grid not in ("input", "model"):
+        raise SettingsError(f"grid must be 'input' (the raster's pixels) or 'model' (the head's), got {grid!r}")
     head_file = Path(head) if isinstance(head, (str, Path)) else None
     check_outputs(
         {"output": output, "probabilities output": probabilities_output, "polygons output": polygons_output},
@@ -199,7 +215,8 @@ def segment_raster(
         reader, mapping = open_reader(dataset, runner, settings, mapping=mapping, stats=stats, region=region)
         with reader, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
             counts, tiles, skipped = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
-                                 settings, shifts, output, probabilities_output, str(source), progress, is_canceled)
+                                          settings, shifts, output, probabilities_output, str(source), progress,
+                                          is_canceled, grid)
     finally:
         dataset.close()
     names = tuple(c.name for c in card.classes)
@@ -254,8 +271,9 @@ def _predictor(head: Any, model: Optional[Encoder],
 
         def predict(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                grids = encoder.encode_blocks(torch.from_numpy(x).to(device), projections, net.blocks)
-                return torch.softmax(net.pixel_logits(grids, size).float(), dim=1).cpu().numpy()
+                image = torch.from_numpy(x).to(device)
+                grids = encoder.encode_blocks(image, projections, net.blocks)
+                return torch.softmax(net.pixel_logits(grids, size, image).float(), dim=1).cpu().numpy()
 
         return predict
 
@@ -283,7 +301,7 @@ def _origins(reader: RasterReader, settings: InferenceSettings, p: int, shifts: 
 
 def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceSettings, shifts: int, output: Path,
          prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
-         is_canceled: Optional[CancelFn]) -> tuple[np.ndarray, int, int]:
+         is_canceled: Optional[CancelFn], grid: OutputGrid) -> tuple[np.ndarray, int, int]:
     size, k = settings.tile_size_px, card.num_classes
     pixels = reader.height_px * reader.width_px
     origins, planned = _origins(reader, settings, p, shifts, f"segmenting {source}",
@@ -292,11 +310,18 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
         raise InputRasterError(f"no pixel centre of {source} lies inside the region's polygons")
     height, width = reader.height_px, reader.width_px
     blender = RowBlender(k, size, max(width, max(c for _, c in origins) + size), settings.blend)
-    profile = dict(width=width, height=height, crs=reader.dataset.crs, transform=reader.transform)
+    native = (int(reader.window.height), int(reader.window.width))
+    resampler = RowAreaResampler(k, (height, width), native) if grid == "input" and native != (height, width) \
+        else None
+    if resampler is None:
+        profile = dict(width=width, height=height, crs=reader.dataset.crs, transform=reader.transform)
+    else:
+        profile = dict(width=native[1], height=native[0], crs=reader.dataset.crs,
+                       transform=window_transform(reader.window, reader.dataset.transform))
     tags = {
         "MSFM_KIND": "segmentation", "MSFM_SOURCE": source, "MSFM_HEAD": card.head_type,
         "MSFM_CLASSES": json.dumps([c.name for c in card.classes]), "MSFM_SCALE": repr(reader.scale),
-        "MSFM_SHIFTS": str(shifts), "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
+        "MSFM_SHIFTS": str(shifts), "MSFM_GRID": grid, "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
                                                                   "overlap_px": settings.overlap_px}),
     }
     colors = {c.index: c.color for c in card.classes}
@@ -304,8 +329,12 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
     stream = TileBatches(origins, settings.batch_size, lambda t: reader.read(t[0], t[1], size), is_canceled,
                          scaled(progress, 0.0, 0.97))
 
-    def finish(until: int, writers: list[GeoTiffWriter]) -> None:
+    def bands(until: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for probs, valid in blender.drain(until, height, width):
+            yield from resampler.push(probs, valid) if resampler is not None else ((probs, valid),)
+
+    def finish(until: int, writers: list[GeoTiffWriter]) -> None:
+        for probs, valid in bands(until):
             ok = valid >= 0.5
             classes = np.where(ok, probs.argmax(0), NODATA_CLASS).astype(np.uint8)
             counts[:] += np.bincount(classes[ok].ravel(), minlength=k)[:k]

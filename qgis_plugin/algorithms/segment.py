@@ -40,7 +40,7 @@ from ..runtime import engine
 from ..styling import style_classes
 from .base import MsfmAlgorithm, cached, is_onnx_file, iter_features, load_model
 
-HEAD_TYPES = ("linear", "upernet")
+HEAD_TYPES = ("linear", "upernet", "pixel")
 HEAD_FILTER = "Segmentation head (*.safetensors)"
 #: What *Segment with a head* takes: a head file, or an encoder + head exported as one ONNX graph.
 SEGMENTER_FILTER = "Segmentation head or exported segmenter (*.safetensors *.onnx)"
@@ -68,7 +68,9 @@ class TrainSegmentationHead(MsfmAlgorithm):
         "The encoder stays frozen (unless <i>Fine-tune the encoder</i>): chips centred on the training polygons are "
         "encoded once and the head learns for the given number of steps. A <i>linear</i> head (1×1 convolution on "
         "the last block, one prediction per 16-px patch) is fast and robust with few polygons; <i>UPerNet</i> reads "
-        "four blocks and gives finer boundaries but needs more labels and time. Whole polygons (a share of each "
+        "four blocks and gives finer boundaries but needs more labels and time; <i>pixel</i> joins two blocks with "
+        "the layer's own bands at full resolution, so class boundaries follow the image inside a 16-px patch "
+        "(shorelines, field edges), in about a minute. Whole polygons (a share of each "
         "class's, <i>Validation fraction</i>) are kept out of training and scored: mIoU, macro F1, overall accuracy "
         "and per-class IoU/F1 appear in the log and as outputs.<br><br>"
         "Output: the head file (.safetensors) and its card (.json beside it: encoder, bands, normalisation, scale, "
@@ -206,7 +208,8 @@ class SegmentWithHead(MsfmAlgorithm):
         "(e.g. a head trained on a local model file on another machine).<br><br>"
         "<i>Passes</i>: 2 adds a pass of tiles shifted by half a patch, which gives finer class boundaries for twice "
         "the time. Tile overlap also smooths the result (cost ∝ (tile / (tile − overlap))²). An empty scale uses "
-        "the head's training scale; outputs are on the layer's grid times that scale.<br><br>"
+        "the head's training scale; the outputs are on the layer's own pixel grid whatever the scale (class "
+        "probabilities are averaged onto its pixels before the argmax).<br><br>"
         "Outputs: the class map (paletted GeoTIFF, classes 0…K−1 named as in the card, nodata 255), optionally the "
         "class probabilities (one float band per class) and the class polygons (GeoPackage with fields "
         "<i>class</i> and <i>name</i>).<br><br>"

@@ -28,7 +28,7 @@ PACKAGES = ("engine", "training", "qgis_plugin")
 CONSUMERS = ("qgis_plugin", "training", "bench", "scripts")
 #: Third-party packages the engine may import inside a function (heavy or optional: see the module docstring).
 LOCAL_IMPORT_OK = frozenset({"torch", "onnx", "onnxruntime", "safetensors", "huggingface_hub", "sklearn", "osgeo",
-                             "rasterio", "threadpoolctl"})
+                             "rasterio", "scipy", "threadpoolctl"})
 
 
 def _module_name(path: Path) -> str:

@@ -165,7 +165,7 @@ def test_provider_lists_the_segmentation_algorithms(msfm_provider: Any) -> None:
     assert {p.name() for p in segment.parameterDefinitions()} == {
         "INPUT", "SENSOR", "BAND_OVERRIDES", "HEAD", "SHIFTS", "MODEL_FILE", "DEVICE", "TILE_SIZE", "OVERLAP",
         "BATCH_SIZE", "SCALE", "EXTENT", "MASK", "OUTPUT", "OUTPUT_PROBABILITIES", "OUTPUT_POLYGONS"}
-    assert train.parameterDefinition("HEAD_TYPE").options() == ["linear", "upernet"]
+    assert train.parameterDefinition("HEAD_TYPE").options() == ["linear", "upernet", "pixel"]
     assert "*.safetensors" in train.parameterDefinition("OUTPUT").fileFilter()
     assert not segment.parameterDefinition("OUTPUT_POLYGONS").createByDefault()
     # The shared tile checks still apply to both parameter sets (training has no overlap).
