@@ -2,8 +2,10 @@
 
 - :mod:`~engine.segmentation.card` — the head's model card (classes, encoder, bands, statistics) and which encoders
   may run it;
-- :mod:`~engine.segmentation.heads` — the linear and UPerNet heads and the head file (torch);
+- :mod:`~engine.segmentation.heads` — the linear, UPerNet and pixel heads and the head file (torch);
 - :mod:`~engine.segmentation.labels` — polygons or a label raster burnt onto the image grid;
+- :mod:`~engine.segmentation.validation` — the split of labels into training and validation by polygon, and the
+  scores (torch-free);
 - :mod:`~engine.segmentation.fitting` — :func:`fit_head`, training a head from a dozen polygons (torch);
 - :mod:`~engine.segmentation.segment` — :func:`segment_raster`, tiled, blended class probabilities → class map;
 - :mod:`~engine.segmentation.forest` — :func:`classify_raster`, a random forest on bands ⊕ embeddings, fit + map;
@@ -33,15 +35,17 @@ from .forest import ClassifyResult, ForestSettings, classify_raster
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, class_table, label_grid, read_polygons
 from .onnx_segmenter import OnnxSegmenter
 from .segment import SegmentationResult, polygonize, segment_raster
+from .validation import segmentation_scores, split_groups
 
 if TYPE_CHECKING:
-    from .fitting import FitResult, HeadFitSettings, fit_head, segmentation_scores, split_groups
-    from .heads import LinearHead, SegmentationHead, UPerNetHead, build_head, load_head, save_head
+    from .fitting import FitResult, HeadFitSettings, fit_head
+    from .heads import LinearHead, PixelHead, SegmentationHead, UPerNetHead, build_head, load_head, save_head
 
 #: Names that need torch, imported on first access.
 _TORCH_NAMES = {
-    **dict.fromkeys(("FitResult", "HeadFitSettings", "fit_head", "segmentation_scores", "split_groups"), ".fitting"),
-    **dict.fromkeys(("LinearHead", "SegmentationHead", "UPerNetHead", "build_head", "load_head", "save_head"),
+    **dict.fromkeys(("FitResult", "HeadFitSettings", "fit_head"), ".fitting"),
+    **dict.fromkeys(("LinearHead", "PixelHead", "SegmentationHead", "UPerNetHead", "build_head", "load_head",
+                     "save_head"),
                     ".heads"),
 }
 __getattr__ = lazy_getattr(__name__, _TORCH_NAMES)
@@ -60,6 +64,7 @@ __all__ = (
     "LabelRaster",
     "LinearHead",
     "OnnxSegmenter",
+    "PixelHead",
     "PolygonLabels",
     "SegmentationHead",
     "SegmentationResult",

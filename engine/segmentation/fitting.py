@@ -49,8 +49,9 @@ from ..spectral import BandMapping, Overrides
 from .card import HeadType, card_path, require_block_grids
 from .heads import SegmentationHead, build_head, save_head
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
+from .validation import segmentation_scores, split_groups
 
-__all__ = ("FitResult", "HeadFitSettings", "fit_head", "segmentation_scores", "split_groups")
+__all__ = ("FitResult", "HeadFitSettings", "fit_head")
 
 log = logging.getLogger(__name__)
 
@@ -146,78 +147,6 @@ class FitResult:
     def card(self) -> Optional[Path]:
         """The JSON card written beside the head file (None without a file)."""
         return card_path(self.path) if self.path is not None else None
-
-
-def segmentation_scores(confusion: np.ndarray, names: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Per-class IoU, F1, precision and recall, their macro means, and overall accuracy from a confusion matrix.
-
-    Args:
-        confusion: ``int [K, K]``, rows = reference class, columns = predicted class.
-        names: Class names (default ``"0"``…).
-
-    Returns:
-        ``{"miou", "macro_f1", "overall_accuracy", "pixels", "classes": {name: {"iou", "f1", "precision",
-        "recall", "pixels"}}}``; IoU = TP / (TP + FP + FN), F1 = 2TP / (2TP + FP + FN). Classes without reference
-        pixels are left out of the means (their scores are None).
-    """
-    cm = np.asarray(confusion, np.float64)
-    tp = np.diag(cm)
-    ref, pred = cm.sum(1), cm.sum(0)
-    names = list(names) if names is not None else [str(i) for i in range(len(cm))]
-    per: dict[str, Any] = {}
-    ious, f1s = [], []
-    for i, name in enumerate(names):
-        if ref[i] == 0:
-            per[name] = {"iou": None, "f1": None, "precision": None, "recall": None, "pixels": 0}
-            continue
-        iou = tp[i] / (ref[i] + pred[i] - tp[i])
-        f1 = 2 * tp[i] / (ref[i] + pred[i])
-        per[name] = {"iou": float(iou), "f1": float(f1), "precision": float(tp[i] / pred[i]) if pred[i] else 0.0,
-                     "recall": float(tp[i] / ref[i]), "pixels": int(ref[i])}
-        ious.append(iou)
-        f1s.append(f1)
-    total = cm.sum()
-    return {
-        "miou": float(np.mean(ious)) if ious else None,
-        "macro_f1": float(np.mean(f1s)) if f1s else None,
-        "overall_accuracy": float(tp.sum() / total) if total else None,
-        "pixels": int(total),
-        "classes": per,
-    }
-
-
-def split_groups(grid: LabelGrid, val_fraction: float, seed: int = 0) -> tuple[set[int], set[int], list[str]]:
-    """Split label groups (polygons or blocks) into train and validation, stratified by class for polygons.
-
-    Returns:
-        ``(train group ids, validation group ids, notes)``; notes name classes kept out of validation.
-    """
-    rng = np.random.default_rng(seed)
-    present = set(np.unique(grid.groups[grid.groups >= 0]).tolist())
-    train: set[int] = set()
-    val: set[int] = set()
-    notes: list[str] = []
-    if val_fraction <= 0:
-        return present, set(), notes
-    if grid.group_class:  # polygons: stratify by class
-        for c in grid.classes:
-            ids = sorted(g for g, k in grid.group_class.items() if k == c.index and g in present)
-            rng.shuffle(ids)
-            if len(ids) < 2:
-                notes.append(f"class {c.name!r} has {len(ids)} polygon(s) on the raster: all used for training, "
-                             "none for validation")
-                train.update(ids)
-                continue
-            n_val = min(len(ids) - 1, max(1, round(len(ids) * val_fraction)))
-            val.update(ids[:n_val])
-            train.update(ids[n_val:])
-    else:
-        ids = sorted(present)
-        rng.shuffle(ids)
-        n_val = min(len(ids) - 1, max(1, round(len(ids) * val_fraction))) if len(ids) > 1 else 0
-        val.update(ids[:n_val])
-        train.update(ids[n_val:])
-    return train, val, notes
 
 
 def _chip_labels(grid: LabelGrid, row: int, col: int, size: int, keep: np.ndarray) -> np.ndarray:

@@ -39,8 +39,8 @@ embeddings given that cover less, their footprint as :func:`engine.maps.pixel_wi
 (nodata 255, colour table and class names from the labels' class table) with its ``.qml`` style, and optionally the
 class probabilities (float32, K bands, NaN nodata).
 
-scikit-learn is imported when a forest is fitted; the split and the scores come from the head-fitting module, which
-imports torch, so a run imports torch (importing this module does not).
+scikit-learn is imported when a forest is fitted; torch only when embeddings are computed (``features="bands"`` or
+given ``embeddings`` never import it).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ from ..raster import (
 from ..settings import InferenceSettings
 from ..spectral import BandStats, Overrides, normalize, resolve_bands
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, label_grid
+from .validation import segmentation_scores, split_groups
 
 __all__ = ("ClassifyResult", "ForestSettings", "classify_raster")
 
@@ -330,8 +331,6 @@ def classify_raster(
                             "compute embeddings with; give one, or use features='bands'")
     if uses_embeddings:
         check_pixel_grid(source)
-    # split_groups / segmentation_scores live in the head-fitting module, which imports torch: imported on use
-    from .fitting import segmentation_scores, split_groups
 
     output = Path(output)
     report = progress or (lambda f: None)
