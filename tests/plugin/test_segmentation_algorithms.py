@@ -215,16 +215,19 @@ def test_segment_classifies_the_boxes_and_styles_the_classes(trained: dict, tmp_
     assert result["CLASS_NAMES"] == CLASSES and abs(sum(result["CLASS_FRACTIONS"]) - 1) < 1e-6
     with rasterio.open(shared_file(*S2_L1C)) as src, rasterio.open(out) as classes:
         assert classes.crs == src.crs
-        assert classes.transform.a == pytest.approx(src.transform.a / 2)  # the head's scale (2.0) from its card
+        # the head reads at scale 2 (its card), the class map is on the layer's own grid (the extent's window)
+        assert classes.transform.a == src.transform.a and classes.transform.e == src.transform.e
+        col, row = ~src.transform * (classes.transform.c, classes.transform.f)
+        assert (col, row) == (round(col), round(row))
         labels = classes.read(1)
         assert set(np.unique(labels)) <= {0, 1, 255}
         for index, name in enumerate(CLASSES):
             for r, c in trained["boxes"][name]:
-                # The box's corners on the class map's grid (layer pixels × 2).
+                # The box's corners on the class map's grid.
                 c0, r0 = ~classes.transform * (src.transform * (c, r))
                 c1, r1 = ~classes.transform * (src.transform * (c + BOX, r + BOX))
                 inside = labels[round(r0) : round(r1), round(c0) : round(c1)]
-                assert inside.size >= (2 * BOX - 2) ** 2
+                assert inside.size >= (BOX - 1) ** 2
                 share = float((inside == index).mean())
                 assert share > 0.8, (name, (r, c), share)
     layer = next(lyr for lyr in project.mapLayers().values() if lyr.source() == str(out))
@@ -323,6 +326,6 @@ def test_graphical_model_trains_then_segments(msfm_provider: Any, tmp_path: Path
     result = processing.run(model, {"raster": str(shared_file(*S2_L1C)), "boxes": str(gpkg), "segment:classes": out})
     assert result["segment:classes"] == out
     with rasterio.open(out) as classes:
-        assert classes.width == classes.height == 2 * WINDOW  # the head's scale 2.0
+        assert classes.width == classes.height == WINDOW  # the layer's grid, though the head reads at scale 2
         assert set(np.unique(classes.read(1))) == {0, 1}
         assert json.loads(classes.tags()["MSFM_CLASSES"]) == CLASSES
