@@ -64,8 +64,10 @@ class HeadFitSettings:
     """How :func:`fit_head` trains a head (the raster is read with :class:`engine.InferenceSettings`).
 
     Attributes:
-        head_type: ``"linear"`` (1×1 conv, last block), ``"upernet"`` (four blocks) or ``"pixel"`` (two blocks and
-            the input bands at full resolution; :class:`engine.segmentation.PixelHead`).
+        head_type: ``"pixel"`` (default: two blocks and the input bands at full resolution,
+            :class:`engine.segmentation.PixelHead`; the best few-shot maps measured, docs/segmentation.md),
+            ``"linear"`` (1×1 conv, last block: 10× faster to fit, the published SMARTIES probe layout) or
+            ``"upernet"`` (four blocks; thin classes from many labels).
         blocks: Encoder blocks read (default: last for linear, :func:`engine.models.dense_blocks` for UPerNet).
         channels: UPerNet width (default ``min(256, max(64, D // 2))``), pixel-head width (default 32).
         steps: Optimisation steps (≥ 1).
@@ -87,7 +89,7 @@ class HeadFitSettings:
             or a validation fraction outside [0, 1).
     """
 
-    head_type: HeadType = "linear"
+    head_type: HeadType = "pixel"
     blocks: Optional[tuple[int, ...]] = None
     channels: Optional[int] = None
     steps: int = 300

@@ -222,7 +222,7 @@ def cover_head(tmp_path_factory, demo_model, cover_boxes):
     boxes, _, _ = cover_boxes
     out = tmp_path_factory.mktemp("head") / "cover.safetensors"
     labels = _polygons(shared_file(*S2_L1C), boxes, crs_out="EPSG:4326")
-    return fit_head(shared_file(*S2_L1C), labels, demo_model, fit=HeadFitSettings(steps=60, seed=0), output=out,
+    return fit_head(shared_file(*S2_L1C), labels, demo_model, fit=HeadFitSettings(head_type="linear", steps=60, seed=0), output=out,
                     settings=FAST)
 
 
@@ -303,7 +303,7 @@ def test_label_raster_head_and_shifted_pass_via_the_cli(tmp_path):
 def test_finetuned_encoder_is_saved_beside_the_head_and_used_to_segment(tmp_path, demo_model_copy, cover_boxes):
     boxes, _, _ = cover_boxes
     before = {k: v.clone() for k, v in demo_model_copy.state_dict().items()}
-    res = fit_head(shared_file(*S2_L1C), _polygons(shared_file(*S2_L1C), boxes), demo_model_copy, fit=HeadFitSettings(steps=3, finetune=True, val_fraction=0), output=tmp_path / "ft.safetensors", settings=FAST)
+    res = fit_head(shared_file(*S2_L1C), _polygons(shared_file(*S2_L1C), boxes), demo_model_copy, fit=HeadFitSettings(head_type="linear", steps=3, finetune=True, val_fraction=0), output=tmp_path / "ft.safetensors", settings=FAST)
     encoder_file = tmp_path / "ft.encoder.safetensors"
     assert res.head.card.encoder["file"] == encoder_file.name and encoder_file.is_file()
     assert encoder_source(load_head(res.path).card, res.path) == str(encoder_file)  # what segment_raster loads

@@ -176,7 +176,7 @@ def test_linear_head_from_ndwi_boxes_segments_water_and_land(demo_model: Any, sc
             geometries.append({"type": "Polygon", "coordinates": [[(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]})
             values.append(name)
     labels = PolygonLabels(geometries, values, scene["crs"].to_wkt(), "cover", "boxes")
-    res = fit_head(TINY_S2, labels, demo_model, fit=HeadFitSettings(steps=30, seed=0),
+    res = fit_head(TINY_S2, labels, demo_model, fit=HeadFitSettings(head_type="linear", steps=30, seed=0),
                    output=tmp_path / "head.safetensors", settings=CPU)
     card = json.loads(res.path.with_suffix(".json").read_text())
     assert card["head_type"] == "linear" and [c["name"] for c in card["classes"]] == ["land", "water"]

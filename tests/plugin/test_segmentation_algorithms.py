@@ -149,7 +149,7 @@ def trained(msfm_provider: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         polygons = box_polygons_4326(boxes)
         out = tmp_path_factory.mktemp("head") / "cover.safetensors"
         result = run("train_head", {"INPUT": str(shared_file(*S2_L1C)), "POLYGONS": polygons, "CLASS_FIELD": "cover",
-                                    "STEPS": STEPS, "OUTPUT": str(out)})
+                                    "HEAD_TYPE": "linear", "STEPS": STEPS, "OUTPUT": str(out)})
         yield {"result": result, "head": out, "origin": origin, "boxes": boxes}
 
 
