@@ -34,7 +34,7 @@ class ClassifyPixels(MsfmAlgorithm):
     DISPLAY = "Classify pixels (random forest on bands + embeddings)"
     GROUP = "Segmentation"
     ICON = "segment"
-    NEEDS = "clustering"  # torch (the embeddings, the validation split) and scikit-learn (the forest)
+    NEEDS = "clustering"  # torch (the embeddings) and scikit-learn (the forest)
     HELP = (
         "Classifies every pixel of the layer with a random forest (scikit-learn) fitted on the pixels of a few "
         "polygons with a class field, in one run: nothing is saved but the map, as with QGIS's classic supervised "
