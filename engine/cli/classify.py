@@ -15,11 +15,11 @@ from .options import (
     add_region_option,
     band_overrides,
     check_cli_outputs,
+    class_names,
     inference_settings,
     load_model_from,
     region_from,
 )
-from .segmentation import _class_names
 
 __all__ = ("register",)
 
@@ -35,7 +35,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     )
     if bool(args.polygons) == bool(args.label_raster):
         raise SettingsError("give either --polygons FILE --class-field NAME or --label-raster FILE")
-    names = _class_names(args.class_name)
+    names = class_names(args.class_name)
     labels: Union[PolygonLabels, LabelRaster]
     if args.polygons:
         if not args.class_field:

@@ -9,6 +9,7 @@ from typing import Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..errors import SettingsError
 from ..models import Encoder, load_model
 from ..outputs import check_outputs
 from ..raster import Region
@@ -25,6 +26,7 @@ __all__ = (
     "add_region_option",
     "band_overrides",
     "check_cli_outputs",
+    "class_names",
     "inference_settings",
     "load_model_from",
     "region_from",
@@ -47,6 +49,23 @@ def band_overrides(items: Optional[Sequence[str]]) -> Optional[Overrides]:
         engine.errors.BandResolutionError: A malformed item (the message shows an example).
     """
     return parse_overrides(";".join(items or ())) or None
+
+
+def class_names(items: Optional[Sequence[str]]) -> Optional[dict[str, str]]:
+    """The ``--class-name`` values as a mapping.
+
+    ``["0=background", "255=road"]`` → ``{"0": "background", "255": "road"}``.
+
+    Raises:
+        engine.errors.SettingsError: An item without ``=`` or without a name.
+    """
+    out = {}
+    for item in items or ():
+        value, sep, name = item.partition("=")
+        if not sep or not name:
+            raise SettingsError(f"--class-name takes VALUE=NAME, got {item!r}")
+        out[value.strip()] = name.strip()
+    return out or None
 
 
 def add_band_options(p: argparse.ArgumentParser) -> None:

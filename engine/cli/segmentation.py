@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 from .. import segmentation
 from ..errors import SettingsError
@@ -16,6 +16,7 @@ from .options import (
     add_region_option,
     band_overrides,
     check_cli_outputs,
+    class_names,
     inference_settings,
     load_model_from,
     region_from,
@@ -24,23 +25,12 @@ from .options import (
 __all__ = ("register",)
 
 
-def _class_names(items: Optional[Sequence[str]]) -> Optional[dict[str, str]]:
-    """``["0=background", "255=road"]`` → ``{"0": "background", "255": "road"}``."""
-    out = {}
-    for item in items or ():
-        value, sep, name = item.partition("=")
-        if not sep or not name:
-            raise SettingsError(f"--class-name takes VALUE=NAME, got {item!r}")
-        out[value.strip()] = name.strip()
-    return out or None
-
-
 def cmd_train_head(args: argparse.Namespace) -> int:
     """Train a head, write it with its card, print its validation scores."""
     check_cli_outputs(args, {"output": args.output, "head card": str(card_path(args.output))},
                       {"input": args.input, "--polygons": args.polygons, "--label-raster": args.label_raster},
                       {"output": (".safetensors",)})
-    names = _class_names(args.class_name)
+    names = class_names(args.class_name)
     if bool(args.polygons) == bool(args.label_raster):
         raise SettingsError("give either --polygons FILE --class-field NAME or --label-raster FILE")
     labels: Union[PolygonLabels, LabelRaster]
