@@ -54,16 +54,18 @@ def vit_b(seed: int = 0):
     return init_from_scratch(SmartiesEncoder(768, 12, 12), seed=seed).eval()
 
 
-def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: int = 4) -> float:
+def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: int = 4,
+                        precision: str = "fp32") -> float:
     import torch
 
+    from engine.models import autocast
     from engine.spectral import get_sensor
 
     torch.set_num_threads(threads)
     keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
     model = vit_b()
     x = torch.randn(batch, bands, 224, 224)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, "cpu"):
         model.encode(x, keys, "grid")
         t = time.perf_counter()
         for _ in range(batches):
@@ -135,7 +137,7 @@ def run_embed_child(args: argparse.Namespace) -> None:
         res = embed_raster(
             args.input, Path(tmp) / "emb.tif", model,
             settings=InferenceSettings(batch_size=8, threads=args.threads, scale=args.scale, device="cpu",
-                                       overlap_px=args.overlap_px),
+                                       overlap_px=args.overlap_px, precision=args.precision),
         )
         seconds = time.perf_counter() - t
     import rasterio
@@ -146,9 +148,10 @@ def run_embed_child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "tiles": res.tiles, "pixels": pixels, "peak_rss_mb": rss_mb}))
 
 
-def embed_case(raster: Path, model: str, threads: int, scale: float, overlap_px: int) -> dict:
+def embed_case(raster: Path, model: str, threads: int, scale: float, overlap_px: int,
+               precision: str = "fp32") -> dict:
     cmd = [sys.executable, __file__, "--child-embed", "--input", str(raster), "--model", model,
-           "--threads", str(threads), "--scale", str(scale), "--overlap-px", str(overlap_px)]
+           "--threads", str(threads), "--scale", str(scale), "--overlap-px", str(overlap_px), "--precision", precision]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
@@ -163,6 +166,9 @@ def main() -> None:
     parser.add_argument("--mosaic16", action="store_true", help="also run a 4×4 mosaic and a 16×1 (16× taller) one")
     parser.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
                         help="end-to-end cases with torch, ONNX Runtime fp32 or ONNX Runtime int8 (random ViT-B only)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="torch precision of the encoder-only figure and the torch end-to-end cases (int8: "
+                        "--backend int8)")
     parser.add_argument("--child-embed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_embed:
@@ -172,9 +178,9 @@ def main() -> None:
     import torch
 
     results = {"machine": f"{os.cpu_count()} cpus, torch {torch.__version__}", "threads": args.threads,
-               "overlap_px": args.overlap_px}
+               "overlap_px": args.overlap_px, "precision": args.precision}
     limit = matmul_gflops(args.threads)
-    tiles = encoder_tiles_per_s(args.threads)
+    tiles = encoder_tiles_per_s(args.threads, precision=args.precision)
     results.update(matmul_gflops=limit, encoder_tiles_per_s=tiles,
                    encoder_tiles_per_s_limit=limit / VIT_B_GFLOP_PER_TILE,
                    encoder_fraction_of_limit=tiles * VIT_B_GFLOP_PER_TILE / limit)
@@ -208,14 +214,14 @@ def main() -> None:
             cases.append(("mosaic16x", make_mosaic(args.input, Path(tmp) / "mosaic16x.tif", 4, 4)))
             cases.append(("tall16x", make_mosaic(args.input, Path(tmp) / "tall16x.tif", 16, 1)))
         for name, raster in cases:
-            r = embed_case(raster, model, args.threads, args.scale, args.overlap_px)
+            r = embed_case(raster, model, args.threads, args.scale, args.overlap_px, args.precision)
             results[f"e2e_{name}_mpx_per_s"] = r["pixels"] / r["seconds"] / 1e6
             results[f"e2e_{name}_tiles_per_s"] = r["tiles"] / r["seconds"]
             results[f"e2e_{name}_peak_rss_mb"] = r["peak_rss_mb"]
             results[f"e2e_{name}_tiles"] = r["tiles"]
     results["e2e_vs_encoder_only"] = results["e2e_raster_tiles_per_s"] / reference if args.model is None else None
     print(f"fp32 matmul limit           {limit:8.1f} GFLOP/s ({args.threads} threads)")
-    print(f"ViT-B encoder (12 bands)    {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
+    print(f"ViT-B encoder ({args.precision}, 12 b.) {tiles:8.2f} tiles/s = {results['encoder_fraction_of_limit']:.0%} of the "
           f"limit ({results['encoder_tiles_per_s_limit']:.2f} tiles/s)")
     if "onnx_fp32_tiles_per_s" in results:
         onnx_tiles = results["onnx_fp32_tiles_per_s"]

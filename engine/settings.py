@@ -14,12 +14,14 @@ from rasterio.enums import Resampling
 
 from .errors import SettingsError
 
-__all__ = ("BlendKind", "InferenceSettings")
+__all__ = ("BlendKind", "InferenceSettings", "PRECISIONS")
 
 #: Window of the overlap blending (:func:`engine.raster.window_weights`).
 BlendKind = Literal["cosine", "linear"]
 _BLENDS = ("cosine", "linear")
 _DTYPES = ("float32", "float16")
+#: Precisions a run may ask for (:mod:`engine.models.precision` resolves ``auto`` and says why).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: Device strings a run accepts (torch device names; ONNX Runtime maps cuda to its CUDA provider).
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 #: Largest tile side: attention memory and time grow with the square of the tokens per tile (1024 px = 4096 tokens).
@@ -48,6 +50,9 @@ class InferenceSettings:
         resampling: rasterio resampling used when ``scale != 1`` (``"bilinear"``, ``"cubic"``, ``"nearest"``…).
         blend: Window of the overlap blending, ``"cosine"`` or ``"linear"``.
         output_dtype: ``"float32"`` or ``"float16"`` (stored as 16-bit floats; half the disk).
+        precision: ``"auto"`` (bf16 where the GPU or CPU has native bf16, else fp32), ``"fp32"``, ``"bf16"``
+            (torch autocast) or ``"int8"`` (ONNX Runtime with int8 weights, CPU): :mod:`engine.models.precision`,
+            measured in docs/performance.md. An ONNX model runs as exported (``auto``).
         min_valid_fraction: A cell with a smaller share of valid pixels is written as nodata.
         max_tiles: The most tiles one pass may plan; a larger run is refused (:class:`SettingsError`) before any
             tile is read, so a mistyped scale or a continent-sized raster fails at once instead of running for days.
@@ -57,8 +62,8 @@ class InferenceSettings:
 
     Raises:
         SettingsError: (on creation) an unknown device, threads below 1, a batch size below 1, a tile size above
-            1024 px, a scale outside 0.05–20, an unknown output dtype, resampling or blend window, a ``max_tiles``
-            below 1.
+            1024 px, a scale outside 0.05–20, an unknown output dtype, precision, resampling or blend window, a
+            ``max_tiles`` below 1.
     """
 
     tile_size_px: int = 224
@@ -70,6 +75,7 @@ class InferenceSettings:
     resampling: str = "bilinear"
     blend: BlendKind = "cosine"
     output_dtype: str = "float32"
+    precision: str = "auto"
     min_valid_fraction: float = 0.5
     max_tiles: Optional[int] = 100_000
 
@@ -96,5 +102,7 @@ class InferenceSettings:
             raise SettingsError(
                 f"unknown resampling {self.resampling!r}; use one of {', '.join(Resampling.__members__)}"
             )
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.blend not in _BLENDS:
             raise SettingsError(f"blend must be 'cosine' or 'linear', got {self.blend!r}")

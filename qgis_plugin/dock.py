@@ -215,6 +215,14 @@ class MsfmDock(QgsDockWidget):
         for device in base.DEVICES:
             self.device_combo.addItem(device, device)
         layout.addLayout(_row(QLabel("Device"), (self.device_combo, 1)))
+        self.precision_combo = _combo()
+        for precision in base.PRECISIONS:
+            self.precision_combo.addItem(precision, precision)
+        self.precision_combo.setToolTip(
+            "PRECISION of the algorithms. auto: bf16 where the processor (AMX, AVX-512 BF16, Arm BF16) or the GPU has "
+            "native bf16, else fp32 — the log says which and why; bf16: torch autocast; int8: ONNX Runtime with int8 "
+            "weights on the CPU, the fast path where the processor has no bf16.")
+        layout.addLayout(_row(QLabel("Precision"), (self.precision_combo, 1)))
         self.device_label = _wrapped_label(small=True)
         self.device_label.setText("devices: detected when the dock is first shown")
         layout.addWidget(self.device_label)
@@ -283,7 +291,7 @@ class MsfmDock(QgsDockWidget):
         self.reset_button.clicked.connect(self.reset_overrides)
         self.model_combo.currentIndexChanged.connect(self.refresh_model_state)
         self.download_button.clicked.connect(self.download_model)
-        for widget in (self.model_combo, self.device_combo):
+        for widget in (self.model_combo, self.device_combo, self.precision_combo):
             widget.currentIndexChanged.connect(self._on_setting_changed)
         self.backend_combo.currentIndexChanged.connect(self._on_backend_changed)
         self.model_file_widget.fileChanged.connect(self._on_model_file_changed)
@@ -671,6 +679,7 @@ class MsfmDock(QgsDockWidget):
             "INPUT": self.layer, "SENSOR": self.sensor(), "BAND_OVERRIDES": self.overrides_text(),
             "MODEL": self.model_name(), "BACKEND": self.backend(),
             "DEVICE": self.device_combo.currentData() or "auto",
+            "PRECISION": self.precision_combo.currentData() or "auto",
             "TILE_SIZE": self.tile_spin.value(), "OVERLAP": self.overlap_spin.value(),
             "BATCH_SIZE": self.batch_spin.value(), "K": self.k_spin.value(),
         }
@@ -791,6 +800,7 @@ class MsfmDock(QgsDockWidget):
         s = QgsSettings()
         _select(self.model_combo, s.value(f"{SETTINGS}/model", base.DEFAULT_MODEL))
         _select(self.device_combo, s.value(f"{SETTINGS}/device", "auto"))
+        _select(self.precision_combo, s.value(f"{SETTINGS}/precision", "auto"))
         _select(self.backend_combo, s.value(f"{SETTINGS}/backend", "torch"))
         self.model_file_widget.setFilePath(s.value(f"{SETTINGS}/model_file", "") or "")
         self._sync_backend()
@@ -804,6 +814,7 @@ class MsfmDock(QgsDockWidget):
         s = QgsSettings()
         s.setValue(f"{SETTINGS}/model", self.model_name())
         s.setValue(f"{SETTINGS}/device", self.device_combo.currentData())
+        s.setValue(f"{SETTINGS}/precision", self.precision_combo.currentData())
         s.setValue(f"{SETTINGS}/backend", self.backend_combo.currentData())
         s.setValue(f"{SETTINGS}/model_file", self.model_file())
         for key, spin in (("tile_size", self.tile_spin), ("overlap", self.overlap_spin),

@@ -13,7 +13,7 @@ from ..errors import SettingsError
 from ..models import Encoder, load_model
 from ..outputs import check_outputs
 from ..raster import Region
-from ..settings import InferenceSettings
+from ..settings import PRECISIONS, InferenceSettings
 from ..spectral import Overrides, parse_overrides
 
 __all__ = (
@@ -138,6 +138,10 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                   help="auto (bf16 where the CPU or GPU has native bf16 — AMX, AVX-512 BF16, Arm BF16, CUDA ≥ 8.0 — "
+                   "else fp32; the choice and why are logged), fp32, bf16 (torch autocast) or int8 (ONNX Runtime with "
+                   "int8 weights, CPU: the fast path on CPUs without bf16)")
     p.add_argument(
         "--scale", type=float,
         help="model-input pixels per native pixel (2 = upsample 2×); default from the sensor preset "
@@ -157,7 +161,7 @@ def inference_settings(args: argparse.Namespace) -> InferenceSettings:
     """
     settings = InferenceSettings(
         tile_size_px=args.tile_size_px, overlap_px=args.overlap_px, batch_size=args.batch_size,
-        device=args.device, threads=args.threads, scale=args.scale, output_dtype=args.dtype,
+        device=args.device, threads=args.threads, scale=args.scale, output_dtype=args.dtype, precision=args.precision,
     )
     return replace(settings, max_tiles=None) if getattr(args, "yes", False) else settings
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from .quantize import quantize, to_float16
+from ..models.onnx_quantize import quantize, to_float16
 
 if TYPE_CHECKING:
     from ..models.onnx_graph import export_encoder

@@ -23,10 +23,10 @@ from ..atomic import scratch_folder
 from ..errors import SettingsError
 from ..models import SEGMENTER_FORMAT, Encoder, SmartiesEncoder, export_encoder
 from ..models.onnx_graph import OPSET, ExportPatchEmbed, check_exportable, export_copy, model_metadata, write_graph
+from ..models.onnx_quantize import quantize, to_float16
 from ..outputs import check_outputs
 from ..segmentation import HeadCard, SegmentationHead, card_projections, check_encoder
 from ..spectral import Projection, band_mix
-from .quantize import quantize, to_float16
 
 __all__ = ("PRECISIONS", "SegmenterGraph", "export", "export_segmenter")
 

@@ -22,7 +22,7 @@ from .clustering import (
     sample_embeddings,
     suggest_k,
 )
-from .embeddings import EmbeddingResult, embed_raster, grid_encoder, provide_embeddings
+from .embeddings import EmbeddingResult, RunsOn, embed_raster, grid_encoder, provide_embeddings
 from .pca import embedding_quicklook, principal_components, project, write_pca_raster
 from .pixel_features import PixelFeatures
 from .similarity import SimilarityResult, query_vector, similarity_raster
@@ -37,6 +37,7 @@ __all__ = (
     "GridInterpolator",
     "GuidedClassUpsampler",
     "PixelFeatures",
+    "RunsOn",
     "SimilarityResult",
     "cluster_raster",
     "embed_raster",

@@ -42,7 +42,18 @@ from affine import Affine
 from ..atomic import scratch_folder
 from ..callbacks import CancelFn, ProgressFn, scaled
 from ..errors import InputRasterError, SettingsError
-from ..models import Encoder, OnnxEncoder, check_onnx_model, open_reader, torch_device
+from ..models import (
+    Encoder,
+    OnnxEncoder,
+    PrecisionChoice,
+    autocast,
+    check_onnx_model,
+    choose_precision,
+    onnx_precision,
+    onnx_twin,
+    open_reader,
+    torch_device,
+)
 from ..outputs import GEOTIFF, check_outputs
 from ..raster import (
     GeoTiffWriter,
@@ -61,7 +72,7 @@ from ..settings import InferenceSettings
 from ..spectral import BandMapping, Overrides, Projection
 from .tags import EmbeddingTags
 
-__all__ = ("EmbeddingResult", "embed_raster", "grid_encoder", "provide_embeddings")
+__all__ = ("EmbeddingResult", "RunsOn", "embed_raster", "grid_encoder", "provide_embeddings")
 
 log = logging.getLogger(__name__)
 
@@ -103,39 +114,68 @@ class EmbeddingResult:
     skipped_tiles: int = 0
 
 
-def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncodeFn, str]:
-    """The model as a function of normalised numpy tiles, and the device it runs on.
+@dataclass(frozen=True)
+class RunsOn:
+    """Where and at what precision a model runs: ``"cpu, bf16 (auto: the CPU has AVX-512 BF16)"`` as a string.
 
-    A torch encoder is moved to ``settings.device`` (:func:`engine.models.torch_device`) with ``settings.threads``; an
-    ONNX Runtime encoder runs as loaded and torch is never imported.
+    Attributes:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, or ``"onnxruntime cpu"`` / ``"onnxruntime cuda"``.
+        precision: The resolved precision and why (:func:`engine.models.choose_precision`).
+    """
+
+    device: str
+    precision: PrecisionChoice
+
+    def __str__(self) -> str:
+        return f"{self.device}, {self.precision}"
+
+
+def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncodeFn, RunsOn]:
+    """The model as a function of normalised numpy tiles, and where and at what precision it runs.
+
+    A torch encoder is moved to ``settings.device`` (:func:`engine.models.torch_device`) with ``settings.threads`` and
+    runs at ``settings.precision`` (:func:`engine.models.choose_precision`: fp32, or bf16 under
+    :func:`engine.models.autocast`); int8 runs its ONNX Runtime twin with int8 weights
+    (:func:`engine.models.onnx_twin`, exported once and cached). An ONNX Runtime encoder runs as loaded and exported,
+    and torch is never imported.
 
     Args:
         model: The encoder.
-        settings: Device, threads and tile size of the run.
+        settings: Device, threads, precision and tile size of the run.
 
     Returns:
-        ``(encode, device)``: ``encode(x [B, C, H, W] float32, projections)`` → patch-grid embeddings
-        ``[B, D, H/p, W/p]`` float32 numpy.
+        ``(encode, runs_on)``: ``encode(x [B, C, H, W] float32, projections)`` → patch-grid embeddings
+        ``[B, D, H/p, W/p]`` float32 numpy; :class:`RunsOn`.
 
     Raises:
         engine.errors.ModelMismatchError: An ONNX encoder exported for another tile size, or loaded for another
             device (:func:`engine.models.check_onnx_model`).
-        engine.errors.DeviceError: CUDA asked for but not available.
+        engine.errors.DeviceError: CUDA asked for but not available; bf16 asked for on a GPU without it.
+        engine.errors.SettingsError: A precision the model or device cannot run
+            (:func:`engine.models.choose_precision`),
+            int8 for a model not loaded from a file (:func:`engine.models.onnx_twin`).
     """
     if isinstance(model, OnnxEncoder):
         check_onnx_model(model, settings)
+        choice = choose_precision(settings.precision, model.device, onnx=onnx_precision(model.metadata))
         onnx = model
-        return (lambda x, projections: onnx.encode(x, projections, "grid")), f"onnxruntime {onnx.device}"
+        return (lambda x, projections: onnx.encode(x, projections, "grid")), RunsOn(f"onnxruntime {onnx.device}",
+                                                                                     choice)
     import torch  # a torch encoder: torch is installed (the ONNX path above never imports it)
 
     device = torch_device(settings)
+    choice = choose_precision(settings.precision, device)
+    if choice.precision == "int8":
+        twin = onnx_twin(model, tile_size_px=settings.tile_size_px, precision="int8", device="cpu",
+                         threads=settings.threads)
+        return (lambda x, projections: twin.encode(x, projections, "grid")), RunsOn("onnxruntime cpu", choice)
     module = model.to(device).eval()  # type: ignore[attr-defined]
 
     def encode(x: np.ndarray, projections: list[Projection]) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(choice.precision, device):
             return module.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
 
-    return encode, device
+    return encode, RunsOn(device, choice)
 
 
 def embed_raster(
@@ -232,7 +272,7 @@ def _run(
     itemsize = np.dtype(settings.output_dtype).itemsize
     preflight(f"embedding {source}", len(grid), reader.height_px, reader.width_px, settings.tile_size_px,
               grid.width_cells * grid.height_cells * model.embed_dim * itemsize, settings.max_tiles)
-    encode, device = grid_encoder(model, settings)
+    encode, runs_on = grid_encoder(model, settings)
     projections = list(mapping.projections)
     n, size = grid.tile_cells, settings.tile_size_px
     padded_width = max(grid.width_cells, n)
@@ -261,7 +301,7 @@ def _run(
         sensor=mapping.sensor,
         scale=reader.scale,
         patch_size_px=p,
-        settings=asdict(settings),
+        settings={**asdict(settings), "precision": runs_on.precision.precision},
         stats=tuple(reader.stats),
         region=region_record,
     ).to_tags()
@@ -287,7 +327,7 @@ def _run(
     log.info(
         "embedding %s: %d×%d px at scale %g → %d×%d cells, %d tiles of %d px on %s",
         source, reader.width_px, reader.height_px, reader.scale, grid.width_cells, grid.height_cells,
-        len(tiles), size, device,
+        len(tiles), size, runs_on,
     )
     with GeoTiffWriter(output, profile, descriptions, tags) as writer:
         for batch, x, valid in stream:  # tiles without a valid pixel are never added: their cells stay NaN

@@ -15,7 +15,8 @@ Modules: :mod:`~engine.models.protocol` (the :class:`Encoder` contract, :class:`
 :mod:`~engine.models.dino_checkpoint` (their files, read strictly), :mod:`~engine.models.registry` (named models, the
 Hub), :mod:`~engine.models.loading` (:func:`load_model`), :mod:`~engine.models.onnx_session`,
 :mod:`~engine.models.onnx_encoder` and :mod:`~engine.models.onnx_graph` (ONNX files, their runner and their writer),
-:mod:`~engine.models.device` and :mod:`~engine.models.inputs` (devices; from a raster to a model's input).
+:mod:`~engine.models.device`, :mod:`~engine.models.precision` and :mod:`~engine.models.inputs` (devices, fp32 /
+bf16 / int8, and from a raster to a model's input).
 
 Names whose modules import torch are imported on first access, so this package (the registry, the ONNX runner,
 :func:`load_model` of a ``.onnx`` file) works where torch is not installed.
@@ -40,7 +41,7 @@ from .dino_checkpoint import (
     save_dino_checkpoint,
 )
 from .inputs import model_statistics, open_reader
-from .loading import load_model, onnx_cache_dir
+from .loading import load_model, onnx_cache_dir, onnx_twin
 from .onnx_encoder import OnnxEncoder
 from .onnx_session import (
     ONNX_FORMAT,
@@ -51,6 +52,7 @@ from .onnx_session import (
     run_session,
     set_metadata,
 )
+from .precision import PrecisionChoice, autocast, choose_precision, cpu_features, native_bf16, onnx_precision
 from .protocol import Backend, BlockEncoder, Encoder, InputSpec, Provenance
 from .registry import ModelSpec, download_model, get_model_spec, list_models, model_info, resolve_weights
 from .smarties_checkpoint import (
@@ -92,12 +94,16 @@ __all__ = (
     "MultiCropWrapper",
     "ONNX_FORMAT",
     "OnnxEncoder",
+    "PrecisionChoice",
     "Provenance",
     "SEGMENTER_FORMAT",
     "SmartiesEncoder",
+    "autocast",
     "build_dino_model",
     "check_blocks",
     "check_onnx_model",
+    "choose_precision",
+    "cpu_features",
     "dense_blocks",
     "dino_checkpoint_info",
     "dino_state_dict",
@@ -112,7 +118,10 @@ __all__ = (
     "load_model",
     "model_info",
     "model_statistics",
+    "native_bf16",
     "onnx_cache_dir",
+    "onnx_precision",
+    "onnx_twin",
     "open_reader",
     "open_session",
     "read_checkpoint",

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union, cast
 
+from ..atomic import scratch_folder
 from ..errors import CheckpointError, ModelNotAvailableError, SettingsError
 from ..provenance import file_sha256
 from ..spectral import Averaging, ChannelNorm
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # torch is imported on first use only, so ONNX models and the
     from .dino import DinoViT
     from .smarties import SmartiesEncoder
 
-__all__ = ("load_model", "onnx_cache_dir")
+__all__ = ("load_model", "onnx_cache_dir", "onnx_twin")
 
 logger = logging.getLogger(__name__)
 
@@ -255,15 +256,67 @@ def onnx_cache_dir() -> Path:
 
 
 def _load_onnx_export(path_or_name: Any, path: Path, num_heads: Optional[int], device: str) -> OnnxEncoder:
-    """The ONNX export of a SMARTIES checkpoint (made once per checkpoint content, then reused)."""
+    """The ONNX export of a SMARTIES checkpoint (made once per checkpoint content, then reused without torch)."""
     target = onnx_cache_dir() / f"{path.stem}-{file_sha256(path)[:16]}.onnx"
     if not target.is_file():
-        from .onnx_graph import export_encoder  # torch and onnx: only when a checkpoint is converted
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        export_encoder(load_model(path_or_name, num_heads=num_heads), target)
-        logger.info("exported %s to %s for ONNX Runtime", path, target)
+        _export_into(load_model(path_or_name, num_heads=num_heads), target, 224, "fp32")
     return OnnxEncoder(target, device=device)
+
+
+def onnx_twin(model: Any, *, tile_size_px: int = 224, precision: str = "fp32", device: str = "cpu",
+              threads: Optional[int] = None) -> OnnxEncoder:
+    """The ONNX Runtime twin of a torch SMARTIES encoder loaded from a file, at fp32 or with int8 weights.
+
+    Exported once (:func:`engine.models.export_encoder`; int8: :func:`engine.models.onnx_quantize.quantize`) into
+    :func:`onnx_cache_dir` under a name made of the weights' SHA-256, the number of heads, the averaging, the tile
+    size and the precision, then reused. What ``precision="int8"`` runs (:mod:`engine.models.precision`).
+
+    Args:
+        model: A :class:`~engine.models.SmartiesEncoder` whose ``provenance.weights_path`` is its weights file.
+        tile_size_px: Tile side fixed in the graph.
+        precision: ``"fp32"`` or ``"int8"``.
+        device: ``"cpu"`` or ``"cuda"`` (ONNX Runtime's provider).
+        threads: ONNX Runtime intra-op threads (None: its default).
+
+    Returns:
+        The :class:`~engine.models.OnnxEncoder`.
+
+    Raises:
+        SettingsError: A model not loaded from a weights file (export it with :func:`engine.export.export`), or an
+            unknown precision.
+        engine.errors.ModelMismatchError: Not a SMARTIES encoder (the X-STARS/DINO ViT is not exported).
+    """
+    if precision not in ("fp32", "int8"):
+        raise SettingsError(f"an ONNX twin is fp32 or int8, got {precision!r}")
+    path = model.provenance.weights_path if getattr(model, "provenance", None) else None
+    if path is None or not Path(path).is_file():
+        raise SettingsError(
+            "int8 runs an ONNX Runtime copy of the model, made from its weights file, and this model was not loaded "
+            "from one; save it (engine.models.save_encoder) and load it, or export it yourself: "
+            "engine.export.export(model, 'model.onnx', precision='int8')"
+        )
+    path = Path(path)
+    key = (f"{path.stem}-{file_sha256(path)[:16]}-h{getattr(model, 'num_heads', 0)}-{getattr(model, 'averaging', '')}"
+           f"-{tile_size_px}px-{precision}")
+    target = onnx_cache_dir() / f"{key}.onnx"
+    if not target.is_file():
+        _export_into(model, target, tile_size_px, precision)
+    return OnnxEncoder(target, device=device, threads=threads)
+
+
+def _export_into(model: Any, target: Path, tile_size_px: int, precision: str) -> None:
+    """Export ``model`` to ``target`` (int8: quantized from a float32 export in a scratch folder), atomically."""
+    from .onnx_graph import check_exportable, export_encoder  # torch and onnx: only when a model is converted
+    from .onnx_quantize import quantize  # onnxruntime.quantization: only for an int8 twin
+
+    check_exportable(model, tile_size_px)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with scratch_folder(target) as scratch:
+        raw = target if precision == "fp32" else scratch / "float32.onnx"
+        export_encoder(model, raw, tile_size_px=tile_size_px)
+        if precision == "int8":
+            quantize(raw, target)
+    logger.info("exported %s to %s for ONNX Runtime (%s)", model.provenance.weights_path, target, precision)
 
 
 def _load_dino(path: Path, which: str, num_heads: Optional[int], device: Union[str, torch.device]) -> DinoViT:

@@ -332,6 +332,9 @@ def fit_head(
             head = build_head(fit.head_type, encoder, grid.classes, blocks=fit.blocks, channels=fit.channels,
                               encoder=card_fields.pop("encoder"), **card_fields)
             device = torch_device(settings)
+            if settings.precision in ("bf16", "int8"):
+                log.info("the head is fitted in fp32 (precision %s applies to segment, embed, cluster and "
+                         "similarity)", settings.precision)
             fitter = _Fitter(encoder, head, reader, mapping, size, device, fit.finetune, settings.batch_size,
                              is_canceled)
             train_lab = [_chip_labels(grid, r, c, size, keep_train) for r, c in train_at]

@@ -52,7 +52,16 @@ from rasterio.windows import transform as window_transform
 from ..atomic import atomic_output
 from ..callbacks import CancelFn, ProgressFn, scaled
 from ..errors import BandResolutionError, DependencyError, InputRasterError, ModelMismatchError, SettingsError
-from ..models import Encoder, check_onnx_model, load_model, open_reader, torch_device
+from ..models import (
+    Encoder,
+    autocast,
+    check_onnx_model,
+    choose_precision,
+    load_model,
+    onnx_precision,
+    open_reader,
+    torch_device,
+)
 from ..outputs import GEOTIFF, check_outputs
 from ..raster import (
     NODATA_CLASS,
@@ -232,9 +241,10 @@ def segment_raster(
     )
 
 
-#: ``make_predict(settings, projections)`` → a function of normalised tiles ``[B, C, T, T]`` float32 → class
-#: probabilities ``[B, K, T, T]`` float32.
-MakePredict = Callable[[InferenceSettings, list[Projection]], Callable[[np.ndarray], np.ndarray]]
+#: A prediction function: normalised tiles ``[B, C, T, T]`` float32 → class probabilities ``[B, K, T, T]`` float32.
+PredictFn = Callable[[np.ndarray], np.ndarray]
+#: ``make_predict(settings, projections)`` → the run's :data:`PredictFn`.
+MakePredict = Callable[[InferenceSettings, list[Projection]], PredictFn]
 
 
 def _predictor(head: Any, model: Optional[Encoder],
@@ -251,7 +261,13 @@ def _predictor(head: Any, model: Optional[Encoder],
         if model is not None:
             path = cast(Path, segmenter.provenance.weights_path)  # always the .onnx file of an exported segmenter
             raise ModelMismatchError(f"{path.name} holds its encoder; do not pass a model with it")
-        return segmenter.card, segmenter, lambda settings, projections: segmenter.probabilities
+
+        def onnx_predict(settings: InferenceSettings, projections: list[Projection]) -> PredictFn:
+            log.info("segmenting on onnxruntime %s, %s", segmenter.device,
+                     choose_precision(settings.precision, segmenter.device, onnx=onnx_precision(segmenter.metadata)))
+            return segmenter.probabilities
+
+        return segmenter.card, segmenter, onnx_predict
     # A head file or a loaded head runs on torch; imported here so that ONNX segmenters never import torch.
     from .heads import SegmentationHead, load_head
 
@@ -265,12 +281,20 @@ def _predictor(head: Any, model: Optional[Encoder],
         import torch
 
         device = torch_device(settings)
+        choice = choose_precision(settings.precision, device)
+        if choice.precision == "int8":
+            raise SettingsError(
+                "int8 segmentation runs the head and its encoder as one ONNX Runtime graph: export it with "
+                "msfm export-onnx OUT.onnx --head HEAD.safetensors --int8 (QGIS: Export model to ONNX) and segment "
+                "with OUT.onnx as the head; or use precision auto, fp32 or bf16"
+            )
+        log.info("segmenting on %s, %s", device, choice)
         encoder.to(device).eval()  # type: ignore[attr-defined]  # a torch encoder (check_encoder)
         net = head.to(device).eval()
         size = (settings.tile_size_px, settings.tile_size_px)
 
         def predict(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(choice.precision, device):
                 image = torch.from_numpy(x).to(device)
                 grids = encoder.encode_blocks(image, projections, net.blocks)
                 return torch.softmax(net.pixel_logits(grids, size, image).float(), dim=1).cpu().numpy()

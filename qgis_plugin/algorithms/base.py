@@ -7,8 +7,8 @@ the worker reads the file with the engine or the clone. Output layers are styled
 ``postProcessAlgorithm`` (:mod:`qgis_plugin.styling`).
 
 Parameter names are a public contract (batch mode, models, ``qgis_process``, the dock): ``INPUT``, ``SENSOR``,
-``BAND_OVERRIDES``, ``MODEL``, ``MODEL_FILE``, ``BACKEND``, ``DEVICE``, ``TILE_SIZE``, ``OVERLAP``, ``BATCH_SIZE``,
-``SCALE``, ``EXTENT``, ``MASK``, ``OUTPUT``.
+``BAND_OVERRIDES``, ``MODEL``, ``MODEL_FILE``, ``BACKEND``, ``DEVICE``, ``PRECISION``, ``TILE_SIZE``, ``OVERLAP``,
+``BATCH_SIZE``, ``SCALE``, ``EXTENT``, ``MASK``, ``OUTPUT``.
 
 Backends (``BACKEND``, embedding algorithms only): ``torch`` runs the checkpoint; ``onnx`` runs an exported encoder
 with ONNX Runtime. A ``.onnx`` ``MODEL_FILE`` always runs with ONNX Runtime, and then torch is never imported: the
@@ -64,6 +64,8 @@ if not ICONS.is_dir():  # development checkout: icons/ sits at the repository ro
 #: Model used when the user picks nothing: bundled with the plugin, works offline.
 DEFAULT_MODEL = "smarties-demo-tiny"
 DEVICES = ("auto", "cpu", "cuda")
+#: The engine's ``engine.settings.PRECISIONS`` (written out so the toolbox lists them where the engine cannot load).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = runtime.BACKENDS
 MODEL_FILTER = "Model weights (*.safetensors *.onnx)"
 _BAND_HINT = (
@@ -243,14 +245,22 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             self.addParameter(param)
 
     def add_device_parameters(self, scale_default: str = "the sensor preset's", overlap: bool = True,
-                              tile_label: str = "Tile size") -> None:
-        """``DEVICE`` and the advanced ``TILE_SIZE``, ``OVERLAP`` (unless ``overlap`` is False), ``BATCH_SIZE`` and
-        ``SCALE`` (``scale_default`` says what an empty scale means)."""
+                              tile_label: str = "Tile size", precision: bool = True) -> None:
+        """``DEVICE`` and the advanced ``PRECISION`` (unless ``precision`` is False: heads are fitted in fp32),
+        ``TILE_SIZE``, ``OVERLAP`` (unless ``overlap`` is False), ``BATCH_SIZE`` and ``SCALE`` (``scale_default``
+        says what an empty scale means)."""
         self.addParameter(
             QgsProcessingParameterEnum(
                 "DEVICE", "Device", options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
             )
         )
+        if precision:
+            param = QgsProcessingParameterEnum(
+                "PRECISION", "Precision (auto: bf16 where the processor or GPU has native bf16, else fp32; int8: "
+                "ONNX Runtime, fastest on CPUs without bf16)", options=list(PRECISIONS), defaultValue="auto",
+                usesStaticStrings=True)
+            param.setFlags(param.flags() | QgsProcessingParameterEnum.FlagAdvanced)
+            self.addParameter(param)
         advanced = [
             QgsProcessingParameterNumber("TILE_SIZE", f"{tile_label} (model pixels, multiple of 16)",
                                          QgsProcessingParameterNumber.Integer, 224, minValue=16, maxValue=1024),
@@ -378,6 +388,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
             overlap_px=self.parameterAsInt(parameters, "OVERLAP", context),
             batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             device=self.parameterAsEnumString(parameters, "DEVICE", context) or "auto",
+            precision=self.parameterAsEnumString(parameters, "PRECISION", context) or "auto",
             scale=None if scale in (None, "") else self.parameterAsDouble(parameters, "SCALE", context),
             **extra,
         )

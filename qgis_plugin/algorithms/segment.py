@@ -98,7 +98,7 @@ class TrainSegmentationHead(MsfmAlgorithm):
         for param in advanced:
             param.setFlags(param.flags() | QgsProcessingParameterNumber.FlagAdvanced)
             self.addParameter(param)
-        self.add_model_parameters(backend=False, overlap=False, tile_label="Training chip size")
+        self.add_model_parameters(backend=False, overlap=False, tile_label="Training chip size", precision=False)
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Segmentation head", HEAD_FILTER))
         self.addOutput(QgsProcessingOutputFile("CARD", "Head card (.json)"))
         self.addOutput(QgsProcessingOutputNumber("MIOU", "Validation mIoU"))

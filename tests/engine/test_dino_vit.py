@@ -315,7 +315,7 @@ def test_embed_raster_uses_red_green_blue_and_the_xstars_normalisation(engine_mo
         left, top = src.bounds.left, src.bounds.top
         region = Region(bounds=(left, top - 2240, left + 2240, top))  # 224 × 224 native pixels: one tile at scale 1
         res = embed_raster(src_path, tmp_path / "emb.tif", engine_model, region=region,
-                           settings=InferenceSettings(overlap_px=0, scale=1.0, device="cpu"))
+                           settings=InferenceSettings(overlap_px=0, scale=1.0, device="cpu", precision="fp32"))
         raw = src.read([4, 3, 2], window=Window(0, 0, 224, 224)).astype(np.float32)
         crs, transform = src.crs, src.transform
     assert res.mapping.indexes == [4, 3, 2] and res.tiles == 1

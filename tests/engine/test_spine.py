@@ -26,7 +26,7 @@ from engine.settings import InferenceSettings
 from engine.spectral import resolve_bands
 from tests.conftest import TINY_S2, ndwi_water, water_iou
 
-CPU = InferenceSettings(device="cpu", threads=2)
+CPU = InferenceSettings(device="cpu", threads=2, precision="fp32")  # fp32: compared with the ONNX export below
 S2_NAMES = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 #: Native pixels per embedding cell at the Sentinel-2 default scale 2.
 CELL = 8

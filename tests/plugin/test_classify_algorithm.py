@@ -62,7 +62,7 @@ def test_classify_is_listed_with_its_parameters(msfm_provider: Any) -> None:
     assert alg.group() == "Segmentation" and "random forest" in alg.displayName()
     assert {p.name() for p in alg.parameterDefinitions()} == {
         "INPUT", "SENSOR", "BAND_OVERRIDES", "POLYGONS", "CLASS_FIELD", "FEATURES", "TREES", "VAL_FRACTION",
-        "COMPONENTS", "EMBEDDINGS", "MODEL", "MODEL_FILE", "DEVICE", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "SCALE",
+        "COMPONENTS", "EMBEDDINGS", "MODEL", "MODEL_FILE", "DEVICE", "PRECISION", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "SCALE",
         "EXTENT", "MASK", "OUTPUT", "OUTPUT_PROBABILITIES"}
     assert alg.parameterDefinition("FEATURES").options() == ["bands+embeddings", "bands", "embeddings"]
     assert "head" in alg.shortHelpString()  # says when to use it rather than a segmentation head

@@ -163,7 +163,7 @@ def test_provider_lists_the_segmentation_algorithms(msfm_provider: Any) -> None:
         "INPUT", "SENSOR", "BAND_OVERRIDES", "POLYGONS", "CLASS_FIELD", "HEAD_TYPE", "STEPS", "VAL_FRACTION",
         "FINETUNE", "MODEL", "MODEL_FILE", "DEVICE", "TILE_SIZE", "BATCH_SIZE", "SCALE", "OUTPUT"}
     assert {p.name() for p in segment.parameterDefinitions()} == {
-        "INPUT", "SENSOR", "BAND_OVERRIDES", "HEAD", "SHIFTS", "MODEL_FILE", "DEVICE", "TILE_SIZE", "OVERLAP",
+        "INPUT", "SENSOR", "BAND_OVERRIDES", "HEAD", "SHIFTS", "MODEL_FILE", "DEVICE", "PRECISION", "TILE_SIZE", "OVERLAP",
         "BATCH_SIZE", "SCALE", "EXTENT", "MASK", "OUTPUT", "OUTPUT_PROBABILITIES", "OUTPUT_POLYGONS"}
     assert train.parameterDefinition("HEAD_TYPE").options() == ["linear", "upernet", "pixel"]
     assert "*.safetensors" in train.parameterDefinition("OUTPUT").fileFilter()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from ..atomic import atomic_output
-from ..models import read_metadata, set_metadata
+from .onnx_session import read_metadata, set_metadata
 
 __all__ = ("quantize", "to_float16")
 
