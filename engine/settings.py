@@ -44,7 +44,8 @@ class InferenceSettings:
             (docs/inference.md).
         batch_size: Tiles per forward pass. Memory ∝ ``batch_size · tile_size_px²``.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
-        threads: CPU threads for torch (None keeps torch's default).
+        threads: CPU threads of torch and of the int8 ONNX Runtime twin (None: the libraries' default, one per physical
+            core). An ONNX model takes its threads when loaded (``load_model(..., threads=)``).
         scale: Resampling factor from native to model-input pixels (2.0 = each native pixel becomes 2×2); None
             uses the sensor preset's default (1.0 if no preset).
         resampling: rasterio resampling used when ``scale != 1`` (``"bilinear"``, ``"cubic"``, ``"nearest"``…).

@@ -137,7 +137,8 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
     )
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads of torch or ONNX Runtime (default: one per physical core)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="auto (bf16 where the CPU or GPU has native bf16 — AMX, AVX-512 BF16, Arm BF16, CUDA ≥ 8.0 — "
                    "else fp32; the choice and why are logged), fp32, bf16 (torch autocast) or int8 (ONNX Runtime with "
@@ -174,7 +175,7 @@ def load_model_from(args: argparse.Namespace) -> Encoder:
     """
     backend = getattr(args, "backend", "torch")
     return load_model(args.model, num_heads=args.num_heads, device=args.device if backend == "onnx" else "cpu",
-                      backend=backend)
+                      backend=backend, threads=getattr(args, "threads", None))
 
 
 class Progress:

@@ -170,10 +170,14 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
                          threads=settings.threads)
         return (lambda x, projections: twin.encode(x, projections, "grid")), RunsOn("onnxruntime cpu", choice)
     module = model.to(device).eval()  # type: ignore[attr-defined]
+    cuda = device.startswith("cuda")
 
     def encode(x: np.ndarray, projections: list[Projection]) -> np.ndarray:
         with torch.inference_mode(), autocast(choice.precision, device):
-            return module.encode(torch.from_numpy(x).to(device), projections, output="grid").float().cpu().numpy()
+            tiles = torch.from_numpy(x)
+            # CUDA: a page-locked copy goes to the GPU by DMA while the reader thread prepares the next batch
+            tiles = tiles.pin_memory().to(device, non_blocking=True) if cuda else tiles
+            return module.encode(tiles, projections, output="grid").float().cpu().numpy()
 
     return encode, RunsOn(device, choice)
 

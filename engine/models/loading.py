@@ -143,6 +143,7 @@ def load_model(
     averaging: Optional[Averaging] = None,
     which: Optional[str] = None,
     backend: str = "torch",
+    threads: Optional[int] = None,
 ) -> Union[SmartiesEncoder, DinoViT, OnnxEncoder]:
     """Load a SMARTIES encoder or a DINO / X-STARS ViT from a registry name, a file or a folder, strictly.
 
@@ -172,6 +173,8 @@ def load_model(
             Runtime. A ``.onnx`` file always loads with ONNX Runtime (torch is then never imported); a SMARTIES
             checkpoint with ``backend="onnx"`` is exported once (:func:`engine.models.export_encoder`) into
             :func:`onnx_cache_dir` and reused while its SHA-256 is unchanged.
+        threads: ONNX Runtime intra-op threads of an ONNX model (None: one per physical core). A torch model takes
+            its threads from the run (:attr:`engine.settings.InferenceSettings.threads`).
 
     Returns:
         The encoder (an :class:`~engine.models.Encoder`), in eval mode on ``device`` (float32), with its
@@ -191,9 +194,9 @@ def load_model(
         raise SettingsError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     path = resolve_weights(path_or_name)
     if path.suffix.lower() == ".onnx":
-        return OnnxEncoder(path, device=str(device))
+        return OnnxEncoder(path, device=str(device), threads=threads)
     if backend == "onnx":
-        return _load_onnx_export(path_or_name, path, num_heads, str(device))
+        return _load_onnx_export(path_or_name, path, num_heads, str(device), threads)
     import torch
 
     from .smarties import SmartiesEncoder  # torch: loading an ONNX model must never import it
@@ -255,12 +258,13 @@ def onnx_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msfm" / "onnx"
 
 
-def _load_onnx_export(path_or_name: Any, path: Path, num_heads: Optional[int], device: str) -> OnnxEncoder:
+def _load_onnx_export(path_or_name: Any, path: Path, num_heads: Optional[int], device: str,
+                      threads: Optional[int]) -> OnnxEncoder:
     """The ONNX export of a SMARTIES checkpoint (made once per checkpoint content, then reused without torch)."""
     target = onnx_cache_dir() / f"{path.stem}-{file_sha256(path)[:16]}.onnx"
     if not target.is_file():
         _export_into(load_model(path_or_name, num_heads=num_heads), target, 224, "fp32")
-    return OnnxEncoder(target, device=device)
+    return OnnxEncoder(target, device=device, threads=threads)
 
 
 def onnx_twin(model: Any, *, tile_size_px: int = 224, precision: str = "fp32", device: str = "cpu",

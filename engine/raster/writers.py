@@ -29,7 +29,11 @@ _BLOCK_ROWS = 16
 def gtiff_profile(
     *, width: int, height: int, count: int, dtype: str, crs: Any, transform: Affine, nodata: Optional[float]
 ) -> dict[str, Any]:
-    """Creation profile for our outputs: tiled (256 × 16 blocks), DEFLATE level 1, pixel-interleaved, BigTIFF if needed.
+    """Creation profile for our outputs: tiled (256 × 16 blocks), ZSTD level 1, pixel-interleaved, BigTIFF if needed.
+
+    ZSTD level 1 with the floating-point predictor wrote a 768-band float32 block 2.4× faster than DEFLATE level 1
+    (0.39 vs 0.94 s for 256 × 128 cells) at the same size (85 MB); GDAL reads it since 2.3 (QGIS 3.22's GDAL 3.6 and
+    every current QGIS build); docs/performance.md, "End to end".
 
     Float data of dtype ``"float16"`` is stored as 16-bit IEEE floats (GDAL ``NBITS=16`` on Float32), which GDAL and
     QGIS read back as float32.
@@ -46,8 +50,8 @@ def gtiff_profile(
         "tiled": True,
         "blockxsize": 256,
         "blockysize": _BLOCK_ROWS,
-        "compress": "deflate",
-        "zlevel": 1,  # a 768-band float32 block wrote 1.7× faster than at the default level 6, file 0.7 % larger
+        "compress": "zstd",
+        "zstd_level": 1,
         "interleave": "pixel",
         "BIGTIFF": "IF_SAFER",
     }

@@ -26,8 +26,8 @@ from tests.conftest import TINY_S2, shared_file
 from tests.engine.test_segmentation_grid import _fit
 
 S2 = "sen1floods11_india_900498_s2_l1c.tif"  # the segmentation head's flood chip
-#: Embedding and k-means agreement on the demo scene (2048² px at scale 1, 100 tiles): on a 64 × 64-cell chip, k = 8
-#: has no stable solution (two fp32 k-means seeds agree at adjusted Rand 0.5), so any change would move the classes.
+#: Embedding and k-means agreement on the demo scene (1024² px at scale 1, 25 tiles, 64 × 64 cells): on the flood
+#: chip, k = 8 has no stable solution (two fp32 k-means seeds agree at adjusted Rand 0.5), so any change moves classes.
 SCENE = DEMO_RASTER
 
 AMX = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"]
