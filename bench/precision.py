@@ -40,25 +40,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import VIT_B_GFLOP_PER_TILE, vit_b  # noqa: E402
+from bench.throughput import VIT_B_GFLOP_PER_TILE, matmul_gflops, vit_b  # noqa: E402
 
 SCENE = REPO / "demo" / "s2_l1c_virginia_13band_10m.tif"
 BATCH, BANDS, BATCHES = 8, 12, 3
-
-
-def matmul_gflops(dtype: str, threads: int, n: int = 2048, repeats: int = 6) -> float:
-    """``torch.mm`` GFLOP/s of two ``n × n`` matrices in ``dtype`` (float32 or bfloat16)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a = torch.randn(n, n).to(getattr(torch, dtype))
-    b = torch.randn(n, n).to(getattr(torch, dtype))
-    for _ in range(2):
-        torch.mm(a, b)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def encoder_paths(folder: Path, threads: int) -> dict[str, tuple[Callable[[], object], str]]:
@@ -162,7 +147,7 @@ def main() -> None:
         measured: dict[str, list[float]] = {"float32": [], "bfloat16": []}
         for _ in range(args.rounds):
             for dtype in measured:
-                measured[dtype].append(matmul_gflops(dtype, args.threads))
+                measured[dtype].append(matmul_gflops(args.threads, repeats=6, dtype=dtype))
             for name, (run, _) in paths.items():
                 torch.set_num_threads(args.threads)
                 rounds[name].append(time_batches(run))

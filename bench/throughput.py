@@ -35,11 +35,12 @@ VIT_B_GFLOP_PER_TILE = 35.3
 DEFAULT_INPUT = REPO / "demo" / "s2_l1c_virginia_13band_10m.tif"
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """``torch.mm`` GFLOP/s of two ``n × n`` matrices in ``dtype`` (``"float32"`` or ``"bfloat16"``)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n).to(getattr(torch, dtype)), torch.randn(n, n).to(getattr(torch, dtype))
     for _ in range(2):
         torch.mm(a, b)
     t = time.perf_counter()

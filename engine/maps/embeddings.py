@@ -152,8 +152,8 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
             device (:func:`engine.models.check_onnx_model`).
         engine.errors.DeviceError: CUDA asked for but not available; bf16 asked for on a GPU without it.
         engine.errors.SettingsError: A precision the model or device cannot run
-            (:func:`engine.models.choose_precision`),
-            int8 for a model not loaded from a file (:func:`engine.models.onnx_twin`).
+            (:func:`engine.models.choose_precision`); int8 for a model not loaded from a file
+            (:func:`engine.models.onnx_twin`).
     """
     if isinstance(model, OnnxEncoder):
         check_onnx_model(model, settings)

@@ -159,7 +159,7 @@ def choose_precision(requested: str, device: str, *, onnx: Optional[str] = None,
                                "asked for; this CPU has no native bf16, torch emulates it (slower than fp32)")
     if native_name:
         return PrecisionChoice("bf16", f"auto: the CPU has {native_name}")
-    return PrecisionChoice("fp32", "auto: this CPU has no native bf16 (precision int8 runs ≈ 4× faster through ONNX "
+    return PrecisionChoice("fp32", "auto: this CPU has no native bf16 (precision int8 runs 2.5–3× faster through ONNX "
                                    "Runtime, with cosine ≥ 0.99 to fp32)")
 
 
