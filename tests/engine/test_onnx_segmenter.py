@@ -117,7 +117,8 @@ def test_segment_with_the_export_gives_torch_class_map_without_torch(roads, tmp_
     pan = shared_file(*VEGAS_PAN)
     with rasterio.open(pan) as ds:
         bounds = [*ds.xy(700, 100), *ds.xy(300, 600)]
-    region = ["--bounds", *map(str, bounds), "--overlap-px", "32", "--scale", "1", "--threads", "2"]
+    region = ["--bounds", *map(str, bounds), "--overlap-px", "32", "--scale", "1", "--threads", "2",
+              "--precision", "fp32"]  # torch in fp32, as the export
     from engine.cli import main
 
     assert main(["segment", str(pan), str(head_file), str(tmp_path / "torch.tif"),
