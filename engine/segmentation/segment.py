@@ -54,6 +54,7 @@ from ..callbacks import CancelFn, ProgressFn, scaled
 from ..errors import BandResolutionError, DependencyError, InputRasterError, ModelMismatchError, SettingsError
 from ..models import (
     Encoder,
+    PrecisionChoice,
     autocast,
     check_onnx_model,
     choose_precision,
@@ -223,9 +224,10 @@ def segment_raster(
         )
         reader, mapping = open_reader(dataset, runner, settings, mapping=mapping, stats=stats, region=region)
         with reader, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):  # a few block rows, as embed_raster
-            counts, tiles, skipped = _run(predict(settings, list(mapping.projections)), card, runner.patch_size, reader,
-                                          settings, shifts, output, probabilities_output, str(source), progress,
-                                          is_canceled, grid)
+            run_predict, precision = predict(settings, list(mapping.projections))
+            counts, tiles, skipped = _run(run_predict, precision.precision, card, runner.patch_size, reader, settings,
+                                          shifts, output, probabilities_output, str(source), progress, is_canceled,
+                                          grid)
     finally:
         dataset.close()
     names = tuple(c.name for c in card.classes)
@@ -243,8 +245,8 @@ def segment_raster(
 
 #: A prediction function: normalised tiles ``[B, C, T, T]`` float32 → class probabilities ``[B, K, T, T]`` float32.
 PredictFn = Callable[[np.ndarray], np.ndarray]
-#: ``make_predict(settings, projections)`` → the run's :data:`PredictFn`.
-MakePredict = Callable[[InferenceSettings, list[Projection]], PredictFn]
+#: ``make_predict(settings, projections)`` → the run's :data:`PredictFn` and the precision it runs at.
+MakePredict = Callable[[InferenceSettings, list[Projection]], tuple[PredictFn, PrecisionChoice]]
 
 
 def _predictor(head: Any, model: Optional[Encoder],
@@ -262,10 +264,11 @@ def _predictor(head: Any, model: Optional[Encoder],
             path = cast(Path, segmenter.provenance.weights_path)  # always the .onnx file of an exported segmenter
             raise ModelMismatchError(f"{path.name} holds its encoder; do not pass a model with it")
 
-        def onnx_predict(settings: InferenceSettings, projections: list[Projection]) -> PredictFn:
-            log.info("segmenting on onnxruntime %s, %s", segmenter.device,
-                     choose_precision(settings.precision, segmenter.device, onnx=onnx_precision(segmenter.metadata)))
-            return segmenter.probabilities
+        def onnx_predict(settings: InferenceSettings,
+                         projections: list[Projection]) -> tuple[PredictFn, PrecisionChoice]:
+            choice = choose_precision(settings.precision, segmenter.device, onnx=onnx_precision(segmenter.metadata))
+            log.info("segmenting on onnxruntime %s, %s", segmenter.device, choice)
+            return segmenter.probabilities, choice
 
         return segmenter.card, segmenter, onnx_predict
     # A head file or a loaded head runs on torch; imported here so that ONNX segmenters never import torch.
@@ -277,7 +280,7 @@ def _predictor(head: Any, model: Optional[Encoder],
         model = load_model(encoder_source(head.card, head_path), device="cpu")
     encoder = check_encoder(head.card, model)
 
-    def make_predict(settings: InferenceSettings, projections: list[Projection]) -> Callable[[np.ndarray], np.ndarray]:
+    def make_predict(settings: InferenceSettings, projections: list[Projection]) -> tuple[PredictFn, PrecisionChoice]:
         import torch
 
         device = torch_device(settings)
@@ -299,7 +302,7 @@ def _predictor(head: Any, model: Optional[Encoder],
                 grids = encoder.encode_blocks(image, projections, net.blocks)
                 return torch.softmax(net.pixel_logits(grids, size, image).float(), dim=1).cpu().numpy()
 
-        return predict
+        return predict, choice
 
     return head.card, model, make_predict
 
@@ -323,8 +326,8 @@ def _origins(reader: RasterReader, settings: InferenceSettings, p: int, shifts: 
     return sorted(keep), len(base)
 
 
-def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceSettings, shifts: int, output: Path,
-         prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
+def _run(predict: Any, precision: str, card: HeadCard, p: int, reader: Any, settings: InferenceSettings, shifts: int,
+         output: Path, prob_path: Optional[Union[str, Path]], source: str, progress: Optional[ProgressFn],
          is_canceled: Optional[CancelFn], grid: OutputGrid) -> tuple[np.ndarray, int, int]:
     size, k = settings.tile_size_px, card.num_classes
     pixels = reader.height_px * reader.width_px
@@ -346,7 +349,8 @@ def _run(predict: Any, card: HeadCard, p: int, reader: Any, settings: InferenceS
         "MSFM_KIND": "segmentation", "MSFM_SOURCE": source, "MSFM_HEAD": card.head_type,
         "MSFM_CLASSES": json.dumps([c.name for c in card.classes]), "MSFM_SCALE": repr(reader.scale),
         "MSFM_SHIFTS": str(shifts), "MSFM_GRID": grid, "MSFM_SETTINGS": json.dumps({"tile_size_px": size,
-                                                                  "overlap_px": settings.overlap_px}),
+                                                                  "overlap_px": settings.overlap_px,
+                                                                  "precision": precision}),
     }
     colors = {c.index: c.color for c in card.classes}
     counts = np.zeros(k, np.int64)

@@ -108,6 +108,7 @@ def test_segmentation_argmax_agrees_with_fp32(tmp_path: Path, demo_model: Any) -
                        settings=InferenceSettings(overlap_px=0, threads=2, precision=precision))
         with rasterio.open(out) as ds:
             maps[precision] = ds.read(1)
+            assert json.loads(ds.tags()["MSFM_SETTINGS"])["precision"] == precision
     valid = maps["fp32"] != 255
     assert valid.mean() > 0.9
     agreement = (maps["fp32"] == maps["bf16"])[valid].mean()
