@@ -286,12 +286,16 @@ def onnx_twin(model: Any, *, tile_size_px: int = 224, precision: str = "fp32", d
         The :class:`~engine.models.OnnxEncoder`.
 
     Raises:
-        SettingsError: A model not loaded from a weights file (export it with :func:`engine.export.export`), or an
-            unknown precision.
-        engine.errors.ModelMismatchError: Not a SMARTIES encoder (the X-STARS/DINO ViT is not exported).
+        SettingsError: Not a SMARTIES encoder (the X-STARS/DINO ViT is not exported), a model not loaded from a
+            weights file (export it with :func:`engine.export.export`), or an unknown precision.
     """
     if precision not in ("fp32", "int8"):
         raise SettingsError(f"an ONNX twin is fp32 or int8, got {precision!r}")
+    from .smarties import SmartiesEncoder  # torch: the model to convert is a torch model
+
+    if not isinstance(model, SmartiesEncoder):
+        raise SettingsError(f"precision {precision} runs an ONNX Runtime copy, made for SMARTIES encoders only; "
+                            f"{type(model).__name__} runs with precision fp32 or bf16 (or auto)")
     path = model.provenance.weights_path if getattr(model, "provenance", None) else None
     if path is None or not Path(path).is_file():
         raise SettingsError(

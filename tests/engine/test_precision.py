@@ -64,6 +64,10 @@ def test_impossible_precisions_are_refused_with_the_fix() -> None:
         choose_precision("int8", "cpu", onnx="float32")
     assert onnx_precision({"msfm_quantization": {"weights": "int8"}}) == "int8"
     assert onnx_precision({}) == "float32"
+    from engine.models import dino_vit, onnx_twin
+
+    with pytest.raises(SettingsError, match="SMARTIES encoders only"):  # X-STARS / DINO ViTs run in fp32 or bf16
+        onnx_twin(dino_vit("vit_tiny"), precision="int8")
 
 
 def _embed(tmp_path: Path, model: Any, precision: str) -> tuple[np.ndarray, Path]:
