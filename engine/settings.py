@@ -19,7 +19,7 @@ __all__ = ("BlendKind", "InferenceSettings", "PRECISIONS")
 #: Window of the overlap blending (:func:`engine.raster.window_weights`).
 BlendKind = Literal["cosine", "linear"]
 _BLENDS = ("cosine", "linear")
-_DTYPES = ("float32", "float16")
+_DTYPES = ("float32", "float16", "int8")
 #: Precisions a run may ask for (:mod:`engine.models.precision` resolves ``auto`` and says why).
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: Device strings a run accepts (torch device names; ONNX Runtime maps cuda to its CUDA provider).
@@ -50,7 +50,9 @@ class InferenceSettings:
             uses the sensor preset's default (1.0 if no preset).
         resampling: rasterio resampling used when ``scale != 1`` (``"bilinear"``, ``"cubic"``, ``"nearest"``…).
         blend: Window of the overlap blending, ``"cosine"`` or ``"linear"``.
-        output_dtype: ``"float32"`` or ``"float16"`` (stored as 16-bit floats; half the disk).
+        output_dtype: ``"float32"``, ``"float16"`` (stored as 16-bit floats; half the disk) or ``"int8"`` (int8
+            values with a per-cell scale, a quarter of the disk, cosine ≥ 0.9999 to float32;
+            :mod:`engine.maps.quantized`).
         precision: ``"auto"`` (bf16 where the GPU or CPU has native bf16, else fp32), ``"fp32"``, ``"bf16"``
             (torch autocast) or ``"int8"`` (ONNX Runtime with int8 weights, CPU): :mod:`engine.models.precision`,
             measured in docs/performance.md. An ONNX model runs as exported (``auto``).
@@ -98,7 +100,7 @@ class InferenceSettings:
         if self.scale is not None and not 0.05 <= self.scale <= 20:
             raise SettingsError(f"scale must be between 0.05 and 20 (model pixels per native pixel), got {self.scale}")
         if self.output_dtype not in _DTYPES:
-            raise SettingsError(f"output_dtype must be 'float32' or 'float16', got {self.output_dtype!r}")
+            raise SettingsError(f"output_dtype must be 'float32', 'float16' or 'int8', got {self.output_dtype!r}")
         if self.resampling not in Resampling.__members__:
             raise SettingsError(
                 f"unknown resampling {self.resampling!r}; use one of {', '.join(Resampling.__members__)}"

@@ -148,7 +148,9 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
         help="model-input pixels per native pixel (2 = upsample 2×); default from the sensor preset "
         "(2 for Sentinel-1/2 and Landsat, as SMARTIES was pretrained on upsampled 10 m imagery; 1 otherwise)",
     )
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding raster data type")
+    p.add_argument("--dtype", choices=["float32", "float16", "int8"], default="float32",
+                   help="embedding raster data type: float16 halves the file, int8 (values with a per-cell scale, "
+                   "read back by every msfm tool) quarters it")
     p.add_argument("--yes", action="store_true",
                    help="run even when the pre-flight estimate exceeds the limit (100 000 tiles, about 1 h at 30 "
                    "tiles/s)")

@@ -25,6 +25,7 @@ from .clustering import (
 from .embeddings import EmbeddingResult, RunsOn, embed_raster, grid_encoder, provide_embeddings
 from .pca import embedding_quicklook, principal_components, project, write_pca_raster
 from .pixel_features import PixelFeatures
+from .quantized import EmbeddingRaster, EmbeddingStorage, dequantize, open_embeddings, quantize
 from .similarity import SimilarityResult, query_vector, similarity_raster
 from .tags import EmbeddingTags, product_tags, read_tag, recorded_bands
 from .upsample import GridInterpolator, GuidedClassUpsampler, pixel_row_bands, pixel_window, write_pixel_embeddings
@@ -32,7 +33,9 @@ from .upsample import GridInterpolator, GuidedClassUpsampler, pixel_row_bands, p
 __all__ = (
     "ClusterResult",
     "ClusterSettings",
+    "EmbeddingRaster",
     "EmbeddingResult",
+    "EmbeddingStorage",
     "EmbeddingTags",
     "GridInterpolator",
     "GuidedClassUpsampler",
@@ -40,17 +43,20 @@ __all__ = (
     "RunsOn",
     "SimilarityResult",
     "cluster_raster",
+    "dequantize",
     "embed_raster",
     "embedding_quicklook",
     "fit_kmeans",
     "grid_encoder",
     "l2_normalize",
+    "open_embeddings",
     "pixel_row_bands",
     "pixel_window",
     "principal_components",
     "product_tags",
     "project",
     "provide_embeddings",
+    "quantize",
     "query_vector",
     "read_tag",
     "recorded_bands",

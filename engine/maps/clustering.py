@@ -48,6 +48,7 @@ from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .embeddings import EmbeddingResult, provide_embeddings
 from .pixel_features import PixelFeatures
+from .quantized import open_embeddings
 from .tags import product_tags
 from .upsample import (
     GridInterpolator,
@@ -361,7 +362,7 @@ def cluster_raster(
     with provide_embeddings(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
         region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
-    ) as (path, result), rasterio.open(path) as grid:
+    ) as (path, result), open_embeddings(path) as grid:
         if clustering.spectral_weight > 0:
             with rasterio.open(source) as src:
                 features = PixelFeatures(grid, src, clustering.spectral_weight)

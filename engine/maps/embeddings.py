@@ -70,6 +70,7 @@ from ..raster import (
 )
 from ..settings import InferenceSettings
 from ..spectral import BandMapping, Overrides, Projection
+from .quantized import EmbeddingStorage
 from .tags import EmbeddingTags
 
 __all__ = ("EmbeddingResult", "RunsOn", "embed_raster", "grid_encoder", "provide_embeddings")
@@ -273,6 +274,7 @@ def _run(
 ) -> EmbeddingResult:
     p = model.patch_size
     grid: TileGrid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    storage = EmbeddingStorage(settings.output_dtype, model.embed_dim)
     itemsize = np.dtype(settings.output_dtype).itemsize
     preflight(f"embedding {source}", len(grid), reader.height_px, reader.width_px, settings.tile_size_px,
               grid.width_cells * grid.height_cells * model.embed_dim * itemsize, settings.max_tiles)
@@ -285,11 +287,11 @@ def _run(
     profile = gtiff_profile(
         width=grid.width_cells,
         height=grid.height_cells,
-        count=model.embed_dim,
+        count=storage.bands,
         dtype=settings.output_dtype,
         crs=reader.dataset.crs,
         transform=transform,
-        nodata=float("nan"),
+        nodata=storage.nodata,
     )
     region_record = None
     if reader.region is not None:
@@ -308,8 +310,8 @@ def _run(
         settings={**asdict(settings), "precision": runs_on.precision.precision},
         stats=tuple(reader.stats),
         region=region_record,
-    ).to_tags()
-    descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)]
+    ).to_tags() | storage.tags
+    descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)] + storage.extra_descriptions
     # Tiles without a pixel inside the region's geometries are never encoded: their cells stay NaN.
     tiles = [(r, c) for r, c in grid if (inside := reader.inside(r * p, c * p, size)) is None or inside.any()]
     if not tiles:
@@ -326,7 +328,7 @@ def _run(
         for values, valid in blender.drain(until_row, grid.height_cells, grid.width_cells):
             values[:, valid < settings.min_valid_fraction] = np.nan
             valid_cells += int((valid >= settings.min_valid_fraction).sum())
-            writer.write_rows(values)
+            writer.write_rows(storage.encode(values))
 
     log.info(
         "embedding %s: %d×%d px at scale %g → %d×%d cells, %d tiles of %d px on %s",

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
 
 from ..errors import InputRasterError
 from ..outputs import GEOTIFF, check_outputs
 from ..raster import GeoTiffWriter, check_png, decimated_shape, gtiff_profile, iter_windows, stretch, write_png
 from .clustering import sample_embeddings
+from .quantized import open_embeddings
 from .tags import product_tags
 
 __all__ = ("embedding_quicklook", "principal_components", "project", "write_pca_raster")
@@ -106,7 +106,7 @@ def write_pca_raster(embeddings: Union[str, Path], output: Union[str, Path], n: 
     """
     check_outputs({"output": output}, {"embeddings": embeddings}, overwrite=overwrite, suffixes={"output": GEOTIFF})
     output = Path(output)
-    with rasterio.open(embeddings) as grid:
+    with open_embeddings(embeddings) as grid:
         mean, components, ratio = _fit(grid, n, 50000, 0)
         profile = gtiff_profile(width=grid.width, height=grid.height, count=n, dtype="float32", crs=grid.crs,
                                 transform=grid.transform, nodata=float("nan"))
@@ -139,7 +139,7 @@ def embedding_quicklook(embeddings: Union[str, Path], png: Union[str, Path], max
         engine.errors.OutputError: As :func:`engine.outputs.check_outputs`.
     """
     check_png(png, {"embeddings": embeddings}, overwrite)
-    with rasterio.open(embeddings) as ds:
+    with open_embeddings(embeddings) as ds:
         data = ds.read(out_shape=(ds.count, *decimated_shape(ds, max_size_px)), resampling=Resampling.nearest)
         try:
             mean, components = principal_components(ds, min(3, ds.count))

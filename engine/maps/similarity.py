@@ -39,6 +39,7 @@ from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .clustering import Resolution, l2_normalize
 from .embeddings import EmbeddingResult, provide_embeddings
+from .quantized import open_embeddings
 from .tags import product_tags
 from .upsample import GridInterpolator, check_pixel_grid, interpolation_cols, pixel_row_bands, pixel_window
 
@@ -229,7 +230,7 @@ def similarity_raster(
     with provide_embeddings(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
         region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
-    ) as (path, result), rasterio.open(path) as grid:
+    ) as (path, result), open_embeddings(path) as grid:
         q, cells = query_vector(grid, geometries)
         log.info("similarity to the mean of %d cell(s) of %s", cells, path)
         check_canceled(is_canceled, "after computing the query vector")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..spectral import BandStats
+from .quantized import QUANTIZATION_TAG
 
 __all__ = ("EmbeddingTags", "product_tags", "read_tag", "recorded_bands")
 
@@ -107,7 +108,7 @@ def product_tags(embedding_tags: Mapping[str, str], kind: str, **fields: Any) ->
     Returns:
         The product's dataset tags.
     """
-    tags = dict(embedding_tags)
+    tags = {k: v for k, v in embedding_tags.items() if k != QUANTIZATION_TAG}  # how the embeddings were stored
     tags[_key("kind")] = kind
     for name, value in fields.items():
         tags[_key(name)] = value if isinstance(value, str) else json.dumps(value)

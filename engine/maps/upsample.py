@@ -33,6 +33,7 @@ from ..errors import InputRasterError
 from ..outputs import GEOTIFF, check_outputs
 from ..raster import NODATA_CLASS, GeoTiffWriter, Region, gtiff_profile, iter_windows, open_raster, read_valid
 from ..spectral import BandStats, normalize
+from .quantized import EmbeddingStorage, open_embeddings
 from .tags import product_tags, recorded_bands
 
 __all__ = (
@@ -235,7 +236,7 @@ def write_pixel_embeddings(
         embeddings: Patch-grid embedding raster of ``source``; for embeddings of a region, only the region's window
             is written (:func:`pixel_window`).
         output: Destination GeoTIFF (D bands; ``D × height × width`` values — can be large).
-        output_dtype: ``"float32"`` or ``"float16"``.
+        output_dtype: ``"float32"``, ``"float16"`` or ``"int8"`` (:mod:`engine.maps.quantized`).
         overwrite: Replace ``output`` when it exists.
 
     Returns:
@@ -249,17 +250,19 @@ def write_pixel_embeddings(
     check_outputs({"output": output}, {"input raster": source, "embeddings": embeddings}, overwrite=overwrite,
                   suffixes={"output": GEOTIFF})
     check_pixel_grid(source)
-    with rasterio.open(source) as src, rasterio.open(embeddings) as grid:
+    with rasterio.open(source) as src, open_embeddings(embeddings) as grid:
         interp = GridInterpolator(grid, src.transform, src)
         target = pixel_window(grid, src)
+        storage = EmbeddingStorage(output_dtype, grid.count)
         profile = gtiff_profile(
-            width=int(target.width), height=int(target.height), count=grid.count, dtype=output_dtype,
-            crs=src.crs, transform=window_transform(target, src.transform), nodata=float("nan"),
+            width=int(target.width), height=int(target.height), count=storage.bands, dtype=output_dtype,
+            crs=src.crs, transform=window_transform(target, src.transform), nodata=storage.nodata,
         )
-        tags = product_tags(grid.tags(), "embeddings-pixel")
-        with GeoTiffWriter(Path(output), profile, list(grid.descriptions), tags) as writer:
+        tags = product_tags(grid.tags(), "embeddings-pixel") | storage.tags
+        descriptions = [d or f"emb_{i:03d}" for i, d in enumerate(grid.descriptions)] + storage.extra_descriptions
+        with GeoTiffWriter(Path(output), profile, descriptions, tags) as writer:
             for _, out in pixel_row_bands(src, target, grid.count, 16, interpolation_cols(grid.count), interp.sample):
-                writer.write_rows(out)
+                writer.write_rows(storage.encode(out))
     return Path(output)
 
 

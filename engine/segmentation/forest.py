@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window, WindowError
 from rasterio.windows import intersection as window_intersection
 from rasterio.windows import transform as window_transform
@@ -63,6 +62,7 @@ from ..errors import InputRasterError, LabelError, SettingsError
 from ..maps import (
     EmbeddingResult,
     GridInterpolator,
+    open_embeddings,
     pixel_row_bands,
     pixel_window,
     principal_components,
@@ -343,7 +343,7 @@ def classify_raster(
             path, result = stack.enter_context(provide_embeddings(
                 source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor,
                 overrides=overrides, region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite))
-            grid = stack.enter_context(rasterio.open(path))
+            grid = stack.enter_context(open_embeddings(path))
         start = 0.8 if result is not None else 0.0
         features = _PixelFeatures(src, grid, forest.features, sensor, overrides, forest.embedding_components,
                                   forest.seed)

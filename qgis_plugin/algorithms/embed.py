@@ -28,8 +28,10 @@ class ComputeEmbeddings(MsfmAlgorithm):
         self.add_band_parameters()
         self.add_model_parameters()
         self.add_region_parameters()
-        dtype = QgsProcessingParameterEnum("OUTPUT_DTYPE", "Storage type", options=["float32", "float16"],
-                                           defaultValue="float32", usesStaticStrings=True)
+        dtype = QgsProcessingParameterEnum(
+            "OUTPUT_DTYPE", "Storage type (float16: half the disk; int8: a quarter, with a per-cell scale band, read "
+            "back by every msfm algorithm)", options=["float32", "float16", "int8"], defaultValue="float32",
+            usesStaticStrings=True)
         dtype.setFlags(dtype.flags() | QgsProcessingParameterEnum.FlagAdvanced)
         self.addParameter(dtype)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Embeddings"))
