@@ -244,3 +244,18 @@ def test_cli_classify_prints_the_validation(squares: dict, tmp_path: Path, capsy
     assert main(args) == 2  # the output exists: refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args[:5], "--features", "bands"]) == 2  # polygons without their class field
+
+
+def test_int8_embeddings_give_the_float32_map(embedded: dict, squares: dict, demo_model: Any, tmp_path: Path) -> None:
+    """The forest reads an int8 embedding raster (engine.maps.quantized) as the float32 one it was made from."""
+    from engine import InferenceSettings
+    from engine.maps import embed_raster
+    from engine.segmentation import ForestSettings, classify_raster
+
+    int8 = embed_raster(shared_file(*INDIA_S2), tmp_path / "emb8.tif", demo_model,
+                        settings=InferenceSettings(overlap_px=0, threads=2, output_dtype="int8")).path
+    res = classify_raster(shared_file(*INDIA_S2), square_polygons(squares), tmp_path / "classes8.tif",
+                          forest=ForestSettings(n_estimators=TREES), embeddings=int8)
+    with rasterio.open(res.path) as a, rasterio.open(embedded["result"].path) as b:
+        same = (a.read(1) == b.read(1)).mean()
+    assert same > 0.99, same
