@@ -57,18 +57,17 @@ def quantize(values: np.ndarray) -> np.ndarray:
     The smallest scale is 2^(−127/8) ≈ 1.7e-5: cells whose largest value is below 127 × that ≈ 2.1e-3 keep an absolute
     precision of 8.6e-6 rather than a relative one (embeddings of the models here are of order 0.1–10).
     """
-    values = np.asarray(values, np.float32)
+    finite = np.nan_to_num(np.asarray(values, np.float32))  # the one float copy of the rows
     valid = np.isfinite(values).all(axis=0)
-    peak = np.where(valid, np.abs(np.nan_to_num(values)).max(axis=0), 0.0)
+    peak = np.where(valid, np.abs(finite).max(axis=0), 0.0)
     if peak.max(initial=0.0) > MAX_VALUE:
         raise ValueError(f"an embedding value of {peak.max():.3g} exceeds what int8 embeddings store "
                          f"({MAX_VALUE:.3g}); write float16 or float32")
-    with np.errstate(divide="ignore"):
-        e = np.ceil(_STEPS_PER_OCTAVE * np.log2(np.maximum(peak, 1e-30) / 127.0))
-    e = np.clip(e, -127, 127)
-    scale = np.exp2(e / _STEPS_PER_OCTAVE)
-    q = np.clip(np.rint(np.nan_to_num(values) / scale), -127, 127)
-    out = np.concatenate([q, e[None]]).astype(np.int8)
+    e = np.clip(np.ceil(_STEPS_PER_OCTAVE * np.log2(np.maximum(peak, 1e-30) / 127.0)), -127, 127)
+    finite /= np.exp2(e / _STEPS_PER_OCTAVE)
+    out = np.empty((finite.shape[0] + 1, *finite.shape[1:]), np.int8)
+    out[:-1] = np.clip(np.rint(finite, out=finite), -127, 127)
+    out[-1] = e
     out[:, ~valid] = _NODATA
     return out
 
