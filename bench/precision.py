@@ -5,8 +5,9 @@ Compare figures within one run only (the machines are noisy); every path is time
 and the median round is reported.
 
 1. **Encoder-only**, the ViT-B/16 geometry (12-band 224² tiles, batch 8, random weights, ≈ 35.3 GFLOP per tile,
-   docs/smarties.md §7): torch fp32 (the baseline), torch bf16 under ``torch.autocast`` (what ``--precision bf16``
-   runs), torch with bf16 weights and input (an alternative we measure and do not ship), ONNX Runtime fp32 and int8
+   docs/smarties.md §7): torch fp32 (the baseline), torch with a bf16 copy of the encoder fed bf16 tiles (what
+   ``--precision bf16`` runs, :func:`engine.models.at_precision`), torch fp32 weights under ``torch.autocast`` to
+   bf16 (the alternative, which casts the weights at every call; not shipped), ONNX Runtime fp32 and int8
    (what ``--precision int8`` runs: :func:`engine.models.onnx_twin`). Each with tiles/s, the ratio to torch fp32,
    and the share of the machine's matmul limit at that precision (2048³ ``torch.mm`` in fp32 and bf16 — the limit is
    what the matrix units can do, so a share near 100 % means the path is bound by them; measured in every round, the
@@ -25,7 +26,6 @@ of torch 2.13.0 we pin, so the baseline is our own fp32 path (measured at 1.02�
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -50,7 +50,7 @@ def encoder_paths(folder: Path, threads: int) -> dict[str, tuple[Callable[[], ob
     """Name → (one batch of the ViT-B, the matmul limit it is measured against)."""
     import torch
 
-    from engine.models import autocast, load_model, onnx_twin, save_encoder
+    from engine.models import at_precision, load_model, onnx_twin, save_encoder
     from engine.spectral import get_sensor
 
     os.environ["MSFM_ONNX_CACHE"] = str(folder / "onnx")  # the twins are exported into the run's scratch folder
@@ -59,22 +59,22 @@ def encoder_paths(folder: Path, threads: int) -> dict[str, tuple[Callable[[], ob
     save_encoder(vit_b(), weights, {"num_heads": 12})
     model = load_model(weights)
     x = torch.randn(BATCH, BANDS, 224, 224)
-    half = copy.deepcopy(model).to(torch.bfloat16)
-    xh = x.to(torch.bfloat16)
+    half, dtype = at_precision(model, "bf16")
+    xh = x.to(dtype)
     xn = x.numpy()
     onnx32 = onnx_twin(model, precision="fp32", threads=threads)
     onnx8 = onnx_twin(model, precision="int8", threads=threads)
 
-    def torch_run(module: torch.nn.Module, inp: torch.Tensor, precision: str) -> Callable[[], object]:
+    def torch_run(module: torch.nn.Module, inp: torch.Tensor, autocast: bool = False) -> Callable[[], object]:
         def run() -> object:
-            with torch.inference_mode(), autocast(precision, "cpu"):
-                return module.encode(inp, keys, "grid")
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                return module.encode(inp, keys, "grid").float()
         return run
 
     return {
-        "torch fp32": (torch_run(model, x, "fp32"), "float32"),
-        "torch bf16 autocast (--precision bf16)": (torch_run(model, x, "bf16"), "bfloat16"),
-        "torch bf16 weights and input (not shipped)": (torch_run(half, xh, "fp32"), "bfloat16"),
+        "torch fp32": (torch_run(model, x), "float32"),
+        "torch bf16 (--precision bf16)": (torch_run(half, xh), "bfloat16"),
+        "torch.autocast bf16 (not shipped)": (torch_run(model, x, autocast=True), "bfloat16"),
         "ONNX Runtime fp32": (lambda: onnx32.encode(xn, keys, "grid"), "float32"),
         "ONNX Runtime int8 (--precision int8)": (lambda: onnx8.encode(xn, keys, "grid"), "float32"),
     }

@@ -59,14 +59,14 @@ def encoder_tiles_per_s(threads: int, batch: int = 8, bands: int = 12, batches: 
                         precision: str = "fp32") -> float:
     import torch
 
-    from engine.models import autocast
+    from engine.models import at_precision
     from engine.spectral import get_sensor
 
     torch.set_num_threads(threads)
     keys = [b.key for b in get_sensor("sentinel2_l2a").bands][:bands]
-    model = vit_b()
-    x = torch.randn(batch, bands, 224, 224)
-    with torch.inference_mode(), autocast(precision, "cpu"):
+    model, dtype = at_precision(vit_b(), precision)
+    x = torch.randn(batch, bands, 224, 224).to(dtype)
+    with torch.inference_mode():
         model.encode(x, keys, "grid")
         t = time.perf_counter()
         for _ in range(batches):
@@ -124,7 +124,7 @@ def run_embed_child(args: argparse.Namespace) -> None:
     import torch
 
     from engine.maps import embed_raster
-    from engine.models import load_model
+    from engine.models import at_precision, choose_precision, load_model
     from engine.settings import InferenceSettings
 
     torch.set_num_threads(args.threads)
@@ -132,8 +132,11 @@ def run_embed_child(args: argparse.Namespace) -> None:
                        threads=args.threads)
     with torch.inference_mode():  # warm-up, as for the encoder-only figure (first calls initialise kernels)
         x = torch.zeros(8, 3, 224, 224)
-        model.encode(x.numpy() if model.backend == "onnx" else x, ["red_1", "green_1", "blue_3"],
-                     "grid")
+        if model.backend == "onnx":
+            model.encode(x.numpy(), ["red_1", "green_1", "blue_3"], "grid")
+        else:  # at the run's precision: bf16 kernels are others than fp32's
+            warm, dtype = at_precision(model, choose_precision(args.precision, "cpu").precision)
+            warm.encode(x.to(dtype), ["red_1", "green_1", "blue_3"], "grid")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         res = embed_raster(

@@ -54,7 +54,7 @@ class InferenceSettings:
             values with a per-cell scale, a quarter of the disk, cosine ≥ 0.9999 to float32;
             :mod:`engine.maps.quantized`).
         precision: ``"auto"`` (bf16 where the GPU or CPU has native bf16, else fp32), ``"fp32"``, ``"bf16"``
-            (torch autocast) or ``"int8"`` (ONNX Runtime with int8 weights, CPU): :mod:`engine.models.precision`,
+            (torch in bfloat16) or ``"int8"`` (ONNX Runtime with int8 weights, CPU): :mod:`engine.models.precision`,
             measured in docs/performance.md. An ONNX model runs as exported (``auto``).
         min_valid_fraction: A cell with a smaller share of valid pixels is written as nodata.
         max_tiles: The most tiles one pass may plan; a larger run is refused (:class:`SettingsError`) before any

@@ -220,7 +220,7 @@ class MsfmDock(QgsDockWidget):
             self.precision_combo.addItem(precision, precision)
         self.precision_combo.setToolTip(
             "PRECISION of the algorithms. auto: bf16 where the processor (AMX, AVX-512 BF16, Arm BF16) or the GPU has "
-            "native bf16, else fp32 — the log says which and why; bf16: torch autocast; int8: ONNX Runtime with int8 "
+            "native bf16, else fp32 — the log says which and why; bf16: torch in bfloat16; int8: ONNX Runtime with int8 "
             "weights on the CPU, the fast path where the processor has no bf16.")
         layout.addLayout(_row(QLabel("Precision"), (self.precision_combo, 1)))
         self.device_label = _wrapped_label(small=True)

@@ -141,7 +141,7 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
                    help="CPU threads of torch or ONNX Runtime (default: one per physical core)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="auto (bf16 where the CPU or GPU has native bf16 — AMX, AVX-512 BF16, Arm BF16, CUDA ≥ 8.0 — "
-                   "else fp32; the choice and why are logged), fp32, bf16 (torch autocast) or int8 (ONNX Runtime with "
+                   "else fp32; the choice and why are logged), fp32, bf16 (torch in bfloat16) or int8 (ONNX Runtime with "
                    "int8 weights, CPU: the fast path on CPUs without bf16)")
     p.add_argument(
         "--scale", type=float,

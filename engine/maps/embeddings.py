@@ -46,7 +46,7 @@ from ..models import (
     Encoder,
     OnnxEncoder,
     PrecisionChoice,
-    autocast,
+    at_precision,
     check_onnx_model,
     choose_precision,
     onnx_precision,
@@ -135,8 +135,8 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
     """The model as a function of normalised numpy tiles, and where and at what precision it runs.
 
     A torch encoder is moved to ``settings.device`` (:func:`engine.models.torch_device`) with ``settings.threads`` and
-    runs at ``settings.precision`` (:func:`engine.models.choose_precision`: fp32, or bf16 under
-    :func:`engine.models.autocast`); int8 runs its ONNX Runtime twin with int8 weights
+    runs at ``settings.precision`` (:func:`engine.models.choose_precision`: fp32, or a bf16 copy of it from
+    :func:`engine.models.at_precision`); int8 runs its ONNX Runtime twin with int8 weights
     (:func:`engine.models.onnx_twin`, exported once and cached). An ONNX Runtime encoder runs as loaded and exported,
     and torch is never imported.
 
@@ -170,15 +170,16 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
         twin = onnx_twin(model, tile_size_px=settings.tile_size_px, precision="int8", device="cpu",
                          threads=settings.threads)
         return (lambda x, projections: twin.encode(x, projections, "grid")), RunsOn("onnxruntime cpu", choice)
-    module = model.to(device).eval()  # type: ignore[attr-defined]
+    module, dtype = at_precision(model.eval(), choice.precision)  # type: ignore[attr-defined]
+    module = module.to(device)
     cuda = device.startswith("cuda")
 
     def encode(x: np.ndarray, projections: list[Projection]) -> np.ndarray:
-        with torch.inference_mode(), autocast(choice.precision, device):
+        with torch.inference_mode():
             tiles = torch.from_numpy(x)
             # CUDA: a page-locked copy goes to the GPU by DMA while the reader thread prepares the next batch
             tiles = tiles.pin_memory().to(device, non_blocking=True) if cuda else tiles
-            return module.encode(tiles, projections, output="grid").float().cpu().numpy()
+            return module.encode(tiles.to(dtype), projections, output="grid").float().cpu().numpy()
 
     return encode, RunsOn(device, choice)
 

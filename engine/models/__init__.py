@@ -52,7 +52,7 @@ from .onnx_session import (
     run_session,
     set_metadata,
 )
-from .precision import PrecisionChoice, autocast, choose_precision, cpu_features, native_bf16, onnx_precision
+from .precision import PrecisionChoice, at_precision, choose_precision, cpu_features, native_bf16, onnx_precision
 from .protocol import Backend, BlockEncoder, Encoder, InputSpec, Provenance
 from .registry import ModelSpec, download_model, get_model_spec, list_models, model_info, resolve_weights
 from .smarties_checkpoint import (
@@ -98,7 +98,7 @@ __all__ = (
     "Provenance",
     "SEGMENTER_FORMAT",
     "SmartiesEncoder",
-    "autocast",
+    "at_precision",
     "build_dino_model",
     "check_blocks",
     "check_onnx_model",

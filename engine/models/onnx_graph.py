@@ -101,8 +101,9 @@ class ExportPatchEmbed(nn.Module):
     ``image [B, C, H, W]`` and ``band_mix [C, 17]`` → patch tokens ``[B, h·w, D]``.
 
     The bands are mixed into the 17 base-projection channels (``[B, H, W, C] @ [C, 17]``), cut into p × p patches and
-    projected by one ``[p²·17, D]`` MatMul with the stacked base weights — the convolution of ``embed_mix`` as a
-    MatMul, so that int8 quantization (:func:`engine.export.quantize`) covers it too.
+    projected by one ``[p²·17, D]`` MatMul with the stacked base weights. ``embed_mix`` folds the mix into the
+    weights instead; here the weights stay a constant initializer, so that int8 quantization
+    (:func:`engine.export.quantize`) covers the MatMul too.
 
     Args:
         encoder: The :class:`engine.models.SmartiesEncoder` (its base projections are copied).

@@ -3,10 +3,13 @@
 Three paths run the same encoder (docs/performance.md has the measured speed and agreement of each):
 
 - ``fp32``: torch in float32, the reference;
-- ``bf16``: torch under :func:`torch.autocast` to bfloat16 — matrix products in bf16 with float32 accumulation,
-  normalisations and softmax kept in float32 by autocast's policy. Fast where the hardware has bf16 matrix
-  instructions: Intel AMX (``amx_bf16``), AVX-512 BF16 (``avx512_bf16``: Intel Cooper Lake+, AMD Zen 4+), Arm BF16
-  (Apple M2+, Graviton 3+), and CUDA GPUs of compute capability ≥ 8.0. Elsewhere torch emulates it, slower than fp32;
+- ``bf16``: torch with a bfloat16 copy of the encoder fed bfloat16 tiles (:func:`at_precision`) — matrix
+  products accumulate in float32 inside the kernels, LayerNorm and softmax compute in float32 and round their
+  outputs to bf16, and the embeddings come back as float32. Casting the weights once, rather than at every call as
+  :func:`torch.autocast` does, is 1.2× faster on an AMX CPU (bench/precision.py). Fast where the hardware has
+  bf16 matrix instructions: Intel AMX (``amx_bf16``), AVX-512 BF16 (``avx512_bf16``: Intel Cooper Lake+, AMD Zen
+  4+), Arm BF16 (Apple M2+, Graviton 3+), and CUDA GPUs of compute capability ≥ 8.0. Elsewhere torch emulates it,
+  slower than fp32;
 - ``int8``: ONNX Runtime with int8 weights (dynamic quantization, :func:`engine.models.onnx_twin`); uses VNNI /
   AVX2 integer dot products on any x86-64 CPU of the last decade.
 
@@ -19,18 +22,22 @@ This module imports torch only inside the functions that need it.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import functools
+import itertools
 import platform
 import subprocess  # nosec B404: one fixed sysctl query on macOS
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional
 
 from ..errors import DeviceError, SettingsError
 from ..settings import PRECISIONS
 
-__all__ = ("PRECISIONS", "Precision", "PrecisionChoice", "autocast", "choose_precision", "cpu_features",
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ("PRECISIONS", "Precision", "PrecisionChoice", "at_precision", "choose_precision", "cpu_features",
            "native_bf16", "onnx_precision")
 
 #: What a run runs at.
@@ -169,15 +176,27 @@ def onnx_precision(metadata: dict) -> str:
     return str(made.get("weights", "float32")) if isinstance(made, dict) else "float32"
 
 
-def autocast(precision: str, device: str) -> ContextManager[object]:
-    """The torch context of a precision: :func:`torch.autocast` to bfloat16 for ``"bf16"``, nothing otherwise.
+def at_precision(module: Any, precision: str) -> tuple[Any, "torch.dtype"]:
+    """The module to run at a precision, and the dtype its inputs take.
 
     Args:
-        precision: A :class:`PrecisionChoice`'s precision.
-        device: The torch device the model runs on.
+        module: A torch module (an encoder), in eval mode; it is never modified.
+        precision: A :class:`PrecisionChoice`'s precision (``"fp32"`` or ``"bf16"``; int8 runs an ONNX Runtime twin).
+
+    Returns:
+        ``(module, torch.float32)`` for fp32; for bf16 a bfloat16 copy of the module (weights and buffers; the
+        original keeps its float32 weights, so it stays usable at fp32) and ``torch.bfloat16``. Cast the module's
+        outputs back with ``.float()``.
     """
-    if precision != "bf16":
-        return contextlib.nullcontext()
     import torch
 
-    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    if precision != "bf16":
+        return module, torch.float32
+    # the copy takes bf16 casts of the floating-point tensors directly (no float32 clone on the way)
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            half = tensor.detach().to(torch.bfloat16)
+            memo[id(tensor)] = torch.nn.Parameter(half, requires_grad=False) if isinstance(
+                tensor, torch.nn.Parameter) else half
+    return copy.deepcopy(module, memo), torch.bfloat16

@@ -3,16 +3,19 @@
 :class:`GeoTiffWriter` writes through :func:`engine.atomic.atomic_output`: a hidden temporary file beside the
 destination, renamed onto it only when the ``with`` block ends without an exception, deleted on any error (including
 cancellation), so a failed run never leaves a half-written raster. Rows must arrive top to bottom; they are buffered
-up to the GeoTIFF block height so every internal block is compressed exactly once. :func:`gtiff_profile` is the one
-creation profile of our outputs.
+up to the GeoTIFF block height so every internal block is compressed exactly once, and each full band of blocks is
+compressed and written by a background thread while the caller computes the next rows (one write in flight at a
+time, so memory stays flat; GDAL releases the GIL while it compresses). :func:`gtiff_profile` is the one creation
+profile of our outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import numpy as np
 import rasterio
@@ -98,6 +101,8 @@ class GeoTiffWriter:
         self._pending_rows = 0
         self._ds: Any = None
         self._output = contextlib.ExitStack()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._writing: Optional[Future[None]] = None
 
     def __enter__(self) -> "GeoTiffWriter":
         tmp = self._output.enter_context(atomic_output(self.path))
@@ -109,6 +114,7 @@ class GeoTiffWriter:
             self._ds.update_tags(**{k: str(v) for k, v in self.tags.items()})
         if self.colormap:
             self._ds.write_colormap(1, dict(self.colormap))
+        self._pool = self._output.enter_context(ThreadPoolExecutor(1, thread_name_prefix="msfm-writer"))
         return self
 
     def write_rows(self, rows: np.ndarray) -> None:
@@ -126,12 +132,20 @@ class GeoTiffWriter:
         data = np.concatenate(self._pending, axis=1)
         n = data.shape[1] if final else (data.shape[1] // _BLOCK_ROWS) * _BLOCK_ROWS
         if n:
-            out = data[:, :n].astype(self.profile["dtype"], copy=False)
-            self._ds.write(out, window=Window(0, self.row, data.shape[2], n))
+            out = data[:, :n].astype(self.profile["dtype"], copy=False)  # data is our own copy: safe to hand over
+            self._wait()  # one write in flight: raises the previous write's error here
+            window = Window(0, self.row, data.shape[2], n)
+            self._writing = cast(ThreadPoolExecutor, self._pool).submit(self._ds.write, out, window=window)
             self.row += n
         rest = data[:, n:]
         self._pending = [rest] if rest.shape[1] else []
         self._pending_rows = rest.shape[1]
+
+    def _wait(self) -> None:
+        """Wait for the write in flight, if any, and raise its error."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def __exit__(
         self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
@@ -140,10 +154,12 @@ class GeoTiffWriter:
         if exc_type is None:
             try:
                 self._flush(final=True)
+                self._wait()
                 if self.row != self.profile["height"]:
                     raise RuntimeError(f"wrote {self.row} of {self.profile['height']} rows of {self.path}")
             except BaseException as err:
                 self._output.__exit__(type(err), err, err.__traceback__)
                 raise
-        # Closes the dataset, then renames the file (success) or removes it (an exception is passed on).
+        # Waits for the write in flight (its own error is moot then), closes the dataset, then renames the file
+        # (success) or removes it (an exception is passed on).
         self._output.__exit__(exc_type, exc, tb)

@@ -55,7 +55,7 @@ from ..errors import BandResolutionError, DependencyError, InputRasterError, Mod
 from ..models import (
     Encoder,
     PrecisionChoice,
-    autocast,
+    at_precision,
     check_onnx_model,
     choose_precision,
     load_model,
@@ -292,15 +292,17 @@ def _predictor(head: Any, model: Optional[Encoder],
                 "with OUT.onnx as the head; or use precision auto, fp32 or bf16"
             )
         log.info("segmenting on %s, %s", device, choice)
-        encoder.to(device).eval()  # type: ignore[attr-defined]  # a torch encoder (check_encoder)
+        # a torch encoder (check_encoder); the head stays in float32 (it is small and sets the argmax)
+        runner, dtype = at_precision(encoder.eval(), choice.precision)  # type: ignore[attr-defined]
+        runner = runner.to(device)
         net = head.to(device).eval()
         size = (settings.tile_size_px, settings.tile_size_px)
 
         def predict(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode(), autocast(choice.precision, device):
+            with torch.inference_mode():
                 image = torch.from_numpy(x).to(device)
-                grids = encoder.encode_blocks(image, projections, net.blocks)
-                return torch.softmax(net.pixel_logits(grids, size, image).float(), dim=1).cpu().numpy()
+                grids = [g.float() for g in runner.encode_blocks(image.to(dtype), projections, net.blocks)]
+                return torch.softmax(net.pixel_logits(grids, size, image), dim=1).cpu().numpy()
 
         return predict, choice
 
