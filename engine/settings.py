@@ -14,7 +14,7 @@ from rasterio.enums import Resampling
 
 from .errors import SettingsError
 
-__all__ = ("BlendKind", "InferenceSettings", "PRECISIONS")
+__all__ = ("BlendKind", "CPU_BATCH_SIZE", "InferenceSettings", "PRECISIONS")
 
 #: Window of the overlap blending (:func:`engine.raster.window_weights`).
 BlendKind = Literal["cosine", "linear"]
@@ -26,6 +26,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 #: Largest tile side: attention memory and time grow with the square of the tokens per tile (1024 px = 4096 tokens).
 _MAX_TILE_SIZE_PX = 1024
+#: Tiles per forward pass on a CPU when the batch size is automatic: larger batches run no faster there
+#: (docs/performance.md), and a batch is the unit of cancelling.
+CPU_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class InferenceSettings:
             tile), 1.36× at 32 px. A ViT's patch tokens depend on the whole tile's content, so with small overlaps
             k-means boundaries in homogeneous areas can snap to tile borders; half-tile overlaps average that out
             (docs/inference.md).
-        batch_size: Tiles per forward pass. Memory ∝ ``batch_size · tile_size_px²``.
+        batch_size: Tiles per forward pass; memory ∝ ``batch_size · tile_size_px²``. None (automatic): 8 on a CPU,
+            on CUDA as many as fit in half the GPU's free memory (:func:`engine.models.tiles_per_batch`).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
         threads: CPU threads of torch and of the int8 ONNX Runtime twin (None: the libraries' default, one per physical
             core). An ONNX model takes its threads when loaded (``load_model(..., threads=)``).
@@ -71,7 +75,7 @@ class InferenceSettings:
 
     tile_size_px: int = 224
     overlap_px: int = 112
-    batch_size: int = 8
+    batch_size: Optional[int] = None
     device: str = "auto"
     threads: Optional[int] = None
     scale: Optional[float] = None
@@ -83,8 +87,8 @@ class InferenceSettings:
     max_tiles: Optional[int] = 100_000
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise SettingsError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SettingsError(f"batch_size must be ≥ 1 (or None: automatic), got {self.batch_size}")
         if not _DEVICE.fullmatch(self.device):
             raise SettingsError(f"unknown device {self.device!r}; use auto, cpu, cuda, cuda:N (N = GPU index) or mps")
         if self.threads is not None and self.threads < 1:

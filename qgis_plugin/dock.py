@@ -228,7 +228,8 @@ class MsfmDock(QgsDockWidget):
         layout.addWidget(self.device_label)
         self.tile_spin = _spin(16, 1024, 16, 224, " px")  # the engine's limit (InferenceSettings)
         self.overlap_spin = _spin(0, 1008, 16, 112, " px")
-        self.batch_spin = _spin(1, 1024, 1, 8, "")
+        self.batch_spin = _spin(0, 1024, 1, 0, "")
+        self.batch_spin.setSpecialValueText("auto")  # 0: the engine chooses (8 on a CPU, from free GPU memory)
         self.scale_spin = QDoubleSpinBox()
         self.scale_spin.setRange(0.0, 20.0)
         self.scale_spin.setDecimals(2)
@@ -681,7 +682,7 @@ class MsfmDock(QgsDockWidget):
             "DEVICE": self.device_combo.currentData() or "auto",
             "PRECISION": self.precision_combo.currentData() or "auto",
             "TILE_SIZE": self.tile_spin.value(), "OVERLAP": self.overlap_spin.value(),
-            "BATCH_SIZE": self.batch_spin.value(), "K": self.k_spin.value(),
+            "BATCH_SIZE": self.batch_spin.value() or None, "K": self.k_spin.value(),
         }
         if self.scale_spin.value() > 0:
             values["SCALE"] = self.scale()
@@ -806,7 +807,7 @@ class MsfmDock(QgsDockWidget):
         self._sync_backend()
         for key, spin, default, kind in (("tile_size", self.tile_spin, 224, int),
                                          ("overlap", self.overlap_spin, 112, int),
-                                         ("batch_size", self.batch_spin, 8, int),
+                                         ("batch_size", self.batch_spin, 0, int),
                                          ("scale", self.scale_spin, 0.0, float), ("k", self.k_spin, 8, int)):
             spin.setValue(kind(s.value(f"{SETTINGS}/{key}", default)))
 

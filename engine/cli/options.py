@@ -135,14 +135,16 @@ def add_inference_options(p: argparse.ArgumentParser, model_default: Optional[st
         help="overlap of neighbouring tiles in model-input pixels, multiple of 16 (default 112 = half a tile: tile "
         "context then averages out and class maps show no tile-shaped boundaries; 32 is 2.9× faster)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int,
+                   help="tiles per forward pass (default: 8 on a CPU; on CUDA as many as fit in half the free GPU "
+                   "memory, at most 128)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int,
                    help="CPU threads of torch or ONNX Runtime (default: one per physical core)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="auto (bf16 where the CPU or GPU has native bf16 — AMX, AVX-512 BF16, Arm BF16, CUDA ≥ 8.0 — "
-                   "else fp32; the choice and why are logged), fp32, bf16 (torch in bfloat16) or int8 (ONNX Runtime with "
-                   "int8 weights, CPU: the fast path on CPUs without bf16)")
+                   "else fp32; the choice and why are logged), fp32, bf16 (torch in bfloat16) or int8 "
+                   "(ONNX Runtime with int8 weights, CPU: the fast path on CPUs without bf16)")
     p.add_argument(
         "--scale", type=float,
         help="model-input pixels per native pixel (2 = upsample 2×); default from the sensor preset "

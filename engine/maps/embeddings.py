@@ -52,6 +52,7 @@ from ..models import (
     onnx_precision,
     onnx_twin,
     open_reader,
+    tiles_per_batch,
     torch_device,
 )
 from ..outputs import GEOTIFF, check_outputs
@@ -68,7 +69,7 @@ from ..raster import (
     preflight,
     tile_grid,
 )
-from ..settings import InferenceSettings
+from ..settings import CPU_BATCH_SIZE, InferenceSettings
 from ..spectral import BandMapping, Overrides, Projection
 from .quantized import EmbeddingStorage
 from .tags import EmbeddingTags
@@ -122,16 +123,18 @@ class RunsOn:
     Attributes:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, or ``"onnxruntime cpu"`` / ``"onnxruntime cuda"``.
         precision: The resolved precision and why (:func:`engine.models.choose_precision`).
+        batch_size: Tiles per forward pass (:func:`engine.models.tiles_per_batch`).
     """
 
     device: str
     precision: PrecisionChoice
+    batch_size: int
 
     def __str__(self) -> str:
-        return f"{self.device}, {self.precision}"
+        return f"{self.device}, {self.precision}, batch {self.batch_size}"
 
 
-def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncodeFn, RunsOn]:
+def grid_encoder(model: Encoder, settings: InferenceSettings, bands: int) -> tuple[GridEncodeFn, RunsOn]:
     """The model as a function of normalised numpy tiles, and where and at what precision it runs.
 
     A torch encoder is moved to ``settings.device`` (:func:`engine.models.torch_device`) with ``settings.threads`` and
@@ -142,7 +145,8 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
 
     Args:
         model: The encoder.
-        settings: Device, threads, precision and tile size of the run.
+        settings: Device, threads, precision, tile size and batch size of the run.
+        bands: Bands per tile (C), for the automatic batch size on CUDA (:func:`engine.models.tiles_per_batch`).
 
     Returns:
         ``(encode, runs_on)``: ``encode(x [B, C, H, W] float32, projections)`` → patch-grid embeddings
@@ -160,8 +164,8 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
         check_onnx_model(model, settings)
         choice = choose_precision(settings.precision, model.device, onnx=onnx_precision(model.metadata))
         onnx = model
-        return (lambda x, projections: onnx.encode(x, projections, "grid")), RunsOn(f"onnxruntime {onnx.device}",
-                                                                                     choice)
+        runs_on = RunsOn(f"onnxruntime {onnx.device}", choice, settings.batch_size or CPU_BATCH_SIZE)
+        return (lambda x, projections: onnx.encode(x, projections, "grid")), runs_on
     import torch  # a torch encoder: torch is installed (the ONNX path above never imports it)
 
     device = torch_device(settings)
@@ -169,10 +173,13 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
     if choice.precision == "int8":
         twin = onnx_twin(model, tile_size_px=settings.tile_size_px, precision="int8", device="cpu",
                          threads=settings.threads)
-        return (lambda x, projections: twin.encode(x, projections, "grid")), RunsOn("onnxruntime cpu", choice)
+        runs_on = RunsOn("onnxruntime cpu", choice, settings.batch_size or CPU_BATCH_SIZE)
+        return (lambda x, projections: twin.encode(x, projections, "grid")), runs_on
     module, dtype = at_precision(model.eval(), choice.precision)  # type: ignore[attr-defined]
     module = module.to(device)
     cuda = device.startswith("cuda")
+    batch_size = tiles_per_batch(settings, device, bands=bands, patch_size=model.patch_size,
+                                 embed_dim=model.embed_dim, value_bytes=dtype.itemsize)
 
     def encode(x: np.ndarray, projections: list[Projection]) -> np.ndarray:
         with torch.inference_mode():
@@ -181,7 +188,7 @@ def grid_encoder(model: Encoder, settings: InferenceSettings) -> tuple[GridEncod
             tiles = tiles.pin_memory().to(device, non_blocking=True) if cuda else tiles
             return module.encode(tiles.to(dtype), projections, output="grid").float().cpu().numpy()
 
-    return encode, RunsOn(device, choice)
+    return encode, RunsOn(device, choice, batch_size)
 
 
 def embed_raster(
@@ -279,8 +286,8 @@ def _run(
     itemsize = np.dtype(settings.output_dtype).itemsize
     preflight(f"embedding {source}", len(grid), reader.height_px, reader.width_px, settings.tile_size_px,
               grid.width_cells * grid.height_cells * model.embed_dim * itemsize, settings.max_tiles)
-    encode, runs_on = grid_encoder(model, settings)
     projections = list(mapping.projections)
+    encode, runs_on = grid_encoder(model, settings, len(projections))
     n, size = grid.tile_cells, settings.tile_size_px
     padded_width = max(grid.width_cells, n)
     blender = RowBlender(model.embed_dim, n, padded_width, settings.blend)
@@ -308,7 +315,7 @@ def _run(
         sensor=mapping.sensor,
         scale=reader.scale,
         patch_size_px=p,
-        settings={**asdict(settings), "precision": runs_on.precision.precision},
+        settings={**asdict(settings), "precision": runs_on.precision.precision, "batch_size": runs_on.batch_size},
         stats=tuple(reader.stats),
         region=region_record,
     ).to_tags() | storage.tags
@@ -320,7 +327,7 @@ def _run(
             f"no pixel centre of {source} (window {reader.window} of the raster) lies inside the region's polygons; "
             "draw polygons that cover at least one pixel centre"
         )
-    stream = TileBatches(tiles, settings.batch_size, lambda t: reader.read(t[0] * p, t[1] * p, size), is_canceled,
+    stream = TileBatches(tiles, runs_on.batch_size, lambda t: reader.read(t[0] * p, t[1] * p, size), is_canceled,
                          progress)
     valid_cells = 0
 

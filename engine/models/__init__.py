@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from .device import select_device, torch_device
+from .device import select_device, tiles_per_batch, torch_device
 from .dino_checkpoint import (
     DinoCheckpoint,
     build_dino_model,
@@ -135,6 +135,7 @@ __all__ = (
     "select_device",
     "set_metadata",
     "sincos_pos_embed",
+    "tiles_per_batch",
     "torch_device",
     "xstars_norm",
 )

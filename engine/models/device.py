@@ -5,10 +5,21 @@ ONNX Runtime models choose their execution provider when they are loaded (:func:
 
 from __future__ import annotations
 
-from ..errors import DeviceError
-from ..settings import InferenceSettings
+import logging
 
-__all__ = ("select_device", "torch_device")
+from ..errors import DeviceError
+from ..settings import CPU_BATCH_SIZE, InferenceSettings
+
+__all__ = ("select_device", "tile_bytes", "tiles_per_batch", "torch_device")
+
+log = logging.getLogger(__name__)
+
+#: Share of the GPU's free memory an automatic batch may plan for (the rest: allocator slack, cuDNN/cuBLAS
+#: workspaces, other processes; the estimate of :func:`tile_bytes` is an upper bound of activations, not of those).
+GPU_MEMORY_SHARE = 0.5
+#: Largest automatic batch: beyond it a ViT-B no longer runs faster on the GPUs we measured (docs/gpu.md), and a
+#: batch is the unit of cancelling and of progress.
+MAX_AUTO_BATCH = 128
 
 
 def select_device(device: str) -> str:
@@ -48,3 +59,65 @@ def torch_device(settings: InferenceSettings) -> str:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     return select_device(settings.device)
+
+
+def tile_bytes(tile_size_px: int, bands: int, patch_size: int, embed_dim: int, value_bytes: int) -> int:
+    """Upper bound of the device memory one tile takes during a forward pass of a ViT encoder, in bytes.
+
+    Counted (inference mode, where a block's intermediates are freed before the next block runs): the input tile in
+    float32 and at the run's precision, its patches flattened for the spectral projection, the largest block's live
+    tensors (residual, norm, q/k/v, attention output, the 4·D MLP hidden layer before and after the GELU: 14 · T · D
+    values), the attention scores and softmax of D/64 heads (2 · h · T² values; a fused attention kernel needs none,
+    so this is an upper bound) and the float32 patch-grid output.
+
+    Args:
+        tile_size_px: Tile side in model-input pixels.
+        bands: Bands of the tile (C).
+        patch_size: Patch side in pixels (p); T = (tile_size_px / p)² tokens.
+        embed_dim: Token dimension D.
+        value_bytes: Bytes per activation value (4 for fp32, 2 for bf16).
+
+    Returns:
+        Bytes per tile.
+    """
+    tokens = (tile_size_px // patch_size) ** 2
+    heads = max(1, embed_dim // 64)
+    pixels = bands * tile_size_px ** 2
+    inputs = pixels * (4 + 2 * value_bytes)
+    block = (14 * tokens * embed_dim + 2 * heads * tokens ** 2) * value_bytes
+    return inputs + block + tokens * embed_dim * 4
+
+
+def tiles_per_batch(settings: InferenceSettings, device: str, *, bands: int, patch_size: int, embed_dim: int,
+                    value_bytes: int) -> int:
+    """Tiles per forward pass: ``settings.batch_size`` when given; otherwise chosen for ``device``.
+
+    Automatic (``batch_size=None``): :data:`engine.settings.CPU_BATCH_SIZE` (8) on a CPU, where larger batches run no
+    faster (docs/performance.md); on CUDA, as many tiles as fit in :data:`GPU_MEMORY_SHARE` of the GPU's free memory
+    (``torch.cuda.mem_get_info``) by :func:`tile_bytes`, between 1 and :data:`MAX_AUTO_BATCH`. The choice is logged.
+    Used by the embedding passes (embed, cluster, similarity); segmentation and head fitting, whose heads add memory
+    per pixel, take 8 tiles when the batch size is automatic.
+
+    Args:
+        settings: The run's settings.
+        device: The resolved torch device (:func:`torch_device`), or ``"onnxruntime …"`` (then the CPU default).
+        bands: Bands per tile (C).
+        patch_size: Patch side in pixels.
+        embed_dim: Token dimension D.
+        value_bytes: Bytes per activation value (4 for fp32, 2 for bf16).
+
+    Returns:
+        Batch size ≥ 1.
+    """
+    if settings.batch_size is not None:
+        return settings.batch_size
+    if not device.startswith("cuda"):
+        return CPU_BATCH_SIZE
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    per_tile = tile_bytes(settings.tile_size_px, bands, patch_size, embed_dim, value_bytes)
+    size = int(min(MAX_AUTO_BATCH, max(1, GPU_MEMORY_SHARE * free // per_tile)))
+    log.info("batch size %d (auto: %.1f GiB free on %s, ≤ %.0f MiB per %d px tile)", size, free / 2 ** 30, device,
+             per_tile / 2 ** 20, settings.tile_size_px)
+    return size

@@ -266,8 +266,10 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Integer, 224, minValue=16, maxValue=1024),
             QgsProcessingParameterNumber("OVERLAP", "Tile overlap (model pixels, multiple of 16)",
                                          QgsProcessingParameterNumber.Integer, 112, minValue=0, maxValue=1008),
-            QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per forward pass)",
-                                         QgsProcessingParameterNumber.Integer, 8, minValue=1, maxValue=1024),
+            QgsProcessingParameterNumber("BATCH_SIZE", "Batch size (tiles per forward pass; empty: 8 on a CPU, as "
+                                         "many as fit in half the free memory on a GPU)",
+                                         QgsProcessingParameterNumber.Integer, None, optional=True, minValue=1,
+                                         maxValue=1024),
             QgsProcessingParameterNumber("SCALE", f"Scale (model pixels per layer pixel; empty: {scale_default})",
                                          QgsProcessingParameterNumber.Double, None, optional=True,
                                          minValue=0.05, maxValue=20),
@@ -381,12 +383,12 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
 
         No tile limit (``max_tiles=None``): QGIS shows the progress and the user can cancel, so a large run is the
         user's call (the command line asks for ``--yes`` instead)."""
-        scale = parameters.get("SCALE")
+        scale, batch_size = parameters.get("SCALE"), parameters.get("BATCH_SIZE")
         extra.setdefault("max_tiles", None)
         return engine.InferenceSettings(
             tile_size_px=self.parameterAsInt(parameters, "TILE_SIZE", context),
             overlap_px=self.parameterAsInt(parameters, "OVERLAP", context),
-            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+            batch_size=None if batch_size in (None, "") else self.parameterAsInt(parameters, "BATCH_SIZE", context),
             device=self.parameterAsEnumString(parameters, "DEVICE", context) or "auto",
             precision=self.parameterAsEnumString(parameters, "PRECISION", context) or "auto",
             scale=None if scale in (None, "") else self.parameterAsDouble(parameters, "SCALE", context),

@@ -70,8 +70,8 @@ def test_only_the_tiles_touching_data_are_encoded_and_their_cells_are_unchanged(
     batches: list[int] = []
     real_encoder = embeddings.grid_encoder
 
-    def counting_encoder(model, settings):
-        encode, device = real_encoder(model, settings)
+    def counting_encoder(model, settings, bands):
+        encode, device = real_encoder(model, settings, bands)
         return (lambda x, projections: batches.append(len(x)) or encode(x, projections)), device
 
     monkeypatch.setattr(embeddings, "grid_encoder", counting_encoder)

@@ -212,6 +212,7 @@ def test_cuda_embeddings_match_the_cpu(demo_model_copy: Any, embeddings: Any, tm
     res = embed_raster(TINY_S2, tmp_path / "emb.tif", demo_model_copy, settings=InferenceSettings(device="cuda"))
     with rasterio.open(embeddings.path) as a, rasterio.open(res.path) as b:
         cpu, cuda = a.read(), b.read()
-        assert json.loads(b.tags()["MSFM_SETTINGS"])["device"] == "cuda"
+        used = json.loads(b.tags()["MSFM_SETTINGS"])
+        assert used["device"] == "cuda" and used["batch_size"] > 8  # automatic: sized from the GPU's free memory
     assert cuda.shape == cpu.shape and np.abs(cuda - cpu).max() <= 1e-2 * np.abs(cpu).max()
 
