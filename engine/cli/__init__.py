@@ -13,6 +13,7 @@ Examples::
     msfm classify scene.tif classes.tif --polygons labels.gpkg --class-field cover   # random forest, no model file
     msfm export-onnx demo.onnx --model smarties-demo-tiny   # one graph for every band combination
     msfm export-onnx classes.onnx --head head.safetensors    # encoder + head: segment with onnxruntime alone
+    msfm batch embed tiles/ out/ --workers 2   # every scene on Dask: COGs, mosaic VRTs, STAC, resumable
     msfm demo                                  # bundled Sentinel-2 scene + bundled model, fully offline
     msfm train smarties-mae CONFIG             # provided by the training package (entry point, see below)
     msfm eval knn DATASET                      # frozen-encoder kNN / linear-probe / retrieval (training package)
@@ -20,8 +21,8 @@ Examples::
 One module per command group: :mod:`~engine.cli.bands` (``bands``, ``sensors``), :mod:`~engine.cli.models`
 (``models``, ``versions``), :mod:`~engine.cli.maps` (``embed``, ``cluster``, ``similarity``),
 :mod:`~engine.cli.segmentation` (``train-head``, ``segment``), :mod:`~engine.cli.export` (``export-onnx``),
-:mod:`~engine.cli.demo` (``demo``); the options they share are in :mod:`~engine.cli.options`. Building the parser never
-imports torch.
+:mod:`~engine.cli.batch` (``batch embed``), :mod:`~engine.cli.demo` (``demo``); the options they share are in
+:mod:`~engine.cli.options`. Building the parser never imports torch.
 
 Other installed packages add sub-commands through the ``msfm.commands`` entry-point group (:func:`add_plugin_commands`):
 msfm's own ``training`` package registers ``train`` and ``eval`` that way, so the engine never imports it.
@@ -42,7 +43,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from .. import __version__
 from ..errors import EngineError
-from . import bands, classify, demo, export, maps, models, segmentation
+from . import bands, batch, classify, demo, export, maps, models, segmentation
 from .options import DEMO_MODEL, add_band_options, band_overrides
 
 __all__ = ("DEMO_MODEL", "PLUGIN_COMMANDS", "PLUGIN_GROUP", "add_band_options", "add_plugin_commands",
@@ -60,7 +61,7 @@ _INSTALL_HINT = (
     "`pip install -r requirements.txt && pip install -e '.[train]'`"
 )
 #: The command groups, in the order ``msfm --help`` lists them.
-_GROUPS = (bands, models, maps, segmentation, classify, export, demo)
+_GROUPS = (bands, models, maps, segmentation, classify, export, batch, demo)
 
 
 def _unavailable(sub: Any, name: str, message: str) -> None:

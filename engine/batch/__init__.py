@@ -1,0 +1,35 @@
+"""Batch runs: many scenes through one command on Dask, from a laptop to a cluster (docs/scale.md).
+
+:func:`batch_embed` takes a catalogue (:func:`read_catalogue`: a folder, glob, list of paths/URLs or STAC document)
+and writes a Cloud-Optimized GeoTIFF per scene, a mosaic VRT per CRS and a STAC collection, resumably
+(:class:`Manifest`). Dask (``distributed``) is imported only when a run starts.
+"""
+
+from __future__ import annotations
+
+from .catalogue import Scene, gdal_path, read_catalogue
+from .cluster import ModelPlugin, dask_client, local_layout, worker_model
+from .manifest import Manifest, run_key
+from .products import Product, file_digest, write_cog, write_mosaics, write_stac
+from .run import BatchReport, batch_embed, embed_scene, run_scenes
+
+__all__ = (
+    "BatchReport",
+    "Manifest",
+    "ModelPlugin",
+    "Product",
+    "Scene",
+    "batch_embed",
+    "dask_client",
+    "embed_scene",
+    "file_digest",
+    "gdal_path",
+    "local_layout",
+    "read_catalogue",
+    "run_key",
+    "run_scenes",
+    "worker_model",
+    "write_cog",
+    "write_mosaics",
+    "write_stac",
+)

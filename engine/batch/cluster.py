@@ -1,0 +1,141 @@
+"""Dask for batch runs: the cluster a run uses, and the model each worker holds.
+
+A run uses an existing scheduler (``scheduler`` or ``DASK_SCHEDULER_ADDRESS``) or starts a ``LocalCluster`` of worker
+processes sized to the machine so that the model's threads never oversubscribe the cores: ``workers × threads =
+physical cores``, one task at a time per worker (:func:`local_layout`). The model is loaded once per worker by a
+worker plugin (:class:`ModelPlugin`) from its name or path; tasks find it with :func:`worker_model`, so a model is
+never pickled into a task. Rasters are opened inside the tasks (datasets do not pickle). Tasks lost with a worker are
+rerun by the scheduler on another one (``distributed.scheduler.allowed-failures``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator, Optional
+
+from ..errors import DependencyError
+from ..models import load_model
+
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # Dask is needed only when a run starts (dask_client says how to install it)
+    WorkerPlugin = object  # type: ignore[misc,assignment]
+
+__all__ = ("ModelPlugin", "dask_client", "local_layout", "worker_model")
+
+log = logging.getLogger(__name__)
+
+#: Name the model plugin is registered under on every worker.
+PLUGIN_NAME = "msfm-model"
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise DependencyError("batch runs need Dask: pip install 'distributed' (requirements.txt pins it)") from exc
+    return distributed
+
+
+def physical_cores() -> int:
+    """Physical CPU cores of this machine (logical ones where the count is unknown), at least 1."""
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def local_layout(workers: Optional[int] = None, cores: Optional[int] = None) -> tuple[int, int]:
+    """``(workers, threads per worker)`` of a local cluster: every core used once.
+
+    Default: one worker per 4 physical cores (at least one). A ViT forward pass scales well over 4 threads, and
+    fewer, larger workers hold fewer copies of the model; scenes then run in parallel across workers.
+
+    Args:
+        workers: Worker processes asked for (None: the default).
+        cores: Physical cores (None: :func:`physical_cores`).
+
+    Returns:
+        ``(workers, threads)`` with ``workers × threads ≤ cores`` (and threads ≥ 1).
+    """
+    cores = cores or physical_cores()
+    workers = workers or max(1, cores // 4)
+    return workers, max(1, cores // workers)
+
+
+class ModelPlugin(WorkerPlugin):
+    """A Dask worker plugin that loads the model once when the worker starts.
+
+    Pickled to the workers with the model's name or path only. A model that cannot be loaded is kept as the error,
+    which every task on that worker then raises with the loader's message.
+
+    Args:
+        model: Registry name or file (:func:`engine.load_model`).
+        backend: ``"torch"`` or ``"onnx"``.
+        num_heads: Attention heads, if the checkpoint does not say.
+        threads: CPU threads of the model on each worker (torch and ONNX Runtime).
+        device: ONNX Runtime device (a torch model loads on the CPU; each run moves it).
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, model: str, backend: str = "torch", num_heads: Optional[int] = None,
+                 threads: Optional[int] = None, device: str = "cpu") -> None:
+        self.path_or_name, self.backend, self.num_heads, self.threads = model, backend, num_heads, threads
+        self.device = device if backend == "onnx" else "cpu"
+        self.model: Any = None
+        self.error: Optional[BaseException] = None
+
+    def setup(self, worker: Any = None) -> None:
+        """Load the model (called by Dask on each worker)."""
+        try:
+            if self.threads and self.backend == "torch":
+                import torch
+
+                torch.set_num_threads(self.threads)
+            self.model = load_model(self.path_or_name, num_heads=self.num_heads, device=self.device,
+                                    backend=self.backend, threads=self.threads)
+        except Exception as exc:  # kept: each task reports it, the client does not hang on a worker that cannot start
+            self.error = exc
+
+    def teardown(self, worker: Any = None) -> None:
+        """Release the model."""
+        self.model = None
+
+
+def worker_model() -> Any:
+    """The model of the current Dask worker (:class:`ModelPlugin`).
+
+    Raises:
+        Exception: The error that loading the model raised on this worker.
+    """
+    plugin = _distributed().get_worker().plugins[PLUGIN_NAME]
+    if plugin.error is not None:
+        raise plugin.error
+    return plugin.model
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) -> Iterator[tuple[Any, Optional[int]]]:
+    """A Dask client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), else to a new local cluster.
+
+    Args:
+        scheduler: Scheduler address (``tcp://host:8786``); None: ``DASK_SCHEDULER_ADDRESS``, else a local cluster.
+        workers: Worker processes of a local cluster (:func:`local_layout`).
+
+    Yields:
+        ``(client, threads per worker)`` (threads None for an existing cluster: each worker's own default).
+    """
+    distributed = _distributed()
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with distributed.Client(address) as client:
+            log.info("Dask scheduler %s (dashboard %s)", address, client.dashboard_link)
+            yield client, None
+        return
+    n, threads = local_layout(workers)
+    with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
+        log.info("Dask local cluster: %d workers × %d threads (dashboard %s)", n, threads, client.dashboard_link)
+        yield client, threads

@@ -1,0 +1,61 @@
+"""``msfm batch embed CATALOGUE OUTDIR``: every scene of a catalogue on Dask, resumable (:mod:`engine.batch`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from .options import Progress, add_inference_options, band_overrides, inference_settings
+
+__all__ = ("register",)
+
+
+def cmd_batch_embed(args: argparse.Namespace) -> int:
+    """Embed every scene; print the outputs, the skipped and the failed scenes (exit status 2 if any failed)."""
+    from ..batch import batch_embed  # imports Dask: only when a batch runs
+
+    logging.getLogger("engine.batch").setLevel(logging.INFO)  # the cluster, its dashboard link and failed scenes
+    if not args.verbose:  # Dask logs every worker's start and stop at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    bar = Progress("batch embed (scenes)")
+    try:
+        report = batch_embed(
+            args.catalogue, args.outdir, args.model, settings=inference_settings(args), sensor=args.sensor,
+            overrides=band_overrides(args.band), backend=args.backend, num_heads=args.num_heads, asset=args.asset,
+            workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, progress=bar,
+        )
+    finally:
+        bar.close()
+    print(f"{args.outdir}: {len(report.done)} scenes embedded, {len(report.skipped)} already done (skipped), "
+          f"{len(report.failed)} failed, in {report.seconds:.1f} s on {report.workers or 'no'} Dask workers")
+    for path in report.mosaics:
+        print(f"mosaic: {path}")
+    if report.stac is not None:
+        print(f"STAC collection: {report.stac}")
+    for scene, error in report.failed.items():
+        print(f"failed: {scene}: {error}")
+    return 2 if report.failed else 0
+
+
+def register(sub: Any) -> None:
+    """Add ``batch`` (with ``embed``) to the ``msfm`` sub-parsers."""
+    batch = sub.add_parser("batch", help="run a command over every scene of a catalogue, on Dask (resumable)")
+    commands = batch.add_subparsers(dest="batch_command", required=True)
+    p = commands.add_parser(
+        "embed", help="embedding COG per scene, a mosaic VRT per CRS and a STAC collection of the outputs",
+        description="Scenes whose outputs an earlier run finished (same size and SHA-256 as in OUTDIR/manifest.jsonl) "
+        "are skipped; failed scenes are retried. Needs Dask (requirements.txt).",
+    )
+    p.add_argument("catalogue", help="folder of rasters, glob pattern ('tiles/*.tif'), text file of paths or URLs "
+                   "(/vsicurl/, /vsis3/, https://, s3://), or STAC ItemCollection / catalog JSON")
+    p.add_argument("outdir", help="output folder: <scene>.tif (COG), mosaic_<CRS>.vrt, stac/collection.json, "
+                   "manifest.jsonl")
+    add_inference_options(p)
+    p.add_argument("--asset", help="STAC asset key to embed (needed when items hold several rasters)")
+    p.add_argument("--workers", type=int, help="Dask worker processes of the local cluster (default: one per 4 "
+                   "physical cores; each runs the model with cores / workers threads)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786; default: "
+                   "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    p.add_argument("--overwrite", action="store_true", help="redo every scene (else finished scenes are skipped)")
+    p.set_defaults(func=cmd_batch_embed)
