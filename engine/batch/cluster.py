@@ -49,8 +49,10 @@ def physical_cores() -> int:
 def local_layout(workers: Optional[int] = None, cores: Optional[int] = None) -> tuple[int, int]:
     """``(workers, threads per worker)`` of a local cluster: every core used once.
 
-    Default: one worker per 4 physical cores (at least one). A ViT forward pass scales well over 4 threads, and
-    fewer, larger workers hold fewer copies of the model; scenes then run in parallel across workers.
+    Default: one worker per 2 physical cores, and at least 2 workers where there are 2 cores. Scenes in parallel use
+    the cores better than threads inside one scene (reading, blending and writing are partly serial): on 2 cores, 2
+    workers × 1 thread embedded 1.4× the scenes/s of 1 worker × 2 threads (docs/scale.md, "Measured"); 2 threads per
+    worker keep the copies of the model (and their memory) at half the cores.
 
     Args:
         workers: Worker processes asked for (None: the default).
@@ -60,7 +62,7 @@ def local_layout(workers: Optional[int] = None, cores: Optional[int] = None) -> 
         ``(workers, threads)`` with ``workers × threads ≤ cores`` (and threads ≥ 1).
     """
     cores = cores or physical_cores()
-    workers = workers or max(1, cores // 4)
+    workers = workers or max(min(cores, 2), cores // 2)
     return workers, max(1, cores // workers)
 
 
@@ -116,6 +118,19 @@ def worker_model() -> Any:
     return plugin.model
 
 
+def _worker_environ(threads: int) -> dict[str, Any]:
+    """Dask configuration of the environment a local worker process starts with.
+
+    Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers (to return freed memory to the system at once); glibc then
+    maps and unmaps every large array anew, and ``embed_raster`` ran 1.7× slower (0.93 vs 0.54 s for the demo scene
+    with the demo model, docs/scale.md): it is left unset. The OpenMP / BLAS pools get the worker's threads (Dask's
+    default is 1).
+    """
+    environ = "distributed.nanny.pre-spawn-environ"
+    return {f"{environ}.MALLOC_TRIM_THRESHOLD_": None,
+            **{f"{environ}.{name}": threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) -> Iterator[tuple[Any, Optional[int]]]:
     """A Dask client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), else to a new local cluster.
@@ -128,6 +143,8 @@ def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) 
         ``(client, threads per worker)`` (threads None for an existing cluster: each worker's own default).
     """
     distributed = _distributed()
+    import dask
+
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with distributed.Client(address) as client:
@@ -135,7 +152,8 @@ def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) 
             yield client, None
         return
     n, threads = local_layout(workers)
-    with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
+    with dask.config.set(_worker_environ(threads)), \
+            distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
         log.info("Dask local cluster: %d workers × %d threads (dashboard %s)", n, threads, client.dashboard_link)
         yield client, threads

@@ -1,6 +1,7 @@
 """What a batch run leaves for its users: Cloud-Optimized GeoTIFFs, a mosaic VRT per CRS, a STAC collection.
 
-- :func:`write_cog`: one COG per scene (GDAL's COG driver: 256 × 256 internal tiles, ZSTD, overviews), converted from
+- :func:`write_cog`: one COG per scene (GDAL's COG driver: 256 × 256 internal tiles, smaller for scenes smaller than
+  a tile, ZSTD, overviews), converted from
   the engine's row-band GeoTIFF, written atomically (:func:`engine.atomic.atomic_output`). Overviews of float
   embeddings average their cells (nodata ignored); int8 embeddings (:mod:`engine.maps.quantized`) take the nearest
   cell, since an average of per-cell scale exponents means nothing.
@@ -78,9 +79,12 @@ def write_cog(source: Union[str, Path], output: Union[str, Path]) -> Path:
     """
     with rasterio.open(source) as ds:
         quantized = ds.dtypes[0] == "int8"
+        # a tile is compressed whole, padding included: a 64 × 64-cell scene in 256 × 256 tiles would compress 16×
+        # its size (0.25 s instead of 0.03 s for 192 bands)
+        block = min(256, 16 * math.ceil(max(ds.width, ds.height) / 16))
     with atomic_output(output) as tmp:
         rasterio.shutil.copy(
-            source, tmp, driver="COG", COMPRESS="ZSTD", LEVEL=1, BLOCKSIZE=256, BIGTIFF="IF_SAFER",
+            source, tmp, driver="COG", COMPRESS="ZSTD", LEVEL=1, BLOCKSIZE=block, BIGTIFF="IF_SAFER",
             PREDICTOR="NO" if quantized else "FLOATING_POINT",
             OVERVIEW_RESAMPLING="NEAREST" if quantized else "AVERAGE",
         )

@@ -53,8 +53,8 @@ def register(sub: Any) -> None:
                    "manifest.jsonl")
     add_inference_options(p)
     p.add_argument("--asset", help="STAC asset key to embed (needed when items hold several rasters)")
-    p.add_argument("--workers", type=int, help="Dask worker processes of the local cluster (default: one per 4 "
-                   "physical cores; each runs the model with cores / workers threads)")
+    p.add_argument("--workers", type=int, help="Dask worker processes of the local cluster (default: one per 2 "
+                   "physical cores, at least 2; each runs the model with cores / workers threads)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786; default: "
                    "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
     p.add_argument("--overwrite", action="store_true", help="redo every scene (else finished scenes are skipped)")

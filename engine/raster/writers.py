@@ -32,7 +32,9 @@ _BLOCK_ROWS = 16
 def gtiff_profile(
     *, width: int, height: int, count: int, dtype: str, crs: Any, transform: Affine, nodata: Optional[float]
 ) -> dict[str, Any]:
-    """Creation profile for our outputs: tiled (256 × 16 blocks), ZSTD level 1, pixel-interleaved, BigTIFF if needed.
+    """Creation profile for our outputs: tiled 256 × 16 blocks, ZSTD level 1, pixel-interleaved, BigTIFF if needed.
+
+    Rasters narrower than 256 px get blocks of their width rounded up to 16 px, since a block is compressed whole.
 
     ZSTD level 1 with the floating-point predictor wrote a 768-band float32 block 2.4× faster than DEFLATE level 1
     (0.39 vs 0.94 s for 256 × 128 cells) at the same size (85 MB); GDAL reads it since 2.3 (QGIS 3.22's GDAL 3.6 and
@@ -51,7 +53,8 @@ def gtiff_profile(
         "transform": transform,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": 256,
+        # a block is compressed whole, padding included: narrower rasters get narrower blocks (multiple of 16)
+        "blockxsize": min(256, 16 * -(-width // 16)),
         "blockysize": _BLOCK_ROWS,
         "compress": "zstd",
         "zstd_level": 1,

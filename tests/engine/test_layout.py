@@ -7,7 +7,7 @@
   publicly: ``from engine import X`` / ``from engine.<subpackage> import X`` with X in that ``__all__``; never an
   engine module by string (``importlib.import_module("engine…")``), never a ``_private`` name of another package.
 - Function-local imports inside the engine are of heavy or optional packages only (torch, onnx, onnxruntime,
-  safetensors, huggingface_hub, scikit-learn, GDAL's osgeo, rasterio; Dask's distributed, psutil and pystac of batch
+  safetensors, huggingface_hub, scikit-learn, GDAL's osgeo, rasterio; Dask (dask, distributed), psutil and pystac of batch
   runs) — they keep torch-free and rasterio-free paths
   free of them — or of an engine module with a one-line reason on the line.
 - Every ``__all__`` of the engine is sorted and names only what its module defines or imports.
@@ -29,7 +29,7 @@ PACKAGES = ("engine", "training", "qgis_plugin")
 CONSUMERS = ("qgis_plugin", "training", "bench", "scripts")
 #: Third-party packages the engine may import inside a function (heavy or optional: see the module docstring).
 LOCAL_IMPORT_OK = frozenset({"torch", "onnx", "onnxruntime", "safetensors", "huggingface_hub", "sklearn", "osgeo",
-                             "rasterio", "scipy", "threadpoolctl", "distributed", "psutil", "pystac"})
+                             "rasterio", "scipy", "threadpoolctl", "dask", "distributed", "psutil", "pystac"})
 
 
 def _module_name(path: Path) -> str:
