@@ -6,7 +6,8 @@ the spectral registry needs numpy only, and ONNX Runtime models run without torc
 The layers, in the data's order (docs/architecture.md): :mod:`engine.spectral` (bands → SMARTIES projections,
 normalisation) → :mod:`engine.raster` (reading, tiling, blending, regions, writing) → :mod:`engine.models` (encoders,
 checkpoints, registry, ONNX runners) → :mod:`engine.maps` (embeddings, k-means, similarity, PCA) and
-:mod:`engine.segmentation` (heads, labels, fitting, class maps) → :mod:`engine.export` (ONNX) → :mod:`engine.cli`.
+:mod:`engine.segmentation` (heads, labels, fitting, class maps) → :mod:`engine.export` (ONNX) → :mod:`engine.batch`
+(many scenes on Dask) → :mod:`engine.cli`.
 Shared by all: :mod:`engine.errors`, :mod:`engine.settings`, :mod:`engine.callbacks`, :mod:`engine.atomic`,
 :mod:`engine.provenance`.
 
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from . import (
         atomic,
+        batch,
         callbacks,
         cli,
         errors,
@@ -74,7 +76,7 @@ _NAMES = {
     "segment_raster": ".segmentation",
     "similarity_raster": ".maps",
 }
-_SUBPACKAGES = ("atomic", "callbacks", "cli", "errors", "export", "maps", "models", "provenance", "raster",
+_SUBPACKAGES = ("atomic", "batch", "callbacks", "cli", "errors", "export", "maps", "models", "provenance", "raster",
                 "segmentation", "settings", "spectral")
 __getattr__ = lazy_getattr(__name__, _NAMES, _SUBPACKAGES)
 
@@ -87,6 +89,7 @@ __all__ = (
     "Region",
     "__version__",
     "atomic",
+    "batch",
     "callbacks",
     "cli",
     "cluster_raster",

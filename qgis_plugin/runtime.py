@@ -66,6 +66,8 @@ _IMPORT_TO_PIP = {
     "sklearn": "scikit-learn>=1.3",
     "onnxruntime": "onnxruntime>=1.17",
     "onnx": "onnx>=1.15",
+    "distributed": "distributed>=2024.8",
+    "pystac": "pystac-core>=1.15",
 }
 
 #: Inference backends: ``torch`` runs the checkpoints themselves, ``onnx`` an exported encoder (or an exported
@@ -86,6 +88,8 @@ REQUIREMENTS = {
     "inference_onnx": ("numpy", "rasterio", "onnxruntime"),
     "clustering_onnx": ("numpy", "rasterio", "onnxruntime", "sklearn"),
     "segmentation_onnx": ("numpy", "rasterio", "onnxruntime"),
+    "batch": ("numpy", "rasterio", "torch", "safetensors", "huggingface_hub", "distributed", "pystac"),
+    "batch_onnx": ("numpy", "rasterio", "onnxruntime", "distributed", "pystac"),
 }
 
 

@@ -8,10 +8,10 @@ and writes a Cloud-Optimized GeoTIFF per scene, a mosaic VRT per CRS and a STAC 
 from __future__ import annotations
 
 from .catalogue import Scene, gdal_path, read_catalogue
-from .cluster import ModelPlugin, dask_client, local_layout, worker_model
+from .cluster import ModelPlugin, dask_client, local_layout, worker_model, worker_python
 from .manifest import Manifest, run_key
-from .products import Product, file_digest, write_cog, write_mosaics, write_stac
-from .run import BatchReport, batch_embed, embed_scene, run_scenes
+from .products import Product, file_digest, write_cog, write_mosaics, write_stac, write_vrt
+from .run import BatchReport, batch_embed, embed_scene, grid_rows, run_scenes, split
 
 __all__ = (
     "BatchReport",
@@ -24,12 +24,16 @@ __all__ = (
     "embed_scene",
     "file_digest",
     "gdal_path",
+    "grid_rows",
     "local_layout",
     "read_catalogue",
     "run_key",
     "run_scenes",
+    "split",
     "worker_model",
+    "worker_python",
     "write_cog",
     "write_mosaics",
     "write_stac",
+    "write_vrt",
 )

@@ -37,12 +37,15 @@ class Scene:
         href: What GDAL opens (:func:`gdal_path`).
         datetime: ISO 8601 acquisition time from the STAC item, or None.
         properties: The STAC item's properties (empty for other catalogues), carried into the output catalogue.
+        rows: Cell rows ``[first, end)`` of the raster's output grid when the scene is one block of a raster split
+            across workers (:func:`engine.batch.batch_embed` ``block_rows``), else None.
     """
 
     id: str
     href: str
     datetime: Optional[str] = None
     properties: dict[str, Any] = field(default_factory=dict, compare=False)
+    rows: Optional[tuple[int, int]] = None
 
 
 def gdal_path(href: str, base: Optional[Path] = None) -> str:

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import shutil
+import sys
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..errors import DependencyError
@@ -23,7 +27,7 @@ try:
 except ImportError:  # Dask is needed only when a run starts (dask_client says how to install it)
     WorkerPlugin = object  # type: ignore[misc,assignment]
 
-__all__ = ("ModelPlugin", "dask_client", "local_layout", "worker_model")
+__all__ = ("ModelPlugin", "dask_client", "local_layout", "worker_model", "worker_python")
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,33 @@ def _worker_environ(threads: int) -> dict[str, Any]:
             **{f"{environ}.{name}": threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
 
 
+def worker_python() -> Optional[str]:
+    """The Python interpreter local worker processes start with, where ``sys.executable`` is not this Python.
+
+    Worker processes are spawned from ``sys.executable``. In a host application that embeds Python it is wrong: QGIS
+    on Windows reports its own program, and ``qgis_process`` on Linux the first ``python3`` on ``PATH`` (a pyenv one on
+    our machines, whose workers then failed to import its standard library). The interpreter of the running
+    installation lies under ``sys.base_exec_prefix``; spawned workers receive this process's ``sys.path``, so they see
+    the same packages.
+
+    Returns:
+        The interpreter's path, or None where ``sys.executable`` already is this installation's (or none is found).
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    executable = Path(sys.executable)
+    homes = [Path(p).resolve() for p in {sys.prefix, sys.exec_prefix, sys.base_exec_prefix}]
+    if executable.name.lower().startswith("python") and executable.is_file() and any(
+            executable.resolve().is_relative_to(home) for home in homes):
+        return None
+    suffix = ".exe" if os.name == "nt" else ""
+    base = Path(sys.base_exec_prefix)
+    for folder in (base / "bin", base):
+        for name in (f"python{version}", f"python{sys.version_info.major}", "python"):
+            if (folder / f"{name}{suffix}").is_file():
+                return str(folder / f"{name}{suffix}")
+    return shutil.which(f"python{version}")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) -> Iterator[tuple[Any, Optional[int]]]:
     """A Dask client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), else to a new local cluster.
@@ -152,6 +183,9 @@ def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) 
             yield client, None
         return
     n, threads = local_layout(workers)
+    python = worker_python()
+    if python is not None:
+        multiprocessing.set_executable(python)
     with dask.config.set(_worker_environ(threads)), \
             distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                      silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:

@@ -33,7 +33,7 @@ from rasterio.warp import transform_geom
 from ..atomic import atomic_output
 from ..errors import DependencyError
 
-__all__ = ("COG_MEDIA_TYPE", "Product", "file_digest", "write_cog", "write_mosaics", "write_stac")
+__all__ = ("COG_MEDIA_TYPE", "Product", "file_digest", "write_cog", "write_mosaics", "write_stac", "write_vrt")
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 _PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -105,27 +105,41 @@ def write_mosaics(products: Sequence[Product], folder: Union[str, Path]) -> list
     Returns:
         The VRT paths, sorted.
     """
-    groups: dict[tuple[str, float, float], list[tuple[Product, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, float, float], list[Product]] = defaultdict(list)
     for product in products:
         with rasterio.open(product.path) as ds:
-            profile = {"crs": ds.crs, "transform": ds.transform, "width": ds.width, "height": ds.height,
-                       "count": ds.count, "dtype": ds.dtypes[0], "nodata": ds.nodata,
-                       "descriptions": ds.descriptions}
-        t = profile["transform"]
-        groups[(profile["crs"].to_string(), round(t.a, 9), round(t.e, 9))].append((product, profile))
+            groups[(ds.crs.to_string(), round(ds.transform.a, 9), round(ds.transform.e, 9))].append(product)
     per_crs: dict[str, int] = defaultdict(int)
     for crs, _, _ in groups:
         per_crs[crs] += 1
     written = []
-    for (crs, xres, yres), members in sorted(groups.items()):
+    for (crs, xres, _), members in sorted(groups.items()):
         name = "mosaic_" + "".join(c if c.isalnum() else "_" for c in crs)
         if per_crs[crs] > 1:
             name += f"_{abs(xres):g}m"
-        path = Path(folder) / f"{name}.vrt"
-        with atomic_output(path) as tmp:
-            tmp.write_text(_vrt(members, xres, yres, Path(folder)), encoding="utf-8")
-        written.append(path)
+        written.append(write_vrt(members, Path(folder) / f"{name}.vrt"))
     return sorted(written)
+
+
+def write_vrt(products: Sequence[Product], path: Union[str, Path]) -> Path:
+    """Write one VRT over products of one CRS and cell size (paths relative to the VRT), atomically.
+
+    The products' COGs must lie in the VRT's folder or below it. Where they overlap, the later one is on top.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    members = []
+    for product in products:
+        with rasterio.open(product.path) as ds:
+            members.append((product, {"crs": ds.crs, "transform": ds.transform, "width": ds.width,
+                                      "height": ds.height, "count": ds.count, "dtype": ds.dtypes[0],
+                                      "nodata": ds.nodata, "descriptions": ds.descriptions}))
+    t = members[0][1]["transform"]
+    with atomic_output(path) as tmp:
+        tmp.write_text(_vrt(members, t.a, t.e, path.parent), encoding="utf-8")
+    return path
 
 
 def _vrt(members: list[tuple[Product, Any]], xres: float, yres: float, folder: Path) -> str:

@@ -9,8 +9,10 @@ the mosaics and the STAC collection (:mod:`engine.batch.products`) over every fi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -19,19 +21,24 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ..atomic import scratch_folder
 from ..callbacks import CancelFn, ProgressFn
-from ..errors import InferenceCancelled, OutputError
+from ..errors import InferenceCancelled, OutputError, SettingsError
 from ..maps import embed_raster
+from ..models import open_reader
 from ..outputs import check_outputs
+from ..raster import open_raster
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .catalogue import Scene, read_catalogue
 from .cluster import ModelPlugin, dask_client, worker_model
 from .manifest import Manifest, run_key
-from .products import Product, file_digest, write_cog, write_mosaics, write_stac
+from .products import Product, file_digest, write_cog, write_mosaics, write_stac, write_vrt
 
-__all__ = ("BatchReport", "batch_embed", "embed_scene", "run_scenes")
+__all__ = ("BatchReport", "batch_embed", "embed_scene", "grid_rows", "run_scenes", "split")
 
 log = logging.getLogger(__name__)
+
+#: How often the client looks for finished scenes and polls ``is_canceled`` (seconds).
+_POLL_S = 0.2
 
 
 @dataclass
@@ -63,6 +70,8 @@ def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: 
                 overrides: Optional[Overrides]) -> dict[str, Any]:
     """The task of one scene on a Dask worker: embed it with the worker's model and write ``<id>.tif`` as a COG.
 
+    A scene with :attr:`~engine.batch.Scene.rows` is one block of a split raster (``embed_raster(rows=...)``).
+
     Returns:
         The manifest record: ``status`` ``"done"`` (with ``output``, ``bytes``, ``sha256``, ``tiles``, ``seconds``,
         ``model``, ``worker``, ``finished``) or ``"failed"`` (with ``error``: the exception's type and message).
@@ -76,7 +85,7 @@ def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: 
         check_outputs({"output": output}, {"input raster": scene.href}, overwrite=True)
         with scratch_folder(output) as scratch:
             res = embed_raster(scene.href, scratch / output.name, model, settings=settings, sensor=sensor,
-                               overrides=overrides)
+                               overrides=overrides, rows=scene.rows)
             write_cog(res.path, output)
     except Exception as exc:  # reported in the manifest; the other scenes go on
         return {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
@@ -85,6 +94,34 @@ def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: 
     return {**record, "status": "done", "bytes": size, "sha256": sha256, "tiles": res.tiles,
             "model": model.provenance.label, "seconds": time.perf_counter() - started, "worker": _worker_name(),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def grid_rows(scene: Scene, settings: InferenceSettings, sensor: Optional[str],
+               overrides: Optional[Overrides]) -> dict[str, Any]:
+    """The planning task of a raster to split (on a worker, which has the model): its output grid's cell rows.
+
+    Returns:
+        ``{"rows": N}``, or ``{"error": "..."}`` for a raster that cannot be read or mapped.
+    """
+    try:
+        model = worker_model()
+        with open_raster(scene.href) as dataset:
+            reader, _ = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides)
+            with reader:
+                return {"rows": math.ceil(reader.height_px / model.patch_size)}
+    except Exception as exc:  # reported as the scene's failure
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def split(scene: Scene, rows: int, block_rows: int) -> list[Scene]:
+    """The blocks of ``block_rows`` cell rows (the last one shorter) of a raster whose grid has ``rows`` rows.
+
+    Blocks are named ``<scene>_rows<first>`` (6 digits); a raster of at most ``block_rows`` rows stays one scene.
+    """
+    if rows <= block_rows:
+        return [scene]
+    return [replace(scene, id=f"{scene.id}_rows{first:06d}", rows=(first, min(first + block_rows, rows)))
+            for first in range(0, rows, block_rows)]
 
 
 def _worker_name() -> str:
@@ -107,6 +144,7 @@ def batch_embed(
     workers: Optional[int] = None,
     scheduler: Optional[str] = None,
     overwrite: bool = False,
+    block_rows: Optional[int] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
 ) -> BatchReport:
@@ -126,8 +164,13 @@ def batch_embed(
         workers: Worker processes of the local cluster (:func:`engine.batch.local_layout`).
         scheduler: Address of an existing Dask scheduler (else ``DASK_SCHEDULER_ADDRESS``, else a local cluster).
         overwrite: Redo every scene (else scenes whose outputs are intact are skipped).
+        block_rows: Split rasters whose output grid has more cell rows than this into blocks of ``block_rows`` rows,
+            each a task of its own (:func:`split`): one very large raster then runs on every worker. A block encodes
+            the tiles that touch its rows, overlap included, so the blocks equal one run over the raster
+            (``embed_raster(rows=...)``); each block is a COG ``<scene>_rows<first>.tif``, and ``<scene>.vrt``
+            joins them. None: one task per raster.
         progress: Called with the fraction of scenes finished.
-        is_canceled: Polled as results arrive; True cancels the remaining tasks (running ones finish their scene).
+        is_canceled: Polled every 0.2 s; True stops the run (:func:`run_scenes`).
 
     Returns:
         :class:`BatchReport`.
@@ -148,31 +191,58 @@ def batch_embed(
         raise OutputError(f"cannot create the output folder {folder} ({exc}); choose a folder you can write to") \
             from exc
     command = "embed"
+    if block_rows is not None and block_rows < 1:
+        raise SettingsError(f"block_rows must be ≥ 1 (cell rows per block), got {block_rows}")
     key = run_key(command, str(model), {**asdict(settings), "sensor": sensor, "overrides": overrides,
-                                        "backend": backend})
+                                        "backend": backend, "block_rows": block_rows})
     manifest = Manifest(folder, key, command, overwrite=overwrite)
     report = BatchReport()
-    todo = []
-    for scene in scenes:
-        if manifest.finished(scene.id):
-            report.skipped.append(scene.id)
-        else:
-            todo.append(scene)
-    log.info("%d scenes: %d to embed, %d already done", len(scenes), len(todo), len(report.skipped))
-    if todo:
-        with dask_client(scheduler, workers) as (client, threads):
-            report.workers = len(client.scheduler_info()["workers"])
-            run_settings = settings if settings.threads or threads is None else replace(settings, threads=threads)
-            client.register_plugin(ModelPlugin(str(model), backend, num_heads, run_settings.threads, settings.device))
-            report.done, report.failed = run_scenes(client, todo, embed_scene, str(folder.resolve()), run_settings,
-                                                    sensor, overrides, manifest=manifest, progress=progress,
-                                                    is_canceled=is_canceled)
-    by_id = {s.id: s for s in scenes}
+    blocks: dict[str, list[Scene]] = {}
+    with contextlib.ExitStack() as stack:
+        session: list[Any] = []
+
+        def connect() -> tuple[Any, InferenceSettings]:
+            """The client and the workers' settings, started on first use."""
+            if not session:
+                client, threads = stack.enter_context(dask_client(scheduler, workers))
+                report.workers = len(client.scheduler_info()["workers"])
+                run = settings if settings.threads or threads is None else replace(settings, threads=threads)
+                client.register_plugin(ModelPlugin(str(model), backend, num_heads, run.threads, settings.device))
+                session.extend((client, run))
+            return session[0], session[1]
+
+        if block_rows is not None:
+            client, run_settings = connect()
+            plans = client.gather(client.map(grid_rows, scenes, settings=run_settings, sensor=sensor,
+                                             overrides=overrides, pure=False))
+            for scene, plan in zip(scenes, plans):
+                if "error" in plan:
+                    report.failed[scene.id] = plan["error"]
+                    manifest.update(scene.id, {"source": scene.href, "status": "failed", "error": plan["error"]})
+                else:
+                    blocks[scene.id] = split(scene, plan["rows"], block_rows)
+            scenes = [block for parts in blocks.values() for block in parts]
+        todo = []
+        for scene in scenes:
+            if manifest.finished(scene.id):
+                report.skipped.append(scene.id)
+            else:
+                todo.append(scene)
+        log.info("%d scenes: %d to embed, %d already done", len(scenes), len(todo), len(report.skipped))
+        if todo:
+            client, run_settings = connect()
+            report.done, failed = run_scenes(client, todo, embed_scene, str(folder.resolve()), run_settings, sensor,
+                                             overrides, manifest=manifest, progress=progress, is_canceled=is_canceled)
+            report.failed.update(failed)
     for scene in scenes:
         record = manifest.scenes.get(scene.id, {})
         if record.get("status") == "done" and (folder / record["output"]).is_file():
-            report.outputs.append(Product(scene.id, folder / record["output"], by_id[scene.id].href, record))
+            report.outputs.append(Product(scene.id, folder / record["output"], scene.href, record))
     if report.outputs:
+        finished = {p.id: p for p in report.outputs}
+        for name, parts in blocks.items():  # a VRT per split raster, once all its blocks are done
+            if len(parts) > 1 and all(part.id in finished for part in parts):
+                write_vrt([finished[part.id] for part in parts], folder / f"{name}.vrt")
         report.mosaics = write_mosaics(report.outputs, folder)
         report.stac = write_stac(report.outputs, folder, report.mosaics,
                                  description=f"msfm batch embed of {catalogue} with {model}")
@@ -196,7 +266,8 @@ def run_scenes(client: Any, scenes: Sequence[Scene], task: Callable[..., dict[st
         *args: The task's other arguments (pickled once per task: keep them small; a model is held per worker).
         manifest: Where records go.
         progress: Called with the fraction of scenes finished.
-        is_canceled: Polled after each result; True cancels the remaining tasks (running ones finish their scene).
+        is_canceled: Polled every 0.2 s; True cancels the tasks not finished (a local cluster stops with the run, so
+            its running scenes stop too; their partial files go at the next run).
 
     Returns:
         ``(done ids, failed id → error)``, in the order they finished.
@@ -204,28 +275,30 @@ def run_scenes(client: Any, scenes: Sequence[Scene], task: Callable[..., dict[st
     Raises:
         engine.errors.InferenceCancelled: ``is_canceled`` returned True.
     """
-    import distributed
-
     run = uuid.uuid4().hex[:8]
-    futures = {client.submit(task, s, *args, key=f"msfm-{run}-{s.id}", pure=False): s for s in scenes}
+    pending = {client.submit(task, s, *args, key=f"msfm-{run}-{s.id}", pure=False): s for s in scenes}
     done: list[str] = []
     failed: dict[str, str] = {}
-    total = len(futures)
-    for n, future in enumerate(distributed.as_completed(futures), 1):
-        scene = futures[future]
-        record = future.result()
-        manifest.update(scene.id, record)
-        if record["status"] == "done":
-            done.append(scene.id)
-        else:
-            failed[scene.id] = record["error"]
-            log.error("%s failed: %s", scene.href, record["error"])
-        if progress is not None:
-            progress(n / total)
+    total = len(pending)
+    while pending:
         if is_canceled is not None and is_canceled():
-            for other in futures:
-                other.cancel()
-            raise InferenceCancelled(f"batch run cancelled after {n} of {total} scenes (finished ones are kept)")
+            client.cancel(list(pending))
+            raise InferenceCancelled(f"batch run cancelled after {total - len(pending)} of {total} scenes (finished "
+                                     "ones are kept: run it again to resume)")
+        finished = [f for f in pending if f.done()]
+        if not finished:
+            time.sleep(_POLL_S)
+        for future in finished:
+            scene = pending.pop(future)
+            record = future.result()
+            manifest.update(scene.id, record)
+            if record["status"] == "done":
+                done.append(scene.id)
+            else:
+                failed[scene.id] = record["error"]
+                log.error("%s failed: %s", scene.href, record["error"])
+            if progress is not None:
+                progress((total - len(pending)) / total)
     return done, failed
 
 

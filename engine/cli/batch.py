@@ -23,7 +23,8 @@ def cmd_batch_embed(args: argparse.Namespace) -> int:
         report = batch_embed(
             args.catalogue, args.outdir, args.model, settings=inference_settings(args), sensor=args.sensor,
             overrides=band_overrides(args.band), backend=args.backend, num_heads=args.num_heads, asset=args.asset,
-            workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, progress=bar,
+            workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, block_rows=args.block_rows,
+            progress=bar,
         )
     finally:
         bar.close()
@@ -57,5 +58,8 @@ def register(sub: Any) -> None:
                    "physical cores, at least 2; each runs the model with cores / workers threads)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786; default: "
                    "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    p.add_argument("--block-rows", type=int,
+                   help="split rasters taller than this many output cells (16-px patches) into blocks of rows, one "
+                   "task each, so one large raster runs on every worker; <scene>.vrt joins the blocks")
     p.add_argument("--overwrite", action="store_true", help="redo every scene (else finished scenes are skipped)")
     p.set_defaults(func=cmd_batch_embed)

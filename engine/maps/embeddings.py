@@ -29,6 +29,7 @@ tiles without a pixel inside them are not encoded (their cells are NaN). The out
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,7 @@ def embed_raster(
     overrides: Optional[Overrides] = None,
     mapping: Optional[BandMapping] = None,
     region: Optional[Region] = None,
+    rows: Optional[tuple[int, int]] = None,
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
     overwrite: bool = False,
@@ -219,6 +221,11 @@ def embed_raster(
             output grid starts at the region window's origin, pixels outside the polygons are nodata, tiles with no
             pixel inside them are skipped (NaN cells), and the region is recorded in the tag ``MSFM_REGION``.
             Normalisation statistics are still those of the whole raster, so the embeddings match a full run's.
+        rows: Write only cell rows ``[first, end)`` of the whole raster's output grid (a block of a raster split
+            across workers, :func:`engine.batch.batch_embed`): the tiles that touch them are encoded and blended as
+            in a full run, so the block equals those rows of a full run (up to float rounding); the output grid
+            starts at row ``first``, and the tag ``MSFM_ROWS`` records ``[first, end, rows of the full grid]``.
+            Not with ``region``.
         progress: Called with the completed fraction (0..1) after every batch.
         is_canceled: Polled before every batch; returning True stops within one batch.
         overwrite: Replace ``output`` when it exists (else :class:`~engine.errors.OutputError`).
@@ -229,6 +236,7 @@ def embed_raster(
 
     Raises:
         InputRasterError: Unreadable raster, all-nodata raster (or region), a region outside the raster.
+        engine.errors.SettingsError: ``rows`` outside the output grid, empty, or given with ``region``.
         engine.errors.BandResolutionError: A band cannot be mapped (the message says which and how to fix it).
         engine.errors.SettingsError: Tile size or overlap that is not a multiple of the patch size, an overlap as
             large as the tile, or more tiles than ``settings.max_tiles`` (raised before any tile is read).
@@ -244,8 +252,8 @@ def embed_raster(
     dataset = open_raster(source)
     try:
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(dataset)):
-            return _embed(dataset, output, model, settings, sensor, overrides, mapping, region, progress, is_canceled,
-                          started)
+            return _embed(dataset, output, model, settings, sensor, overrides, mapping, region, rows, progress,
+                          is_canceled, started)
     finally:
         dataset.close()
 
@@ -259,14 +267,17 @@ def _embed(
     overrides: Optional[Overrides],
     mapping: Optional[BandMapping],
     region: Optional[Region],
+    rows: Optional[tuple[int, int]],
     progress: Optional[ProgressFn],
     is_canceled: Optional[CancelFn],
     started: float,
 ) -> EmbeddingResult:
+    if rows is not None and region is not None:
+        raise SettingsError("embed either a region or a block of rows of the raster, not both")
     reader, mapping = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides, mapping=mapping,
                                   region=region)
     with reader:
-        return _run(model, reader, mapping, settings, output, dataset.name, progress, is_canceled, started)
+        return _run(model, reader, mapping, settings, output, dataset.name, rows, progress, is_canceled, started)
 
 
 def _run(
@@ -276,12 +287,16 @@ def _run(
     settings: InferenceSettings,
     output: Path,
     source: Union[str, Path],
+    rows: Optional[tuple[int, int]],
     progress: Optional[ProgressFn],
     is_canceled: Optional[CancelFn],
     started: float,
 ) -> EmbeddingResult:
     p = model.patch_size
     grid: TileGrid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px, p)
+    first, end = rows or (0, grid.height_cells)
+    if not 0 <= first < end <= grid.height_cells:
+        raise SettingsError(f"rows {first}–{end} are not a block of the {grid.height_cells} cell rows of {source}")
     storage = EmbeddingStorage(settings.output_dtype, model.embed_dim)
     itemsize = np.dtype(settings.output_dtype).itemsize
     preflight(f"embedding {source}", len(grid), reader.height_px, reader.width_px, settings.tile_size_px,
@@ -291,10 +306,10 @@ def _run(
     n, size = grid.tile_cells, settings.tile_size_px
     padded_width = max(grid.width_cells, n)
     blender = RowBlender(model.embed_dim, n, padded_width, settings.blend)
-    transform = reader.transform * Affine.scale(p)
+    transform = reader.transform * Affine.scale(p) * Affine.translation(0, first)
     profile = gtiff_profile(
         width=grid.width_cells,
-        height=grid.height_cells,
+        height=end - first,
         count=storage.bands,
         dtype=settings.output_dtype,
         crs=reader.dataset.crs,
@@ -319,9 +334,12 @@ def _run(
         stats=tuple(reader.stats),
         region=region_record,
     ).to_tags() | storage.tags
+    if rows is not None:
+        tags["MSFM_ROWS"] = json.dumps([first, end, grid.height_cells])
     descriptions = [f"emb_{i:03d}" for i in range(model.embed_dim)] + storage.extra_descriptions
     # Tiles without a pixel inside the region's geometries are never encoded: their cells stay NaN.
-    tiles = [(r, c) for r, c in grid if (inside := reader.inside(r * p, c * p, size)) is None or inside.any()]
+    block = [(r, c) for r, c in grid if first - n < r < end]  # every tile touching the rows written
+    tiles = [(r, c) for r, c in block if (inside := reader.inside(r * p, c * p, size)) is None or inside.any()]
     if not tiles:
         raise InputRasterError(
             f"no pixel centre of {source} (window {reader.window} of the raster) lies inside the region's polygons; "
@@ -331,9 +349,18 @@ def _run(
                          progress)
     valid_cells = 0
 
+    if rows is not None:  # rows above the block are never written: start the blender at the first tile
+        blender.top = tiles[0][0]
+
     def finish_rows(writer: GeoTiffWriter, until_row: int) -> None:
         nonlocal valid_cells
+        row = blender.top
         for values, valid in blender.drain(until_row, grid.height_cells, grid.width_cells):
+            band, row = row, min(until_row, row + n)  # the rows drain released: [band, row), cropped to the grid
+            keep = slice(max(first - band, 0), max(min(end - band, values.shape[1]), 0))
+            values, valid = values[:, keep], valid[keep]
+            if not values.shape[1]:
+                continue
             values[:, valid < settings.min_valid_fraction] = np.nan
             valid_cells += int((valid >= settings.min_valid_fraction).sum())
             writer.write_rows(storage.encode(values))
@@ -351,18 +378,18 @@ def _run(
                 if r > blender.top:
                     finish_rows(writer, r)
                 blender.add(e, v, r, c)
-        finish_rows(writer, max(grid.height_cells, blender.top + n))
+        finish_rows(writer, end if rows is not None else max(grid.height_cells, blender.top + n))
         if reader.region is not None and valid_cells == 0:
             raise InputRasterError(
                 f"the region of {source} holds no valid pixel (all nodata, or outside the polygons); nothing written"
             )
     seconds = time.perf_counter() - started
     log.info("wrote %s in %.1f s: %d tiles encoded, %d of the grid's %d skipped (nodata or outside the region)",
-             output, seconds, stream.encoded, len(grid) - stream.encoded, len(grid))
+             output, seconds, stream.encoded, len(block) - stream.encoded, len(block))
     return EmbeddingResult(
         path=output,
         width=grid.width_cells,
-        height=grid.height_cells,
+        height=end - first,
         embed_dim=model.embed_dim,
         transform=transform,
         crs=reader.dataset.crs.to_wkt() if reader.dataset.crs else None,
@@ -371,7 +398,7 @@ def _run(
         scale=reader.scale,
         cell_size_px=p / reader.scale,
         mapping=mapping,
-        skipped_tiles=len(grid) - stream.encoded,
+        skipped_tiles=len(block) - stream.encoded,
     )
 
 

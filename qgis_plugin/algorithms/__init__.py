@@ -1,6 +1,7 @@
 """The msfm Processing algorithms (one module each); :data:`ALGORITHMS` lists them in toolbox order."""
 
 from .bandmapping import BandMappingReport
+from .batch import BatchEmbeddings
 from .classify import ClassifyPixels
 from .cluster import ClusterEmbeddings
 from .download import DownloadModel
@@ -10,6 +11,6 @@ from .segment import SegmentWithHead, TrainSegmentationHead
 from .similarity import SimilarityMap
 
 ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, TrainSegmentationHead, SegmentWithHead,
-              ClassifyPixels, BandMappingReport, DownloadModel, ExportOnnx)
+              ClassifyPixels, BatchEmbeddings, BandMappingReport, DownloadModel, ExportOnnx)
 
 __all__ = ("ALGORITHMS",)

@@ -194,9 +194,10 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     # --- shared parameters -------------------------------------------------------------------------------------
-    def add_band_parameters(self) -> None:
-        """``INPUT`` raster layer, ``SENSOR`` preset and ``BAND_OVERRIDES``."""
-        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
+    def add_band_parameters(self, layer: bool = True) -> None:
+        """``INPUT`` raster layer (unless ``layer`` is False), ``SENSOR`` preset and ``BAND_OVERRIDES``."""
+        if layer:
+            self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
         self.addParameter(
             QgsProcessingParameterEnum(
                 "SENSOR", "Sensor preset (auto: from the layer's band names and metadata)", options=sensor_ids(),

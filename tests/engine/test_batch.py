@@ -147,8 +147,10 @@ def test_a_killed_worker_loses_no_scene_and_a_cancelled_run_resumes(tmp_path: Pa
     assert sorted(r["id"] for r in lines[1:]) == names and {r["status"] for r in lines[1:]} == {"done"}
 
     again = tmp_path / "again"
-    with pytest.raises(InferenceCancelled):
-        batch_embed(tmp_path / "scenes", again, settings=FAST, workers=1, is_canceled=lambda: True)
+    finished: list[float] = []
+    with pytest.raises(InferenceCancelled):  # cancelled once the first scene is done
+        batch_embed(tmp_path / "scenes", again, settings=FAST, workers=1, progress=finished.append,
+                    is_canceled=lambda: bool(finished))
     first = Manifest(again, json.loads((again / "manifest.jsonl").read_text().splitlines()[0])["key"]).scenes
     assert len(first) >= 1
     resumed = batch_embed(tmp_path / "scenes", again, settings=FAST, workers=1)
@@ -213,3 +215,52 @@ def test_the_local_cluster_uses_every_core_once_and_a_manifest_refuses_another_r
     with pytest.raises(OutputError, match="another run"):
         Manifest(tmp_path, "key-b")
     assert Manifest(tmp_path, "key-b", overwrite=True).scenes == {}
+
+
+def test_workers_start_from_this_python_even_when_it_is_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from engine.batch import worker_python
+
+    assert worker_python() is None  # pytest runs on a Python interpreter: sys.executable is right
+    monkeypatch.setattr(sys, "executable", "/usr/bin/qgis_process.bin")  # an embedding program
+    python = Path(worker_python())
+    assert python.is_file() and python.name.startswith("python")
+    assert python.resolve().is_relative_to(Path(sys.base_exec_prefix).resolve())
+
+
+def test_a_block_of_rows_equals_those_rows_of_a_full_run(demo_model: Any, tmp_path: Path) -> None:
+    from engine.raster import Region
+
+    source = shared_file(*L8)
+    full = embed_raster(source, tmp_path / "full.tif", demo_model, settings=FAST)
+    assert full.height == 38  # 603 px at 16 px per cell; tile rows start at cells 0, 12 and 24
+    with rasterio.open(full.path) as ds:
+        whole, transform = ds.read(), ds.transform
+    for first, end in ((0, 13), (13, 26), (26, 38), (5, 6)):
+        block = embed_raster(source, tmp_path / f"rows{first}.tif", demo_model, settings=FAST, rows=(first, end))
+        with rasterio.open(block.path) as ds:
+            assert json.loads(ds.tags()["MSFM_ROWS"]) == [first, end, 38]
+            assert ds.transform == transform * rasterio.Affine.translation(0, first) and ds.height == end - first
+            assert np.array_equal(ds.read(), whole[:, first:end], equal_nan=True)  # the same tiles, blended alike
+    with pytest.raises(SettingsError, match="not a block"):
+        embed_raster(source, tmp_path / "bad.tif", demo_model, settings=FAST, rows=(30, 40))
+    with pytest.raises(SettingsError, match="not both"):
+        embed_raster(source, tmp_path / "both.tif", demo_model, settings=FAST, rows=(0, 5),
+                     region=Region(bounds=(*(full.transform * (0, 10)), *(full.transform * (10, 0)))))
+
+
+@pytest.mark.slow
+def test_one_large_raster_split_across_workers_equals_the_single_process_result(tmp_path: Path,
+                                                                                demo_model: Any) -> None:
+    source = shared_file(*L8)
+    single = embed_raster(source, tmp_path / "single.tif", demo_model, settings=FAST)
+    report = batch_embed([str(source)], tmp_path / "out", settings=FAST, workers=2, block_rows=13)
+    stem = source.stem
+    assert sorted(report.done) == [f"{stem}_rows000000", f"{stem}_rows000013", f"{stem}_rows000026"]
+    with rasterio.open(single.path) as a, rasterio.open(tmp_path / "out" / f"{stem}.vrt") as b:
+        assert (b.crs, b.transform, b.shape, b.count) == (a.crs, a.transform, a.shape, a.count)
+        x, y = a.read(), b.read()
+    assert np.array_equal(np.isnan(x), np.isnan(y)) and np.nanmax(np.abs(x - y)) <= 1e-4 * np.nanmax(np.abs(x))
+    again = batch_embed([str(source)], tmp_path / "out", settings=FAST, workers=1, block_rows=13)
+    assert again.done == [] and len(again.skipped) == 3

@@ -170,7 +170,7 @@ def _json(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("{"):])
 
 
-@pytest.mark.slow  # four qgis_process runs: ~10 s
+@pytest.mark.slow  # five qgis_process runs: ~15 s
 @pytest.mark.qgis
 def test_installed_zip_runs_in_qgis_process(plugin_zip: Path, tmp_path: Path) -> None:
     """Unzip into a plugins folder, fresh profile, enable, run msfm:embed and msfm:bandmapping headless."""
@@ -229,6 +229,16 @@ def test_installed_zip_runs_in_qgis_process(plugin_zip: Path, tmp_path: Path) ->
     assert report.returncode != 0, message[-3000:]
     assert "band 1" in message and "could not be mapped" in message, message[-3000:]
     assert "naip_rgbn" in message and "Sensor preset" in message and "Band overrides" in message, message[-3000:]
+
+    # a batch run: QGIS embeds Python, so the Dask workers must start from Python's interpreter, not qgis_process
+    batch, seconds = _run([qgis_process, "--json", "run", "msfm:batch_embed", "--", f"INPUTS={s1}",
+                           "SENSOR=sentinel1_grd_db", "OVERLAP=0", "WORKERS=1", f"OUTPUT={work / 'batch'}"], env, work)
+    assert batch.returncode == 0, batch.stdout[-3000:] + batch.stderr[-3000:]
+    print(f"qgis_process run msfm:batch_embed: {seconds:.1f} s")
+    result = _json(batch.stdout)["results"]
+    assert (result["DONE"], result["SKIPPED"], result["FAILED"]) == (1, 0, "{}")
+    with rasterio.open(out) as single, rasterio.open(work / "batch" / "s1.tif") as cog:
+        assert (cog.count, cog.transform, cog.shape) == (single.count, single.transform, single.shape)
 
 
 def test_package_target_in_makefile() -> None:
