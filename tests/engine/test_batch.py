@@ -264,3 +264,31 @@ def test_one_large_raster_split_across_workers_equals_the_single_process_result(
     assert np.array_equal(np.isnan(x), np.isnan(y)) and np.nanmax(np.abs(x - y)) <= 1e-4 * np.nanmax(np.abs(x))
     again = batch_embed([str(source)], tmp_path / "out", settings=FAST, workers=1, block_rows=13)
     assert again.done == [] and len(again.skipped) == 3
+
+
+@pytest.mark.slow
+def test_a_killed_client_is_resumed_by_the_next_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i in range(6):
+        (scenes / f"s1_{i}.tif").symlink_to(shared_file(*S1_CHIP))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "engine", "batch", "embed", str(scenes), str(out), "--workers", "1",
+               "--tile-size-px", "224", "--overlap-px", "32", "--scale", "1", "--precision", "fp32"]
+    client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (manifest.is_file() and len(manifest.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    os.killpg(client.pid, signal.SIGKILL)  # the client and its local cluster, two scenes in
+    client.wait()
+    done_before = [json.loads(line)["id"] for line in manifest.read_text().splitlines()[1:]]
+    assert 2 <= len(done_before) < 6
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{6 - len(done_before)} scenes embedded, {len(done_before)} already done" in rerun.stdout
+    assert sorted(p.stem for p in out.glob("*.tif")) == [f"s1_{i}" for i in range(6)] and _partials(out) == []
