@@ -1,8 +1,9 @@
 """Batch runs: many scenes through one command on Dask, from a laptop to a cluster (docs/scale.md).
 
-:func:`batch_embed` takes a catalogue (:func:`read_catalogue`: a folder, glob, list of paths/URLs or STAC document)
-and writes a Cloud-Optimized GeoTIFF per scene, a mosaic VRT per CRS and a STAC collection, resumably
-(:class:`Manifest`). Dask (``distributed``) is imported only when a run starts.
+:func:`batch_embed` (and :func:`batch_segment`, with a segmentation head) takes a catalogue (:func:`read_catalogue`:
+a folder, glob, list of paths/URLs or STAC document) and writes a Cloud-Optimized GeoTIFF per scene, a mosaic VRT per
+CRS and a STAC collection, resumably (:class:`Manifest`). Importing it imports Dask (``distributed``); the rest of the
+engine never does.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from .catalogue import Scene, gdal_path, read_catalogue
 from .cluster import ModelPlugin, dask_client, local_layout, worker_model, worker_python
 from .manifest import Manifest, run_key
 from .products import Product, file_digest, write_cog, write_mosaics, write_stac, write_vrt
-from .run import BatchReport, batch_embed, embed_scene, grid_rows, run_scenes, split
+from .run import BatchReport, batch_embed, batch_segment, embed_scene, grid_rows, run_scenes, segment_scene, split
 
 __all__ = (
     "BatchReport",
@@ -20,6 +21,7 @@ __all__ = (
     "Product",
     "Scene",
     "batch_embed",
+    "batch_segment",
     "dask_client",
     "embed_scene",
     "file_digest",
@@ -29,6 +31,7 @@ __all__ = (
     "read_catalogue",
     "run_key",
     "run_scenes",
+    "segment_scene",
     "split",
     "worker_model",
     "worker_python",

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 from ..errors import DependencyError
 from ..models import load_model
+from ..segmentation import OnnxSegmenter, encoder_source, load_head
 
 try:
     from distributed import WorkerPlugin
@@ -71,55 +72,64 @@ def local_layout(workers: Optional[int] = None, cores: Optional[int] = None) -> 
 
 
 class ModelPlugin(WorkerPlugin):
-    """A Dask worker plugin that loads the model once when the worker starts.
+    """A Dask worker plugin that loads the model (and a segmentation head) once when the worker starts.
 
-    Pickled to the workers with the model's name or path only. A model that cannot be loaded is kept as the error,
-    which every task on that worker then raises with the loader's message.
+    Pickled to the workers with names and paths only. A model that cannot be loaded is kept as the error, which every
+    task on that worker then raises with the loader's message.
 
     Args:
-        model: Registry name or file (:func:`engine.load_model`).
+        model: Registry name or file (:func:`engine.load_model`); with a head, None takes the encoder its card names.
         backend: ``"torch"`` or ``"onnx"``.
         num_heads: Attention heads, if the checkpoint does not say.
         threads: CPU threads of the model on each worker (torch and ONNX Runtime).
-        device: ONNX Runtime device (a torch model loads on the CPU; each run moves it).
+        device: The run's device (a torch model loads on the CPU, and each run moves it; ONNX Runtime loads on it).
+        head: A segmentation head file (``.safetensors`` with its card, loaded with its encoder) or an exported
+            segmenter (``.onnx``, which holds its encoder), for segmentation runs.
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, model: str, backend: str = "torch", num_heads: Optional[int] = None,
-                 threads: Optional[int] = None, device: str = "cpu") -> None:
+    def __init__(self, model: Optional[str], backend: str = "torch", num_heads: Optional[int] = None,
+                 threads: Optional[int] = None, device: str = "cpu", head: Optional[str] = None) -> None:
         self.path_or_name, self.backend, self.num_heads, self.threads = model, backend, num_heads, threads
-        self.device = device if backend == "onnx" else "cpu"
+        self.device, self.head_path = device, head
         self.model: Any = None
+        self.head: Any = None
         self.error: Optional[BaseException] = None
 
     def setup(self, worker: Any = None) -> None:
-        """Load the model (called by Dask on each worker)."""
+        """Load the model and head (called by Dask on each worker)."""
         try:
             if self.threads and self.backend == "torch":
                 import torch
 
                 torch.set_num_threads(self.threads)
-            self.model = load_model(self.path_or_name, num_heads=self.num_heads, device=self.device,
-                                    backend=self.backend, threads=self.threads)
+            if self.head_path is not None and self.head_path.lower().endswith(".onnx"):
+                self.head = OnnxSegmenter(self.head_path, device=self.device, threads=self.threads)
+                return
+            if self.head_path is not None:
+                self.head = load_head(self.head_path)
+            name = self.path_or_name or encoder_source(self.head.card, self.head_path)
+            self.model = load_model(name, num_heads=self.num_heads, backend=self.backend, threads=self.threads,
+                                    device=self.device if self.backend == "onnx" else "cpu")
         except Exception as exc:  # kept: each task reports it, the client does not hang on a worker that cannot start
             self.error = exc
 
     def teardown(self, worker: Any = None) -> None:
-        """Release the model."""
-        self.model = None
+        """Release the model and head."""
+        self.model = self.head = None
 
 
-def worker_model() -> Any:
-    """The model of the current Dask worker (:class:`ModelPlugin`).
+def worker_model() -> tuple[Any, Any]:
+    """The model and head of the current Dask worker (:class:`ModelPlugin`): ``(encoder or None, head or None)``.
 
     Raises:
-        Exception: The error that loading the model raised on this worker.
+        Exception: The error that loading them raised on this worker.
     """
     plugin = _distributed().get_worker().plugins[PLUGIN_NAME]
     if plugin.error is not None:
         raise plugin.error
-    return plugin.model
+    return plugin.model, plugin.head
 
 
 def _worker_environ(threads: int) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 - :func:`write_cog`: one COG per scene (GDAL's COG driver: 256 × 256 internal tiles, smaller for scenes smaller than
   a tile, ZSTD, overviews), converted from
   the engine's row-band GeoTIFF, written atomically (:func:`engine.atomic.atomic_output`). Overviews of float
-  embeddings average their cells (nodata ignored); int8 embeddings (:mod:`engine.maps.quantized`) take the nearest
-  cell, since an average of per-cell scale exponents means nothing.
+  embeddings average their cells (nodata ignored); integer rasters take the nearest cell: class maps, and int8
+  embeddings (:mod:`engine.maps.quantized`), since an average of per-cell scale exponents means nothing.
 - :func:`write_mosaics`: a VRT per CRS and cell size (GDAL VRT format, "VRT -- GDAL Virtual Format" in GDAL's
   documentation): scenes in several UTM zones give one mosaic per zone and are never reprojected silently.
 - :func:`write_stac`: a STAC Collection (pystac) with one Item per output: its footprint in WGS 84, the projection
@@ -78,15 +78,15 @@ def write_cog(source: Union[str, Path], output: Union[str, Path]) -> Path:
         ``output``.
     """
     with rasterio.open(source) as ds:
-        quantized = ds.dtypes[0] == "int8"
+        integer = ds.dtypes[0] in ("int8", "uint8", "int16", "uint16", "int32", "uint32")
         # a tile is compressed whole, padding included: a 64 × 64-cell scene in 256 × 256 tiles would compress 16×
         # its size (0.25 s instead of 0.03 s for 192 bands)
         block = min(256, 16 * math.ceil(max(ds.width, ds.height) / 16))
     with atomic_output(output) as tmp:
         rasterio.shutil.copy(
             source, tmp, driver="COG", COMPRESS="ZSTD", LEVEL=1, BLOCKSIZE=block, BIGTIFF="IF_SAFER",
-            PREDICTOR="NO" if quantized else "FLOATING_POINT",
-            OVERVIEW_RESAMPLING="NEAREST" if quantized else "AVERAGE",
+            PREDICTOR="NO" if integer else "FLOATING_POINT",
+            OVERVIEW_RESAMPLING="NEAREST" if integer else "AVERAGE",
         )
     return Path(output)
 

@@ -13,19 +13,21 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from ..atomic import scratch_folder
+from ..atomic import atomic_output, scratch_folder
 from ..callbacks import CancelFn, ProgressFn
 from ..errors import InferenceCancelled, OutputError, SettingsError
 from ..maps import embed_raster
 from ..models import open_reader
 from ..outputs import check_outputs
 from ..raster import open_raster
+from ..segmentation import segment_raster
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .catalogue import Scene, read_catalogue
@@ -33,7 +35,8 @@ from .cluster import ModelPlugin, dask_client, worker_model
 from .manifest import Manifest, run_key
 from .products import Product, file_digest, write_cog, write_mosaics, write_stac, write_vrt
 
-__all__ = ("BatchReport", "batch_embed", "embed_scene", "grid_rows", "run_scenes", "split")
+__all__ = ("BatchReport", "batch_embed", "batch_segment", "embed_scene", "grid_rows", "run_scenes", "segment_scene",
+           "split")
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +79,56 @@ def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: 
         The manifest record: ``status`` ``"done"`` (with ``output``, ``bytes``, ``sha256``, ``tiles``, ``seconds``,
         ``model``, ``worker``, ``finished``) or ``"failed"`` (with ``error``: the exception's type and message).
     """
+    def embed(path: Path) -> tuple[int, str]:
+        model, _ = worker_model()
+        res = embed_raster(scene.href, path, model, settings=settings, sensor=sensor, overrides=overrides,
+                           rows=scene.rows)
+        return res.tiles, model.provenance.label
+
+    return _scene_task(scene, folder, embed)
+
+
+def segment_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: Optional[str],
+                  overrides: Optional[Overrides]) -> dict[str, Any]:
+    """The task of one scene of ``batch_segment``: its class map with the worker's head, as ``<id>.tif`` (COG).
+
+    The class map keeps its colour table and class names; its QGIS style goes beside it (``<id>.qml``).
+
+    Returns:
+        The manifest record, as :func:`embed_scene`.
+    """
+    def segment(path: Path) -> tuple[int, str]:
+        model, head = worker_model()
+        res = segment_raster(scene.href, path, head, model, settings=settings, sensor=sensor, overrides=overrides)
+        return res.tiles, head.card.head_type + " head"
+
+    return _scene_task(scene, folder, segment)
+
+
+def _scene_task(scene: Scene, folder: str, write: Callable[[Path], tuple[int, str]]) -> dict[str, Any]:
+    """One scene's task: ``write(temporary path) → (tiles, model label)``, then ``<id>.tif`` (COG) and its style.
+
+    Returns:
+        The manifest record (a failure is recorded, never raised).
+    """
     started = time.perf_counter()
     output = Path(folder) / f"{scene.id}.tif"
     record: dict[str, Any] = {"source": scene.href, "output": output.name, "datetime": scene.datetime,
                               "properties": scene.properties}
     try:
-        model = worker_model()
         check_outputs({"output": output}, {"input raster": scene.href}, overwrite=True)
         with scratch_folder(output) as scratch:
-            res = embed_raster(scene.href, scratch / output.name, model, settings=settings, sensor=sensor,
-                               overrides=overrides, rows=scene.rows)
-            write_cog(res.path, output)
+            tiles, label = write(scratch / output.name)
+            write_cog(scratch / output.name, output)
+            for style in scratch.glob("*.qml"):  # QGIS applies <name>.qml to <name>.tif
+                with atomic_output(output.with_suffix(".qml")) as tmp:
+                    shutil.copyfile(style, tmp)
     except Exception as exc:  # reported in the manifest; the other scenes go on
         return {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                 "seconds": time.perf_counter() - started}
     size, sha256 = file_digest(output)
-    return {**record, "status": "done", "bytes": size, "sha256": sha256, "tiles": res.tiles,
-            "model": model.provenance.label, "seconds": time.perf_counter() - started, "worker": _worker_name(),
+    return {**record, "status": "done", "bytes": size, "sha256": sha256, "tiles": tiles, "model": label,
+            "seconds": time.perf_counter() - started, "worker": _worker_name(),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -104,7 +140,7 @@ def grid_rows(scene: Scene, settings: InferenceSettings, sensor: Optional[str],
         ``{"rows": N}``, or ``{"error": "..."}`` for a raster that cannot be read or mapped.
     """
     try:
-        model = worker_model()
+        model, _ = worker_model()
         with open_raster(scene.href) as dataset:
             reader, _ = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides)
             with reader:
@@ -181,6 +217,72 @@ def batch_embed(
         engine.errors.InferenceCancelled: ``is_canceled`` returned True (finished scenes stay recorded).
         engine.errors.DependencyError: Dask (or pystac, for a STAC catalogue) is not installed.
     """
+    return _batch("embed", embed_scene, ModelPlugin(str(model), backend, num_heads, device=_device(settings)),
+                  catalogue, output_folder, settings, sensor, overrides, asset, workers, scheduler, overwrite,
+                  block_rows, progress, is_canceled, description=f"msfm batch embed of {catalogue} with {model}")
+
+
+def batch_segment(
+    catalogue: Union[str, Path, Sequence[str]],
+    output_folder: Union[str, Path],
+    head: Union[str, Path],
+    model: Optional[str] = None,
+    *,
+    settings: Optional[InferenceSettings] = None,
+    sensor: Optional[str] = None,
+    overrides: Optional[Overrides] = None,
+    asset: Optional[str] = None,
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    overwrite: bool = False,
+    progress: Optional[ProgressFn] = None,
+    is_canceled: Optional[CancelFn] = None,
+) -> BatchReport:
+    """Segment every scene of a catalogue with one head: a class-map COG per scene, mosaics, a STAC collection.
+
+    As :func:`batch_embed`, with :func:`engine.segmentation.segment_raster` per scene: the head (and its encoder) is
+    loaded once per worker; every class map has the head's classes, colours and ``.qml`` style, so the mosaics are one
+    map. Rasters are not split (``block_rows``): a class map is on the input's pixel grid.
+
+    Args:
+        catalogue: As :func:`batch_embed`.
+        output_folder: As :func:`batch_embed`.
+        head: A head file (``.safetensors`` with its card) or an exported segmenter (``.onnx``).
+        model: The encoder; None: the one the head's card names (none for an exported segmenter).
+        settings: As :func:`engine.segmentation.segment_raster` (the scale defaults to the card's).
+        sensor: Sensor preset of every scene (None: the card's).
+        overrides: Band overrides of every scene.
+        asset: STAC asset key.
+        workers: As :func:`batch_embed`.
+        scheduler: As :func:`batch_embed`.
+        overwrite: As :func:`batch_embed`.
+        progress: As :func:`batch_embed`.
+        is_canceled: As :func:`batch_embed`.
+
+    Returns:
+        :class:`BatchReport`.
+
+    Raises:
+        As :func:`batch_embed`; a head that cannot be loaded fails every scene with the loader's message.
+    """
+    head_path = str(Path(head).resolve())
+    plugin = ModelPlugin(model, num_heads=None, device=_device(settings), head=head_path)
+    return _batch("segment", segment_scene, plugin, catalogue, output_folder, settings, sensor, overrides, asset,
+                  workers, scheduler, overwrite, None, progress, is_canceled,
+                  description=f"msfm batch segment of {catalogue} with {Path(head).name}", key_extra=head_path)
+
+
+def _device(settings: Optional[InferenceSettings]) -> str:
+    return settings.device if settings is not None else "auto"
+
+
+def _batch(command: str, task: Callable[..., dict[str, Any]], plugin: ModelPlugin,
+           catalogue: Union[str, Path, Sequence[str]], output_folder: Union[str, Path],
+           settings: Optional[InferenceSettings], sensor: Optional[str], overrides: Optional[Overrides],
+           asset: Optional[str], workers: Optional[int], scheduler: Optional[str], overwrite: bool,
+           block_rows: Optional[int], progress: Optional[ProgressFn], is_canceled: Optional[CancelFn], *,
+           description: str, key_extra: str = "") -> BatchReport:
+    """The body of every batch command: catalogue, manifest, cluster, tasks, mosaics, STAC."""
     started = time.perf_counter()
     settings = settings or InferenceSettings()
     folder = Path(output_folder)
@@ -190,11 +292,11 @@ def batch_embed(
     except OSError as exc:
         raise OutputError(f"cannot create the output folder {folder} ({exc}); choose a folder you can write to") \
             from exc
-    command = "embed"
     if block_rows is not None and block_rows < 1:
         raise SettingsError(f"block_rows must be ≥ 1 (cell rows per block), got {block_rows}")
-    key = run_key(command, str(model), {**asdict(settings), "sensor": sensor, "overrides": overrides,
-                                        "backend": backend, "block_rows": block_rows})
+    key = run_key(command, f"{plugin.path_or_name} {key_extra}", {
+        **asdict(settings), "sensor": sensor, "overrides": overrides, "backend": plugin.backend,
+        "block_rows": block_rows})
     manifest = Manifest(folder, key, command, overwrite=overwrite)
     report = BatchReport()
     blocks: dict[str, list[Scene]] = {}
@@ -207,7 +309,8 @@ def batch_embed(
                 client, threads = stack.enter_context(dask_client(scheduler, workers))
                 report.workers = len(client.scheduler_info()["workers"])
                 run = settings if settings.threads or threads is None else replace(settings, threads=threads)
-                client.register_plugin(ModelPlugin(str(model), backend, num_heads, run.threads, settings.device))
+                plugin.threads = run.threads
+                client.register_plugin(plugin)
                 session.extend((client, run))
             return session[0], session[1]
 
@@ -228,10 +331,10 @@ def batch_embed(
                 report.skipped.append(scene.id)
             else:
                 todo.append(scene)
-        log.info("%d scenes: %d to embed, %d already done", len(scenes), len(todo), len(report.skipped))
+        log.info("%d scenes: %d to %s, %d already done", len(scenes), len(todo), command, len(report.skipped))
         if todo:
             client, run_settings = connect()
-            report.done, failed = run_scenes(client, todo, embed_scene, str(folder.resolve()), run_settings, sensor,
+            report.done, failed = run_scenes(client, todo, task, str(folder.resolve()), run_settings, sensor,
                                              overrides, manifest=manifest, progress=progress, is_canceled=is_canceled)
             report.failed.update(failed)
     for scene in scenes:
@@ -244,8 +347,7 @@ def batch_embed(
             if len(parts) > 1 and all(part.id in finished for part in parts):
                 write_vrt([finished[part.id] for part in parts], folder / f"{name}.vrt")
         report.mosaics = write_mosaics(report.outputs, folder)
-        report.stac = write_stac(report.outputs, folder, report.mosaics,
-                                 description=f"msfm batch embed of {catalogue} with {model}")
+        report.stac = write_stac(report.outputs, folder, report.mosaics, description=description)
     report.seconds = time.perf_counter() - started
     return report
 

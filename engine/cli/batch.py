@@ -1,4 +1,4 @@
-"""``msfm batch embed CATALOGUE OUTDIR``: every scene of a catalogue on Dask, resumable (:mod:`engine.batch`)."""
+"""``msfm batch embed|segment``: every scene of a catalogue on Dask, resumable (:mod:`engine.batch`)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,32 @@ from .options import Progress, add_inference_options, band_overrides, inference_
 
 __all__ = ("register",)
 
+_CATALOGUE_HELP = ("folder of rasters, glob pattern ('tiles/*.tif'), text file of paths or URLs (/vsicurl/, /vsis3/, "
+                   "https://, s3://), or STAC ItemCollection / catalog JSON")
+_RESUME = ("Scenes whose outputs an earlier run finished (same size and SHA-256 as in OUTDIR/manifest.jsonl) are "
+           "skipped; failed scenes are retried. Needs Dask (requirements.txt).")
 
-def cmd_batch_embed(args: argparse.Namespace) -> int:
-    """Embed every scene; print the outputs, the skipped and the failed scenes (exit status 2 if any failed)."""
-    from ..batch import batch_embed  # imports Dask: only when a batch runs
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run the batch command; print the outputs, the skipped and the failed scenes (exit status 2 if any failed)."""
+    from ..batch import batch_embed, batch_segment  # imports Dask: only when a batch runs
 
     logging.getLogger("engine.batch").setLevel(logging.INFO)  # the cluster, its dashboard link and failed scenes
     if not args.verbose:  # Dask logs every worker's start and stop at INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    bar = Progress("batch embed (scenes)")
+    common = dict(settings=inference_settings(args), sensor=args.sensor, overrides=band_overrides(args.band),
+                  asset=args.asset, workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite)
+    bar = Progress(f"batch {args.batch_command} (scenes)")
     try:
-        report = batch_embed(
-            args.catalogue, args.outdir, args.model, settings=inference_settings(args), sensor=args.sensor,
-            overrides=band_overrides(args.band), backend=args.backend, num_heads=args.num_heads, asset=args.asset,
-            workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite, block_rows=args.block_rows,
-            progress=bar,
-        )
+        if args.batch_command == "embed":
+            report = batch_embed(args.catalogue, args.outdir, args.model, backend=args.backend,
+                                 num_heads=args.num_heads, block_rows=args.block_rows, progress=bar, **common)
+        else:
+            report = batch_segment(args.catalogue, args.outdir, args.head, args.model, progress=bar, **common)
     finally:
         bar.close()
-    print(f"{args.outdir}: {len(report.done)} scenes embedded, {len(report.skipped)} already done (skipped), "
+    done = "embedded" if args.batch_command == "embed" else "segmented"
+    print(f"{args.outdir}: {len(report.done)} scenes {done}, {len(report.skipped)} already done (skipped), "
           f"{len(report.failed)} failed, in {report.seconds:.1f} s on {report.workers or 'no'} Dask workers")
     for path in report.mosaics:
         print(f"mosaic: {path}")
@@ -39,27 +46,39 @@ def cmd_batch_embed(args: argparse.Namespace) -> int:
     return 2 if report.failed else 0
 
 
-def register(sub: Any) -> None:
-    """Add ``batch`` (with ``embed``) to the ``msfm`` sub-parsers."""
-    batch = sub.add_parser("batch", help="run a command over every scene of a catalogue, on Dask (resumable)")
-    commands = batch.add_subparsers(dest="batch_command", required=True)
-    p = commands.add_parser(
-        "embed", help="embedding COG per scene, a mosaic VRT per CRS and a STAC collection of the outputs",
-        description="Scenes whose outputs an earlier run finished (same size and SHA-256 as in OUTDIR/manifest.jsonl) "
-        "are skipped; failed scenes are retried. Needs Dask (requirements.txt).",
-    )
-    p.add_argument("catalogue", help="folder of rasters, glob pattern ('tiles/*.tif'), text file of paths or URLs "
-                   "(/vsicurl/, /vsis3/, https://, s3://), or STAC ItemCollection / catalog JSON")
-    p.add_argument("outdir", help="output folder: <scene>.tif (COG), mosaic_<CRS>.vrt, stac/collection.json, "
-                   "manifest.jsonl")
-    add_inference_options(p)
-    p.add_argument("--asset", help="STAC asset key to embed (needed when items hold several rasters)")
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--asset", help="STAC asset key to read (needed when items hold several rasters)")
     p.add_argument("--workers", type=int, help="Dask worker processes of the local cluster (default: one per 2 "
                    "physical cores, at least 2; each runs the model with cores / workers threads)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786; default: "
                    "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    p.add_argument("--overwrite", action="store_true", help="redo every scene (else finished scenes are skipped)")
+    p.set_defaults(func=cmd_batch)
+
+
+def register(sub: Any) -> None:
+    """Add ``batch`` (with ``embed`` and ``segment``) to the ``msfm`` sub-parsers."""
+    batch = sub.add_parser("batch", help="run a command over every scene of a catalogue, on Dask (resumable)")
+    commands = batch.add_subparsers(dest="batch_command", required=True)
+    p = commands.add_parser(
+        "embed", help="embedding COG per scene, a mosaic VRT per CRS and a STAC collection of the outputs",
+        description=_RESUME)
+    p.add_argument("catalogue", help=_CATALOGUE_HELP)
+    p.add_argument("outdir", help="output folder: <scene>.tif (COG), mosaic_<CRS>.vrt, stac/collection.json, "
+                   "manifest.jsonl")
+    add_inference_options(p)
     p.add_argument("--block-rows", type=int,
                    help="split rasters taller than this many output cells (16-px patches) into blocks of rows, one "
                    "task each, so one large raster runs on every worker; <scene>.vrt joins the blocks")
-    p.add_argument("--overwrite", action="store_true", help="redo every scene (else finished scenes are skipped)")
-    p.set_defaults(func=cmd_batch_embed)
+    _add_batch_options(p)
+
+    p = commands.add_parser(
+        "segment", help="class-map COG per scene with one segmentation head, mosaic VRTs and a STAC collection",
+        description=_RESUME)
+    p.add_argument("catalogue", help=_CATALOGUE_HELP)
+    p.add_argument("head", help="head file (.safetensors with its card, from msfm train-head) or exported .onnx "
+                   "segmenter")
+    p.add_argument("outdir", help="output folder: <scene>.tif (class COG) and <scene>.qml, mosaic_<CRS>.vrt, "
+                   "stac/collection.json, manifest.jsonl")
+    add_inference_options(p, model_default=None, model_help="(default: the encoder the head's card names)")
+    _add_batch_options(p)

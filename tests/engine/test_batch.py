@@ -292,3 +292,24 @@ def test_a_killed_client_is_resumed_by_the_next_run(tmp_path: Path) -> None:
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{6 - len(done_before)} scenes embedded, {len(done_before)} already done" in rerun.stdout
     assert sorted(p.stem for p in out.glob("*.tif")) == [f"s1_{i}" for i in range(6)] and _partials(out) == []
+
+
+@pytest.mark.slow
+def test_a_batch_segmentation_equals_single_process_class_maps(tmp_path: Path, demo_model: Any) -> None:
+    from engine.batch import batch_segment
+    from engine.segmentation import segment_raster
+    from tests.engine.test_segmentation_grid import S2, _fit
+
+    head, _ = _fit(tmp_path, S2, demo_model, "linear", steps=3)
+    settings = InferenceSettings(overlap_px=32, precision="fp32")
+    source = shared_file("data", S2)
+    single = segment_raster(source, tmp_path / "single.tif", head, settings=settings)
+    report = batch_segment([str(source), str(_corrupt(tmp_path))], tmp_path / "out", head, settings=settings,
+                           workers=2)
+    assert report.done == [source.stem] and list(report.failed) == ["corrupt"]
+    cog = tmp_path / "out" / f"{source.stem}.tif"
+    with rasterio.open(single.path) as a, rasterio.open(cog) as b:
+        assert (b.transform, b.shape, b.dtypes[0]) == (a.transform, a.shape, "uint8")
+        assert b.colormap(1) == a.colormap(1) and b.tags()["MSFM_CLASSES"] == a.tags()["MSFM_CLASSES"]
+        assert (a.read(1) == b.read(1)).mean() >= 0.999
+    assert cog.with_suffix(".qml").is_file() and len(report.mosaics) == 1
