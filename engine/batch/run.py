@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import math
 import shutil
 import time
 import uuid
@@ -26,7 +25,7 @@ from ..errors import InferenceCancelled, OutputError, SettingsError
 from ..maps import embed_raster
 from ..models import open_reader
 from ..outputs import check_outputs
-from ..raster import open_raster
+from ..raster import open_raster, tile_grid
 from ..segmentation import segment_raster
 from ..settings import InferenceSettings
 from ..spectral import Overrides
@@ -144,7 +143,9 @@ def grid_rows(scene: Scene, settings: InferenceSettings, sensor: Optional[str],
         with open_raster(scene.href) as dataset:
             reader, _ = open_reader(dataset, model, settings, sensor=sensor, overrides=overrides)
             with reader:
-                return {"rows": math.ceil(reader.height_px / model.patch_size)}
+                grid = tile_grid(reader.height_px, reader.width_px, settings.tile_size_px, settings.overlap_px,
+                                 model.patch_size)
+                return {"rows": grid.height_cells}
     except Exception as exc:  # reported as the scene's failure
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -217,7 +218,8 @@ def batch_embed(
         engine.errors.InferenceCancelled: ``is_canceled`` returned True (finished scenes stay recorded).
         engine.errors.DependencyError: Dask (or pystac, for a STAC catalogue) is not installed.
     """
-    return _batch("embed", embed_scene, ModelPlugin(str(model), backend, num_heads, device=_device(settings)),
+    settings = settings or InferenceSettings()
+    return _batch("embed", embed_scene, ModelPlugin(str(model), backend, num_heads, device=settings.device),
                   catalogue, output_folder, settings, sensor, overrides, asset, workers, scheduler, overwrite,
                   block_rows, progress, is_canceled, description=f"msfm batch embed of {catalogue} with {model}")
 
@@ -265,26 +267,21 @@ def batch_segment(
     Raises:
         As :func:`batch_embed`; a head that cannot be loaded fails every scene with the loader's message.
     """
-    head_path = str(Path(head).resolve())
-    plugin = ModelPlugin(model, num_heads=None, device=_device(settings), head=head_path)
+    settings = settings or InferenceSettings()
+    plugin = ModelPlugin(model, device=settings.device, head=str(Path(head).resolve()))
     return _batch("segment", segment_scene, plugin, catalogue, output_folder, settings, sensor, overrides, asset,
                   workers, scheduler, overwrite, None, progress, is_canceled,
-                  description=f"msfm batch segment of {catalogue} with {Path(head).name}", key_extra=head_path)
-
-
-def _device(settings: Optional[InferenceSettings]) -> str:
-    return settings.device if settings is not None else "auto"
+                  description=f"msfm batch segment of {catalogue} with {Path(head).name}")
 
 
 def _batch(command: str, task: Callable[..., dict[str, Any]], plugin: ModelPlugin,
            catalogue: Union[str, Path, Sequence[str]], output_folder: Union[str, Path],
-           settings: Optional[InferenceSettings], sensor: Optional[str], overrides: Optional[Overrides],
+           settings: InferenceSettings, sensor: Optional[str], overrides: Optional[Overrides],
            asset: Optional[str], workers: Optional[int], scheduler: Optional[str], overwrite: bool,
            block_rows: Optional[int], progress: Optional[ProgressFn], is_canceled: Optional[CancelFn], *,
-           description: str, key_extra: str = "") -> BatchReport:
+           description: str) -> BatchReport:
     """The body of every batch command: catalogue, manifest, cluster, tasks, mosaics, STAC."""
     started = time.perf_counter()
-    settings = settings or InferenceSettings()
     folder = Path(output_folder)
     scenes = [s for s in read_catalogue(catalogue, asset) if not _inside(s.href, folder)]
     try:
@@ -294,7 +291,7 @@ def _batch(command: str, task: Callable[..., dict[str, Any]], plugin: ModelPlugi
             from exc
     if block_rows is not None and block_rows < 1:
         raise SettingsError(f"block_rows must be ≥ 1 (cell rows per block), got {block_rows}")
-    key = run_key(command, f"{plugin.path_or_name} {key_extra}", {
+    key = run_key(command, f"{plugin.path_or_name} {plugin.head_path}", {
         **asdict(settings), "sensor": sensor, "overrides": overrides, "backend": plugin.backend,
         "block_rows": block_rows})
     manifest = Manifest(folder, key, command, overwrite=overwrite)

@@ -70,7 +70,7 @@ from ..raster import (
     preflight,
     tile_grid,
 )
-from ..settings import CPU_BATCH_SIZE, InferenceSettings
+from ..settings import InferenceSettings
 from ..spectral import BandMapping, Overrides, Projection
 from .quantized import EmbeddingStorage
 from .tags import EmbeddingTags
@@ -165,7 +165,7 @@ def grid_encoder(model: Encoder, settings: InferenceSettings, bands: int) -> tup
         check_onnx_model(model, settings)
         choice = choose_precision(settings.precision, model.device, onnx=onnx_precision(model.metadata))
         onnx = model
-        runs_on = RunsOn(f"onnxruntime {onnx.device}", choice, settings.batch_size or CPU_BATCH_SIZE)
+        runs_on = RunsOn(f"onnxruntime {onnx.device}", choice, tiles_per_batch(settings))
         return (lambda x, projections: onnx.encode(x, projections, "grid")), runs_on
     import torch  # a torch encoder: torch is installed (the ONNX path above never imports it)
 
@@ -174,7 +174,7 @@ def grid_encoder(model: Encoder, settings: InferenceSettings, bands: int) -> tup
     if choice.precision == "int8":
         twin = onnx_twin(model, tile_size_px=settings.tile_size_px, precision="int8", device="cpu",
                          threads=settings.threads)
-        runs_on = RunsOn("onnxruntime cpu", choice, settings.batch_size or CPU_BATCH_SIZE)
+        runs_on = RunsOn("onnxruntime cpu", choice, tiles_per_batch(settings))
         return (lambda x, projections: twin.encode(x, projections, "grid")), runs_on
     module, dtype = at_precision(model.eval(), choice.precision)  # type: ignore[attr-defined]
     module = module.to(device)

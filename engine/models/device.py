@@ -6,6 +6,7 @@ ONNX Runtime models choose their execution provider when they are loaded (:func:
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from ..errors import DeviceError
 from ..settings import CPU_BATCH_SIZE, InferenceSettings
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 #: Share of the GPU's free memory an automatic batch may plan for (the rest: allocator slack, cuDNN/cuBLAS
 #: workspaces, other processes; the estimate of :func:`tile_bytes` is an upper bound of activations, not of those).
 GPU_MEMORY_SHARE = 0.5
-#: Largest automatic batch: beyond it a ViT-B no longer runs faster on the GPUs we measured (docs/gpu.md), and a
-#: batch is the unit of cancelling and of progress.
+#: Largest automatic batch: a batch is the unit of cancelling and of progress, and 128 ViT-B tiles already fill a
+#: GPU's matrix units many times over (not yet measured on a GPU: no device was lent while this was written).
 MAX_AUTO_BATCH = 128
 
 
@@ -88,22 +89,22 @@ def tile_bytes(tile_size_px: int, bands: int, patch_size: int, embed_dim: int, v
     return inputs + block + tokens * embed_dim * 4
 
 
-def tiles_per_batch(settings: InferenceSettings, device: str, *, bands: int, patch_size: int, embed_dim: int,
-                    value_bytes: int) -> int:
+def tiles_per_batch(settings: InferenceSettings, device: str = "cpu", *, bands: Optional[int] = None,
+                    patch_size: int = 16, embed_dim: Optional[int] = None, value_bytes: int = 4) -> int:
     """Tiles per forward pass: ``settings.batch_size`` when given; otherwise chosen for ``device``.
 
     Automatic (``batch_size=None``): :data:`engine.settings.CPU_BATCH_SIZE` (8) on a CPU, where larger batches run no
     faster (docs/performance.md); on CUDA, as many tiles as fit in :data:`GPU_MEMORY_SHARE` of the GPU's free memory
     (``torch.cuda.mem_get_info``) by :func:`tile_bytes`, between 1 and :data:`MAX_AUTO_BATCH`. The choice is logged.
-    Used by the embedding passes (embed, cluster, similarity); segmentation and head fitting, whose heads add memory
-    per pixel, take 8 tiles when the batch size is automatic.
+    The embedding passes (embed, cluster, similarity) give the forward pass's geometry; segmentation and head fitting,
+    whose heads add memory per pixel, give none and take 8 tiles.
 
     Args:
         settings: The run's settings.
         device: The resolved torch device (:func:`torch_device`), or ``"onnxruntime …"`` (then the CPU default).
-        bands: Bands per tile (C).
+        bands: Bands per tile (C); None: no memory sizing (8 tiles).
         patch_size: Patch side in pixels.
-        embed_dim: Token dimension D.
+        embed_dim: Token dimension D; None: no memory sizing (8 tiles).
         value_bytes: Bytes per activation value (4 for fp32, 2 for bf16).
 
     Returns:
@@ -111,7 +112,7 @@ def tiles_per_batch(settings: InferenceSettings, device: str, *, bands: int, pat
     """
     if settings.batch_size is not None:
         return settings.batch_size
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") or bands is None or embed_dim is None:
         return CPU_BATCH_SIZE
     import torch
 

@@ -40,11 +40,11 @@ from rasterio.windows import transform as window_transform
 
 from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import LabelError, SettingsError
-from ..models import BlockEncoder, Encoder, open_reader, save_encoder, torch_device
+from ..models import BlockEncoder, Encoder, open_reader, save_encoder, tiles_per_batch, torch_device
 from ..outputs import check_outputs
 from ..provenance import file_sha256
 from ..raster import RasterReader, Region, batched, open_raster, pixel_size_m
-from ..settings import CPU_BATCH_SIZE, InferenceSettings
+from ..settings import InferenceSettings
 from ..spectral import BandMapping, Overrides
 from .card import HeadType, card_path, require_block_grids
 from .heads import SegmentationHead, build_head, save_head
@@ -335,8 +335,8 @@ def fit_head(
             if settings.precision in ("bf16", "int8"):
                 log.info("the head is fitted in fp32 (precision %s applies to segment, embed, cluster and "
                          "similarity)", settings.precision)
-            fitter = _Fitter(encoder, head, reader, mapping, size, device, fit.finetune,
-                             settings.batch_size or CPU_BATCH_SIZE, is_canceled)
+            fitter = _Fitter(encoder, head, reader, mapping, size, device, fit.finetune, tiles_per_batch(settings),
+                             is_canceled)
             train_lab = [_chip_labels(grid, r, c, size, keep_train) for r, c in train_at]
             turns = rng.integers(0, 8, len(train_at)) if fit.augment else np.zeros(len(train_at), int)
             train_lab = [_d4(lab, int(k)) for lab, k in zip(train_lab, turns)]

@@ -61,6 +61,7 @@ from ..models import (
     load_model,
     onnx_precision,
     open_reader,
+    tiles_per_batch,
     torch_device,
 )
 from ..outputs import GEOTIFF, check_outputs
@@ -79,7 +80,7 @@ from ..raster import (
     tile_grid,
     write_qml,
 )
-from ..settings import CPU_BATCH_SIZE, InferenceSettings
+from ..settings import InferenceSettings
 from ..spectral import Averaging, BandMapping, BandStats, Overrides, Projection, resolve_bands
 from .card import HeadCard, card_path, check_encoder, encoder_source
 from .onnx_segmenter import OnnxSegmenter
@@ -356,8 +357,8 @@ def _run(predict: Any, precision: str, card: HeadCard, p: int, reader: Any, sett
     }
     colors = {c.index: c.color for c in card.classes}
     counts = np.zeros(k, np.int64)
-    stream = TileBatches(origins, settings.batch_size or CPU_BATCH_SIZE, lambda t: reader.read(t[0], t[1], size),
-                         is_canceled, scaled(progress, 0.0, 0.97))
+    stream = TileBatches(origins, tiles_per_batch(settings), lambda t: reader.read(t[0], t[1], size), is_canceled,
+                         scaled(progress, 0.0, 0.97))
 
     def bands(until: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for probs, valid in blender.drain(until, height, width):
