@@ -59,7 +59,11 @@ class Product:
 
 
 def file_digest(path: Union[str, Path]) -> tuple[int, str]:
-    """``(size in bytes, SHA-256 hex digest)`` of a file, read in 1 MiB blocks."""
+    """``(size in bytes, SHA-256 hex digest)`` of a file, read in 1 MiB blocks.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -124,7 +128,11 @@ def write_mosaics(products: Sequence[Product], folder: Union[str, Path]) -> list
 def write_vrt(products: Sequence[Product], path: Union[str, Path]) -> Path:
     """Write one VRT over products of one CRS and cell size (paths relative to the VRT), atomically.
 
-    The products' COGs must lie in the VRT's folder or below it. Where they overlap, the later one is on top.
+    Where products overlap, the later one is on top; each product's nodata is transparent.
+
+    Args:
+        products: Products with the same CRS, cell size, band count and data type (the first one's are used).
+        path: The ``.vrt`` file; the products' COGs must lie in its folder or below it.
 
     Returns:
         ``path``.

@@ -135,6 +135,12 @@ def grid_rows(scene: Scene, settings: InferenceSettings, sensor: Optional[str],
                overrides: Optional[Overrides]) -> dict[str, Any]:
     """The planning task of a raster to split (on a worker, which has the model): its output grid's cell rows.
 
+    Args:
+        scene: The raster.
+        settings: Tile size, overlap and scale of the run (the grid is :func:`engine.raster.tile_grid`'s).
+        sensor: Sensor preset (None: guessed), as :func:`engine.embed_raster`.
+        overrides: Band overrides, as :func:`engine.embed_raster`.
+
     Returns:
         ``{"rows": N}``, or ``{"error": "..."}`` for a raster that cannot be read or mapped.
     """
@@ -153,7 +159,14 @@ def grid_rows(scene: Scene, settings: InferenceSettings, sensor: Optional[str],
 def split(scene: Scene, rows: int, block_rows: int) -> list[Scene]:
     """The blocks of ``block_rows`` cell rows (the last one shorter) of a raster whose grid has ``rows`` rows.
 
-    Blocks are named ``<scene>_rows<first>`` (6 digits); a raster of at most ``block_rows`` rows stays one scene.
+    Args:
+        scene: The raster.
+        rows: Cell rows of its output grid (:func:`grid_rows`).
+        block_rows: Cell rows per block (≥ 1).
+
+    Returns:
+        Scenes named ``<scene>_rows<first>`` (6 digits) with :attr:`~engine.batch.Scene.rows` set; a raster of at most
+        ``block_rows`` rows stays one scene.
     """
     if rows <= block_rows:
         return [scene]
