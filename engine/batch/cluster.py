@@ -97,6 +97,10 @@ class ModelPlugin(WorkerPlugin):
         self.head: Any = None
         self.error: Optional[BaseException] = None
 
+    def key(self) -> str:
+        """What identifies the model of a run (:func:`engine.batch.run_key`): name or path, head, backend."""
+        return f"{self.path_or_name} {self.head_path} {self.backend}"
+
     def setup(self, worker: Any = None) -> None:
         """Load the model and head (called by Dask on each worker)."""
         try:

@@ -192,7 +192,7 @@ def _vrt(members: list[tuple[Product, Any]], xres: float, yres: float, folder: P
 
 
 def write_stac(products: Sequence[Product], folder: Union[str, Path], mosaics: Sequence[Path], *,
-               description: str) -> Path:
+               description: str, title: str = "embeddings") -> Path:
     """Write a self-contained STAC Collection of the outputs (``collection.json`` and one item per scene).
 
     Args:
@@ -200,6 +200,7 @@ def write_stac(products: Sequence[Product], folder: Union[str, Path], mosaics: S
         folder: The outputs' folder; the collection goes to ``folder/stac/collection.json`` (replaced as a whole).
         mosaics: The mosaic VRTs (:func:`write_mosaics`), added as collection assets.
         description: The collection's description (command, model).
+        title: What each output is (its asset's title: "embeddings", "class map"…).
 
     Returns:
         The collection file.
@@ -227,13 +228,13 @@ def write_stac(products: Sequence[Product], folder: Union[str, Path], mosaics: S
                       "msfm:model": record.get("model"), "msfm:settings": record.get("settings"),
                       "msfm:seconds": record.get("seconds"), "msfm:tiles": record.get("tiles"),
                       "msfm:sha256": record.get("sha256"), "msfm:finished": record.get("finished")}
-        properties.pop("datetime", None)
+        properties = {name: value for name, value in properties.items() if value is not None and name != "datetime"}
         # STAC needs a time: the acquisition time of the source item, else the processing time
         when = dt.datetime.fromisoformat(when or record["finished"])
         item = pystac.Item(product.id, footprint, list(rasterio.features.bounds(footprint)), when, properties,
                            stac_extensions=[_PROJECTION])
         item.add_asset("data", pystac.Asset(str(Path(product.path).resolve()), media_type=COG_MEDIA_TYPE,
-                                            roles=["data"], title="embeddings"))
+                                            roles=["data"], title=title))
         items.append(item)
     collection = pystac.Collection("msfm-batch", description, pystac.Extent.from_items(items), license="other")
     collection.add_items(items)

@@ -34,8 +34,8 @@ from .cluster import ModelPlugin, dask_client, worker_model
 from .manifest import Manifest, run_key
 from .products import Product, file_digest, write_cog, write_mosaics, write_stac, write_vrt
 
-__all__ = ("BatchReport", "batch_embed", "batch_segment", "embed_scene", "grid_rows", "run_scenes", "segment_scene",
-           "split")
+__all__ = ("BatchReport", "Session", "batch_embed", "batch_segment", "embed_scene", "embed_scenes", "grid_rows",
+           "open_folder", "run_batch", "run_scenes", "scene_task", "segment_scene", "split")
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: 
                            rows=scene.rows)
         return res.tiles, model.provenance.label
 
-    return _scene_task(scene, folder, embed)
+    return scene_task(scene, folder, embed)
 
 
 def segment_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: Optional[str],
@@ -101,11 +101,13 @@ def segment_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor
         res = segment_raster(scene.href, path, head, model, settings=settings, sensor=sensor, overrides=overrides)
         return res.tiles, head.card.head_type + " head"
 
-    return _scene_task(scene, folder, segment)
+    return scene_task(scene, folder, segment)
 
 
-def _scene_task(scene: Scene, folder: str, write: Callable[[Path], tuple[int, str]]) -> dict[str, Any]:
-    """One scene's task: ``write(temporary path) → (tiles, model label)``, then ``<id>.tif`` (COG) and its style.
+def scene_task(scene: Scene, folder: str, write: Callable[[Path], tuple[Optional[int], str]]) -> dict[str, Any]:
+    """One scene's task: ``write(temporary path) → (tiles or None, model label)``, then ``<id>.tif`` (COG).
+
+    The style ``<id>.qml`` goes beside it where ``write`` made one.
 
     Returns:
         The manifest record (a failure is recorded, never raised).
@@ -232,9 +234,37 @@ def batch_embed(
         engine.errors.DependencyError: Dask (or pystac, for a STAC catalogue) is not installed.
     """
     settings = settings or InferenceSettings()
-    return _batch("embed", embed_scene, ModelPlugin(str(model), backend, num_heads, device=settings.device),
-                  catalogue, output_folder, settings, sensor, overrides, asset, workers, scheduler, overwrite,
-                  block_rows, progress, is_canceled, description=f"msfm batch embed of {catalogue} with {model}")
+    if block_rows is not None and block_rows < 1:
+        raise SettingsError(f"block_rows must be ≥ 1 (cell rows per block), got {block_rows}")
+    folder, scenes = open_folder(catalogue, output_folder, asset)
+    plugin = ModelPlugin(str(model), backend, num_heads, device=settings.device)
+    with Session(settings, scheduler, workers) as session:
+        return embed_scenes(session, plugin, scenes, folder, sensor=sensor, overrides=overrides, block_rows=block_rows,
+                            overwrite=overwrite, progress=progress, is_canceled=is_canceled,
+                            description=f"msfm batch embed of {catalogue} with {model}")
+
+
+def embed_scenes(session: "Session", plugin: ModelPlugin, scenes: Sequence[Scene], folder: Path, *,
+                 sensor: Optional[str], overrides: Optional[Overrides], block_rows: Optional[int] = None,
+                 overwrite: bool = False, progress: Optional[ProgressFn] = None,
+                 is_canceled: Optional[CancelFn] = None, description: str) -> BatchReport:
+    """The embedding step of a batch run into ``folder`` (which exists), on the session's cluster.
+
+    :func:`batch_embed`, and the first step of :func:`engine.batch.batch_cluster` and
+    :func:`engine.batch.batch_similarity`; arguments as :func:`batch_embed`.
+
+    Returns:
+        :class:`BatchReport`.
+
+    Raises:
+        engine.errors.OutputError: ``folder`` holds another run's outputs (without ``overwrite``).
+        engine.errors.InferenceCancelled: ``is_canceled`` returned True.
+    """
+    key = run_key("embed", plugin.key(), {**asdict(session.requested), "sensor": sensor, "overrides": overrides,
+                                          "block_rows": block_rows})
+    return run_batch(session, embed_scene, scenes, Manifest(folder, key, "embed", overwrite=overwrite), plugin=plugin,
+                     sensor=sensor, overrides=overrides, block_rows=block_rows, progress=progress,
+                     is_canceled=is_canceled, description=description, title="embeddings")
 
 
 def batch_segment(
@@ -281,20 +311,24 @@ def batch_segment(
         As :func:`batch_embed`; a head that cannot be loaded fails every scene with the loader's message.
     """
     settings = settings or InferenceSettings()
+    folder, scenes = open_folder(catalogue, output_folder, asset)
     plugin = ModelPlugin(model, device=settings.device, head=str(Path(head).resolve()))
-    return _batch("segment", segment_scene, plugin, catalogue, output_folder, settings, sensor, overrides, asset,
-                  workers, scheduler, overwrite, None, progress, is_canceled,
-                  description=f"msfm batch segment of {catalogue} with {Path(head).name}")
+    key = run_key("segment", plugin.key(), {**asdict(settings), "sensor": sensor, "overrides": overrides})
+    manifest = Manifest(folder, key, "segment", overwrite=overwrite)
+    with Session(settings, scheduler, workers) as session:
+        return run_batch(session, segment_scene, scenes, manifest, plugin=plugin, sensor=sensor, overrides=overrides,
+                         progress=progress, is_canceled=is_canceled,
+                         description=f"msfm batch segment of {catalogue} with {Path(head).name}", title="class map")
 
 
-def _batch(command: str, task: Callable[..., dict[str, Any]], plugin: ModelPlugin,
-           catalogue: Union[str, Path, Sequence[str]], output_folder: Union[str, Path],
-           settings: InferenceSettings, sensor: Optional[str], overrides: Optional[Overrides],
-           asset: Optional[str], workers: Optional[int], scheduler: Optional[str], overwrite: bool,
-           block_rows: Optional[int], progress: Optional[ProgressFn], is_canceled: Optional[CancelFn], *,
-           description: str) -> BatchReport:
-    """The body of every batch command: catalogue, manifest, cluster, tasks, mosaics, STAC."""
-    started = time.perf_counter()
+def open_folder(catalogue: Union[str, Path, Sequence[str]], output_folder: Union[str, Path],
+                asset: Optional[str]) -> tuple[Path, list[Scene]]:
+    """The output folder of a batch run (created) and the catalogue's scenes, less those inside that folder.
+
+    Raises:
+        engine.errors.InputRasterError: An empty or unreadable catalogue.
+        engine.errors.OutputError: The folder cannot be created.
+    """
     folder = Path(output_folder)
     scenes = [s for s in read_catalogue(catalogue, asset) if not _inside(s.href, folder)]
     try:
@@ -302,51 +336,106 @@ def _batch(command: str, task: Callable[..., dict[str, Any]], plugin: ModelPlugi
     except OSError as exc:
         raise OutputError(f"cannot create the output folder {folder} ({exc}); choose a folder you can write to") \
             from exc
-    if block_rows is not None and block_rows < 1:
-        raise SettingsError(f"block_rows must be ≥ 1 (cell rows per block), got {block_rows}")
-    key = run_key(command, f"{plugin.path_or_name} {plugin.head_path}", {
-        **asdict(settings), "sensor": sensor, "overrides": overrides, "backend": plugin.backend,
-        "block_rows": block_rows})
-    manifest = Manifest(folder, key, command, overwrite=overwrite)
+    return folder, scenes
+
+
+class Session:
+    """The Dask client of a batch run, started on first use (a run whose scenes are all done starts no cluster).
+
+    One session serves every step of a run (``batch_cluster`` embeds, samples and classifies on the same workers).
+
+    Args:
+        settings: The run's inference settings; ``threads`` None becomes the local cluster's threads per worker.
+        scheduler: Address of an existing scheduler (:func:`engine.batch.dask_client`).
+        workers: Worker processes of a local cluster.
+
+    Attributes:
+        requested: The settings as given (they decide the run's key).
+        settings: The settings tasks run with (threads filled in once connected).
+        workers: Dask workers seen when the client connected (0 before).
+    """
+
+    def __init__(self, settings: InferenceSettings, scheduler: Optional[str] = None,
+                 workers: Optional[int] = None) -> None:
+        self.requested = self.settings = settings
+        self.workers = 0
+        self._scheduler, self._workers = scheduler, workers
+        self._stack = contextlib.ExitStack()
+        self._client: Any = None
+        self._plugin: Optional[ModelPlugin] = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def client(self, plugin: Optional[ModelPlugin] = None) -> Any:
+        """The ``distributed.Client``, connected on first call; ``plugin`` (once) loads a model on every worker."""
+        if self._client is None:
+            self._client, threads = self._stack.enter_context(dask_client(self._scheduler, self._workers))
+            self.workers = len(self._client.scheduler_info()["workers"])
+            if not self.settings.threads and threads is not None:
+                self.settings = replace(self.settings, threads=threads)
+        if plugin is not None and plugin is not self._plugin:
+            plugin.threads = self.settings.threads
+            self._client.register_plugin(plugin)
+            self._plugin = plugin
+        return self._client
+
+
+def run_batch(session: Session, task: Callable[..., dict[str, Any]], scenes: Sequence[Scene], manifest: Manifest, *,
+              plugin: Optional[ModelPlugin] = None, sensor: Optional[str] = None,
+              overrides: Optional[Overrides] = None, block_rows: Optional[int] = None,
+              progress: Optional[ProgressFn] = None, is_canceled: Optional[CancelFn] = None,
+              description: str, title: str) -> BatchReport:
+    """The body of every batch command: skip finished scenes, run the others, then the mosaics and the STAC collection.
+
+    Args:
+        session: The run's cluster.
+        task: ``task(scene, folder, settings, sensor, overrides) → manifest record`` (:func:`embed_scene`…).
+        scenes: The catalogue's scenes (:func:`open_folder`).
+        manifest: The output folder's manifest, opened with the run's key.
+        plugin: The model the workers hold for ``task`` (None: the task needs none).
+        sensor: Sensor preset of every scene.
+        overrides: Band overrides of every scene.
+        block_rows: Split large rasters into blocks of rows (:func:`split`; embeddings only).
+        progress: Called with the fraction of scenes finished.
+        is_canceled: Polled every 0.2 s (:func:`run_scenes`).
+        description: The STAC collection's description.
+        title: What each output is, for its STAC asset ("embeddings", "class map"…).
+
+    Returns:
+        :class:`BatchReport`.
+    """
+    started = time.perf_counter()
+    folder = manifest.path.parent
     report = BatchReport()
     blocks: dict[str, list[Scene]] = {}
-    with contextlib.ExitStack() as stack:
-        session: list[Any] = []
-
-        def connect() -> tuple[Any, InferenceSettings]:
-            """The client and the workers' settings, started on first use."""
-            if not session:
-                client, threads = stack.enter_context(dask_client(scheduler, workers))
-                report.workers = len(client.scheduler_info()["workers"])
-                run = settings if settings.threads or threads is None else replace(settings, threads=threads)
-                plugin.threads = run.threads
-                client.register_plugin(plugin)
-                session.extend((client, run))
-            return session[0], session[1]
-
-        if block_rows is not None:
-            client, run_settings = connect()
-            plans = client.gather(client.map(grid_rows, scenes, settings=run_settings, sensor=sensor,
-                                             overrides=overrides, pure=False))
-            for scene, plan in zip(scenes, plans):
-                if "error" in plan:
-                    report.failed[scene.id] = plan["error"]
-                    manifest.update(scene.id, {"source": scene.href, "status": "failed", "error": plan["error"]})
-                else:
-                    blocks[scene.id] = split(scene, plan["rows"], block_rows)
-            scenes = [block for parts in blocks.values() for block in parts]
-        todo = []
-        for scene in scenes:
-            if manifest.finished(scene.id):
-                report.skipped.append(scene.id)
+    if block_rows is not None:
+        client = session.client(plugin)
+        plans = client.gather(client.map(grid_rows, scenes, settings=session.settings, sensor=sensor,
+                                         overrides=overrides, pure=False))
+        for scene, plan in zip(scenes, plans):
+            if "error" in plan:
+                report.failed[scene.id] = plan["error"]
+                manifest.update(scene.id, {"source": scene.href, "status": "failed", "error": plan["error"]})
             else:
-                todo.append(scene)
-        log.info("%d scenes: %d to %s, %d already done", len(scenes), len(todo), command, len(report.skipped))
-        if todo:
-            client, run_settings = connect()
-            report.done, failed = run_scenes(client, todo, task, str(folder.resolve()), run_settings, sensor,
-                                             overrides, manifest=manifest, progress=progress, is_canceled=is_canceled)
-            report.failed.update(failed)
+                blocks[scene.id] = split(scene, plan["rows"], block_rows)
+        scenes = [block for parts in blocks.values() for block in parts]
+    todo = []
+    for scene in scenes:
+        if manifest.finished(scene.id):
+            report.skipped.append(scene.id)
+        else:
+            todo.append(scene)
+    log.info("%s: %d scenes, %d to do, %d already done", title, len(scenes), len(todo), len(report.skipped))
+    if todo:
+        client = session.client(plugin)
+        report.done, failed = run_scenes(client, todo, task, str(folder.resolve()), session.settings, sensor,
+                                         overrides, manifest=manifest, progress=progress, is_canceled=is_canceled)
+        report.failed.update(failed)
+    report.workers = session.workers
     for scene in scenes:
         record = manifest.scenes.get(scene.id, {})
         if record.get("status") == "done" and (folder / record["output"]).is_file():
@@ -357,7 +446,7 @@ def _batch(command: str, task: Callable[..., dict[str, Any]], plugin: ModelPlugi
             if len(parts) > 1 and all(part.id in finished for part in parts):
                 write_vrt([finished[part.id] for part in parts], folder / f"{name}.vrt")
         report.mosaics = write_mosaics(report.outputs, folder)
-        report.stac = write_stac(report.outputs, folder, report.mosaics, description=description)
+        report.stac = write_stac(report.outputs, folder, report.mosaics, description=description, title=title)
     report.seconds = time.perf_counter() - started
     return report
 

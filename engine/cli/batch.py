@@ -1,4 +1,4 @@
-"""``msfm batch embed|segment``: every scene of a catalogue on Dask, resumable (:mod:`engine.batch`)."""
+"""``msfm batch embed|cluster|similarity|segment``: a catalogue on Dask, resumable (:mod:`engine.batch`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ _RESUME = ("Scenes whose outputs an earlier run finished (same size and SHA-256 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run the batch command; print the outputs, the skipped and the failed scenes (exit status 2 if any failed)."""
-    from ..batch import batch_embed, batch_segment  # imports Dask: only when a batch runs
+    from ..batch import batch_cluster, batch_embed, batch_segment, batch_similarity  # imports Dask: only when run
+    from ..maps import ClusterSettings
 
     logging.getLogger("engine.batch").setLevel(logging.INFO)  # the cluster, its dashboard link and failed scenes
     if not args.verbose:  # Dask logs every worker's start and stop at INFO
@@ -27,14 +28,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
                   asset=args.asset, workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite)
     bar = Progress(f"batch {args.batch_command} (scenes)")
     try:
-        if args.batch_command == "embed":
-            report = batch_embed(args.catalogue, args.outdir, args.model, backend=args.backend,
-                                 num_heads=args.num_heads, block_rows=args.block_rows, progress=bar, **common)
-        else:
+        if args.batch_command == "segment":
             report = batch_segment(args.catalogue, args.outdir, args.head, args.model, progress=bar, **common)
+        else:
+            common.update(backend=args.backend, num_heads=args.num_heads, progress=bar)
+            if args.batch_command == "embed":
+                report = batch_embed(args.catalogue, args.outdir, args.model, block_rows=args.block_rows, **common)
+            elif args.batch_command == "cluster":
+                clustering = ClusterSettings(k=args.k, resolution=args.resolution, seed=args.seed)
+                report = batch_cluster(args.catalogue, args.outdir, args.model, clustering=clustering, **common)
+            else:
+                query = [{"type": "Point", "coordinates": [x, y]} for x, y in args.point]
+                report = batch_similarity(args.catalogue, args.outdir, args.model, query=query,
+                                          query_crs=args.query_crs, resolution=args.resolution, **common)
     finally:
         bar.close()
-    done = "embedded" if args.batch_command == "embed" else "segmented"
+    done = {"embed": "embedded", "segment": "segmented", "cluster": "classified", "similarity": "compared"}[
+        args.batch_command]
     print(f"{args.outdir}: {len(report.done)} scenes {done}, {len(report.skipped)} already done (skipped), "
           f"{len(report.failed)} failed, in {report.seconds:.1f} s on {report.workers or 'no'} Dask workers")
     for path in report.mosaics:
@@ -57,7 +67,7 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    """Add ``batch`` (with ``embed`` and ``segment``) to the ``msfm`` sub-parsers."""
+    """Add ``batch`` (with ``embed``, ``cluster``, ``similarity`` and ``segment``) to the ``msfm`` sub-parsers."""
     batch = sub.add_parser("batch", help="run a command over every scene of a catalogue, on Dask (resumable)")
     commands = batch.add_subparsers(dest="batch_command", required=True)
     p = commands.add_parser(
@@ -70,6 +80,38 @@ def register(sub: Any) -> None:
     p.add_argument("--block-rows", type=int,
                    help="split rasters taller than this many output cells (16-px patches) into blocks of rows, one "
                    "task each, so one large raster runs on every worker; <scene>.vrt joins the blocks")
+    _add_batch_options(p)
+
+    p = commands.add_parser(
+        "cluster", help="k-means class maps of every scene with one set of classes (fitted across the scenes)",
+        description="Embeds every scene into OUTDIR/embeddings, fits one k-means on a sample of all scenes "
+        "(OUTDIR/kmeans.json, reused by reruns), then writes each scene's class map: class i is the same in every "
+        "scene. " + _RESUME)
+    p.add_argument("catalogue", help=_CATALOGUE_HELP)
+    p.add_argument("outdir", help="output folder: <scene>.tif (uint8 classes, COG) and <scene>.qml, kmeans.json, "
+                   "mosaic_<CRS>.vrt, stac/collection.json, manifest.jsonl, embeddings/")
+    p.add_argument("--k", type=int, default=8, help="number of classes, 2..254 (default 8)")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: one class per input pixel; patch: one per model patch")
+    p.add_argument("--seed", type=int, default=0, help="random seed of sampling and k-means")
+    add_inference_options(p)
+    _add_batch_options(p)
+
+    p = commands.add_parser(
+        "similarity", help="similarity maps of every scene to one query (points anywhere in the catalogue)",
+        description="Embeds every scene into OUTDIR/embeddings, takes the query vector from the cells under the "
+        "points in every scene they fall in (OUTDIR/query.json), then writes each scene's cosine similarity to it. "
+        + _RESUME)
+    p.add_argument("catalogue", help=_CATALOGUE_HELP)
+    p.add_argument("outdir", help="output folder: <scene>.tif (float32 cosine similarity, COG), query.json, "
+                   "mosaic_<CRS>.vrt, stac/collection.json, manifest.jsonl, embeddings/")
+    p.add_argument("--point", nargs=2, type=float, action="append", required=True, metavar=("X", "Y"),
+                   help="query point in --query-crs (repeatable: the query is the mean of their cells)")
+    p.add_argument("--query-crs", default="EPSG:4326",
+                   help="CRS of the query points (default EPSG:4326: X = longitude, Y = latitude)")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: each input's pixel grid; patch: one value per model patch")
+    add_inference_options(p)
     _add_batch_options(p)
 
     p = commands.add_parser(

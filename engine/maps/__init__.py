@@ -26,7 +26,7 @@ from .embeddings import EmbeddingResult, RunsOn, embed_raster, grid_encoder, pro
 from .pca import embedding_quicklook, principal_components, project, write_pca_raster
 from .pixel_features import PixelFeatures
 from .quantized import EmbeddingRaster, EmbeddingStorage, dequantize, open_embeddings, quantize
-from .similarity import SimilarityResult, query_vector, similarity_raster
+from .similarity import SimilarityResult, query_sum, query_vector, similarity_raster
 from .tags import EmbeddingTags, product_tags, read_tag, recorded_bands
 from .upsample import GridInterpolator, GuidedClassUpsampler, pixel_row_bands, pixel_window, write_pixel_embeddings
 
@@ -57,6 +57,7 @@ __all__ = (
     "project",
     "provide_embeddings",
     "quantize",
+    "query_sum",
     "query_vector",
     "read_tag",
     "recorded_bands",

@@ -287,12 +287,14 @@ def fit_kmeans(
     return km
 
 
-def _predict(km: Any, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
-    """Class per row of ``[N, D]`` (NaN rows → 255); rows L2-normalised first unless ``normalize`` is False."""
+def _predict(centers: np.ndarray, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Class (the nearest of the ``[k, D]`` centres) per row of ``[N, D]``; NaN rows → 255.
+
+    Rows are L2-normalised first unless ``normalize`` is False.
+    """
     labels = np.full(len(vectors), NODATA_CLASS, np.uint8)
     ok = np.isfinite(vectors).all(axis=1)
     if ok.any():
-        centers = km.cluster_centers_.astype(np.float32)
         x = vectors[ok].astype(np.float32)
         x = l2_normalize(x) if normalize else x
         labels[ok] = np.argmax(x @ centers.T - 0.5 * (centers * centers).sum(1), axis=1).astype(np.uint8)
@@ -314,6 +316,7 @@ def cluster_raster(
     progress: Optional[ProgressFn] = None,
     is_canceled: Optional[CancelFn] = None,
     overwrite: bool = False,
+    centers: Optional[np.ndarray] = None,
 ) -> ClusterResult:
     """Cluster a raster's embeddings into ``k`` classes and write a styled class GeoTIFF.
 
@@ -337,14 +340,19 @@ def cluster_raster(
         is_canceled: Polled every batch/window; True stops with :class:`engine.errors.InferenceCancelled`, writing
             nothing.
         overwrite: Replace ``output`` (and ``embeddings_output``) when they exist.
+        centers: ``[k, D]`` float k-means centres fitted elsewhere on L2-normalised embeddings (e.g. across the
+            scenes of a batch run, :func:`engine.batch.batch_cluster`, so that class i is the same in every scene):
+            the raster is only classified with them (no sampling, no fit; ``clustering.k`` must equal k). Not with a
+            spectral weight (its features depend on each raster's statistics) or ``suggest_k``.
 
     Returns:
-        :class:`ClusterResult`.
+        :class:`ClusterResult` (``samples`` 0 with ``centers``).
 
     Raises:
         InputRasterError: No valid pixel, unreadable input, a region outside the raster/embeddings, embeddings
             without normalisation statistics with ``spectral_weight`` > 0, too few samples for ``suggest_k``.
-        SettingsError: Neither a model nor embeddings.
+        SettingsError: Neither a model nor embeddings; ``centers`` whose shape is not ``[k, D]`` for these
+            embeddings, or given with a spectral weight or ``suggest_k``.
         engine.errors.InferenceCancelled: Cancelled by the caller.
         engine.errors.OutputError: An output is an input or exists (without ``overwrite``), as
             :func:`engine.outputs.check_outputs`.
@@ -353,6 +361,8 @@ def cluster_raster(
                   {"input raster": source, "embeddings": embeddings}, overwrite=overwrite,
                   suffixes={"output": GEOTIFF, "embeddings output": GEOTIFF})
     clustering = clustering or ClusterSettings()
+    if centers is not None and (clustering.spectral_weight > 0 or clustering.suggest_k):
+        raise SettingsError("given k-means centres classify embeddings only: use spectral_weight 0 and no suggest_k")
     if clustering.resolution == "pixel":
         check_pixel_grid(source)
     k = clustering.k
@@ -371,15 +381,21 @@ def cluster_raster(
                 km = fit_kmeans(samples, k, clustering.seed, normalize=False)
                 scores = _k_scores(samples, k, clustering, is_canceled)
                 check_canceled(is_canceled, "after fitting k-means")
-                counts = _write_classes(grid, source, output, km, k, clustering.resolution, clustering.pixel_method,
-                                        region, report, is_canceled, features)
+                counts = _write_classes(grid, source, output, km.cluster_centers_, k, clustering.resolution,
+                                        clustering.pixel_method, region, report, is_canceled, features)
         else:
-            samples = sample_embeddings(grid, clustering.max_samples, clustering.seed)
-            km = fit_kmeans(samples, k, clustering.seed)
-            scores = _k_scores(l2_normalize(samples.astype(np.float32)), k, clustering, is_canceled)
-            check_canceled(is_canceled, "after fitting k-means")
-            counts = _write_classes(grid, source, output, km, k, clustering.resolution, clustering.pixel_method,
-                                    region, report, is_canceled)
+            if centers is None:
+                samples = sample_embeddings(grid, clustering.max_samples, clustering.seed)
+                centers = fit_kmeans(samples, k, clustering.seed).cluster_centers_
+                scores = _k_scores(l2_normalize(samples.astype(np.float32)), k, clustering, is_canceled)
+                check_canceled(is_canceled, "after fitting k-means")
+            elif np.shape(centers) == (k, grid.count):
+                samples, scores = np.zeros((0, grid.count), np.float32), None
+            else:
+                raise SettingsError(f"the k-means centres have shape {np.shape(centers)}, the embeddings {grid.name} "
+                                    f"need [k={k}, D={grid.count}]: fit them on embeddings of the same model")
+            counts = _write_classes(grid, source, output, np.asarray(centers, np.float32), k, clustering.resolution,
+                                    clustering.pixel_method, region, report, is_canceled)
     labels = [f"class {i}" for i in range(k)]
     style = write_qml(output.with_suffix(".qml"), labels, class_colors(k))
     total = max(1, int(counts.sum()))
@@ -417,7 +433,7 @@ def _write_classes(
     grid: Any,
     source: Union[str, Path],
     output: Path,
-    km: Any,
+    centers: np.ndarray,
     k: int,
     resolution: Resolution,
     pixel_method: PixelMethod,
@@ -438,7 +454,8 @@ def _write_classes(
             region = None  # the embedding grid as it is: cells outside the region's polygons are NaN already
 
             def labels_of(win: Window) -> np.ndarray:
-                return _predict(km, grid.read(window=win).reshape(d, -1).T).reshape(1, int(win.height), int(win.width))
+                vectors = grid.read(window=win).reshape(d, -1).T
+                return _predict(centers, vectors).reshape(1, int(win.height), int(win.width))
 
         elif features is not None:
             target = pixel_window(grid, src, region)
@@ -446,13 +463,13 @@ def _write_classes(
 
             def labels_of(win: Window) -> np.ndarray:
                 vec = features.features(win)
-                return _predict(km, vec.reshape(features.dim, -1).T, normalize=False).reshape(
+                return _predict(centers, vec.reshape(features.dim, -1).T, normalize=False).reshape(
                     1, int(win.height), int(win.width))
 
         else:
             target = pixel_window(grid, src, region)
             if pixel_method == "guided":
-                guided = GuidedClassUpsampler(grid, src, lambda v: _predict(km, v), k, limit=target)
+                guided = GuidedClassUpsampler(grid, src, lambda v: _predict(centers, v), k, limit=target)
                 band_rows, cols = 64, 2048
 
                 def labels_of(win: Window) -> np.ndarray:
@@ -464,7 +481,7 @@ def _write_classes(
 
                 def labels_of(win: Window) -> np.ndarray:
                     vec = interp.sample(win)
-                    return _predict(km, vec.reshape(d, -1).T).reshape(1, int(win.height), int(win.width))
+                    return _predict(centers, vec.reshape(d, -1).T).reshape(1, int(win.height), int(win.width))
 
         profile = gtiff_profile(
             width=int(target.width), height=int(target.height), count=1, dtype="uint8",

@@ -43,7 +43,7 @@ from .quantized import open_embeddings
 from .tags import product_tags
 from .upsample import GridInterpolator, check_pixel_grid, interpolation_cols, pixel_row_bands, pixel_window
 
-__all__ = ("SimilarityResult", "query_vector", "similarity_raster")
+__all__ = ("SimilarityResult", "query_sum", "query_vector", "similarity_raster")
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SimilarityResult:
     Attributes:
         path: The similarity GeoTIFF (one float32 band ``cosine_similarity`` in [−1, 1], NaN = nodata).
         resolution: ``"patch"`` or ``"pixel"``.
-        query_cells: Number of valid embedding cells averaged into the query vector.
+        query_cells: Number of valid embedding cells averaged into the query vector (0 with a given query embedding).
         value_range: ``(min, max)`` of the written similarities (NaN, NaN when nothing is valid).
         embeddings: The embedding run (None when existing embeddings were given).
         seconds: Wall time.
@@ -108,6 +108,47 @@ def _cells_under(grid: Any, geometry: Mapping[str, Any]) -> np.ndarray:
     return (rows + int(win.row_off)) * grid.width + cols + int(win.col_off)
 
 
+def query_sum(grid: Any, query: Sequence[Any]) -> tuple[np.ndarray, int]:
+    """Sum of the L2-normalised valid embeddings under query geometries, and their number.
+
+    The part of a query vector one raster holds: :func:`engine.batch.batch_similarity` adds the sums of every scene a
+    query touches and normalises the total (a cell counts once per raster).
+
+    Args:
+        grid: Open embedding raster (D bands, NaN = nodata).
+        query: GeoJSON-like geometries in the raster's CRS, as :func:`query_vector`.
+
+    Returns:
+        ``(sum [D] float64, number of valid cells)``; ``(zeros, 0)`` where no valid cell lies under the query.
+
+    Raises:
+        InputRasterError: Empty or malformed query.
+    """
+    total, count, _ = _query_sum(grid, _validate_query(query))
+    return total, count
+
+
+def _query_sum(grid: Any, geometries: list[dict[str, Any]]) -> tuple[np.ndarray, int, list[np.ndarray]]:
+    """:func:`query_sum` of validated geometries, with the cells under each geometry."""
+    parts = [_cells_under(grid, g) for g in geometries]
+    index = np.unique(np.concatenate(parts))
+    total = np.zeros(grid.count, np.float64)
+    count = 0
+    rows, cols = np.divmod(index, grid.width)
+    band = max(1, _BAND_VALUES // (grid.count * grid.width))
+    for start in range(int(rows.min()), int(rows.max()) + 1, band) if len(index) else ():
+        sel = (rows >= start) & (rows < start + band)
+        if not sel.any():
+            continue
+        r, c = rows[sel], cols[sel]
+        win = Window(int(c.min()), start, int(c.max() - c.min()) + 1, int(r.max()) - start + 1)
+        vec = grid.read(window=win)[:, r - start, c - int(c.min())].T.astype(np.float32)
+        ok = np.isfinite(vec).all(axis=1)
+        total += l2_normalize(vec[ok]).sum(axis=0)
+        count += int(ok.sum())
+    return total, count, parts
+
+
 def query_vector(grid: Any, query: Sequence[Any]) -> tuple[np.ndarray, int]:
     """Query vector of an embedding raster under query geometries.
 
@@ -126,22 +167,7 @@ def query_vector(grid: Any, query: Sequence[Any]) -> tuple[np.ndarray, int]:
             geometries and the raster's bounds).
     """
     geometries = _validate_query(query)
-    parts = [_cells_under(grid, g) for g in geometries]
-    index = np.unique(np.concatenate(parts))
-    total = np.zeros(grid.count, np.float64)
-    count = 0
-    rows, cols = np.divmod(index, grid.width)
-    band = max(1, _BAND_VALUES // (grid.count * grid.width))
-    for start in range(int(rows.min()), int(rows.max()) + 1, band) if len(index) else ():
-        sel = (rows >= start) & (rows < start + band)
-        if not sel.any():
-            continue
-        r, c = rows[sel], cols[sel]
-        win = Window(int(c.min()), start, int(c.max() - c.min()) + 1, int(r.max()) - start + 1)
-        vec = grid.read(window=win)[:, r - start, c - int(c.min())].T.astype(np.float32)
-        ok = np.isfinite(vec).all(axis=1)
-        total += l2_normalize(vec[ok]).sum(axis=0)
-        count += int(ok.sum())
+    total, count, parts = _query_sum(grid, geometries)
     if count == 0:
         detail = "; ".join(
             f"{i + 1}: {_describe(g)} → " + (f"{len(p)} nodata cell(s)" if len(p) else "no cell (outside the raster)")
@@ -173,6 +199,7 @@ def similarity_raster(
     model: Optional[Encoder] = None,
     *,
     query: Sequence[Any],
+    query_embedding: Optional[np.ndarray] = None,
     embeddings: Optional[Union[str, Path]] = None,
     embeddings_output: Optional[Union[str, Path]] = None,
     resolution: Resolution = "pixel",
@@ -193,6 +220,9 @@ def similarity_raster(
             provenance tags).
         model: Loaded encoder; needed unless ``embeddings`` is given.
         query: GeoJSON-like geometries in the raster's CRS, see :func:`query_vector`.
+        query_embedding: ``[D]`` query vector computed elsewhere (e.g. across the scenes of a batch run,
+            :func:`engine.batch.batch_similarity`): used instead of the cells under ``query`` in this raster, which is
+            then only recorded (it may be empty: the geometries may lie in other rasters). Normalised to unit length.
         embeddings: Reuse an existing embedding raster of ``source`` instead of running the model.
         embeddings_output: Keep the embeddings computed on the way at this path (else a temporary file, removed).
         resolution: ``"patch"`` (one value per embedding cell) or ``"pixel"`` (the input's pixel grid over the
@@ -223,7 +253,7 @@ def similarity_raster(
                   suffixes={"output": GEOTIFF, "embeddings output": GEOTIFF})
     if resolution == "pixel":
         check_pixel_grid(source)
-    geometries = _validate_query(query)
+    geometries = _validate_query(query) if query_embedding is None or query else []
     started = time.perf_counter()
     output = Path(output)
     report = progress or (lambda f: None)
@@ -231,15 +261,22 @@ def similarity_raster(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
         region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
     ) as (path, result), open_embeddings(path) as grid:
-        q, cells = query_vector(grid, geometries)
-        log.info("similarity to the mean of %d cell(s) of %s", cells, path)
+        if query_embedding is None:
+            q, cells = query_vector(grid, geometries)
+            log.info("similarity to the mean of %d cell(s) of %s", cells, path)
+        elif np.shape(query_embedding) == (grid.count,) and np.isfinite(query_embedding).all():
+            q, cells = l2_normalize(np.asarray(query_embedding, np.float32)), 0
+        else:
+            raise SettingsError(f"the query embedding must be {grid.count} finite values (the bands of "
+                                f"{grid.name}), got shape {np.shape(query_embedding)}")
         check_canceled(is_canceled, "after computing the query vector")
         query_tag = json.dumps(geometries)
         if len(query_tag) > _MAX_TAG_CHARS:
             query_tag = json.dumps({"geometries": len(geometries)})
         kept = {"embeddings": str(path)} if result is None or embeddings_output is not None else {}
-        tags = product_tags(grid.tags(), "similarity", resolution=resolution, query_cells=str(cells), query=query_tag,
-                            **kept)
+        if query_embedding is None:
+            kept["query_cells"] = str(cells)
+        tags = product_tags(grid.tags(), "similarity", resolution=resolution, query=query_tag, **kept)
         if resolution == "patch":
             value_range = _write_cells(grid, q, output, tags, lambda f: report(0.8 + 0.2 * f), is_canceled)
         else:
