@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from ..errors import DependencyError
 from ..models import load_model
@@ -28,7 +28,7 @@ try:
 except ImportError:  # Dask is needed only when a run starts (dask_client says how to install it)
     WorkerPlugin = object  # type: ignore[misc,assignment]
 
-__all__ = ("ModelPlugin", "dask_client", "local_layout", "worker_model", "worker_python")
+__all__ = ("ModelPlugin", "dask_client", "local_gpus", "local_layout", "worker_model", "worker_python")
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +51,47 @@ def physical_cores() -> int:
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
-def local_layout(workers: Optional[int] = None, cores: Optional[int] = None) -> tuple[int, int]:
+def local_layout(workers: Optional[int] = None, cores: Optional[int] = None, gpus: int = 0) -> tuple[int, int]:
     """``(workers, threads per worker)`` of a local cluster: every core used once.
 
-    Default: one worker per 2 physical cores, and at least 2 workers where there are 2 cores. Scenes in parallel use
-    the cores better than threads inside one scene (reading, blending and writing are partly serial): on 2 cores, 2
-    workers × 1 thread embedded 1.4× the scenes/s of 1 worker × 2 threads (docs/scale.md, "Measured"); 2 threads per
-    worker keep the copies of the model (and their memory) at half the cores.
+    Default: one worker per GPU where the run uses GPUs; else one worker per 2 physical cores, and at least 2 workers
+    where there are 2 cores. Scenes in parallel use the cores better than threads inside one scene (reading, blending
+    and writing are partly serial): on 2 cores, 2 workers × 1 thread embedded 1.4× the scenes/s of 1 worker × 2
+    threads (docs/scale.md, "Measured"); 2 threads per worker keep the copies of the model (and their memory) at half
+    the cores.
 
     Args:
         workers: Worker processes asked for (None: the default).
         cores: Physical cores (None: :func:`physical_cores`).
+        gpus: GPUs the local cluster gives its workers (:func:`local_gpus`).
 
     Returns:
         ``(workers, threads)`` with ``workers × threads ≤ cores`` (and threads ≥ 1).
     """
     cores = cores or physical_cores()
-    workers = workers or max(min(cores, 2), cores // 2)
+    workers = workers or gpus or max(min(cores, 2), cores // 2)
     return workers, max(1, cores // workers)
+
+
+def local_gpus(device: str) -> list[str]:
+    """The GPUs a local cluster gives one worker each: those torch sees, for a run on ``"auto"`` or ``"cuda"``.
+
+    Args:
+        device: The run's device; ``"cpu"`` or one chosen GPU (``"cuda:1"``) gives none.
+
+    Returns:
+        CUDA device ids as ``CUDA_VISIBLE_DEVICES`` names them (``["0", "1"]``; the entries of this process's
+        ``CUDA_VISIBLE_DEVICES`` where it is set); empty without torch or a GPU.
+    """
+    if device not in ("auto", "cuda"):
+        return []
+    try:
+        import torch
+    except ImportError:  # an ONNX-only installation: CPU workers
+        return []
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return (visible or [str(i) for i in range(count)])[:count]
 
 
 class ModelPlugin(WorkerPlugin):
@@ -177,12 +200,17 @@ def worker_python() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) -> Iterator[tuple[Any, Optional[int]]]:
+def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None, device: str = "cpu",
+                gpus: Optional[Sequence[str]] = None) -> Iterator[tuple[Any, Optional[int]]]:
     """A Dask client: to ``scheduler`` (or ``DASK_SCHEDULER_ADDRESS``), else to a new local cluster.
 
     Args:
         scheduler: Scheduler address (``tcp://host:8786``); None: ``DASK_SCHEDULER_ADDRESS``, else a local cluster.
         workers: Worker processes of a local cluster (:func:`local_layout`).
+        device: The run's device, which decides the GPUs of a local cluster (:func:`local_gpus`).
+        gpus: CUDA device ids of a local cluster (None: :func:`local_gpus`): worker i sees GPU ``gpus[i % len(gpus)]``
+            alone (``CUDA_VISIBLE_DEVICES``, as dask-cuda's ``LocalCUDACluster`` does), so each worker's model runs
+            on its own GPU as ``cuda:0``; one task at a time per worker.
 
     Yields:
         ``(client, threads per worker)`` (threads None for an existing cluster: each worker's own default).
@@ -196,12 +224,25 @@ def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None) 
             log.info("Dask scheduler %s (dashboard %s)", address, client.dashboard_link)
             yield client, None
         return
-    n, threads = local_layout(workers)
+    gpus = local_gpus(device) if gpus is None else list(gpus)
+    n, threads = local_layout(workers, gpus=len(gpus))
     python = worker_python()
     if python is not None:
         multiprocessing.set_executable(python)
-    with dask.config.set(_worker_environ(threads)), \
-            distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                     silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
-        log.info("Dask local cluster: %d workers × %d threads (dashboard %s)", n, threads, client.dashboard_link)
+    with dask.config.set(_worker_environ(threads)), _local_cluster(distributed, n, gpus) as cluster, \
+            distributed.Client(cluster) as client:
+        log.info("Dask local cluster: %d workers × %d threads%s (dashboard %s)", n, threads,
+                 f", GPUs {', '.join(gpus)}" if gpus else "", client.dashboard_link)
         yield client, threads
+
+
+def _local_cluster(distributed: Any, workers: int, gpus: list[str]) -> Any:
+    """A cluster of ``workers`` processes on this machine, one thread each; pinned to ``gpus`` where given."""
+    if not gpus:
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0", silence_logs=logging.ERROR)
+    spec = {f"gpu{i}": {"cls": distributed.Nanny, "options": {
+        "nthreads": 1, "host": "127.0.0.1", "env": {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}}}
+        for i in range(workers)}
+    return distributed.SpecCluster(spec, scheduler={"cls": distributed.Scheduler, "options": {
+        "host": "127.0.0.1", "dashboard_address": ":0"}}, silence_logs=logging.ERROR)

@@ -362,9 +362,9 @@ def cluster_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor
     Returns:
         The manifest record, as :func:`engine.batch.embed_scene`.
     """
-    def classify(path: Path) -> tuple[Optional[int], str]:
+    def classify(path: Path, progress: ProgressFn) -> tuple[Optional[int], str]:
         cluster_raster(scene.href, path, embeddings=Path(embeddings) / f"{scene.id}.tif", clustering=clustering,
-                       centers=centers)
+                       centers=centers, progress=progress)
         return None, label
 
     return scene_task(scene, folder, classify)
@@ -392,12 +392,12 @@ def similarity_scene(scene: Scene, folder: str, settings: InferenceSettings, sen
     Returns:
         The manifest record, as :func:`engine.batch.embed_scene`.
     """
-    def compare(path: Path) -> tuple[Optional[int], str]:
+    def compare(path: Path, progress: ProgressFn) -> tuple[Optional[int], str]:
         source = Path(embeddings) / f"{scene.id}.tif"
         with rasterio.open(source) as ds:
             local = _reprojected(query, crs, ds.crs)
         similarity_raster(scene.href, path, query=local, query_embedding=vector, embeddings=source,
-                          resolution=resolution)
+                          resolution=resolution, progress=progress)
         return None, label
 
     return scene_task(scene, folder, compare)

@@ -78,10 +78,10 @@ def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: 
         The manifest record: ``status`` ``"done"`` (with ``output``, ``bytes``, ``sha256``, ``tiles``, ``seconds``,
         ``model``, ``worker``, ``finished``) or ``"failed"`` (with ``error``: the exception's type and message).
     """
-    def embed(path: Path) -> tuple[int, str]:
+    def embed(path: Path, progress: ProgressFn) -> tuple[int, str]:
         model, _ = worker_model()
         res = embed_raster(scene.href, path, model, settings=settings, sensor=sensor, overrides=overrides,
-                           rows=scene.rows)
+                           rows=scene.rows, progress=progress)
         return res.tiles, model.provenance.label
 
     return scene_task(scene, folder, embed)
@@ -96,18 +96,28 @@ def segment_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor
     Returns:
         The manifest record, as :func:`embed_scene`.
     """
-    def segment(path: Path) -> tuple[int, str]:
+    def segment(path: Path, progress: ProgressFn) -> tuple[int, str]:
         model, head = worker_model()
-        res = segment_raster(scene.href, path, head, model, settings=settings, sensor=sensor, overrides=overrides)
+        res = segment_raster(scene.href, path, head, model, settings=settings, sensor=sensor, overrides=overrides,
+                             progress=progress)
         return res.tiles, head.card.head_type + " head"
 
     return scene_task(scene, folder, segment)
 
 
-def scene_task(scene: Scene, folder: str, write: Callable[[Path], tuple[Optional[int], str]]) -> dict[str, Any]:
-    """One scene's task: ``write(temporary path) → (tiles or None, model label)``, then ``<id>.tif`` (COG).
+#: ``write(temporary path, progress) → (tiles or None, model label)``: what a scene task makes (:func:`scene_task`).
+WriteFn = Callable[[Path, ProgressFn], tuple[Optional[int], str]]
+#: Dask event topic on which tasks report the fraction of their scene done (:func:`run_scenes` follows it).
+PROGRESS_TOPIC = "msfm-progress"
+#: Least seconds between two progress events of a task.
+_EVENT_S = 0.5
 
-    The style ``<id>.qml`` goes beside it where ``write`` made one.
+
+def scene_task(scene: Scene, folder: str, write: WriteFn) -> dict[str, Any]:
+    """One scene's task: ``write`` the output, then ``<id>.tif`` (COG).
+
+    The style ``<id>.qml`` goes beside it where ``write`` made one. ``write`` reports its progress, which reaches the
+    client as Dask events (:data:`PROGRESS_TOPIC`, at most every 0.5 s), so a run's progress moves within scenes.
 
     Returns:
         The manifest record (a failure is recorded, never raised).
@@ -119,7 +129,7 @@ def scene_task(scene: Scene, folder: str, write: Callable[[Path], tuple[Optional
     try:
         check_outputs({"output": output}, {"input raster": scene.href}, overwrite=True)
         with scratch_folder(output) as scratch:
-            tiles, label = write(scratch / output.name)
+            tiles, label = write(scratch / output.name, _events(scene.id))
             write_cog(scratch / output.name, output)
             for style in scratch.glob("*.qml"):  # QGIS applies <name>.qml to <name>.tif
                 with atomic_output(output.with_suffix(".qml")) as tmp:
@@ -176,6 +186,25 @@ def split(scene: Scene, rows: int, block_rows: int) -> list[Scene]:
             for first in range(0, rows, block_rows)]
 
 
+def _events(scene_id: str) -> ProgressFn:
+    """A progress callback that sends ``{"scene", "fraction"}`` events to the client (none outside a Dask worker)."""
+    import distributed
+
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # called outside a worker (a task run directly)
+        return lambda fraction: None
+    last = [-_EVENT_S]
+
+    def report(fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= _EVENT_S:
+            last[0] = now
+            worker.log_event(PROGRESS_TOPIC, {"scene": scene_id, "fraction": float(fraction)})
+
+    return report
+
+
 def _worker_name() -> str:
     import distributed
 
@@ -221,7 +250,7 @@ def batch_embed(
             the tiles that touch its rows, overlap included, so the blocks equal one run over the raster
             (``embed_raster(rows=...)``); each block is a COG ``<scene>_rows<first>.tif``, and ``<scene>.vrt``
             joins them. None: one task per raster.
-        progress: Called with the fraction of scenes finished.
+        progress: Called with the fraction done: finished scenes, and the tiles done in running ones.
         is_canceled: Polled every 0.2 s; True stops the run (:func:`run_scenes`).
 
     Returns:
@@ -373,7 +402,8 @@ class Session:
     def client(self, plugin: Optional[ModelPlugin] = None) -> Any:
         """The ``distributed.Client``, connected on first call; ``plugin`` (once) loads a model on every worker."""
         if self._client is None:
-            self._client, threads = self._stack.enter_context(dask_client(self._scheduler, self._workers))
+            self._client, threads = self._stack.enter_context(
+                dask_client(self._scheduler, self._workers, self.settings.device))
             self.workers = len(self._client.scheduler_info()["workers"])
             if not self.settings.threads and threads is not None:
                 self.settings = replace(self.settings, threads=threads)
@@ -400,7 +430,7 @@ def run_batch(session: Session, task: Callable[..., dict[str, Any]], scenes: Seq
         sensor: Sensor preset of every scene.
         overrides: Band overrides of every scene.
         block_rows: Split large rasters into blocks of rows (:func:`split`; embeddings only).
-        progress: Called with the fraction of scenes finished.
+        progress: Called with the fraction done: finished scenes, and the tiles done in running ones.
         is_canceled: Polled every 0.2 s (:func:`run_scenes`).
         description: The STAC collection's description.
         title: What each output is, for its STAC asset ("embeddings", "class map"…).
@@ -466,7 +496,7 @@ def run_scenes(client: Any, scenes: Sequence[Scene], task: Callable[..., dict[st
             ``"done"`` or ``"failed"`` (and then ``error``).
         *args: The task's other arguments (pickled once per task: keep them small; a model is held per worker).
         manifest: Where records go.
-        progress: Called with the fraction of scenes finished.
+        progress: Called with the fraction of the run done: finished scenes, and the tiles done in running ones.
         is_canceled: Polled every 0.2 s; True cancels the tasks not finished (a local cluster stops with the run, so
             its running scenes stop too; their partial files go at the next run).
 
@@ -481,25 +511,40 @@ def run_scenes(client: Any, scenes: Sequence[Scene], task: Callable[..., dict[st
     done: list[str] = []
     failed: dict[str, str] = {}
     total = len(pending)
-    while pending:
-        if is_canceled is not None and is_canceled():
-            client.cancel(list(pending))
-            raise InferenceCancelled(f"batch run cancelled after {total - len(pending)} of {total} scenes (finished "
-                                     "ones are kept: run it again to resume)")
-        finished = [f for f in pending if f.done()]
-        if not finished:
-            time.sleep(_POLL_S)
-        for future in finished:
-            scene = pending.pop(future)
-            record = future.result()
-            manifest.update(scene.id, record)
-            if record["status"] == "done":
-                done.append(scene.id)
-            else:
-                failed[scene.id] = record["error"]
-                log.error("%s failed: %s", scene.href, record["error"])
-            if progress is not None:
-                progress((total - len(pending)) / total)
+    partial: dict[str, float] = {}  # scene id → fraction done, from the tasks' events
+
+    def on_event(event: tuple[float, Any]) -> None:
+        message = event[1]
+        if isinstance(message, dict) and "scene" in message:
+            partial[message["scene"]] = float(message["fraction"])
+
+    reported = 0.0
+    client.subscribe_topic(PROGRESS_TOPIC, on_event)
+    try:
+        while pending:
+            if is_canceled is not None and is_canceled():
+                client.cancel(list(pending))
+                raise InferenceCancelled(f"batch run cancelled after {total - len(pending)} of {total} scenes "
+                                         "(finished ones are kept: run it again to resume)")
+            finished = [f for f in pending if f.done()]
+            if not finished:
+                time.sleep(_POLL_S)
+            for future in finished:
+                scene = pending.pop(future)
+                record = future.result()
+                manifest.update(scene.id, record)
+                if record["status"] == "done":
+                    done.append(scene.id)
+                else:
+                    failed[scene.id] = record["error"]
+                    log.error("%s failed: %s", scene.href, record["error"])
+            running = sum(min(1.0, partial.get(s.id, 0.0)) for s in pending.values())
+            fraction = (total - len(pending) + running) / total
+            if progress is not None and fraction > reported:  # never backwards (a lost worker's scene restarts)
+                reported = fraction
+                progress(fraction)
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
     return done, failed
 
 

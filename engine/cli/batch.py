@@ -26,7 +26,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     common = dict(settings=inference_settings(args), sensor=args.sensor, overrides=band_overrides(args.band),
                   asset=args.asset, workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite)
-    bar = Progress(f"batch {args.batch_command} (scenes)")
+    bar = Progress(f"batch {args.batch_command}")
     try:
         if args.batch_command == "segment":
             report = batch_segment(args.catalogue, args.outdir, args.head, args.model, progress=bar, **common)

@@ -17,7 +17,7 @@ import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
-from engine.batch import Manifest, batch_embed, gdal_path, local_layout, read_catalogue
+from engine.batch import Manifest, batch_embed, dask_client, gdal_path, local_gpus, local_layout, read_catalogue
 from engine.errors import InferenceCancelled, InputRasterError, OutputError, SettingsError
 from engine.maps import embed_raster
 from engine.settings import InferenceSettings
@@ -204,6 +204,8 @@ def test_the_local_cluster_uses_every_core_once_and_a_manifest_refuses_another_r
     assert local_layout(None, cores=2) == (2, 1)
     assert local_layout(1, cores=2) == (1, 2)
     assert local_layout(None, cores=16) == (8, 2)
+    assert local_layout(None, cores=16, gpus=2) == (2, 8)  # one worker per GPU
+    assert local_gpus("cpu") == [] and local_gpus("cuda:1") == []
     Manifest(tmp_path, "key-a").update("s", {"status": "failed", "error": "x"})
     with open(tmp_path / "manifest.jsonl", "a") as f:
         f.write('{"id": "t", "status": "do')  # a client killed while appending
@@ -295,7 +297,15 @@ def test_a_killed_client_is_resumed_by_the_next_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_batch_segmentation_equals_single_process_class_maps(tmp_path: Path, demo_model: Any) -> None:
+def test_a_local_gpu_cluster_gives_each_worker_one_gpu() -> None:
+    """Without a GPU here, the pinning itself: worker i starts with CUDA_VISIBLE_DEVICES = the i-th id."""
+    with dask_client(gpus=["3", "5"]) as (client, threads):
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(seen.values()) == ["3", "5"] and threads == max(1, local_layout(None, gpus=2)[1])
+
+
+@pytest.mark.slow
+def test_a_batch_segmentation_equals_single_process_class_maps_and_reports_tiles(tmp_path: Path, demo_model: Any) -> None:
     from engine.batch import batch_segment
     from engine.segmentation import segment_raster
     from tests.engine.test_segmentation_grid import S2, _fit
@@ -304,9 +314,12 @@ def test_a_batch_segmentation_equals_single_process_class_maps(tmp_path: Path, d
     settings = InferenceSettings(overlap_px=32, precision="fp32")
     source = shared_file("data", S2)
     single = segment_raster(source, tmp_path / "single.tif", head, settings=settings)
+    fractions: list[float] = []
     report = batch_segment([str(source), str(_corrupt(tmp_path))], tmp_path / "out", head, settings=settings,
-                           workers=2)
+                           workers=2, progress=fractions.append)
     assert report.done == [source.stem] and list(report.failed) == ["corrupt"]
+    # the tiles of the running scene move the progress (Dask events from the worker), never backwards
+    assert any(0.5 < f < 1.0 for f in fractions) and fractions == sorted(fractions) and fractions[-1] == 1.0
     cog = tmp_path / "out" / f"{source.stem}.tif"
     with rasterio.open(single.path) as a, rasterio.open(cog) as b:
         assert (b.transform, b.shape, b.dtypes[0]) == (a.transform, a.shape, "uint8")
