@@ -1,7 +1,7 @@
 """The msfm Processing algorithms (one module each); :data:`ALGORITHMS` lists them in toolbox order."""
 
 from .bandmapping import BandMappingReport
-from .batch import BatchEmbeddings
+from .batch import BatchClassMaps, BatchEmbeddings, BatchSimilarityMaps
 from .classify import ClassifyPixels
 from .cluster import ClusterEmbeddings
 from .download import DownloadModel
@@ -11,6 +11,7 @@ from .segment import SegmentWithHead, TrainSegmentationHead
 from .similarity import SimilarityMap
 
 ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, TrainSegmentationHead, SegmentWithHead,
-              ClassifyPixels, BatchEmbeddings, BandMappingReport, DownloadModel, ExportOnnx)
+              ClassifyPixels, BatchEmbeddings, BatchClassMaps, BatchSimilarityMaps, BandMappingReport, DownloadModel,
+              ExportOnnx)
 
 __all__ = ("ALGORITHMS",)

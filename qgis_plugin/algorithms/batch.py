@@ -1,9 +1,11 @@
-"""*Batch embeddings (many rasters)*: every raster of a list of layers, a folder or a catalogue file, on Dask.
+"""*Batch … (many rasters)*: every raster of a list of layers, a folder or a catalogue file, on Dask.
 
-The algorithm is ``engine.batch.batch_embed`` (``msfm batch embed``): a Cloud-Optimized GeoTIFF per raster, a mosaic
-VRT per CRS, a STAC collection, resumable. Parameter names (public contract): ``INPUTS``, ``FOLDER``, ``CATALOGUE``,
-``ASSET``, the band and model parameters of *Compute embeddings*, ``OUTPUT_DTYPE``, ``WORKERS``, ``SCHEDULER``,
-``OVERWRITE``, ``OUTPUT``.
+*Batch embeddings*, *Batch class maps* and *Batch similarity maps* are ``engine.batch.batch_embed``,
+``batch_cluster`` and ``batch_similarity`` (``msfm batch embed|cluster|similarity``): a Cloud-Optimized GeoTIFF per
+raster, a mosaic VRT per CRS, a STAC collection, resumable; class maps share one k-means and similarity maps one
+query over all rasters. Parameter names (public contract): ``INPUTS``, ``FOLDER``, ``CATALOGUE``, ``ASSET``, the band
+and model parameters of *Compute embeddings*, ``OUTPUT_DTYPE``, ``WORKERS``, ``SCHEDULER``, ``OVERWRITE``, ``OUTPUT``;
+``K``, ``RESOLUTION``, ``SEED`` (class maps); ``QUERY``, ``RESOLUTION`` (similarity).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
@@ -18,6 +21,7 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
@@ -26,26 +30,44 @@ from qgis.core import (
 )
 
 from ..runtime import engine
-from .base import DEFAULT_MODEL, MsfmAlgorithm
+from .base import DEFAULT_MODEL, MsfmAlgorithm, features_as_geojson
+
+_HOW = (
+    "on the Dask cluster this computer starts (or an existing one: <i>Dask scheduler</i>). Give the rasters as "
+    "layers, as a folder (searched recursively) or as a catalogue file: a text file of paths or URLs (one per line), "
+    "or a STAC ItemCollection / catalog (<i>STAC asset</i> names the asset when items hold several rasters).<br><br>"
+)
+_RESUME = (
+    "Running it again on the same folder skips the rasters already done (checked by size and checksum) and retries "
+    "those that failed; a raster that fails does not stop the others. Every raster uses the same sensor preset, band "
+    "overrides and model settings.<br><br>Each Dask worker loads the model once; <i>Workers</i> (empty: one per 2 "
+    "processor cores, or one per GPU) share the cores."
+)
 
 
 class BatchEmbeddings(MsfmAlgorithm):
+    """*Batch embeddings (many rasters)*; the base of the other batch algorithms (:meth:`add_product_parameters`,
+    :meth:`run_batch`)."""
+
     NAME = "batch_embed"
     DISPLAY = "Batch embeddings (many rasters)"
     ICON = "embed"
     NEEDS = "batch"
+    #: What the output folder holds for each raster, in the help.
+    PRODUCT = "embeddings"
     HELP = (
-        "Computes the embeddings of many rasters at once, on the Dask cluster this computer starts (or an existing "
-        "one: <i>Dask scheduler</i>), as <tt>msfm batch embed</tt> does. Give the rasters as layers, as a folder "
-        "(searched recursively) or as a catalogue file: a text file of paths or URLs (one per line), or a STAC "
-        "ItemCollection / catalog (<i>STAC asset</i> names the asset when items hold several rasters).<br><br>"
-        "The output folder receives one Cloud-Optimized GeoTIFF per raster, a mosaic VRT per CRS (scenes in "
+        "Computes the embeddings of many rasters at once, as <tt>msfm batch embed</tt> does, " + _HOW
+        + "The output folder receives one Cloud-Optimized GeoTIFF per raster, a mosaic VRT per CRS (scenes in "
         "different CRSs are never reprojected), a STAC collection of the outputs (<tt>stac/collection.json</tt>) and "
-        "<tt>manifest.jsonl</tt>. Running it again on the same folder skips the rasters already done (checked by "
-        "size and checksum) and retries those that failed; a raster that fails does not stop the others. Every "
-        "raster uses the same sensor preset, band overrides and model settings.<br><br>"
-        "Each Dask worker loads the model once; <i>Workers</i> (empty: one per 2 processor cores) share the cores."
+        "<tt>manifest.jsonl</tt>. " + _RESUME
     )
+
+    def add_product_parameters(self) -> None:
+        """The parameters of what is made from the embeddings (none for embeddings)."""
+
+    def run_batch(self, catalogue, output: str, model: str, common: dict, parameters, context, feedback):
+        """The engine's batch function for this product; returns its ``BatchReport``."""
+        return engine.batch.batch_embed(catalogue, output, model, **common)
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterMultipleLayers(
@@ -56,6 +78,7 @@ class BatchEmbeddings(MsfmAlgorithm):
             "CATALOGUE", "…or a catalogue file (text list of paths/URLs, or STAC JSON)", optional=True,
             fileFilter="Catalogues (*.txt *.csv *.lst *.json);;All files (*)"))
         self.add_band_parameters(layer=False)
+        self.add_product_parameters()
         self.add_model_parameters()
         advanced = [
             QgsProcessingParameterString("ASSET", "STAC asset (needed when STAC items hold several rasters)",
@@ -77,7 +100,7 @@ class BatchEmbeddings(MsfmAlgorithm):
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Output folder"))
         self.addOutput(QgsProcessingOutputFile("STAC", "STAC collection of the outputs"))
         self.addOutput(QgsProcessingOutputString("MOSAICS", "Mosaic VRTs (JSON list of paths)"))
-        self.addOutput(QgsProcessingOutputNumber("DONE", "Rasters embedded by this run"))
+        self.addOutput(QgsProcessingOutputNumber("DONE", "Rasters done by this run"))
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", "Rasters already done (skipped)"))
         self.addOutput(QgsProcessingOutputString("FAILED", "Rasters that failed (JSON: name → error)"))
 
@@ -107,15 +130,17 @@ class BatchEmbeddings(MsfmAlgorithm):
         settings = self.settings(parameters, context,
                                  output_dtype=self.parameterAsEnumString(parameters, "OUTPUT_DTYPE", context))
         workers = parameters.get("WORKERS")
-        report = engine.batch.batch_embed(
-            catalogue, self.parameterAsString(parameters, "OUTPUT", context), model, settings=settings,
-            backend=self.backend(parameters, context), asset=self.parameterAsString(parameters, "ASSET", context)
-            or None, workers=None if workers in (None, "") else self.parameterAsInt(parameters, "WORKERS", context),
+        common = dict(
+            settings=settings, backend=self.backend(parameters, context),
+            asset=self.parameterAsString(parameters, "ASSET", context) or None,
+            workers=None if workers in (None, "") else self.parameterAsInt(parameters, "WORKERS", context),
             scheduler=self.parameterAsString(parameters, "SCHEDULER", context) or None,
             overwrite=self.parameterAsBoolean(parameters, "OVERWRITE", context),
             **self.band_arguments(parameters, context), **self.progress(feedback),
         )
-        feedback.pushInfo(f"{len(report.done)} rasters embedded, {len(report.skipped)} already done, "
+        report = self.run_batch(catalogue, self.parameterAsString(parameters, "OUTPUT", context), model, common,
+                                parameters, context, feedback)
+        feedback.pushInfo(f"{len(report.done)} rasters done ({self.PRODUCT}), {len(report.skipped)} already done, "
                           f"{len(report.failed)} failed, in {report.seconds:.1f} s on {report.workers} Dask workers")
         for name, error in report.failed.items():
             feedback.reportError(f"{name}: {error}")
@@ -126,3 +151,68 @@ class BatchEmbeddings(MsfmAlgorithm):
             "STAC": str(report.stac) if report.stac else "", "MOSAICS": json.dumps([str(p) for p in report.mosaics]),
             "DONE": len(report.done), "SKIPPED": len(report.skipped), "FAILED": json.dumps(report.failed),
         }
+
+
+class BatchClassMaps(BatchEmbeddings):
+    NAME = "batch_cluster"
+    DISPLAY = "Batch class maps (many rasters)"
+    ICON = "cluster"
+    PRODUCT = "class maps"
+    HELP = (
+        "k-means class maps of many rasters with <b>one set of classes</b>: class 3 is the same land cover in every "
+        "raster, so the maps mosaic into one map (clustering each raster on its own numbers its classes anew). As "
+        "<tt>msfm batch cluster</tt>, " + _HOW
+        + "Every raster is embedded (kept in <tt>embeddings/</tt> of the output folder), one k-means is fitted on a "
+        "sample of all rasters in proportion to their area (<tt>kmeans.json</tt>, reused when the run is repeated, so "
+        "rasters added later get the same classes), then every raster gets its class map: a paletted "
+        "Cloud-Optimized GeoTIFF with its style, a mosaic VRT per CRS and a STAC collection. " + _RESUME
+    )
+
+    def add_product_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterNumber(
+            "K", "Number of classes (k)", QgsProcessingParameterNumber.Integer, 8, minValue=2, maxValue=254))
+        self.addParameter(QgsProcessingParameterEnum(
+            "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel",
+            usesStaticStrings=True))
+        seed = QgsProcessingParameterNumber("SEED", "Random seed (sampling and k-means)",
+                                            QgsProcessingParameterNumber.Integer, 0, minValue=0)
+        seed.setFlags(seed.flags() | QgsProcessingParameterNumber.FlagAdvanced)
+        self.addParameter(seed)
+
+    def run_batch(self, catalogue, output, model, common, parameters, context, feedback):
+        clustering = engine.maps.ClusterSettings(
+            k=self.parameterAsInt(parameters, "K", context), seed=self.parameterAsInt(parameters, "SEED", context),
+            resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context))
+        return engine.batch.batch_cluster(catalogue, output, model, clustering=clustering, **common)
+
+
+class BatchSimilarityMaps(BatchEmbeddings):
+    NAME = "batch_similarity"
+    DISPLAY = "Batch similarity maps (many rasters)"
+    ICON = "similarity"
+    PRODUCT = "similarity maps"
+    HELP = (
+        "Finds what looks like an example across many rasters. The query is the mean embedding of the patches under "
+        "the points (or inside the polygons) of the query layer, wherever they fall among the rasters; every raster "
+        "gets the cosine similarity (−1…1) of each location to it. As <tt>msfm batch similarity</tt>, " + _HOW
+        + "Every raster is embedded (kept in <tt>embeddings/</tt> of the output folder), the query vector is saved "
+        "in <tt>query.json</tt> (reused when the run is repeated), then every raster gets its similarity map: a "
+        "Cloud-Optimized GeoTIFF, a mosaic VRT per CRS and a STAC collection. " + _RESUME
+    )
+
+    def add_product_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "QUERY", "Query points or polygons", [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterEnum(
+            "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel",
+            usesStaticStrings=True))
+
+    def run_batch(self, catalogue, output, model, common, parameters, context, feedback):
+        source = self.parameterAsSource(parameters, "QUERY", context)
+        wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")  # the rasters may lie in several CRSs
+        query = features_as_geojson(source, wgs84, context, feedback) if source else []
+        if not query:
+            raise QgsProcessingException("The query layer has no feature (check 'Selected features only').")
+        return engine.batch.batch_similarity(
+            catalogue, output, model, query=query, query_crs="EPSG:4326",
+            resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context), **common)

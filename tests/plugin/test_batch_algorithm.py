@@ -1,5 +1,5 @@
-"""*Batch embeddings (many rasters)* in QGIS Processing: real rasters on a local Dask cluster, one way to give them,
-cancel and resume."""
+"""*Batch embeddings / class maps / similarity maps (many rasters)* in QGIS Processing: real rasters on a local Dask
+cluster, one way to give them, cancel and resume; one k-means and one query across the rasters."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import rasterio
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from tests.conftest import BEN_S1, L8, shared_file
-from tests.plugin.test_algorithms import D_DEMO, run
+from tests.plugin.test_algorithms import D_DEMO, run, write_gpkg
 
 pytestmark = [pytest.mark.qgis, pytest.mark.slow]  # each run starts a Dask cluster (~3 s)
 FAST = {"TILE_SIZE": 224, "OVERLAP": 32, "SCALE": 1, "WORKERS": 1, "PRECISION": "fp32"}
 
 
 class CancelAfterFirst(QgsProcessingFeedback):
-    """Cancels once the first raster is done."""
+    """Cancels once the first raster is done (the run is past half of two rasters, one at a time)."""
 
     def setProgress(self, progress: float) -> None:  # noqa: N802 - QGIS API
         super().setProgress(progress)
-        if progress > 0:
+        if progress > 50:
             self.cancel()
 
 
@@ -49,3 +49,31 @@ def test_the_rasters_are_given_one_way(msfm_provider: Any, tmp_path: Path) -> No
                             "OUTPUT": str(tmp_path / "out"), **FAST})
     with pytest.raises(QgsProcessingException, match="one way"):
         run("batch_embed", {"OUTPUT": str(tmp_path / "out"), **FAST})
+
+
+def test_class_maps_share_one_kmeans_and_a_query_layer_maps_every_raster(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    rasters = [str(shared_file(*BEN_S1)), str(shared_file(*L8))]
+    result = run("batch_cluster", {"INPUTS": rasters, "K": 3, "OUTPUT": str(tmp_path / "classes"), **FAST})
+    assert (result["DONE"], json.loads(result["FAILED"])) == (2, {})
+    fitted = json.loads((tmp_path / "classes" / "kmeans.json").read_text())
+    assert len(fitted["centers"]) == 3 and fitted["scenes"] == 2
+    for raster in rasters:
+        with rasterio.open(tmp_path / "classes" / f"{Path(raster).stem}.tif") as ds:
+            assert ds.dtypes[0] == "uint8" and set(ds.colormap(1)) >= {0, 1, 2}
+    with rasterio.open(rasters[1]) as ds:  # a point of the Landsat-8 raster, given in another CRS (UTM → the layer's)
+        x, y = ds.xy(300, 300)
+        crs = ds.crs.to_string()
+    layer = QgsVectorLayer(f"Point?crs={crs}", "query", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+    layer.dataProvider().addFeatures([feature])
+    query = write_gpkg(layer, tmp_path / "query.gpkg")
+    result = run("batch_similarity", {"INPUTS": rasters, "QUERY": str(query), "RESOLUTION": "patch",
+                                      "OUTPUT": str(tmp_path / "similar"), **FAST})
+    assert (result["DONE"], json.loads(result["FAILED"])) == (2, {})
+    assert json.loads((tmp_path / "similar" / "query.json").read_text())["scenes"] == {Path(rasters[1]).stem: 1}
+    with rasterio.open(tmp_path / "similar" / f"{Path(rasters[1]).stem}.tif") as ds:
+        row, col = ds.index(x, y)
+        assert ds.read(1)[row, col] == pytest.approx(1.0, abs=1e-5)  # the query's own cell
