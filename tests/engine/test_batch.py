@@ -72,8 +72,10 @@ def test_a_batch_equals_single_process_runs_and_reports_the_corrupt_raster(run: 
 
 
 @pytest.mark.slow
-def test_the_mosaic_vrts_and_the_stac_collection_open(run: dict[str, Any]) -> None:
+def test_the_mosaic_vrts_open_and_the_stac_collection_validates(run: dict[str, Any]) -> None:
     import pystac
+    from pystac import STACObjectType
+    from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
     report, out = run["report"], run["out"]
     assert [p.name for p in report.mosaics] == ["mosaic_EPSG_32616.vrt", "mosaic_EPSG_4326.vrt"]
@@ -89,6 +91,11 @@ def test_the_mosaic_vrts_and_the_stac_collection_open(run: dict[str, Any]) -> No
     collection = pystac.read_file(str(report.stac))
     items = {item.id: item for item in collection.get_items()}
     assert sorted(items) == sorted(report.done)
+    # the core STAC 1.1 schemas, bundled with pystac (the projection extension's schema would need the network)
+    validator = JsonSchemaSTACValidator()
+    for stac, kind in [(collection, STACObjectType.COLLECTION), *((i, STACObjectType.ITEM) for i in items.values())]:
+        record = stac.to_dict(include_self_link=False)
+        validator.validate_core(record, kind, record["stac_version"], None)
     for item in items.values():
         cog = Path(item.assets["data"].get_absolute_href())
         assert cog.is_file() and item.properties["msfm:sha256"] and item.properties["msfm:model"]
