@@ -140,7 +140,7 @@ def scene_task(scene: Scene, folder: str, write: WriteFn) -> dict[str, Any]:
     size, sha256 = file_digest(output)
     return {**record, "status": "done", "bytes": size, "sha256": sha256, "tiles": tiles, "model": label,
             "seconds": time.perf_counter() - started, "worker": _worker_name(),
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
 
 
 def grid_rows(scene: Scene, settings: InferenceSettings, sensor: Optional[str],
