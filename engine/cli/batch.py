@@ -19,7 +19,7 @@ _RESUME = ("Scenes whose outputs an earlier run finished (same size and SHA-256 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run the batch command; print the outputs, the skipped and the failed scenes (exit status 2 if any failed)."""
     from ..batch import batch_cluster, batch_embed, batch_segment, batch_similarity  # imports Dask: only when run
-    from ..maps import ClusterSettings
+    from ..maps import ClusterSettings  # with the batch import: the CLI starts without numpy
 
     logging.getLogger("engine.batch").setLevel(logging.INFO)  # the cluster, its dashboard link and failed scenes
     if not args.verbose:  # Dask logs every worker's start and stop at INFO
