@@ -9,7 +9,7 @@ checkpoints, registry, ONNX runners) → :mod:`engine.maps` (embeddings, k-means
 :mod:`engine.segmentation` (heads, labels, fitting, class maps) → :mod:`engine.export` (ONNX) → :mod:`engine.batch`
 (many scenes on Dask) → :mod:`engine.cli`.
 Shared by all: :mod:`engine.errors`, :mod:`engine.settings`, :mod:`engine.callbacks`, :mod:`engine.atomic`,
-:mod:`engine.provenance`.
+:mod:`engine.provenance`, :mod:`engine.host`.
 
 Public API::
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         cli,
         errors,
         export,
+        host,
         maps,
         models,
         provenance,
@@ -76,8 +77,8 @@ _NAMES = {
     "segment_raster": ".segmentation",
     "similarity_raster": ".maps",
 }
-_SUBPACKAGES = ("atomic", "batch", "callbacks", "cli", "errors", "export", "maps", "models", "provenance", "raster",
-                "segmentation", "settings", "spectral")
+_SUBPACKAGES = ("atomic", "batch", "callbacks", "cli", "errors", "export", "host", "maps", "models", "provenance",
+                "raster", "segmentation", "settings", "spectral")
 __getattr__ = lazy_getattr(__name__, _NAMES, _SUBPACKAGES)
 
 __all__ = (
@@ -97,6 +98,7 @@ __all__ = (
     "errors",
     "export",
     "fit_head",
+    "host",
     "list_models",
     "list_sensors",
     "load_head",

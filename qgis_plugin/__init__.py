@@ -11,7 +11,14 @@ from typing import Any
 
 
 def classFactory(iface: Any):  # noqa: N802 - name required by QGIS
-    """Return the plugin object QGIS manages (``initGui()`` on load, ``unload()`` on unload)."""
+    """Return the plugin object QGIS manages (``initGui()`` on load, ``unload()`` on unload).
+
+    First the packages installed from the dock (:mod:`.packages`) go on ``sys.path``, and QGIS's proxy settings into
+    the environment for model downloads.
+    """
+    from . import packages
     from .plugin import MsfmPlugin
 
+    packages.activate()
+    packages.apply_proxy()
     return MsfmPlugin(iface)

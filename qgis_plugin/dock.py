@@ -116,6 +116,7 @@ class MsfmDock(QgsDockWidget):
         self.devices: Optional[str] = None  # device_report(), after detection
         self.model_state: dict = {}
         self._task: Optional[QgsProcessingAlgRunnerTask] = None
+        self._installer: Any = None  # the open InstallDialog
         self._run: dict = {}  # context, feedback, algorithm, callbacks of the running task
         self._device_timer = QTimer(self)
         self._device_timer.setSingleShot(True)
@@ -135,6 +136,14 @@ class MsfmDock(QgsDockWidget):
         layout = QVBoxLayout(body)
         self.layer_label = _wrapped_label()
         layout.addWidget(self.layer_label)
+        self.packages_label = _wrapped_label(small=True)
+        self.install_button = QPushButton("Install packages…")
+        self.install_button.setToolTip("Install ONNX Runtime or PyTorch (and rasterio, scikit-learn) into a folder of "
+                                       "your QGIS profile, with QGIS's own Python")
+        self.packages_row = QWidget()
+        self.packages_row.setLayout(_row((self.packages_label, 1), self.install_button))
+        self.packages_row.layout().setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.packages_row)
         layout.addWidget(self._build_bands())
         layout.addWidget(self._build_model())
         layout.addWidget(self._build_run())
@@ -303,6 +312,7 @@ class MsfmDock(QgsDockWidget):
         self.run_button.clicked.connect(self.run_clustering)
         self.cancel_button.clicked.connect(self.cancel_run)
         self.diagnostics_button.clicked.connect(self.copy_diagnostics)
+        self.install_button.clicked.connect(self.open_installer)
 
     # ------------------------------------------------------------------------------------------------------------
     # The layer
@@ -516,6 +526,7 @@ class MsfmDock(QgsDockWidget):
 
     def _on_backend_changed(self) -> None:
         self._on_setting_changed()
+        self.refresh_packages()
         if self.devices is not None:  # detected already: the other backend's devices now
             self.detect_devices()
 
@@ -548,7 +559,37 @@ class MsfmDock(QgsDockWidget):
         self.model_label.setText(short)
         self.model_label.setToolTip(info.get("status", ""))
         self.download_button.setEnabled(not info.get("available") and bool(info.get("repo_id")) and not self._task)
+        self.refresh_packages()
         self.refresh_estimate()
+
+    def missing_packages(self) -> list[str]:
+        """The packages clustering with the chosen backend needs and QGIS's Python does not have."""
+        return runtime.missing_packages(runtime.requirement_kind("clustering", self.backend()))
+
+    def refresh_packages(self) -> None:
+        """Show the *Install packages…* row while the chosen backend lacks packages."""
+        missing = self.missing_packages()
+        self.packages_row.setVisible(bool(missing))
+        if missing:
+            self.packages_label.setText(f"<b>Python packages missing</b> for the {self.backend()} backend: "
+                                        f"{_esc(', '.join(missing))}.")
+
+    def open_installer(self) -> Any:
+        """Open the *Install the packages msfm needs* dialog (ONNX Runtime preselected for the onnx backend)."""
+        from .install_dialog import InstallDialog
+
+        dialog = InstallDialog(self.iface.mainWindow(), on_installed=self._packages_installed,
+                               choice="onnx" if self.backend() == "onnx" else "torch")
+        dialog.show()
+        self._installer = dialog
+        return dialog
+
+    def _packages_installed(self) -> None:
+        self.devices = None
+        self.refresh_model_state()
+        self.refresh_bands()
+        if self.isVisible():
+            self.detect_devices()
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)

@@ -8,7 +8,8 @@
   that needs them is first used.
 - :func:`missing_packages` / :func:`require` check the engine's Python dependencies without importing them, and
   explain exactly what to install. The plugin loads and lists its algorithms without torch; running one that needs a
-  missing package stops with that explanation. Nothing is ever installed silently.
+  missing package stops with that explanation. Nothing is ever installed silently: the dock's *Install packages…*
+  (:mod:`.packages`) installs on request.
 - :func:`device_report` and :func:`diagnostics` describe devices and versions for the log and for bug reports.
 
 No Qt import here: this module is used from Processing's worker threads and from ``qgis_process``.
@@ -145,7 +146,10 @@ def install_instructions(missing: Iterable[str]) -> str:
         pips += ' "numpy<2"'  # never let pip upgrade QGIS's numpy past what its GDAL bindings were built for
     lines = [
         f"msfm needs Python package(s) that QGIS's Python does not have: {', '.join(missing)}.",
-        f"QGIS runs Python {platform.python_version()} from {sys.prefix}. Install them there, then restart QGIS:",
+        "In QGIS: open the msfm dock (Plugins toolbar, or Raster ▸ msfm) and click 'Install packages…' (ONNX Runtime",
+        "or PyTorch, installed into a folder of your QGIS profile; QGIS itself is left as it is).",
+        f"By hand: QGIS runs Python {platform.python_version()} from {sys.prefix}. Install them there, then restart "
+        "QGIS:",
     ]
     if sys.platform.startswith("win"):
         lines.append(f"  Windows: open the 'OSGeo4W Shell' (as administrator) and run: python -m pip install {pips}")
@@ -159,7 +163,7 @@ def install_instructions(missing: Iterable[str]) -> str:
     if "torch" in missing:
         lines.append("  torch: the CPU build is enough; for an NVIDIA GPU pick the CUDA build matching your driver at")
         lines.append("  https://pytorch.org/get-started/locally/ (e.g. --index-url https://download.pytorch.org/whl/cu126).")
-    lines.append("The plugin never installs packages by itself.")
+    lines.append("The plugin installs packages only when you ask it to.")
     return "\n".join(lines)
 
 

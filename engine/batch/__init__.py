@@ -10,7 +10,7 @@ Importing it imports Dask (``distributed``); the rest of the engine never does.
 from __future__ import annotations
 
 from .catalogue import Scene, gdal_path, read_catalogue
-from .cluster import ModelPlugin, dask_client, local_gpus, local_layout, worker_model, worker_python
+from .cluster import ModelPlugin, dask_client, local_gpus, local_layout, worker_model
 from .joint import batch_cluster, batch_similarity
 from .manifest import Manifest, run_key
 from .products import Product, file_digest, write_cog, write_mosaics, write_stac, write_vrt
@@ -39,7 +39,6 @@ __all__ = (
     "segment_scene",
     "split",
     "worker_model",
-    "worker_python",
     "write_cog",
     "write_mosaics",
     "write_stac",

@@ -14,12 +14,11 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from ..errors import DependencyError
+from ..host import python_interpreter
 from ..models import load_model
 from ..segmentation import OnnxSegmenter, encoder_source, load_head
 
@@ -28,7 +27,7 @@ try:
 except ImportError:  # Dask is needed only when a run starts (dask_client says how to install it)
     WorkerPlugin = object  # type: ignore[misc,assignment]
 
-__all__ = ("ModelPlugin", "dask_client", "local_gpus", "local_layout", "worker_model", "worker_python")
+__all__ = ("ModelPlugin", "dask_client", "local_gpus", "local_layout", "worker_model")
 
 log = logging.getLogger(__name__)
 
@@ -172,33 +171,6 @@ def _worker_environ(threads: int) -> dict[str, Any]:
             **{f"{environ}.{name}": threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
 
 
-def worker_python() -> Optional[str]:
-    """The Python interpreter local worker processes start with, where ``sys.executable`` is not this Python.
-
-    Worker processes are spawned from ``sys.executable``. In a host application that embeds Python it is wrong: QGIS
-    on Windows reports its own program, and ``qgis_process`` on Linux the first ``python3`` on ``PATH`` (a pyenv one on
-    our machines, whose workers then failed to import its standard library). The interpreter of the running
-    installation lies under ``sys.base_exec_prefix``; spawned workers receive this process's ``sys.path``, so they see
-    the same packages.
-
-    Returns:
-        The interpreter's path, or None where ``sys.executable`` already is this installation's (or none is found).
-    """
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    executable = Path(sys.executable)
-    homes = [Path(p).resolve() for p in {sys.prefix, sys.exec_prefix, sys.base_exec_prefix}]
-    if executable.name.lower().startswith("python") and executable.is_file() and any(
-            executable.resolve().is_relative_to(home) for home in homes):
-        return None
-    suffix = ".exe" if os.name == "nt" else ""
-    base = Path(sys.base_exec_prefix)
-    for folder in (base / "bin", base):
-        for name in (f"python{version}", f"python{sys.version_info.major}", "python"):
-            if (folder / f"{name}{suffix}").is_file():
-                return str(folder / f"{name}{suffix}")
-    return shutil.which(f"python{version}")
-
-
 @contextlib.contextmanager
 def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None, device: str = "cpu",
                 gpus: Optional[Sequence[str]] = None) -> Iterator[tuple[Any, Optional[int]]]:
@@ -226,8 +198,8 @@ def dask_client(scheduler: Optional[str] = None, workers: Optional[int] = None, 
         return
     gpus = local_gpus(device) if gpus is None else list(gpus)
     n, threads = local_layout(workers, gpus=len(gpus))
-    python = worker_python()
-    if python is not None:
+    python = python_interpreter()
+    if python != sys.executable:  # an embedding program (QGIS, qgis_process): workers start from its Python
         multiprocessing.set_executable(python)
     with dask.config.set(_worker_environ(threads)), _local_cluster(distributed, n, gpus) as cluster, \
             distributed.Client(cluster) as client:

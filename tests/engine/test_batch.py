@@ -229,11 +229,11 @@ def test_the_local_cluster_uses_every_core_once_and_a_manifest_refuses_another_r
 def test_workers_start_from_this_python_even_when_it_is_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from engine.batch import worker_python
+    from engine.host import python_interpreter
 
-    assert worker_python() is None  # pytest runs on a Python interpreter: sys.executable is right
+    assert python_interpreter() == sys.executable  # pytest runs on a Python interpreter: sys.executable is right
     monkeypatch.setattr(sys, "executable", "/usr/bin/qgis_process.bin")  # an embedding program
-    python = Path(worker_python())
+    python = Path(python_interpreter())
     assert python.is_file() and python.name.startswith("python")
     assert python.resolve().is_relative_to(Path(sys.base_exec_prefix).resolve())
 

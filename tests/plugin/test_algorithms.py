@@ -350,7 +350,7 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None
     assert "ALGS 12" in out, proc.stderr[-2000:]
     assert "BANDS sentinel2_l1c" in out
     assert "ERROR msfm needs Python package(s) that QGIS's Python does not have: torch" in out
-    assert "pip install" in out and "never installs packages" in out
+    assert "pip install" in out and "Install packages…" in out and "only when you ask it to" in out
     assert "TORCH_IMPORTED False" in out
 
 
