@@ -35,6 +35,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsMapLayer,
+    QgsMessageLog,
     QgsProcessingAlgRunnerTask,
     QgsProcessingFeedback,
     QgsProcessingOutputLayerDefinition,
@@ -83,6 +84,8 @@ REASON_COLUMN = COLUMNS.index("Why")
 KEEP, AUTO, TYPE_NM = "__keep__", "__auto__", "__nm__"
 #: Runs with fewer tiles are not timed: fixed costs (model load, statistics, k-means) would dominate.
 MIN_TILES_TIMED = 8
+#: Width (px) the dock opens with at least: the band table's five columns, the overrides and Download buttons.
+DOCK_MIN_WIDTH = 560
 #: Rough sustained throughput for the never-measured estimate (FLOP/s).
 ROUGH_FLOPS = {"cpu": 100e9, "cuda": 20e12}
 #: Dialog buttons: (label, algorithm id, icon).
@@ -117,6 +120,7 @@ class MsfmDock(QgsDockWidget):
         self.model_state: dict = {}
         self._task: Optional[QgsProcessingAlgRunnerTask] = None
         self._installer: Any = None  # the open InstallDialog
+        self._sized = False  # fit_width done on first show
         self._run: dict = {}  # context, feedback, algorithm, callbacks of the running task
         self._device_timer = QTimer(self)
         self._device_timer.setSingleShot(True)
@@ -324,7 +328,14 @@ class MsfmDock(QgsDockWidget):
         return layer if isinstance(layer, QgsMapLayer) else None
 
     def _on_current_layer_changed(self, layer: Any) -> None:
-        self.set_layer(layer if isinstance(layer, QgsMapLayer) else None)
+        layer = layer if isinstance(layer, QgsMapLayer) else None
+        kind = msfm_product(_file_of(layer)) if isinstance(layer, QgsRasterLayer) else None
+        if kind is not None and self.layer is not None and layer is not self.layer:
+            # a class map, similarity or embedding raster just added (or clicked): the dock stays on the imagery
+            self._describe_layer(f"“{layer.name()}”, the active layer, is an msfm output ({kind}); the dock stays on "
+                                 "this imagery layer")
+            return
+        self.set_layer(layer)
 
     def _on_layer_removed(self, layer_id: str) -> None:
         if self.layer is not None and self.layer.id() == layer_id:
@@ -338,17 +349,22 @@ class MsfmDock(QgsDockWidget):
         if self.layer is None:
             self.layer_label.setText("Select a raster layer in the Layers panel." if layer is None else
                                      f"“{layer.name()}” is not a raster layer: select a raster layer.")
-        elif self.path is None:
-            self.layer_label.setText(f"<b>{_esc(self.layer.name())}</b> is not a file ({self.layer.providerType()}):"
-                                     " the band mapping is previewed for files only; the algorithms read it "
-                                     "through its data provider.")
         else:
-            w, h = self.layer_size
-            self.layer_label.setText(f"<b>{_esc(self.layer.name())}</b> — {self.layer.bandCount()} bands, "
-                                     f"{w} × {h} px")
-            self.layer_label.setToolTip(self.path)
+            self._describe_layer()
         self._load_layer_settings()
         self.refresh_bands()
+
+    def _describe_layer(self, note: str = "") -> None:
+        """The line above the band table: the dock's layer (its bands and size), and ``note`` in small print."""
+        assert self.layer is not None
+        if self.path is None:
+            text = (f"<b>{_esc(self.layer.name())}</b> is not a file ({self.layer.providerType()}): the band mapping "
+                    "is previewed for files only; the algorithms read it through its data provider.")
+        else:
+            w, h = self.layer_size
+            text = f"<b>{_esc(self.layer.name())}</b> — {self.layer.bandCount()} bands, {w} × {h} px"
+            self.layer_label.setToolTip(self.path)
+        self.layer_label.setText(text + (f"<br><small>{_esc(note)}</small>" if note else ""))
 
     # ------------------------------------------------------------------------------------------------------------
     # Bands
@@ -593,9 +609,23 @@ class MsfmDock(QgsDockWidget):
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
+        if not self._sized:  # once: a docked widget opens at its small size hint, with the table cut off
+            self._sized = True
+            QTimer.singleShot(0, self.fit_width)
         if self.devices is None and not self._device_timer.isActive():
             self.device_label.setText("devices: detecting…")
             self._device_timer.start(0)
+
+    def fit_width(self) -> int:
+        """Widen the docked dock so the band table shows every column (at most 45 % of the main window); the user
+        can resize it afterwards. Returns the width asked for."""
+        main = self.iface.mainWindow()
+        columns = sum(max(self.table.columnWidth(c), self.table.horizontalHeader().sectionSizeHint(c))
+                      for c in range(self.table.columnCount()))
+        width = min(max(DOCK_MIN_WIDTH, columns + 60), int(0.45 * main.width()))
+        if not self.isFloating() and hasattr(main, "resizeDocks"):
+            main.resizeDocks([self], [width], Qt.Horizontal)
+        return width
 
     def detect_devices(self) -> None:
         """Ask torch which devices it sees (imports torch, ~2 s the first time: on first show, never at load), or
@@ -643,7 +673,7 @@ class MsfmDock(QgsDockWidget):
             grid = engine.raster.tile_grid(
                 max(1, round(height * scale)), max(1, round(width * scale)),
                 self.tile_spin.value(), self.overlap_spin.value(), patch)
-        except ValueError:
+        except (ValueError, ImportError):  # bad tiling, or the engine's packages are not installed yet
             return None
         return len(grid)
 
@@ -816,7 +846,9 @@ class MsfmDock(QgsDockWidget):
             self.status_label.setText(f"{run['id']}: cancelled")
         else:
             lines = [line for line in feedback.textLog().splitlines() if line.strip()]
-            self.status_label.setText(f"{run['id']} failed: " + ("\n".join(lines[-4:]) or "see the log"))
+            QgsMessageLog.logMessage(f"{run['id']} failed:\n{feedback.textLog()}", "msfm", Qgis.Critical)
+            self.status_label.setText(f"{run['id']} failed: " + ("\n".join(lines[-4:]) or "see the log") +
+                                      " (whole message: View ▸ Panels ▸ Log Messages ▸ msfm)")
         try:
             run["on_done"](ok, results or {}, seconds)
         finally:
@@ -984,6 +1016,23 @@ def _file_of(layer: QgsRasterLayer) -> Optional[str]:
         return None
     path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
     return path if os.path.isfile(path) or path.startswith("/vsi") else None
+
+
+def msfm_product(path: Optional[str]) -> Optional[str]:
+    """What msfm made this raster file: its ``MSFM_KIND`` tag (``classes``, ``similarity``…) or ``embeddings``; None
+    for any other raster (or no file). Read with GDAL (QGIS's own): only the header is opened."""
+    if not path:
+        return None
+    from osgeo import gdal
+
+    try:
+        dataset = gdal.Open(path)
+    except RuntimeError:  # unreadable, where GDAL raises
+        return None
+    tags = (dataset.GetMetadata() if dataset is not None else None) or {}
+    if "MSFM_KIND" in tags:
+        return str(tags["MSFM_KIND"])
+    return "embeddings" if "MSFM_MODEL" in tags else None
 
 
 def _format_value(value: Any) -> str:

@@ -72,7 +72,8 @@ class Choice:
     requirements: tuple[str, ...]
 
 
-_COMMON = ("rasterio>=1.3", "scikit-learn>=1.3", "huggingface_hub>=0.20", "safetensors>=0.4")
+# affine 3 deprecates the `*` rasterio uses (warnings in the QGIS log)
+_COMMON = ("rasterio>=1.3", "affine>=2.4,<3", "scikit-learn>=1.3", "huggingface_hub>=0.20", "safetensors>=0.4")
 #: The two installs the dock offers.
 CHOICES = {
     "onnx": Choice("onnx", "ONNX Runtime (CPU, small)",
@@ -301,7 +302,7 @@ class InstallTask(QgsTask):
             target = partial / "packages"
             command = pip_command(pip_launcher(self.python), self.choices, target, pins, gpu=nvidia_gpu())
             self._say("$ " + " ".join(command))
-            env = {**os.environ, **proxy_environment(), "PYTHONNOUSERSITE": "1"}
+            env = {**os.environ, **proxy_environment(), "PYTHONNOUSERSITE": "1", "PIP_ROOT_USER_ACTION": "ignore"}
             env.pop("PYTHONPATH", None)  # pip sees QGIS's own Python, as the plugin will
             if not self._pip(command, env):
                 return False
@@ -351,6 +352,7 @@ class InstallTask(QgsTask):
             if self.isCanceled():  # checked every 0.2 s, also while pip downloads in silence
                 proc.terminate()
                 proc.wait(timeout=30)
+                stdout.close()
                 self._say("cancelled: nothing was changed")
                 return False
             try:
@@ -362,6 +364,7 @@ class InstallTask(QgsTask):
                 if text.startswith(start):
                     progress = max(progress, value if start != "Collecting" else min(progress + 5.0, 60.0))
             self.setProgress(progress)
+        stdout.close()
         if proc.wait() != 0:
             self.error = f"pip failed (exit status {proc.returncode}); the log above says why"
             self._say(self.error)

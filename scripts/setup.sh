@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup.sh        # from any directory; idempotent, non-interactive (root, or a user with sudo)
 #
-# 1. apt: python3-qgis qgis python3-venv (only if one of them is missing).
+# 1. apt: python3-qgis qgis python3-venv xvfb (only if one of them is missing; xvfb runs the QGIS desktop in tests).
 # 2. .venv: /usr/bin/python3 -m venv --system-site-packages .venv (only if absent).
 # 3. pip: -r requirements.txt, then the project itself, editable (puts the `msfm` command in .venv/bin).
 # Steps 2-3 are skipped while .venv/.msfm-setup-stamp holds the sha256 of requirements.txt + pyproject.toml,
@@ -15,7 +15,7 @@ cd "$REPO"
 
 VENV=.venv
 STAMP="$VENV/.msfm-setup-stamp"
-APT_PACKAGES=(python3-qgis qgis python3-venv)
+APT_PACKAGES=(python3-qgis qgis python3-venv xvfb)
 export DEBIAN_FRONTEND=noninteractive
 export PIP_NO_INPUT=1
 

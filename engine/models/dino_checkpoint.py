@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Union, overload
 
 import numpy as np
-import numpy.dtypes
 
 # ``scalar`` (what pickled numpy scalars reconstruct with) is not in numpy's type stubs.
 try:
@@ -180,7 +179,9 @@ def _allowed_globals() -> list[Any]:
         (scalar, "numpy._core.multiarray.scalar"),  # pickles written under numpy 2
         (scalar, "numpy.core.multiarray.scalar"),  # pickles written under numpy 1.x
         np.dtype,
-        numpy.dtypes.Float64DType,
+        # numpy.dtypes (numpy ≥ 1.25) names the class type(np.dtype(np.float64)) has had since numpy 1.20; Debian 12's
+        # QGIS has numpy 1.24, which has no numpy.dtypes module
+        (type(np.dtype(np.float64)), "numpy.dtypes.Float64DType"),
     ]
 
 

@@ -299,6 +299,13 @@ def test_run_clustering_in_the_background_adds_a_styled_class_map(make_dock: Any
     assert isinstance(renderer, QgsPalettedRasterRenderer)  # styled by the algorithm's post-processor:
     assert [c.label for c in renderer.classes()] == [f"class {i}" for i in range(4)]
     assert "measured" in dock.estimate_label.text() and dock.run_button.isEnabled()
+    # QGIS makes the new class map the active layer: the dock stays on the imagery (issue 18, item 2)
+    dock._on_current_layer_changed(classes[0])
+    assert dock.layer is layer and dock.error == "" and dock.run_button.isEnabled()
+    assert "is an msfm output (classes)" in dock.layer_label.text()
+    other = raster(*NAIP)  # an ordinary raster is followed as before
+    dock._on_current_layer_changed(other)
+    assert dock.layer is other
 
 
 def wait_for(dock: Any, seconds: float) -> None:
