@@ -68,7 +68,18 @@ class ModelNotAvailableError(EngineError, LookupError):
 
 
 class BandResolutionError(EngineError, ValueError):
-    """A raster band could not be mapped to a SMARTIES spectral range (or the mapping is inconsistent)."""
+    """A raster band could not be mapped to a SMARTIES spectral range (or the mapping is inconsistent).
+
+    Args:
+        message: What went wrong and the fix, in command-line and Python terms.
+        unmapped: Indexes (1-based) of the bands that could not be mapped.
+        presets: Ids of the sensor presets with as many bands as the raster has, the best guess first: a host
+            application (the QGIS plugin) words its own advice from them.
+    """
+
+    def __init__(self, message: str, *, unmapped: tuple[int, ...] = (), presets: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.unmapped, self.presets = unmapped, presets
 
 
 class InputRasterError(EngineError, ValueError):

@@ -91,7 +91,6 @@ ROUGH_FLOPS = {"cpu": 100e9, "cuda": 20e12}
 #: Dialog buttons: (label, algorithm id, icon).
 DIALOGS = (("Embeddings…", "msfm:embed", "embed"), ("Cluster…", "msfm:cluster", "cluster"),
            ("Similarity…", "msfm:similarity", "similarity"), ("Band report…", "msfm:bandmapping", "bands"))
-_DOCK_HINT = "In the dock: pick the sensor preset above, or choose a range in each band's row."
 BACKEND_TIP = ("BACKEND of the embedding algorithms: torch runs the checkpoint; onnx runs an exported encoder with "
                "ONNX Runtime (a registry model is exported once into the ONNX cache, which needs torch; a .onnx model "
                "file needs no torch at all).")
@@ -386,14 +385,19 @@ class MsfmDock(QgsDockWidget):
                     self.mapping = engine.spectral.resolve_bands(
                         ds, sensor=None if self.sensor() == base.AUTO_SENSOR else self.sensor(),
                         overrides=dict(self.overrides) or None)
-            except Exception as exc:  # BandResolutionError, unreadable file, missing dependency: say it in the dock
+            except engine.errors.BandResolutionError as exc:
+                self.error = base.band_advice(exc, in_dock=True)
+            except ImportError as exc:  # the engine's packages are not installed yet
+                self.error = (f"The band mapping needs Python packages QGIS does not have ({exc.name or exc}): "
+                              "click 'Install packages…' above.")
+            except Exception as exc:  # an unreadable file…: say it in the dock
                 self.error = str(exc)
         self._fill_table()
         if self.mapping is not None:
             self.sensor_label.setText(f"sensor: {self.mapping.sensor or 'none'} ({self.mapping.sensor_reason})")
         else:
             self.sensor_label.setText("")
-        self.message_label.setText(f"{self.error}\n{_DOCK_HINT}" if self.error else "")
+        self.message_label.setText(self.error)
         self.message_label.setVisible(bool(self.error))
         self.overrides_edit.setText(self.overrides_text())
         self.refresh_estimate()

@@ -29,6 +29,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,19 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop pip and whatever it started (its process group on POSIX), and wait for it."""
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
 #: pip output line → progress (%), in the order pip prints them.
 _STAGES = (("Collecting", 10.0), ("Downloading", 30.0), ("Processing", 30.0), ("Installing collected", 80.0),
            ("Successfully installed", 95.0))
@@ -331,7 +345,7 @@ class InstallTask(QgsTask):
         """Run pip, following its output; False when it fails or the task is cancelled (pip is stopped)."""
         try:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    bufsize=1)
+                                    bufsize=1, start_new_session=os.name == "posix")  # cancel stops its children
         except OSError as exc:
             self.error = f"cannot start {command[0]}: {exc}"
             self._say(self.error)
@@ -350,9 +364,8 @@ class InstallTask(QgsTask):
         self.setProgress(progress)
         while reader.is_alive() or not lines.empty():
             if self.isCanceled():  # checked every 0.2 s, also while pip downloads in silence
-                proc.terminate()
-                proc.wait(timeout=30)
-                stdout.close()
+                _stop(proc)
+                reader.join(timeout=30)
                 self._say("cancelled: nothing was changed")
                 return False
             try:
@@ -364,6 +377,7 @@ class InstallTask(QgsTask):
                 if text.startswith(start):
                     progress = max(progress, value if start != "Collecting" else min(progress + 5.0, 60.0))
             self.setProgress(progress)
+        reader.join()
         stdout.close()
         if proc.wait() != 0:
             self.error = f"pip failed (exit status {proc.returncode}); the log above says why"

@@ -10,7 +10,7 @@ QGIS does not own them (qgis/QGIS#48087), so they are kept alive here until repl
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from qgis.core import (
     QgsColorRampShader,
@@ -80,21 +80,28 @@ def style_rgb(layer: QgsRasterLayer, bands: Sequence[int] = (1, 2, 3)) -> None:
 
 
 class _Styler(QgsProcessingLayerPostProcessorInterface):
-    def __init__(self, style: Callable[[QgsRasterLayer], None]) -> None:
+    def __init__(self, style: Optional[Callable[[QgsRasterLayer], None]]) -> None:
         super().__init__()
         self.style = style
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 - QGIS API
-        if isinstance(layer, QgsRasterLayer) and layer.isValid():
+        if self.style is not None and isinstance(layer, QgsRasterLayer) and layer.isValid():
             self.style(layer)
 
 
-def attach(context: QgsProcessingContext, path: str, style: Callable[[QgsRasterLayer], None]) -> bool:
-    """Style the output ``path`` with ``style`` when Processing loads it; False when it will not be loaded."""
+def attach(context: QgsProcessingContext, path: str, style: Optional[Callable[[QgsRasterLayer], None]],
+           name: str = "", generic: str = "") -> bool:
+    """When Processing loads the output ``path``: style it with ``style`` and name it ``name``.
+
+    The name replaces only the generic one (``generic``: the output's description, "Classes"); a name the user or the
+    dock gave is kept. Returns False when the output will not be loaded.
+    """
     if not context.willLoadLayerOnCompletion(path):
         return False
+    details = context.layerToLoadOnCompletionDetails(path)
+    if name and details.name in ("", generic):
+        details.name = name
     styler = _Styler(style)
     _KEEP[path] = styler
-    context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
+    details.setPostProcessor(styler)
     return True
-

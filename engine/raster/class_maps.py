@@ -9,12 +9,14 @@ QGIS, GDAL and any viewer. Used by k-means maps (:func:`engine.maps.cluster_rast
 from __future__ import annotations
 
 import colorsys
+import re
 from pathlib import Path
+from typing import Sequence
 from xml.sax.saxutils import escape
 
 from ..atomic import write_text
 
-__all__ = ("NODATA_CLASS", "class_colors", "write_qml")
+__all__ = ("NODATA_CLASS", "class_colors", "colors_for_names", "write_qml")
 
 #: Value of nodata (and of unlabelled pixels in training labels) in uint8 class maps; classes are 0..254.
 NODATA_CLASS = 255
@@ -37,6 +39,54 @@ def class_colors(k: int) -> list[tuple[int, int, int, int]]:
             r, g, b = colorsys.hsv_to_rgb(((i - len(_PALETTE)) * 0.618034) % 1.0, 0.65, 0.9)
             colors.append((int(r * 255), int(g * 255), int(b * 255), 255))
     return colors
+
+
+#: Conventional colours of common land-cover words, matched as whole words of a class name (case-insensitive; the
+#: first entry that matches wins). After the legends of ESA WorldCover and Dynamic World: water blue, trees dark
+#: green, grass and other vegetation light green, crops yellow, built-up red, bare ground tan, snow and ice white.
+LAND_COVER_COLORS = (
+    (("water", "river", "rivers", "lake", "lakes", "sea", "ocean", "flood", "flooded", "reservoir"), "#1f78b4"),
+    (("wetland", "wetlands", "marsh", "swamp", "mangrove", "mangroves", "bog"), "#2bb3a3"),
+    (("forest", "forests", "tree", "trees", "wood", "woods", "woodland"), "#1b7837"),
+    (("shrub", "shrubs", "shrubland", "scrub", "bush"), "#a6a33b"),
+    (("grass", "grassland", "meadow", "pasture", "vegetation", "vegetated", "green", "park"), "#7fc97f"),
+    (("crop", "crops", "cropland", "agriculture", "agricultural", "field", "fields", "farmland"), "#f0d24a"),
+    (("built", "urban", "building", "buildings", "settlement", "settlements", "city", "impervious", "road", "roads",
+      "paved", "artificial"), "#d62728"),
+    (("bare", "soil", "sand", "desert", "rock", "rocks", "barren", "quarry"), "#b5926b"),
+    (("snow", "ice", "glacier"), "#e8f4fa"),
+    (("cloud", "clouds"), "#cccccc"),
+    (("shadow", "shadows"), "#3a3a3a"),
+)
+
+
+def colors_for_names(names: Sequence[str]) -> list[tuple[int, int, int, int]]:
+    """RGBA colours for classes named ``names``: land-cover words first, then a qualitative palette.
+
+    A name with a land-cover word gets its conventional colour (:data:`LAND_COVER_COLORS`: water blue, forest green,
+    built-up red…); the other classes get the palette of :func:`class_colors`, skipping colours close to those given.
+
+    Args:
+        names: Class names, index order.
+
+    Returns:
+        One ``(r, g, b, 255)`` per name.
+    """
+    def rgb(hex_color: str) -> tuple[int, int, int, int]:
+        h = hex_color.lstrip("#")
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 255
+
+    chosen: list = [None] * len(names)
+    for i, name in enumerate(names):
+        words = set(re.findall(r"[a-z]+", str(name).lower()))
+        for keys, color in LAND_COVER_COLORS:
+            if words & set(keys):
+                chosen[i] = rgb(color)
+                break
+    taken = [c for c in chosen if c is not None]
+    spare = iter(c for c in class_colors(len(names) + len(_PALETTE))
+                 if all(sum((a - b) ** 2 for a, b in zip(c[:3], t[:3])) > 90 ** 2 for t in taken))
+    return [c if c is not None else next(spare) for c in chosen]
 
 
 def write_qml(path: Path, labels: list[str], colors: list[tuple[int, int, int, int]]) -> Path:

@@ -36,7 +36,7 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from ..errors import DependencyError, LabelError
-from ..raster import NODATA_CLASS, class_colors
+from ..raster import NODATA_CLASS, colors_for_names
 from .card import ClassInfo
 
 __all__ = ("IGNORE", "LabelGrid", "LabelRaster", "PolygonLabels", "class_table", "label_grid", "read_polygons")
@@ -139,12 +139,9 @@ def class_table(values: Sequence[Any], names: Optional[Mapping[Any, str]] = None
         raise LabelError(f"{len(distinct)} distinct class values; at most 254 classes fit a uint8 class map. "
                                "Is the class field a continuous attribute?")
     names = {str(k): v for k, v in (names or {}).items()}
-    colors = class_colors(len(distinct))
-    out = []
-    for i, v in enumerate(distinct):
-        plain = _plain(v)
-        out.append(ClassInfo(i, names.get(str(plain), str(plain)), colors[i], plain))
-    return out
+    labels = [names.get(str(_plain(v)), str(_plain(v))) for v in distinct]
+    colors = colors_for_names(labels)  # water blue, forest green… whatever their order
+    return [ClassInfo(i, label, colors[i], _plain(v)) for i, (label, v) in enumerate(zip(labels, distinct))]
 
 
 def read_polygons(path: Union[str, Path], class_field: str, layer: Optional[str] = None,

@@ -240,7 +240,9 @@ def resolve_bands(
             logger.debug("%s → %s (%s: %s)", info.label, outcome.projection.label, outcome.rule, outcome.reason)
 
     if unresolved:
-        raise BandResolutionError(_unresolved_message(where, unresolved, candidates, chosen))
+        raise BandResolutionError(_unresolved_message(where, unresolved, candidates, chosen),
+                                  unmapped=tuple(info.index for info in unresolved),
+                                  presets=tuple(_fitting_presets(len(candidates))))
     if not resolved:
         reasons = "; ".join(f"band {d.index}: {d.reason}" for d in dropped)
         raise BandResolutionError(
@@ -553,6 +555,11 @@ def _generic_names() -> dict[str, tuple[str | None, float | None]]:
     return names
 
 
+def _fitting_presets(count: int) -> list[str]:
+    """Ids of the sensor presets with ``count`` bands."""
+    return [s.id for s in list_sensors() if len(s.bands) == count]
+
+
 def _unresolved_message(
     where: str, unresolved: list[BandInfo], candidates: list[BandInfo], sensor: Sensor | None
 ) -> str:
@@ -571,7 +578,7 @@ def _unresolved_message(
         lines.append(f"  - {info.label}: " + ", ".join(clues))
     first = unresolved[0].index
     count = len(candidates)
-    fits = [s.id for s in list_sensors() if len(s.bands) == count]
+    fits = _fitting_presets(count)
     if sensor is not None:
         lines.append(
             f"The sensor preset {sensor.id} has {len(sensor.bands)} bands "

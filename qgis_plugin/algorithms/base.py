@@ -38,6 +38,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -68,11 +69,34 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = runtime.BACKENDS
 MODEL_FILTER = "Model weights (*.safetensors *.onnx)"
-_BAND_HINT = (
-    "In QGIS: pick the layer's sensor in 'Sensor preset', or type one mapping per band in 'Band overrides' "
-    "(e.g. 1=red_2; 2=green_2; 3=blue_1; 4=near_infrared_1 — a range key, a central wavelength in nm, or drop). "
-    "The msfm dock lists every band with a range chooser, and 'Band mapping report' shows what was resolved."
-)
+def band_advice(exc: Exception, in_dock: bool = False) -> str:
+    """A band-mapping error worded for QGIS: what could not be mapped, then what to do in QGIS, naming the sensor
+    presets that fit (by their names); the engine's command-line and Python fix is left out.
+
+    Args:
+        exc: An ``engine.errors.BandResolutionError`` (its ``presets`` and ``unmapped``), or any error.
+        in_dock: Advice for the dock (the preset chooser and band table above) rather than an algorithm dialog.
+    """
+    lines = [line for line in str(exc).splitlines() if not line.startswith(("Fix:", "Valid range keys"))]
+    presets = [engine.spectral.get_sensor(p) for p in getattr(exc, "presets", ())]
+    unmapped = getattr(exc, "unmapped", ()) or (1,)
+    where = "'Sensor preset' above" if in_dock else "'Sensor preset'"
+    advice = ["In QGIS:"]
+    if presets:
+        others = "; ".join(f"{s.name} ({s.id})" for s in presets[1:])
+        advice.append(f"choose “{presets[0].name}” ({presets[0].id}) in {where}"
+                      + (f" (other presets with as many bands: {others})" if others else "") + ", or")
+    example = "; ".join(f"{i}={key}" for i, key in zip(unmapped, ("red_2", "green_2", "blue_1", "near_infrared_1")))
+    if in_dock:
+        advice.append("choose a range in the Range column of each band's row (or type them in 'Overrides', e.g. "
+                      f"{example}).")
+    else:
+        advice.append(f"give each band a range in 'Band overrides' (e.g. {example}: a range key, a central wavelength "
+                      "in nm, or drop). The msfm dock lists every band with a range chooser, and 'Band mapping "
+                      "report' shows what was resolved.")
+    return "\n".join(lines + [" ".join(advice)])
+
+
 AUTO_SENSOR = "auto"
 #: Appended to the help of the algorithms that have ``BACKEND``.
 BACKEND_HELP = (
@@ -166,7 +190,8 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         self._layer_extent = QgsRectangle()
         self._layer_size = (0, 0)
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
-        self.outputs_to_style: dict[str, Callable[[QgsRasterLayer], None]] = {}
+        self.layer_name = ""  # the input layer's name: outputs are named after it
+        self.outputs_to_show: dict[str, tuple[Optional[Callable[[QgsRasterLayer], None]], str, str, str]] = {}
 
     # --- QgsProcessingAlgorithm metadata -----------------------------------------------------------------------
     def name(self) -> str:
@@ -313,6 +338,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         if layer is None or not layer.isValid():
             raise QgsProcessingException("The input raster layer is missing or invalid.")
         self.layer_crs = layer.crs()
+        self.layer_name = layer.name()
         self._layer_extent = QgsRectangle(layer.extent())
         self._layer_size = (layer.width(), layer.height())
         if layer.providerType() == "gdal":
@@ -497,7 +523,7 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         except engine.errors.InferenceCancelled as exc:
             raise QgsProcessingException(f"Cancelled: {exc}") from exc
         except engine.errors.BandResolutionError as exc:
-            raise QgsProcessingException(f"{exc}\n{_BAND_HINT}") from exc
+            raise QgsProcessingException(band_advice(exc)) from exc
         except (engine.errors.EngineError, ValueError, runtime.DependencyError) as exc:
             raise QgsProcessingException(str(exc)) from exc
         finally:
@@ -518,15 +544,54 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         """The work of the algorithm (worker thread); returns the outputs."""
         raise NotImplementedError
 
-    def style_output(self, path: str, style: Callable[[QgsRasterLayer], None]) -> None:
-        """Style the layer loaded from ``path`` when the run ends (the post-processor is attached on the main thread)."""
-        self.outputs_to_style[path] = style
+    def optional_output(self, parameters: dict, name: str, context: QgsProcessingContext) -> Optional[str]:
+        """The path of an optional layer output, or None when it is left blank.
+
+        Batch mode hands every output cell over as a layer definition, blank ones included, and
+        ``parameterAsOutputLayer`` would register the blank one as a layer to load: QGIS then reports it as "not
+        correctly generated" after every successful row. A blank one is therefore never resolved.
+        """
+        value = parameters.get(name)
+        if isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = value.sink.staticValue()
+        if value is None or not str(value).strip():
+            return None
+        return self.parameterAsOutputLayer(parameters, name, context) or None
+
+    def show_output(self, parameters: dict, name: str, path: str, what: str,
+                    style: Optional[Callable[[QgsRasterLayer], None]] = None, with_output: str = "") -> None:
+        """How the output ``name`` (at ``path``) appears when Processing loads it, applied when the run ends.
+
+        Args:
+            parameters: The run's parameters.
+            name: The output parameter (``OUTPUT``, ``OUTPUT_POLYGONS``…).
+            path: Its file.
+            what: What it is, for its layer name: ``"<input layer> <what>"`` (``"scene classes (k=6)"``); a name
+                the user gave the output (or the file name QGIS prefers) is kept.
+            style: Styles the raster layer (the post-processor is attached on the main thread).
+            with_output: An optional output is loaded whenever this output (``OUTPUT``) is: asking for class
+                polygons or a PCA preview means wanting to see them.
+        """
+        definition = self.parameterDefinition(name)
+        self.outputs_to_show[path] = (style, f"{self.layer_name or 'msfm'} {what}",
+                                      definition.description() if definition is not None else "",
+                                      self._destination(parameters.get(with_output)) if with_output else "")
+
+    @staticmethod
+    def _destination(value: Any) -> str:
+        if isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = value.sink.staticValue()
+        return str(value or "")
 
     def postProcessAlgorithm(self, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:  # noqa: N802
         from ..styling import attach
 
-        for path, style in self.outputs_to_style.items():
-            attach(context, path, style)
+        loading = {path for path in context.layersToLoadOnCompletion()}
+        for path, (style, layer_name, generic, follows) in self.outputs_to_show.items():
+            if follows and path not in loading and any(p == follows or Path(p) == Path(follows) for p in loading):
+                context.addLayerToLoadOnCompletion(
+                    path, QgsProcessingContext.LayerDetails(layer_name, context.project(), layer_name))
+            attach(context, path, style, layer_name, generic)
         return {}
 
 

@@ -87,7 +87,7 @@ class ClassifyPixels(MsfmAlgorithm):
 
     def compute(self, parameters, context, feedback) -> dict:
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        probabilities = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or None
+        probabilities = self.optional_output(parameters, "OUTPUT_PROBABILITIES", context)
         source = self.layer_path(parameters, context, feedback)
         # the polygons are read exactly as Train segmentation head reads them (layer feature ids in messages)
         labels = TrainSegmentationHead.polygon_labels(self, parameters, context, feedback)
@@ -116,7 +116,11 @@ class ClassifyPixels(MsfmAlgorithm):
                           f"{result.fit_seconds:.1f} s, map {result.predict_seconds:.1f} s (total "
                           f"{result.seconds:.1f} s); class shares {shares}")
         report_metrics(result.metrics, feedback)
-        self.style_output(output, lambda layer: style_classes(layer, names))
+        self.show_output(parameters, "OUTPUT", output, "classes (random forest)",
+                         lambda layer: style_classes(layer, names))
+        if probabilities:
+            self.show_output(parameters, "OUTPUT_PROBABILITIES", probabilities, "class probabilities (random forest)",
+                             with_output="OUTPUT")
         metrics = result.metrics
         outputs = {
             "OUTPUT": output, "CLASS_NAMES": names, "CLASS_FRACTIONS": list(result.class_fractions),

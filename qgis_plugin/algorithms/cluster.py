@@ -65,7 +65,7 @@ class ClusterEmbeddings(MsfmAlgorithm):
         embeddings = embeddings_path(self, parameters, context)
         model = None if embeddings else self.model(parameters, context, feedback)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        kept = self.parameterAsOutputLayer(parameters, "OUTPUT_EMBEDDINGS", context) or None
+        kept = self.optional_output(parameters, "OUTPUT_EMBEDDINGS", context)
         k = self.parameterAsInt(parameters, "K", context)
         clustering = engine.maps.ClusterSettings(
             k=k, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
@@ -85,10 +85,11 @@ class ClusterEmbeddings(MsfmAlgorithm):
                 f"k = {c}: {score:.3f}" for c, score in result.k_scores.items()))
             feedback.pushInfo(result.k_report())
         labels = [f"class {i}" for i in range(k)]
-        self.style_output(output, lambda layer: style_classes(layer, labels))
+        self.show_output(parameters, "OUTPUT", output, f"classes (k={k})", lambda layer: style_classes(layer, labels))
         outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions)}
         if result.k_scores:
             outputs["SUGGESTED_K"] = result.suggested_k
         if kept:
             outputs["OUTPUT_EMBEDDINGS"] = kept
+            self.show_output(parameters, "OUTPUT_EMBEDDINGS", kept, "embeddings")
         return outputs

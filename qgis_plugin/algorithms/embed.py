@@ -53,15 +53,17 @@ class ComputeEmbeddings(MsfmAlgorithm):
         with engine.raster.open_raster(output) as grid:
             _, components = engine.maps.principal_components(grid, 3)
         bands = _loading_bands(components)
-        self.style_output(output, lambda layer: style_rgb(layer, bands))
+        self.show_output(parameters, "OUTPUT", output, f"embeddings ({model.provenance.label})",
+                         lambda layer: style_rgb(layer, bands))
         outputs = {
             "OUTPUT": output, "TILES": result.tiles, "SECONDS": result.seconds, "EMBED_DIM": result.embed_dim,
             "SENSOR": result.mapping.sensor or "", "BANDS": json.dumps([b.projection.label for b in result.mapping.bands]),
         }
-        pca_output = self.parameterAsOutputLayer(parameters, "OUTPUT_PCA", context)
+        pca_output = self.optional_output(parameters, "OUTPUT_PCA", context)
         if pca_output:
             engine.maps.write_pca_raster(output, pca_output, 3, overwrite=True)
-            self.style_output(pca_output, lambda layer: style_rgb(layer, (1, 2, 3)))
+            self.show_output(parameters, "OUTPUT_PCA", pca_output, "principal components",
+                             lambda layer: style_rgb(layer, (1, 2, 3)), with_output="OUTPUT")
             outputs["OUTPUT_PCA"] = pca_output
         return outputs
 

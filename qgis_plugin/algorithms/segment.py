@@ -55,6 +55,33 @@ def _plain(value: Any) -> Any:
     return value.toString() if hasattr(value, "toString") else str(value)
 
 
+#: From this many polygons on, a field with a different value on every polygon is taken for an identifier.
+IDENTIFIER_POLYGONS = 6
+
+
+def check_class_field(source: Any, field: str, values: list) -> None:
+    """Refuse a class field that is an identifier (``fid``, ``id``…): a different value on each of ≥ 6 polygons would
+    train one class per polygon. The message names the fields that look like classes.
+
+    Raises:
+        QgsProcessingException: The field has as many distinct values as there are polygons.
+    """
+    if len(values) < IDENTIFIER_POLYGONS or len(set(values)) < len(values):
+        return
+    candidates = []
+    for index, other in enumerate(source.fields()):
+        if other.name() != field:
+            distinct = [v for v in map(_plain, source.uniqueValues(index)) if v is not None and str(v).strip()]
+            if 2 <= len(distinct) <= len(values) // 2:
+                candidates.append(f"{other.name()} ({len(distinct)} classes)")
+    raise QgsProcessingException(
+        f"The class field {field!r} has a different value on each of the {len(values)} polygons: it looks like an "
+        "identifier, not a class, and would train one class per polygon. Choose the field that holds each "
+        "polygon's class in 'Class field'" + (f": {', '.join(candidates)}." if candidates else
+                                               " (several polygons per class).")
+    )
+
+
 class TrainSegmentationHead(MsfmAlgorithm):
     NAME = "train_head"
     DISPLAY = "Train segmentation head"
@@ -128,6 +155,7 @@ class TrainSegmentationHead(MsfmAlgorithm):
             ids.append(feature.id())
         if feedback.isCanceled():
             raise QgsProcessingException("Cancelled while reading the polygons; no head written.")
+        check_class_field(source, field, values)
         labels = engine.segmentation.PolygonLabels(
             geometries, values, self.layer_crs.toWkt() if source.sourceCrs().isValid() else None, field=field,
             source=f"layer {source.sourceName()!r}" if source.sourceName() else "the polygon layer", ids=ids,
@@ -341,8 +369,8 @@ class SegmentWithHead(MsfmAlgorithm):
 
     def compute(self, parameters, context, feedback) -> dict:
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        probabilities = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or None
-        polygons = self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context) or None
+        probabilities = self.optional_output(parameters, "OUTPUT_PROBABILITIES", context)
+        polygons = self.optional_output(parameters, "OUTPUT_POLYGONS", context)
         if self.backend(parameters, context) == "onnx":
             head, model = self.segmenter(parameters, context, feedback), None  # holds its encoder
         else:
@@ -359,11 +387,17 @@ class SegmentWithHead(MsfmAlgorithm):
         names = list(result.class_names)
         shares = ", ".join(f"{n}: {100 * f:.1f} %" for n, f in zip(names, result.class_fractions))
         feedback.pushInfo(f"{result.tiles} tiles in {result.seconds:.1f} s; class shares {shares}")
-        self.style_output(output, lambda layer: style_classes(layer, names))
+        head_name = Path(self.parameterAsFile(parameters, "HEAD", context)).stem
+        self.show_output(parameters, "OUTPUT", output, f"segmentation ({head_name})",
+                         lambda layer: style_classes(layer, names))
         outputs = {"OUTPUT": output, "CLASS_NAMES": names, "CLASS_FRACTIONS": list(result.class_fractions),
                    "TILES": result.tiles, "SECONDS": result.seconds}
         if probabilities:
             outputs["OUTPUT_PROBABILITIES"] = probabilities
+            self.show_output(parameters, "OUTPUT_PROBABILITIES", probabilities,
+                             f"class probabilities ({head_name})", with_output="OUTPUT")
         if polygons:
             outputs["OUTPUT_POLYGONS"] = polygons
+            self.show_output(parameters, "OUTPUT_POLYGONS", polygons, f"segmentation ({head_name}) polygons",
+                             with_output="OUTPUT")
         return outputs

@@ -52,5 +52,5 @@ class SimilarityMap(MsfmAlgorithm):
             **self.band_arguments(parameters, context), **self.progress(feedback), overwrite=True,
         )
         feedback.pushInfo(f"query = mean of {result.query_cells} patch embedding(s); {result.seconds:.1f} s")
-        self.style_output(output, style_similarity)
+        self.show_output(parameters, "OUTPUT", output, "similarity", style_similarity)
         return {"OUTPUT": output, "QUERY_CELLS": result.query_cells}

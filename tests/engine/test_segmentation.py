@@ -317,3 +317,22 @@ def test_finetuned_encoder_is_saved_beside_the_head_and_used_to_segment(tmp_path
     region = Region(bounds=(window[0][0], window[0][1], window[1][0], window[1][1]))
     out = segment_raster(shared_file(*S2_L1C), tmp_path / "ft.tif", res.path, settings=FAST, region=region)
     assert out.path.is_file() and sum(out.class_fractions) == pytest.approx(1.0)
+
+
+def test_class_colours_follow_land_cover_names_not_their_order() -> None:
+    from engine.raster import class_colors
+    from engine.segmentation.labels import class_table
+
+    def hue(rgba: tuple) -> str:
+        r, g, b = rgba[:3]
+        return "blue" if b > max(r, g) else "green" if g > max(r, b) else "red" if r > max(g, b) + 60 else "other"
+
+    # alphabetical order put land first (blue) and water second (orange) before
+    land, water = class_table(["water", "land", "water"])
+    assert (land.name, water.name) == ("land", "water")
+    assert hue(water.color) == "blue" and hue(land.color) != "blue"
+    built, crops, forest, other, snow = class_table(["built-up", "cropland", "forest", "quarry pit 2", "snow"])
+    assert hue(built.color) == "red" and hue(forest.color) == "green" and crops.color[:2] == (240, 210)
+    assert snow.color[:3] == (232, 244, 250) and other.color[:3] == (181, 146, 107)  # "quarry": bare ground
+    # names without land-cover words keep the qualitative palette, in order
+    assert [c.color for c in class_table(["a", "b", "c"])] == class_colors(3)

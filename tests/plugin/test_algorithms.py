@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import BEN_S1, NAIP, REPO, S2_L1C, TINY_S2, ndwi_water, shared_file, water_iou
+from tests.conftest import BEN_S1, BEN_S2, NAIP, REPO, S2_L1C, TINY_S2, ndwi_water, shared_file, water_iou
 
 pytestmark = pytest.mark.qgis
 
@@ -126,8 +126,10 @@ def test_unresolvable_band_names_the_band_and_the_fix(msfm_provider: Any) -> Non
     with pytest.raises(QgsProcessingException) as err:
         run("bandmapping", {"INPUT": str(path)})
     message = str(err.value)
-    assert "band 1" in message and "naip_rgbn" in message
-    assert "Sensor preset" in message and "Band overrides" in message
+    assert "band 1" in message and "--band" not in message and "overrides={" not in message  # QGIS terms only
+    assert "In QGIS: choose “USDA NAIP aerial R, G, B, NIR (8-bit)” (naip_rgbn) in 'Sensor preset'" in message
+    assert "WorldView-2" in message and "'Band overrides' (e.g. 1=red_2; 2=green_2; 3=blue_1; 4=near_infrared_1" \
+        in message
     # ...and the fix it suggests works, from the preset or from overrides.
     assert run("bandmapping", {"INPUT": str(path), "SENSOR": "naip_rgbn"})["SENSOR"] == "naip_rgbn"
     overrides = "1=red_2; 2=green_2; 3=blue_1; 4=near_infrared_1"
@@ -140,7 +142,9 @@ def test_embed_sentinel1_is_georeferenced_and_styled(msfm_provider: Any, tmp_pat
 
     path = shared_file(*BEN_S1)
     out = str(tmp_path / "s1_embeddings.tif")
-    result, project = run_and_load("embed", {"INPUT": str(path), "SENSOR": "sentinel1_grd_db", "OUTPUT": out, **FAST})
+    pca = str(tmp_path / "s1_pca.tif")
+    result, project = run_and_load("embed", {"INPUT": str(path), "SENSOR": "sentinel1_grd_db", "OUTPUT": out,
+                                             "OUTPUT_PCA": pca, **FAST})
     assert result["OUTPUT"] == out and result["EMBED_DIM"] == D_DEMO
     with rasterio.open(path) as src, rasterio.open(out) as emb:
         assert emb.count == D_DEMO and emb.crs == src.crs
@@ -151,6 +155,10 @@ def test_embed_sentinel1_is_georeferenced_and_styled(msfm_provider: Any, tmp_pat
     renderer = layer_for(project, out).renderer()
     assert isinstance(renderer, QgsMultiBandColorRenderer)
     assert len({renderer.redBand(), renderer.greenBand(), renderer.blueBand()}) == 3
+    # named after the input, not "Embeddings"; the optional PCA preview asked for is on the map too, named and styled
+    assert layer_for(project, out).name() == f"{path.stem} embeddings (smarties-demo-tiny)"
+    assert layer_for(project, pca).name() == f"{path.stem} principal components"
+    assert isinstance(layer_for(project, pca).renderer(), QgsMultiBandColorRenderer)
     project.clear()
 
 
@@ -192,6 +200,7 @@ def test_cluster_sentinel2_extent_pixel_classes_with_legend(msfm_provider: Any, 
     renderer = layer_for(project, out).renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     assert [c.label for c in renderer.classes()] == [f"class {i}" for i in range(5)]
+    assert layer_for(project, out).name() == f"{path.stem} classes (k=5)"
     project.clear()
 
 
@@ -212,6 +221,7 @@ def test_similarity_to_a_water_point_is_highest_on_water(msfm_provider: Any, tmp
     assert np.nanmean(water) > np.nanmean(land) + 0.2, (np.nanmean(water), np.nanmean(land))
     assert np.nanmax(values) <= 1.0 + 1e-5 and np.nanmin(values) >= -1.0 - 1e-5
     assert isinstance(layer_for(project, out).renderer(), QgsSingleBandPseudoColorRenderer)
+    assert layer_for(project, out).name() == f"{shared_file(*S2_L1C).stem} similarity"
     project.clear()
 
 
@@ -404,3 +414,20 @@ def test_non_file_layer_is_read_through_a_cloned_provider(msfm_provider: Any, tm
         assert emb.count == D_DEMO and emb.crs == s1.crs
         assert np.allclose([emb.bounds.left, emb.bounds.top], [s1.bounds.left, s1.bounds.top])
         assert np.isfinite(emb.read(1)).all()
+
+
+def test_a_blank_optional_output_is_not_a_layer_to_load(msfm_provider: Any, tmp_path: Path) -> None:
+    """Batch mode hands every output cell over as a layer definition, blank ones included: those must not become
+    layers to load ("The following layers were not correctly generated" on every successful row)."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingOutputLayerDefinition, QgsProject
+
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    project = QgsProject.instance()
+    classes = str(tmp_path / "classes.tif")
+    params = {"INPUT": str(shared_file(*BEN_S2)), "SENSOR": "sentinel2_l2a", "K": 3, "RESOLUTION": "patch",
+              "OUTPUT": QgsProcessingOutputLayerDefinition(classes, project),
+              "OUTPUT_EMBEDDINGS": QgsProcessingOutputLayerDefinition("", project)}
+    processing.run("msfm:cluster", params, context=context)
+    assert list(context.layersToLoadOnCompletion()) == [classes]

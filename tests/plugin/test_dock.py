@@ -137,8 +137,10 @@ def test_naip_without_sensor_names_the_band_then_the_preset_resolves_it(make_doc
         resolve_bands(str(shared_file(*NAIP)))
     assert dock.table.rowCount() == 4  # still listed, so ranges can be picked
     assert dock.message_label.isVisibleTo(dock)
-    assert str(engine_error.value) in dock.message_label.text()
-    assert "band 1" in dock.message_label.text() and "naip_rgbn" in dock.message_label.text()
+    text = dock.message_label.text()
+    assert str(engine_error.value).splitlines()[1] in text  # the engine's reason for band 1
+    assert "band 1" in text and "--band" not in text and "overrides={" not in text  # no command-line syntax
+    assert "In QGIS: choose “USDA NAIP aerial R, G, B, NIR (8-bit)” (naip_rgbn) in 'Sensor preset' above" in text
     assert {cell(dock, b, "Rule") for b in range(1, 5)} == {"unresolved"}
     assert not dock.run_button.isEnabled()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import zipfile
 from pathlib import Path
@@ -50,17 +51,23 @@ def test_fresh_qgis_installs_onnx_runtime_from_the_dock_and_clusters(tmp_path: P
     (tmp_path / "xdg").mkdir(mode=0o700)
     command = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", qgis, "--profiles-path", str(tmp_path / "profiles"),
                "--nologo", "--noversioncheck", "--code", str(REPO / "tests" / "plugin" / "gui_scenario.py")]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)  # its own process group: Xvfb and QGIS go with it on a timeout
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     for png in out.glob("*.png"):
         shutil.copyfile(png, ARTEFACTS / png.name)
     print(f"GUI screenshots: {ARTEFACTS}/qgis.png, {ARTEFACTS}/install.png")
     result_file = out / "result.json"
-    assert result_file.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert result_file.is_file(), stdout[-3000:] + stderr[-3000:]
     result = json.loads(result_file.read_text())
     assert "error" not in result and result["steps"][-1] == "finished", result.get("error")
     assert not result.get("python_errors"), result["python_errors"]
-    assert proc.returncode == 0, proc.stderr[-3000:]  # QGIS quit cleanly
+    assert proc.returncode == 0, stderr[-3000:]  # QGIS quit cleanly
     # before: the dock offers the install; the onnx backend preselects ONNX Runtime
     assert result["install_row_before"] and "onnxruntime" in result["missing_onnx"] and result["choice"] == "onnx"
     assert result["dock_width"] >= 500  # wide enough for the band table (it opened ~300 px wide)

@@ -256,6 +256,26 @@ def test_empty_class_value_is_named(msfm_provider: Any, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_identifier_as_class_field_is_refused_naming_the_class_field(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsField, QgsProcessingException
+    from qgis.PyQt.QtCore import QVariant
+
+    _, boxes = find_boxes()
+    polygons = box_polygons_4326(boxes)
+    polygons.dataProvider().addAttributes([QgsField("fid", QVariant.Int)])  # what a GeoPackage's first field is
+    polygons.updateFields()
+    polygons.startEditing()
+    for number, feature in enumerate(polygons.getFeatures()):
+        polygons.changeAttributeValue(feature.id(), polygons.fields().indexOf("fid"), number + 1)
+    assert polygons.commitChanges() and polygons.featureCount() >= 6
+    with pytest.raises(QgsProcessingException) as err:
+        run("train_head", {"INPUT": str(shared_file(*S2_L1C)), "POLYGONS": polygons, "CLASS_FIELD": "fid",
+                           "STEPS": 2, "OUTPUT": str(tmp_path / "head.safetensors")})
+    message = str(err.value)
+    assert "'fid' has a different value on each of the" in message and "identifier" in message
+    assert f"cover ({len(boxes)} classes)" in message and list(tmp_path.iterdir()) == []
+
+
 def test_cancel_leaves_no_output(trained: dict, tmp_path: Path) -> None:
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
