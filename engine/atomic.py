@@ -48,6 +48,10 @@ _LOCK = ".lock"
 #: A partial folder without its lock file is a run killed between creating the folder and locking it (microseconds),
 #: or a run still in that window: it counts as abandoned only when older than this many seconds.
 _UNLOCKED_GRACE_S = 60.0
+#: Permissions of every output file: what ``open(path, "w")`` gives under the process's umask (0644 under 022).
+_umask = os.umask(0o022)
+os.umask(_umask)
+_FILE_MODE = 0o666 & ~_umask
 #: Free space below which a failed write is reported as a full disk.
 _FULL_BYTES = 1 << 20
 
@@ -153,6 +157,8 @@ def scratch_folder(path: PathLike) -> Iterator[Path]:
 def atomic_output(path: PathLike, sidecars: Sequence[str] = GDAL_SIDECARS) -> Iterator[Path]:
     """Yield a temporary path for ``path``; move it onto ``path`` when the block succeeds.
 
+    The file gets the permissions an ordinary new file has (``0666`` less the umask), whatever the writer used.
+
     The temporary file has the target's name, inside a :func:`scratch_folder` beside the target, so format drivers
     (GDAL's GTiff/PNG/GPKG) see the right suffix. Sidecars the writer leaves next to it (GDAL's ``.aux.xml``) move
     with it; whatever else the writer left is removed with the folder.
@@ -173,6 +179,8 @@ def atomic_output(path: PathLike, sidecars: Sequence[str] = GDAL_SIDECARS) -> It
         tmp = folder / path.name
         try:
             yield tmp
+            if tmp.is_file():  # some writers create private files (safetensors: 0600): outputs get the usual mode
+                os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, path)
             for suffix in sidecars:
                 side = tmp.with_name(tmp.name + suffix)

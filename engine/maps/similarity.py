@@ -34,7 +34,7 @@ from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import InputRasterError, SettingsError
 from ..models import Encoder
 from ..outputs import GEOTIFF, check_outputs
-from ..raster import GeoTiffWriter, Region, as_geometry, gtiff_profile, iter_windows
+from ..raster import GeoTiffWriter, Region, as_geometry, gtiff_profile, iter_windows, write_ramp_qml
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .clustering import Resolution, l2_normalize
@@ -65,6 +65,7 @@ class SimilarityResult:
         value_range: ``(min, max)`` of the written similarities (NaN, NaN when nothing is valid).
         embeddings: The embedding run (None when existing embeddings were given).
         seconds: Wall time.
+        style: The QGIS style beside it (``.qml``: Viridis from the minimum to the maximum).
     """
 
     path: Path
@@ -73,6 +74,7 @@ class SimilarityResult:
     value_range: tuple[float, float]
     embeddings: Optional[EmbeddingResult]
     seconds: float
+    style: Optional[Path] = None
 
 
 def _describe(geometry: Mapping[str, Any]) -> str:
@@ -215,9 +217,9 @@ def similarity_raster(
 
     Args:
         source: Input raster.
-        output: Similarity GeoTIFF to write (atomically): one float32 band ``cosine_similarity`` in [−1, 1], NaN
-            nodata, tags ``MSFM_KIND=similarity``, ``MSFM_QUERY_CELLS``, ``MSFM_RESOLUTION`` (and the embeddings'
-            provenance tags).
+        output: Similarity GeoTIFF to write (atomically), with its QGIS style beside it (``.qml``): one float32 band
+            ``cosine_similarity`` in [−1, 1], NaN nodata, tags ``MSFM_KIND=similarity``, ``MSFM_QUERY_CELLS``,
+            ``MSFM_RESOLUTION`` (and the embeddings' provenance tags).
         model: Loaded encoder; needed unless ``embeddings`` is given.
         query: GeoJSON-like geometries in the raster's CRS, see :func:`query_vector`.
         query_embedding: ``[D]`` query vector computed elsewhere (e.g. across the scenes of a batch run,
@@ -286,6 +288,8 @@ def similarity_raster(
                 with rasterio.open(cells_path) as sim, rasterio.open(source) as src:
                     value_range = _write_pixels(sim, src, pixel_window(grid, src, region), region, output, tags,
                                                 lambda f: report(0.85 + 0.15 * f), is_canceled)
+    low, high = (-1.0, 1.0) if math.isnan(value_range[0]) else value_range
+    style = write_ramp_qml(output.with_suffix(".qml"), low, high, label="cosine similarity")
     report(1.0)
     return SimilarityResult(
         path=output,
@@ -294,6 +298,7 @@ def similarity_raster(
         value_range=value_range,
         embeddings=result,
         seconds=time.perf_counter() - started,
+        style=style,
     )
 
 

@@ -17,7 +17,8 @@
 from __future__ import annotations
 
 from .blending import RowBlender, window_weights
-from .class_maps import NODATA_CLASS, class_colors, colors_for_names, write_qml
+from .class_maps import NODATA_CLASS, class_colors, colors_for_names
+from .qml import write_qml, write_ramp_qml
 from .quicklook import check_png, class_quicklook, decimated_shape, rgb_quicklook, stretch, write_png
 from .readers import gdal_cache_bytes, open_raster, pixel_size_m, read_valid
 from .region import Region, as_geometry
@@ -59,4 +60,5 @@ __all__ = (
     "window_weights",
     "write_png",
     "write_qml",
+    "write_ramp_qml",
 )

@@ -1,4 +1,4 @@
-"""Class maps: the conventions every class raster of the engine follows, and its styling.
+"""Class maps: the conventions every class raster of the engine follows, and their colours.
 
 A class map is a uint8 GeoTIFF with classes ``0..k−1`` in band 1, :data:`NODATA_CLASS` (255) for nodata, a GDAL
 colour table and a QGIS paletted style (``.qml``) beside it, so the classes show with the same colours and names in
@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import colorsys
 import re
-from pathlib import Path
 from typing import Sequence
-from xml.sax.saxutils import escape
 
-from ..atomic import write_text
-
-__all__ = ("NODATA_CLASS", "class_colors", "colors_for_names", "write_qml")
+__all__ = ("NODATA_CLASS", "class_colors", "colors_for_names")
 
 #: Value of nodata (and of unlabelled pixels in training labels) in uint8 class maps; classes are 0..254.
 NODATA_CLASS = 255
@@ -87,37 +83,3 @@ def colors_for_names(names: Sequence[str]) -> list[tuple[int, int, int, int]]:
     spare = iter(c for c in class_colors(len(names) + len(_PALETTE))
                  if all(sum((a - b) ** 2 for a, b in zip(c[:3], t[:3])) > 90 ** 2 for t in taken))
     return [c if c is not None else next(spare) for c in chosen]
-
-
-def write_qml(path: Path, labels: list[str], colors: list[tuple[int, int, int, int]]) -> Path:
-    """Write a QGIS paletted-renderer style (``.qml``) for a class raster (values 0..k−1, band 1), atomically.
-
-    Args:
-        path: The ``.qml`` file (QGIS loads ``NAME.qml`` beside ``NAME.tif`` with the layer).
-        labels: Class names, index order.
-        colors: RGBA colours, index order (:func:`class_colors`).
-
-    Returns:
-        ``path``.
-    """
-    entries = "\n".join(
-        f'        <paletteEntry value="{i}" color="#{r:02x}{g:02x}{b:02x}" alpha="{a}" label="{escape(label)}"/>'
-        for i, (label, (r, g, b, a)) in enumerate(zip(labels, colors))
-    )
-    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.16" styleCategories="AllStyleCategories">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <colorPalette>
-{entries}
-      </colorPalette>
-    </rasterrenderer>
-    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
-    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>
-    <rasterresampler maxOversampling="2"/>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
-"""
-    return write_text(path, text)

@@ -129,4 +129,4 @@ def test_similarity_command_with_points(tmp_path: Path, capsys) -> None:
     assert main(["similarity", str(src), str(tmp_path / "q.tif"), "--point", "0", "0", "--embeddings",
                  str(tmp_path / "e.tif")]) == 2
     assert "outside the raster or on nodata" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tif", "p.tif", "s.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tif", "p.qml", "p.tif", "s.qml", "s.tif"]

@@ -117,12 +117,12 @@ def embedded(demo_model: Any, squares: dict, tmp_path_factory: pytest.TempPathFa
 
 def _check_grid(res: Any) -> None:
     """The class map lies exactly on the input's grid, uint8 with nodata 255 and the classes' colours."""
-    from engine.raster import class_colors
+    from engine.raster import colors_for_names
 
     with rasterio.open(shared_file(*INDIA_S2)) as src, rasterio.open(res.path) as out:
         assert (out.crs, out.transform, out.width, out.height) == (src.crs, src.transform, src.width, src.height)
         assert out.dtypes[0] == "uint8" and out.nodata == 255
-        assert [out.colormap(1)[i] for i in (0, 1)] == class_colors(2)
+        assert [out.colormap(1)[i] for i in (0, 1)] == colors_for_names(["land", "water"])  # water in blue
     assert res.class_names == ("land", "water")
     assert 'label="water"' in res.style.read_text()
     # Two squares of each class are held out (round(10 × 0.25)): the validation scores exist and are sane.

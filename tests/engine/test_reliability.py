@@ -317,3 +317,17 @@ def test_a_vrt_with_a_missing_source_names_the_file(scene: Path, tmp_path: Path,
     source.unlink()
     code, err = _cli(["embed", str(vrt), str(tmp_path / "e.tif")], capsys)
     assert code == 2 and "refers to 1 missing source file(s)" in err and "part.tif" in err, err
+
+
+def test_every_output_gets_the_usual_file_mode(tmp_path: Path) -> None:
+    """safetensors creates its files 0600; outputs (head files among them) get what any new file gets (0644 here)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.atomic import atomic_output
+
+    with atomic_output(tmp_path / "head.safetensors", sidecars=()) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "head.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

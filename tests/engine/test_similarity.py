@@ -59,7 +59,10 @@ def test_a_point_on_water_is_more_similar_to_other_water_than_to_land(
     assert water_mean > land_mean + 0.5, (water_mean, land_mean)  # measured 0.95 vs 0.19
     # Most water pixels are more similar to the query than most land pixels.
     assert np.median(s[water]) > np.percentile(s[~water], 90)
-    assert leftovers(tmp_path) == ["sim.tif"]  # temporary embeddings removed
+    assert leftovers(tmp_path) == ["sim.qml", "sim.tif"]  # temporary embeddings removed; QGIS's style beside it
+    style = res.style.read_text()
+    assert res.style == tmp_path / "sim.qml" and 'type="singlebandpseudocolor"' in style
+    assert f'minimumValue="{res.value_range[0]:.6g}"' in style and 'color="#fde725"' in style  # Viridis up to max
 
 
 @pytest.fixture(scope="module")
