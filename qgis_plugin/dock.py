@@ -68,7 +68,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import runtime
+from . import runtime, timing
 from .algorithms import base
 from .runtime import engine
 
@@ -82,12 +82,8 @@ RULE_COLUMN = COLUMNS.index("Rule")
 REASON_COLUMN = COLUMNS.index("Why")
 #: Data of the special entries of a row's range chooser.
 KEEP, AUTO, TYPE_NM = "__keep__", "__auto__", "__nm__"
-#: Runs with fewer tiles are not timed: fixed costs (model load, statistics, k-means) would dominate.
-MIN_TILES_TIMED = 8
 #: Width (px) the dock opens with at least: the band table's five columns, the overrides and Download buttons.
 DOCK_MIN_WIDTH = 560
-#: Rough sustained throughput for the never-measured estimate (FLOP/s).
-ROUGH_FLOPS = {"cpu": 100e9, "cuda": 20e12}
 #: Dialog buttons: (label, algorithm id, icon).
 DIALOGS = (("Embeddings…", "msfm:embed", "embed"), ("Cluster…", "msfm:cluster", "cluster"),
            ("Similarity…", "msfm:similarity", "similarity"), ("Band report…", "msfm:bandmapping", "bands"))
@@ -123,7 +119,7 @@ class MsfmDock(QgsDockWidget):
         self._run: dict = {}  # context, feedback, algorithm, callbacks of the running task
         self._device_timer = QTimer(self)
         self._device_timer.setSingleShot(True)
-        self._device_timer.timeout.connect(self.detect_devices)
+        self._device_timer.timeout.connect(self._detect_if_shown)
         self._build()
         self._restore_settings()
         self._connect_controls()
@@ -631,6 +627,14 @@ class MsfmDock(QgsDockWidget):
             main.resizeDocks([self], [width], Qt.Horizontal)
         return width
 
+    def _detect_if_shown(self) -> None:
+        """The first show's device detection, unless the dock was hidden again meanwhile: QGIS shows a dock for an
+        instant when the plugin adds it (Install from ZIP), and that must not import torch."""
+        if self.isVisible():
+            self.detect_devices()
+        else:
+            self.device_label.setText("")
+
     def detect_devices(self) -> None:
         """Ask torch which devices it sees (imports torch, ~2 s the first time: on first show, never at load), or
         ONNX Runtime which execution providers it has (the onnx backend: torch is not imported)."""
@@ -681,18 +685,6 @@ class MsfmDock(QgsDockWidget):
             return None
         return len(grid)
 
-    def seconds_per_tile(self) -> tuple[Optional[float], str]:
-        """Seconds per tile and where the figure comes from ("measured …" or "rough guess …")."""
-        measured = QgsSettings().value(self._timing_key(), None)
-        if measured not in (None, ""):
-            return float(measured), f"measured on this machine ({self.model_name()}, {self.device()})"
-        flops = self.flops_per_tile()
-        if flops is None:
-            return None, ""
-        rate = ROUGH_FLOPS["cuda" if self.device().startswith("cuda") else "cpu"]
-        return flops / rate, (f"rough guess: {flops / 1e9:.1f} GFLOP/tile at ~{rate / 1e9:g} GFLOP/s "
-                              f"({self.device()}); a run measures it")
-
     def flops_per_tile(self) -> Optional[float]:
         """ViT FLOPs per tile ≈ depth·(24·T·D² + 4·T²·D), T = (tile/patch)² tokens."""
         geometry = self.model_state.get("geometry") or {}
@@ -720,9 +712,9 @@ class MsfmDock(QgsDockWidget):
             self.scale_spin.setSpecialValueText(f"preset ({scale:g})" if self.scale_spin.value() == 0 else "preset")
             tiles_text = (f"{tiles} tiles of {tile} px ({round(w * scale)} × {round(h * scale)} model px "
                           f"at scale {scale:g}, overlap {overlap} px)")
-            per_tile, source = self.seconds_per_tile()
-            if per_tile is not None:
-                estimate = f"~{_duration(per_tile * tiles)} ({per_tile:.3g} s/tile, {source})"
+            seconds, source = timing.estimate(self.timing_key(), tiles, self.flops_per_tile(), self.device())
+            if seconds is not None:
+                estimate = f"~{_duration(seconds)} ({source})"
         self.tiles_label.setText(f"<b>Tiles:</b> {_esc(tiles_text)}")
         self.estimate_label.setText(f"<b>Estimated time:</b> {_esc(estimate)}")
         self._update_buttons(ok)
@@ -736,16 +728,10 @@ class MsfmDock(QgsDockWidget):
                                    and (self.mapping is not None or self.path is None))
         self.cancel_button.setEnabled(running)
 
-    def _timing_key(self) -> str:
-        model = Path(self.model_file()).name if self.model_file() else self.model_name()
-        backend = "/onnx" if self.backend() == "onnx" else ""  # torch keys as before
-        return f"{SETTINGS}/seconds_per_tile/{model}/{self.device()}/{self.tile_spin.value()}{backend}"
-
-    def record_timing(self, seconds: float, tiles: int) -> None:
-        """Remember the seconds per tile of a completed run for this model, device and tile size."""
-        if tiles >= MIN_TILES_TIMED and seconds > 0:
-            QgsSettings().setValue(self._timing_key(), seconds / tiles)
-            self.refresh_estimate()
+    def timing_key(self) -> str:
+        """The key of this model, device choice, tile size and backend in the timings runs record (:mod:`.timing`)."""
+        return timing.key(self.model_file() or self.model_name(), self.device_combo.currentData() or "auto",
+                          self.tile_spin.value(), self.backend())
 
     # ------------------------------------------------------------------------------------------------------------
     # Runs (all through the msfm Processing algorithms)
@@ -771,11 +757,11 @@ class MsfmDock(QgsDockWidget):
         """Open the Processing dialog of ``alg_id`` prefilled with the dock's values (it runs there)."""
         import processing
 
-        started = time.perf_counter()
         results = processing.execAlgorithmDialog(alg_id, self.parameters(alg_id)) or {}
-        if results.get("TILES") and results.get("SECONDS"):  # msfm:embed reports its own timing
-            self.record_timing(float(results["SECONDS"]), int(results["TILES"]))
-        self.status_label.setText(f"{alg_id}: finished in {time.perf_counter() - started:.0f} s" if results else "")
+        self.refresh_estimate()  # the run recorded its timing
+        # the run's own time (the dialog may have stayed open long after it)
+        took = f" in {float(results['SECONDS']):.1f} s" if results.get("SECONDS") else ""
+        self.status_label.setText(f"{alg_id}: finished{took}" if results else "")
 
     def run_clustering(self) -> bool:
         """Run ``msfm:cluster`` in the background; the class map is added to the project and styled."""
@@ -785,13 +771,12 @@ class MsfmDock(QgsDockWidget):
         name = f"{self.layer.name()} classes (k={params['K']})"
         params["OUTPUT"] = QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", QgsProject.instance())
         params["OUTPUT"].destinationName = name
-        tiles = self.tile_count() or 0
-        return self.start_task("msfm:cluster", params, partial(self._clustering_done, tiles))
+        return self.start_task("msfm:cluster", params, self._clustering_done)
 
-    def _clustering_done(self, tiles: int, ok: bool, results: dict, seconds: float) -> None:
-        if ok:
-            self.record_timing(seconds, tiles)
-            self.status_label.setText(f"Class map (k={results.get('K')}) added to the project in {seconds:.1f} s.")
+    def _clustering_done(self, ok: bool, results: dict, seconds: float) -> None:
+        if ok:  # the run recorded its timing (refresh_model_state refreshes the estimate)
+            took = float(results.get("SECONDS") or seconds)
+            self.status_label.setText(f"Class map (k={results.get('K')}) added to the project in {took:.1f} s.")
 
     def download_model(self) -> bool:
         """Run ``msfm:downloadmodel`` for the chosen model in the background, then refresh its state."""

@@ -31,6 +31,14 @@ def test_metadata_has_required_keys(metadata: configparser.SectionProxy) -> None
     assert metadata["name"].startswith("msfm")
 
 
+def test_about_text_breaks_lines_only_between_paragraphs(metadata: configparser.SectionProxy) -> None:
+    """The Plugin Manager shows each line break of ``about``: a line must end a sentence, never stop mid-way."""
+    lines = metadata["about"].splitlines()
+    assert len(lines) >= 3 and all(line.rstrip().endswith((".", ":", "!", "?")) for line in lines), lines
+    for name in ("Install packages", "ONNX Runtime", "PyTorch", "Batch"):
+        assert name in metadata["about"]
+
+
 def test_metadata_version_matches_pyproject(metadata: configparser.SectionProxy) -> None:
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert f'version = "{metadata["version"]}"' in pyproject

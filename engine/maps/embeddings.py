@@ -101,6 +101,8 @@ class EmbeddingResult:
         mapping: The band mapping used.
         skipped_tiles: Tiles of the grid not encoded: without a valid pixel (all nodata), or outside the region's
             polygons. ``tiles + skipped_tiles`` is the grid's tile count.
+        tile_seconds: The part of ``seconds`` spent on the tiles (reading, encoding, blending, writing), which grows
+            with their number; the rest (opening, statistics, model set-up) is fixed. Time estimates use both.
     """
 
     path: Path
@@ -115,6 +117,7 @@ class EmbeddingResult:
     cell_size_px: float
     mapping: BandMapping = field(repr=False)
     skipped_tiles: int = 0
+    tile_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,7 @@ def _run(
         source, reader.width_px, reader.height_px, reader.scale, grid.width_cells, grid.height_cells,
         len(tiles), size, runs_on,
     )
+    loop_started = time.perf_counter()
     with GeoTiffWriter(output, profile, descriptions, tags) as writer:
         for batch, x, valid in stream:  # tiles without a valid pixel are never added: their cells stay NaN
             emb = encode(x, projections)
@@ -383,6 +387,7 @@ def _run(
             raise InputRasterError(
                 f"the region of {source} holds no valid pixel (all nodata, or outside the polygons); nothing written"
             )
+    tile_seconds = time.perf_counter() - loop_started
     seconds = time.perf_counter() - started
     log.info("wrote %s in %.1f s: %d tiles encoded, %d of the grid's %d skipped (nodata or outside the region)",
              output, seconds, stream.encoded, len(block) - stream.encoded, len(block))
@@ -395,6 +400,7 @@ def _run(
         crs=reader.dataset.crs.to_wkt() if reader.dataset.crs else None,
         tiles=stream.encoded,
         seconds=seconds,
+        tile_seconds=tile_seconds,
         scale=reader.scale,
         cell_size_px=p / reader.scale,
         mapping=mapping,

@@ -55,7 +55,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .. import runtime
+from .. import runtime, timing
 from ..runtime import engine
 
 ICONS = Path(__file__).resolve().parents[1] / "icons"
@@ -557,6 +557,23 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
         if value is None or not str(value).strip():
             return None
         return self.parameterAsOutputLayer(parameters, name, context) or None
+
+    def record_timing(self, parameters: dict, context: QgsProcessingContext, embedded: Any, seconds: float) -> None:
+        """Record the run's per-tile and fixed seconds for the dock's time estimate (:mod:`..timing`).
+
+        Args:
+            parameters: The run's parameters (model, device choice, tile size, backend make the key).
+            context: The run's context.
+            embedded: The run's ``EmbeddingResult`` (None when existing embeddings were used: nothing is recorded).
+            seconds: The whole run's seconds (k-means and writing included).
+        """
+        if embedded is None:
+            return
+        model = (self.parameterAsFile(parameters, "MODEL_FILE", context)
+                 or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL)
+        name = timing.key(model, self.parameterAsEnumString(parameters, "DEVICE", context) or "auto",
+                          self.parameterAsInt(parameters, "TILE_SIZE", context), self.backend(parameters, context))
+        timing.record(name, embedded.tiles, seconds, embedded.tile_seconds)
 
     def show_output(self, parameters: dict, name: str, path: str, what: str,
                     style: Optional[Callable[[QgsRasterLayer], None]] = None, with_output: str = "") -> None:

@@ -84,9 +84,11 @@ class ClusterEmbeddings(MsfmAlgorithm):
             feedback.pushInfo("Silhouette on the sample (higher is better): " + ", ".join(
                 f"k = {c}: {score:.3f}" for c, score in result.k_scores.items()))
             feedback.pushInfo(result.k_report())
+        self.record_timing(parameters, context, result.embeddings, result.seconds)
         labels = [f"class {i}" for i in range(k)]
         self.show_output(parameters, "OUTPUT", output, f"classes (k={k})", lambda layer: style_classes(layer, labels))
-        outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions)}
+        outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions), "SECONDS": result.seconds,
+                   "TILES": result.embeddings.tiles if result.embeddings else 0}
         if result.k_scores:
             outputs["SUGGESTED_K"] = result.suggested_k
         if kept:

@@ -48,6 +48,7 @@ class ComputeEmbeddings(MsfmAlgorithm):
         result = engine.maps.embed_raster(source, output, model, settings=settings, region=region,
                                           **self.band_arguments(parameters, context), **self.progress(feedback),
                                           overwrite=True)
+        self.record_timing(parameters, context, result, result.seconds)
         feedback.pushInfo(f"{result.tiles} tiles in {result.seconds:.1f} s → {result.width}×{result.height} cells "
                           f"of {result.cell_size_px:g} layer pixels, {result.embed_dim} bands")
         with engine.raster.open_raster(output) as grid:

@@ -52,5 +52,7 @@ class SimilarityMap(MsfmAlgorithm):
             **self.band_arguments(parameters, context), **self.progress(feedback), overwrite=True,
         )
         feedback.pushInfo(f"query = mean of {result.query_cells} patch embedding(s); {result.seconds:.1f} s")
+        self.record_timing(parameters, context, result.embeddings, result.seconds)
         self.show_output(parameters, "OUTPUT", output, "similarity", style_similarity)
-        return {"OUTPUT": output, "QUERY_CELLS": result.query_cells}
+        return {"OUTPUT": output, "QUERY_CELLS": result.query_cells, "SECONDS": result.seconds,
+                "TILES": result.embeddings.tiles if result.embeddings else 0}

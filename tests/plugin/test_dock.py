@@ -21,11 +21,13 @@ def _clear_settings() -> None:
     from qgis.core import QgsSettings
 
     QgsSettings().remove("msfm/dock")
+    QgsSettings().remove("msfm/timing")
 
 
 @pytest.fixture()
 def make_dock(qgis_iface: Any, msfm_provider: Any) -> Iterator[Any]:
-    """Factory of docks on the stub iface, with a clean ``msfm/dock`` settings group; docks are closed afterwards."""
+    """Factory of docks on the stub iface, with clean ``msfm/dock`` and ``msfm/timing`` settings; docks are closed
+    afterwards."""
     from qgis_plugin.dock import MsfmDock
 
     _clear_settings()
@@ -231,7 +233,8 @@ def test_dialog_buttons_prefill_the_processing_dialog(make_dock: Any, monkeypatc
     assert embed["INPUT"] is layer and embed["MODEL"] == "smarties-demo-tiny" and embed["TILE_SIZE"] == 224
     assert "K" not in embed and cluster["K"] == 6
     assert set(report) == {"INPUT", "SENSOR", "BAND_OVERRIDES"}
-    assert "measured" in dock.estimate_label.text() and "0.5 s/tile" in dock.estimate_label.text()
+    dock.dialog_buttons["msfm:embed"].click()  # the run's own seconds, not how long the dialog stayed open
+    assert dock.status_label.text() == "msfm:embed: finished in 5.0 s"
 
 
 def test_backend_and_model_file_reach_the_algorithm_parameters(make_dock: Any, monkeypatch: pytest.MonkeyPatch,
@@ -265,7 +268,7 @@ def test_backend_and_model_file_reach_the_algorithm_parameters(make_dock: Any, m
     params = dock.parameters("msfm:cluster")
     assert params["MODEL_FILE"] == str(encoder) and params["BACKEND"] == "onnx"
     assert "encoder.onnx overrides it" in dock.model_label.text()
-    assert dock._timing_key().endswith("/encoder.onnx/cpu/224/onnx")
+    assert dock.timing_key().endswith(f"/encoder.onnx/{dock.device_combo.currentData()}/224/onnx")
     dock.close_dock()
 
     second = make_dock()
@@ -300,7 +303,7 @@ def test_run_clustering_in_the_background_adds_a_styled_class_map(make_dock: Any
     renderer = classes[0].renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)  # styled by the algorithm's post-processor:
     assert [c.label for c in renderer.classes()] == [f"class {i}" for i in range(4)]
-    assert "measured" in dock.estimate_label.text() and dock.run_button.isEnabled()
+    assert "measured here" in dock.estimate_label.text() and dock.run_button.isEnabled()
     # QGIS makes the new class map the active layer: the dock stays on the imagery (issue 18, item 2)
     dock._on_current_layer_changed(classes[0])
     assert dock.layer is layer and dock.error == "" and dock.run_button.isEnabled()
@@ -371,8 +374,43 @@ def test_plugin_creates_the_dock_and_unload_disconnects_it(qgis_iface: Any, msfm
     plugin.initGui()
     dock = plugin.dock
     assert dock.objectName() == "MsfmDock" and not dock.isVisible()
+    # QGIS shows an added dock for an instant before initGui hides it: no device probe (it would import torch)
+    dock.show()
+    dock.hide()
+    QgsApplication.processEvents()
+    assert dock.devices is None
     plugin.unload()
     assert plugin.dock is None and dock.layer is None
     qgis_iface.currentLayerChanged.emit(raster(*S2_L1C))  # the unloaded dock no longer follows the iface
     assert dock.layer is None
     assert QgsApplication.processingRegistry().providerById("msfm") is msfm_provider
+
+
+def test_the_estimate_separates_fixed_from_per_tile_seconds_and_toolbox_runs_update_it(
+        make_dock: Any, qgis_new_project: Any) -> None:
+    from qgis.core import QgsProject, QgsSettings
+
+    from qgis_plugin import timing
+
+    name = timing.key("smarties-demo-tiny", "cpu", 224, "torch")
+    assert not timing.record(name, 4, 3.0, 1.0)  # too few tiles to say anything
+    # a 48-tile run of 10 s of which 4 s on the tiles: 81 tiles take 6 + 81 × 4/48 s, not 81 × 10/48
+    assert timing.record(name, 48, 10.0, 4.0)
+    seconds, source = timing.estimate(name, 81, None, "cpu")
+    assert seconds == pytest.approx(6 + 81 * 4 / 48) and "0.0833 s/tile + 6.0 s fixed" in source
+    # a toolbox run (not the dock's) records its own timing, which the dock then shows
+    QgsSettings().remove(timing.GROUP)
+    layer = raster(*BEN_S2)
+    QgsProject.instance().addMapLayer(layer)
+    dock = make_dock()
+    dock.set_layer(layer)
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    dock.overlap_spin.setValue(0)
+    dock.scale_spin.setValue(4)
+    assert "rough guess" in dock.estimate_label.text()
+    import processing
+
+    result = processing.run("msfm:embed", {**dock.parameters("msfm:embed"), "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert result["TILES"] == dock.tile_count() == 9
+    dock.refresh_estimate()
+    assert "measured here" in dock.estimate_label.text() and timing.measured(dock.timing_key()) is not None
