@@ -116,7 +116,7 @@ def test_similarity_to_a_water_point_is_high_on_water_only(embeddings: Any, scen
     assert np.isfinite(s).all() and -1 - 1e-5 <= s.min() and s.max() <= 1 + 1e-5
     assert s[water].mean() > s[~water].mean() + 0.5  # measured 0.98 vs −0.23
     assert np.median(s[water]) > np.percentile(s[~water], 95)
-    assert leftovers(tmp_path) == ["sim.tif"]
+    assert leftovers(tmp_path) == ["sim.qml", "sim.tif"]
 
 
 def test_nodata_pixels_stay_nodata_and_their_cells_empty(demo_model: Any, scene: dict, tmp_path: Path) -> None:
