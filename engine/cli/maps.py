@@ -15,6 +15,7 @@ from ..maps import (
     write_pca_raster,
     write_pixel_embeddings,
 )
+from ..maps.quantized import ENCODINGS
 from ..outputs import GEOTIFF
 from ..raster import class_quicklook, open_raster
 from .options import (
@@ -83,7 +84,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     try:
         res = cluster_raster(
             args.input, args.output, model, clustering=clustering,
-            embeddings=args.embeddings, embeddings_output=args.embeddings_output,
+            embeddings=args.embeddings, embedding_format=args.embedding_format,
+            embeddings_output=args.embeddings_output,
             settings=settings, sensor=args.sensor,
             overrides=band_overrides(args.band), region=region_from(args), progress=bar, overwrite=args.overwrite,
         )
@@ -113,7 +115,8 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     try:
         res = similarity_raster(
             args.input, args.output, model, query=query, embeddings=args.embeddings,
-            embeddings_output=args.embeddings_output, resolution=args.resolution,
+            embedding_format=args.embedding_format, embeddings_output=args.embeddings_output,
+            resolution=args.resolution,
             settings=settings, sensor=args.sensor,
             overrides=band_overrides(args.band), region=region_from(args), progress=bar, overwrite=args.overwrite,
         )
@@ -144,7 +147,10 @@ def register(sub: Any) -> None:
     p.add_argument("--k", type=int, default=8, help="number of classes, 2..254 (default 8)")
     p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
                    help="pixel: one class per input pixel (embeddings interpolated); patch: one per model patch")
-    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
+    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model (ours, or "
+                   "AlphaEarth / TESSERA / any float embedding raster)")
+    p.add_argument("--embedding-format", choices=ENCODINGS, help="how --embeddings stores its values, where the "
+                   "file does not say (default: detected)")
     p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
     p.add_argument("--seed", type=int, default=0, help="random seed of sampling and k-means")
     p.add_argument("--spectral-weight", type=float, default=0.0, metavar="W",
@@ -166,7 +172,10 @@ def register(sub: Any) -> None:
     p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
                    help="pixel: the input's pixel grid (cell similarities interpolated bilinearly); patch: one value "
                    "per model patch")
-    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model")
+    p.add_argument("--embeddings", help="reuse this embedding raster instead of running the model (ours, or "
+                   "AlphaEarth / TESSERA / any float embedding raster)")
+    p.add_argument("--embedding-format", choices=ENCODINGS, help="how --embeddings stores its values, where the "
+                   "file does not say (default: detected)")
     p.add_argument("--embeddings-output", help="keep the computed embeddings at this path")
     add_inference_options(p)
     add_region_option(p)

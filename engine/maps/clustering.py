@@ -308,6 +308,7 @@ def cluster_raster(
     *,
     clustering: Optional[ClusterSettings] = None,
     embeddings: Optional[Union[str, Path]] = None,
+    embedding_format: Optional[str] = None,
     embeddings_output: Optional[Union[str, Path]] = None,
     settings: Optional[InferenceSettings] = None,
     sensor: Optional[str] = None,
@@ -326,7 +327,10 @@ def cluster_raster(
         model: Loaded encoder; needed unless ``embeddings`` is given.
         clustering: ``k``, resolution, pixel method, sample size, seed, spectral weight and whether to score k
             (:class:`ClusterSettings`; defaults: k = 8 at pixel resolution, guided, embeddings only, no scores).
-        embeddings: Reuse an existing embedding raster of ``source`` instead of running the model.
+        embeddings: Reuse an existing embedding raster of ``source`` instead of running the model: ours, or one
+            made elsewhere (AlphaEarth, TESSERA, any float raster; :func:`engine.maps.open_embeddings`).
+        embedding_format: The format of ``embeddings`` (``"msfm"``, ``"alphaearth"``, ``"tessera"``, ``"float"``);
+            None: detected from the file (a file that cannot tell, or is not in the format named, is refused).
         embeddings_output: Keep the embeddings computed on the way at this path (else a temporary file).
         settings: Inference settings (tiles, device, scale…).
         sensor: Sensor preset id for band mapping; guessed when None.
@@ -372,7 +376,7 @@ def cluster_raster(
     with provide_embeddings(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
         region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
-    ) as (path, result), open_embeddings(path) as grid:
+    ) as (path, result), open_embeddings(path, embedding_format if embeddings else None) as grid:
         if clustering.spectral_weight > 0:
             with rasterio.open(source) as src:
                 features = PixelFeatures(grid, src, clustering.spectral_weight)

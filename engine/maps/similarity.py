@@ -203,6 +203,7 @@ def similarity_raster(
     query: Sequence[Any],
     query_embedding: Optional[np.ndarray] = None,
     embeddings: Optional[Union[str, Path]] = None,
+    embedding_format: Optional[str] = None,
     embeddings_output: Optional[Union[str, Path]] = None,
     resolution: Resolution = "pixel",
     settings: Optional[InferenceSettings] = None,
@@ -225,7 +226,10 @@ def similarity_raster(
         query_embedding: ``[D]`` query vector computed elsewhere (e.g. across the scenes of a batch run,
             :func:`engine.batch.batch_similarity`): used instead of the cells under ``query`` in this raster, which is
             then only recorded (it may be empty: the geometries may lie in other rasters). Normalised to unit length.
-        embeddings: Reuse an existing embedding raster of ``source`` instead of running the model.
+        embeddings: Reuse an existing embedding raster of ``source`` instead of running the model: ours, or one
+            made elsewhere (AlphaEarth, TESSERA, any float raster; :func:`engine.maps.open_embeddings`).
+        embedding_format: The format of ``embeddings`` (``"msfm"``, ``"alphaearth"``, ``"tessera"``, ``"float"``);
+            None: detected from the file (a file that cannot tell, or is not in the format named, is refused).
         embeddings_output: Keep the embeddings computed on the way at this path (else a temporary file, removed).
         resolution: ``"patch"`` (one value per embedding cell) or ``"pixel"`` (the input's pixel grid over the
             embeddings' footprint ∩ region; the cell similarities interpolated bilinearly, input nodata carried over).
@@ -262,7 +266,7 @@ def similarity_raster(
     with provide_embeddings(
         source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor, overrides=overrides,
         region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite,
-    ) as (path, result), open_embeddings(path) as grid:
+    ) as (path, result), open_embeddings(path, embedding_format if embeddings else None) as grid:
         if query_embedding is None:
             q, cells = query_vector(grid, geometries)
             log.info("similarity to the mean of %d cell(s) of %s", cells, path)
