@@ -540,9 +540,9 @@ def run_scenes(client: Any, scenes: Sequence[Scene], task: Callable[..., dict[st
                     log.error("%s failed: %s", scene.href, record["error"])
             running = sum(min(1.0, partial.get(s.id, 0.0)) for s in pending.values())
             fraction = (total - len(pending) + running) / total
-            if progress is not None and fraction > reported:  # never backwards (a lost worker's scene restarts)
-                reported = fraction
-                progress(fraction)
+            if progress is not None and (finished or fraction > reported):  # after every scene recorded, too
+                reported = max(reported, fraction)  # never backwards (a lost worker's scene restarts)
+                progress(reported)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
     return done, failed
