@@ -69,6 +69,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BACKENDS = runtime.BACKENDS
 MODEL_FILTER = "Model weights (*.safetensors *.onnx)"
+
+
 def band_advice(exc: Exception, in_dock: bool = False) -> str:
     """A band-mapping error worded for QGIS: what could not be mapped, then what to do in QGIS, naming the sensor
     presets that fit (by their names); the engine's command-line and Python fix is left out.
@@ -575,37 +577,28 @@ class MsfmAlgorithm(QgsProcessingAlgorithm):
                           self.parameterAsInt(parameters, "TILE_SIZE", context), self.backend(parameters, context))
         timing.record(name, embedded.tiles, seconds, embedded.tile_seconds)
 
-    def show_output(self, parameters: dict, name: str, path: str, what: str,
+    def show_output(self, name: str, path: str, what: str,
                     style: Optional[Callable[[QgsRasterLayer], None]] = None, with_output: str = "") -> None:
         """How the output ``name`` (at ``path``) appears when Processing loads it, applied when the run ends.
 
         Args:
-            parameters: The run's parameters.
             name: The output parameter (``OUTPUT``, ``OUTPUT_POLYGONS``…).
             path: Its file.
             what: What it is, for its layer name: ``"<input layer> <what>"`` (``"scene classes (k=6)"``); a name
                 the user gave the output (or the file name QGIS prefers) is kept.
             style: Styles the raster layer (the post-processor is attached on the main thread).
-            with_output: An optional output is loaded whenever this output (``OUTPUT``) is: asking for class
-                polygons or a PCA preview means wanting to see them.
+            with_output: For an optional output: the path of the main output; it is loaded whenever that one is
+                (asking for class polygons or a PCA preview means wanting to see them).
         """
         definition = self.parameterDefinition(name)
         self.outputs_to_show[path] = (style, f"{self.layer_name or 'msfm'} {what}",
-                                      definition.description() if definition is not None else "",
-                                      self._destination(parameters.get(with_output)) if with_output else "")
-
-    @staticmethod
-    def _destination(value: Any) -> str:
-        if isinstance(value, QgsProcessingOutputLayerDefinition):
-            value = value.sink.staticValue()
-        return str(value or "")
+                                      definition.description() if definition is not None else "", with_output)
 
     def postProcessAlgorithm(self, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict:  # noqa: N802
         from ..styling import attach
 
-        loading = {path for path in context.layersToLoadOnCompletion()}
         for path, (style, layer_name, generic, follows) in self.outputs_to_show.items():
-            if follows and path not in loading and any(p == follows or Path(p) == Path(follows) for p in loading):
+            if follows and not context.willLoadLayerOnCompletion(path) and context.willLoadLayerOnCompletion(follows):
                 context.addLayerToLoadOnCompletion(
                     path, QgsProcessingContext.LayerDetails(layer_name, context.project(), layer_name))
             attach(context, path, style, layer_name, generic)

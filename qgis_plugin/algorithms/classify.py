@@ -116,11 +116,11 @@ class ClassifyPixels(MsfmAlgorithm):
                           f"{result.fit_seconds:.1f} s, map {result.predict_seconds:.1f} s (total "
                           f"{result.seconds:.1f} s); class shares {shares}")
         report_metrics(result.metrics, feedback)
-        self.show_output(parameters, "OUTPUT", output, "classes (random forest)",
+        self.show_output("OUTPUT", output, "classes (random forest)",
                          lambda layer: style_classes(layer, names))
         if probabilities:
-            self.show_output(parameters, "OUTPUT_PROBABILITIES", probabilities, "class probabilities (random forest)",
-                             with_output="OUTPUT")
+            self.show_output("OUTPUT_PROBABILITIES", probabilities, "class probabilities (random forest)",
+                             with_output=output)
         metrics = result.metrics
         outputs = {
             "OUTPUT": output, "CLASS_NAMES": names, "CLASS_FRACTIONS": list(result.class_fractions),

@@ -86,12 +86,12 @@ class ClusterEmbeddings(MsfmAlgorithm):
             feedback.pushInfo(result.k_report())
         self.record_timing(parameters, context, result.embeddings, result.seconds)
         labels = [f"class {i}" for i in range(k)]
-        self.show_output(parameters, "OUTPUT", output, f"classes (k={k})", lambda layer: style_classes(layer, labels))
+        self.show_output("OUTPUT", output, f"classes (k={k})", lambda layer: style_classes(layer, labels))
         outputs = {"OUTPUT": output, "K": k, "CLASS_FRACTIONS": list(result.class_fractions), "SECONDS": result.seconds,
                    "TILES": result.embeddings.tiles if result.embeddings else 0}
         if result.k_scores:
             outputs["SUGGESTED_K"] = result.suggested_k
         if kept:
             outputs["OUTPUT_EMBEDDINGS"] = kept
-            self.show_output(parameters, "OUTPUT_EMBEDDINGS", kept, "embeddings")
+            self.show_output("OUTPUT_EMBEDDINGS", kept, "embeddings")
         return outputs

@@ -54,7 +54,7 @@ class ComputeEmbeddings(MsfmAlgorithm):
         with engine.raster.open_raster(output) as grid:
             _, components = engine.maps.principal_components(grid, 3)
         bands = _loading_bands(components)
-        self.show_output(parameters, "OUTPUT", output, f"embeddings ({model.provenance.label})",
+        self.show_output("OUTPUT", output, f"embeddings ({model.provenance.label})",
                          lambda layer: style_rgb(layer, bands))
         outputs = {
             "OUTPUT": output, "TILES": result.tiles, "SECONDS": result.seconds, "EMBED_DIM": result.embed_dim,
@@ -63,8 +63,8 @@ class ComputeEmbeddings(MsfmAlgorithm):
         pca_output = self.optional_output(parameters, "OUTPUT_PCA", context)
         if pca_output:
             engine.maps.write_pca_raster(output, pca_output, 3, overwrite=True)
-            self.show_output(parameters, "OUTPUT_PCA", pca_output, "principal components",
-                             lambda layer: style_rgb(layer, (1, 2, 3)), with_output="OUTPUT")
+            self.show_output("OUTPUT_PCA", pca_output, "principal components",
+                             lambda layer: style_rgb(layer, (1, 2, 3)), with_output=output)
             outputs["OUTPUT_PCA"] = pca_output
         return outputs
 

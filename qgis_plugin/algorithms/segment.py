@@ -388,16 +388,16 @@ class SegmentWithHead(MsfmAlgorithm):
         shares = ", ".join(f"{n}: {100 * f:.1f} %" for n, f in zip(names, result.class_fractions))
         feedback.pushInfo(f"{result.tiles} tiles in {result.seconds:.1f} s; class shares {shares}")
         head_name = Path(self.parameterAsFile(parameters, "HEAD", context)).stem
-        self.show_output(parameters, "OUTPUT", output, f"segmentation ({head_name})",
+        self.show_output("OUTPUT", output, f"segmentation ({head_name})",
                          lambda layer: style_classes(layer, names))
         outputs = {"OUTPUT": output, "CLASS_NAMES": names, "CLASS_FRACTIONS": list(result.class_fractions),
                    "TILES": result.tiles, "SECONDS": result.seconds}
         if probabilities:
             outputs["OUTPUT_PROBABILITIES"] = probabilities
-            self.show_output(parameters, "OUTPUT_PROBABILITIES", probabilities,
-                             f"class probabilities ({head_name})", with_output="OUTPUT")
+            self.show_output("OUTPUT_PROBABILITIES", probabilities,
+                             f"class probabilities ({head_name})", with_output=output)
         if polygons:
             outputs["OUTPUT_POLYGONS"] = polygons
-            self.show_output(parameters, "OUTPUT_POLYGONS", polygons, f"segmentation ({head_name}) polygons",
-                             with_output="OUTPUT")
+            self.show_output("OUTPUT_POLYGONS", polygons, f"segmentation ({head_name}) polygons",
+                             with_output=output)
         return outputs

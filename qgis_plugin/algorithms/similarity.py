@@ -53,6 +53,6 @@ class SimilarityMap(MsfmAlgorithm):
         )
         feedback.pushInfo(f"query = mean of {result.query_cells} patch embedding(s); {result.seconds:.1f} s")
         self.record_timing(parameters, context, result.embeddings, result.seconds)
-        self.show_output(parameters, "OUTPUT", output, "similarity", style_similarity)
+        self.show_output("OUTPUT", output, "similarity", style_similarity)
         return {"OUTPUT": output, "QUERY_CELLS": result.query_cells, "SECONDS": result.seconds,
                 "TILES": result.embeddings.tiles if result.embeddings else 0}
