@@ -1,4 +1,4 @@
-"""``msfm embed``, ``msfm cluster`` and ``msfm similarity``: embedding rasters and the maps made from them."""
+"""``msfm embed``, ``cluster``, ``similarity`` and ``change``: embedding rasters and the maps made from them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from ..maps import (
     ClusterSettings,
+    change_raster,
     cluster_raster,
     embed_raster,
     embedding_quicklook,
@@ -128,8 +129,33 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_change(args: argparse.Namespace) -> int:
+    """Write the change map (cosine distance of the two rasters' embeddings, on the AFTER grid)."""
+    check_cli_outputs(args, {"output": args.output},
+                      {"before": args.before, "after": args.after, "--before-embeddings": args.before_embeddings,
+                       "--after-embeddings": args.after_embeddings}, {"output": GEOTIFF})
+    given = args.before_embeddings and args.after_embeddings
+    model = None if given else load_model_from(args)
+    bar = Progress("change")
+    try:
+        res = change_raster(
+            args.before, args.after, args.output, model, before_embeddings=args.before_embeddings,
+            after_embeddings=args.after_embeddings, embedding_format=args.embedding_format,
+            resolution=args.resolution, settings=None if given else inference_settings(args),
+            before_sensor=args.before_sensor or args.sensor, after_sensor=args.after_sensor or args.sensor,
+            before_overrides=band_overrides(args.band), after_overrides=band_overrides(args.band), progress=bar,
+            overwrite=args.overwrite,
+        )
+    finally:
+        bar.close()
+    lo, hi = res.value_range
+    moved = "; BEFORE resampled onto the AFTER grid" if res.reprojected else ""
+    print(f"{res.path} ({res.resolution} resolution): cosine distance {lo:.3f}…{hi:.3f}{moved}; {res.seconds:.1f} s")
+    return 0
+
+
 def register(sub: Any) -> None:
-    """Add ``embed``, ``cluster`` and ``similarity`` to the ``msfm`` sub-parsers."""
+    """Add ``embed``, ``cluster``, ``similarity`` and ``change`` to the ``msfm`` sub-parsers."""
     p = sub.add_parser("embed", help="write a patch-grid embedding raster (one pixel per 16×16 model patch)")
     p.add_argument("input", help="input raster")
     p.add_argument("output", help="output GeoTIFF (D float bands, NaN = nodata)")
@@ -181,3 +207,20 @@ def register(sub: Any) -> None:
     add_region_option(p)
     add_overwrite_option(p)
     p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("change", help="change map: cosine distance between the embeddings of two rasters of one "
+                       "place (same or different sensors), on the AFTER raster's grid")
+    p.add_argument("before", help="the earlier raster")
+    p.add_argument("after", help="the later raster (its grid is the output's)")
+    p.add_argument("output", help="output GeoTIFF (float32 cosine distance in 0..2, NaN = nodata) + .qml style")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: the AFTER raster's pixels (cell distances interpolated); patch: one value per cell")
+    p.add_argument("--before-embeddings", help="reuse this embedding raster of BEFORE")
+    p.add_argument("--after-embeddings", help="reuse this embedding raster of AFTER")
+    p.add_argument("--embedding-format", choices=ENCODINGS, help="how the given embeddings store their values, "
+                   "where the files do not say (default: detected)")
+    p.add_argument("--before-sensor", help="sensor preset of BEFORE (default: --sensor, else guessed)")
+    p.add_argument("--after-sensor", help="sensor preset of AFTER (default: --sensor, else guessed)")
+    add_inference_options(p)
+    add_overwrite_option(p)
+    p.set_defaults(func=cmd_change)

@@ -8,11 +8,13 @@
   (:class:`PixelFeatures`);
 - :mod:`~engine.maps.clustering` — :func:`cluster_raster`, k-means class maps; :func:`suggest_k`, silhouette per k;
 - :mod:`~engine.maps.similarity` — :func:`similarity_raster`, cosine similarity to the embedding under a query;
+- :mod:`~engine.maps.change` — :func:`change_raster`, the cosine distance between two rasters' embeddings;
 - :mod:`~engine.maps.pca` — principal components of an embedding raster (raster and RGB quicklook).
 """
 
 from __future__ import annotations
 
+from .change import ChangeResult, change_raster
 from .clustering import (
     ClusterResult,
     ClusterSettings,
@@ -31,6 +33,7 @@ from .tags import EmbeddingTags, product_tags, read_tag, recorded_bands
 from .upsample import GridInterpolator, GuidedClassUpsampler, pixel_row_bands, pixel_window, write_pixel_embeddings
 
 __all__ = (
+    "ChangeResult",
     "ClusterResult",
     "ClusterSettings",
     "EmbeddingRaster",
@@ -42,6 +45,7 @@ __all__ = (
     "PixelFeatures",
     "RunsOn",
     "SimilarityResult",
+    "change_raster",
     "cluster_raster",
     "dequantize",
     "embed_raster",

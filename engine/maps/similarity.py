@@ -41,7 +41,7 @@ from .clustering import Resolution, l2_normalize
 from .embeddings import EmbeddingResult, provide_embeddings
 from .quantized import open_embeddings
 from .tags import product_tags
-from .upsample import GridInterpolator, check_pixel_grid, interpolation_cols, pixel_row_bands, pixel_window
+from .upsample import check_pixel_grid, pixel_window, value_range, write_pixel_values
 
 __all__ = ("SimilarityResult", "query_sum", "query_vector", "similarity_raster")
 
@@ -290,8 +290,9 @@ def similarity_raster(
                 cells_path = tmp / "similarity_cells.tif"
                 _write_cells(grid, q, cells_path, tags, lambda f: report(0.8 + 0.05 * f), is_canceled)
                 with rasterio.open(cells_path) as sim, rasterio.open(source) as src:
-                    value_range = _write_pixels(sim, src, pixel_window(grid, src, region), region, output, tags,
-                                                lambda f: report(0.85 + 0.15 * f), is_canceled)
+                    value_range = write_pixel_values(sim, src, pixel_window(grid, src, region), region, output,
+                                                     tags, "cosine_similarity", lambda f: report(0.85 + 0.15 * f),
+                                                     is_canceled)
     low, high = (-1.0, 1.0) if math.isnan(value_range[0]) else value_range
     style = write_ramp_qml(output.with_suffix(".qml"), low, high, label="cosine similarity")
     report(1.0)
@@ -304,14 +305,6 @@ def similarity_raster(
         seconds=time.perf_counter() - started,
         style=style,
     )
-
-
-def _range(lo: float, hi: float, values: np.ndarray) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return lo, hi
-    return (float(finite.min()) if math.isnan(lo) else min(lo, float(finite.min())),
-            float(finite.max()) if math.isnan(hi) else max(hi, float(finite.max())))
 
 
 def _write_cells(
@@ -331,32 +324,7 @@ def _write_cells(
             sim[ok] = np.clip(l2_normalize(x[ok].astype(np.float32)) @ q, -1.0, 1.0)
             sim = sim.reshape(1, int(window.height), int(window.width))
             writer.write_rows(sim)
-            lo, hi = _range(lo, hi, sim)
+            lo, hi = value_range(lo, hi, sim)
             report((window.row_off + window.height) / grid.height)
             check_canceled(is_canceled, "while computing similarities")
-    return lo, hi
-
-
-def _write_pixels(
-    sim: Any,
-    src: Any,
-    target: Window,
-    region: Optional[Region],
-    output: Path,
-    tags: dict[str, str],
-    report: ProgressFn,
-    is_canceled: Optional[CancelFn],
-) -> tuple[float, float]:
-    """Bilinear interpolation of the cell similarities ``sim`` onto ``target`` of the input ``src``."""
-    interp = GridInterpolator(sim, src.transform, src)
-    profile = gtiff_profile(width=int(target.width), height=int(target.height), count=1, dtype="float32",
-                            crs=src.crs, transform=window_transform(target, src.transform), nodata=float("nan"))
-    lo = hi = float("nan")
-    bands = pixel_row_bands(src, target, 1, 64, interpolation_cols(1), interp.sample, region, np.nan)
-    with GeoTiffWriter(output, profile, ["cosine_similarity"], tags) as writer:
-        for band, out in bands:
-            writer.write_rows(out)
-            lo, hi = _range(lo, hi, out)
-            report((band.row_off + band.height - target.row_off) / target.height)
-            check_canceled(is_canceled, "while writing pixel similarities")
     return lo, hi

@@ -29,6 +29,7 @@ from rasterio.windows import Window, WindowError
 from rasterio.windows import intersection as window_intersection
 from rasterio.windows import transform as window_transform
 
+from ..callbacks import check_canceled
 from ..errors import InputRasterError
 from ..outputs import GEOTIFF, check_outputs
 from ..raster import NODATA_CLASS, GeoTiffWriter, Region, gtiff_profile, iter_windows, open_raster, read_valid
@@ -42,7 +43,9 @@ __all__ = (
     "check_pixel_grid",
     "pixel_row_bands",
     "pixel_window",
+    "value_range",
     "write_pixel_embeddings",
+    "write_pixel_values",
 )
 
 
@@ -399,3 +402,50 @@ def _cell_means(
         sums = np.bincount(index, weights=values[c][valid], minlength=hc * wc)
         out[c, has] = sums[has] / counts[has]
     return out.reshape(values.shape[0], hc, wc)
+
+
+def value_range(lo: float, hi: float, values: np.ndarray) -> tuple[float, float]:
+    """``(lo, hi)`` widened to the finite ``values`` (NaN, NaN: none seen yet)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return lo, hi
+    return (float(finite.min()) if math.isnan(lo) else min(lo, float(finite.min())),
+            float(finite.max()) if math.isnan(hi) else max(hi, float(finite.max())))
+
+
+def write_pixel_values(cells: Any, src: Any, target: Window, region: Optional[Region], output: Path,
+                       tags: dict[str, str], description: str, report: Callable[[float], None],
+                       is_canceled: Optional[Callable[[], bool]]) -> tuple[float, float]:
+    """Write one value per cell, interpolated bilinearly onto the input's pixels, as a float32 GeoTIFF.
+
+    ``cells`` is a one-band float raster on the embedding grid; the output covers ``target`` of the input ``src``,
+    with the input's nodata and the region carried over (NaN). Similarity and change maps at pixel resolution
+    interpolate their one value per cell rather than the D embedding dimensions (docs/inference.md, "Similarity
+    maps").
+
+    Args:
+        cells: Open one-band raster of the cell values (NaN = nodata).
+        src: The open input raster.
+        target: Its window to cover.
+        region: Pixels outside its polygons are NaN.
+        output: The GeoTIFF to write (atomically).
+        tags: Its tags.
+        description: Its band's description.
+        report: Called with the fraction of rows written.
+        is_canceled: Polled every row band.
+
+    Returns:
+        ``(min, max)`` of the written values.
+    """
+    interp = GridInterpolator(cells, src.transform, src)
+    profile = gtiff_profile(width=int(target.width), height=int(target.height), count=1, dtype="float32",
+                            crs=src.crs, transform=window_transform(target, src.transform), nodata=float("nan"))
+    lo = hi = float("nan")
+    bands = pixel_row_bands(src, target, 1, 64, interpolation_cols(1), interp.sample, region, np.nan)
+    with GeoTiffWriter(output, profile, [description], tags) as writer:
+        for band, out in bands:
+            writer.write_rows(out)
+            lo, hi = value_range(lo, hi, out)
+            report((band.row_off + band.height - target.row_off) / target.height)
+            check_canceled(is_canceled, f"while writing pixel values ({description})")
+    return lo, hi
