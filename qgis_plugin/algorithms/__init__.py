@@ -1,6 +1,7 @@
 """The msfm Processing algorithms (one module each); :data:`ALGORITHMS` lists them in toolbox order."""
 
 from .bandmapping import BandMappingReport
+from .change import ChangeMap
 from .batch import BatchClassMaps, BatchEmbeddings, BatchSimilarityMaps
 from .classify import ClassifyPixels
 from .cluster import ClusterEmbeddings
@@ -10,8 +11,8 @@ from .export import ExportOnnx
 from .segment import SegmentWithHead, TrainSegmentationHead
 from .similarity import SimilarityMap
 
-ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, TrainSegmentationHead, SegmentWithHead,
-              ClassifyPixels, BatchEmbeddings, BatchClassMaps, BatchSimilarityMaps, BandMappingReport, DownloadModel,
-              ExportOnnx)
+ALGORITHMS = (ComputeEmbeddings, ClusterEmbeddings, SimilarityMap, ChangeMap, TrainSegmentationHead,
+              SegmentWithHead, ClassifyPixels, BatchEmbeddings, BatchClassMaps, BatchSimilarityMaps,
+              BandMappingReport, DownloadModel, ExportOnnx)
 
 __all__ = ("ALGORITHMS",)

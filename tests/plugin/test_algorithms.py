@@ -92,9 +92,9 @@ def s2_water_point(tmp_path: Path) -> tuple[Path, Any, tuple[float, float]]:
 
 def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider: Any) -> None:
     ids = sorted(a.id() for a in msfm_provider.algorithms())
-    assert ids == ["msfm:bandmapping", "msfm:batch_cluster", "msfm:batch_embed", "msfm:batch_similarity", "msfm:classify",
-                   "msfm:cluster", "msfm:downloadmodel", "msfm:embed", "msfm:export_onnx", "msfm:segment",
-                   "msfm:similarity", "msfm:train_head"]
+    assert ids == ["msfm:bandmapping", "msfm:batch_cluster", "msfm:batch_embed", "msfm:batch_similarity", "msfm:change",
+                   "msfm:classify", "msfm:cluster", "msfm:downloadmodel", "msfm:embed", "msfm:export_onnx",
+                   "msfm:segment", "msfm:similarity", "msfm:train_head"]
     for alg in msfm_provider.algorithms():
         assert not alg.flags() & alg.FlagNoThreading, f"{alg.id()} must run in the background thread"
         assert not alg.icon().isNull(), alg.id()
@@ -357,7 +357,7 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     out = proc.stdout
-    assert "ALGS 12" in out, proc.stderr[-2000:]
+    assert "ALGS 13" in out, proc.stderr[-2000:]
     assert "BANDS sentinel2_l1c" in out
     assert "ERROR msfm needs Python package(s) that QGIS's Python does not have: torch" in out
     assert "pip install" in out and "Install packages…" in out and "only when you ask it to" in out
@@ -431,3 +431,19 @@ def test_a_blank_optional_output_is_not_a_layer_to_load(msfm_provider: Any, tmp_
               "OUTPUT_EMBEDDINGS": QgsProcessingOutputLayerDefinition("", project)}
     processing.run("msfm:cluster", params, context=context)
     assert list(context.layersToLoadOnCompletion()) == [classes]
+
+
+def test_change_map_of_a_scene_against_itself_is_zero_named_and_styled(msfm_provider: Any, tmp_path: Path) -> None:
+    from qgis.core import QgsSingleBandPseudoColorRenderer
+
+    path = shared_file("data", "sen1floods11_india_900498_s2_l1c.tif")
+    out = str(tmp_path / "change.tif")
+    result, project = run_and_load("change", {"BEFORE": str(path), "INPUT": str(path), "RESOLUTION": "patch",
+                                              "SCALE": 1, "OUTPUT": out, **FAST})
+    assert result["REPROJECTED"] is False
+    with rasterio.open(out) as change:
+        assert np.nanmax(change.read(1)) < 1e-5 and change.tags()["MSFM_KIND"] == "change"
+    layer = layer_for(project, out)
+    assert layer.name() == f"{path.stem} change since {path.stem}"
+    assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
+    project.clear()

@@ -1,0 +1,87 @@
+"""*Change map*: the cosine distance between the embeddings of two rasters of one place, on the later raster's grid.
+
+``engine.maps.change_raster`` (``msfm change``). Parameter names (public contract): ``BEFORE`` and its
+``BEFORE_SENSOR``, ``INPUT`` (the AFTER raster) with ``SENSOR`` and ``BAND_OVERRIDES``, ``BEFORE_EMBEDDINGS``,
+``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, the model parameters, ``OUTPUT``.
+"""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..runtime import engine
+from ..styling import style_similarity
+from .base import AUTO_SENSOR, BACKEND_HELP, MsfmAlgorithm, sensor_ids
+
+#: The formats an embedding raster can be given in (auto: detected from the file).
+FORMATS = ("auto", "msfm", "alphaearth", "tessera", "float")
+
+
+class ChangeMap(MsfmAlgorithm):
+    NAME = "change"
+    DISPLAY = "Change map"
+    ICON = "similarity"
+    NEEDS = "inference"
+    HELP = (
+        "Maps what changed between two rasters of one place: both are embedded with the same model and every "
+        "location gets the <b>cosine distance</b> of its two embeddings (0 = unchanged for the model, about 1 = "
+        "unrelated, up to 2), on the later raster's grid. The two may come from different sensors (e.g. Sentinel-1 "
+        "before a flood, Sentinel-2 after it: give each its sensor preset); a model trained to align sensors makes "
+        "such distances more meaningful. When the two grids differ the earlier embeddings are resampled onto the "
+        "later grid (the log says so). Existing embedding rasters can be reused, ours or made elsewhere "
+        "(AlphaEarth, TESSERA, any float raster: <i>Embedding format</i> when the file does not say)."
+    ) + BACKEND_HELP
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", "Earlier raster (before)"))
+        self.addParameter(QgsProcessingParameterEnum(
+            "BEFORE_SENSOR", "Sensor preset of the earlier raster (auto: from its band names and metadata)",
+            options=sensor_ids(), defaultValue=AUTO_SENSOR, usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Later raster (after; the output's grid)"))
+        self.add_band_parameters(layer=False)
+        self.addParameter(QgsProcessingParameterEnum(
+            "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel",
+            usesStaticStrings=True))
+        for name, label in (("BEFORE_EMBEDDINGS", "Existing embeddings of the earlier raster"),
+                            ("EMBEDDINGS", "Existing embeddings of the later raster")):
+            self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
+        fmt = QgsProcessingParameterEnum("EMBEDDING_FORMAT", "Embedding format of existing embeddings",
+                                         options=list(FORMATS), defaultValue="auto", usesStaticStrings=True)
+        fmt.setFlags(fmt.flags() | QgsProcessingParameterEnum.FlagAdvanced)
+        self.addParameter(fmt)
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Change (cosine distance)"))
+
+    def compute(self, parameters, context, feedback) -> dict:
+        after = self.layer_path(parameters, context, feedback)
+        before_layer = self.parameterAsRasterLayer(parameters, "BEFORE", context)
+        if before_layer is None or before_layer.providerType() != "gdal":
+            raise QgsProcessingException("The earlier raster must be a file GDAL reads; save it as a GeoTIFF first "
+                                         "(Export ▸ Save As…).")
+        given = {name: layer.source() for name in ("BEFORE_EMBEDDINGS", "EMBEDDINGS")
+                 if (layer := self.parameterAsRasterLayer(parameters, name, context)) is not None}
+        model = None if len(given) == 2 else self.model(parameters, context, feedback)
+        fmt = self.parameterAsEnumString(parameters, "EMBEDDING_FORMAT", context)
+        before_sensor = self.parameterAsEnumString(parameters, "BEFORE_SENSOR", context)
+        bands = self.band_arguments(parameters, context)
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        result = engine.maps.change_raster(
+            before_layer.source(), after, output, model, before_embeddings=given.get("BEFORE_EMBEDDINGS"),
+            after_embeddings=given.get("EMBEDDINGS"), embedding_format=None if fmt in ("", "auto") else fmt,
+            resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
+            settings=None if model is None else self.settings(parameters, context),
+            before_sensor=None if before_sensor in ("", AUTO_SENSOR) else before_sensor,
+            after_sensor=bands["sensor"], after_overrides=bands["overrides"], **self.progress(feedback),
+            overwrite=True,
+        )
+        lo, hi = result.value_range
+        if result.reprojected:
+            feedback.pushInfo("The earlier embeddings were resampled (bilinear) onto the later raster's grid.")
+        feedback.pushInfo(f"cosine distance {lo:.3f}…{hi:.3f}; {result.seconds:.1f} s")
+        self.show_output("OUTPUT", output, f"change since {before_layer.name()}", style_similarity)
+        return {"OUTPUT": output, "REPROJECTED": result.reprojected, "SECONDS": result.seconds}
