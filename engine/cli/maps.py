@@ -131,9 +131,12 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 def cmd_change(args: argparse.Namespace) -> int:
     """Write the change map (cosine distance of the two rasters' embeddings, on the AFTER grid)."""
-    check_cli_outputs(args, {"output": args.output},
+    check_cli_outputs(args, {"output": args.output, "--mask-output": args.mask_output,
+                             "--polygons-output": args.polygons_output},
                       {"before": args.before, "after": args.after, "--before-embeddings": args.before_embeddings,
-                       "--after-embeddings": args.after_embeddings}, {"output": GEOTIFF})
+                       "--after-embeddings": args.after_embeddings},
+                      {"output": GEOTIFF, "--mask-output": GEOTIFF, "--polygons-output": (".gpkg",)})
+    threshold = args.threshold if args.threshold in (None, "otsu", "robust") else float(args.threshold)
     given = args.before_embeddings and args.after_embeddings
     model = None if given else load_model_from(args)
     bar = Progress("change")
@@ -141,7 +144,8 @@ def cmd_change(args: argparse.Namespace) -> int:
         res = change_raster(
             args.before, args.after, args.output, model, before_embeddings=args.before_embeddings,
             after_embeddings=args.after_embeddings, embedding_format=args.embedding_format,
-            resolution=args.resolution, settings=None if given else inference_settings(args),
+            resolution=args.resolution, threshold=threshold, mask_output=args.mask_output,
+            polygons_output=args.polygons_output, settings=None if given else inference_settings(args),
             before_sensor=args.before_sensor or args.sensor, after_sensor=args.after_sensor or args.sensor,
             before_overrides=band_overrides(args.band), after_overrides=band_overrides(args.band), progress=bar,
             overwrite=args.overwrite,
@@ -150,7 +154,11 @@ def cmd_change(args: argparse.Namespace) -> int:
         bar.close()
     lo, hi = res.value_range
     moved = "; BEFORE resampled onto the AFTER grid" if res.reprojected else ""
-    print(f"{res.path} ({res.resolution} resolution): cosine distance {lo:.3f}…{hi:.3f}{moved}; {res.seconds:.1f} s")
+    print(f"{res.path} ({res.resolution} resolution): cosine distance {lo:.3f}…{hi:.3f}{moved}; no change: median "
+          f"{res.no_change[0]:.4f}, σ {res.no_change[1]:.4f}; {res.seconds:.1f} s")
+    if res.threshold is not None:
+        print(f"threshold {res.threshold:.4f}: {100 * (res.changed_fraction or 0):.1f} % changed"
+              + "".join(f"; {path}" for path in (res.mask, res.polygons) if path is not None))
     return 0
 
 
@@ -219,6 +227,10 @@ def register(sub: Any) -> None:
     p.add_argument("--after-embeddings", help="reuse this embedding raster of AFTER")
     p.add_argument("--embedding-format", choices=ENCODINGS, help="how the given embeddings store their values, "
                    "where the files do not say (default: detected)")
+    p.add_argument("--threshold", help="a cosine distance, 'otsu' or 'robust' (no-change median + 3σ): writes "
+                   "--mask-output / --polygons-output (default otsu when one is given)")
+    p.add_argument("--mask-output", help="change mask GeoTIFF (uint8: 0 unchanged, 1 changed, 255 nodata) + .qml")
+    p.add_argument("--polygons-output", help="the changed areas as polygons (GeoPackage)")
     p.add_argument("--before-sensor", help="sensor preset of BEFORE (default: --sensor, else guessed)")
     p.add_argument("--after-sensor", help="sensor preset of AFTER (default: --sensor, else guessed)")
     add_inference_options(p)

@@ -9,8 +9,13 @@ nodata. At ``"pixel"`` resolution the cell distances are interpolated bilinearly
 nodata carried over (:func:`engine.maps.upsample.write_pixel_values`); at ``"patch"`` resolution the cell grid is the
 output. A QGIS style (``.qml``, Viridis over the map's range) is written beside it.
 
-Not yet here (docs/change.md will hold them): the calibration of cross-sensor distances, thresholds and change
-polygons, and "changed towards what".
+Calibration and thresholds: the distances of a scene are summarised by its no-change distribution, estimated robustly
+as if most of the scene did not change: the median and σ = 1.4826 × the median absolute deviation (a robust z-score
+``(d − median) / σ`` then reads the same for any sensor pair). A threshold — a value, ``"robust"`` (median + 3σ) or
+``"otsu"`` (Otsu 1979 on the distances' histogram) — writes a change mask (uint8: 0 unchanged, 1 changed, 255 nodata,
+with its ``.qml``) and, optionally, the changed areas as polygons (GeoPackage).
+
+Not yet here: "changed towards what" (the nearest class of the AFTER scene), and batch pairs.
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import InputRasterError, SettingsError
 from ..models import Encoder
 from ..outputs import GEOTIFF, check_outputs
-from ..raster import GeoTiffWriter, gtiff_profile, iter_windows, write_ramp_qml
+from ..raster import (
+    NODATA_CLASS,
+    GeoTiffWriter,
+    gtiff_profile,
+    iter_windows,
+    polygonize,
+    write_qml,
+    write_ramp_qml,
+)
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .clustering import Resolution, l2_normalize
@@ -43,7 +56,7 @@ from .quantized import EmbeddingRaster, open_embeddings
 from .tags import product_tags
 from .upsample import check_pixel_grid, pixel_window, value_range, write_pixel_values
 
-__all__ = ("ChangeResult", "change_raster")
+__all__ = ("ChangeResult", "change_raster", "otsu_threshold")
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,11 @@ class ChangeResult:
         after: The AFTER embedding run (None when its embeddings were given).
         seconds: Wall time.
         style: The QGIS style beside it (``.qml``).
+        no_change: ``(median, σ)`` of the scene's distances: σ = 1.4826 × their median absolute deviation.
+        threshold: The distance above which a cell is changed (None without a threshold).
+        changed_fraction: Share of the valid mask pixels that changed (None without a threshold).
+        mask: The change mask (None without ``mask_output``).
+        polygons: The changed areas as polygons (None without ``polygons_output``).
     """
 
     path: Path
@@ -74,6 +92,11 @@ class ChangeResult:
     after: Optional[EmbeddingResult]
     seconds: float
     style: Path
+    no_change: tuple[float, float] = (math.nan, math.nan)
+    threshold: Optional[float] = None
+    changed_fraction: Optional[float] = None
+    mask: Optional[Path] = None
+    polygons: Optional[Path] = None
 
 
 def change_raster(
@@ -86,6 +109,9 @@ def change_raster(
     after_embeddings: Optional[Union[str, Path]] = None,
     embedding_format: Optional[str] = None,
     resolution: Resolution = "pixel",
+    threshold: Optional[Union[float, str]] = None,
+    mask_output: Optional[Union[str, Path]] = None,
+    polygons_output: Optional[Union[str, Path]] = None,
     settings: Optional[InferenceSettings] = None,
     before_sensor: Optional[str] = None,
     after_sensor: Optional[str] = None,
@@ -109,6 +135,10 @@ def change_raster(
         embedding_format: The format of the given embeddings (:data:`engine.maps.quantized.ENCODINGS`; None:
             detected from each file).
         resolution: ``"pixel"`` (the AFTER raster's pixels) or ``"patch"`` (its embedding cells).
+        threshold: A cosine distance, ``"robust"`` (the no-change median + 3σ) or ``"otsu"``; needed by the mask and
+            polygon outputs (default ``"otsu"`` when one of them is asked for).
+        mask_output: Write the change mask here (uint8 GeoTIFF: 0 unchanged, 1 changed, 255 nodata; ``.qml``).
+        polygons_output: Write the changed areas here as polygons (GeoPackage, layer ``classes``).
         settings: Inference settings of both embedding runs.
         before_sensor: Sensor preset of ``before`` (None: guessed).
         after_sensor: Sensor preset of ``after`` (None: guessed).
@@ -131,9 +161,15 @@ def change_raster(
     """
     if resolution not in ("patch", "pixel"):
         raise SettingsError(f"resolution must be 'patch' or 'pixel', got {resolution!r}")
-    check_outputs({"output": output}, {"BEFORE raster": before, "AFTER raster": after,
+    if threshold is not None and not isinstance(threshold, (int, float)) and threshold not in ("otsu", "robust"):
+        raise SettingsError(f"threshold must be a distance (0..2), 'otsu' or 'robust', got {threshold!r}")
+    if threshold is None and (mask_output is not None or polygons_output is not None):
+        threshold = "otsu"
+    check_outputs({"output": output, "mask output": mask_output, "polygons output": polygons_output},
+                  {"BEFORE raster": before, "AFTER raster": after,
                                        "BEFORE embeddings": before_embeddings, "AFTER embeddings": after_embeddings},
-                  overwrite=overwrite, suffixes={"output": GEOTIFF})
+                  overwrite=overwrite, suffixes={"output": GEOTIFF, "mask output": GEOTIFF,
+                                                 "polygons output": (".gpkg",)})
     if resolution == "pixel":
         check_pixel_grid(after)
     started = time.perf_counter()
@@ -170,9 +206,83 @@ def change_raster(
                                                 "cosine_distance", lambda f: report(0.95 + 0.05 * f), is_canceled)
     low, high = (0.0, 2.0) if math.isnan(values[0]) else values
     style = write_ramp_qml(output.with_suffix(".qml"), low, high, label="cosine distance (change)")
+    sample = _sample(output)
+    median = float(np.median(sample)) if sample.size else math.nan
+    sigma = 1.4826 * float(np.median(np.abs(sample - median))) if sample.size else math.nan
+    cut, fraction, mask, polygons = None, None, None, None
+    if threshold is not None:
+        cut = (float(threshold) if isinstance(threshold, (int, float)) else
+               median + 3 * sigma if threshold == "robust" else otsu_threshold(sample))
+        mask_path = Path(mask_output) if mask_output is not None else None
+        with contextlib.ExitStack() as stack:
+            if mask_path is None:  # the polygons only: the mask in a scratch folder
+                mask_path = stack.enter_context(scratch_folder(Path(str(polygons_output)))) / "change_mask.tif"
+            fraction = _write_mask(output, mask_path, cut, tags)
+            if polygons_output is not None:
+                polygons = polygonize(mask_path, Path(polygons_output), ("unchanged", "changed"), keep={1})
+            mask = mask_path if mask_output is not None else None
+        log.info("change threshold %.4f (%s): %.1f %% of the valid pixels changed", cut, threshold, 100 * fraction)
     report(1.0)
     return ChangeResult(path=output, resolution=resolution, value_range=values, reprojected=reprojected,
-                        before=before_run, after=after_run, seconds=time.perf_counter() - started, style=style)
+                        before=before_run, after=after_run, seconds=time.perf_counter() - started, style=style,
+                        no_change=(median, sigma), threshold=cut, changed_fraction=fraction, mask=mask,
+                        polygons=polygons)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold (Otsu 1979): the value that maximises the between-class variance of ``values``' histogram.
+
+    Args:
+        values: Finite values (e.g. cosine distances).
+        bins: Histogram bins over their range.
+
+    Returns:
+        The threshold (the upper edge of the last bin of the lower class); the single value for constant ``values``.
+    """
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts).astype(np.float64)
+    total = weight[-1]
+    if total == 0 or edges[0] == edges[-1]:
+        return float(edges[0])
+    mean = np.cumsum(counts * centres)
+    between = (mean[-1] * weight / total - mean) ** 2 / np.maximum(weight * (total - weight), 1e-12) * total
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def _sample(path: Path, max_values: int = 1 << 20) -> np.ndarray:
+    """The finite values of a one-band raster, read decimated to at most ``max_values`` pixels."""
+    with rasterio.open(path) as ds:
+        step = max(1, math.ceil(math.sqrt(ds.width * ds.height / max_values)))
+        values = ds.read(1, out_shape=(max(1, ds.height // step), max(1, ds.width // step)),
+                         resampling=Resampling.nearest)
+    return values[np.isfinite(values)]
+
+
+def _write_mask(distances: Path, output: Path, threshold: float, tags: dict[str, str]) -> float:
+    """The change mask of a distance raster (1 where the distance exceeds ``threshold``), with its ``.qml``.
+
+    Returns:
+        The share of valid pixels that changed.
+    """
+    changed = valid = 0
+    with rasterio.open(distances) as ds:
+        profile = gtiff_profile(width=ds.width, height=ds.height, count=1, dtype="uint8", crs=ds.crs,
+                                transform=ds.transform, nodata=NODATA_CLASS)
+        colors = {0: (200, 200, 200, 255), 1: (214, 39, 40, 255)}
+        with GeoTiffWriter(output, profile, ["change"], {**tags, "MSFM_KIND": "change-mask",
+                                                         "MSFM_THRESHOLD": f"{threshold:.6g}"},
+                           colormap=colors) as writer:
+            for window in iter_windows(ds.height, ds.width, 256, ds.width):
+                d = ds.read(1, window=window)
+                mask = np.full(d.shape, NODATA_CLASS, np.uint8)
+                ok = np.isfinite(d)
+                mask[ok] = d[ok] > threshold
+                changed += int(mask[ok].sum())
+                valid += int(ok.sum())
+                writer.write_rows(mask[None])
+    write_qml(output.with_suffix(".qml"), ["unchanged", "changed"], [colors[0], colors[1]])
+    return changed / max(valid, 1)
 
 
 def _on_grid(other: EmbeddingRaster, grid: EmbeddingRaster) -> tuple[Any, bool]:

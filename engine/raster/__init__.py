@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from .blending import RowBlender, window_weights
-from .class_maps import NODATA_CLASS, class_colors, colors_for_names
+from .class_maps import NODATA_CLASS, class_colors, colors_for_names, polygonize
 from .qml import write_qml, write_ramp_qml
 from .quicklook import check_png, class_quicklook, decimated_shape, rgb_quicklook, stretch, write_png
 from .readers import gdal_cache_bytes, open_raster, pixel_size_m, read_valid
@@ -51,6 +51,7 @@ __all__ = (
     "iter_windows",
     "open_raster",
     "pixel_size_m",
+    "polygonize",
     "prefetched",
     "preflight",
     "read_valid",

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import colorsys
 import re
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
-__all__ = ("NODATA_CLASS", "class_colors", "colors_for_names")
+from ..atomic import atomic_output
+from ..errors import DependencyError
+
+__all__ = ("NODATA_CLASS", "class_colors", "colors_for_names", "polygonize")
 
 #: Value of nodata (and of unlabelled pixels in training labels) in uint8 class maps; classes are 0..254.
 NODATA_CLASS = 255
@@ -83,3 +87,37 @@ def colors_for_names(names: Sequence[str]) -> list[tuple[int, int, int, int]]:
     spare = iter(c for c in class_colors(len(names) + len(_PALETTE))
                  if all(sum((a - b) ** 2 for a, b in zip(c[:3], t[:3])) > 90 ** 2 for t in taken))
     return [c if c is not None else next(spare) for c in chosen]
+
+
+def polygonize(classes: Path, output: Path, names: tuple[str, ...], keep: Optional[set[int]] = None) -> Path:
+    """Polygons of a class GeoTIFF into a GeoPackage layer ``classes``, written atomically.
+
+    GDAL ``Polygonize``, 8-connected, nodata excluded; fields ``class`` (index) and ``name``; with ``keep``, only the
+    polygons of those classes (a change mask keeps its changed class).
+
+    Raises:
+        DependencyError: GDAL's Python bindings are missing.
+    """
+    try:
+        from osgeo import gdal, ogr
+    except ImportError as exc:  # pragma: no cover - present with QGIS and python3-gdal
+        raise DependencyError("polygon output needs GDAL's Python bindings (osgeo): install python3-gdal") from exc
+    gdal.UseExceptions()
+    with atomic_output(output, sidecars=()) as tmp:
+        src = gdal.Open(str(classes))
+        band = src.GetRasterBand(1)
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+        layer = ds.CreateLayer("classes", srs=src.GetSpatialRef(), geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
+        layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+        gdal.Polygonize(band, band.GetMaskBand(), layer, 0, ["8CONNECTED=8"])
+        layer.StartTransaction()
+        for feature in list(layer):
+            if keep is not None and feature.GetField("class") not in keep:
+                layer.DeleteFeature(feature.GetFID())
+                continue
+            feature.SetField("name", names[feature.GetField("class")])
+            layer.SetFeature(feature)
+        layer.CommitTransaction()
+        ds = layer = band = src = None  # close (GDAL flushes on release)
+    return output

@@ -34,7 +34,7 @@ from .card import (
 from .forest import ClassifyResult, ForestSettings, classify_raster
 from .labels import IGNORE, LabelGrid, LabelRaster, PolygonLabels, class_table, label_grid, read_polygons
 from .onnx_segmenter import OnnxSegmenter
-from .segment import SegmentationResult, polygonize, segment_raster
+from .segment import SegmentationResult, segment_raster
 from .validation import segmentation_scores, split_groups
 
 if TYPE_CHECKING:
@@ -79,7 +79,6 @@ __all__ = (
     "fit_head",
     "label_grid",
     "load_head",
-    "polygonize",
     "read_polygons",
     "require_block_grids",
     "save_head",

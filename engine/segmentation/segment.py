@@ -49,9 +49,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import transform as window_transform
 
-from ..atomic import atomic_output
 from ..callbacks import CancelFn, ProgressFn, scaled
-from ..errors import BandResolutionError, DependencyError, InputRasterError, ModelMismatchError, SettingsError
+from ..errors import BandResolutionError, InputRasterError, ModelMismatchError, SettingsError
 from ..models import (
     Encoder,
     PrecisionChoice,
@@ -76,6 +75,7 @@ from ..raster import (
     gdal_cache_bytes,
     gtiff_profile,
     open_raster,
+    polygonize,
     preflight,
     tile_grid,
     write_qml,
@@ -88,7 +88,7 @@ from .onnx_segmenter import OnnxSegmenter
 #: ``"input"``: the input raster's pixel grid (default); ``"model"``: the grid the head reads (``scale`` × finer).
 OutputGrid = Literal["input", "model"]
 
-__all__ = ("SegmentationResult", "polygonize", "segment_raster")
+__all__ = ("SegmentationResult", "segment_raster")
 
 log = logging.getLogger(__name__)
 
@@ -392,33 +392,3 @@ def _run(predict: Any, precision: str, card: HeadCard, p: int, reader: Any, sett
     log.info("segmented %s: %d tiles encoded, %d of %d planned skipped (nodata or outside the region)", source,
              stream.encoded, planned - stream.encoded, planned)
     return counts, stream.encoded, planned - stream.encoded
-
-
-def polygonize(classes: Path, output: Path, names: tuple[str, ...]) -> Path:
-    """Polygons of a class GeoTIFF into a GeoPackage layer ``classes``, written atomically.
-
-    GDAL ``Polygonize``, 8-connected, nodata excluded; fields ``class`` (index) and ``name``.
-
-    Raises:
-        DependencyError: GDAL's Python bindings are missing.
-    """
-    try:
-        from osgeo import gdal, ogr
-    except ImportError as exc:  # pragma: no cover - present with QGIS and python3-gdal
-        raise DependencyError("polygon output needs GDAL's Python bindings (osgeo): install python3-gdal") from exc
-    gdal.UseExceptions()
-    with atomic_output(output, sidecars=()) as tmp:
-        src = gdal.Open(str(classes))
-        band = src.GetRasterBand(1)
-        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
-        layer = ds.CreateLayer("classes", srs=src.GetSpatialRef(), geom_type=ogr.wkbPolygon)
-        layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
-        layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
-        gdal.Polygonize(band, band.GetMaskBand(), layer, 0, ["8CONNECTED=8"])
-        layer.StartTransaction()
-        for feature in layer:
-            feature.SetField("name", names[feature.GetField("class")])
-            layer.SetFeature(feature)
-        layer.CommitTransaction()
-        ds = layer = band = src = None  # close (GDAL flushes on release)
-    return output

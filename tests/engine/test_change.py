@@ -5,8 +5,9 @@ refused."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -38,6 +39,18 @@ def _copy(source: Path, output: Path, data: np.ndarray) -> Path:
     return output
 
 
+@contextlib.contextmanager
+def fiona_free_layer(path: Path) -> Iterator[list[str]]:
+    """The ``name`` of every polygon of a GeoPackage's ``classes`` layer (read with GDAL's OGR)."""
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    try:
+        yield [feature.GetField("name") for feature in ds.GetLayerByName("classes")]
+    finally:
+        ds = None
+
+
 def _read(path: Path) -> np.ndarray:
     with rasterio.open(path) as ds:
         return ds.read(1)
@@ -63,6 +76,27 @@ def test_a_scene_against_itself_and_against_an_edited_copy(demo_model: Any, tmp_
     with rasterio.open(res.path) as ds:
         assert ds.tags()["MSFM_KIND"] == "change" and ds.descriptions == ("cosine_distance",)
     assert res.style.is_file() and 'type="singlebandpseudocolor"' in res.style.read_text()
+    # thresholds: Otsu on the distances, or the no-change median + 3σ, give a mask and polygons of the block
+    assert res.no_change[0] < 0.01 and res.threshold is None
+    masked = change_raster(source, after, tmp_path / "change2.tif", demo_model, settings=FAST, resolution="patch",
+                           threshold="otsu", mask_output=tmp_path / "mask.tif", polygons_output=tmp_path / "mask.gpkg")
+    mask = _read(masked.mask)
+    hit = (mask == 1)
+    precision, recall = hit[block].sum() / max(hit.sum(), 1), hit[block].mean()
+    # measured: Otsu cuts at 0.16: precision 1.0, recall 0.47 (half the block changed little for the model)
+    assert precision >= 0.95 and recall >= 0.4, (precision, recall, masked.threshold)
+    assert masked.changed_fraction == pytest.approx(hit.sum() / (mask != 255).sum())
+    assert 'label="changed"' in masked.mask.with_suffix(".qml").read_text()
+    with fiona_free_layer(masked.polygons) as names:
+        assert names and set(names) == {"changed"}
+    robust = change_raster(source, after, tmp_path / "change3.tif", demo_model, settings=FAST, resolution="patch",
+                           threshold="robust", mask_output=tmp_path / "mask3.tif")
+    assert robust.threshold == pytest.approx(robust.no_change[0] + 3 * robust.no_change[1])
+    assert (_read(robust.mask)[block] == 1).all()  # recall 1.0: nothing else changed at all here, so σ is tiny
+    fixed = change_raster(source, after, tmp_path / "change4.tif", demo_model, settings=FAST, resolution="patch",
+                          threshold=0.02, mask_output=tmp_path / "mask4.tif")
+    hit = _read(fixed.mask) == 1
+    assert hit[block].sum() / hit.sum() >= 0.95 and hit[block].mean() >= 0.8  # measured 1.0 and 0.84
     # pixel resolution: the AFTER raster's grid, the same story
     pixel = change_raster(source, after, tmp_path / "pixel.tif", demo_model, settings=FAST)
     with rasterio.open(pixel.path) as ds, rasterio.open(after) as src:
