@@ -2,7 +2,8 @@
 
 ``engine.maps.change_raster`` (``msfm change``). Parameter names (public contract): ``BEFORE`` and its
 ``BEFORE_SENSOR``, ``INPUT`` (the AFTER raster) with ``SENSOR`` and ``BAND_OVERRIDES``, ``BEFORE_EMBEDDINGS``,
-``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, the model parameters, ``OUTPUT``.
+``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, ``THRESHOLD`` and ``THRESHOLD_VALUE``, the
+model parameters, ``OUTPUT``, ``OUTPUT_MASK``, ``OUTPUT_POLYGONS``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
 )
 
 from ..runtime import engine
-from ..styling import style_similarity
+from ..styling import style_classes, style_similarity
 from .base import AUTO_SENSOR, BACKEND_HELP, MsfmAlgorithm, sensor_ids
 
 #: The formats an embedding raster can be given in (auto: detected from the file).
 FORMATS = ("auto", "msfm", "alphaearth", "tessera", "float")
+#: How the change mask's threshold is chosen (engine.maps.change_raster).
+THRESHOLDS = ("otsu", "robust", "value")
 
 
 class ChangeMap(MsfmAlgorithm):
@@ -34,7 +39,10 @@ class ChangeMap(MsfmAlgorithm):
         "before a flood, Sentinel-2 after it: give each its sensor preset); a model trained to align sensors makes "
         "such distances more meaningful. When the two grids differ the earlier embeddings are resampled onto the "
         "later grid (the log says so). Existing embedding rasters can be reused, ours or made elsewhere "
-        "(AlphaEarth, TESSERA, any float raster: <i>Embedding format</i> when the file does not say)."
+        "(AlphaEarth, TESSERA, any float raster: <i>Embedding format</i> when the file does not say).<br><br>"
+        "<i>Change mask</i> and <i>Changed areas</i> (optional) mark the locations above a threshold: <i>otsu</i> "
+        "(Otsu's method on the distances), <i>robust</i> (the scene's typical distance + 3 robust standard "
+        "deviations, assuming most of it did not change) or a <i>value</i>."
     ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
@@ -54,8 +62,18 @@ class ChangeMap(MsfmAlgorithm):
                                          options=list(FORMATS), defaultValue="auto", usesStaticStrings=True)
         fmt.setFlags(fmt.flags() | QgsProcessingParameterEnum.FlagAdvanced)
         self.addParameter(fmt)
+        self.addParameter(QgsProcessingParameterEnum(
+            "THRESHOLD", "Threshold of the change mask", options=list(THRESHOLDS), defaultValue="otsu",
+            usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "THRESHOLD_VALUE", "Threshold value (cosine distance, with 'value')", QgsProcessingParameterNumber.Double,
+            0.1, minValue=0.0, maxValue=2.0))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Change (cosine distance)"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_MASK", "Change mask", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT_POLYGONS", "Changed areas (polygons)", optional=True, createByDefault=False))
 
     def compute(self, parameters, context, feedback) -> dict:
         after = self.layer_path(parameters, context, feedback)
@@ -70,10 +88,15 @@ class ChangeMap(MsfmAlgorithm):
         before_sensor = self.parameterAsEnumString(parameters, "BEFORE_SENSOR", context)
         bands = self.band_arguments(parameters, context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        mask = self.optional_output(parameters, "OUTPUT_MASK", context)
+        polygons = self.optional_output(parameters, "OUTPUT_POLYGONS", context)
+        how = self.parameterAsEnumString(parameters, "THRESHOLD", context) or "otsu"
+        threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
         result = engine.maps.change_raster(
             before_layer.source(), after, output, model, before_embeddings=given.get("BEFORE_EMBEDDINGS"),
             after_embeddings=given.get("EMBEDDINGS"), embedding_format=None if fmt in ("", "auto") else fmt,
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
+            threshold=threshold if mask or polygons else None, mask_output=mask, polygons_output=polygons,
             settings=None if model is None else self.settings(parameters, context),
             before_sensor=None if before_sensor in ("", AUTO_SENSOR) else before_sensor,
             after_sensor=bands["sensor"], after_overrides=bands["overrides"], **self.progress(feedback),
@@ -82,6 +105,21 @@ class ChangeMap(MsfmAlgorithm):
         lo, hi = result.value_range
         if result.reprojected:
             feedback.pushInfo("The earlier embeddings were resampled (bilinear) onto the later raster's grid.")
-        feedback.pushInfo(f"cosine distance {lo:.3f}…{hi:.3f}; {result.seconds:.1f} s")
-        self.show_output("OUTPUT", output, f"change since {before_layer.name()}", style_similarity)
-        return {"OUTPUT": output, "REPROJECTED": result.reprojected, "SECONDS": result.seconds}
+        median, sigma = result.no_change
+        feedback.pushInfo(f"cosine distance {lo:.3f}…{hi:.3f}; typical (median) {median:.4f}, robust σ {sigma:.4f}; "
+                          f"{result.seconds:.1f} s")
+        since = f"change since {before_layer.name()}"
+        self.show_output("OUTPUT", output, since, style_similarity)
+        outputs = {"OUTPUT": output, "REPROJECTED": result.reprojected, "SECONDS": result.seconds}
+        if result.threshold is not None:
+            feedback.pushInfo(f"threshold {result.threshold:.4f} ({how}): {100 * result.changed_fraction:.1f} % "
+                              "changed")
+            outputs["THRESHOLD_USED"] = result.threshold
+        if mask:
+            outputs["OUTPUT_MASK"] = mask
+            self.show_output("OUTPUT_MASK", mask, f"{since} (mask)",
+                             lambda layer: style_classes(layer, ["unchanged", "changed"]), with_output=output)
+        if polygons:
+            outputs["OUTPUT_POLYGONS"] = polygons
+            self.show_output("OUTPUT_POLYGONS", polygons, f"{since} (areas)", with_output=output)
+        return outputs

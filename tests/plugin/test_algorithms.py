@@ -447,3 +447,25 @@ def test_change_map_of_a_scene_against_itself_is_zero_named_and_styled(msfm_prov
     assert layer.name() == f"{path.stem} change since {path.stem}"
     assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
     project.clear()
+    # a changed block, a mask at a given threshold and the changed areas, loaded with the map
+    with rasterio.open(path) as ds:
+        pixels, profile, descriptions = ds.read(), ds.profile, ds.descriptions
+    pixels[:, 192:320, 192:320] = pixels[:, 0:128, 384:512][:, ::-1, ::-1]
+    edited = tmp_path / "edited.tif"
+    with rasterio.open(edited, "w", **profile) as dst:
+        dst.write(pixels)
+        dst.descriptions = descriptions
+    mask, areas = str(tmp_path / "mask.tif"), str(tmp_path / "areas.gpkg")
+    result, project = run_and_load("change", {"BEFORE": str(path), "INPUT": str(edited), "RESOLUTION": "patch",
+                                              "SCALE": 1, "THRESHOLD": "value", "THRESHOLD_VALUE": 0.02,
+                                              "OUTPUT": str(tmp_path / "c2.tif"), "OUTPUT_MASK": mask,
+                                              "OUTPUT_POLYGONS": areas, **FAST})
+    assert result["THRESHOLD_USED"] == pytest.approx(0.02)
+    with rasterio.open(mask) as m:
+        hit = m.read(1) == 1
+    assert hit[12:20, 12:20].mean() > 0.5 and hit.sum() - hit[12:20, 12:20].sum() <= 3
+    assert layer_for(project, mask).name() == "edited change since " + path.stem + " (mask)"
+    assert [c.label for c in layer_for(project, mask).renderer().classes()] == ["unchanged", "changed"]
+    loaded = [lyr for lyr in project.mapLayers().values() if lyr.name().endswith("(areas)")]
+    assert len(loaded) == 1 and loaded[0].featureCount() >= 1
+    project.clear()
