@@ -243,12 +243,10 @@ def prune(folder: Path, outside: list[str]) -> list[str]:
         name, version = dist.metadata["Name"] or "", dist.version
         if have.get(_canonical(name)) != version:
             continue
-        for file in dist.files or ():
+        for file in dist.files or ():  # pip's RECORD lists every file, the .dist-info folder's included
             path = Path(str(dist.locate_file(file)))
             if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
                 path.unlink()
-        info = Path(str(dist._path))  # type: ignore[attr-defined]  # the .dist-info folder
-        shutil.rmtree(info, ignore_errors=True)
         removed.append(f"{name}=={version}")
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         if not any(sub.iterdir()):

@@ -33,7 +33,7 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_geom
 
 from ..atomic import write_text
-from ..callbacks import CancelFn, ProgressFn, check_canceled
+from ..callbacks import CancelFn, ProgressFn, check_canceled, scaled
 from ..errors import InputRasterError, SettingsError
 from ..maps import (
     ClusterSettings,
@@ -140,8 +140,9 @@ def batch_cluster(
                        clustering=clustering, label=f"k-means (k={clustering.k}) of {label}")
 
     return _joint("cluster", "kmeans.json", {"clustering": asdict(clustering)}, fit, task, "class map", catalogue,
-                  output_folder, model, settings, sensor, overrides, backend, num_heads, asset, workers, scheduler,
-                  overwrite, progress, is_canceled)
+                  output_folder, model, settings=settings, sensor=sensor, overrides=overrides, backend=backend,
+                  num_heads=num_heads, asset=asset, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                  progress=progress, is_canceled=is_canceled)
 
 
 def batch_similarity(
@@ -231,8 +232,9 @@ def batch_similarity(
                        query=geometries, crs=query_crs, resolution=resolution, label=f"similarity with {label}")
 
     return _joint("similarity", "query.json", {"query": geometries, "query_crs": query_crs, "resolution": resolution},
-                  fit, task, "cosine similarity", catalogue, output_folder, model, settings, sensor, overrides,
-                  backend, num_heads, asset, workers, scheduler, overwrite, progress, is_canceled)
+                  fit, task, "cosine similarity", catalogue, output_folder, model, settings=settings, sensor=sensor,
+                  overrides=overrides, backend=backend, num_heads=num_heads, asset=asset, workers=workers,
+                  scheduler=scheduler, overwrite=overwrite, progress=progress, is_canceled=is_canceled)
 
 
 FitFn = Callable[[Session, Sequence[Any]], dict[str, Any]]
@@ -240,7 +242,7 @@ TaskFn = Callable[[Mapping[str, Any], str, str], Callable[..., dict[str, Any]]]
 
 
 def _joint(command: str, fit_file: str, recipe: Mapping[str, Any], fit: FitFn, task: TaskFn, title: str,
-           catalogue: Union[str, Path, Sequence[str]], output_folder: Union[str, Path], model: str,
+           catalogue: Union[str, Path, Sequence[str]], output_folder: Union[str, Path], model: str, *,
            settings: Optional[InferenceSettings], sensor: Optional[str], overrides: Optional[Overrides], backend: str,
            num_heads: Optional[int], asset: Optional[str], workers: Optional[int], scheduler: Optional[str],
            overwrite: bool, progress: Optional[ProgressFn], is_canceled: Optional[CancelFn]) -> BatchReport:
@@ -259,7 +261,7 @@ def _joint(command: str, fit_file: str, recipe: Mapping[str, Any], fit: FitFn, t
     embeddings.mkdir(exist_ok=True)
     with Session(settings, scheduler, workers) as session:
         embedded = embed_scenes(session, plugin, scenes, embeddings, sensor=sensor, overrides=overrides,
-                                overwrite=overwrite, progress=_span(progress, 0.0, _EMBED), is_canceled=is_canceled,
+                                overwrite=overwrite, progress=scaled(progress, 0.0, _EMBED), is_canceled=is_canceled,
                                 description=f"embeddings of msfm batch {command} of {catalogue} with {model}")
         if not embedded.outputs:
             raise InputRasterError(f"no scene of {catalogue} could be embedded: "
@@ -273,7 +275,7 @@ def _joint(command: str, fit_file: str, recipe: Mapping[str, Any], fit: FitFn, t
         done = {p.id for p in embedded.outputs}
         label = str(embedded.outputs[0].record.get("model", model))
         report = run_batch(session, task(fitted, str(embeddings.resolve()), label),
-                           [s for s in scenes if s.id in done], manifest, progress=_span(progress, _FIT, 1.0),
+                           [s for s in scenes if s.id in done], manifest, progress=scaled(progress, _FIT, 1.0),
                            is_canceled=is_canceled, description=f"msfm batch {command} of {catalogue} with {model}",
                            title=title)
     report.failed = {**embedded.failed, **report.failed}
@@ -298,11 +300,6 @@ def _fitted(path: Path, key: str, fit: Callable[[], dict[str, Any]], overwrite: 
     fitted = {"key": key, **fit()}
     write_text(path, json.dumps(fitted))
     return fitted, True
-
-
-def _span(progress: Optional[ProgressFn], lo: float, hi: float) -> Optional[ProgressFn]:
-    """``progress`` with the fractions 0..1 mapped to ``lo..hi``."""
-    return None if progress is None else (lambda f: progress(lo + (hi - lo) * f))
 
 
 def _cells(path: str) -> int:

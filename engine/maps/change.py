@@ -190,7 +190,7 @@ def change_raster(
                                    f"{grid.count}: embed both with the same model")
         aligned, reprojected = _on_grid(other, grid)
         if reprojected:
-            stack.enter_context(contextlib.closing(aligned))
+            stack.enter_context(aligned.dataset)  # the warped view (the BEFORE raster stays open by its own)
             log.info("BEFORE embeddings %s resampled (bilinear) onto the AFTER grid of %s", before_path, after_path)
         tags = product_tags({}, "change", before=str(before), after=str(after), resolution=resolution,
                             reprojected=str(reprojected).lower())
