@@ -131,11 +131,14 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 def cmd_change(args: argparse.Namespace) -> int:
     """Write the change map (cosine distance of the two rasters' embeddings, on the AFTER grid)."""
+    towards = int(args.towards) if args.towards and args.towards.isdigit() else args.towards
     check_cli_outputs(args, {"output": args.output, "--mask-output": args.mask_output,
-                             "--polygons-output": args.polygons_output},
+                             "--polygons-output": args.polygons_output, "--towards-output": args.towards_output},
                       {"before": args.before, "after": args.after, "--before-embeddings": args.before_embeddings,
-                       "--after-embeddings": args.after_embeddings},
-                      {"output": GEOTIFF, "--mask-output": GEOTIFF, "--polygons-output": (".gpkg",)})
+                       "--after-embeddings": args.after_embeddings,
+                       "--towards": towards if isinstance(towards, str) else None},
+                      {"output": GEOTIFF, "--mask-output": GEOTIFF, "--polygons-output": (".gpkg",),
+                       "--towards-output": GEOTIFF})
     threshold = args.threshold if args.threshold in (None, "otsu", "robust") else float(args.threshold)
     given = args.before_embeddings and args.after_embeddings
     model = None if given else load_model_from(args)
@@ -144,8 +147,10 @@ def cmd_change(args: argparse.Namespace) -> int:
         res = change_raster(
             args.before, args.after, args.output, model, before_embeddings=args.before_embeddings,
             after_embeddings=args.after_embeddings, embedding_format=args.embedding_format,
-            resolution=args.resolution, threshold=threshold, mask_output=args.mask_output,
-            polygons_output=args.polygons_output, settings=None if given else inference_settings(args),
+            resolution=args.resolution, calibration=args.calibration,
+            no_change=tuple(args.no_change) if args.no_change else None, threshold=threshold,
+            mask_output=args.mask_output, polygons_output=args.polygons_output, towards=towards,
+            towards_output=args.towards_output, settings=None if given else inference_settings(args),
             before_sensor=args.before_sensor or args.sensor, after_sensor=args.after_sensor or args.sensor,
             before_overrides=band_overrides(args.band), after_overrides=band_overrides(args.band), progress=bar,
             overwrite=args.overwrite,
@@ -154,11 +159,15 @@ def cmd_change(args: argparse.Namespace) -> int:
         bar.close()
     lo, hi = res.value_range
     moved = "; BEFORE resampled onto the AFTER grid" if res.reprojected else ""
-    print(f"{res.path} ({res.resolution} resolution): cosine distance {lo:.3f}…{hi:.3f}{moved}; no change: median "
-          f"{res.no_change[0]:.4f}, σ {res.no_change[1]:.4f}; {res.seconds:.1f} s")
+    units = "cosine distance" if res.units == "cosine_distance" else "robust z-score"
+    print(f"{res.path} ({res.resolution} resolution): {units} {lo:.3f}…{hi:.3f}{moved}; no change (cosine distance): "
+          f"median {res.no_change[0]:.4f}, σ {res.no_change[1]:.4f}; {res.seconds:.1f} s")
     if res.threshold is not None:
         print(f"threshold {res.threshold:.4f}: {100 * (res.changed_fraction or 0):.1f} % changed"
-              + "".join(f"; {path}" for path in (res.mask, res.polygons) if path is not None))
+              + "".join(f"; {path}" for path in (res.mask, res.polygons, res.towards) if path is not None))
+    if res.towards_fractions:
+        print("changed towards: " + ", ".join(f"{name} {100 * share:.1f} %"
+                                              for name, share in res.towards_fractions.items()))
     return 0
 
 
@@ -220,17 +229,28 @@ def register(sub: Any) -> None:
                        "place (same or different sensors), on the AFTER raster's grid")
     p.add_argument("before", help="the earlier raster")
     p.add_argument("after", help="the later raster (its grid is the output's)")
-    p.add_argument("output", help="output GeoTIFF (float32 cosine distance in 0..2, NaN = nodata) + .qml style")
+    p.add_argument("output", help="output GeoTIFF (float32 cosine distance in 0..2 or robust z-score, NaN = nodata) "
+                   "+ .qml style")
     p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
                    help="pixel: the AFTER raster's pixels (cell distances interpolated); patch: one value per cell")
     p.add_argument("--before-embeddings", help="reuse this embedding raster of BEFORE")
     p.add_argument("--after-embeddings", help="reuse this embedding raster of AFTER")
     p.add_argument("--embedding-format", choices=ENCODINGS, help="how the given embeddings store their values, "
                    "where the files do not say (default: detected)")
-    p.add_argument("--threshold", help="a cosine distance, 'otsu' or 'robust' (no-change median + 3σ): writes "
-                   "--mask-output / --polygons-output (default otsu when one is given)")
+    p.add_argument("--calibration", choices=["auto", "distance", "zscore"], default="auto",
+                   help="the map's values: the cosine distance, or its robust z-score (d - median) / σ against the "
+                   "no-change distribution (auto, the default: z-score when BEFORE and AFTER are different sensors)")
+    p.add_argument("--no-change", nargs=2, type=float, metavar=("MEDIAN", "SIGMA"),
+                   help="the no-change cosine distances of this sensor pair (e.g. a batch change run's "
+                   "calibration.json); default: estimated from the scene")
+    p.add_argument("--threshold", help="a value in the map's units, 'otsu' or 'robust' (no-change median + 3σ): "
+                   "writes --mask-output / --polygons-output / --towards-output (default otsu when one is given)")
     p.add_argument("--mask-output", help="change mask GeoTIFF (uint8: 0 unchanged, 1 changed, 255 nodata) + .qml")
-    p.add_argument("--polygons-output", help="the changed areas as polygons (GeoPackage)")
+    p.add_argument("--polygons-output", help="the changed areas as polygons (GeoPackage; with --towards, named "
+                   "after the class they changed towards)")
+    p.add_argument("--towards", metavar="K|CLASS_MAP", help="what changed cells became: K (k-means classes of the "
+                   "AFTER embeddings) or a class map of the AFTER scene (msfm cluster / segment / classify output)")
+    p.add_argument("--towards-output", help="GeoTIFF of the changed cells' AFTER classes (uint8, 255 elsewhere) + .qml")
     p.add_argument("--before-sensor", help="sensor preset of BEFORE (default: --sensor, else guessed)")
     p.add_argument("--after-sensor", help="sensor preset of AFTER (default: --sensor, else guessed)")
     add_inference_options(p)

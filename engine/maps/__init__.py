@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from .change import ChangeResult, change_raster
+from .change import ChangeResult, change_raster, robust_spread, sample_distances
 from .clustering import (
     ClusterResult,
     ClusterSettings,
@@ -65,6 +65,8 @@ __all__ = (
     "query_vector",
     "read_tag",
     "recorded_bands",
+    "robust_spread",
+    "sample_distances",
     "sample_embeddings",
     "similarity_raster",
     "suggest_k",

@@ -234,7 +234,8 @@ def load_model(
     except RuntimeError as exc:  # cannot happen after classify_keys unless the two drift apart
         raise CheckpointError(f"{path}: state dict does not fit the encoder: {exc}") from exc
     model = model.to(torch.device(device)).eval()
-    model.provenance = Provenance(path, spec.name if spec else None, checkpoint.layout, checkpoint.global_pool)
+    model.provenance = Provenance(path, spec.name if spec else None, checkpoint.layout, checkpoint.global_pool,
+                                  aligned_sensors(checkpoint.config))
     if checkpoint.global_pool:
         logger.warning(
             "%s was trained with global pooling (fc_norm): its norm is applied to the CLS token by encode('cls'); "
@@ -246,6 +247,21 @@ def load_model(
         geometry.grid_size, mode, device,
     )
     return model
+
+
+def aligned_sensors(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sensors a ``smarties-align`` run aligned an encoder on, from its file's ``config`` metadata.
+
+    Args:
+        config: The JSON ``config`` metadata of a checkpoint (``training.export.mae_exporter`` writes ``recipe``,
+            ``old_sensor`` and ``new_sensor`` there).
+
+    Returns:
+        ``(old_sensor, new_sensor)`` for a ``smarties-align`` export, else ``()``.
+    """
+    if config.get("recipe") != "smarties-align":
+        return ()
+    return tuple(str(config[key]) for key in ("old_sensor", "new_sensor") if config.get(key))
 
 
 def onnx_cache_dir() -> Path:

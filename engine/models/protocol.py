@@ -33,12 +33,15 @@ class Provenance:
             ``"dino:student"``, ``"dino:state"`` (DINO / X-STARS files, docs/xstars.md §6), ``"onnx"`` (an export), or
             ``"memory"`` (built in memory, never read from a file).
         global_pool: True when a SMARTIES file held ``fc_norm`` instead of ``norm`` (a global-pool fine-tune).
+        aligned: The sensors a ``smarties-align`` run aligned the encoder on (its ``old_sensor``, ``new_sensor``,
+            e.g. ``("s2", "s1")``, from the file's ``config`` metadata; docs/training.md), or ``()``.
     """
 
     weights_path: Optional[Path] = None
     model_name: Optional[str] = None
     layout: str = "memory"
     global_pool: bool = False
+    aligned: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

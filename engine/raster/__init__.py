@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .blending import RowBlender, window_weights
 from .class_maps import NODATA_CLASS, class_colors, colors_for_names, polygonize
-from .qml import write_qml, write_ramp_qml
+from .qml import read_qml_labels, write_qml, write_ramp_qml
 from .quicklook import check_png, class_quicklook, decimated_shape, rgb_quicklook, stretch, write_png
 from .readers import gdal_cache_bytes, open_raster, pixel_size_m, read_valid
 from .region import Region, as_geometry
@@ -54,6 +54,7 @@ __all__ = (
     "polygonize",
     "prefetched",
     "preflight",
+    "read_qml_labels",
     "read_valid",
     "rgb_quicklook",
     "stretch",

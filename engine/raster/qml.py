@@ -8,11 +8,13 @@ QGIS loads ``NAME.qml`` beside ``NAME.tif`` as the layer's default style. :func:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from ..atomic import write_text
 
-__all__ = ("VIRIDIS", "write_qml", "write_ramp_qml")
+__all__ = ("VIRIDIS", "read_qml_labels", "write_qml", "write_ramp_qml")
 
 #: Stops of the Viridis ramp (matplotlib's; perceptually uniform, colour-blind friendly), low to high.
 VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
@@ -89,3 +91,21 @@ def write_ramp_qml(path: Path, low: float, high: float, colors: tuple[str, ...] 
     </rasterrenderer>
 """ + _FOOTER
     return write_text(path, text)
+
+
+def read_qml_labels(path: Path) -> Optional[dict[int, str]]:
+    """The class names of a paletted QGIS style (``.qml``): ``{value: label}`` of its palette entries.
+
+    Args:
+        path: The ``.qml`` file (as :func:`write_qml` writes it, or QGIS saves a paletted style).
+
+    Returns:
+        The labels of the entries that have one, or None when the file is missing, not XML or not paletted.
+    """
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    labels = {int(float(entry.get("value", ""))): entry.get("label", "")
+              for entry in root.iter("paletteEntry") if entry.get("value", "").lstrip("-").replace(".", "").isdigit()}
+    return {value: label for value, label in labels.items() if label} or None

@@ -92,6 +92,7 @@ def test_a_scene_against_itself_and_against_an_edited_copy(demo_model: Any, tmp_
     robust = change_raster(source, after, tmp_path / "change3.tif", demo_model, settings=FAST, resolution="patch",
                            threshold="robust", mask_output=tmp_path / "mask3.tif")
     assert robust.threshold == pytest.approx(robust.no_change[0] + 3 * robust.no_change[1])
+    assert not robust.cross_sensor and robust.notice is None and robust.units == "cosine_distance"
     assert (_read(robust.mask)[block] == 1).all()  # recall 1.0: nothing else changed at all here, so σ is tiny
     fixed = change_raster(source, after, tmp_path / "change4.tif", demo_model, settings=FAST, resolution="patch",
                           threshold=0.02, mask_output=tmp_path / "mask4.tif")
@@ -110,18 +111,47 @@ def test_s1_against_s2_of_the_same_place_is_closer_than_of_another_place(demo_mo
         elsewhere = ds.read()
     other = _copy(shared_file(*S1), tmp_path / "s1_elsewhere.tif", elsewhere)  # USA backscatter on the India grid
     same = change_raster(shared_file(*S1), shared_file(*S2), tmp_path / "same.tif", demo_model, settings=FAST,
-                         resolution="patch", before_sensor="sentinel1_grd_db")
+                         resolution="patch", before_sensor="sentinel1_grd_db", calibration="distance")
     apart = change_raster(other, shared_file(*S2), tmp_path / "apart.tif", demo_model, settings=FAST,
-                          resolution="patch", before_sensor="sentinel1_grd_db")
+                          resolution="patch", before_sensor="sentinel1_grd_db", calibration="distance")
+    assert same.cross_sensor and same.sensors == ("sentinel1_grd_db", "sentinel2_l1c") and same.units == "cosine_distance"
     # measured with the demo model (not trained to align sensors): 0.87 vs 0.97 on average
     assert np.nanmean(_read(same.path)) < np.nanmean(_read(apart.path)) - 0.05
+    # by default, different sensors give a robust z-score against the scene's own no-change distribution, and a notice
+    z = change_raster(shared_file(*S1), shared_file(*S2), tmp_path / "z.tif", demo_model, settings=FAST,
+                      resolution="patch", before_sensor="sentinel1_grd_db")
+    assert z.units == "robust_z" and "smarties-align" in (z.notice or "")
+    assert z.no_change == pytest.approx(same.no_change)
+    assert np.allclose(_read(z.path), (_read(same.path) - same.no_change[0]) / same.no_change[1], equal_nan=True,
+                       atol=1e-4)
+    with rasterio.open(z.path) as ds:
+        assert ds.descriptions == ("robust_z",) and ds.tags()["MSFM_UNITS"] == "robust_z"
+    assert abs(np.nanmedian(_read(z.path))) < 1e-3
+    # a scene's own z-score hides how far the whole pair is; a calibration of the pair learned elsewhere (here: the
+    # same-place pair) shows it: the other place is far above the same place's no-change distances
+    calibrated = change_raster(other, shared_file(*S2), tmp_path / "calibrated.tif", demo_model, settings=FAST,
+                               resolution="patch", before_sensor="sentinel1_grd_db", no_change=same.no_change)
+    assert calibrated.no_change == same.no_change and np.nanmedian(_read(calibrated.path)) > 1.0
     # the command line gives the same map
     from engine.cli import main
 
     assert main(["change", str(shared_file(*S1)), str(shared_file(*S2)), str(tmp_path / "cli.tif"), "--resolution",
-                 "patch", "--before-sensor", "sentinel1_grd_db", "--tile-size-px", "224", "--overlap-px", "32",
-                 "--scale", "1", "--precision", "fp32"]) == 0
+                 "patch", "--before-sensor", "sentinel1_grd_db", "--calibration", "distance", "--tile-size-px", "224",
+                 "--overlap-px", "32", "--scale", "1", "--precision", "fp32"]) == 0
     assert np.allclose(_read(tmp_path / "cli.tif"), _read(same.path), equal_nan=True, atol=1e-5)
+
+
+def test_a_model_aligned_with_smarties_align_is_named_in_the_notice(demo_model: Any, tmp_path: Path) -> None:
+    from engine.models import load_model, save_encoder
+
+    path = save_encoder(demo_model, tmp_path / "aligned.safetensors",
+                        {"model": "aligned", "recipe": "smarties-align", "old_sensor": "s2", "new_sensor": "s1",
+                         "num_heads": 3})
+    aligned = load_model(path)
+    assert aligned.provenance.aligned == ("s2", "s1") and demo_model.provenance.aligned == ()
+    res = change_raster(shared_file(*S1), shared_file(*S2), tmp_path / "z.tif", aligned, settings=FAST,
+                        resolution="patch", before_sensor="sentinel1_grd_db")
+    assert "aligned on s2 and s1" in (res.notice or "") and res.units == "robust_z"
 
 
 def test_other_grids_are_resampled_and_int8_embeddings_there_refused(demo_model: Any, tmp_path: Path) -> None:
@@ -146,3 +176,42 @@ def test_other_grids_are_resampled_and_int8_embeddings_there_refused(demo_model:
     with pytest.raises(InputRasterError, match="resampling quantised values would mix scales"):
         change_raster(cut, source, tmp_path / "refused.tif", before_embeddings=quantized, after_embeddings=after,
                       resolution="patch")
+
+
+def test_changed_towards_what_the_after_scene_became(demo_model: Any, tmp_path: Path) -> None:
+    from engine.maps import ClusterSettings, cluster_raster
+    from engine.raster import class_colors, write_qml
+
+    source = shared_file(*S2)
+    with rasterio.open(source) as ds:
+        pixels = ds.read()
+    edited = pixels.copy()
+    edited[:, BLOCK_PX, BLOCK_PX] = pixels[:, 0:128, 384:512][:, ::-1, ::-1]
+    after = _copy(source, tmp_path / "edited.tif", edited)
+    embeddings = embed_raster(after, tmp_path / "after_emb.tif", demo_model, settings=FAST).path
+    classes = cluster_raster(after, tmp_path / "classes.tif", embeddings=embeddings,
+                             clustering=ClusterSettings(k=4, resolution="patch")).path
+    names = ["water", "crops", "built-up", "trees"]
+    write_qml(classes.with_suffix(".qml"), names, class_colors(4))  # the analyst named the classes in QGIS
+    res = change_raster(source, after, tmp_path / "change.tif", demo_model, settings=FAST, resolution="patch",
+                        after_embeddings=embeddings, threshold=0.02, mask_output=tmp_path / "mask.tif",
+                        towards=classes, towards_output=tmp_path / "towards.tif",
+                        polygons_output=tmp_path / "areas.gpkg")
+    mask, towards, after_classes = _read(res.mask), _read(res.towards), _read(classes)
+    changed = mask == 1
+    assert changed.any() and (towards[changed] == after_classes[changed]).all() and (towards[~changed] == 255).all()
+    shares = {names[c]: (towards[changed] == c).mean() for c in np.unique(towards[changed])}
+    assert res.towards_fractions == pytest.approx(shares) and sum(res.towards_fractions.values()) == pytest.approx(1)
+    with fiona_free_layer(res.polygons) as polygon_names:
+        assert polygon_names and set(polygon_names) == set(shares)  # each changed area named by what it became
+    assert 'label="water"' in res.towards.with_suffix(".qml").read_text()
+    with rasterio.open(res.towards) as ds:
+        assert ds.tags()["MSFM_KIND"] == "change-towards" and ds.colormap(1)[0][:3] == class_colors(4)[0][:3]
+    # a k instead of a class map: k-means classes of the AFTER embeddings, at the map's resolution
+    by_k = change_raster(source, after, tmp_path / "change_k.tif", demo_model, settings=FAST, resolution="patch",
+                         after_embeddings=embeddings, threshold=0.02, towards=3,
+                         towards_output=tmp_path / "towards_k.tif")
+    towards_k = _read(by_k.towards)
+    assert set(np.unique(towards_k[_read(by_k.path) > 0.02])) <= {0, 1, 2}
+    assert (towards_k[_read(by_k.path) <= 0.02] == 255).all()
+    assert set(by_k.towards_fractions) <= {"class 0", "class 1", "class 2"}
