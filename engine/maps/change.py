@@ -103,6 +103,7 @@ class ChangeResult:
         notice: What the run said about the sensors (logged too), or None.
         towards: The "changed towards" class map (None without ``towards``).
         towards_fractions: Share of the changed pixels per class they changed towards, by class name.
+        towards_classes: The names of the towards map's classes 0, 1, … (its legend).
     """
 
     path: Path
@@ -124,6 +125,7 @@ class ChangeResult:
     notice: Optional[str] = None
     towards: Optional[Path] = None
     towards_fractions: Mapping[str, float] = field(default_factory=dict)
+    towards_classes: tuple[str, ...] = ()
 
 
 def change_raster(
@@ -309,7 +311,8 @@ def change_raster(
                         before=before_run, after=after_run, seconds=time.perf_counter() - started, style=style,
                         no_change=(median, sigma), threshold=cut, changed_fraction=fraction, mask=mask,
                         polygons=polygons, units=units, sensors=(before_made, after_made), cross_sensor=cross,
-                        notice=notice, towards=towards_map, towards_fractions=shares)
+                        notice=notice, towards=towards_map, towards_fractions=shares,
+                        towards_classes=names if towards is not None and threshold is not None else ())
 
 
 def robust_spread(distances: np.ndarray) -> tuple[float, float]:

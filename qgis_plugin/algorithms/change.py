@@ -2,8 +2,9 @@
 
 ``engine.maps.change_raster`` (``msfm change``). Parameter names (public contract): ``BEFORE`` and its
 ``BEFORE_SENSOR``, ``INPUT`` (the AFTER raster) with ``SENSOR`` and ``BAND_OVERRIDES``, ``BEFORE_EMBEDDINGS``,
-``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, ``THRESHOLD`` and ``THRESHOLD_VALUE``, the
-model parameters, ``OUTPUT``, ``OUTPUT_MASK``, ``OUTPUT_POLYGONS``.
+``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, ``CALIBRATION``, ``THRESHOLD`` and
+``THRESHOLD_VALUE``, ``TOWARDS_CLASSES`` and ``TOWARDS_K``, the model parameters, ``OUTPUT``, ``OUTPUT_MASK``,
+``OUTPUT_POLYGONS``, ``OUTPUT_TOWARDS``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .base import AUTO_SENSOR, BACKEND_HELP, MsfmAlgorithm, sensor_ids
 FORMATS = ("auto", "msfm", "alphaearth", "tessera", "float")
 #: How the change mask's threshold is chosen (engine.maps.change_raster).
 THRESHOLDS = ("otsu", "robust", "value")
+#: What the change map's values are (engine.maps.change_raster ``calibration``).
+CALIBRATIONS = ("auto", "distance", "zscore")
 
 
 class ChangeMap(MsfmAlgorithm):
@@ -40,9 +43,16 @@ class ChangeMap(MsfmAlgorithm):
         "such distances more meaningful. When the two grids differ the earlier embeddings are resampled onto the "
         "later grid (the log says so). Existing embedding rasters can be reused, ours or made elsewhere "
         "(AlphaEarth, TESSERA, any float raster: <i>Embedding format</i> when the file does not say).<br><br>"
+        "<i>Values</i>: <i>auto</i> writes the cosine distance for one sensor and, for two different sensors, its "
+        "<b>robust z-score</b> (distance minus the scene's typical distance, over its robust spread; 3 = clearly "
+        "more than usual), since two sensors' embeddings differ even where nothing changed; the log then recommends "
+        "a model aligned on the pair.<br><br>"
         "<i>Change mask</i> and <i>Changed areas</i> (optional) mark the locations above a threshold: <i>otsu</i> "
-        "(Otsu's method on the distances), <i>robust</i> (the scene's typical distance + 3 robust standard "
-        "deviations, assuming most of it did not change) or a <i>value</i>."
+        "(Otsu's method on the values), <i>robust</i> (the scene's typical distance + 3 robust standard "
+        "deviations, assuming most of it did not change) or a <i>value</i> (in the map's units).<br><br>"
+        "<i>Changed towards</i> (optional): each changed location gets the class the later raster has there, from "
+        "a class map of it (<i>Class map of the later raster</i>: a clustering or segmentation output) or from "
+        "k-means with <i>k</i> classes; the changed areas are then named after those classes."
     ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
@@ -63,17 +73,28 @@ class ChangeMap(MsfmAlgorithm):
         fmt.setFlags(fmt.flags() | QgsProcessingParameterEnum.FlagAdvanced)
         self.addParameter(fmt)
         self.addParameter(QgsProcessingParameterEnum(
+            "CALIBRATION", "Values (auto: robust z-score for two different sensors, else cosine distance)",
+            options=list(CALIBRATIONS), defaultValue="auto", usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterEnum(
             "THRESHOLD", "Threshold of the change mask", options=list(THRESHOLDS), defaultValue="otsu",
             usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "THRESHOLD_VALUE", "Threshold value (cosine distance, with 'value')", QgsProcessingParameterNumber.Double,
-            0.1, minValue=0.0, maxValue=2.0))
+            "THRESHOLD_VALUE", "Threshold value (in the map's units, with 'value')",
+            QgsProcessingParameterNumber.Double, 0.1))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "TOWARDS_CLASSES", "Class map of the later raster (for 'changed towards')", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "TOWARDS_K", "k of the k-means classes (for 'changed towards' without a class map)",
+            QgsProcessingParameterNumber.Integer, 6, minValue=2, maxValue=254))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Change (cosine distance)"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_MASK", "Change mask", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterVectorDestination(
             "OUTPUT_POLYGONS", "Changed areas (polygons)", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_TOWARDS", "Changed towards (classes of the changed locations)", optional=True,
+            createByDefault=False))
 
     def compute(self, parameters, context, feedback) -> dict:
         after = self.layer_path(parameters, context, feedback)
@@ -90,13 +111,19 @@ class ChangeMap(MsfmAlgorithm):
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         mask = self.optional_output(parameters, "OUTPUT_MASK", context)
         polygons = self.optional_output(parameters, "OUTPUT_POLYGONS", context)
+        towards_map = self.optional_output(parameters, "OUTPUT_TOWARDS", context)
+        classes = self.parameterAsRasterLayer(parameters, "TOWARDS_CLASSES", context)
+        towards = (classes.source() if classes is not None else self.parameterAsInt(parameters, "TOWARDS_K", context)) \
+            if towards_map else None
         how = self.parameterAsEnumString(parameters, "THRESHOLD", context) or "otsu"
         threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
         result = engine.maps.change_raster(
             before_layer.source(), after, output, model, before_embeddings=given.get("BEFORE_EMBEDDINGS"),
             after_embeddings=given.get("EMBEDDINGS"), embedding_format=None if fmt in ("", "auto") else fmt,
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
-            threshold=threshold if mask or polygons else None, mask_output=mask, polygons_output=polygons,
+            calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
+            threshold=threshold if mask or polygons or towards_map else None, mask_output=mask,
+            polygons_output=polygons, towards=towards, towards_output=towards_map,
             settings=None if model is None else self.settings(parameters, context),
             before_sensor=None if before_sensor in ("", AUTO_SENSOR) else before_sensor,
             after_sensor=bands["sensor"], after_overrides=bands["overrides"], **self.progress(feedback),
@@ -106,11 +133,15 @@ class ChangeMap(MsfmAlgorithm):
         if result.reprojected:
             feedback.pushInfo("The earlier embeddings were resampled (bilinear) onto the later raster's grid.")
         median, sigma = result.no_change
-        feedback.pushInfo(f"cosine distance {lo:.3f}…{hi:.3f}; typical (median) {median:.4f}, robust σ {sigma:.4f}; "
-                          f"{result.seconds:.1f} s")
+        if result.notice:
+            feedback.pushWarning(result.notice)
+        units = "cosine distance" if result.units == "cosine_distance" else "robust z-score"
+        feedback.pushInfo(f"{units} {lo:.3f}…{hi:.3f}; typical cosine distance (median) {median:.4f}, robust σ "
+                          f"{sigma:.4f}; {result.seconds:.1f} s")
         since = f"change since {before_layer.name()}"
         self.show_output("OUTPUT", output, since, style_similarity)
-        outputs = {"OUTPUT": output, "REPROJECTED": result.reprojected, "SECONDS": result.seconds}
+        outputs = {"OUTPUT": output, "UNITS": result.units, "REPROJECTED": result.reprojected,
+                   "SECONDS": result.seconds}
         if result.threshold is not None:
             feedback.pushInfo(f"threshold {result.threshold:.4f} ({how}): {100 * result.changed_fraction:.1f} % "
                               "changed")
@@ -122,4 +153,11 @@ class ChangeMap(MsfmAlgorithm):
         if polygons:
             outputs["OUTPUT_POLYGONS"] = polygons
             self.show_output("OUTPUT_POLYGONS", polygons, f"{since} (areas)", with_output=output)
+        if towards_map and result.towards is not None:
+            outputs["OUTPUT_TOWARDS"] = towards_map
+            outputs["TOWARDS_FRACTIONS"] = dict(result.towards_fractions)
+            feedback.pushInfo("changed towards: " + ", ".join(
+                f"{name} {100 * share:.1f} %" for name, share in result.towards_fractions.items()))
+            self.show_output("OUTPUT_TOWARDS", towards_map, f"{since} (towards)",
+                             lambda layer: style_classes(layer, result.towards_classes), with_output=output)
         return outputs
