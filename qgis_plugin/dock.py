@@ -1,7 +1,8 @@
 """The msfm dock: the active raster layer's band mapping, the model and its cost, and buttons that run the algorithms.
 
 The dock only *prepares* runs. Every run goes through the msfm Processing algorithms — the Processing dialog
-prefilled with the dock's values, or ``msfm:cluster`` / ``msfm:downloadmodel`` in a ``QgsProcessingAlgRunnerTask`` —
+prefilled with the dock's values, or ``msfm:cluster`` / ``msfm:change`` / ``msfm:downloadmodel`` in a
+``QgsProcessingAlgRunnerTask`` —
 so the toolbox, batch mode, the modeler, ``qgis_process`` and the dock share one code path.
 
 What it shows, for the layer selected in the Layers panel:
@@ -14,9 +15,12 @@ What it shows, for the layer selected in the Layers panel:
   (``.safetensors``, or an exported ``.onnx`` encoder); the inference backend (``torch``, or ``onnx``: ONNX Runtime —
   a ``.onnx`` model file always runs with it, without torch); the device;
 - the tile count for the chosen tiling, and an estimated time *before* running: seconds per tile measured by the last
-  run on this machine for the model, device and tile size, else a rough FLOP-based guess, labelled as such.
+  run on this machine for the model, device and tile size, else a rough FLOP-based guess, labelled as such;
+- *Change since*: an earlier raster of the project (not the dock's layer, not an msfm output) and *Change map*, which
+  runs ``msfm:change`` with the dock's layer as the later raster.
 
-Choices persist in ``QgsSettings`` under ``msfm/dock/…`` (sensor preset and band overrides per raster file).
+Choices persist in ``QgsSettings`` under ``msfm/dock/…`` (sensor preset, band overrides and the earlier raster of
+*Change since* per raster file).
 torch is imported only when the dock is first shown (device detection with the torch backend) or a run starts, never at
 plugin load; with the onnx backend the device line is ONNX Runtime's and torch is not imported.
 """
@@ -35,6 +39,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsMapLayer,
+    QgsMapLayerProxyModel,
     QgsMessageLog,
     QgsProcessingAlgRunnerTask,
     QgsProcessingFeedback,
@@ -44,7 +49,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsSettings,
 )
-from qgis.gui import QgsDockWidget, QgsFileWidget
+from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -115,6 +120,8 @@ class MsfmDock(QgsDockWidget):
         self.model_state: dict = {}
         self._task: Optional[QgsProcessingAlgRunnerTask] = None
         self._installer: Any = None  # the open InstallDialog
+        self._products: dict[str, Optional[str]] = {}  # layer id → msfm_product of its file
+        self._preset_scales: dict[str, Optional[float]] = {}  # file → default scale of its guessed sensor preset
         self._sized = False  # fit_width done on first show
         self._run: dict = {}  # context, feedback, algorithm, callbacks of the running task
         self._device_timer = QTimer(self)
@@ -126,6 +133,8 @@ class MsfmDock(QgsDockWidget):
         self.refresh_model_state()
         self.iface.currentLayerChanged.connect(self._on_current_layer_changed)
         QgsProject.instance().layerWillBeRemoved[str].connect(self._on_layer_removed)
+        for signal in self._project_signals():
+            signal.connect(self._refresh_before_choices)
         self.set_layer(self._active_layer())
 
     # ------------------------------------------------------------------------------------------------------------
@@ -275,6 +284,14 @@ class MsfmDock(QgsDockWidget):
         self.run_button.setToolTip("Run msfm:cluster in the background; the styled class map is added to the project")
         row.addWidget(self.run_button, 1)
         layout.addLayout(row)
+        self.before_combo = QgsMapLayerComboBox()
+        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.before_combo.setAllowEmptyLayer(True)
+        self.before_combo.setLayer(None)
+        self.before_combo.setToolTip("BEFORE of msfm:change: an earlier raster of the same place (any sensor; its "
+                                     "sensor preset is guessed). This layer and msfm outputs are not listed.")
+        self.change_button = QPushButton(base.icon("similarity"), "Change map")
+        layout.addLayout(_row(QLabel("Change since"), (self.before_combo, 1), self.change_button))
         row = QHBoxLayout()
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -309,6 +326,9 @@ class MsfmDock(QgsDockWidget):
         for alg_id, button in self.dialog_buttons.items():
             button.clicked.connect(partial(self.open_dialog, alg_id))
         self.run_button.clicked.connect(self.run_clustering)
+        self.before_combo.layerChanged.connect(self.refresh_estimate)
+        self.before_combo.activated.connect(self._save_layer_settings)  # a choice of the user's (not a removal)
+        self.change_button.clicked.connect(self.run_change)
         self.cancel_button.clicked.connect(self.cancel_run)
         self.diagnostics_button.clicked.connect(self.copy_diagnostics)
         self.install_button.clicked.connect(self.open_installer)
@@ -360,6 +380,52 @@ class MsfmDock(QgsDockWidget):
             text = f"<b>{_esc(self.layer.name())}</b> — {self.layer.bandCount()} bands, {w} × {h} px"
             self.layer_label.setToolTip(self.path)
         self.layer_label.setText(text + (f"<br><small>{_esc(note)}</small>" if note else ""))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Change since: the earlier raster of msfm:change
+    @staticmethod
+    def _project_signals() -> tuple:
+        """The project's signals after which *Change since* is listed again (layers added or removed)."""
+        project = QgsProject.instance()
+        return (project.layersAdded, project.layersRemoved)
+
+    def before_layer(self) -> Optional[QgsRasterLayer]:
+        """The earlier raster chosen in *Change since* (``BEFORE`` of ``msfm:change``), or None."""
+        layer = self.before_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+            return None
+        return None if self.layer is not None and layer.id() == self.layer.id() else layer
+
+    def _list_before_choices(self) -> None:
+        """*Change since* lists the project's raster layers but the dock's layer and msfm outputs (:func:`msfm_product`,
+        looked up once per layer)."""
+        excepted = []
+        for layer in QgsProject.instance().mapLayers().values():
+            if not isinstance(layer, QgsRasterLayer):
+                continue
+            if layer.id() not in self._products:
+                self._products[layer.id()] = msfm_product(_file_of(layer))
+            if (self.layer is not None and layer.id() == self.layer.id()) or self._products[layer.id()] is not None:
+                excepted.append(layer)
+        self.before_combo.setExceptedLayerList(excepted)
+
+    def _refresh_before_choices(self, *_: Any) -> None:
+        self._list_before_choices()
+        self.refresh_estimate()
+
+    def _select_before(self, source: str) -> None:
+        """Choose the project raster layer of file ``source`` in *Change since* (none when it is not in the project or
+        is the dock's layer), without saving the choice."""
+        found = None
+        for layer in QgsProject.instance().mapLayers().values():
+            if (source and isinstance(layer, QgsRasterLayer) and _source_of(layer) == source
+                    and (self.layer is None or layer.id() != self.layer.id())):
+                found = layer
+                break
+        self.before_combo.blockSignals(True)
+        self._list_before_choices()
+        self.before_combo.setLayer(found)
+        self.before_combo.blockSignals(False)
 
     # ------------------------------------------------------------------------------------------------------------
     # Bands
@@ -673,9 +739,35 @@ class MsfmDock(QgsDockWidget):
     def tile_count(self) -> Optional[int]:
         """Tiles the run will encode (engine.raster.tile_grid over the layer's size × scale), or None if unknown."""
         width, height = self.layer_size
+        return self._tiles(width, height, self.scale())
+
+    def before_tile_count(self) -> Optional[int]:
+        """Tiles *Change map* will encode for the earlier raster (its size × the scale: *Scale*, else the default of the
+        sensor preset guessed for it, as ``BEFORE_SENSOR`` auto does), or None (none chosen, not a file, bands that do
+        not resolve)."""
+        before = self.before_layer()
+        if before is None:
+            return None
+        scale = self.scale() if self.scale_spin.value() > 0 else self._preset_scale(_file_of(before))
+        return None if scale is None else self._tiles(before.width(), before.height(), scale)
+
+    def _preset_scale(self, path: Optional[str]) -> Optional[float]:
+        """The default scale of the sensor preset ``engine.spectral.resolve_bands`` guesses for a file (cached), or
+        None when it is no file or its bands do not resolve."""
+        if path is None:
+            return None
+        if path not in self._preset_scales:
+            try:
+                with engine.raster.open_raster(path) as ds:
+                    self._preset_scales[path] = float(engine.spectral.resolve_bands(ds).default_scale)
+            except Exception:  # unresolved bands, missing packages: no estimate (the run says why)
+                self._preset_scales[path] = None
+        return self._preset_scales[path]
+
+    def _tiles(self, width: int, height: int, scale: float) -> Optional[int]:
+        """Tiles of a ``width`` × ``height``-px raster at ``scale`` with the dock's tiling, or None if unknown."""
         if not width or not height:
             return None
-        scale = self.scale()
         patch = int(self.model_state.get("geometry", {}).get("patch_size") or self.model_state.get("patch_size", 16))
         try:
             grid = engine.raster.tile_grid(
@@ -715,6 +807,10 @@ class MsfmDock(QgsDockWidget):
             seconds, source = timing.estimate(self.timing_key(), tiles, self.flops_per_tile(), self.device())
             if seconds is not None:
                 estimate = f"~{_duration(seconds)} ({source})"
+            earlier = self.before_tile_count() if tiles is not None else None
+            if seconds is not None and earlier is not None:  # both rasters' tiles, as one run of this model
+                change, _ = timing.estimate(self.timing_key(), tiles + earlier, self.flops_per_tile(), self.device())
+                estimate += f"; change map ({tiles} + {earlier} tiles): ~{_duration(change or 0)}"
         self.tiles_label.setText(f"<b>Tiles:</b> {_esc(tiles_text)}")
         self.estimate_label.setText(f"<b>Estimated time:</b> {_esc(estimate)}")
         self._update_buttons(ok)
@@ -724,8 +820,18 @@ class MsfmDock(QgsDockWidget):
         running = self._task is not None
         for button in self.dialog_buttons.values():
             button.setEnabled(has_layer)
-        self.run_button.setEnabled(has_layer and tiling_ok and not running
-                                   and (self.mapping is not None or self.path is None))
+        bands_ok = self.mapping is not None or self.path is None
+        self.run_button.setEnabled(has_layer and tiling_ok and not running and bands_ok)
+        before = self.before_layer()
+        why = ("Select the later raster in the Layers panel first." if self.layer is None else
+               "Choose the earlier raster in 'Change since' first." if before is None else
+               "A run is in progress; wait for it or cancel it." if running else
+               "Tile size and overlap must be multiples of 16 px, overlap < tile size." if not tiling_ok else
+               "Map this layer's bands first (see the band table)." if not bands_ok else "")
+        self.change_button.setEnabled(not why)
+        self.change_button.setToolTip(why or (
+            f"Run msfm:change in the background: the cosine distance between the embeddings of “{before.name()}” "
+            f"(earlier) and “{self.layer.name()}” (later); the change map is added to the project"))
         self.cancel_button.setEnabled(running)
 
     def timing_key(self) -> str:
@@ -777,6 +883,23 @@ class MsfmDock(QgsDockWidget):
         if ok:  # the run recorded its timing (refresh_model_state refreshes the estimate)
             took = float(results.get("SECONDS") or seconds)
             self.status_label.setText(f"Class map (k={results.get('K')}) added to the project in {took:.1f} s.")
+
+    def run_change(self) -> bool:
+        """Run ``msfm:change`` in the background: ``BEFORE`` the layer chosen in *Change since* (its sensor preset
+        guessed), ``INPUT`` the dock's layer with the dock's band, model and tiling values; the change map is added
+        to the project, named ``<later> change since <earlier>`` and styled by the algorithm."""
+        before = self.before_layer()
+        if self.layer is None or before is None:
+            return False
+        params = self.parameters("msfm:change")
+        params.update(BEFORE=before, BEFORE_SENSOR=base.AUTO_SENSOR,
+                      OUTPUT=QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", QgsProject.instance()))
+        return self.start_task("msfm:change", params, self._change_done)
+
+    def _change_done(self, ok: bool, results: dict, seconds: float) -> None:
+        if ok:
+            took = float(results.get("SECONDS") or seconds)
+            self.status_label.setText(f"Change map added to the project in {took:.1f} s.")
 
     def download_model(self) -> bool:
         """Run ``msfm:downloadmodel`` for the chosen model in the background, then refresh its state."""
@@ -894,12 +1017,15 @@ class MsfmDock(QgsDockWidget):
         return f"{SETTINGS}/layers/{digest}"
 
     def _load_layer_settings(self) -> None:
-        """Sensor preset and overrides of this raster file (kept per file across projects)."""
+        """Sensor preset, overrides and the earlier raster of *Change since* of this raster file (kept per file across
+        projects; the earlier raster is chosen when it is in the project)."""
         key = self._layer_key()
-        sensor, text = base.AUTO_SENSOR, ""
+        sensor, text, before = base.AUTO_SENSOR, "", ""
         if key is not None:
             sensor = QgsSettings().value(f"{key}/sensor", base.AUTO_SENSOR)
             text = QgsSettings().value(f"{key}/overrides", "")
+            before = QgsSettings().value(f"{key}/before", "")
+        self._select_before(before)
         self.sensor_combo.blockSignals(True)
         _select(self.sensor_combo, sensor)
         self.sensor_combo.blockSignals(False)
@@ -910,18 +1036,21 @@ class MsfmDock(QgsDockWidget):
             except Exception:  # a stale or foreign value must not break the dock
                 self.overrides = {}
 
-    def _save_layer_settings(self) -> None:
+    def _save_layer_settings(self, *_: Any) -> None:
         key = self._layer_key()
         if key is not None:
+            before = self.before_layer()
             QgsSettings().setValue(f"{key}/sensor", self.sensor())
             QgsSettings().setValue(f"{key}/overrides", self.overrides_text())
+            QgsSettings().setValue(f"{key}/before", _source_of(before) if before is not None else "")
 
     # ------------------------------------------------------------------------------------------------------------
     def close_dock(self) -> None:
         """Disconnect every signal the dock connected outside itself and cancel a running task (plugin unload)."""
         self._device_timer.stop()
         for signal, slot in ((self.iface.currentLayerChanged, self._on_current_layer_changed),
-                             (QgsProject.instance().layerWillBeRemoved[str], self._on_layer_removed)):
+                             (QgsProject.instance().layerWillBeRemoved[str], self._on_layer_removed),
+                             *((signal, self._refresh_before_choices) for signal in self._project_signals())):
             try:
                 signal.disconnect(slot)
             except (TypeError, RuntimeError):  # already disconnected
@@ -1005,6 +1134,11 @@ def _file_of(layer: QgsRasterLayer) -> Optional[str]:
         return None
     path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
     return path if os.path.isfile(path) or path.startswith("/vsi") else None
+
+
+def _source_of(layer: QgsRasterLayer) -> str:
+    """What identifies a layer's raster across projects: its file, else its data source."""
+    return _file_of(layer) or layer.source()
 
 
 def msfm_product(path: Optional[str]) -> Optional[str]:

@@ -107,6 +107,57 @@ def water_iou(classes: np.ndarray, water: np.ndarray) -> float:
     return float((pred & water & valid).sum() / ((pred | water) & valid).sum())
 
 
+# ---------------------------------------------------------------------------------------------------- embedding rasters
+def unit_projection(values: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+    """Embeddings ``values`` float [D, h, w] on ``dims`` seeded orthonormal directions, each cell then of unit length
+    (float32 [dims, h, w]): our embeddings in another product's dimensions."""
+    basis, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((values.shape[0], dims)))
+    x = np.einsum("dhw,dk->khw", values, basis)
+    return (x / np.linalg.norm(x, axis=0, keepdims=True)).astype(np.float32)
+
+
+def write_geotiff(path: Path, data: np.ndarray, profile: dict, **extra: Any) -> Path:
+    """Write ``data`` [bands, h, w] as a GeoTIFF on ``profile``'s grid (its data type and band count replaced,
+    untiled; ``extra`` overrides profile keys, e.g. ``nodata``)."""
+    import rasterio
+
+    meta = {**profile, "count": data.shape[0], "dtype": data.dtype.name, **extra}
+    for key in ("blockxsize", "blockysize", "tiled"):
+        meta.pop(key, None)
+    with rasterio.open(path, "w", **meta) as dst:
+        dst.write(data)
+    return path
+
+
+def write_alphaearth(path: Path, values: np.ndarray, profile: dict, *, names: bool = True,
+                     nodata_cells: tuple[tuple[int, int], ...] = ()) -> np.ndarray:
+    """Write embeddings ``values`` float [D, h, w] in the layout of an AlphaEarth int8 export (docs/inference.md):
+    :func:`unit_projection` to 64 dimensions, stored as ``sign(v) · √|v| · 127.5`` in int8 (nodata −128), bands
+    described ``A00`` … ``A63`` unless ``names`` is False (then nothing in the file says it is AlphaEarth's).
+
+    Args:
+        path: The GeoTIFF to write, on ``profile``'s grid.
+        values: Our embeddings of a raster.
+        profile: Their file's rasterio profile.
+        names: Describe the bands as an AlphaEarth export does.
+        nodata_cells: ``(row, col)`` cells written as nodata (−128).
+
+    Returns:
+        The unit vectors written, float32 [64, h, w] (before the int8 rounding).
+    """
+    import rasterio
+
+    unit = unit_projection(values, 64)
+    q = np.clip(np.rint(np.sign(unit) * np.sqrt(np.abs(unit)) * 127.5), -127, 127).astype(np.int8)
+    for row, col in nodata_cells:
+        q[:, row, col] = -128
+    write_geotiff(path, q, profile, nodata=-128)
+    if names:
+        with rasterio.open(path, "r+") as ds:
+            ds.descriptions = tuple(f"A{i:02d}" for i in range(64))
+    return unit
+
+
 # ---------------------------------------------------------------------------------------------------- models
 #: The session's shared models; after every test they are put back on the CPU in eval mode (an engine run with
 #: device "auto" moves its model to the GPU where there is one).

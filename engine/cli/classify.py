@@ -6,6 +6,7 @@ import argparse
 from typing import Any, Union
 
 from ..errors import SettingsError
+from ..maps.quantized import ENCODINGS
 from ..outputs import GEOTIFF
 from ..segmentation import ForestSettings, LabelRaster, PolygonLabels, classify_raster, read_polygons
 from .options import (
@@ -53,9 +54,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     try:
         res = classify_raster(
             args.input, labels, args.output, model, forest=forest, embeddings=args.embeddings,
-            embeddings_output=args.embeddings_output, settings=settings, sensor=args.sensor,
-            overrides=band_overrides(args.band), region=region_from(args), probabilities_output=args.probabilities,
-            progress=bar, overwrite=args.overwrite,
+            embedding_format=args.embedding_format, embeddings_output=args.embeddings_output, settings=settings,
+            sensor=args.sensor, overrides=band_overrides(args.band), region=region_from(args),
+            probabilities_output=args.probabilities, progress=bar, overwrite=args.overwrite,
         )
     finally:
         bar.close()
@@ -101,7 +102,10 @@ def register(sub: Any) -> None:
                    help="share of each class's polygons (or label blocks) held out for validation (default 0.25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probabilities", help="also write class probabilities (float32, one band per class)")
-    p.add_argument("--embeddings", help="reuse this embedding raster of the input instead of running the model")
+    p.add_argument("--embeddings", help="reuse this embedding raster of the input instead of running the model (ours, "
+                   "or AlphaEarth / TESSERA / any float embedding raster, with --features embeddings)")
+    p.add_argument("--embedding-format", choices=ENCODINGS, help="how --embeddings stores its values, where the "
+                   "file does not say (default: detected)")
     p.add_argument("--embeddings-output", help="keep the embeddings computed on the way here")
     add_inference_options(p)
     add_region_option(p)

@@ -57,6 +57,7 @@ from .upsample import (
     interpolation_cols,
     pixel_row_bands,
     pixel_window,
+    source_bands,
 )
 
 __all__ = (
@@ -472,6 +473,10 @@ def _write_classes(
 
         else:
             target = pixel_window(grid, src, region)
+            if pixel_method == "guided" and source_bands(grid, src)[1] is None:
+                log.info("%s records no band statistics (embeddings made elsewhere): the pixel classes come from "
+                         "bilinearly interpolated embeddings, not guided by the input's pixels", grid.name)
+                pixel_method = "bilinear"
             if pixel_method == "guided":
                 guided = GuidedClassUpsampler(grid, src, lambda v: _predict(centers, v), k, limit=target)
                 band_rows, cols = 64, 2048

@@ -103,7 +103,8 @@ def read_qml_labels(path: Path) -> Optional[dict[int, str]]:
         The labels of the entries that have one, or None when the file is missing, not XML or not paletted.
     """
     try:
-        root = ElementTree.parse(path).getroot()
+        # a local style the user chose (no network input); Python's expat (≥ 2.4) bounds entity expansion
+        root = ElementTree.parse(path).getroot()  # nosec B314
     except (OSError, ElementTree.ParseError):
         return None
     labels = {int(float(entry.get("value", ""))): entry.get("label", "")

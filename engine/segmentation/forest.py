@@ -264,6 +264,7 @@ def classify_raster(
     *,
     forest: Optional[ForestSettings] = None,
     embeddings: Optional[Union[str, Path]] = None,
+    embedding_format: Optional[str] = None,
     embeddings_output: Optional[Union[str, Path]] = None,
     settings: Optional[InferenceSettings] = None,
     sensor: Optional[str] = None,
@@ -284,7 +285,11 @@ def classify_raster(
         model: Loaded encoder; needed for the embedding features unless ``embeddings`` is given; unused with
             ``features="bands"``.
         forest: Features, trees, sampling, class weighting, validation split and seed (:class:`ForestSettings`).
-        embeddings: An existing patch-grid embedding raster of ``source`` (not with ``features="bands"``).
+        embeddings: An existing patch-grid embedding raster of ``source`` (not with ``features="bands"``): ours, or
+            one made elsewhere (AlphaEarth, TESSERA, any float raster; :func:`engine.maps.open_embeddings`). Those
+            record no normalisation statistics, so they go with ``features="embeddings"``.
+        embedding_format: The format of ``embeddings`` (``"msfm"``, ``"alphaearth"``, ``"tessera"``, ``"float"``);
+            None: detected from the file (a file that cannot tell, or is not in the format named, is refused).
         embeddings_output: Keep the embeddings computed on the way here (else a temporary file).
         settings: Inference settings of the embedding run; ``threads`` also sets the forest's ``n_jobs`` (None: all
             cores).
@@ -302,11 +307,14 @@ def classify_raster(
         :class:`ClassifyResult`.
 
     Raises:
-        SettingsError: The embedding features without a model or embeddings, or embeddings with ``features="bands"``.
+        SettingsError: The embedding features without a model or embeddings, embeddings with ``features="bands"``, or
+            an unknown ``embedding_format``.
         engine.errors.LabelError: As :func:`engine.segmentation.label_grid` (a single class, a class without pixels,
             no overlap…), no labelled pixel inside the region, or fewer than two classes with training pixels.
-        InputRasterError: A raster that is not north-up (embedding features), embeddings of another raster, a region
-            outside the raster, no valid pixel.
+        InputRasterError: A raster that is not north-up (embedding features), embeddings of another raster, embeddings
+            not in the format named or whose format cannot be told (:func:`engine.maps.quantized.detect_encoding`),
+            embeddings without normalisation statistics with the band features, a region outside the raster, no valid
+            pixel.
         engine.errors.BandResolutionError: A band cannot be mapped.
         engine.errors.InferenceCancelled: Cancelled.
         engine.errors.OutputError: An output is an input or another output, exists (without ``overwrite``) or has
@@ -343,7 +351,7 @@ def classify_raster(
             path, result = stack.enter_context(provide_embeddings(
                 source, output, model, embeddings, embeddings_output, settings=settings, sensor=sensor,
                 overrides=overrides, region=region, progress=report, is_canceled=is_canceled, overwrite=overwrite))
-            grid = stack.enter_context(open_embeddings(path))
+            grid = stack.enter_context(open_embeddings(path, embedding_format if embeddings is not None else None))
         start = 0.8 if result is not None else 0.0
         features = _PixelFeatures(src, grid, forest.features, sensor, overrides, forest.embedding_components,
                                   forest.seed)

@@ -21,9 +21,7 @@ from qgis.core import (
 from ..runtime import engine
 from ..styling import style_classes, style_similarity
 from .base import AUTO_SENSOR, BACKEND_HELP, MsfmAlgorithm, sensor_ids
-
-#: The formats an embedding raster can be given in (auto: detected from the file).
-FORMATS = ("auto", "msfm", "alphaearth", "tessera", "float")
+from .cluster import add_embedding_format_parameter, embedding_format
 #: How the change mask's threshold is chosen (engine.maps.change_raster).
 THRESHOLDS = ("otsu", "robust", "value")
 #: What the change map's values are (engine.maps.change_raster ``calibration``).
@@ -68,10 +66,7 @@ class ChangeMap(MsfmAlgorithm):
         for name, label in (("BEFORE_EMBEDDINGS", "Existing embeddings of the earlier raster"),
                             ("EMBEDDINGS", "Existing embeddings of the later raster")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
-        fmt = QgsProcessingParameterEnum("EMBEDDING_FORMAT", "Embedding format of existing embeddings",
-                                         options=list(FORMATS), defaultValue="auto", usesStaticStrings=True)
-        fmt.setFlags(fmt.flags() | QgsProcessingParameterEnum.FlagAdvanced)
-        self.addParameter(fmt)
+        add_embedding_format_parameter(self)
         self.addParameter(QgsProcessingParameterEnum(
             "CALIBRATION", "Values (auto: robust z-score for two different sensors, else cosine distance)",
             options=list(CALIBRATIONS), defaultValue="auto", usesStaticStrings=True))
@@ -105,7 +100,6 @@ class ChangeMap(MsfmAlgorithm):
         given = {name: layer.source() for name in ("BEFORE_EMBEDDINGS", "EMBEDDINGS")
                  if (layer := self.parameterAsRasterLayer(parameters, name, context)) is not None}
         model = None if len(given) == 2 else self.model(parameters, context, feedback)
-        fmt = self.parameterAsEnumString(parameters, "EMBEDDING_FORMAT", context)
         before_sensor = self.parameterAsEnumString(parameters, "BEFORE_SENSOR", context)
         bands = self.band_arguments(parameters, context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
@@ -119,7 +113,7 @@ class ChangeMap(MsfmAlgorithm):
         threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
         result = engine.maps.change_raster(
             before_layer.source(), after, output, model, before_embeddings=given.get("BEFORE_EMBEDDINGS"),
-            after_embeddings=given.get("EMBEDDINGS"), embedding_format=None if fmt in ("", "auto") else fmt,
+            after_embeddings=given.get("EMBEDDINGS"), embedding_format=embedding_format(self, parameters, context),
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
             calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
             threshold=threshold if mask or polygons or towards_map else None, mask_output=mask,

@@ -2,7 +2,8 @@
 and applied in one run (no model file), like QGIS's classic supervised classifiers.
 
 Parameter names (public contract, beside the shared ones of :mod:`.base`): ``POLYGONS``, ``CLASS_FIELD``,
-``FEATURES``, ``TREES``, ``VAL_FRACTION``, ``COMPONENTS``, ``EMBEDDINGS``, ``OUTPUT_PROBABILITIES``.
+``FEATURES``, ``TREES``, ``VAL_FRACTION``, ``COMPONENTS``, ``EMBEDDINGS``, ``EMBEDDING_FORMAT``,
+``OUTPUT_PROBABILITIES``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from qgis.core import (
 from ..runtime import engine
 from ..styling import style_classes
 from .base import MsfmAlgorithm
+from .cluster import add_embedding_format_parameter, embedding_format
 from .segment import TrainSegmentationHead, report_metrics
 
 FEATURES = ("bands+embeddings", "bands", "embeddings")
@@ -51,7 +53,9 @@ class ClassifyPixels(MsfmAlgorithm):
         "Whole polygons (a share of each class's, <i>Validation fraction</i>) are kept out of the fit and scored "
         "(mIoU, macro F1, per-class IoU in the log and as outputs); the map comes from the forest fitted without "
         "them. Output: the class map on the layer's own pixel grid (paletted GeoTIFF, classes named from the field's "
-        "values, nodata 255), optionally the class probabilities (one float band per class)."
+        "values, nodata 255), optionally the class probabilities (one float band per class).<br><br>"
+        "<i>Existing embeddings</i> can be ours or made elsewhere (AlphaEarth, TESSERA, any float raster: "
+        "<i>Embedding format</i> when the file does not say; they carry no band statistics, so use <i>embeddings</i>)."
     )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
@@ -76,6 +80,7 @@ class ClassifyPixels(MsfmAlgorithm):
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterLayer(
             "EMBEDDINGS", "Existing embeddings of this layer (skip the model)", optional=True))
+        add_embedding_format_parameter(self)
         self.add_model_parameters(backend=False)
         self.add_region_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
@@ -104,7 +109,8 @@ class ClassifyPixels(MsfmAlgorithm):
                           f"trees on {features}")
         result = engine.segmentation.classify_raster(
             source, labels, output, model, forest=forest, embeddings=embeddings,
-            settings=self.settings(parameters, context), region=self.region(parameters, context, feedback),
+            embedding_format=embedding_format(self, parameters, context), settings=self.settings(parameters, context),
+            region=self.region(parameters, context, feedback),
             probabilities_output=probabilities, **self.band_arguments(parameters, context),
             **self.progress(feedback), overwrite=True,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -14,16 +16,38 @@ from ..runtime import engine
 from ..styling import style_classes
 from .base import BACKEND_HELP, MsfmAlgorithm
 
+#: ``EMBEDDING_FORMAT``: how an existing embedding raster stores its values (the engine's
+#: ``engine.maps.quantized.ENCODINGS``, written out so that the toolbox lists them where the engine cannot load);
+#: ``auto``: detected from the file.
+FORMATS = ("auto", "msfm", "alphaearth", "tessera", "float")
+
+
+def add_embedding_format_parameter(alg: MsfmAlgorithm) -> None:
+    """The advanced ``EMBEDDING_FORMAT`` (:data:`FORMATS`, default ``auto``) of the existing embeddings."""
+    param = QgsProcessingParameterEnum("EMBEDDING_FORMAT", "Embedding format of existing embeddings",
+                                       options=list(FORMATS), defaultValue="auto", usesStaticStrings=True)
+    param.setFlags(param.flags() | QgsProcessingParameterEnum.FlagAdvanced)
+    alg.addParameter(param)
+
+
+def embedding_format(alg: MsfmAlgorithm, parameters, context) -> Optional[str]:
+    """``EMBEDDING_FORMAT`` as the engine's ``embedding_format``: ``"msfm"``, ``"alphaearth"``, ``"tessera"`` or
+    ``"float"``; None for ``auto`` (the engine detects it from the file, and refuses a file that cannot tell)."""
+    fmt = alg.parameterAsEnumString(parameters, "EMBEDDING_FORMAT", context)
+    return None if fmt in ("", "auto") else fmt
+
 
 def add_reuse_parameters(alg: MsfmAlgorithm) -> None:
-    """``RESOLUTION`` (pixel/patch) and ``EMBEDDINGS`` (reuse an embedding raster instead of running the model)."""
+    """``RESOLUTION`` (pixel/patch), ``EMBEDDINGS`` (reuse an embedding raster instead of running the model) and its
+    advanced ``EMBEDDING_FORMAT``."""
     alg.addParameter(QgsProcessingParameterEnum(
         "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel", usesStaticStrings=True))
     alg.addParameter(QgsProcessingParameterRasterLayer(
         "EMBEDDINGS", "Existing embeddings of this layer (skip the model)", optional=True))
+    add_embedding_format_parameter(alg)
 
 
-def embeddings_path(alg: MsfmAlgorithm, parameters, context):
+def embeddings_path(alg: MsfmAlgorithm, parameters, context) -> Optional[str]:
     """Source file of ``EMBEDDINGS``, or None."""
     layer = alg.parameterAsRasterLayer(parameters, "EMBEDDINGS", context)
     return layer.source() if layer is not None else None
@@ -42,7 +66,10 @@ class ClusterEmbeddings(MsfmAlgorithm):
         "with its legend.<br><br><i>Spectral weight</i> (pixel resolution): above 0, every pixel is clustered on its "
         "interpolated embedding together with its own normalised bands, the bands weighted by this value (1 = as "
         "much weight as the embedding; 0 = embeddings only). <i>Suggest k (report only)</i> scores k = 2…10 by the "
-        "silhouette on the sample and writes the table to the log; the map keeps the k chosen above."
+        "silhouette on the sample and writes the table to the log; the map keeps the k chosen above.<br><br>"
+        "Existing embeddings can be ours or made elsewhere (AlphaEarth, TESSERA, any float raster: <i>Embedding "
+        "format</i> when the file does not say; at <i>pixel</i> resolution their classes are interpolated, not guided "
+        "by the image, since they carry no band statistics)."
     ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
@@ -72,7 +99,8 @@ class ClusterEmbeddings(MsfmAlgorithm):
             spectral_weight=self.parameterAsDouble(parameters, "SPECTRAL_WEIGHT", context),
             suggest_k=self.parameterAsBoolean(parameters, "SUGGEST_K", context))
         result = engine.maps.cluster_raster(
-            source, output, model, clustering=clustering, embeddings=embeddings, embeddings_output=kept,
+            source, output, model, clustering=clustering, embeddings=embeddings,
+            embedding_format=embedding_format(self, parameters, context), embeddings_output=kept,
             settings=self.settings(parameters, context),
             region=self.region(parameters, context, feedback), **self.band_arguments(parameters, context),
             **self.progress(feedback), overwrite=True,

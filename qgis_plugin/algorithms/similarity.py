@@ -12,7 +12,7 @@ from qgis.core import (
 from ..runtime import engine
 from ..styling import style_similarity
 from .base import BACKEND_HELP, MsfmAlgorithm, features_as_geojson
-from .cluster import add_reuse_parameters, embeddings_path
+from .cluster import add_reuse_parameters, embedding_format, embeddings_path
 
 
 class SimilarityMap(MsfmAlgorithm):
@@ -23,7 +23,8 @@ class SimilarityMap(MsfmAlgorithm):
         "Finds places that look like an example. The query is the mean embedding of the patches under the points "
         "(or inside the polygons) of the query layer; the output gives, for every location, the cosine similarity "
         "(−1…1, higher = more similar) of its embedding to the query. Use <i>Selected features only</i> to try "
-        "several examples from one layer, and reuse embeddings computed once by <i>Compute embeddings</i>."
+        "several examples from one layer, and reuse embeddings computed once by <i>Compute embeddings</i> or made "
+        "elsewhere (AlphaEarth, TESSERA, any float raster: <i>Embedding format</i> when the file does not say)."
     ) + BACKEND_HELP
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
@@ -47,6 +48,7 @@ class SimilarityMap(MsfmAlgorithm):
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         result = engine.maps.similarity_raster(
             source, output, model, query=query, embeddings=embeddings,
+            embedding_format=embedding_format(self, parameters, context),
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
             settings=self.settings(parameters, context), region=self.region(parameters, context, feedback),
             **self.band_arguments(parameters, context), **self.progress(feedback), overwrite=True,

@@ -16,7 +16,7 @@ from engine.errors import InputRasterError, SettingsError
 from engine.maps import ClusterSettings, cluster_raster, embed_raster, open_embeddings, similarity_raster
 from engine.maps.quantized import decode_alphaearth, detect_encoding
 from engine.settings import InferenceSettings
-from tests.conftest import TINY_S2
+from tests.conftest import TINY_S2, unit_projection, write_alphaearth, write_geotiff
 
 FAST = InferenceSettings(tile_size_px=224, overlap_px=32, scale=1.0, precision="fp32")
 
@@ -29,21 +29,6 @@ def ours(tmp_path_factory: pytest.TempPathFactory, demo_model: Any) -> dict[str,
         return {"values": ds.read().astype(np.float32), "profile": ds.profile, "path": path}
 
 
-def _project(values: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
-    """``values`` [D, h, w] on ``dims`` orthonormal directions, each cell then of unit length."""
-    basis, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((values.shape[0], dims)))
-    x = np.einsum("dhw,dk->khw", values, basis)
-    return (x / np.linalg.norm(x, axis=0, keepdims=True)).astype(np.float32)
-
-
-def _write(path: Path, data: np.ndarray, profile: dict, **extra: Any) -> Path:
-    meta = {**profile, "count": data.shape[0], "dtype": data.dtype.name, **extra}
-    meta.pop("blockxsize", None), meta.pop("blockysize", None), meta.pop("tiled", None)
-    with rasterio.open(path, "w", **meta) as dst:
-        dst.write(data)
-    return path
-
-
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     return (a * b).sum(0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
@@ -52,12 +37,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_alphaearth_int8_is_read_as_unit_vectors_and_clustered(ours: dict[str, Any], tmp_path: Path) -> None:
     assert np.allclose(decode_alphaearth(np.array([[[127]], [[-64]], [[0]]], np.int8))[:, 0, 0],
                        [(127 / 127.5) ** 2, -(64 / 127.5) ** 2, 0.0])
-    unit = _project(ours["values"], 64)
-    q = np.clip(np.rint(np.sign(unit) * np.sqrt(np.abs(unit)) * 127.5), -127, 127).astype(np.int8)
-    q[:, 0, 0] = -128  # one nodata cell
-    path = _write(tmp_path / "alphaearth.tif", q, ours["profile"], nodata=-128)
-    with rasterio.open(path, "r+") as ds:
-        ds.descriptions = tuple(f"A{i:02d}" for i in range(64))
+    path = tmp_path / "alphaearth.tif"
+    unit = write_alphaearth(path, ours["values"], ours["profile"], nodata_cells=((0, 0),))  # one nodata cell
     with open_embeddings(path) as grid:
         assert grid.encoding == "alphaearth" and grid.count == 64
         values = grid.read()
@@ -77,15 +58,20 @@ def test_alphaearth_int8_is_read_as_unit_vectors_and_clustered(ours: dict[str, A
                  "--resolution", "patch", "--embedding-format", "alphaearth"]) == 0
     with rasterio.open(tmp_path / "cli.tif") as classes:
         assert np.array_equal(classes.read(1), labels)
+    # at pixel resolution: no band statistics to guide the classes by the image, so interpolated embeddings
+    pixel = cluster_raster(TINY_S2, tmp_path / "pixel.tif", embeddings=path, embedding_format="alphaearth",
+                           clustering=ClusterSettings(k=3))
+    with rasterio.open(pixel.path) as classes, rasterio.open(TINY_S2) as src:
+        assert classes.shape == src.shape and set(np.unique(classes.read(1))) <= {0, 1, 2, 255}
 
 
 def test_tessera_int8_with_per_pixel_scales_is_read_back_and_searched(ours: dict[str, Any], tmp_path: Path) -> None:
-    x = _project(ours["values"], 128) * 3.0  # TESSERA's vectors are not unit length
+    x = unit_projection(ours["values"], 128) * 3.0  # TESSERA's vectors are not unit length
     scale = np.abs(x).max(axis=0) / 127.0
     q = np.rint(x / scale).astype(np.int8)
-    path = _write(tmp_path / "tessera.tif", q, ours["profile"], nodata=None)
+    path = write_geotiff(tmp_path / "tessera.tif", q, ours["profile"], nodata=None)
     scale[0, :] = np.nan  # the first row is nodata
-    _write(tmp_path / "tessera_scales.tif", scale[None].astype(np.float32), ours["profile"], nodata=float("nan"))
+    write_geotiff(tmp_path / "tessera_scales.tif", scale[None].astype(np.float32), ours["profile"], nodata=float("nan"))
     with open_embeddings(path) as grid:
         assert grid.encoding == "tessera" and grid.count == 128
         values = grid.read()
@@ -104,7 +90,7 @@ def test_tessera_int8_with_per_pixel_scales_is_read_back_and_searched(ours: dict
 def test_a_file_in_another_layout_is_refused_with_the_reason(ours: dict[str, Any], tmp_path: Path) -> None:
     q = np.zeros((128, 4, 4), np.int8)
     profile = {**ours["profile"], "width": 4, "height": 4}
-    bare = _write(tmp_path / "bare.tif", q, profile, nodata=None)
+    bare = write_geotiff(tmp_path / "bare.tif", q, profile, nodata=None)
     with rasterio.open(bare) as ds:
         with pytest.raises(InputRasterError, match="do not say how they encode.*--embedding-format alphaearth"):
             detect_encoding(ds)

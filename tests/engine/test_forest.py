@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.conftest import shared_file
+from tests.conftest import shared_file, write_alphaearth
 
 INDIA_S2 = ("data", "sen1floods11_india_900498_s2_l1c.tif")
 INDIA_LABEL = ("data", "sen1floods11_india_900498_water_label.tif")
@@ -65,6 +65,17 @@ def square_polygons(squares: dict[int, list[tuple[int, int]]]) -> Any:
             values.append(value)
     return PolygonLabels(geometries, values, crs, field="water", source="label squares",
                          names={0: "land", 1: "water"})
+
+
+def squares_geojson(squares: dict[int, list[tuple[int, int]]], path: Path) -> Path:
+    """The squares as a GeoJSON file of polygons with the field ``water`` (what ``msfm classify --polygons`` reads)."""
+    import json
+
+    labels = square_polygons(squares)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": g, "properties": {"water": v}} for g, v in zip(labels.geometries, labels.values)
+    ]}))
+    return path
 
 
 def water_iou(classes_path: Path, squares: dict[int, list[tuple[int, int]]]) -> float:
@@ -224,15 +235,9 @@ def test_bad_input_gives_the_engines_errors(squares: dict, tmp_path: Path) -> No
 
 
 def test_cli_classify_prints_the_validation(squares: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import json
-
     from engine.cli import main
 
-    labels = square_polygons(squares)
-    polygons = tmp_path / "squares.geojson"
-    polygons.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": g, "properties": {"water": v}} for g, v in zip(labels.geometries, labels.values)
-    ]}))
+    polygons = squares_geojson(squares, tmp_path / "squares.geojson")
     out = tmp_path / "classes.tif"
     args = ["classify", str(shared_file(*INDIA_S2)), str(out), "--polygons", str(polygons), "--class-field", "water",
             "--class-name", "0=land", "--class-name", "1=water", "--features", "bands", "--trees", "30",
@@ -259,3 +264,39 @@ def test_int8_embeddings_give_the_float32_map(embedded: dict, squares: dict, dem
     with rasterio.open(res.path) as a, rasterio.open(embedded["result"].path) as b:
         same = (a.read(1) == b.read(1)).mean()
     assert same > 0.99, same
+
+
+def test_embeddings_made_elsewhere_are_read_in_the_format_named(embedded: dict, squares: dict, tmp_path: Path) -> None:
+    """An AlphaEarth int8 export of the chip's embeddings, without the band names that would give its format away:
+    refused with the engine's reason unless the format is named (a wrong one is refused too), then the forest maps the
+    water on its embedding features; the same from the command line."""
+    from engine.cli import main
+    from engine.errors import InputRasterError
+    from engine.segmentation import ForestSettings, classify_raster
+
+    with rasterio.open(embedded["embeddings"]) as ds:
+        values, profile = ds.read().astype(np.float32), ds.profile
+    path = tmp_path / "alphaearth.tif"
+    write_alphaearth(path, values, profile, names=False)
+    source, labels = shared_file(*INDIA_S2), square_polygons(squares)
+    forest = ForestSettings(features="embeddings", n_estimators=20)
+    with pytest.raises(InputRasterError, match="64 int8 band.*do not say how they encode an embedding"):
+        classify_raster(source, labels, tmp_path / "auto.tif", forest=forest, embeddings=path)
+    with pytest.raises(InputRasterError, match=r"not a TESSERA embedding raster.*alphaearth_scales.tif beside it"):
+        classify_raster(source, labels, tmp_path / "tessera.tif", forest=forest, embeddings=path,
+                        embedding_format="tessera")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alphaearth.tif"]  # nothing written
+    res = classify_raster(source, labels, tmp_path / "classes.tif", forest=forest, embeddings=path,
+                          embedding_format="alphaearth")
+    assert res.embeddings is None and res.feature_count == 16  # 16 principal components of the 64 dimensions
+    ours = classify_raster(source, labels, tmp_path / "ours.tif", forest=forest, embeddings=embedded["embeddings"])
+    iou, iou_ours = water_iou(res.path, squares), water_iou(ours.path, squares)
+    print(f"water IoU, embedding features: AlphaEarth layout {iou:.3f}, ours (float32) {iou_ours:.3f}")
+    assert iou > 0.7 and iou > iou_ours - 0.1  # the same information in 64 int8 dimensions
+    out = tmp_path / "cli.tif"
+    polygons = squares_geojson(squares, tmp_path / "squares.geojson")
+    assert main(["classify", str(source), str(out), "--polygons", str(polygons), "--class-field", "water",
+                 "--features", "embeddings", "--trees", "20", "--embeddings", str(path),
+                 "--embedding-format", "alphaearth"]) == 0
+    with rasterio.open(out) as a, rasterio.open(res.path) as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.99

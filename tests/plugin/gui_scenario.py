@@ -1,8 +1,10 @@
 """Run inside the QGIS desktop application (``qgis --code``) by tests/plugin/test_gui.py, as an analyst would:
 enable msfm in a fresh profile, load a real raster, open the dock, install ONNX Runtime from the dock, pick an exported
-model, run clustering from the dock, and record what QGIS shows (``result.json``, screenshots) before quitting.
+model, run clustering from the dock, then a change map since an earlier raster (added to the project afterwards), and
+record what QGIS shows (``result.json``, screenshots) before quitting.
 
-Configuration comes from the environment variable ``MSFM_GUI_TEST`` (JSON: ``raster``, ``model``, ``out``).
+Configuration comes from the environment variable ``MSFM_GUI_TEST`` (JSON: ``raster``, ``before`` (the earlier
+raster of the same place), ``model``, ``out``).
 """
 
 import json
@@ -103,6 +105,20 @@ def scenario():
          active_layer=iface.activeLayer().name() if iface.activeLayer() else None,
          dock_layer=dock.layer.name() if dock.layer else None, dock_error=dock.error,
          run_enabled_after=dock.run_button.isEnabled())
+    before = QgsRasterLayer(CONFIG["before"], "flood chip S1")
+    assert before.isValid(), CONFIG["before"]
+    QgsProject.instance().addMapLayer(before)  # QGIS makes it the active layer: the dock follows it…
+    iface.setActiveLayer(layer)  # …and back to the later raster
+    dock.before_combo.setLayer(before)
+    dock.before_combo.activated.emit(dock.before_combo.currentIndex())  # as a user's pick
+    step("ready for change", change_enabled=dock.change_button.isEnabled(), change_tip=dock.change_button.toolTip(),
+         change_layer=dock.layer.name() if dock.layer else None, change_estimate=dock.estimate_label.text())
+    dock.change_button.click()
+    yield lambda: not dock.is_running()
+    changes = [lyr for lyr in QgsProject.instance().mapLayers().values() if "change since" in lyr.name()]
+    step("changed", change_status=dock.status_label.text(), change_layers=[lyr.name() for lyr in changes],
+         change_renderer=[lyr.renderer().type() for lyr in changes if lyr.renderer() is not None],
+         dock_layer_after_change=dock.layer.name() if dock.layer else None)
 
 
 def drive(steps, deadline: float) -> None:

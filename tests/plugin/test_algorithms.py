@@ -459,8 +459,14 @@ def test_change_map_of_a_scene_against_itself_is_zero_named_and_styled(msfm_prov
     result, project = run_and_load("change", {"BEFORE": str(path), "INPUT": str(edited), "RESOLUTION": "patch",
                                               "SCALE": 1, "THRESHOLD": "value", "THRESHOLD_VALUE": 0.02,
                                               "OUTPUT": str(tmp_path / "c2.tif"), "OUTPUT_MASK": mask,
-                                              "OUTPUT_POLYGONS": areas, **FAST})
-    assert result["THRESHOLD_USED"] == pytest.approx(0.02)
+                                              "OUTPUT_POLYGONS": areas, "TOWARDS_K": 3,
+                                              "OUTPUT_TOWARDS": str(tmp_path / "towards.tif"), **FAST})
+    assert result["THRESHOLD_USED"] == pytest.approx(0.02) and result["UNITS"] == "cosine_distance"
+    # changed towards: the k-means classes of the edited raster at the changed cells, styled with their legend
+    assert sum(result["TOWARDS_FRACTIONS"].values()) == pytest.approx(1.0)
+    towards = layer_for(project, str(tmp_path / "towards.tif"))
+    assert towards.name() == "edited change since " + path.stem + " (towards)"
+    assert {c.label for c in towards.renderer().classes()} <= {"class 0", "class 1", "class 2"}
     with rasterio.open(mask) as m:
         hit = m.read(1) == 1
     assert hit[12:20, 12:20].mean() > 0.5 and hit.sum() - hit[12:20, 12:20].sum() <= 3
@@ -469,3 +475,63 @@ def test_change_map_of_a_scene_against_itself_is_zero_named_and_styled(msfm_prov
     loaded = [lyr for lyr in project.mapLayers().values() if lyr.name().endswith("(areas)")]
     assert len(loaded) == 1 and loaded[0].featureCount() >= 1
     project.clear()
+
+
+def test_embeddings_made_elsewhere_are_clustered_and_searched_in_the_format_named(
+        msfm_provider: Any, demo_model: Any, tmp_path: Path) -> None:
+    """An AlphaEarth int8 export (written from our embeddings of the committed crop, without the band names that would
+    give its layout away) reused by msfm:cluster and msfm:similarity with EMBEDDING_FORMAT = alphaearth, no model run;
+    auto and a wrong format are refused with the engine's reason."""
+    from qgis.core import QgsApplication, QgsFeature, QgsGeometry, QgsPointXY, QgsProcessingException, QgsVectorLayer
+
+    from engine.maps import embed_raster
+    from engine.maps.quantized import ENCODINGS
+    from engine.settings import InferenceSettings
+    from qgis_plugin.algorithms.cluster import FORMATS
+    from tests.conftest import write_alphaearth
+
+    assert FORMATS == ("auto", *ENCODINGS)  # the toolbox lists what the engine reads
+    for alg_id in ("msfm:cluster", "msfm:similarity", "msfm:classify", "msfm:change"):
+        param = QgsApplication.processingRegistry().algorithmById(alg_id).parameterDefinition("EMBEDDING_FORMAT")
+        assert param.options() == list(FORMATS) and param.defaultValue() == "auto", alg_id
+        assert param.flags() & param.FlagAdvanced, alg_id
+    raster = tmp_path / "input" / TINY_S2.name  # a copy: QGIS writes .aux.xml statistics beside what it opens
+    raster.parent.mkdir()
+    shutil.copyfile(TINY_S2, raster)
+    ours = embed_raster(raster, tmp_path / "ours.tif", demo_model,
+                        settings=InferenceSettings(tile_size_px=224, overlap_px=32, scale=1.0, precision="fp32")).path
+    with rasterio.open(ours) as ds:
+        values, profile = ds.read().astype(np.float32), ds.profile
+    alphaearth = tmp_path / "alphaearth.tif"
+    write_alphaearth(alphaearth, values, profile, names=False)
+    # MODEL: a registry model that is not downloaded (the Hub is offline): loading any model would fail the run
+    params = {"INPUT": str(raster), "EMBEDDINGS": str(alphaearth), "K": 3, "RESOLUTION": "patch",
+              "MODEL": "smarties-vit-b"}
+    out = str(tmp_path / "classes.tif")
+    result = run("cluster", {**params, "EMBEDDING_FORMAT": "alphaearth", "OUTPUT": out})
+    assert result["TILES"] == 0
+    with rasterio.open(TINY_S2) as src, rasterio.open(out) as classes:
+        labels = classes.read(1)
+        assert (classes.crs, classes.transform, classes.shape) == (src.crs, profile["transform"], values.shape[1:])
+        green, nir = src.read([3, 8])  # B03, B08
+    h, w = labels.shape  # one class per 16 × 16-px cell: the cell is water when most of its pixels are
+    water = ndwi_water(green, nir)[: 16 * h, : 16 * w].reshape(h, 16, w, 16).mean(axis=(1, 3)) > 0.5
+    assert set(np.unique(labels)) == {0, 1, 2} and water_iou(labels, water) > 0.9
+    with pytest.raises(QgsProcessingException, match="64 int8 band.*do not say how they encode an embedding"):
+        run("cluster", {**params, "OUTPUT": str(tmp_path / "auto.tif")})  # auto: the file does not tell
+    with pytest.raises(QgsProcessingException,
+                       match=r"alphaearth.tif is not a TESSERA embedding raster.*alphaearth_scales.tif beside it"):
+        run("cluster", {**params, "EMBEDDING_FORMAT": "tessera", "OUTPUT": str(tmp_path / "tessera.tif")})
+    # similarity to the embedding under a point: 1 in that point's cell
+    x, y = profile["transform"] * (4.5, 3.5)
+    query = QgsVectorLayer(f"Point?crs={profile['crs'].to_string()}", "query", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+    query.dataProvider().addFeatures([feature])
+    similarity = str(tmp_path / "similarity.tif")
+    run("similarity", {"INPUT": str(raster), "EMBEDDINGS": str(alphaearth), "EMBEDDING_FORMAT": "alphaearth",
+                       "RESOLUTION": "patch", "QUERY": query, "MODEL": "smarties-vit-b", "OUTPUT": similarity})
+    with rasterio.open(similarity) as sim:
+        assert sim.read(1)[3, 4] == pytest.approx(1.0, abs=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".aux.xml")) == [
+        "alphaearth.tif", "classes.qml", "classes.tif", "input", "ours.tif", "similarity.qml", "similarity.tif"]

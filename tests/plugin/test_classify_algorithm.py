@@ -62,8 +62,8 @@ def test_classify_is_listed_with_its_parameters(msfm_provider: Any) -> None:
     assert alg.group() == "Segmentation" and "random forest" in alg.displayName()
     assert {p.name() for p in alg.parameterDefinitions()} == {
         "INPUT", "SENSOR", "BAND_OVERRIDES", "POLYGONS", "CLASS_FIELD", "FEATURES", "TREES", "VAL_FRACTION",
-        "COMPONENTS", "EMBEDDINGS", "MODEL", "MODEL_FILE", "DEVICE", "PRECISION", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "SCALE",
-        "EXTENT", "MASK", "OUTPUT", "OUTPUT_PROBABILITIES"}
+        "COMPONENTS", "EMBEDDINGS", "EMBEDDING_FORMAT", "MODEL", "MODEL_FILE", "DEVICE", "PRECISION", "TILE_SIZE",
+        "OVERLAP", "BATCH_SIZE", "SCALE", "EXTENT", "MASK", "OUTPUT", "OUTPUT_PROBABILITIES"}
     assert alg.parameterDefinition("FEATURES").options() == ["bands+embeddings", "bands", "embeddings"]
     assert "head" in alg.shortHelpString()  # says when to use it rather than a segmentation head
 
@@ -104,3 +104,34 @@ def test_classify_bands_plus_embeddings_with_the_bundled_model(msfm_provider: An
         "TREES": 30, "OVERLAP": 0, "OUTPUT": str(out)})
     assert result["MIOU"] > 0.8
     assert water_iou(out, squares) > 0.5
+
+
+def test_classify_on_embeddings_made_elsewhere_in_the_format_named(msfm_provider: Any, demo_model: Any,
+                                                                    tmp_path: Path) -> None:
+    """EMBEDDINGS an AlphaEarth int8 export of the chip's embeddings (without the band names that would tell its
+    layout): FEATURES embeddings with EMBEDDING_FORMAT alphaearth maps the water; a wrong format is refused with the
+    engine's reason."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from engine import InferenceSettings
+    from engine.maps import embed_raster
+    from tests.conftest import write_alphaearth
+
+    squares = draw_squares(seed=0)
+    ours = embed_raster(shared_file(*INDIA_S2), tmp_path / "ours.tif", demo_model,
+                        settings=InferenceSettings(overlap_px=0, scale=1.0, threads=2)).path
+    with rasterio.open(ours) as ds:
+        values, profile = ds.read().astype(np.float32), ds.profile
+    alphaearth = tmp_path / "alphaearth.tif"
+    write_alphaearth(alphaearth, values, profile, names=False)
+    params = {"INPUT": str(shared_file(*INDIA_S2)), "POLYGONS": square_layer(squares), "CLASS_FIELD": "cover",
+              "FEATURES": "embeddings", "TREES": 20, "EMBEDDINGS": str(alphaearth)}
+    with pytest.raises(QgsProcessingException, match="is not a TESSERA embedding raster"):
+        processing.run("msfm:classify", {**params, "EMBEDDING_FORMAT": "tessera", "OUTPUT": str(tmp_path / "t.tif")})
+    out = tmp_path / "classes.tif"
+    result = processing.run("msfm:classify", {**params, "EMBEDDING_FORMAT": "alphaearth", "OUTPUT": str(out)})
+    assert result["CLASS_NAMES"] == ["land", "water"]
+    with rasterio.open(shared_file(*INDIA_S2)) as src, rasterio.open(out) as classes:
+        assert (classes.crs, classes.transform, classes.shape) == (src.crs, src.transform, src.shape)
+    assert water_iou(out, squares) > 0.6

@@ -15,6 +15,9 @@ from tests.conftest import BEN_S2, NAIP, S2_L1C, shared_file
 
 pytestmark = pytest.mark.qgis
 
+#: Sen1Floods11 India chip 900498: Sentinel-1 (VV, VH in dB) and Sentinel-2 L1C of the same place, 512 × 512 px.
+FLOOD_S1 = ("data", "sen1floods11_india_900498_s1_db.tif")
+FLOOD_S2 = ("data", "sen1floods11_india_900498_s2_l1c.tif")
 
 
 def _clear_settings() -> None:
@@ -414,3 +417,85 @@ def test_the_estimate_separates_fixed_from_per_tile_seconds_and_toolbox_runs_upd
     assert result["TILES"] == dock.tile_count() == 9
     dock.refresh_estimate()
     assert "measured here" in dock.estimate_label.text() and timing.measured(dock.timing_key()) is not None
+
+
+def listed_before(dock: Any) -> list[str]:
+    """The layers *Change since* offers, by name."""
+    combo = dock.before_combo
+    return [combo.layer(i).name() for i in range(combo.count()) if combo.layer(i) is not None]
+
+
+def choose_before(dock: Any, layer: Any) -> None:
+    """Pick the earlier raster in *Change since* as a user would (the combo's ``activated`` signal)."""
+    dock.before_combo.setLayer(layer)
+    assert dock.before_combo.currentLayer() is not None
+    dock.before_combo.activated.emit(dock.before_combo.currentIndex())
+
+
+def test_change_map_since_an_earlier_layer_runs_in_the_background(make_dock: Any, qgis_new_project: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """*Change since* (the S1 chip) and *Change map* on the S2 chip of the same place: disabled until an earlier layer
+    is chosen, the dock's values as parameters, the named change map in the project (of cosine distances in [0, 2]),
+    the estimate counting both rasters' tiles, msfm outputs not offered, the choice remembered for the layer."""
+    import numpy as np
+    import rasterio
+    from qgis.core import QgsProject, QgsSingleBandPseudoColorRenderer
+
+    from engine.raster import tile_grid
+
+    s1, s2 = raster(*FLOOD_S1), raster(*FLOOD_S2)
+    QgsProject.instance().addMapLayers([s1, s2])
+    dock = make_dock()
+    dock.set_layer(s2)
+    assert listed_before(dock) == [s1.name()]  # not the dock's own layer
+    assert dock.before_layer() is None and not dock.change_button.isEnabled()
+    assert dock.change_button.toolTip() == "Choose the earlier raster in 'Change since' first."
+    assert "change map" not in dock.estimate_label.text()
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    dock.overlap_spin.setValue(0)
+    dock.scale_spin.setValue(1)
+    choose_before(dock, s1)
+    assert dock.before_layer().id() == s1.id() and dock.change_button.isEnabled()
+    assert f"“{s1.name()}” (earlier) and “{s2.name()}” (later)" in dock.change_button.toolTip()
+    tiles = len(tile_grid(s2.height(), s2.width(), 224, 0, 16))
+    assert dock.before_tile_count() == len(tile_grid(s1.height(), s1.width(), 224, 0, 16)) == tiles == 9
+    assert f"; change map ({tiles} + {tiles} tiles): ~" in dock.estimate_label.text()
+
+    started: list = []
+    start_task = dock.start_task
+    monkeypatch.setattr(dock, "start_task", lambda alg_id, params, on_done: started.append((alg_id, params))
+                        or start_task(alg_id, params, on_done))
+    assert dock.run_change()
+    alg_id, params = started[0]
+    assert alg_id == "msfm:change" and params["BEFORE"] is s1 and params["BEFORE_SENSOR"] == "auto"
+    assert {k: v for k, v in params.items() if k not in ("BEFORE", "BEFORE_SENSOR", "OUTPUT")} == \
+        dock.parameters("msfm:change")
+    assert params["INPUT"] is s2 and params["SCALE"] == 1 and params["DEVICE"] == "cpu"
+    assert dock.is_running() and not dock.change_button.isEnabled() and not dock.run_button.isEnabled()
+    assert "in progress" in dock.change_button.toolTip()
+    wait_for(dock, 120)
+    assert dock.status_label.text().startswith("Change map added to the project in "), dock.status_label.text()
+    changes = [lyr for lyr in QgsProject.instance().mapLayers().values() if "change since" in lyr.name()]
+    assert [lyr.name() for lyr in changes] == [f"{s2.name()} change since {s1.name()}"]
+    assert isinstance(changes[0].renderer(), QgsSingleBandPseudoColorRenderer)
+    with rasterio.open(changes[0].source()) as ds:
+        values, tags = ds.read(1), ds.tags()
+        assert ds.shape == (s2.height(), s2.width()) and tags["MSFM_KIND"] == "change"
+    # two sensors: CALIBRATION auto maps the robust z-score of the cosine distance, (d − median) / σ, against the
+    # scene's no-change distribution, recorded with it; the distances behind it are in [0, 2]
+    assert tags["MSFM_UNITS"] == "robust_z"
+    median, sigma = map(float, tags["MSFM_NO_CHANGE"].split())
+    valid = np.isfinite(values)
+    distance = median + sigma * values[valid].astype(np.float64)
+    assert valid.mean() > 0.9 and distance.min() >= -1e-4 and distance.max() <= 2 + 1e-4
+    assert 0.01 < median < 2 and sigma > 0 and abs(np.median(values[valid])) < 0.1
+    assert listed_before(dock) == [s1.name()]  # the change map (an msfm output) is not offered
+    assert dock.change_button.isEnabled() and dock.before_layer().id() == s1.id()
+    dock.close_dock()
+
+    second = make_dock()  # the earlier layer is remembered for this layer's file
+    second.set_layer(s2)
+    assert second.before_layer() is not None and second.before_layer().id() == s1.id()
+    second.set_layer(s1)  # another layer: its own choice (none), and S1 itself is not offered
+    assert second.before_layer() is None and listed_before(second) == [s2.name()]
+    assert not second.change_button.isEnabled()

@@ -1,6 +1,7 @@
 """The real QGIS desktop under Xvfb, as an analyst meets the plugin: a fresh profile and QGIS's own Python (without
 the venv: no rasterio, ONNX Runtime or scikit-learn), the plugin from its zip, a real Sentinel-2 raster, the dock's
-*Install packages…* (ONNX Runtime from the package registry, with pip), then *Run clustering* with an exported model.
+*Install packages…* (ONNX Runtime from the package registry, with pip), then *Run clustering* with an exported model
+and *Change map* since the Sentinel-1 chip of the same place.
 
 The scenario runs inside QGIS (tests/plugin/gui_scenario.py); its screenshots are kept under out/gui/ (the path is
 printed) as CI artefacts.
@@ -24,6 +25,7 @@ from tests.plugin.test_package import build
 
 pytestmark = [pytest.mark.qgis, pytest.mark.slow]  # starts QGIS and installs ~150 MB of wheels: ~40 s
 FLOOD_S2 = ("data", "sen1floods11_india_900498_s2_l1c.tif")
+FLOOD_S1 = ("data", "sen1floods11_india_900498_s1_db.tif")
 ARTEFACTS = REPO / "out" / "gui"
 
 
@@ -37,6 +39,8 @@ def test_fresh_qgis_installs_onnx_runtime_from_the_dock_and_clusters(tmp_path: P
     model = export_encoder(demo_model, tmp_path / "demo-tiny.onnx")
     raster = tmp_path / "s2.tif"  # a copy: QGIS may write .aux.xml statistics beside it
     shutil.copyfile(shared_file(*FLOOD_S2), raster)
+    before = tmp_path / "s1.tif"
+    shutil.copyfile(shared_file(*FLOOD_S1), before)
     plugins = tmp_path / "plugins"
     with zipfile.ZipFile(build(tmp_path / "dist")) as zf:
         zf.extractall(plugins)
@@ -45,8 +49,8 @@ def test_fresh_qgis_installs_onnx_runtime_from_the_dock_and_clusters(tmp_path: P
     # QGIS's own Python, as installed: none of the venv's packages, no user site
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON", "QGIS_")) and k not in ("VIRTUAL_ENV", "QT_QPA_PLATFORM")}  # a real X display
-    env.update(MSFM_GUI_TEST=json.dumps({"raster": str(raster), "model": str(model), "out": str(out),
-                                         "timeout_s": 480}),
+    env.update(MSFM_GUI_TEST=json.dumps({"raster": str(raster), "before": str(before), "model": str(model),
+                                         "out": str(out), "timeout_s": 480}),
                QGIS_PLUGINPATH=str(plugins), PYTHONNOUSERSITE="1", HF_HUB_OFFLINE="1",
                HF_HUB_CACHE=str(tmp_path / "hf-cache"), XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
     (tmp_path / "xdg").mkdir(mode=0o700)
@@ -86,4 +90,11 @@ def test_fresh_qgis_installs_onnx_runtime_from_the_dock_and_clusters(tmp_path: P
     assert sorted(result["layers"]) == ["flood chip S2", "flood chip S2 classes (k=4)"]
     assert result["class_renderer"] == ["paletted"] and result["class_legend"] == [[f"class {i}" for i in range(4)]]
     assert result["dock_layer"] == "flood chip S2" and result["dock_error"] == "" and result["run_enabled_after"]
+    # Change map since the S1 chip, added afterwards: the dock back on S2, the styled change map named after both
+    assert result["change_layer"] == "flood chip S2" and result["change_enabled"], result["change_tip"]
+    assert "change map (" in result["change_estimate"]
+    assert result["change_status"].startswith("Change map added to the project"), result["change_status"]
+    assert result["change_layers"] == ["flood chip S2 change since flood chip S1"]
+    assert result["change_renderer"] == ["singlebandpseudocolor"]
+    assert result["dock_layer_after_change"] == "flood chip S2"
     assert (out / "qgis.png").stat().st_size > 50_000  # a rendered window, not a blank one
