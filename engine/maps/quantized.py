@@ -197,14 +197,14 @@ def detect_encoding(dataset: Any, embedding_format: Optional[str] = None) -> str
     scales = tessera_scales(name)
     if embedding_format == "tessera" or (embedding_format is None and dtype == np.int8 and scales.is_file()):
         if dtype != np.int8 or not scales.is_file():
-            raise InputRasterError(f"{name} is not a TESSERA embedding raster: it needs int8 bands (it has {dtype}) "
-                                   f"and its per-pixel scales in {scales.name} beside it"
-                                   + ("" if scales.is_file() else " (missing)"))
+            missing = ([] if dtype == np.int8 else [f"int8 bands (it has {dtype})"]) + \
+                ([] if scales.is_file() else [f"its per-pixel scales in {scales.name} beside it (missing)"])
+            raise InputRasterError(f"{name} is not a TESSERA embedding raster: it needs " + " and ".join(missing))
         return "tessera"
     if np.issubdtype(dtype, np.floating):
         return "msfm" if ours and embedding_format != "float" else "float"
     raise InputRasterError(f"{name}: {count} {dtype} band(s) that do not say how they encode an embedding; name the "
-                           "format (--embedding-format alphaearth | tessera | float | msfm): an AlphaEarth export has "
+                           "format (embedding format alphaearth, tessera, float or msfm): an AlphaEarth export has "
                            "64 int8 bands A00 … A63, TESSERA int8 bands with <name>_scales.tif beside them")
 
 

@@ -92,7 +92,7 @@ def test_a_file_in_another_layout_is_refused_with_the_reason(ours: dict[str, Any
     profile = {**ours["profile"], "width": 4, "height": 4}
     bare = write_geotiff(tmp_path / "bare.tif", q, profile, nodata=None)
     with rasterio.open(bare) as ds:
-        with pytest.raises(InputRasterError, match="do not say how they encode.*--embedding-format alphaearth"):
+        with pytest.raises(InputRasterError, match="do not say how they encode.*embedding format alphaearth"):
             detect_encoding(ds)
         with pytest.raises(InputRasterError, match="not an AlphaEarth int8 export: it has 128 int8 band"):
             detect_encoding(ds, "alphaearth")
