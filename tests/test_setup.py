@@ -85,8 +85,8 @@ def test_class_factory_with_iface(qgis_iface) -> None:
     plugin.initGui()
     from qgis_plugin.algorithms import ALGORITHMS
 
-    assert len(ALGORITHMS) == 13
-    assert registry.providerById("msfm") is not None and len(registry.providerById("msfm").algorithms()) == 13
+    assert len(ALGORITHMS) == 14
+    assert registry.providerById("msfm") is not None and len(registry.providerById("msfm").algorithms()) == 14
     assert (plugin.provider is None) == registered_before  # a second provider with the same id is not kept
     assert plugin.dock is not None and plugin.action is not None
     plugin.unload()

@@ -77,6 +77,7 @@ def read_catalogue(source: Union[str, Path, Sequence[str]], asset: Optional[str]
         source: One of
             - a folder: its rasters (:data:`RASTER_SUFFIXES`), recursively, sorted by path;
             - a glob pattern (``"tiles/**/*.tif"``), sorted;
+            - one raster file (:data:`RASTER_SUFFIXES`): a catalogue of that scene;
             - a text file (any suffix but ``.json``): one path or URL per line, blank lines and ``#`` comments
               skipped, relative paths relative to the file;
             - a STAC ItemCollection, Catalog, Collection or Item JSON file (read with pystac; catalogues are walked
@@ -106,6 +107,8 @@ def read_catalogue(source: Union[str, Path, Sequence[str]], asset: Optional[str]
                                    "text file of paths or URLs, or a STAC JSON file")
         elif path.suffix.lower() == ".json":
             scenes = _stac_scenes(path, asset)
+        elif path.suffix.lower() in RASTER_SUFFIXES:  # one raster (read as a list of paths, it would not decode)
+            scenes = _named([str(path)])
         else:
             lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
             scenes = _named([gdal_path(line, path.parent) for line in lines if line and not line.startswith("#")])

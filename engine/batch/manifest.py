@@ -1,7 +1,8 @@
 """The manifest of a batch run: what is finished, so that a rerun resumes where the last one stopped.
 
 ``OUTDIR/manifest.jsonl`` is JSON Lines: a header line with the run's key (command, model and settings), then one line
-per finished or failed scene (status ``done`` or ``failed``, output, size, SHA-256, seconds, tiles, error), appended
+per finished or failed scene (status ``done`` or ``failed``, output, size, SHA-256, seconds, tiles, error, and the
+size and SHA-256 of the outputs that go with it, ``companions``), appended
 and flushed to disk as each scene ends. Appending costs the same for the millionth scene as for the first, and a
 client killed while writing leaves at most one incomplete last line, which is ignored when the manifest is read. A
 later line of a scene replaces an earlier one.
@@ -85,14 +86,22 @@ class Manifest:
             self.scenes[record["id"]] = record
 
     def finished(self, scene_id: str) -> Optional[dict[str, Any]]:
-        """The scene's record if it is done and its output is intact (same size and SHA-256), else None."""
+        """The scene's record if it is done and its output is intact (same size and SHA-256), else None.
+
+        The outputs that go with it (``companions`` of the record: a change run's mask and polygons) must be intact
+        too.
+        """
         record = self.scenes.get(scene_id)
         if not record or record.get("status") != "done":
             return None
-        output = self.path.parent / record["output"]
-        if not output.is_file() or output.stat().st_size != record["bytes"]:
-            return None
-        return record if file_digest(output) == (record["bytes"], record["sha256"]) else None
+        files = {record["output"]: record, **record.get("companions", {})}
+        for name, recorded in files.items():
+            output = self.path.parent / name
+            if not output.is_file() or output.stat().st_size != recorded["bytes"]:
+                return None
+            if file_digest(output) != (recorded["bytes"], recorded["sha256"]):
+                return None
+        return record
 
     def update(self, scene_id: str, record: Mapping[str, Any]) -> None:
         """Append a scene's record and flush it to disk."""

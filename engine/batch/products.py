@@ -8,8 +8,9 @@
 - :func:`write_mosaics`: a VRT per CRS and cell size (GDAL VRT format, "VRT -- GDAL Virtual Format" in GDAL's
   documentation): scenes in several UTM zones give one mosaic per zone and are never reprojected silently.
 - :func:`write_stac`: a STAC Collection (pystac) with one Item per output: its footprint in WGS 84, the projection
-  extension's CRS, shape and transform, the source, model, settings and timings, the COG as its ``data`` asset, and
-  the mosaics as assets of the collection.
+  extension's CRS, shape and transform, the source, model, settings and timings, the COG as its ``data`` asset (and
+  the outputs that go with it, a change mask or polygons, as assets of their own), and the mosaics as assets of the
+  collection.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = ("COG_MEDIA_TYPE", "Product", "file_digest", "write_cog", "write_mosai
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 _PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+#: Media types of the outputs that go with a scene's COG (:func:`engine.batch.scene_task` ``companions``).
+_MEDIA = {".tif": COG_MEDIA_TYPE, ".gpkg": "application/geopackage+sqlite3"}
 _VRT_TYPES = {"float32": "Float32", "float64": "Float64", "int8": "Int8", "uint8": "Byte", "int16": "Int16",
               "uint16": "UInt16", "int32": "Int32", "uint32": "UInt32"}
 
@@ -235,6 +238,11 @@ def write_stac(products: Sequence[Product], folder: Union[str, Path], mosaics: S
                            stac_extensions=[_PROJECTION])
         item.add_asset("data", pystac.Asset(str(Path(product.path).resolve()), media_type=COG_MEDIA_TYPE,
                                             roles=["data"], title=title))
+        for name in record.get("companions", {}):  # <id>_mask.tif → asset "mask"
+            path = Path(product.path).with_name(name)
+            key = path.stem[len(product.id) + 1:] if path.stem.startswith(f"{product.id}_") else path.stem
+            item.add_asset(key, pystac.Asset(str(path.resolve()), media_type=_MEDIA.get(path.suffix.lower()),
+                                             roles=["data"], title=f"{title}: {key}"))
         items.append(item)
     collection = pystac.Collection("msfm-batch", description, pystac.Extent.from_items(items), license="other")
     collection.add_items(items)

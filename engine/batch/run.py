@@ -56,6 +56,8 @@ class BatchReport:
         stac: The STAC collection file (None when no scene is finished).
         seconds: Wall time of the run.
         workers: Dask workers that took part.
+        unpaired: Runs over pairs of scenes (:func:`engine.batch.batch_change`): id → the one catalogue that holds
+            a scene without its partner in the other (``"before"`` or ``"after"``); such scenes are not processed.
     """
 
     outputs: list[Product] = field(default_factory=list)
@@ -66,6 +68,7 @@ class BatchReport:
     stac: Optional[Path] = None
     seconds: float = 0.0
     workers: int = 0
+    unpaired: dict[str, str] = field(default_factory=dict)
 
 
 def embed_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: Optional[str],
@@ -113,31 +116,53 @@ PROGRESS_TOPIC = "msfm-progress"
 _EVENT_S = 0.5
 
 
-def scene_task(scene: Scene, folder: str, write: WriteFn) -> dict[str, Any]:
-    """One scene's task: ``write`` the output, then ``<id>.tif`` (COG).
+def scene_task(scene: Scene, folder: str, write: WriteFn, companions: Sequence[str] = ()) -> dict[str, Any]:
+    """One scene's task: ``write`` the output, then ``<id>.tif`` (COG), and its companions beside it.
 
     The style ``<id>.qml`` goes beside it where ``write`` made one. ``write`` reports its progress, which reaches the
     client as Dask events (:data:`PROGRESS_TOPIC`, at most every 0.5 s), so a run's progress moves within scenes.
 
+    Args:
+        scene: The scene.
+        folder: The output folder.
+        write: Writes the scene's GeoTIFF at the temporary path it is given (in a scratch folder).
+        companions: Name endings of further outputs ``write`` makes beside that path (``"_mask.tif"``,
+            ``"_changes.gpkg"``): each becomes ``<id><ending>`` in ``folder`` (a GeoTIFF as a COG, with its
+            ``.qml`` where ``write`` made one), after the main output, and is recorded with its size and SHA-256
+            (``companions`` of the record), so a rerun redoes a scene whose companion is missing or altered.
+
     Returns:
-        The manifest record (a failure is recorded, never raised).
+        The manifest record (a failure is recorded, never raised; a companion ``write`` did not make is one).
     """
     started = time.perf_counter()
     output = Path(folder) / f"{scene.id}.tif"
     record: dict[str, Any] = {"source": scene.href, "output": output.name, "datetime": scene.datetime,
                               "properties": scene.properties}
+    extras = [output.with_name(output.stem + ending) for ending in companions]
     try:
-        check_outputs({"output": output}, {"input raster": scene.href}, overwrite=True)
+        check_outputs({"output": output, **{f"companion {p.name}": p for p in extras}}, {"input raster": scene.href},
+                      overwrite=True)
         with scratch_folder(output) as scratch:
             tiles, label = write(scratch / output.name, _events(scene.id))
-            write_cog(scratch / output.name, output)
-            for style in scratch.glob("*.qml"):  # QGIS applies <name>.qml to <name>.tif
-                with atomic_output(output.with_suffix(".qml")) as tmp:
-                    shutil.copyfile(style, tmp)
+            for target in (output, *extras):
+                made = scratch / target.name
+                if not made.is_file():
+                    raise OutputError(f"the task made no {target.name} (an msfm bug: please report it)")
+                if made.suffix.lower() in (".tif", ".tiff"):
+                    write_cog(made, target)
+                else:
+                    with atomic_output(target, sidecars=()) as tmp:
+                        shutil.copyfile(made, tmp)
+                style = made.with_suffix(".qml")  # QGIS applies <name>.qml to <name>.tif
+                if style.is_file():
+                    with atomic_output(target.with_suffix(".qml")) as tmp:
+                        shutil.copyfile(style, tmp)
     except Exception as exc:  # reported in the manifest; the other scenes go on
         return {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                 "seconds": time.perf_counter() - started}
     size, sha256 = file_digest(output)
+    if extras:
+        record["companions"] = {p.name: dict(zip(("bytes", "sha256"), file_digest(p))) for p in extras}
     return {**record, "status": "done", "bytes": size, "sha256": sha256, "tiles": tiles, "model": label,
             "seconds": time.perf_counter() - started, "worker": _worker_name(),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}

@@ -1,24 +1,30 @@
-"""``msfm batch embed|cluster|similarity|segment``: a catalogue on Dask, resumable (:mod:`engine.batch`)."""
+"""``msfm batch embed|cluster|similarity|change|segment``: a catalogue on Dask, resumable (:mod:`engine.batch`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import Any, Optional, Union
 
 from .options import Progress, add_inference_options, band_overrides, inference_settings
 
 __all__ = ("register",)
 
 _CATALOGUE_HELP = ("folder of rasters, glob pattern ('tiles/*.tif'), text file of paths or URLs (/vsicurl/, /vsis3/, "
-                   "https://, s3://), or STAC ItemCollection / catalog JSON")
+                   "https://, s3://), STAC ItemCollection / catalog JSON, or one raster")
 _RESUME = ("Scenes whose outputs an earlier run finished (same size and SHA-256 as in OUTDIR/manifest.jsonl) are "
            "skipped; failed scenes are retried. Needs Dask (requirements.txt).")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run the batch command; print the outputs, the skipped and the failed scenes (exit status 2 if any failed)."""
-    from ..batch import batch_cluster, batch_embed, batch_segment, batch_similarity  # imports Dask: only when run
+    from ..batch import (  # imports Dask: only when run
+        batch_change,
+        batch_cluster,
+        batch_embed,
+        batch_segment,
+        batch_similarity,
+    )
     from ..maps import ClusterSettings  # with the batch import: the CLI starts without numpy
 
     logging.getLogger("engine.batch").setLevel(logging.INFO)  # the cluster, its dashboard link and failed scenes
@@ -37,16 +43,27 @@ def cmd_batch(args: argparse.Namespace) -> int:
             elif args.batch_command == "cluster":
                 clustering = ClusterSettings(k=args.k, resolution=args.resolution, seed=args.seed)
                 report = batch_cluster(args.catalogue, args.outdir, args.model, clustering=clustering, **common)
+            elif args.batch_command == "change":
+                sensor, overrides = common.pop("sensor"), common.pop("overrides")
+                threshold = _threshold(args.threshold)
+                report = batch_change(args.before_catalogue, args.after_catalogue, args.outdir, args.model,
+                                      resolution=args.resolution, calibration=args.calibration, threshold=threshold,
+                                      before_sensor=args.before_sensor or sensor,
+                                      after_sensor=args.after_sensor or sensor, before_overrides=overrides,
+                                      after_overrides=overrides, **common)
             else:
                 query = [{"type": "Point", "coordinates": [x, y]} for x, y in args.point]
                 report = batch_similarity(args.catalogue, args.outdir, args.model, query=query,
                                           query_crs=args.query_crs, resolution=args.resolution, **common)
     finally:
         bar.close()
-    done = {"embed": "embedded", "segment": "segmented", "cluster": "classified", "similarity": "compared"}[
-        args.batch_command]
-    print(f"{args.outdir}: {len(report.done)} scenes {done}, {len(report.skipped)} already done (skipped), "
+    done = {"embed": "embedded", "segment": "segmented", "cluster": "classified", "similarity": "compared",
+            "change": "compared"}[args.batch_command]
+    what = "pairs" if args.batch_command == "change" else "scenes"
+    print(f"{args.outdir}: {len(report.done)} {what} {done}, {len(report.skipped)} already done (skipped), "
           f"{len(report.failed)} failed, in {report.seconds:.1f} s on {report.workers or 'no'} Dask workers")
+    for scene, side in report.unpaired.items():
+        print(f"not paired: {scene} (only in the {side.upper()} catalogue)")
     for path in report.mosaics:
         print(f"mosaic: {path}")
     if report.stac is not None:
@@ -54,6 +71,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for scene, error in report.failed.items():
         print(f"failed: {scene}: {error}")
     return 2 if report.failed else 0
+
+
+def _threshold(text: Optional[str]) -> Optional[Union[float, str]]:
+    """``--threshold`` as a number where it is one; else the text, which the engine checks (``otsu``, ``robust``)."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return text
 
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:
@@ -67,7 +92,7 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    """Add ``batch`` (with ``embed``, ``cluster``, ``similarity`` and ``segment``) to the ``msfm`` sub-parsers."""
+    """Add ``batch`` (``embed``, ``cluster``, ``similarity``, ``change``, ``segment``) to the ``msfm`` sub-parsers."""
     batch = sub.add_parser("batch", help="run a command over every scene of a catalogue, on Dask (resumable)")
     commands = batch.add_subparsers(dest="batch_command", required=True)
     p = commands.add_parser(
@@ -111,6 +136,33 @@ def register(sub: Any) -> None:
                    help="CRS of the query points (default EPSG:4326: X = longitude, Y = latitude)")
     p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
                    help="pixel: each input's pixel grid; patch: one value per model patch")
+    add_inference_options(p)
+    _add_batch_options(p)
+
+    p = commands.add_parser(
+        "change", help="change maps of pairs of scenes (BEFORE and AFTER catalogues, paired by scene name), all "
+        "calibrated against one no-change distribution",
+        description="Pairs the scenes of the two catalogues by scene id (file stem or STAC item id; scenes of one "
+        "catalogue only are listed and skipped), embeds both sides into OUTDIR/embeddings/before and /after, fits "
+        "the no-change distribution of the sensor pair over all pairs (median and 1.4826 x MAD of the cosine "
+        "distances, OUTDIR/calibration.json, reused by reruns), then writes each pair's change map on its AFTER "
+        "grid with that calibration, so a z-score or a threshold means the same in every pair. " + _RESUME)
+    p.add_argument("before_catalogue", help="the earlier scenes: " + _CATALOGUE_HELP)
+    p.add_argument("after_catalogue", help="the later scenes, named as their BEFORE scenes: " + _CATALOGUE_HELP)
+    p.add_argument("outdir", help="output folder: <scene>.tif (float32 change, COG) and <scene>.qml; with "
+                   "--threshold <scene>_mask.tif and <scene>_changes.gpkg; calibration.json, mosaic_<CRS>.vrt, "
+                   "stac/collection.json, manifest.jsonl, embeddings/before, embeddings/after")
+    p.add_argument("--resolution", choices=["pixel", "patch"], default="pixel",
+                   help="pixel: the AFTER raster's pixels (cell distances interpolated); patch: one value per cell")
+    p.add_argument("--calibration", choices=["auto", "distance", "zscore"], default="auto",
+                   help="the maps' values: the cosine distance, or its robust z-score (d - median) / σ against the "
+                   "pooled no-change distribution (auto, the default: z-score where BEFORE and AFTER are different "
+                   "sensors)")
+    p.add_argument("--threshold", help="a value in the maps' units, 'robust' (pooled no-change median + 3σ, the "
+                   "same in every pair) or 'otsu' (each map's own histogram): writes <scene>_mask.tif and "
+                   "<scene>_changes.gpkg")
+    p.add_argument("--before-sensor", help="sensor preset of the BEFORE scenes (default: --sensor, else guessed)")
+    p.add_argument("--after-sensor", help="sensor preset of the AFTER scenes (default: --sensor, else guessed)")
     add_inference_options(p)
     _add_batch_options(p)
 

@@ -15,7 +15,10 @@ as if most of the scene did not change: the median and σ = 1.4826 × the median
 ``"otsu"`` (Otsu 1979 on the distances' histogram) — writes a change mask (uint8: 0 unchanged, 1 changed, 255 nodata,
 with its ``.qml``) and, optionally, the changed areas as polygons (GeoPackage).
 
-Not yet here: "changed towards what" (the nearest class of the AFTER scene), and batch pairs.
+Values: the cosine distance, or its robust z-score ``(d − median) / σ`` (``calibration``; the default for two
+different sensors, said in a notice that recommends a model aligned on the pair, docs/change.md). "Changed towards
+what": the changed pixels' classes in a class map of the AFTER scene, or k-means classes of its embeddings. Pairs of
+many scenes, with one calibration pooled over them: :func:`engine.batch.batch_change`.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ from .quantized import EmbeddingRaster, open_embeddings
 from .tags import product_tags, read_tag
 from .upsample import check_pixel_grid, pixel_window, value_range, write_pixel_values
 
-__all__ = ("MIN_SIGMA", "Calibration", "ChangeResult", "change_raster", "otsu_threshold", "robust_spread",
-           "sample_distances")
+__all__ = ("CALIBRATIONS", "MIN_SIGMA", "Calibration", "ChangeResult", "change_raster", "check_change_options",
+           "otsu_threshold", "robust_spread", "sample_distances")
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ _BAND_VALUES = 1 << 24
 #: What a change map's values are: ``"auto"`` (a robust z-score when the two sides are different sensors, the cosine
 #: distance otherwise), ``"distance"`` or ``"zscore"``.
 Calibration = Literal["auto", "distance", "zscore"]
-_CALIBRATIONS = ("auto", "distance", "zscore")
+CALIBRATIONS = ("auto", "distance", "zscore")
 #: The smallest σ a z-score divides by: below it the distances are rounding noise (a scene against itself: ≤ 2.4e-7).
 MIN_SIGMA = 1e-4
 
@@ -174,7 +177,8 @@ def change_raster(
         no_change: ``(median, σ)`` of the cosine distances where nothing changed, for this sensor pair (e.g. learned
             over many scenes by :func:`engine.batch.batch_change`); None: estimated from this scene, as if most of
             it did not change.
-        threshold: In the map's units: a value, ``"robust"`` (the no-change median + 3σ, i.e. z = 3) or
+        threshold: In the map's units: a value, ``"robust"`` (the no-change median + 3σ, i.e. z = 3; σ at least
+            :data:`MIN_SIGMA`) or
             ``"otsu"``; needed by the mask, polygon and towards outputs (default ``"otsu"`` when one is asked for).
         mask_output: Write the change mask here (uint8 GeoTIFF: 0 unchanged, 1 changed, 255 nodata; ``.qml``).
         polygons_output: Write the changed areas here as polygons (GeoPackage, layer ``classes``; with ``towards``,
@@ -208,12 +212,7 @@ def change_raster(
         engine.errors.InferenceCancelled: Cancelled by the caller.
         engine.errors.OutputError: An output that is an input, or exists (without ``overwrite``).
     """
-    if resolution not in ("patch", "pixel"):
-        raise SettingsError(f"resolution must be 'patch' or 'pixel', got {resolution!r}")
-    if calibration not in _CALIBRATIONS:
-        raise SettingsError(f"calibration must be one of {', '.join(_CALIBRATIONS)}, got {calibration!r}")
-    if threshold is not None and not isinstance(threshold, (int, float)) and threshold not in ("otsu", "robust"):
-        raise SettingsError(f"threshold must be a value, 'otsu' or 'robust', got {threshold!r}")
+    check_change_options(resolution, calibration, threshold)
     if no_change is not None and not (len(no_change) == 2 and all(math.isfinite(v) for v in no_change)
                                       and no_change[1] > 0):
         raise SettingsError(f"no_change must be (median, σ) of the no-change distances with σ > 0, got {no_change!r}")
@@ -287,7 +286,8 @@ def change_raster(
         if threshold is not None:
             z = units == "robust_z"
             cut = (float(threshold) if isinstance(threshold, (int, float)) else
-                   (3.0 if z else median + 3 * sigma) if threshold == "robust" else otsu_threshold(_sample(output)))
+                   (3.0 if z else median + 3 * max(sigma, MIN_SIGMA)) if threshold == "robust"
+                   else otsu_threshold(_sample(output)))
             mask_path = Path(mask_output) if mask_output is not None else tmp / "change_mask.tif"
             fraction = _write_mask(output, mask_path, cut, tags)
             log.info("change threshold %.4f (%s, %s): %.1f %% of the valid pixels changed", cut, threshold, units,
@@ -313,6 +313,20 @@ def change_raster(
                         polygons=polygons, units=units, sensors=(before_made, after_made), cross_sensor=cross,
                         notice=notice, towards=towards_map, towards_fractions=shares,
                         towards_classes=names if towards is not None and threshold is not None else ())
+
+
+def check_change_options(resolution: str, calibration: str, threshold: Optional[Union[float, str]]) -> None:
+    """Refuse an unknown resolution, calibration or threshold of :func:`change_raster` before any work.
+
+    Raises:
+        SettingsError: Naming the option and its choices.
+    """
+    if resolution not in ("patch", "pixel"):
+        raise SettingsError(f"resolution must be 'patch' or 'pixel', got {resolution!r}")
+    if calibration not in CALIBRATIONS:
+        raise SettingsError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+    if threshold is not None and not isinstance(threshold, (int, float)) and threshold not in ("otsu", "robust"):
+        raise SettingsError(f"threshold must be a value, 'otsu' or 'robust', got {threshold!r}")
 
 
 def robust_spread(distances: np.ndarray) -> tuple[float, float]:

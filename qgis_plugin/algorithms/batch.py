@@ -1,11 +1,15 @@
 """*Batch … (many rasters)*: every raster of a list of layers, a folder or a catalogue file, on Dask.
 
-*Batch embeddings*, *Batch class maps* and *Batch similarity maps* are ``engine.batch.batch_embed``,
-``batch_cluster`` and ``batch_similarity`` (``msfm batch embed|cluster|similarity``): a Cloud-Optimized GeoTIFF per
-raster, a mosaic VRT per CRS, a STAC collection, resumable; class maps share one k-means and similarity maps one
-query over all rasters. Parameter names (public contract): ``INPUTS``, ``FOLDER``, ``CATALOGUE``, ``ASSET``, the band
-and model parameters of *Compute embeddings*, ``OUTPUT_DTYPE``, ``WORKERS``, ``SCHEDULER``, ``OVERWRITE``, ``OUTPUT``;
-``K``, ``RESOLUTION``, ``SEED`` (class maps); ``QUERY``, ``RESOLUTION`` (similarity).
+*Batch embeddings*, *Batch class maps*, *Batch similarity maps* and *Batch change maps* are
+``engine.batch.batch_embed``, ``batch_cluster``, ``batch_similarity`` and ``batch_change`` (``msfm batch
+embed|cluster|similarity|change``): a Cloud-Optimized GeoTIFF per raster (per pair), a mosaic VRT per CRS, a STAC
+collection, resumable; class maps share one k-means, similarity maps one query and change maps one no-change
+calibration over all rasters. Parameter names (public contract): ``INPUTS``, ``FOLDER``, ``CATALOGUE``, ``ASSET``, the
+band and model parameters of *Compute embeddings*, ``OUTPUT_DTYPE``, ``WORKERS``, ``SCHEDULER``, ``OVERWRITE``,
+``OUTPUT``; ``K``, ``RESOLUTION``, ``SEED`` (class maps); ``QUERY``, ``RESOLUTION`` (similarity); change maps take
+``BEFORE_INPUTS`` / ``BEFORE_FOLDER`` / ``BEFORE_CATALOGUE`` and ``AFTER_…`` instead of the one catalogue, with
+``BEFORE_SENSOR`` (``SENSOR`` and ``BAND_OVERRIDES`` are the later rasters'), ``RESOLUTION``, ``CALIBRATION``,
+``THRESHOLD``, ``THRESHOLD_VALUE``, and the output ``UNPAIRED``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from qgis.core import (
 )
 
 from ..runtime import engine
-from .base import DEFAULT_MODEL, MsfmAlgorithm, features_as_geojson
+from .base import AUTO_SENSOR, DEFAULT_MODEL, MsfmAlgorithm, features_as_geojson, sensor_ids
+from .change import CALIBRATIONS, THRESHOLDS
 
 _HOW = (
     "on the Dask cluster this computer starts (or an existing one: <i>Dask scheduler</i>). Give the rasters as "
@@ -55,6 +60,8 @@ class BatchEmbeddings(MsfmAlgorithm):
     NEEDS = "batch"
     #: What the output folder holds for each raster, in the help.
     PRODUCT = "embeddings"
+    #: The catalogues it takes: (parameter-name prefix, what they hold, in labels); one catalogue without either.
+    CATALOGUES: tuple[tuple[str, str], ...] = (("", ""),)
     HELP = (
         "Computes the embeddings of many rasters at once, as <tt>msfm batch embed</tt> does, " + _HOW
         + "The output folder receives one Cloud-Optimized GeoTIFF per raster, a mosaic VRT per CRS (scenes in "
@@ -70,13 +77,16 @@ class BatchEmbeddings(MsfmAlgorithm):
         return engine.batch.batch_embed(catalogue, output, model, **common)
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterMultipleLayers(
-            "INPUTS", "Raster layers", QgsProcessing.TypeRaster, optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "FOLDER", "…or a folder of rasters", behavior=QgsProcessingParameterFile.Folder, optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "CATALOGUE", "…or a catalogue file (text list of paths/URLs, or STAC JSON)", optional=True,
-            fileFilter="Catalogues (*.txt *.csv *.lst *.json);;All files (*)"))
+        for prefix, what in self.CATALOGUES:
+            self.addParameter(QgsProcessingParameterMultipleLayers(
+                f"{prefix}INPUTS", f"{what}: raster layers" if what else "Raster layers", QgsProcessing.TypeRaster,
+                optional=True))
+            self.addParameter(QgsProcessingParameterFile(
+                f"{prefix}FOLDER", "…or a folder of them" if what else "…or a folder of rasters",
+                behavior=QgsProcessingParameterFile.Folder, optional=True))
+            self.addParameter(QgsProcessingParameterFile(
+                f"{prefix}CATALOGUE", f"…or a catalogue file{' of them' if what else ''} (text list of paths/URLs, "
+                "or STAC JSON)", optional=True, fileFilter="Catalogues (*.txt *.csv *.lst *.json);;All files (*)"))
         self.add_band_parameters(layer=False)
         self.add_product_parameters()
         self.add_model_parameters()
@@ -103,16 +113,19 @@ class BatchEmbeddings(MsfmAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("DONE", "Rasters done by this run"))
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", "Rasters already done (skipped)"))
         self.addOutput(QgsProcessingOutputString("FAILED", "Rasters that failed (JSON: name → error)"))
+        if len(self.CATALOGUES) > 1:
+            self.addOutput(QgsProcessingOutputString(
+                "UNPAIRED", "Rasters without a partner of the same name (JSON: name → the side that has it)"))
 
-    def catalogue(self, parameters, context):
+    def catalogue(self, parameters, context, prefix: str = "", what: str = ""):
         """The rasters: the layers' files, the folder or the catalogue file (exactly one of them)."""
-        layers = self.parameterAsLayerList(parameters, "INPUTS", context)
-        folder = self.parameterAsFile(parameters, "FOLDER", context)
-        listing = self.parameterAsFile(parameters, "CATALOGUE", context)
+        layers = self.parameterAsLayerList(parameters, f"{prefix}INPUTS", context)
+        folder = self.parameterAsFile(parameters, f"{prefix}FOLDER", context)
+        listing = self.parameterAsFile(parameters, f"{prefix}CATALOGUE", context)
         given = [bool(layers), bool(folder), bool(listing)]
         if sum(given) != 1:
             raise QgsProcessingException(
-                "Give the rasters one way: as raster layers, as a folder, or as a catalogue file"
+                f"Give the {what.lower() or 'rasters'} one way: as raster layers, as a folder, or as a catalogue file"
                 + (" (more than one was given)." if sum(given) > 1 else "."))
         if layers:
             files = [layer for layer in layers if layer.providerType() != "gdal"]
@@ -124,7 +137,8 @@ class BatchEmbeddings(MsfmAlgorithm):
         return folder or listing
 
     def compute(self, parameters, context, feedback) -> dict:
-        catalogue = self.catalogue(parameters, context)
+        catalogues = [self.catalogue(parameters, context, prefix, what) for prefix, what in self.CATALOGUES]
+        catalogue = catalogues[0] if len(catalogues) == 1 else tuple(catalogues)
         model = (self.parameterAsFile(parameters, "MODEL_FILE", context)
                  or self.parameterAsEnumString(parameters, "MODEL", context) or DEFAULT_MODEL)
         settings = self.settings(parameters, context,
@@ -144,13 +158,18 @@ class BatchEmbeddings(MsfmAlgorithm):
                           f"{len(report.failed)} failed, in {report.seconds:.1f} s on {report.workers} Dask workers")
         for name, error in report.failed.items():
             feedback.reportError(f"{name}: {error}")
+        for name, side in report.unpaired.items():
+            feedback.pushWarning(f"{name}: only among the {side} rasters (no partner of the same name), not compared")
         for path in report.mosaics:
             feedback.pushInfo(f"Mosaic: {path}")
-        return {
+        outputs = {
             "OUTPUT": self.parameterAsString(parameters, "OUTPUT", context),
             "STAC": str(report.stac) if report.stac else "", "MOSAICS": json.dumps([str(p) for p in report.mosaics]),
             "DONE": len(report.done), "SKIPPED": len(report.skipped), "FAILED": json.dumps(report.failed),
         }
+        if len(self.CATALOGUES) > 1:
+            outputs["UNPAIRED"] = json.dumps(report.unpaired)
+        return outputs
 
 
 class BatchClassMaps(BatchEmbeddings):
@@ -216,3 +235,54 @@ class BatchSimilarityMaps(BatchEmbeddings):
         return engine.batch.batch_similarity(
             catalogue, output, model, query=query, query_crs="EPSG:4326",
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context), **common)
+
+
+class BatchChangeMaps(BatchEmbeddings):
+    NAME = "batch_change"
+    DISPLAY = "Batch change maps (pairs of rasters)"
+    ICON = "similarity"
+    PRODUCT = "change maps"
+    CATALOGUES = (("BEFORE_", "Earlier rasters (before)"), ("AFTER_", "Later rasters (after)"))
+    HELP = (
+        "Change maps of many places at once: each earlier raster is paired with the later raster of the <b>same "
+        "file name</b> (rasters without a partner are listed and skipped), and every pair gets the cosine distance "
+        "of its two embeddings on the later raster's grid, as <tt>msfm batch change</tt> does, " + _HOW
+        + "Both sides are embedded (kept in <tt>embeddings/before</tt> and <tt>embeddings/after</tt>), then the "
+        "typical distance where nothing changed is measured once over all pairs (median and robust spread, "
+        "<tt>calibration.json</tt>, reused when the run is repeated), so that a robust z-score, a threshold value "
+        "or <i>robust</i> (typical distance + 3 robust standard deviations) means the same in every pair; "
+        "<i>otsu</i> is cut on each map's own values. <i>Sensor preset</i> and <i>Band overrides</i> are those of "
+        "the later rasters. Each pair gives a Cloud-Optimized GeoTIFF with its style and, with a threshold, a change "
+        "mask (<tt>_mask.tif</tt>) and the changed areas (<tt>_changes.gpkg</tt>); a mosaic VRT per CRS and a STAC "
+        "collection cover the maps. " + _RESUME
+    )
+
+    def add_product_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterEnum(
+            "BEFORE_SENSOR", "Sensor preset of the earlier rasters (auto: from their band names and metadata)",
+            options=sensor_ids(), defaultValue=AUTO_SENSOR, usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel",
+            usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            "CALIBRATION", "Values (auto: robust z-score for two different sensors, else cosine distance)",
+            options=list(CALIBRATIONS), defaultValue="auto", usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            "THRESHOLD", "Threshold of the change masks (none: no mask)", options=["none", *THRESHOLDS],
+            defaultValue="none", usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "THRESHOLD_VALUE", "Threshold value (in the maps' units, with 'value')",
+            QgsProcessingParameterNumber.Double, 0.1))
+
+    def run_batch(self, catalogue, output, model, common, parameters, context, feedback):
+        before, after = catalogue
+        sensor, overrides = common.pop("sensor"), common.pop("overrides")
+        before_sensor = self.parameterAsEnumString(parameters, "BEFORE_SENSOR", context)
+        how = self.parameterAsEnumString(parameters, "THRESHOLD", context) or "none"
+        threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
+        return engine.batch.batch_change(
+            before, after, output, model, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
+            calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
+            threshold=None if how == "none" else threshold,
+            before_sensor=None if before_sensor in ("", AUTO_SENSOR) else before_sensor, after_sensor=sensor,
+            after_overrides=overrides, **common)

@@ -92,9 +92,9 @@ def s2_water_point(tmp_path: Path) -> tuple[Path, Any, tuple[float, float]]:
 
 def test_provider_lists_the_algorithms_with_the_shared_parameters(msfm_provider: Any) -> None:
     ids = sorted(a.id() for a in msfm_provider.algorithms())
-    assert ids == ["msfm:bandmapping", "msfm:batch_cluster", "msfm:batch_embed", "msfm:batch_similarity", "msfm:change",
-                   "msfm:classify", "msfm:cluster", "msfm:downloadmodel", "msfm:embed", "msfm:export_onnx",
-                   "msfm:segment", "msfm:similarity", "msfm:train_head"]
+    assert ids == ["msfm:bandmapping", "msfm:batch_change", "msfm:batch_cluster", "msfm:batch_embed",
+                   "msfm:batch_similarity", "msfm:change", "msfm:classify", "msfm:cluster", "msfm:downloadmodel",
+                   "msfm:embed", "msfm:export_onnx", "msfm:segment", "msfm:similarity", "msfm:train_head"]
     for alg in msfm_provider.algorithms():
         assert not alg.flags() & alg.FlagNoThreading, f"{alg.id()} must run in the background thread"
         assert not alg.icon().isNull(), alg.id()
@@ -357,7 +357,7 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path: Path) -> None
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     out = proc.stdout
-    assert "ALGS 13" in out, proc.stderr[-2000:]
+    assert "ALGS 14" in out, proc.stderr[-2000:]
     assert "BANDS sentinel2_l1c" in out
     assert "ERROR msfm needs Python package(s) that QGIS's Python does not have: torch" in out
     assert "pip install" in out and "Install packages…" in out and "only when you ask it to" in out

@@ -1,9 +1,11 @@
-"""*Batch embeddings / class maps / similarity maps (many rasters)* in QGIS Processing: real rasters on a local Dask
-cluster, one way to give them, cancel and resume; one k-means and one query across the rasters."""
+"""*Batch embeddings / class maps / similarity maps (many rasters)* and *Batch change maps (pairs of rasters)* in QGIS
+Processing: real rasters on a local Dask cluster, one way to give them, cancel and resume; one k-means, one query and
+one no-change calibration across the rasters."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import rasterio
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from tests.conftest import BEN_S1, L8, shared_file
+from tests.engine.test_batch import S1_CHIP, S2_CHIP
 from tests.plugin.test_algorithms import D_DEMO, run, write_gpkg
 
 pytestmark = [pytest.mark.qgis, pytest.mark.slow]  # each run starts a Dask cluster (~3 s)
@@ -81,3 +84,26 @@ def test_class_maps_share_one_kmeans_and_a_query_layer_maps_every_raster(msfm_pr
     with rasterio.open(tmp_path / "similar" / f"{Path(rasters[1]).stem}.tif") as ds:
         row, col = ds.index(x, y)
         assert ds.read(1)[row, col] == pytest.approx(1.0, abs=1e-5)  # the query's own cell
+
+
+def test_change_maps_pair_two_folders_by_name_with_one_calibration(msfm_provider: Any, tmp_path: Path) -> None:
+    before, after = tmp_path / "before", tmp_path / "after"
+    for folder in (before, after):
+        folder.mkdir()
+        shutil.copyfile(shared_file(*S2_CHIP), folder / "india.tif")  # the same scene on both sides
+    shutil.copyfile(shared_file(*S1_CHIP), before / "only_before.tif")
+    with pytest.raises(QgsProcessingException, match=r"Give the later rasters \(after\) one way"):
+        run("batch_change", {"BEFORE_FOLDER": str(before), "OUTPUT": str(tmp_path / "none"), **FAST})
+    result = run("batch_change", {"BEFORE_FOLDER": str(before), "AFTER_INPUTS": [str(after / "india.tif")],
+                                  "RESOLUTION": "patch", "THRESHOLD": "value", "THRESHOLD_VALUE": 0.05,
+                                  "OUTPUT": str(tmp_path / "change"), **FAST})
+    assert (result["DONE"], json.loads(result["FAILED"])) == (1, {})
+    assert json.loads(result["UNPAIRED"]) == {"only_before": "before"}
+    fitted = json.loads((tmp_path / "change" / "calibration.json").read_text())
+    assert fitted["pairs"] == 1
+    with rasterio.open(tmp_path / "change" / "india.tif") as ds:
+        assert ds.tags()["MSFM_NO_CHANGE"] == f"{fitted['median']:.6g} {fitted['sigma']:.6g}"
+        assert ds.tags()["MSFM_UNITS"] == "cosine_distance" and float(ds.read(1).max()) < 1e-5  # itself: no change
+    with rasterio.open(tmp_path / "change" / "india_mask.tif") as mask:
+        assert float(mask.tags()["MSFM_THRESHOLD"]) == 0.05 and (mask.read(1) == 0).all()
+    assert (tmp_path / "change" / "india_changes.gpkg").is_file()
