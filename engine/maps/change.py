@@ -68,7 +68,7 @@ __all__ = ("CALIBRATIONS", "MIN_SIGMA", "Calibration", "ChangeResult", "change_r
 log = logging.getLogger(__name__)
 
 #: Embedding values read per row band (float32: 4 bytes each).
-_BAND_VALUES = 1 << 24
+_BAND_VALUES = 1 << 22
 
 
 #: What a change map's values are: ``"auto"`` (a robust z-score when the two sides are different sensors, the cosine

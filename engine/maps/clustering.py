@@ -43,7 +43,16 @@ from ..callbacks import CancelFn, ProgressFn, check_canceled
 from ..errors import InputRasterError, SettingsError
 from ..models import Encoder
 from ..outputs import GEOTIFF, check_outputs
-from ..raster import NODATA_CLASS, GeoTiffWriter, Region, class_colors, gtiff_profile, iter_windows, write_qml
+from ..raster import (
+    NODATA_CLASS,
+    GeoTiffWriter,
+    Region,
+    class_colors,
+    gdal_cache_bytes,
+    gtiff_profile,
+    iter_windows,
+    write_qml,
+)
 from ..settings import InferenceSettings
 from ..spectral import Overrides
 from .embeddings import EmbeddingResult, provide_embeddings
@@ -497,7 +506,9 @@ def _write_classes(
             crs=src.crs, transform=window_transform(target, src.transform), nodata=NODATA_CLASS,
         )
         bands = pixel_row_bands(src, target, 1, band_rows, cols, labels_of, region, NODATA_CLASS, np.uint8)
-        with GeoTiffWriter(output, profile, ["class"], tags, colors) as writer:
+        cache = gdal_cache_bytes(src) if src is not grid else None  # as write_pixel_values: a few block rows
+        with rasterio.Env(**({} if cache is None else {"GDAL_CACHEMAX": cache})), \
+                GeoTiffWriter(output, profile, ["class"], tags, colors) as writer:
             for band, out in bands:
                 writer.write_rows(out)
                 counts += np.bincount(out[out != NODATA_CLASS].ravel(), minlength=k)[:k]
