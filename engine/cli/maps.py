@@ -147,7 +147,7 @@ def cmd_change(args: argparse.Namespace) -> int:
         res = change_raster(
             args.before, args.after, args.output, model, before_embeddings=args.before_embeddings,
             after_embeddings=args.after_embeddings, embedding_format=args.embedding_format,
-            resolution=args.resolution, calibration=args.calibration,
+            resolution=args.resolution, on_grid=args.grid, calibration=args.calibration,
             no_change=tuple(args.no_change) if args.no_change else None, threshold=threshold,
             mask_output=args.mask_output, polygons_output=args.polygons_output, towards=towards,
             towards_output=args.towards_output, settings=None if given else inference_settings(args),
@@ -237,6 +237,9 @@ def register(sub: Any) -> None:
     p.add_argument("--after-embeddings", help="reuse this embedding raster of AFTER")
     p.add_argument("--embedding-format", choices=ENCODINGS, help="how the given embeddings store their values, "
                    "where the files do not say (default: detected)")
+    p.add_argument("--grid", choices=["after", "before"], default="after",
+                   help="whose grid the map is on (default after; the other side's embeddings are resampled onto it "
+                   "when the grids differ)")
     p.add_argument("--calibration", choices=["auto", "distance", "zscore"], default="auto",
                    help="the map's values: the cosine distance, or its robust z-score (d - median) / σ against the "
                    "no-change distribution (auto, the default: z-score when BEFORE and AFTER are different sensors)")

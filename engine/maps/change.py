@@ -1,12 +1,13 @@
 """Change maps: how far apart the embeddings of two rasters of one place are, cell by cell, on one grid.
 
 Both rasters are embedded (or their embedding rasters are given: ours or made elsewhere,
-:func:`engine.maps.open_embeddings`). The BEFORE embeddings are put on the AFTER raster's cell grid: read through a
-GDAL warped view with bilinear resampling when the grids differ (another CRS, resolution or extent; never silently:
-it is logged and recorded in the output's tags), as they are when the grids are the same. Every cell's change is the
-cosine distance ``1 − cos(e_before, e_after)`` in [0, 2] (0: same embedding direction), NaN where either side is
-nodata. At ``"pixel"`` resolution the cell distances are interpolated bilinearly onto the AFTER raster's pixels, its
-nodata carried over (:func:`engine.maps.upsample.write_pixel_values`); at ``"patch"`` resolution the cell grid is the
+:func:`engine.maps.open_embeddings`). The BEFORE embeddings are put on the AFTER raster's cell grid (or the AFTER ones
+on the BEFORE grid, ``on_grid="before"``): read through a GDAL warped view with bilinear resampling when the grids
+differ (another CRS, resolution or extent; never silently: it is logged and recorded in the output's tags), as they
+are when the grids are the same. Every cell's change is the cosine distance ``1 − cos(e_before, e_after)`` in [0, 2]
+(0: same embedding direction), NaN where either side is nodata. At ``"pixel"`` resolution the cell distances are
+interpolated bilinearly onto that raster's pixels, its nodata carried over
+(:func:`engine.maps.upsample.write_pixel_values`); at ``"patch"`` resolution the cell grid is the
 output. A QGIS style (``.qml``, Viridis over the map's range) is written beside it.
 
 Calibration and thresholds: the distances of a scene are summarised by its no-change distribution, estimated robustly
@@ -88,7 +89,7 @@ class ChangeResult:
             nodata.
         resolution: ``"patch"`` or ``"pixel"``.
         value_range: ``(min, max)`` of the written values (NaN, NaN when nothing is valid).
-        reprojected: Whether the BEFORE embeddings were resampled onto the AFTER grid.
+        reprojected: Whether one side's embeddings were resampled onto the other's grid (``on_grid``).
         before: The BEFORE embedding run (None when its embeddings were given).
         after: The AFTER embedding run (None when its embeddings were given).
         seconds: Wall time.
@@ -141,6 +142,7 @@ def change_raster(
     after_embeddings: Optional[Union[str, Path]] = None,
     embedding_format: Optional[str] = None,
     resolution: Resolution = "pixel",
+    on_grid: Literal["after", "before"] = "after",
     calibration: Calibration = "auto",
     no_change: Optional[tuple[float, float]] = None,
     threshold: Optional[Union[float, str]] = None,
@@ -161,7 +163,7 @@ def change_raster(
 
     Args:
         before: The earlier raster (any sensor the model maps).
-        after: The later raster; its grid is the output's.
+        after: The later raster; its grid is the output's (unless ``on_grid="before"``).
         output: Change GeoTIFF to write (atomically), with its ``.qml`` beside it: one float32 band
             ``cosine_distance`` in [0, 2] or ``robust_z``, NaN nodata, tags ``MSFM_KIND=change``, ``MSFM_BEFORE``,
             ``MSFM_AFTER``, ``MSFM_REPROJECTED``, ``MSFM_UNITS``, ``MSFM_NO_CHANGE`` (median, σ).
@@ -170,7 +172,10 @@ def change_raster(
         after_embeddings: An existing embedding raster of ``after``.
         embedding_format: The format of the given embeddings (:data:`engine.maps.quantized.ENCODINGS`; None:
             detected from each file).
-        resolution: ``"pixel"`` (the AFTER raster's pixels) or ``"patch"`` (its embedding cells).
+        resolution: ``"pixel"`` (the output grid's raster's pixels) or ``"patch"`` (its embedding cells).
+        on_grid: Whose grid the map is on: ``"after"`` (default; the BEFORE embeddings are resampled onto it when
+            the grids differ) or ``"before"`` (the AFTER embeddings are resampled; e.g. to keep the finer of two
+            sensors' grids). The distance is symmetric: only the grid and the resampled side change.
         calibration: ``"distance"`` (the cosine distance), ``"zscore"`` (the robust z-score ``(d − median) / σ``
             against the no-change distribution, docs/change.md) or ``"auto"`` (z-score when the two sides were
             embedded from different bands, i.e. different sensors; distance otherwise).
@@ -207,12 +212,14 @@ def change_raster(
             numbers with σ > 0, ``towards_output`` without ``towards``, a ``towards`` k outside 2..254, or neither
             a model nor the embeddings of a side.
         InputRasterError: Embeddings of different dimensions (different models), grids that do not overlap, int8
-            BEFORE embeddings on another grid (give float ones), a ``towards`` class raster that does not overlap,
+            embeddings of the resampled side (give float ones), a ``towards`` class raster that does not overlap,
             or what reading either raster raises.
         engine.errors.InferenceCancelled: Cancelled by the caller.
         engine.errors.OutputError: An output that is an input, or exists (without ``overwrite``).
     """
     check_change_options(resolution, calibration, threshold)
+    if on_grid not in ("after", "before"):
+        raise SettingsError(f"on_grid must be 'after' or 'before', got {on_grid!r}")
     if no_change is not None and not (len(no_change) == 2 and all(math.isfinite(v) for v in no_change)
                                       and no_change[1] > 0):
         raise SettingsError(f"no_change must be (median, σ) of the no-change distances with σ > 0, got {no_change!r}")
@@ -229,8 +236,9 @@ def change_raster(
                    "AFTER embeddings": after_embeddings, "towards class map": towards_file},
                   overwrite=overwrite, suffixes={"output": GEOTIFF, "mask output": GEOTIFF, "towards output": GEOTIFF,
                                                  "polygons output": (".gpkg",)})
+    pixels = after if on_grid == "after" else before  # the raster whose pixels a pixel-resolution map covers
     if resolution == "pixel":
-        check_pixel_grid(after)
+        check_pixel_grid(pixels)
     started = time.perf_counter()
     output = Path(output)
     report = progress or (lambda f: None)
@@ -242,20 +250,24 @@ def change_raster(
             before, output.with_name(f"{output.stem}.before{output.suffix}"), model, before_embeddings, None,
             settings=settings, sensor=before_sensor, overrides=before_overrides,
             progress=lambda f: report(0.5 + 0.4 * f / 0.8), is_canceled=is_canceled))
-        grid = stack.enter_context(open_embeddings(after_path, embedding_format if after_embeddings else None))
-        other = stack.enter_context(open_embeddings(before_path, embedding_format if before_embeddings else None))
-        if other.count != grid.count:
-            raise InputRasterError(f"the BEFORE embeddings have {other.count} dimensions and the AFTER ones "
-                                   f"{grid.count}: embed both with the same model")
-        (before_made, before_bands), (after_made, after_bands) = _made_from(other), _made_from(grid)
+        after_grid = stack.enter_context(open_embeddings(after_path, embedding_format if after_embeddings else None))
+        before_grid = stack.enter_context(open_embeddings(before_path,
+                                                          embedding_format if before_embeddings else None))
+        if before_grid.count != after_grid.count:
+            raise InputRasterError(f"the BEFORE embeddings have {before_grid.count} dimensions and the AFTER ones "
+                                   f"{after_grid.count}: embed both with the same model")
+        (before_made, before_bands), (after_made, after_bands) = _made_from(before_grid), _made_from(after_grid)
         cross = before_bands is not None and after_bands is not None and before_bands != after_bands
         units = "robust_z" if calibration == "zscore" or (calibration == "auto" and cross) else "cosine_distance"
         notice = _sensor_notice(before_made, after_made, model) if cross else None
-        aligned, reprojected = _on_grid(other, grid)
+        grid, other = (after_grid, before_grid) if on_grid == "after" else (before_grid, after_grid)
+        moved, kept = ("BEFORE", "AFTER") if on_grid == "after" else ("AFTER", "BEFORE")
+        aligned, reprojected = _on_grid(other, grid, moved, kept)
         if reprojected:
-            stack.enter_context(aligned.dataset)  # the warped view (the BEFORE raster stays open by its own)
-            log.info("BEFORE embeddings %s resampled (bilinear) onto the AFTER grid of %s", before_path, after_path)
-        tags = product_tags({}, "change", before=str(before), after=str(after), resolution=resolution,
+            stack.enter_context(aligned.dataset)  # the warped view (the resampled raster stays open by its own)
+            log.info("%s embeddings %s resampled (bilinear) onto the %s grid of %s", moved, other.name, kept,
+                     grid.name)
+        tags = product_tags({}, "change", before=str(before), after=str(after), grid=on_grid, resolution=resolution,
                             reprojected=str(reprojected).lower(), units=units, before_made_from=str(before_made),
                             after_made_from=str(after_made))
         check_canceled(is_canceled, "before comparing the embeddings")
@@ -272,7 +284,7 @@ def change_raster(
             values = _rescale(cells, z_cells, median, max(sigma, MIN_SIGMA), tags)
             cells = z_cells
         if resolution == "pixel":
-            with rasterio.open(cells) as cell_values, rasterio.open(after) as src:
+            with rasterio.open(cells) as cell_values, rasterio.open(pixels) as src:
                 values = write_pixel_values(cell_values, src, pixel_window(grid, src, None), None, output,
                                             {**tags, "MSFM_NO_CHANGE": f"{median:.6g} {sigma:.6g}"}, units,
                                             lambda f: report(0.95 + 0.04 * f), is_canceled)
@@ -296,7 +308,7 @@ def change_raster(
             areas: Path = mask_path
             keep: Optional[set[int]] = {1}
             if towards is not None:
-                classes, class_names = _towards_classes(towards, after, after_path, grid, resolution, tmp,
+                classes, class_names = _towards_classes(towards, after, after_path, resolution, tmp,
                                                         embedding_format if after_embeddings else None, is_canceled)
                 target = Path(towards_output) if towards_output is not None else tmp / "change_towards.tif"
                 names, shares = _write_towards(mask_path, classes, class_names, target, tags)
@@ -418,7 +430,7 @@ def _rescale(cells: Path, output: Path, median: float, sigma: float, tags: dict[
 
 
 def _towards_classes(towards: Union[int, str, Path], after: Union[str, Path], after_embeddings: Path,
-                     grid: EmbeddingRaster, resolution: Resolution, tmp: Path, embedding_format: Optional[str],
+                     resolution: Resolution, tmp: Path, embedding_format: Optional[str],
                      is_canceled: Optional[CancelFn]) -> tuple[Path, dict[int, str]]:
     """The class raster "changed towards" reads, and its class names (``{value: name}``).
 
@@ -519,8 +531,11 @@ def _write_mask(distances: Path, output: Path, threshold: float, tags: dict[str,
     return changed / max(valid, 1)
 
 
-def _on_grid(other: EmbeddingRaster, grid: EmbeddingRaster) -> tuple[Any, bool]:
+def _on_grid(other: EmbeddingRaster, grid: EmbeddingRaster, moved: str = "BEFORE", kept: str = "AFTER",
+             ) -> tuple[Any, bool]:
     """``other`` as it reads on ``grid``'s cells: itself on the same grid, else a bilinear warped view (floats only).
+
+    ``moved`` and ``kept`` name the two sides in messages (``"BEFORE"`` resampled onto ``"AFTER"``, or the reverse).
 
     Returns:
         ``(a reader with ``read(window=)`` → float32 [D, h, w], whether it was resampled)``.
@@ -530,14 +545,14 @@ def _on_grid(other: EmbeddingRaster, grid: EmbeddingRaster) -> tuple[Any, bool]:
     if same:
         return other, False
     if other.encoding not in ("msfm", "float"):
-        raise InputRasterError(f"the BEFORE embeddings {other.name} are {other.encoding} on another grid than the "
+        raise InputRasterError(f"the {moved} embeddings {other.name} are {other.encoding} on another grid than the "
                                "AFTER ones: resampling quantised values would mix scales; give float embeddings "
-                               "(msfm embed --dtype float32) or embeddings on the AFTER grid")
+                               f"(msfm embed --dtype float32) or embeddings on the {kept} grid")
     bounds = transform_bounds(other.crs, grid.crs, *other.bounds)
     if bounds[0] >= grid.bounds.right or bounds[2] <= grid.bounds.left or bounds[1] >= grid.bounds.top \
             or bounds[3] <= grid.bounds.bottom:
-        raise InputRasterError(f"the BEFORE raster does not overlap the AFTER raster ({other.crs} bounds {bounds} "
-                               f"in the AFTER CRS vs {tuple(grid.bounds)}): give two rasters of one place")
+        raise InputRasterError(f"the {moved} raster does not overlap the {kept} raster ({other.crs} bounds {bounds} "
+                               f"in the {kept} CRS vs {tuple(grid.bounds)}): give two rasters of one place")
     warped = WarpedVRT(other.dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                        resampling=Resampling.bilinear, src_nodata=other.dataset.nodata, nodata=float("nan"),
                        dtype="float32")

@@ -2,7 +2,7 @@
 
 ``engine.maps.change_raster`` (``msfm change``). Parameter names (public contract): ``BEFORE`` and its
 ``BEFORE_SENSOR``, ``INPUT`` (the AFTER raster) with ``SENSOR`` and ``BAND_OVERRIDES``, ``BEFORE_EMBEDDINGS``,
-``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, ``CALIBRATION``, ``THRESHOLD`` and
+``EMBEDDINGS`` (of the AFTER raster), ``EMBEDDING_FORMAT``, ``RESOLUTION``, ``GRID``, ``CALIBRATION``, ``THRESHOLD`` and
 ``THRESHOLD_VALUE``, ``TOWARDS_CLASSES`` and ``TOWARDS_K``, the model parameters, ``OUTPUT``, ``OUTPUT_MASK``,
 ``OUTPUT_POLYGONS``, ``OUTPUT_TOWARDS``.
 """
@@ -39,8 +39,9 @@ class ChangeMap(MsfmAlgorithm):
         "unrelated, up to 2), on the later raster's grid. The two may come from different sensors (e.g. Sentinel-1 "
         "before a flood, Sentinel-2 after it: give each its sensor preset); a model trained to align sensors makes "
         "such distances more meaningful. When the two grids differ the earlier embeddings are resampled onto the "
-        "later grid (the log says so). Existing embedding rasters can be reused, ours or made elsewhere "
-        "(AlphaEarth, TESSERA, any float raster: <i>Embedding format</i> when the file does not say).<br><br>"
+        "later grid (the log says so), or the later ones onto the earlier grid (<i>Output grid</i>, advanced). "
+        "Existing embedding rasters can be reused, ours or made elsewhere (AlphaEarth, TESSERA, any float raster: "
+        "<i>Embedding format</i> when the file does not say).<br><br>"
         "<i>Values</i>: <i>auto</i> writes the cosine distance for one sensor and, for two different sensors, its "
         "<b>robust z-score</b> (distance minus the scene's typical distance, over its robust spread; 3 = clearly "
         "more than usual), since two sensors' embeddings differ even where nothing changed; the log then recommends "
@@ -63,6 +64,10 @@ class ChangeMap(MsfmAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel",
             usesStaticStrings=True))
+        grid = QgsProcessingParameterEnum("GRID", "Output grid (the later or the earlier raster's)",
+                                          options=["after", "before"], defaultValue="after", usesStaticStrings=True)
+        grid.setFlags(grid.flags() | QgsProcessingParameterEnum.FlagAdvanced)
+        self.addParameter(grid)
         for name, label in (("BEFORE_EMBEDDINGS", "Existing embeddings of the earlier raster"),
                             ("EMBEDDINGS", "Existing embeddings of the later raster")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
@@ -115,6 +120,7 @@ class ChangeMap(MsfmAlgorithm):
             before_layer.source(), after, output, model, before_embeddings=given.get("BEFORE_EMBEDDINGS"),
             after_embeddings=given.get("EMBEDDINGS"), embedding_format=embedding_format(self, parameters, context),
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
+            on_grid=self.parameterAsEnumString(parameters, "GRID", context) or "after",
             calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
             threshold=threshold if mask or polygons or towards_map else None, mask_output=mask,
             polygons_output=polygons, towards=towards, towards_output=towards_map,
@@ -125,7 +131,7 @@ class ChangeMap(MsfmAlgorithm):
         )
         lo, hi = result.value_range
         if result.reprojected:
-            feedback.pushInfo("The earlier embeddings were resampled (bilinear) onto the later raster's grid.")
+            feedback.pushInfo("The embeddings of one raster were resampled (bilinear) onto the other's grid.")
         median, sigma = result.no_change
         if result.notice:
             feedback.pushWarning(result.notice)

@@ -172,12 +172,26 @@ def test_other_grids_are_resampled_and_int8_embeddings_there_refused(demo_model:
                         resolution="patch")
     assert res.reprojected and _read(res.path).shape == _read(after).shape
     assert np.nanmedian(_read(res.path)) < 0.1  # the same scene: small distances once on one grid
+    # on the BEFORE grid instead: the AFTER embeddings resampled, the map on the cut raster's cells (and pixels)
+    on_before = change_raster(cut, source, tmp_path / "on_before.tif", before_embeddings=before,
+                              after_embeddings=after, resolution="patch", on_grid="before")
+    assert on_before.reprojected and _read(on_before.path).shape == _read(before).shape
+    assert np.nanmedian(_read(on_before.path)) < 0.1
+    with rasterio.open(on_before.path) as ds, rasterio.open(before) as b:
+        assert ds.transform == b.transform and ds.tags()["MSFM_GRID"] == "before"
+    pixel = change_raster(cut, source, tmp_path / "on_before_px.tif", before_embeddings=before,
+                          after_embeddings=after, on_grid="before")
+    with rasterio.open(pixel.path) as ds, rasterio.open(cut) as c:
+        assert (ds.transform, ds.shape) == (c.transform, c.shape)
     quantized = embed_raster(cut, tmp_path / "before8.tif", demo_model,
                              settings=InferenceSettings(tile_size_px=224, overlap_px=32, scale=1.0,
                                                         precision="fp32", output_dtype="int8")).path
-    with pytest.raises(InputRasterError, match="resampling quantised values would mix scales"):
+    with pytest.raises(InputRasterError, match="BEFORE embeddings .* resampling quantised values would mix scales"):
         change_raster(cut, source, tmp_path / "refused.tif", before_embeddings=quantized, after_embeddings=after,
                       resolution="patch")
+    with pytest.raises(InputRasterError, match="AFTER embeddings .* resampling quantised values would mix scales"):
+        change_raster(source, cut, tmp_path / "refused2.tif", before_embeddings=after, after_embeddings=quantized,
+                      resolution="patch", on_grid="before")
 
 
 def test_changed_towards_what_the_after_scene_became(demo_model: Any, tmp_path: Path) -> None:
