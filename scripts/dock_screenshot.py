@@ -40,6 +40,7 @@ def main() -> int:
 def _grab(raster: Path, output: Path, width: int, height: int) -> int:
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
     from qgis.PyQt.QtCore import QObject, pyqtSignal
+    from qgis.PyQt.QtWidgets import QMainWindow
 
     app = QgsApplication([], True)
     app.initQgis()
@@ -55,11 +56,17 @@ def _grab(raster: Path, output: Path, width: int, height: int) -> int:
     Processing.initialize()
     QgsApplication.processingRegistry().addProvider(MsfmProvider())
 
-    class Iface(QObject):  # the two things the dock asks of QGIS's interface
+    window = QMainWindow()  # the dock sizes itself against QGIS's main window (a 1600-px-wide one here)
+    window.resize(1600, 1000)
+
+    class Iface(QObject):  # the three things the dock asks of QGIS's interface
         currentLayerChanged = pyqtSignal(object)  # noqa: N815 - QGIS API name
 
         def activeLayer(self) -> None:  # noqa: N802
             return None
+
+        def mainWindow(self) -> QMainWindow:  # noqa: N802
+            return window
 
     layer = QgsRasterLayer(str(raster), raster.stem)
     QgsProject.instance().addMapLayer(layer)
