@@ -29,8 +29,8 @@ FLOOD_S1 = ("data", "sen1floods11_india_900498_s1_db.tif")
 ARTEFACTS = REPO / "out" / "gui"
 
 
-def test_fresh_qgis_installs_onnx_runtime_from_the_dock_and_clusters(tmp_path: Path, demo_model: Any,
-                                                                      capsys: pytest.CaptureFixture) -> None:
+def test_fresh_qgis_installs_onnx_runtime_from_the_dock_then_clusters_and_maps_change(
+        tmp_path: Path, demo_model: Any, capsys: pytest.CaptureFixture) -> None:
     xvfb, qgis = shutil.which("xvfb-run"), shutil.which("qgis")
     if xvfb is None or qgis is None:
         pytest.skip("needs xvfb-run and qgis (apt: xvfb qgis; `make setup` installs them)")
