@@ -76,7 +76,7 @@ _EMBED, _FIT = 0.8, 0.85
 #: The file of a :func:`batch_change` run that holds its no-change calibration.
 CALIBRATION_FILE = "calibration.json"
 #: What :func:`batch_change` adds beside each change map ``<id>.tif`` when a threshold is given.
-_MASK, _POLYGONS = "_mask.tif", "_changes.gpkg"
+_MASK, _POLYGONS, _TOWARDS = "_mask.tif", "_changes.gpkg", "_towards.tif"
 
 
 @dataclass(frozen=True)
@@ -157,16 +157,9 @@ def batch_cluster(
                             "per raster)")
 
     def fit(session: Session, embedded: Sequence[tuple[Product, ...]]) -> dict[str, Any]:
-        client = session.client()
         paths = [str(made[0].path) for made in embedded]
-        cells = [_cells(path) for path in paths]
-        shares = [max(clustering.k, math.ceil(clustering.max_samples * c / sum(cells))) for c in cells]
-        samples = np.concatenate(client.gather(client.map(sample_scene, paths, shares, seed=clustering.seed,
-                                                          pure=False)))
-        centers = fit_kmeans(samples, clustering.k, clustering.seed).cluster_centers_
-        log.info("k-means (k=%d) fitted on %d cells of %d scenes", clustering.k, len(samples), len(paths))
-        return {"k": clustering.k, "samples": int(len(samples)), "scenes": len(paths),
-                "centers": np.asarray(centers, np.float32).tolist()}
+        centers, samples = _catalogue_kmeans(session, paths, clustering)
+        return {"k": clustering.k, "samples": samples, "scenes": len(paths), "centers": centers.tolist()}
 
     def task(fitted: Mapping[str, Any], embeddings: str, label: str) -> Callable[..., dict[str, Any]]:
         return partial(cluster_scene, embeddings=embeddings, centers=np.asarray(fitted["centers"], np.float32),
@@ -271,6 +264,21 @@ def batch_similarity(
                   scheduler=scheduler, overwrite=overwrite, progress=progress, is_canceled=is_canceled)
 
 
+def _catalogue_kmeans(session: Session, paths: Sequence[str], clustering: ClusterSettings) -> tuple[np.ndarray, int]:
+    """k-means on ``clustering.max_samples`` cells drawn from every embedding raster in proportion to its cells.
+
+    Returns:
+        ``(centres [k, D] float32, in decreasing cluster size; the number of cells sampled)``.
+    """
+    client = session.client()
+    cells = [_cells(path) for path in paths]
+    shares = [max(clustering.k, math.ceil(clustering.max_samples * c / sum(cells))) for c in cells]
+    samples = np.concatenate(client.gather(client.map(sample_scene, paths, shares, seed=clustering.seed, pure=False)))
+    centers = fit_kmeans(samples, clustering.k, clustering.seed).cluster_centers_
+    log.info("k-means (k=%d) fitted on %d cells of %d scenes", clustering.k, len(samples), len(paths))
+    return np.asarray(centers, np.float32), int(len(samples))
+
+
 def batch_change(
     before_catalogue: Union[str, Path, Sequence[str]],
     after_catalogue: Union[str, Path, Sequence[str]],
@@ -280,6 +288,7 @@ def batch_change(
     resolution: Resolution = "pixel",
     calibration: Calibration = "auto",
     threshold: Optional[Union[float, str]] = None,
+    towards: Optional[int] = None,
     max_samples: int = 100_000,
     settings: Optional[InferenceSettings] = None,
     before_sensor: Optional[str] = None,
@@ -321,7 +330,12 @@ def batch_change(
         calibration: The maps' values, as :func:`engine.maps.change_raster`: ``"distance"``, ``"zscore"``
             (``(d − median) / σ`` with the pooled calibration) or ``"auto"`` (z-score where a pair's two sides were
             embedded from different bands).
-        threshold: None (no mask), a value in the maps' units, ``"robust"`` or ``"otsu"``.
+        threshold: None (no mask), a value in the maps' units, ``"robust"`` or ``"otsu"`` (the default with
+            ``towards``).
+        towards: ``k``: also fit one k-means (k classes) over the AFTER embeddings of every pair (as
+            :func:`batch_cluster`; its centres in ``calibration.json``) and write ``<id>_towards.tif``, the class
+            each changed pixel became, the same classes in every pair (:func:`engine.maps.change_raster`
+            ``towards``); the polygons are then named after those classes.
         max_samples: Cells sampled over all pairs for the calibration (≥ 1; each pair at least one row of cells).
         settings: As :func:`engine.batch.batch_embed`.
         before_sensor: Sensor preset of every BEFORE scene (None: guessed per scene).
@@ -349,6 +363,10 @@ def batch_change(
         As :func:`engine.batch.batch_embed` otherwise.
     """
     check_change_options(resolution, calibration, threshold)
+    if towards is not None and not 2 <= towards <= 254:
+        raise SettingsError(f"towards k must be 2..254 (uint8 classes), got {towards}")
+    if towards is not None and threshold is None:
+        threshold = "otsu"  # as change_raster: the classes of the changed pixels need a cut
     if max_samples < 1:
         raise SettingsError(f"max_samples must be ≥ 1 (cells sampled for the calibration), got {max_samples}")
 
@@ -381,15 +399,21 @@ def batch_change(
                         ", ".join(f"{s['before']} → {s['after']}: {s['pairs']}" for s in sensors))
         log.info("no-change calibration: median %.4g, σ %.4g from %d cosine distances of %d pairs", median, sigma,
                  len(distances), len(sampled))
-        return {"median": median, "sigma": sigma, "pairs": len(sampled), "samples": int(distances.size),
-                "sensors": sensors, "before_sensor": before_sensor, "after_sensor": after_sensor}
+        fitted = {"median": median, "sigma": sigma, "pairs": len(sampled), "samples": int(distances.size),
+                  "sensors": sensors, "before_sensor": before_sensor, "after_sensor": after_sensor}
+        if towards is not None:
+            centers, _ = _catalogue_kmeans(session, after, ClusterSettings(k=towards, resolution=resolution))
+            fitted["towards_centers"] = centers.tolist()
+        return fitted
 
     def task(fitted: Mapping[str, Any], embeddings: str, label: str) -> Callable[..., dict[str, Any]]:
+        centers = fitted.get("towards_centers")
         return partial(change_scene, embeddings=embeddings, no_change=(fitted["median"], fitted["sigma"]),
                        resolution=resolution, calibration=calibration, threshold=threshold,
+                       towards=None if centers is None else np.asarray(centers, np.float32),
                        label=f"change ({calibration}) of {label}")
 
-    recipe = {"resolution": resolution, "calibration": calibration, "threshold": threshold,
+    recipe = {"resolution": resolution, "calibration": calibration, "threshold": threshold, "towards": towards,
               "max_samples": max_samples}
     sides = [Side(before_catalogue, before_sensor, before_overrides, "before"),
              Side(after_catalogue, after_sensor, after_overrides, "after")]
@@ -644,11 +668,12 @@ def _sensor(path: str) -> Optional[str]:
 def change_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor: Optional[str],
                  overrides: Optional[Overrides], *, embeddings: str, no_change: tuple[float, float],
                  resolution: Resolution, calibration: Calibration, threshold: Optional[Union[float, str]],
-                 label: str) -> dict[str, Any]:
+                 label: str, towards: Optional[np.ndarray] = None) -> dict[str, Any]:
     """The task of one pair of :func:`batch_change`: its change map with the pooled calibration, as ``<id>.tif``.
 
     With a threshold, the change mask ``<id>_mask.tif`` (COG) and the changed areas ``<id>_changes.gpkg`` go beside
-    it (companions of the manifest record, :func:`engine.batch.scene_task`).
+    it, and with ``towards`` the classes the changed pixels became, ``<id>_towards.tif`` (companions of the manifest
+    record, :func:`engine.batch.scene_task`).
 
     Args:
         scene: The AFTER scene, with its BEFORE raster in ``properties["msfm:before"]`` (:func:`_paired`); the
@@ -663,21 +688,23 @@ def change_scene(scene: Scene, folder: str, settings: InferenceSettings, sensor:
         calibration: ``"auto"``, ``"distance"`` or ``"zscore"``.
         threshold: None, a value, ``"robust"`` or ``"otsu"``.
         label: As :func:`cluster_scene`.
+        towards: ``[k, D]`` k-means centres of the AFTER scenes (``calibration.json``), or None.
 
     Returns:
         The manifest record, as :func:`engine.batch.embed_scene`.
     """
-    companions = (_MASK, _POLYGONS) if threshold is not None else ()
+    companions = ((_MASK, _POLYGONS) if threshold is not None else ()) + ((_TOWARDS,) if towards is not None else ())
 
     def compare(path: Path, progress: ProgressFn) -> tuple[Optional[int], str]:
         source = Path(embeddings)
-        mask, polygons = (path.with_name(path.stem + ending) for ending in (_MASK, _POLYGONS))
+        mask, polygons, classes = (path.with_name(path.stem + ending) for ending in (_MASK, _POLYGONS, _TOWARDS))
         change_raster(scene.properties["msfm:before"], scene.href, path,
                       before_embeddings=source / "before" / f"{scene.id}.tif",
                       after_embeddings=source / "after" / f"{scene.id}.tif", resolution=resolution,
                       calibration=calibration, no_change=no_change, threshold=threshold,
-                      mask_output=mask if companions else None, polygons_output=polygons if companions else None,
-                      progress=progress)
+                      mask_output=mask if threshold is not None else None,
+                      polygons_output=polygons if threshold is not None else None, towards=towards,
+                      towards_output=classes if towards is not None else None, progress=progress)
         return None, label
 
     return scene_task(scene, folder, compare, companions)

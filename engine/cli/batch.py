@@ -48,6 +48,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 threshold = _threshold(args.threshold)
                 report = batch_change(args.before_catalogue, args.after_catalogue, args.outdir, args.model,
                                       resolution=args.resolution, calibration=args.calibration, threshold=threshold,
+                                      towards=args.towards,
                                       before_sensor=args.before_sensor or sensor,
                                       after_sensor=args.after_sensor or sensor, before_overrides=overrides,
                                       after_overrides=overrides, **common)
@@ -161,6 +162,9 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold", help="a value in the maps' units, 'robust' (pooled no-change median + 3σ, the "
                    "same in every pair) or 'otsu' (each map's own histogram): writes <scene>_mask.tif and "
                    "<scene>_changes.gpkg")
+    p.add_argument("--towards", type=int, metavar="K", help="also one k-means of K classes over every AFTER scene: "
+                   "<scene>_towards.tif holds the class each changed pixel became, the same classes in every pair "
+                   "(threshold default otsu)")
     p.add_argument("--before-sensor", help="sensor preset of the BEFORE scenes (default: --sensor, else guessed)")
     p.add_argument("--after-sensor", help="sensor preset of the AFTER scenes (default: --sensor, else guessed)")
     add_inference_options(p)

@@ -148,7 +148,7 @@ def change_raster(
     threshold: Optional[Union[float, str]] = None,
     mask_output: Optional[Union[str, Path]] = None,
     polygons_output: Optional[Union[str, Path]] = None,
-    towards: Optional[Union[int, str, Path]] = None,
+    towards: Optional[Union[int, str, Path, np.ndarray]] = None,
     towards_output: Optional[Union[str, Path]] = None,
     settings: Optional[InferenceSettings] = None,
     before_sensor: Optional[str] = None,
@@ -189,7 +189,9 @@ def change_raster(
         polygons_output: Write the changed areas here as polygons (GeoPackage, layer ``classes``; with ``towards``,
             each area named after the class it changed towards).
         towards: What the changed cells became: ``k`` (an int: k-means classes of the AFTER embeddings, as
-            :func:`engine.cluster_raster`) or a class raster of the AFTER scene (uint8 classes, 255 = nodata: a
+            :func:`engine.cluster_raster`), ``[k, D]`` k-means centres fitted elsewhere (e.g. over every AFTER
+            scene of :func:`engine.batch.batch_change`, so class i is the same in every pair), or a class raster of
+            the AFTER scene (uint8 classes, 255 = nodata: a
             class map of ``msfm cluster`` / ``segment`` / ``classify``; names from its ``.qml``, read on the
             output's grid, nearest).
         towards_output: Write the changed cells' classes here (uint8 GeoTIFF, 255 where unchanged or nodata, colour
@@ -227,6 +229,8 @@ def change_raster(
         raise SettingsError("towards_output needs towards: a k (k-means classes of the AFTER scene) or its class map")
     if isinstance(towards, int) and not 2 <= towards <= 254:
         raise SettingsError(f"towards k must be 2..254 (uint8 classes), got {towards}")
+    if isinstance(towards, np.ndarray) and not (towards.ndim == 2 and 2 <= len(towards) <= 254):
+        raise SettingsError(f"towards centres must be [k, D] with k 2..254, got shape {towards.shape}")
     if threshold is None and (mask_output is not None or polygons_output is not None or towards_output is not None):
         threshold = "otsu"
     towards_file = Path(towards) if isinstance(towards, (str, Path)) else None
@@ -429,19 +433,21 @@ def _rescale(cells: Path, output: Path, median: float, sigma: float, tags: dict[
     return lo, hi
 
 
-def _towards_classes(towards: Union[int, str, Path], after: Union[str, Path], after_embeddings: Path,
+def _towards_classes(towards: Union[int, str, Path, np.ndarray], after: Union[str, Path], after_embeddings: Path,
                      resolution: Resolution, tmp: Path, embedding_format: Optional[str],
                      is_canceled: Optional[CancelFn]) -> tuple[Path, dict[int, str]]:
     """The class raster "changed towards" reads, and its class names (``{value: name}``).
 
-    k-means classes of the AFTER embeddings (written in ``tmp``; ``class i``), or the class raster given (names from
-    the ``.qml`` beside it, where there is one).
+    k-means classes of the AFTER embeddings (fitted now, or the centres given; written in ``tmp``; ``class i``), or
+    the class raster given (names from the ``.qml`` beside it, where there is one).
     """
-    if isinstance(towards, int):
+    if isinstance(towards, (int, np.ndarray)):
+        k = towards if isinstance(towards, int) else len(towards)
         classes = tmp / "towards_classes.tif"
         cluster_raster(after, classes, embeddings=after_embeddings, embedding_format=embedding_format,
-                       clustering=ClusterSettings(k=towards, resolution=resolution), is_canceled=is_canceled)
-        return classes, {i: f"class {i}" for i in range(towards)}
+                       clustering=ClusterSettings(k=k, resolution=resolution), is_canceled=is_canceled,
+                       centers=None if isinstance(towards, int) else towards)
+        return classes, {i: f"class {i}" for i in range(k)}
     path = Path(towards)
     return path, read_qml_labels(path.with_suffix(".qml")) or {}
 

@@ -254,7 +254,9 @@ class BatchChangeMaps(BatchEmbeddings):
         "<i>otsu</i> is cut on each map's own values. <i>Sensor preset</i> and <i>Band overrides</i> are those of "
         "the later rasters. Each pair gives a Cloud-Optimized GeoTIFF with its style and, with a threshold, a change "
         "mask (<tt>_mask.tif</tt>) and the changed areas (<tt>_changes.gpkg</tt>); a mosaic VRT per CRS and a STAC "
-        "collection cover the maps. " + _RESUME
+        "collection cover the maps. With <i>Changed towards</i> k > 0, one k-means over every later raster gives "
+        "each changed location the class it became (<tt>_towards.tif</tt>, the same classes in every pair; the "
+        "changed areas named after them; threshold <i>otsu</i> when none is chosen). " + _RESUME
     )
 
     def add_product_parameters(self) -> None:
@@ -273,16 +275,20 @@ class BatchChangeMaps(BatchEmbeddings):
         self.addParameter(QgsProcessingParameterNumber(
             "THRESHOLD_VALUE", "Threshold value (in the maps' units, with 'value')",
             QgsProcessingParameterNumber.Double, 0.1))
+        self.addParameter(QgsProcessingParameterNumber(
+            "TOWARDS_K", "Changed towards: k of one k-means over every later raster (0: none)",
+            QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=254))
 
     def run_batch(self, catalogue, output, model, common, parameters, context, feedback):
         before, after = catalogue
         sensor, overrides = common.pop("sensor"), common.pop("overrides")
         before_sensor = self.parameterAsEnumString(parameters, "BEFORE_SENSOR", context)
         how = self.parameterAsEnumString(parameters, "THRESHOLD", context) or "none"
+        towards = self.parameterAsInt(parameters, "TOWARDS_K", context)
         threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
         return engine.batch.batch_change(
             before, after, output, model, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
             calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
-            threshold=None if how == "none" else threshold,
+            threshold=None if how == "none" else threshold, towards=towards or None,
             before_sensor=None if before_sensor in ("", AUTO_SENSOR) else before_sensor, after_sensor=sensor,
             after_overrides=overrides, **common)

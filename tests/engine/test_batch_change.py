@@ -206,3 +206,29 @@ def test_catalogues_without_a_common_scene_and_wrong_options_are_refused(tmp_pat
         batch_change(tmp_path, tmp_path, tmp_path / "out", threshold="huge")
     with pytest.raises(SettingsError, match="calibration must be one of auto, distance, zscore"):
         batch_change(tmp_path, tmp_path, tmp_path / "out", calibration="sigma")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_changed_towards_one_set_of_classes_over_every_after_scene(pairs: dict[str, Any], tmp_path: Path) -> None:
+    """``towards=3``: one k-means over the AFTER embeddings of every pair (its centres in calibration.json), and each
+    pair's ``<id>_towards.tif`` holds, at its changed cells, the class those centres give the AFTER scene there."""
+    from engine.maps import ClusterSettings, cluster_raster
+
+    out = tmp_path / "out"
+    report = batch_change(pairs["before"], pairs["after"], out, resolution="patch", threshold=THRESHOLD, towards=3,
+                          settings=FAST, workers=2)
+    assert set(report.done) == {INDIA, "virginia"} and not report.failed
+    centers = np.asarray(json.loads((out / "calibration.json").read_text())["towards_centers"], np.float32)
+    assert centers.shape[0] == 3
+    classes = cluster_raster(pairs["after"] / "virginia.tif", tmp_path / "classes.tif",
+                             embeddings=out / "embeddings" / "after" / "virginia.tif", centers=centers,
+                             clustering=ClusterSettings(k=3, resolution="patch")).path
+    changed = _read(out / "virginia_mask.tif") == 1
+    towards = _read(out / "virginia_towards.tif")
+    assert changed[BLOCK_CELLS, BLOCK_CELLS].mean() > 0.9  # the edited block, as without towards
+    assert (towards[changed] == _read(classes)[changed]).all() and (towards[~changed] == 255).all()
+    with fiona_free_layer(out / "virginia_changes.gpkg") as names:
+        assert names and set(names) <= {"class 0", "class 1", "class 2"}  # areas named by what they became
+    assert (_read(out / f"{INDIA}_towards.tif") == 255).all()  # nothing changed in the identical pair
+    items = list((out / "stac").glob("**/*.json"))
+    assert any('"towards"' in item.read_text() for item in items)

@@ -96,7 +96,7 @@ def test_change_maps_pair_two_folders_by_name_with_one_calibration(msfm_provider
         run("batch_change", {"BEFORE_FOLDER": str(before), "OUTPUT": str(tmp_path / "none"), **FAST})
     result = run("batch_change", {"BEFORE_FOLDER": str(before), "AFTER_INPUTS": [str(after / "india.tif")],
                                   "RESOLUTION": "patch", "THRESHOLD": "value", "THRESHOLD_VALUE": 0.05,
-                                  "OUTPUT": str(tmp_path / "change"), **FAST})
+                                  "TOWARDS_K": 3, "OUTPUT": str(tmp_path / "change"), **FAST})
     assert (result["DONE"], json.loads(result["FAILED"])) == (1, {})
     assert json.loads(result["UNPAIRED"]) == {"only_before": "before"}
     fitted = json.loads((tmp_path / "change" / "calibration.json").read_text())
@@ -107,3 +107,6 @@ def test_change_maps_pair_two_folders_by_name_with_one_calibration(msfm_provider
     with rasterio.open(tmp_path / "change" / "india_mask.tif") as mask:
         assert float(mask.tags()["MSFM_THRESHOLD"]) == 0.05 and (mask.read(1) == 0).all()
     assert (tmp_path / "change" / "india_changes.gpkg").is_file()
+    assert len(fitted["towards_centers"]) == 3  # one k-means over the later rasters: nothing changed, so all 255
+    with rasterio.open(tmp_path / "change" / "india_towards.tif") as towards:
+        assert (towards.read(1) == 255).all()
