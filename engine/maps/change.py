@@ -35,6 +35,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -240,6 +241,8 @@ def change_raster(
                    "AFTER embeddings": after_embeddings, "towards class map": towards_file},
                   overwrite=overwrite, suffixes={"output": GEOTIFF, "mask output": GEOTIFF, "towards output": GEOTIFF,
                                                  "polygons output": (".gpkg",)})
+    if towards_file is not None:
+        _check_class_map(towards_file)
     pixels = after if on_grid == "after" else before  # the raster whose pixels a pixel-resolution map covers
     if resolution == "pixel":
         check_pixel_grid(pixels)
@@ -452,6 +455,22 @@ def _towards_classes(towards: Union[int, str, Path, np.ndarray], after: Union[st
     return path, read_qml_labels(path.with_suffix(".qml")) or {}
 
 
+def _check_class_map(path: Path) -> None:
+    """Refuse a towards class map that is not one band of integer classes, before any work.
+
+    Raises:
+        InputRasterError: Naming what the file holds, or why it cannot be read.
+    """
+    try:
+        with rasterio.open(path) as c:
+            count, dtype = c.count, np.dtype(c.dtypes[0])
+    except RasterioIOError as exc:
+        raise InputRasterError(f"cannot read the towards class map {path}: {exc}") from exc
+    if count != 1 or not np.issubdtype(dtype, np.integer):
+        raise InputRasterError(f"the towards class map {path} must be one band of integer classes (a class map of "
+                               f"msfm cluster / segment / classify), got {count} {dtype} band(s)")
+
+
 def _write_towards(mask: Path, classes: Path, names: Mapping[int, str], output: Path,
                    tags: dict[str, str]) -> tuple[tuple[str, ...], dict[str, float]]:
     """The class of ``classes`` at every changed pixel of ``mask`` (255 elsewhere), on the mask's grid.
@@ -462,14 +481,9 @@ def _write_towards(mask: Path, classes: Path, names: Mapping[int, str], output: 
     Returns:
         ``(names of classes 0..max, share of the changed pixels per class name)``.
 
-    Raises:
-        InputRasterError: ``classes`` is not a one-band integer raster.
     """
     counts = np.zeros(NODATA_CLASS, np.int64)
     with rasterio.open(mask) as m, rasterio.open(classes) as c:
-        if c.count != 1 or not np.issubdtype(np.dtype(c.dtypes[0]), np.integer):
-            raise InputRasterError(f"the towards class map {classes} must be one band of integer classes (a class "
-                                   f"map of msfm cluster / segment / classify), got {c.count} {c.dtypes[0]} band(s)")
         try:
             colors = {i: tuple(rgba) for i, rgba in c.colormap(1).items() if i < NODATA_CLASS}
         except ValueError:  # no colour table: colours from the names

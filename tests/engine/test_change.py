@@ -231,6 +231,11 @@ def test_changed_towards_what_the_after_scene_became(demo_model: Any, tmp_path: 
     assert set(np.unique(towards_k[_read(by_k.path) > 0.02])) <= {0, 1, 2}
     assert (towards_k[_read(by_k.path) <= 0.02] == 255).all()
     assert set(by_k.towards_fractions) <= {"class 0", "class 1", "class 2"}
+    # a towards map that is no class map is refused before any work, nothing written
+    with pytest.raises(InputRasterError, match="one band of integer classes"):
+        change_raster(source, after, tmp_path / "refused.tif", demo_model, settings=FAST, towards=source,
+                      towards_output=tmp_path / "refused_towards.tif")
+    assert not list(tmp_path.glob("refused*"))
 
 
 def test_bigearthnet_s1_is_closer_to_the_s2_of_its_own_place(demo_model: Any, tmp_path: Path) -> None:
