@@ -214,13 +214,18 @@ def test_changed_towards_one_set_of_classes_over_every_after_scene(pairs: dict[s
     pair's ``<id>_towards.tif`` holds, at its changed cells, the class those centres give the AFTER scene there."""
     from engine.maps import ClusterSettings, cluster_raster
 
-    out = tmp_path / "out"
-    report = batch_change(pairs["before"], pairs["after"], out, resolution="patch", threshold=THRESHOLD, towards=3,
+    out, sides = tmp_path / "out", {}
+    for side in ("before", "after"):  # the two pairs alone (other tests add pairs to the module's folders)
+        sides[side] = tmp_path / side
+        sides[side].mkdir()
+        for name in (f"{INDIA}.tif", "virginia.tif"):
+            _copy(pairs[side] / name, sides[side], name)
+    report = batch_change(sides["before"], sides["after"], out, resolution="patch", threshold=THRESHOLD, towards=3,
                           settings=FAST, workers=2)
     assert set(report.done) == {INDIA, "virginia"} and not report.failed
     centers = np.asarray(json.loads((out / "calibration.json").read_text())["towards_centers"], np.float32)
     assert centers.shape[0] == 3
-    classes = cluster_raster(pairs["after"] / "virginia.tif", tmp_path / "classes.tif",
+    classes = cluster_raster(sides["after"] / "virginia.tif", tmp_path / "classes.tif",
                              embeddings=out / "embeddings" / "after" / "virginia.tif", centers=centers,
                              clustering=ClusterSettings(k=3, resolution="patch")).path
     changed = _read(out / "virginia_mask.tif") == 1
