@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.maps import change_raster, embed_raster, robust_spread  # noqa: E402
+from engine.maps import change_raster, embed_raster, l2_normalize, robust_spread  # noqa: E402
 from engine.models import load_model  # noqa: E402
 from engine.settings import InferenceSettings  # noqa: E402
 
@@ -51,8 +51,7 @@ THRESHOLDS = {"sentinel1_grd_db": ("otsu", "robust", 0.05, 0.1), "sentinel2_l1c"
 
 def _unit(e: np.ndarray) -> np.ndarray:
     """[D, h, w] → [h·w, D] L2-normalised (NaN cells kept NaN)."""
-    v = e.reshape(e.shape[0], -1).T
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    return l2_normalize(e.reshape(e.shape[0], -1).T)
 
 
 def bigearthnet(data: Path, model: object, tmp: Path) -> None:

@@ -35,7 +35,7 @@ from qgis.core import (
 
 from ..runtime import engine
 from .base import AUTO_SENSOR, DEFAULT_MODEL, MsfmAlgorithm, features_as_geojson, sensor_ids
-from .change import CALIBRATIONS, THRESHOLDS
+from .change import add_value_parameters, chosen_values
 
 _HOW = (
     "on the Dask cluster this computer starts (or an existing one: <i>Dask scheduler</i>). Give the rasters as "
@@ -266,15 +266,7 @@ class BatchChangeMaps(BatchEmbeddings):
         self.addParameter(QgsProcessingParameterEnum(
             "RESOLUTION", "Output resolution", options=["pixel", "patch"], defaultValue="pixel",
             usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterEnum(
-            "CALIBRATION", "Values (auto: robust z-score for two different sensors, else cosine distance)",
-            options=list(CALIBRATIONS), defaultValue="auto", usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterEnum(
-            "THRESHOLD", "Threshold of the change masks (none: no mask)", options=["none", *THRESHOLDS],
-            defaultValue="none", usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            "THRESHOLD_VALUE", "Threshold value (in the maps' units, with 'value')",
-            QgsProcessingParameterNumber.Double, 0.1))
+        add_value_parameters(self, masks="masks", optional=True)
         self.addParameter(QgsProcessingParameterNumber(
             "TOWARDS_K", "Changed towards: k of one k-means over every later raster (0: none)",
             QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=254))
@@ -283,12 +275,10 @@ class BatchChangeMaps(BatchEmbeddings):
         before, after = catalogue
         sensor, overrides = common.pop("sensor"), common.pop("overrides")
         before_sensor = self.parameterAsEnumString(parameters, "BEFORE_SENSOR", context)
-        how = self.parameterAsEnumString(parameters, "THRESHOLD", context) or "none"
+        calibration, threshold = chosen_values(self, parameters, context)
         towards = self.parameterAsInt(parameters, "TOWARDS_K", context)
-        threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
         return engine.batch.batch_change(
             before, after, output, model, resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
-            calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
-            threshold=None if how == "none" else threshold, towards=towards or None,
+            calibration=calibration, threshold=threshold, towards=towards or None,
             before_sensor=None if before_sensor in ("", AUTO_SENSOR) else before_sensor, after_sensor=sensor,
             after_overrides=overrides, **common)

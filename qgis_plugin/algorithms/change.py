@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterEnum,
@@ -22,10 +24,34 @@ from ..runtime import engine
 from ..styling import style_classes, style_similarity
 from .base import AUTO_SENSOR, BACKEND_HELP, MsfmAlgorithm, sensor_ids
 from .cluster import add_embedding_format_parameter, embedding_format
+
 #: How the change mask's threshold is chosen (engine.maps.change_raster).
 THRESHOLDS = ("otsu", "robust", "value")
 #: What the change map's values are (engine.maps.change_raster ``calibration``).
 CALIBRATIONS = ("auto", "distance", "zscore")
+
+
+def add_value_parameters(alg: MsfmAlgorithm, masks: str = "mask", optional: bool = False) -> None:
+    """``CALIBRATION`` (:data:`CALIBRATIONS`), ``THRESHOLD`` (:data:`THRESHOLDS`, ``none`` first when the masks are
+    optional: batch runs) and ``THRESHOLD_VALUE`` of a change algorithm; ``masks`` names them in the labels."""
+    alg.addParameter(QgsProcessingParameterEnum(
+        "CALIBRATION", "Values (auto: robust z-score for two different sensors, else cosine distance)",
+        options=list(CALIBRATIONS), defaultValue="auto", usesStaticStrings=True))
+    alg.addParameter(QgsProcessingParameterEnum(
+        "THRESHOLD", f"Threshold of the change {masks}" + (" (none: no mask)" if optional else ""),
+        options=["none", *THRESHOLDS] if optional else list(THRESHOLDS),
+        defaultValue="none" if optional else "otsu", usesStaticStrings=True))
+    alg.addParameter(QgsProcessingParameterNumber(
+        "THRESHOLD_VALUE", "Threshold value (in the map's units, with 'value')", QgsProcessingParameterNumber.Double,
+        0.1))
+
+
+def chosen_values(alg: MsfmAlgorithm, parameters, context) -> tuple[str, Optional[Union[float, str]]]:
+    """``(calibration, threshold)`` for the engine: the threshold a value with ``value``, None with ``none``."""
+    how = alg.parameterAsEnumString(parameters, "THRESHOLD", context) or "none"
+    threshold = alg.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
+    return (alg.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
+            None if how == "none" else threshold)
 
 
 class ChangeMap(MsfmAlgorithm):
@@ -72,15 +98,7 @@ class ChangeMap(MsfmAlgorithm):
                             ("EMBEDDINGS", "Existing embeddings of the later raster")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, label, optional=True))
         add_embedding_format_parameter(self)
-        self.addParameter(QgsProcessingParameterEnum(
-            "CALIBRATION", "Values (auto: robust z-score for two different sensors, else cosine distance)",
-            options=list(CALIBRATIONS), defaultValue="auto", usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterEnum(
-            "THRESHOLD", "Threshold of the change mask", options=list(THRESHOLDS), defaultValue="otsu",
-            usesStaticStrings=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            "THRESHOLD_VALUE", "Threshold value (in the map's units, with 'value')",
-            QgsProcessingParameterNumber.Double, 0.1))
+        add_value_parameters(self)
         self.addParameter(QgsProcessingParameterRasterLayer(
             "TOWARDS_CLASSES", "Class map of the later raster (for 'changed towards')", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -114,14 +132,13 @@ class ChangeMap(MsfmAlgorithm):
         classes = self.parameterAsRasterLayer(parameters, "TOWARDS_CLASSES", context)
         towards = (classes.source() if classes is not None else self.parameterAsInt(parameters, "TOWARDS_K", context)) \
             if towards_map else None
-        how = self.parameterAsEnumString(parameters, "THRESHOLD", context) or "otsu"
-        threshold = self.parameterAsDouble(parameters, "THRESHOLD_VALUE", context) if how == "value" else how
+        calibration, threshold = chosen_values(self, parameters, context)
         result = engine.maps.change_raster(
             before_layer.source(), after, output, model, before_embeddings=given.get("BEFORE_EMBEDDINGS"),
             after_embeddings=given.get("EMBEDDINGS"), embedding_format=embedding_format(self, parameters, context),
             resolution=self.parameterAsEnumString(parameters, "RESOLUTION", context),
             on_grid=self.parameterAsEnumString(parameters, "GRID", context) or "after",
-            calibration=self.parameterAsEnumString(parameters, "CALIBRATION", context) or "auto",
+            calibration=calibration,
             threshold=threshold if mask or polygons or towards_map else None, mask_output=mask,
             polygons_output=polygons, towards=towards, towards_output=towards_map,
             settings=None if model is None else self.settings(parameters, context),
@@ -143,8 +160,8 @@ class ChangeMap(MsfmAlgorithm):
         outputs = {"OUTPUT": output, "UNITS": result.units, "REPROJECTED": result.reprojected,
                    "SECONDS": result.seconds}
         if result.threshold is not None:
-            feedback.pushInfo(f"threshold {result.threshold:.4f} ({how}): {100 * result.changed_fraction:.1f} % "
-                              "changed")
+            feedback.pushInfo(f"threshold {result.threshold:.4f} ({threshold or 'otsu'}): "
+                              f"{100 * result.changed_fraction:.1f} % changed")
             outputs["THRESHOLD_USED"] = result.threshold
         if mask:
             outputs["OUTPUT_MASK"] = mask
