@@ -337,6 +337,11 @@ def change_raster(
 def check_change_options(resolution: str, calibration: str, threshold: Optional[Union[float, str]]) -> None:
     """Refuse an unknown resolution, calibration or threshold of :func:`change_raster` before any work.
 
+    Args:
+        resolution: ``"patch"`` or ``"pixel"``.
+        calibration: One of :data:`CALIBRATIONS`.
+        threshold: None, a value (in the map's units), ``"otsu"`` or ``"robust"``.
+
     Raises:
         SettingsError: Naming the option and its choices.
     """
